@@ -1,0 +1,1 @@
+"""Format drivers: pure byte-stream code, no network, no global state."""
