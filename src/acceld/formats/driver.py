@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from acceld.errors import AcceldError
+
 
 @dataclass(frozen=True)
 class SourceLayer:
@@ -85,5 +87,5 @@ class Driver(Protocol):
         ...
 
 
-class FormatError(Exception):
+class FormatError(AcceldError):
     """Malformed input or output of a format (bad tar, corrupt blob, spec violation)."""
