@@ -1,0 +1,1 @@
+"""The conversion pipeline every format driver shares."""

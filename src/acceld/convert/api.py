@@ -1,0 +1,63 @@
+"""The conversion API the CLI and the service call: one request in, one result out."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from acceld.convert.drivers import make_driver
+
+if TYPE_CHECKING:
+    from acceld.config import AcceldConfig
+    from acceld.progress import Progress
+
+__all__ = ["ConversionRequest", "ConversionResult", "convert_image", "convert_image_sync", "make_driver"]
+
+
+@dataclass(frozen=True)
+class ConversionRequest:
+    """What to convert.
+
+    `source` and `target` are registry references (``host/repo:tag``, ``host/repo@sha256:…``)
+    or OCI layouts (``oci:/path/to/layout[:tag|@digest]``). `target` None means the source
+    repository with the source tag plus the driver's tag suffix. `options` are the driver's
+    options by name (see `make_driver`); `platforms` (``os/arch[/variant]``) filters the
+    children of an index, None converts every platform.
+    """
+
+    source: str
+    target: str | None = None
+    driver: str = "estargz"
+    options: Mapping[str, Any] = field(default_factory=dict)
+    platforms: Sequence[str] | None = None
+
+
+@dataclass(frozen=True)
+class ConversionResult:
+    """What was pushed. Sizes are the sums of the config and layer blobs of every platform."""
+
+    source: str
+    source_digest: str
+    target: str
+    target_digest: str
+    source_size: int
+    target_size: int
+    seconds: float
+    layers_converted: int
+    layers_cached: int
+
+
+async def convert_image(
+    request: ConversionRequest, config: AcceldConfig, progress: Progress | None = None
+) -> ConversionResult:
+    """Convert one image (or index) and push the result. Raises `AcceldError` subclasses."""
+    from acceld.convert.pipeline import run_conversion
+
+    return await run_conversion(request, config, progress)
+
+
+def convert_image_sync(request: ConversionRequest, config: AcceldConfig) -> ConversionResult:
+    """`convert_image` for callers without an event loop (worker processes)."""
+    return asyncio.run(convert_image(request, config))

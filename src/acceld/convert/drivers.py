@@ -1,0 +1,45 @@
+"""Format drivers by name, built from option mappings."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+from acceld.errors import AcceldError
+from acceld.formats.driver import Driver
+
+# name -> (module, class). Imported lazily so one missing format never breaks the others.
+DRIVER_CLASSES: dict[str, tuple[str, str]] = {
+    "estargz": ("acceld.formats.estargz", "EstargzDriver"),
+    "nydus": ("acceld.formats.nydus", "NydusDriver"),
+    "zstdchunked": ("acceld.formats.zstdchunked", "ZstdChunkedDriver"),
+}
+
+
+class UnknownDriverError(AcceldError):
+    """The requested driver name or one of its options does not exist."""
+
+
+def make_driver(name: str, options: Mapping[str, Any]) -> Driver:
+    """Build driver `name` with `options` passed as keyword arguments to its class.
+
+    Options with value None are dropped, so callers can pass unset CLI flags through.
+    """
+    try:
+        module_name, class_name = DRIVER_CLASSES[name]
+    except KeyError:
+        known = ", ".join(sorted(DRIVER_CLASSES))
+        raise UnknownDriverError(f"unknown driver {name!r} (known: {known})") from None
+    try:
+        driver_class = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise UnknownDriverError(f"driver {name!r} is not available: {exc}") from None
+    kwargs = {key: value for key, value in options.items() if value is not None}
+    try:
+        driver: Driver = driver_class(**kwargs)
+    except TypeError as exc:
+        raise UnknownDriverError(f"bad options for driver {name!r}: {exc}") from None
+    except ValueError as exc:
+        raise UnknownDriverError(f"bad option value for driver {name!r}: {exc}") from None
+    return driver
