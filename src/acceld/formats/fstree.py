@@ -1,0 +1,291 @@
+"""A format-neutral model of an image's filesystem, for comparing converted images with their source.
+
+Every format reader produces an `FsTree`; the source image's tree comes from applying its OCI layer
+tars in order (`tree_from_layers`), and a tree extracted to disk (e.g. by `fsck.erofs --extract`)
+comes from `tree_from_directory`. `diff_trees` lists the differences in a readable form.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import stat
+import tarfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import IO
+
+from acceld.formats.driver import FormatError
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_MARKER = ".wh..wh..opq"
+_XATTR_PAX_PREFIX = "SCHILY.xattr."
+_READ_SIZE = 1 << 20
+
+
+@dataclass(frozen=True)
+class Node:
+    """One inode's attributes. `digest` is the sha256 hex of a regular file's content."""
+
+    kind: str  # "dir" | "reg" | "symlink" | "char" | "block" | "fifo"
+    mode: int  # permission bits including setuid/setgid/sticky (0o7777)
+    uid: int = 0
+    gid: int = 0
+    size: int = 0
+    digest: str = ""
+    target: str = ""
+    rdev: tuple[int, int] = (0, 0)
+    xattrs: Mapping[str, bytes] = field(default_factory=dict)
+    mtime: int = 0
+
+
+NODE_FIELDS = tuple(f.name for f in fields(Node))
+
+
+class FsTree:
+    """Paths mapped to inodes; several paths share an inode when they are hardlinks."""
+
+    def __init__(self) -> None:
+        self._inode_of: dict[str, int] = {}
+        self._inodes: dict[int, Node] = {}
+        self._next_inode = itertools.count(1)
+        root = next(self._next_inode)
+        self._inode_of["/"] = root
+        self._inodes[root] = Node(kind="dir", mode=0o755)
+
+    @property
+    def nodes(self) -> dict[str, Node]:
+        return {path: self._inodes[ino] for path, ino in sorted(self._inode_of.items())}
+
+    def __contains__(self, path: str) -> bool:
+        return path in self._inode_of
+
+    def __getitem__(self, path: str) -> Node:
+        return self._inodes[self._inode_of[path]]
+
+    def paths(self) -> list[str]:
+        return sorted(self._inode_of)
+
+    def hardlink_groups(self) -> set[frozenset[str]]:
+        """Groups of two or more paths that share one inode."""
+        by_inode: dict[int, set[str]] = {}
+        for path, ino in self._inode_of.items():
+            by_inode.setdefault(ino, set()).add(path)
+        return {frozenset(group) for group in by_inode.values() if len(group) > 1}
+
+    def add(self, path: str, node: Node) -> None:
+        """Create or replace `path`. A directory replacing a directory keeps its children."""
+        path = normalize(path)
+        existing = self._inode_of.get(path)
+        if existing is not None and not (node.kind == "dir" and self._inodes[existing].kind == "dir"):
+            self.remove(path)
+            existing = None
+        self._ensure_parents(path)
+        ino = existing if existing is not None else next(self._next_inode)
+        self._inode_of[path] = ino
+        self._inodes[ino] = node
+
+    def link(self, path: str, target: str) -> None:
+        """Make `path` another name of `target`'s inode."""
+        path, target = normalize(path), normalize(target)
+        ino = self._inode_of.get(target)
+        if ino is None:
+            raise FormatError(f"hardlink {path} points to missing {target}")
+        if path in self._inode_of:
+            self.remove(path)
+        self._ensure_parents(path)
+        self._inode_of[path] = ino
+
+    def remove(self, path: str) -> None:
+        """Remove `path` and everything below it (no error when absent)."""
+        path = normalize(path)
+        if path == "/":
+            for child in self.children_recursive("/"):
+                self._unlink(child)
+            return
+        for victim in [path, *self.children_recursive(path)]:
+            self._unlink(victim)
+
+    def children_recursive(self, path: str) -> list[str]:
+        prefix = "/" if path == "/" else path + "/"
+        return [p for p in self._inode_of if p.startswith(prefix) and p != "/"]
+
+    def _unlink(self, path: str) -> None:
+        ino = self._inode_of.pop(path, None)
+        if ino is not None and ino not in self._inode_of.values():
+            del self._inodes[ino]
+
+    def _ensure_parents(self, path: str) -> None:
+        parent = os.path.dirname(path)
+        missing: list[str] = []
+        while parent not in self._inode_of:
+            missing.append(parent)
+            parent = os.path.dirname(parent)
+        if self._inodes[self._inode_of[parent]].kind != "dir":
+            raise FormatError(f"{path}: parent {parent} is not a directory")
+        for directory in reversed(missing):
+            self._inode_of[directory] = ino = next(self._next_inode)
+            self._inodes[ino] = Node(kind="dir", mode=0o755)
+
+
+def normalize(path: str) -> str:
+    """Absolute, without `.` components or a trailing slash: `./a/b/` → `/a/b`."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise FormatError(f"path escapes the root: {path!r}")
+    return "/" + "/".join(parts)
+
+
+def tarinfo_xattrs(info: tarfile.TarInfo) -> dict[str, bytes]:
+    return {
+        key[len(_XATTR_PAX_PREFIX) :]: value.encode("utf-8", "surrogateescape")
+        for key, value in info.pax_headers.items()
+        if key.startswith(_XATTR_PAX_PREFIX)
+    }
+
+
+def _hash_stream(stream: IO[bytes]) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    while block := stream.read(_READ_SIZE):
+        digest.update(block)
+        size += len(block)
+    return size, digest.hexdigest()
+
+
+def _node_from_tarinfo(info: tarfile.TarInfo, content: IO[bytes] | None) -> Node:
+    base = Node(
+        kind="",
+        mode=info.mode & 0o7777,
+        uid=info.uid,
+        gid=info.gid,
+        xattrs=tarinfo_xattrs(info),
+        mtime=int(info.mtime),
+    )
+    if info.isdir():
+        return replace(base, kind="dir")
+    if info.issym():
+        return replace(base, kind="symlink", target=info.linkname)
+    if info.ischr() or info.isblk():
+        return replace(base, kind="char" if info.ischr() else "block", rdev=(info.devmajor, info.devminor))
+    if info.isfifo():
+        return replace(base, kind="fifo")
+    if info.isreg():
+        size, digest = _hash_stream(content) if content is not None else (0, hashlib.sha256().hexdigest())
+        return replace(base, kind="reg", size=size, digest=digest)
+    raise FormatError(f"{info.name}: unsupported tar entry type {info.type!r}")
+
+
+def apply_layer_tar(tree: FsTree, stream: IO[bytes]) -> None:
+    """Apply one uncompressed OCI layer tar to `tree`, honouring OCI whiteouts and opaque dirs.
+
+    Whiteouts only hide lower layers: entries of this layer survive an opaque marker in any order.
+    """
+    added_here: set[str] = set()
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as archive:
+            for info in archive:
+                _apply_entry(tree, archive, info, added_here)
+    except tarfile.TarError as exc:
+        raise FormatError(f"bad tar: {exc}") from exc
+
+
+def _apply_entry(tree: FsTree, archive: tarfile.TarFile, info: tarfile.TarInfo, added_here: set[str]) -> None:
+    path = normalize(info.name)
+    directory, base = os.path.split(path)
+    if base == OPAQUE_MARKER:
+        for child in tree.children_recursive(directory):
+            if child not in added_here:
+                tree.remove(child)
+        return
+    if base.startswith(WHITEOUT_PREFIX):
+        tree.remove(os.path.join(directory, base[len(WHITEOUT_PREFIX) :]))
+        return
+    if info.islnk():
+        tree.link(path, info.linkname)
+    else:
+        content = archive.extractfile(info) if info.isreg() else None
+        tree.add(path, _node_from_tarinfo(info, content))
+    added_here.add(path)
+
+
+def tree_from_layers(streams: Iterable[IO[bytes]]) -> FsTree:
+    """The filesystem an OCI runtime sees after unpacking these uncompressed layer tars in order."""
+    tree = FsTree()
+    for stream in streams:
+        apply_layer_tar(tree, stream)
+    return tree
+
+
+def _node_from_lstat(path: Path, st: os.stat_result) -> Node:
+    base = Node(kind="", mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid, mtime=int(st.st_mtime))
+    if stat.S_ISLNK(st.st_mode):
+        return replace(base, kind="symlink", target=os.readlink(path))
+    names = os.listxattr(path, follow_symlinks=False)
+    base = replace(base, xattrs={name: os.getxattr(path, name, follow_symlinks=False) for name in names})
+    if stat.S_ISDIR(st.st_mode):
+        return replace(base, kind="dir")
+    if stat.S_ISREG(st.st_mode):
+        with open(path, "rb") as handle:
+            size, digest = _hash_stream(handle)
+        return replace(base, kind="reg", size=size, digest=digest)
+    if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+        kind = "char" if stat.S_ISCHR(st.st_mode) else "block"
+        return replace(base, kind=kind, rdev=(os.major(st.st_rdev), os.minor(st.st_rdev)))
+    if stat.S_ISFIFO(st.st_mode):
+        return replace(base, kind="fifo")
+    raise FormatError(f"{path}: unsupported file type")
+
+
+def tree_from_directory(root: Path) -> FsTree:
+    """The tree of an extracted filesystem (lstat, xattrs, hardlinks by inode number)."""
+    tree = FsTree()
+    first_path_of_inode: dict[tuple[int, int], str] = {}
+    tree.add("/", _node_from_lstat(root, root.lstat()))
+    for path in _walk(root):
+        st = path.lstat()
+        name = "/" + path.relative_to(root).as_posix()
+        key = (st.st_dev, st.st_ino)
+        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1 and key in first_path_of_inode:
+            tree.link(name, first_path_of_inode[key])
+            continue
+        first_path_of_inode.setdefault(key, name)
+        tree.add(name, _node_from_lstat(path, st))
+    return tree
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        path = Path(entry.path)
+        yield path
+        if entry.is_dir(follow_symlinks=False):
+            yield from _walk(path)
+
+
+def diff_trees(expected: FsTree, actual: FsTree, *, ignore_fields: Iterable[str] = ()) -> list[str]:
+    """Readable differences between two trees; an empty list when they are equal.
+
+    `ignore_fields` names `Node` fields a format does not keep (e.g. `mtime` on directories
+    is never compared when listed here).
+    """
+    ignored = set(ignore_fields)
+    unknown = ignored - set(NODE_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown Node fields: {sorted(unknown)}")
+    differences: list[str] = []
+    want, have = expected.nodes, actual.nodes
+    differences += [f"missing: {path}" for path in want if path not in have]
+    differences += [f"unexpected: {path}" for path in have if path not in want]
+    for path in want:
+        if path not in have:
+            continue
+        for name in NODE_FIELDS:
+            left, right = getattr(want[path], name), getattr(have[path], name)
+            if name not in ignored and left != right:
+                differences.append(f"{path}: {name} {left!r} != {right!r}")
+    want_links, have_links = expected.hardlink_groups(), actual.hardlink_groups()
+    differences += [f"hardlinks missing: {sorted(group)}" for group in want_links - have_links]
+    differences += [f"hardlinks unexpected: {sorted(group)}" for group in have_links - want_links]
+    return differences
