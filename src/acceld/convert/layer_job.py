@@ -1,0 +1,65 @@
+"""Converting one source layer blob into one converted blob: the unit of work of a worker process."""
+
+from __future__ import annotations
+
+import io
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, cast
+
+from acceld.convert.errors import ConvertError
+from acceld.convert.streams import MeasuringWriter, SourceTarStream
+from acceld.errors import AcceldError
+from acceld.formats.driver import Driver, LayerBlob, SourceLayer
+
+log = logging.getLogger(__name__)
+
+_TAR_BUFFER = 1 << 20
+
+
+@dataclass(frozen=True)
+class LayerJob:
+    """A source blob spooled on local disk, and where its converted blob goes."""
+
+    layer: SourceLayer
+    source_path: Path
+    output_path: Path
+    workdir: Path
+
+
+def convert_layer_job(driver: Driver, job: LayerJob) -> LayerBlob:
+    """Decompress, verify and convert one layer. Runs in a worker process; everything is picklable.
+
+    Raises AcceldError subclasses only: unexpected driver exceptions become ConvertError with the
+    traceback logged at debug level.
+    """
+    job.workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        with job.source_path.open("rb") as blob, job.output_path.open("wb") as out_file:
+            source = SourceTarStream(cast(BinaryIO, blob), job.layer)
+            tar = cast(BinaryIO, io.BufferedReader(source, _TAR_BUFFER))
+            out = MeasuringWriter(cast(BinaryIO, out_file))
+            output = driver.convert_layer(tar, cast(BinaryIO, out), job.layer, job.workdir)
+            source.finish()
+    except AcceldError:
+        raise
+    except OSError as exc:
+        raise ConvertError(f"layer {job.layer.digest}: local I/O failed: {exc}") from None
+    except Exception as exc:
+        log.debug("driver %s failed on %s", driver.name, job.layer.digest, exc_info=True)
+        raise ConvertError(
+            f"layer {job.layer.digest}: {driver.name} driver failed: {type(exc).__name__}: {exc}"
+        ) from None
+    finally:
+        shutil.rmtree(job.workdir, ignore_errors=True)
+    return LayerBlob(
+        path=job.output_path,
+        media_type=output.media_type,
+        digest=out.digest,
+        size=out.size,
+        diff_id=output.diff_id,
+        annotations=dict(output.annotations),
+    )
+

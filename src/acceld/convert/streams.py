@@ -1,0 +1,168 @@
+"""Reading a source layer blob as a verified tar stream, and measuring a written blob.
+
+One pass over the blob: the compressed bytes are hashed on their way into the decompressor and
+the decompressed bytes on their way out to the driver, so the blob digest and the config's
+diff_id are both checked without reading anything twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zlib
+from typing import BinaryIO, NoReturn, cast
+
+import isal.igzip
+import zstandard
+from isal.igzip_lib import IsalError
+
+from acceld.convert.errors import CorruptSourceLayerError
+from acceld.formats.driver import SourceLayer
+from acceld.oci.mediatypes import layer_compression
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_READ_SIZE = 1 << 20
+# What the decompressors raise on malformed input.
+_DECODE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    EOFError,
+    zlib.error,
+    zstandard.ZstdError,
+    IsalError,
+)
+
+
+class _HashingReader(io.RawIOBase):
+    """Passes reads through and hashes every byte read."""
+
+    def __init__(self, inner: BinaryIO) -> None:
+        self._inner = inner
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        n = self._inner.readinto(buffer)  # type: ignore[attr-defined]
+        if n:
+            self.hash.update(memoryview(buffer)[:n])
+            self.size += n
+        return int(n or 0)
+
+    def drain(self) -> None:
+        buffer = bytearray(_READ_SIZE)
+        while self.readinto(buffer):
+            pass
+
+
+def _compression_of(layer: SourceLayer, head: bytes) -> str:
+    declared = layer_compression(layer.media_type)
+    if declared is None:
+        # Unknown media type: trust the magic bytes.
+        if head.startswith(_GZIP_MAGIC):
+            return "gzip"
+        if head.startswith(_ZSTD_MAGIC):
+            return "zstd"
+        return "none"
+    return declared
+
+
+class SourceTarStream(io.RawIOBase):
+    """The decompressed tar of a source layer blob, verified as it is read.
+
+    Decoder failures raise `CorruptSourceLayerError` (a FormatError, so drivers pass it through);
+    `finish()` reads whatever the driver left unread and checks blob digest, size and diff_id.
+    """
+
+    def __init__(self, blob: BinaryIO, layer: SourceLayer) -> None:
+        self._layer = layer
+        self._compressed = _HashingReader(blob)
+        buffered = io.BufferedReader(self._compressed, _READ_SIZE)
+        self.compression = _compression_of(layer, buffered.peek(4)[:4])
+        self._decoded: BinaryIO
+        if self.compression == "gzip":
+            self._decoded = cast(BinaryIO, isal.igzip.IGzipFile(fileobj=buffered, mode="rb"))  # type: ignore[no-untyped-call]
+        elif self.compression == "zstd":
+            reader = zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True)
+            self._decoded = cast(BinaryIO, reader)
+        else:
+            self._decoded = cast(BinaryIO, buffered)
+        self._buffered_compressed = buffered
+        self._tar_hash = hashlib.sha256()
+        self.tar_size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        try:
+            n = int(self._decoded.readinto(buffer) or 0)  # type: ignore[attr-defined]
+        except _DECODE_ERRORS as exc:
+            self._fail_with_digest_first(f"bad {self.compression} stream ({exc})")
+        if n:
+            self._tar_hash.update(memoryview(buffer)[:n])
+            self.tar_size += n
+        return n
+
+    def finish(self) -> None:
+        """Consume the rest of the blob and verify digest, size and diff_id."""
+        buffer = bytearray(_READ_SIZE)
+        while self.readinto(buffer):
+            pass
+        self._compressed.drain()
+        self._check_blob_digest()
+        diff_id = "sha256:" + self._tar_hash.hexdigest()
+        if self._layer.diff_id and diff_id != self._layer.diff_id:
+            raise CorruptSourceLayerError(
+                f"source layer {self._layer.digest}: uncompressed content has digest {diff_id}, "
+                f"config says {self._layer.diff_id}"
+            )
+
+    def _check_blob_digest(self) -> None:
+        digest = "sha256:" + self._compressed.hash.hexdigest()
+        if self._layer.digest.startswith("sha256:") and digest != self._layer.digest:
+            raise CorruptSourceLayerError(
+                f"source layer {self._layer.digest}: blob has digest {digest} "
+                f"({self._compressed.size} bytes, manifest says {self._layer.size})"
+            )
+
+    def _fail_with_digest_first(self, problem: str) -> NoReturn:
+        # A corrupt blob usually also fails its digest; that is the more useful message.
+        try:
+            self._compressed.drain()
+        except OSError:
+            pass
+        else:
+            self._check_blob_digest()
+        raise CorruptSourceLayerError(f"source layer {self._layer.digest}: {problem}")
+
+
+class MeasuringWriter(io.RawIOBase):
+    """Writes through to a file and records sha256 and size of everything written."""
+
+    def __init__(self, inner: BinaryIO) -> None:
+        self._inner = inner
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(data).cast("B")
+        self._inner.write(view)
+        self._hash.update(view)
+        self.size += len(view)
+        return len(view)
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        self._inner.flush()
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self._hash.hexdigest()
