@@ -1,0 +1,36 @@
+"""Session-wide fixtures: real registries on 127.0.0.1 and offline-built test images (see tests/harness)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from harness.registry import RunningRegistry, run_registry
+
+
+@pytest.fixture(scope="session")
+def registry_plain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRegistry]:
+    """docker-registry over plain HTTP without auth."""
+    with run_registry(tmp_path_factory.mktemp("registry-plain")) as registry:
+        yield registry
+
+
+@pytest.fixture(scope="session")
+def registry_basic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRegistry]:
+    """docker-registry over plain HTTP with htpasswd Basic auth; every valid user has full access."""
+    with run_registry(tmp_path_factory.mktemp("registry-basic"), auth="basic") as registry:
+        yield registry
+
+
+@pytest.fixture(scope="session")
+def registry_token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRegistry]:
+    """docker-registry over plain HTTP with Bearer tokens from the test token server (per-user rights)."""
+    with run_registry(tmp_path_factory.mktemp("registry-token"), auth="token") as registry:
+        yield registry
+
+
+@pytest.fixture(scope="session")
+def registry_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRegistry]:
+    """docker-registry over HTTPS (server cert from a test CA: `ca_file`) with token auth, realm on HTTPS."""
+    with run_registry(tmp_path_factory.mktemp("registry-tls"), auth="token", tls=True) as registry:
+        yield registry

@@ -1,0 +1,1 @@
+"""Test harness: real registries, a token server, TLS material and offline-built test images."""

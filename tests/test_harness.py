@@ -1,0 +1,208 @@
+"""The harness itself: each registry fixture accepts exactly the clients it should (checked with skopeo)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import ssl
+from pathlib import Path
+
+import httpx
+import pytest
+from harness.clients import docker_config, skopeo, skopeo_args, skopeo_copy, skopeo_inspect_raw
+from harness.images import LayoutImage, build_image, tar_directory
+from harness.registry import RunningRegistry
+
+
+@pytest.fixture(scope="module")
+def small_image(tmp_path_factory: pytest.TempPathFactory) -> LayoutImage:
+    root = tmp_path_factory.mktemp("small-image")
+    tree = root / "tree"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc" / "hello.txt").write_text("hello from the acceld harness\n")
+    layer = tar_directory(tree, root / "layer.tar", mtime=1_700_000_000)
+    return build_image(root / "layout", [layer], "v1")
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def push(image: LayoutImage, registry: RunningRegistry, repository: str, user: str | None) -> None:
+    skopeo_copy(
+        image.ref, f"docker://{registry.ref(repository, 'v1')}", dest_registry=registry, dest_user=user
+    )
+
+
+def test_plain_registry_accepts_anonymous_push(
+    registry_plain: RunningRegistry, small_image: LayoutImage
+) -> None:
+    push(small_image, registry_plain, "test/plain", None)
+    assert (
+        sha256(skopeo_inspect_raw(registry_plain, registry_plain.ref("test/plain", "v1")))
+        == small_image.digest
+    )
+
+
+def test_basic_registry_checks_password(registry_basic: RunningRegistry, small_image: LayoutImage) -> None:
+    push(small_image, registry_basic, "test/basic", "alice")
+    raw = skopeo_inspect_raw(registry_basic, registry_basic.ref("test/basic", "v1"), "reader")
+    assert sha256(raw) == small_image.digest
+
+    wrong = skopeo(
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        "--creds=alice:wrong",
+        f"docker://{registry_basic.ref('test/basic', 'v1')}",
+        check=False,
+    )
+    assert wrong.returncode != 0
+    assert b"unauthorized" in wrong.stderr.lower()
+    anonymous = skopeo(
+        "inspect",
+        "--raw",
+        *skopeo_args(registry_basic),
+        f"docker://{registry_basic.ref('test/basic', 'v1')}",
+        check=False,
+    )
+    assert anonymous.returncode != 0
+
+
+def test_token_registry_enforces_rights(registry_token: RunningRegistry, small_image: LayoutImage) -> None:
+    tokens = registry_token.tokens
+    assert tokens is not None
+    tokens.clear()
+    push(small_image, registry_token, "test/token", "alice")
+    assert any(
+        t.account == "alice" and ("repository", "test/token", ("pull", "push")) in t.access
+        for t in tokens.issued
+    )
+    raw = skopeo_inspect_raw(registry_token, registry_token.ref("test/token", "v1"), "reader")
+    assert sha256(raw) == small_image.digest
+
+    denied = skopeo_copy(
+        small_image.ref,
+        f"docker://{registry_token.ref('test/token', 'v2')}",
+        dest_registry=registry_token,
+        dest_user="reader",
+        check=False,
+    )
+    assert denied.returncode != 0
+    assert b"denied" in denied.stderr.lower()
+    assert any(
+        t.account == "reader" and ("repository", "test/token", ("pull",)) in t.access for t in tokens.issued
+    )
+
+    wrong = skopeo(
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        "--creds=reader:wrong",
+        f"docker://{registry_token.ref('test/token', 'v1')}",
+        check=False,
+    )
+    assert wrong.returncode != 0
+
+
+def test_token_registry_anonymous_pull_only_public(
+    registry_token: RunningRegistry, small_image: LayoutImage
+) -> None:
+    push(small_image, registry_token, "public/hello", "alice")
+    raw = skopeo_inspect_raw(registry_token, registry_token.ref("public/hello", "v1"))
+    assert sha256(raw) == small_image.digest
+    push(small_image, registry_token, "private/hello", "alice")
+    hidden = skopeo(
+        "inspect",
+        "--raw",
+        *skopeo_args(registry_token),
+        f"docker://{registry_token.ref('private/hello', 'v1')}",
+        check=False,
+    )
+    assert hidden.returncode != 0
+
+
+def test_token_server_protocol(registry_token: RunningRegistry) -> None:
+    tokens, realm = registry_token.tokens, registry_token.token_server
+    assert tokens is not None and realm is not None
+    scope = "repository:test/a:pull,push repository:test/b:pull"
+    answer = httpx.get(realm, params={"service": "test-registry", "scope": scope}, auth=("reader", "r3ader"))
+    assert answer.status_code == 200
+    assert set(answer.json()) >= {"token", "access_token", "expires_in", "issued_at"}
+    assert tokens.issued[-1].access == (
+        ("repository", "test/a", ("pull",)),
+        ("repository", "test/b", ("pull",)),
+    )
+
+    assert httpx.get(realm, params={"service": "other"}).status_code == 400
+    assert httpx.get(realm, params={"service": "test-registry"}, auth=("alice", "nope")).status_code == 401
+
+    form = {
+        "grant_type": "password",
+        "username": "alice",
+        "password": "s3cret",
+        "service": "test-registry",
+        "scope": "repository:test/a:push",
+    }
+    assert httpx.post(realm, data=form).status_code == 200
+    assert httpx.post(realm, data={**form, "password": "nope"}).status_code == 401
+    refresh = tokens.issue_refresh_token("alice")
+    answer = httpx.post(
+        realm,
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": refresh,
+            "service": "test-registry",
+            "scope": "registry:catalog:*",
+        },
+    )
+    assert answer.status_code == 200
+    catalog = httpx.get(
+        f"{registry_token.url}/v2/_catalog", headers={"Authorization": f"Bearer {answer.json()['token']}"}
+    )
+    assert catalog.status_code == 200
+
+
+def test_tls_registry_needs_its_ca(
+    registry_tls: RunningRegistry, small_image: LayoutImage, tmp_path: Path
+) -> None:
+    assert registry_tls.ca_file is not None and registry_tls.url.startswith("https://")
+    push(small_image, registry_tls, "test/tls", "alice")
+    raw = skopeo_inspect_raw(registry_tls, registry_tls.ref("test/tls", "v1"), "reader")
+    assert sha256(raw) == small_image.digest
+    assert (
+        httpx.get(
+            f"{registry_tls.url}/v2/", verify=ssl.create_default_context(cafile=registry_tls.ca_file)
+        ).status_code
+        == 401
+    )
+
+    untrusted = skopeo(
+        "inspect",
+        "--raw",
+        "--creds=reader:r3ader",
+        f"--cert-dir={tmp_path}",
+        f"docker://{registry_tls.ref('test/tls', 'v1')}",
+        check=False,
+    )
+    assert untrusted.returncode != 0
+    assert b"certificate" in untrusted.stderr.lower()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{registry_tls.url}/v2/")
+
+
+def test_docker_config_is_read_by_skopeo(
+    registry_token: RunningRegistry, small_image: LayoutImage, tmp_path: Path
+) -> None:
+    push(small_image, registry_token, "test/config", "alice")
+    config_dir = docker_config(tmp_path, registry_token, "reader")
+    auths = json.loads((config_dir / "config.json").read_text())["auths"]
+    assert set(auths) == {registry_token.host}
+    result = skopeo(
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        f"--authfile={config_dir / 'config.json'}",
+        f"docker://{registry_token.ref('test/config', 'v1')}",
+    )
+    assert sha256(result.stdout) == small_image.digest
