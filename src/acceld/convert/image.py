@@ -1,0 +1,84 @@
+"""Building the converted image's config, manifest and index (always OCI media types)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from acceld.formats.driver import ImageAdditions, LayerBlob
+from acceld.oci import mediatypes as mt
+from acceld.oci.models import Descriptor, History, ImageConfig, Index, Manifest, RawManifest
+
+# A layer that passes through keeps its bytes, so only its media type's spelling changes.
+_DOCKER_TO_OCI_LAYER = {
+    mt.DOCKER_LAYER: mt.OCI_LAYER,
+    mt.DOCKER_LAYER_GZIP: mt.OCI_LAYER_GZIP,
+    mt.DOCKER_LAYER_ZSTD: mt.OCI_LAYER_ZSTD,
+    mt.DOCKER_FOREIGN_LAYER_GZIP: mt.OCI_LAYER_NONDIST_GZIP,
+}
+
+
+def oci_layer_media_type(media_type: str) -> str:
+    return _DOCKER_TO_OCI_LAYER.get(media_type, media_type)
+
+
+def layer_descriptor(blob: LayerBlob) -> Descriptor:
+    return Descriptor(
+        mediaType=oci_layer_media_type(blob.media_type),
+        digest=blob.digest,
+        size=blob.size,
+        annotations=dict(blob.annotations) or None,
+    )
+
+
+def converted_config(source: ImageConfig, layers: Sequence[LayerBlob], additions: ImageAdditions) -> bytes:
+    """The source config with `rootfs.diff_ids` of the converted layers and the driver's history."""
+    config = source.model_copy(deep=True)
+    config.rootfs.diff_ids = [layer.diff_id for layer in layers]
+    if additions.history:
+        extra = [History.model_validate(dict(entry)) for entry in additions.history]
+        config.history = [*(config.history or []), *extra]
+    return config.to_json()
+
+
+def converted_manifest(
+    source: Manifest,
+    source_descriptor: Descriptor,
+    config_descriptor: Descriptor,
+    layers: Sequence[LayerBlob],
+    annotations: Mapping[str, str],
+) -> RawManifest:
+    """An OCI manifest of `layers` whose `subject` is the source manifest (without its platform)."""
+    merged = {**(source.annotations or {}), **annotations}
+    manifest = Manifest(
+        schemaVersion=2,
+        mediaType=mt.OCI_MANIFEST,
+        config=config_descriptor,
+        layers=[layer_descriptor(layer) for layer in layers],
+        subject=Descriptor(
+            mediaType=source_descriptor.media_type,
+            digest=source_descriptor.digest,
+            size=source_descriptor.size,
+        ),
+        annotations=merged or None,
+    )
+    return RawManifest.from_bytes(manifest.to_json(), mt.OCI_MANIFEST)
+
+
+def converted_index(source: Index, children: Sequence[tuple[Descriptor, RawManifest]]) -> RawManifest:
+    """An OCI index of the converted children; each keeps its source entry's platform and annotations."""
+    manifests: list[Descriptor] = []
+    for source_entry, converted in children:
+        extra: dict[str, Any] = {}
+        if source_entry.platform is not None:
+            extra["platform"] = source_entry.platform
+        if source_entry.annotations:
+            extra["annotations"] = dict(source_entry.annotations)
+        manifests.append(converted.descriptor(**extra))
+    index = Index(
+        schemaVersion=2,
+        mediaType=mt.OCI_INDEX,
+        manifests=manifests,
+        annotations=dict(source.annotations) if source.annotations else None,
+    )
+    return RawManifest.from_bytes(index.to_json(), mt.OCI_INDEX)

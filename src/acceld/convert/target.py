@@ -1,0 +1,51 @@
+"""Where a conversion goes: the explicit target or the default derived from the source.
+
+Default: the source repository (or layout) with the source tag plus the driver's tag suffix
+(`busybox:1.36` → `busybox:1.36-esgz`). A digest-only source (`repo@sha256:…`, or a layout
+without a tag) has no tag to extend, and inventing `latest-<suffix>` would let every
+digest-only conversion of the repository overwrite the same tag; its result is pushed
+untagged — reachable by digest and, through its `subject`, from the source (Harbor shows it as
+an accessory). Give DST explicitly to tag it.
+"""
+
+from __future__ import annotations
+
+from acceld.convert.errors import ConvertError
+from acceld.oci.reference import InvalidReference, LayoutRef, Reference, parse_location
+
+Location = Reference | LayoutRef
+
+_MAX_TAG_LENGTH = 128
+
+
+def _suffixed(tag: str, suffix: str) -> str:
+    tag = tag + suffix
+    if len(tag) > _MAX_TAG_LENGTH:
+        raise ConvertError(f"target tag {tag!r} is longer than {_MAX_TAG_LENGTH} characters: give DST")
+    return tag
+
+
+def resolve_target(source: Location, target: str | None, tag_suffix: str) -> Location:
+    """The target location; a registry target has a tag or no ref at all (push by digest)."""
+    if target is not None:
+        location = parse_location(target)
+        if isinstance(location, Reference) and location.digest:
+            raise ConvertError(f"target {target!r} must not contain a digest: the converted digest is new")
+        return location
+    if isinstance(source, LayoutRef):
+        return LayoutRef(source.path, _suffixed(source.tag, tag_suffix) if source.tag else None)
+    if source.tag:
+        try:
+            return source.with_tag(_suffixed(source.tag, tag_suffix))
+        except InvalidReference as exc:
+            raise ConvertError(str(exc)) from None
+    return Reference(source.registry, source.repository, None, None)
+
+
+def describe(location: Location, digest: str) -> str:
+    """`repo:tag` when the target is tagged, else `repo@digest`."""
+    if isinstance(location, LayoutRef):
+        return str(location) if location.tag else f"oci:{location.path}@{digest}"
+    if location.tag:
+        return f"{location.name}:{location.tag}"
+    return f"{location.name}@{digest}"
