@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from harness.registry import RunningRegistry, run_registry
+from harness.testimages import ImageSet, load_test_images
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +38,10 @@ def registry_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRe
     """docker-registry over HTTPS (server cert from a test CA: `ca_file`) with token auth, realm on HTTPS."""
     with run_registry(tmp_path_factory.mktemp("registry-tls"), auth="token", tls=True) as registry:
         yield registry
+
+
+@pytest.fixture(scope="session")
+def test_images() -> ImageSet:
+    """Offline test images (busybox amd64/arm64, OCI index, Docker schema2, whiteouts, edge tars) in one
+    read-only OCI layout, built once into .cache/testimages and reused by later runs."""
+    return load_test_images(REPO_ROOT / ".cache" / "testimages")

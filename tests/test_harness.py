@@ -5,13 +5,22 @@ from __future__ import annotations
 import hashlib
 import json
 import ssl
+import tarfile
 from pathlib import Path
 
 import httpx
 import pytest
-from harness.clients import docker_config, skopeo, skopeo_args, skopeo_copy, skopeo_inspect_raw
-from harness.images import LayoutImage, build_image, tar_directory
+from harness.clients import (
+    docker_config,
+    push_image,
+    skopeo,
+    skopeo_args,
+    skopeo_copy,
+    skopeo_inspect_raw,
+)
+from harness.images import LayoutImage, build_image, read_blob_json, tar_directory
 from harness.registry import RunningRegistry
+from harness.testimages import WHITEOUT_REMOVED, ImageSet
 
 
 @pytest.fixture(scope="module")
@@ -206,3 +215,55 @@ def test_docker_config_is_read_by_skopeo(
         f"docker://{registry_token.ref('test/config', 'v1')}",
     )
     assert sha256(result.stdout) == small_image.digest
+
+
+def elf_machine(tar_file: Path, member: str) -> int:
+    with tarfile.open(tar_file) as tar:
+        extracted = tar.extractfile(member)
+        assert extracted is not None
+        header = extracted.read(20)
+    assert header[:4] == b"\x7fELF"
+    return int.from_bytes(header[18:20], "little")
+
+
+def test_busybox_layers_hold_real_binaries_per_architecture(test_images: ImageSet) -> None:
+    assert elf_machine(test_images.tars["busybox-amd64"], "bin/busybox") == 62  # EM_X86_64
+    assert elf_machine(test_images.tars["busybox-arm64"], "bin/busybox") == 183  # EM_AARCH64
+    index = test_images.busybox_index.read_json()
+    platforms = [m["platform"] for m in index["manifests"]]
+    assert platforms == [
+        {"architecture": "amd64", "os": "linux"},
+        {"architecture": "arm64", "os": "linux", "variant": "v8"},
+    ]
+    config = read_blob_json(test_images.layout, test_images.busybox_arm64.read_json()["config"]["digest"])
+    assert config["rootfs"]["diff_ids"] == [sha256(test_images.tars["busybox-arm64"].read_bytes())]
+
+
+def test_whiteout_image_upper_layer(test_images: ImageSet) -> None:
+    with tarfile.open(test_images.tars["whiteout-upper"]) as tar:
+        names = set(tar.getnames())
+    assert {"etc/app/.wh.b.conf", "usr/share/.wh.doc", "var/cache/data/.wh..wh..opq"} <= names
+    with tarfile.open(test_images.tars["whiteout-lower"]) as tar:
+        lower = set(tar.getnames())
+    assert set(WHITEOUT_REMOVED) <= lower
+    assert len(test_images.whiteout.read_json()["layers"]) == 2
+
+
+@pytest.mark.parametrize(
+    "name", ["busybox_index", "docker_list", "busybox_arm64", "docker_amd64", "whiteout", "edge"]
+)
+def test_images_push_unchanged(
+    name: str, test_images: ImageSet, registry_basic: RunningRegistry, tmp_path: Path
+) -> None:
+    image: LayoutImage = getattr(test_images, name)
+    repository = f"images/{name.replace('_', '-')}"
+    push_image(image, registry_basic, f"{repository}:v1", "alice", tmp_path)
+    raw = skopeo_inspect_raw(registry_basic, registry_basic.ref(repository, "v1"), "alice")
+    assert sha256(raw) == image.digest
+    assert json.loads(raw)["mediaType"] == image.media_type
+    if name in ("busybox_index", "docker_list"):
+        for child in json.loads(raw)["manifests"]:
+            child_raw = skopeo_inspect_raw(
+                registry_basic, f"{registry_basic.host}/{repository}@{child['digest']}", "alice"
+            )
+            assert sha256(child_raw) == child["digest"]

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Literal
 
+from harness.images import OCI_INDEX, OCI_MANIFEST, LayoutImage, export_dir
 from harness.registry import RunningRegistry
 
 Direction = Literal["", "src-", "dest-"]
@@ -98,3 +99,18 @@ def skopeo_inspect_raw(registry: RunningRegistry, reference: str, user: str | No
     """The manifest bytes the registry serves for `reference` (HOST/REPO:TAG or @DIGEST)."""
     result = skopeo("inspect", "--raw", *skopeo_args(registry, user), f"docker://{reference}")
     return result.stdout
+
+
+def push_image(
+    image: LayoutImage, registry: RunningRegistry, reference: str, user: str | None, scratch: Path
+) -> None:
+    """Push `image` byte-for-byte (all platforms, digests kept) to `registry` as `reference` (REPO:TAG).
+
+    Uses skopeo. OCI images go straight from the layout; Docker schema2 ones through a `dir:` copy
+    in `scratch`, because skopeo's `oci:` transport does not see Docker media types.
+    """
+    source = image.ref
+    if image.media_type not in (OCI_MANIFEST, OCI_INDEX):
+        hex_digest = image.digest.partition(":")[2]
+        source = f"dir:{export_dir(image, scratch / f'dir-{hex_digest[:16]}')}"
+    skopeo_copy(source, f"docker://{registry.host}/{reference}", dest_registry=registry, dest_user=user)

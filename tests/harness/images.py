@@ -245,3 +245,36 @@ def tar_directory(source: Path, out: Path, *, mtime: int | None = None) -> Path:
             else:
                 tar.addfile(info)
     return out
+
+
+def child_descriptors(image: LayoutImage) -> list[dict[str, Any]]:
+    """The manifests an index lists, or the config and layers a manifest references."""
+    document = image.read_json()
+    if "manifests" in document:
+        return list(document["manifests"])
+    return [document["config"], *document["layers"]]
+
+
+def export_dir(image: LayoutImage, dest: Path) -> Path:
+    """Write `image` and all its children as a containers `dir:` directory (keeps any media type).
+
+    skopeo's `oci:` transport ignores Docker media types in index.json, so Docker schema2 images
+    are pushed with `skopeo copy --all --preserve-digests dir:DEST docker://…` instead.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "version").write_text("Directory Transport Version: 1.1\n")
+    shutil.copyfile(blob_path(image.layout, image.digest), dest / "manifest.json")
+    pending: list[tuple[LayoutImage, str | None]] = [(image, None)]
+    while pending:
+        current, instance = pending.pop()
+        if instance is not None:
+            shutil.copyfile(blob_path(current.layout, current.digest), dest / f"{instance}.manifest.json")
+        for child in child_descriptors(current):
+            if child["mediaType"] in (OCI_MANIFEST, DOCKER_MANIFEST):
+                sub = LayoutImage(image.layout, "", child["digest"], child["mediaType"], child["size"])
+                pending.append((sub, child["digest"].partition(":")[2]))
+            else:
+                shutil.copyfile(
+                    blob_path(image.layout, child["digest"]), dest / child["digest"].partition(":")[2]
+                )
+    return dest
