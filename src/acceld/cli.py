@@ -1,0 +1,204 @@
+"""The `acceld` command line: a flat list of typer commands over the library.
+
+Every expected failure is an `AcceldError`: `run()` prints it as one line on stderr and exits 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from acceld.config import load_config
+from acceld.errors import AcceldError
+from acceld.oci import mediatypes as mt
+from acceld.oci.models import ImageConfig, RawManifest, parse_config
+from acceld.oci.platform import Platform
+from acceld.oci.reference import LayoutRef, Reference, parse_location
+from acceld.progress import format_size, progress_reporter
+from acceld.registry.copy import copy_image
+from acceld.registry.layout import OCILayout
+from acceld.registry.store import ImageStore
+from acceld.registry.stores import Stores
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="acceld",
+    help="Convert OCI images into lazy-pulling formats.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", help="YAML config file (registries: host → settings).")
+]
+PlainHttpOption = Annotated[
+    bool, typer.Option("--plain-http", help="Talk to every registry over plain HTTP.")
+]
+InsecureOption = Annotated[bool, typer.Option("--insecure", help="Skip TLS certificate verification.")]
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine; an AcceldError becomes one line on stderr and exit code 1."""
+    try:
+        return asyncio.run(coroutine)
+    except AcceldError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from None
+
+
+def open_stores(config: Path | None, plain_http: bool, insecure: bool) -> Stores:
+    return Stores(load_config(config), plain_http=plain_http, insecure=insecure)
+
+
+def source_ref(store: ImageStore, location: Reference | LayoutRef) -> str:
+    """The tag or digest to read from a source location (`oci:PATH` alone: its only image)."""
+    if isinstance(location, Reference):
+        return location.ref
+    if location.tag:
+        return location.tag
+    assert isinstance(store, OCILayout)
+    return store.default_ref()
+
+
+def _manifest_summary(raw: RawManifest, config: ImageConfig | None) -> list[str]:
+    manifest = raw.manifest()
+    lines = []
+    if config is not None:
+        lines.append(f"Platform:   {config.platform}")
+        if config.created:
+            lines.append(f"Created:    {config.created}")
+    if manifest.artifact_type:
+        lines.append(f"Artifact:   {manifest.artifact_type}")
+    if manifest.subject:
+        lines.append(f"Subject:    {manifest.subject.digest}")
+    lines.append(
+        f"Config:     {manifest.config.digest} ({manifest.config.media_type}, {manifest.config.size} B)"
+    )
+    total = sum(layer.size for layer in manifest.layers)
+    lines.append(f"Layers:     {len(manifest.layers)} ({format_size(total)})")
+    lines += [
+        f"  {layer.digest}  {format_size(layer.size):>9}  {layer.media_type}" for layer in manifest.layers
+    ]
+    return lines
+
+
+def _index_summary(raw: RawManifest) -> list[str]:
+    entries = raw.index().manifests
+    lines = [f"Manifests:  {len(entries)}"]
+    for entry in entries:
+        platform = str(Platform.model_validate(entry.platform.to_json())) if entry.platform else "-"
+        lines.append(f"  {platform:<16} {entry.digest}  {entry.media_type}")
+    return lines
+
+
+async def _inspect(ref: str, raw_output: bool, config: Path | None, plain_http: bool, insecure: bool) -> None:
+    location = parse_location(ref)
+    async with open_stores(config, plain_http, insecure) as stores:
+        store = stores.open(location)
+        raw = await store.get_manifest(source_ref(store, location))
+        if raw_output:
+            sys.stdout.buffer.write(raw.data)
+            sys.stdout.flush()
+            return
+        lines = [f"Name:       {location}", f"Digest:     {raw.digest}", f"MediaType:  {raw.media_type}"]
+        if raw.is_index:
+            lines += _index_summary(raw)
+        else:
+            config_desc = raw.manifest().config
+            image_config = None
+            if config_desc.media_type in (mt.OCI_CONFIG, mt.DOCKER_CONFIG):
+                image_config = parse_config(await store.get_blob_bytes(config_desc))
+            lines += _manifest_summary(raw, image_config)
+        typer.echo("\n".join(lines))
+
+
+@app.command()
+def inspect(
+    ref: Annotated[str, typer.Argument(help="Image: [registry/]repo[:tag][@digest] or oci:PATH[:TAG].")],
+    raw: Annotated[bool, typer.Option("--raw", help="Print the manifest or index bytes exactly.")] = False,
+    config: ConfigOption = None,
+    plain_http: PlainHttpOption = False,
+    insecure: InsecureOption = False,
+) -> None:
+    """Show an image's manifest or index (digest, platforms, config, layers)."""
+    run(_inspect(ref, raw, config, plain_http, insecure))
+
+
+async def _copy(
+    src: Reference | LayoutRef,
+    dst: Reference | LayoutRef,
+    platforms: list[Platform],
+    all_platforms: bool,
+    stores: Stores,
+) -> str:
+    async with stores:
+        src_store = stores.open(src)
+        dst_store = stores.open(dst, create=True)
+        if isinstance(dst, Reference):
+            dst_tag = None if dst.digest else dst.tag
+        else:
+            dst_tag = dst.tag or src.tag or "latest"
+        with progress_reporter() as progress:
+            result = await copy_image(
+                src_store,
+                source_ref(src_store, src),
+                dst_store,
+                dst_tag,
+                platforms=platforms,
+                all_platforms=all_platforms,
+                progress=progress,
+            )
+        if isinstance(dst, Reference) and dst.digest and dst.digest != result.digest:
+            raise AcceldError(f"copied image has digest {result.digest}, not the requested {dst.digest}")
+        return result.digest
+
+
+@app.command()
+def copy(
+    src: Annotated[
+        str, typer.Argument(help="Source image: [registry/]repo[:tag][@digest] or oci:PATH[:TAG].")
+    ],
+    dst: Annotated[str, typer.Argument(help="Destination: [registry/]repo[:tag] or oci:PATH[:TAG].")],
+    platform: Annotated[
+        list[str] | None,
+        typer.Option("--platform", help="os/arch[/variant] to copy from an index (repeatable)."),
+    ] = None,
+    all_platforms: Annotated[
+        bool, typer.Option("--all-platforms", help="Copy a whole index, digest unchanged.")
+    ] = False,
+    config: ConfigOption = None,
+    plain_http: PlainHttpOption = False,
+    insecure: InsecureOption = False,
+) -> None:
+    """Copy an image between registries and OCI layouts, digests unchanged.
+
+    From an index, without --platform or --all-platforms, the host platform's image is copied.
+    """
+
+    async def main() -> str:
+        if platform and all_platforms:
+            raise AcceldError("use either --platform or --all-platforms, not both")
+        platforms = [Platform.parse(p) for p in platform or []]
+        return await _copy(
+            parse_location(src),
+            parse_location(dst),
+            platforms,
+            all_platforms,
+            open_stores(config, plain_http, insecure),
+        )
+
+    typer.echo(run(main()))
+
+
+def main() -> None:
+    app()
