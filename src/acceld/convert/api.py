@@ -5,15 +5,23 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from acceld.convert.drivers import make_driver
 
 if TYPE_CHECKING:
     from acceld.config import AcceldConfig
-    from acceld.progress import Progress
+    from acceld.progress import ProgressReporter
 
-__all__ = ["ConversionRequest", "ConversionResult", "convert_image", "convert_image_sync", "make_driver"]
+__all__ = [
+    "ConversionRequest",
+    "ConversionResult",
+    "ConvertOptions",
+    "convert_image",
+    "convert_image_sync",
+    "make_driver",
+]
 
 
 @dataclass(frozen=True)
@@ -49,15 +57,35 @@ class ConversionResult:
     layers_cached: int
 
 
+@dataclass(frozen=True)
+class ConvertOptions:
+    """Local settings of the converting process (not part of what is converted)."""
+
+    cache_dir: Path | None = None  # None: $ACCELD_CACHE_DIR, else ~/.cache/acceld
+    use_cache: bool = True
+    plain_http: bool = False  # for every registry, on top of the config
+    insecure: bool = False
+    workers: int | None = None  # parallel layer conversions; None: one per usable core
+
+
 async def convert_image(
-    request: ConversionRequest, config: AcceldConfig, progress: Progress | None = None
+    request: ConversionRequest,
+    config: AcceldConfig,
+    progress: ProgressReporter | None = None,
+    options: ConvertOptions | None = None,
 ) -> ConversionResult:
-    """Convert one image (or index) and push the result. Raises `AcceldError` subclasses."""
+    """Convert one image (or index) and push the result. Raises `AcceldError` subclasses.
+
+    Worker processes are spawned: a script calling this needs the `if __name__ == "__main__":`
+    guard, as with any multiprocessing code.
+    """
     from acceld.convert.pipeline import run_conversion
 
-    return await run_conversion(request, config, progress)
+    return await run_conversion(request, config, progress, options or ConvertOptions())
 
 
-def convert_image_sync(request: ConversionRequest, config: AcceldConfig) -> ConversionResult:
+def convert_image_sync(
+    request: ConversionRequest, config: AcceldConfig, options: ConvertOptions | None = None
+) -> ConversionResult:
     """`convert_image` for callers without an event loop (worker processes)."""
-    return asyncio.run(convert_image(request, config))
+    return asyncio.run(convert_image(request, config, options=options))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
@@ -29,8 +30,12 @@ class LayerJob:
     workdir: Path
 
 
-def convert_layer_job(driver: Driver, job: LayerJob) -> LayerBlob:
+def convert_layer_job(
+    driver: Driver, job: LayerJob, report: Callable[[int], None] | None = None
+) -> LayerBlob:
     """Decompress, verify and convert one layer. Runs in a worker process; everything is picklable.
+
+    `report` hears the compressed source bytes consumed so far, piece by piece (progress).
 
     Raises AcceldError subclasses only: unexpected driver exceptions become ConvertError with the
     traceback logged at debug level.
@@ -38,7 +43,7 @@ def convert_layer_job(driver: Driver, job: LayerJob) -> LayerBlob:
     job.workdir.mkdir(parents=True, exist_ok=True)
     try:
         with job.source_path.open("rb") as blob, job.output_path.open("wb") as out_file:
-            source = SourceTarStream(cast(BinaryIO, blob), job.layer)
+            source = SourceTarStream(cast(BinaryIO, blob), job.layer, report)
             tar = cast(BinaryIO, io.BufferedReader(source, _TAR_BUFFER))
             out = MeasuringWriter(cast(BinaryIO, out_file))
             output = driver.convert_layer(tar, cast(BinaryIO, out), job.layer, job.workdir)

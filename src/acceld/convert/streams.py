@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import zlib
+from collections.abc import Callable
 from typing import BinaryIO, NoReturn, cast
 
 import isal.igzip
@@ -29,15 +30,16 @@ _DECODE_ERRORS: tuple[type[BaseException], ...] = (
     EOFError,
     zlib.error,
     zstandard.ZstdError,
-    IsalError,
+    cast(type[BaseException], IsalError),
 )
 
 
 class _HashingReader(io.RawIOBase):
-    """Passes reads through and hashes every byte read."""
+    """Passes reads through, hashes every byte read and reports the amounts to `on_read`."""
 
-    def __init__(self, inner: BinaryIO) -> None:
+    def __init__(self, inner: BinaryIO, on_read: Callable[[int], None] | None = None) -> None:
         self._inner = inner
+        self._on_read = on_read
         self.hash = hashlib.sha256()
         self.size = 0
 
@@ -49,6 +51,8 @@ class _HashingReader(io.RawIOBase):
         if n:
             self.hash.update(memoryview(buffer)[:n])
             self.size += n
+            if self._on_read is not None:
+                self._on_read(n)
         return int(n or 0)
 
     def drain(self) -> None:
@@ -74,11 +78,14 @@ class SourceTarStream(io.RawIOBase):
 
     Decoder failures raise `CorruptSourceLayerError` (a FormatError, so drivers pass it through);
     `finish()` reads whatever the driver left unread and checks blob digest, size and diff_id.
+    `on_read` hears how many compressed bytes were consumed (progress).
     """
 
-    def __init__(self, blob: BinaryIO, layer: SourceLayer) -> None:
+    def __init__(
+        self, blob: BinaryIO, layer: SourceLayer, on_read: Callable[[int], None] | None = None
+    ) -> None:
         self._layer = layer
-        self._compressed = _HashingReader(blob)
+        self._compressed = _HashingReader(blob, on_read)
         buffered = io.BufferedReader(self._compressed, _READ_SIZE)
         self.compression = _compression_of(layer, buffered.peek(4)[:4])
         self._decoded: BinaryIO

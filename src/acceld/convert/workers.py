@@ -20,15 +20,20 @@ from acceld.errors import AcceldError
 T = TypeVar("T")
 
 _CONTEXT = multiprocessing.get_context("spawn")
+# Messages from a child: any number of progress reports, then one result or error.
+_PROGRESS, _RESULT, _ERROR = "progress", "result", "error"
 
 
-def _child(conn: Connection, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+def _child(conn: Connection, fn: Callable[..., Any], args: tuple[Any, ...], reports: bool) -> None:
+    def report(amount: int) -> None:
+        conn.send((_PROGRESS, amount))
+
     try:
-        result: tuple[bool, Any] = (True, fn(*args))
+        result: tuple[str, Any] = (_RESULT, fn(*args, report) if reports else fn(*args))
     except AcceldError as exc:
-        result = (False, exc)
+        result = (_ERROR, exc)
     except BaseException as exc:
-        result = (False, ConvertError(f"worker failed: {type(exc).__name__}: {exc}"))
+        result = (_ERROR, ConvertError(f"worker failed: {type(exc).__name__}: {exc}"))
     conn.send(result)
     conn.close()
 
@@ -43,27 +48,37 @@ class ProcessRunner:
     def __init__(self, limit: int | None = None) -> None:
         self._slots = asyncio.Semaphore(limit or default_workers())
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def run(
+        self, fn: Callable[..., T], *args: Any, on_progress: Callable[[int], None] | None = None
+    ) -> T:
+        """`fn(*args)` in a child process; with `on_progress`, `fn(*args, report)` where each
+        `report(n)` in the child calls `on_progress(n)` here."""
         async with self._slots:
             receiver, sender = _CONTEXT.Pipe(duplex=False)
-            process = _CONTEXT.Process(target=_child, args=(sender, fn, args), daemon=True)
+            reports = on_progress is not None
+            process = _CONTEXT.Process(target=_child, args=(sender, fn, args, reports), daemon=True)
             process.start()
             sender.close()
             try:
-                ok, value = await _receive(receiver)
+                while True:
+                    kind, value = await _receive(receiver)
+                    if kind != _PROGRESS:
+                        break
+                    if on_progress is not None:
+                        on_progress(value)
             except BaseException:
                 process.terminate()
                 raise
             finally:
                 await asyncio.to_thread(process.join)
                 receiver.close()
-        if not ok:
+        if kind == _ERROR:
             raise value
         return value  # type: ignore[no-any-return]
 
 
-async def _receive(conn: Connection) -> tuple[bool, Any]:
-    """The child's (ok, value) message; waits on the pipe without blocking the event loop."""
+async def _receive(conn: Connection) -> tuple[str, Any]:
+    """The child's next (kind, value) message; waits on the pipe without blocking the event loop."""
     loop = asyncio.get_running_loop()
     readable: asyncio.Future[None] = loop.create_future()
 
@@ -77,7 +92,7 @@ async def _receive(conn: Connection) -> tuple[bool, Any]:
     finally:
         loop.remove_reader(conn.fileno())
     try:
-        result: tuple[bool, Any] = conn.recv()
+        message: tuple[str, Any] = conn.recv()
     except EOFError:
-        return False, ConvertError("worker process died (killed by the system, out of memory?)")
-    return result
+        return _ERROR, ConvertError("worker process died (killed by the system, out of memory?)")
+    return message

@@ -1,0 +1,159 @@
+"""Turning every distinct source layer of a conversion into a converted blob on local disk.
+
+Per layer, in this order: already in the target format → passes through unchanged; in the
+layer cache → reused; otherwise fetched to a spool file (read in place from an OCI layout) and
+converted in a worker process. Layers shared by several platforms are handled once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from acceld.convert.cache import CacheKey, LayerCache
+from acceld.convert.layer_job import LayerJob, convert_layer_job
+from acceld.convert.workers import ProcessRunner
+from acceld.errors import AcceldError
+from acceld.formats.driver import Driver, LayerBlob, SourceLayer
+from acceld.oci.digest import digest_hex
+from acceld.oci.models import Descriptor
+from acceld.progress import ProgressReporter
+from acceld.registry.layout import OCILayout
+from acceld.registry.store import ImageStore
+
+_PARALLEL_FETCHES = 4
+
+
+class Outcome(enum.Enum):
+    CONVERTED = "converted"
+    CACHED = "cached"
+    PASSED = "passed through"
+
+
+@dataclass(frozen=True)
+class ConvertedLayer:
+    source: SourceLayer
+    blob: LayerBlob
+    outcome: Outcome
+
+
+def short(digest: str) -> str:
+    return digest_hex(digest)[:12]
+
+
+class LayerConverter:
+    """Converts layers of one conversion; spool files and converted blobs live under `workspace`."""
+
+    def __init__(
+        self,
+        driver: Driver,
+        source: ImageStore,
+        workspace: Path,
+        cache: LayerCache | None,
+        runner: ProcessRunner,
+        progress: ProgressReporter,
+    ) -> None:
+        self._driver = driver
+        self._source = source
+        self._workspace = workspace
+        self._cache = cache
+        self._runner = runner
+        self._progress = progress
+        self._fetch_slots = asyncio.Semaphore(_PARALLEL_FETCHES)
+
+    async def convert_all(self, layers: Iterable[SourceLayer]) -> dict[str, ConvertedLayer]:
+        """Every distinct layer by source digest. The first failure cancels the rest."""
+        distinct = {layer.digest: layer for layer in layers}
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = {digest: group.create_task(self._convert(lay)) for digest, lay in distinct.items()}
+        except BaseExceptionGroup as failures:
+            raise first_error(failures) from None
+        return {digest: task.result() for digest, task in tasks.items()}
+
+    async def _convert(self, layer: SourceLayer) -> ConvertedLayer:
+        if self._driver.is_converted(layer):
+            path = await self._local_copy(layer)
+            blob = LayerBlob(
+                path=path,
+                media_type=layer.media_type,
+                digest=layer.digest,
+                size=layer.size,
+                diff_id=layer.diff_id,
+                annotations=dict(layer.annotations),
+            )
+            self._progress.log(f"layer {short(layer.digest)}: already {self._driver.name}, passed through")
+            return ConvertedLayer(layer, blob, Outcome.PASSED)
+        key = CacheKey(layer.digest, self._driver.name, self._driver.options_key())
+        if self._cache is not None:
+            cached = await asyncio.to_thread(self._cache.lookup, key)
+            if cached is not None:
+                self._progress.log(f"layer {short(layer.digest)}: cached as {short(cached.digest)}")
+                return ConvertedLayer(layer, cached, Outcome.CACHED)
+        source_path = await self._local_copy(layer)
+        blob = await self._convert_file(layer, source_path)
+        if self._cache is not None:
+            blob = await asyncio.to_thread(self._cache.store, key, blob)
+        return ConvertedLayer(layer, blob, Outcome.CONVERTED)
+
+    async def _convert_file(self, layer: SourceLayer, source_path: Path) -> LayerBlob:
+        hex_digest = digest_hex(layer.digest)
+        job = LayerJob(
+            layer=layer,
+            source_path=source_path,
+            output_path=self._workspace / f"converted-{hex_digest}",
+            workdir=self._workspace / f"work-{hex_digest}",
+        )
+        key = f"convert {layer.digest}"
+        self._progress.start(key, f"convert {short(layer.digest)}", layer.size)
+        try:
+            blob = await self._runner.run(
+                convert_layer_job, self._driver, job, on_progress=lambda n: self._progress.advance(key, n)
+            )
+        except BaseException:
+            self._progress.finish(key, "failed")
+            raise
+        finally:
+            if source_path.parent == self._workspace:
+                source_path.unlink(missing_ok=True)
+        self._progress.finish(key, f"{self._driver.name} {short(blob.digest)}, {blob.size} bytes")
+        return blob
+
+    async def _local_copy(self, layer: SourceLayer) -> Path:
+        """The source blob as a local file: in place for a layout (verified while converting),
+        else downloaded (verified by the store) to the workspace."""
+        if isinstance(self._source, OCILayout):
+            return self._source.blob_path(layer.digest)
+        path = self._workspace / f"source-{digest_hex(layer.digest)}"
+        desc = Descriptor(mediaType=layer.media_type, digest=layer.digest, size=layer.size)
+        key = f"fetch {layer.digest}"
+        async with self._fetch_slots:
+            self._progress.start(key, f"fetch {short(layer.digest)}", layer.size)
+            try:
+                with path.open("wb") as out:
+                    async for chunk in self._source.blob_chunks(desc):
+                        out.write(chunk)
+                        self._progress.advance(key, len(chunk))
+            except BaseException:
+                self._progress.finish(key, "failed")
+                raise
+            self._progress.finish(key, "done")
+        return path
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first user-facing error of a task group (an AcceldError if there is one)."""
+    leaves: list[BaseException] = []
+
+    def collect(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                collect(inner)
+        else:
+            leaves.append(exc)
+
+    collect(group)
+    return next((exc for exc in leaves if isinstance(exc, AcceldError)), leaves[0])

@@ -1,0 +1,137 @@
+"""One conversion from start to finish: source → converted layers → config/manifest → push.
+
+Nothing is pushed before every layer of every selected platform is converted and every
+manifest is built, so a corrupt source layer leaves the target untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from acceld.convert.api import ConversionRequest, ConversionResult, ConvertOptions
+from acceld.convert.cache import LayerCache, default_cache_dir
+from acceld.convert.drivers import make_driver
+from acceld.convert.image import converted_config, converted_index, converted_manifest
+from acceld.convert.layers import ConvertedLayer, LayerConverter, Outcome
+from acceld.convert.push import Pusher, PushPlan
+from acceld.convert.source import SourceImage, SourcePlan, load_source
+from acceld.convert.target import Location, describe, resolve_target
+from acceld.convert.workers import ProcessRunner
+from acceld.formats.driver import Driver, LayerBlob
+from acceld.oci import mediatypes as mt
+from acceld.oci.digest import sha256_digest
+from acceld.oci.models import Descriptor, RawManifest
+from acceld.oci.reference import LayoutRef, parse_location
+from acceld.progress import NullProgress
+from acceld.registry.layout import OCILayout
+from acceld.registry.store import ImageStore
+from acceld.registry.stores import Stores
+
+if TYPE_CHECKING:
+    from acceld.config import AcceldConfig
+    from acceld.progress import ProgressReporter
+
+
+@dataclass(frozen=True)
+class ConvertedImage:
+    source: SourceImage
+    layers: tuple[LayerBlob, ...]  # converted layers in manifest order, then the driver's extra layers
+    config: tuple[Descriptor, bytes]
+    manifest: RawManifest
+
+
+def _source_ref(store: ImageStore, location: Location) -> str:
+    if isinstance(location, LayoutRef):
+        assert isinstance(store, OCILayout)
+        return location.tag or store.default_ref()
+    return location.ref
+
+
+async def run_conversion(
+    request: ConversionRequest,
+    config: AcceldConfig,
+    progress: ProgressReporter | None,
+    options: ConvertOptions,
+) -> ConversionResult:
+    progress = progress or NullProgress()
+    started = time.monotonic()
+    driver = make_driver(request.driver, request.options)
+    source_location = parse_location(request.source)
+    target_location = resolve_target(source_location, request.target, driver.tag_suffix)
+    cache = LayerCache(options.cache_dir or default_cache_dir()) if options.use_cache else None
+    workspace = cache.work_dir() if cache else Path(tempfile.mkdtemp(prefix="acceld-convert-"))
+    try:
+        async with Stores(config, plain_http=options.plain_http, insecure=options.insecure) as stores:
+            source = stores.open(source_location)
+            plan = await load_source(source, _source_ref(source, source_location), request.platforms)
+            runner = ProcessRunner(options.workers)
+            converter = LayerConverter(driver, source, workspace, cache, runner, progress)
+            layers = await converter.convert_all(layer for image in plan.images for layer in image.layers)
+            images = [
+                await _build_image(driver, image, layers, workspace / f"finalize-{n}")
+                for n, image in enumerate(plan.images)
+            ]
+            root, children = _root_manifest(plan, images)
+            target = stores.open(target_location, create=True)
+            push_plan = PushPlan(
+                blobs=list({blob.digest: blob for image in images for blob in image.layers}.values()),
+                configs=[image.config for image in images],
+                children=children,
+                root=root,
+            )
+            await Pusher(target, source, cache, progress).push(push_plan, target_location.tag)
+    finally:
+        await asyncio.to_thread(shutil.rmtree, workspace, True)
+    return ConversionResult(
+        source=request.source,
+        source_digest=plan.root.digest,
+        target=describe(target_location, root.digest),
+        target_digest=root.digest,
+        source_size=_size(
+            [(layer.digest, layer.size) for image in plan.images for layer in image.layers]
+            + [(image.manifest.config.digest, image.manifest.config.size) for image in plan.images]
+        ),
+        target_size=_size(
+            [(blob.digest, blob.size) for blob in push_plan.blobs]
+            + [(desc.digest, desc.size) for desc, _ in push_plan.configs]
+        ),
+        seconds=time.monotonic() - started,
+        layers_converted=sum(1 for layer in layers.values() if layer.outcome is Outcome.CONVERTED),
+        layers_cached=sum(1 for layer in layers.values() if layer.outcome is Outcome.CACHED),
+    )
+
+
+def _size(blobs: list[tuple[str, int]]) -> int:
+    return sum(dict(blobs).values())
+
+
+async def _build_image(
+    driver: Driver, image: SourceImage, layers: Mapping[str, ConvertedLayer], workdir: Path
+) -> ConvertedImage:
+    converted = [layers[layer.digest].blob for layer in image.layers]
+    workdir.mkdir()
+    additions = await asyncio.to_thread(driver.finalize, converted, workdir)
+    all_layers = (*converted, *additions.extra_layers)
+    config_bytes = converted_config(image.config, all_layers, additions)
+    config_desc = Descriptor(
+        mediaType=mt.OCI_CONFIG, digest=sha256_digest(config_bytes), size=len(config_bytes)
+    )
+    manifest = converted_manifest(
+        image.manifest, image.entry, config_desc, all_layers, additions.manifest_annotations
+    )
+    return ConvertedImage(image, all_layers, (config_desc, config_bytes), manifest)
+
+
+def _root_manifest(plan: SourcePlan, images: list[ConvertedImage]) -> tuple[RawManifest, list[RawManifest]]:
+    if plan.index is None:
+        return images[0].manifest, []
+    children = [image.manifest for image in images]
+    index = converted_index(plan.index, [(image.source.entry, image.manifest) for image in images])
+    return index, children

@@ -1,0 +1,84 @@
+"""Pushing a converted image: blobs first, then configs, then manifests (children, then the index).
+
+A blob already in the target repository is skipped; one known to exist in another repository
+of the same registry (a pass-through layer of the source, or a cached layer pushed before) is
+mounted from there; anything else is uploaded from its local file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from acceld.convert.cache import LayerCache
+from acceld.convert.layers import short
+from acceld.formats.driver import LayerBlob
+from acceld.oci.models import Descriptor, RawManifest
+from acceld.progress import ProgressReporter
+from acceld.registry.repository import RegistryRepository
+from acceld.registry.store import ImageStore
+
+_PARALLEL_PUSHES = 4
+_PUSH_OUTCOME = {"exists": "already there", "mounted": "mounted", "uploaded": "uploaded"}
+
+
+@dataclass(frozen=True)
+class PushPlan:
+    """Everything one conversion pushes, in dependency order."""
+
+    blobs: Sequence[LayerBlob]  # distinct layer blobs of every platform
+    configs: Sequence[tuple[Descriptor, bytes]]
+    children: Sequence[RawManifest]  # pushed by digest (index children)
+    root: RawManifest  # pushed with the tag, or by digest when the target has no tag
+
+
+class Pusher:
+    def __init__(
+        self, target: ImageStore, source: ImageStore, cache: LayerCache | None, progress: ProgressReporter
+    ) -> None:
+        self._target = target
+        self._progress = progress
+        self._source = source
+        self._cache = cache
+        self._slots = asyncio.Semaphore(_PARALLEL_PUSHES)
+
+    async def push(self, plan: PushPlan, tag: str | None) -> None:
+        await asyncio.gather(*(self._push_layer(blob) for blob in plan.blobs))
+        await asyncio.gather(*(self._push_bytes(desc, data) for desc, data in plan.configs))
+        for child in plan.children:
+            await self._target.put_manifest(child)
+        await self._target.put_manifest(plan.root, tag)
+
+    async def _push_bytes(self, desc: Descriptor, data: bytes) -> None:
+        async with self._slots:
+            await self._target.put_blob(desc, data)
+
+    async def _push_layer(self, blob: LayerBlob) -> None:
+        desc = Descriptor(mediaType=blob.media_type, digest=blob.digest, size=blob.size)
+        key = f"push {blob.digest}"
+        async with self._slots:
+            self._progress.start(key, f"push {short(blob.digest)}", blob.size)
+            try:
+                mount_from = self._mount_source(blob.digest)
+                result = await self._target.put_blob(desc, blob.path, mount_from=mount_from)
+            except BaseException:
+                self._progress.finish(key, "failed")
+                raise
+            self._progress.finish(key, _PUSH_OUTCOME[result])
+        if self._cache is not None and isinstance(self._target, RegistryRepository):
+            target = self._target
+            await asyncio.to_thread(self._cache.record_location, blob.digest, target.client.host, target.name)
+
+    def _mount_source(self, digest: str) -> str | None:
+        """A repository on the target's registry that is known to hold `digest`, if any."""
+        target = self._target
+        if not isinstance(target, RegistryRepository):
+            return None
+        candidates: list[str] = []
+        if self._cache is not None:
+            candidates += self._cache.locations(digest, target.client.host)
+        source = self._source
+        if isinstance(source, RegistryRepository) and source.client.host == target.client.host:
+            candidates.append(source.name)
+        return next((name for name in candidates if name != target.name), None)

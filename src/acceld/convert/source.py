@@ -1,0 +1,109 @@
+"""Reading the source: the root manifest or index, the selected platforms, their configs and layers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from acceld.convert.errors import ConvertError
+from acceld.formats.driver import SourceLayer
+from acceld.oci import mediatypes as mt
+from acceld.oci.models import Descriptor, ImageConfig, Index, Manifest, RawManifest, parse_config
+from acceld.oci.platform import Platform
+from acceld.registry.store import ImageStore
+
+_IMAGE_CONFIG_TYPES = frozenset({mt.OCI_CONFIG, mt.DOCKER_CONFIG})
+# buildx stores attestations as index children with this platform; they are not runnable images.
+_UNKNOWN_OS = "unknown"
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    """One platform's image: manifest, config and layers (with their diff_ids)."""
+
+    entry: Descriptor  # the index entry (with platform) or the root manifest's descriptor
+    raw: RawManifest
+    manifest: Manifest
+    config: ImageConfig
+    layers: tuple[SourceLayer, ...]
+
+    @property
+    def platform(self) -> str:
+        return str(self.config.platform)
+
+
+@dataclass(frozen=True)
+class SourcePlan:
+    root: RawManifest
+    index: Index | None  # None when the root is a single image manifest
+    images: tuple[SourceImage, ...]
+
+
+def _wanted(platforms: Sequence[str] | None) -> list[Platform] | None:
+    return None if platforms is None else [Platform.parse(p) for p in platforms]
+
+
+def _matches(wanted: list[Platform] | None, candidate: Platform) -> bool:
+    return wanted is None or any(w.matches(candidate) for w in wanted)
+
+
+async def load_source(store: ImageStore, ref: str, platforms: Sequence[str] | None) -> SourcePlan:
+    """The source images to convert; one-line errors for unsupported or empty selections."""
+    wanted = _wanted(platforms)
+    root = await store.get_manifest(ref)
+    if root.is_index:
+        index = root.index()
+        entries = [
+            entry
+            for entry in index.manifests
+            if mt.is_manifest(entry.media_type)
+            and entry.platform is not None
+            and entry.platform.os != _UNKNOWN_OS
+            and _matches(wanted, entry.platform)
+        ]
+        if not entries:
+            what = f"platform {', '.join(platforms)}" if platforms else "image manifest with a platform"
+            raise ConvertError(f"{store.location}: index {root.digest} has no {what}")
+        images = await asyncio.gather(*(_load_child(store, entry) for entry in entries))
+        return SourcePlan(root, index, tuple(images))
+    if not root.is_manifest:
+        raise ConvertError(f"{store.location}: {root.media_type} ({root.digest}) is not an image or index")
+    image = await _load_image(store, root.descriptor(), root)
+    if not _matches(wanted, image.config.platform):
+        raise ConvertError(
+            f"{store.location}: image {root.digest} is {image.platform}, not {', '.join(platforms or ())}"
+        )
+    return SourcePlan(root, None, (image,))
+
+
+async def _load_child(store: ImageStore, entry: Descriptor) -> SourceImage:
+    return await _load_image(store, entry, await store.get_manifest(entry.digest))
+
+
+async def _load_image(store: ImageStore, entry: Descriptor, raw: RawManifest) -> SourceImage:
+    if not raw.is_manifest:
+        raise ConvertError(f"{store.location}: {raw.digest} is a {raw.media_type}, not an image manifest")
+    manifest = raw.manifest()
+    if manifest.config.media_type not in _IMAGE_CONFIG_TYPES:
+        raise ConvertError(
+            f"{store.location}: {raw.digest} is not a container image (config {manifest.config.media_type})"
+        )
+    config = parse_config(await store.get_blob_bytes(manifest.config))
+    diff_ids = config.rootfs.diff_ids
+    if len(diff_ids) != len(manifest.layers):
+        raise ConvertError(
+            f"{store.location}: image {raw.digest} has {len(manifest.layers)} layers "
+            f"but {len(diff_ids)} diff_ids in its config"
+        )
+    layers = tuple(
+        SourceLayer(
+            digest=layer.digest,
+            media_type=layer.media_type,
+            size=layer.size,
+            diff_id=diff_id,
+            annotations=dict(layer.annotations or {}),
+        )
+        for layer, diff_id in zip(manifest.layers, diff_ids, strict=True)
+    )
+    return SourceImage(entry=entry, raw=raw, manifest=manifest, config=config, layers=layers)
