@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from harness.registry import RunningRegistry, run_registry
 from harness.testimages import ImageSet, load_test_images
+from harness.tools import esgz_binary
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,3 +46,9 @@ def test_images() -> ImageSet:
     """Offline test images (busybox amd64/arm64, OCI index, Docker schema2, whiteouts, edge tars) in one
     read-only OCI layout, built once into .cache/testimages and reused by later runs."""
     return load_test_images(REPO_ROOT / ".cache" / "testimages")
+
+
+@pytest.fixture(scope="session")
+def esgz() -> Path:
+    """The Go eStargz reference tool from ../shared/tools/esgz (`esgz verify BLOB`, `esgz toc BLOB`)."""
+    return esgz_binary(REPO_ROOT)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import ssl
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -267,3 +268,21 @@ def test_images_push_unchanged(
                 registry_basic, f"{registry_basic.host}/{repository}@{child['digest']}", "alice"
             )
             assert sha256(child_raw) == child["digest"]
+
+
+def test_esgz_tool_builds_and_verifies(esgz: Path, test_images: ImageSet, tmp_path: Path) -> None:
+    blob = tmp_path / "busybox.esgz"
+    built = subprocess.run(
+        [str(esgz), "build", str(test_images.tars["busybox-amd64"]), str(blob)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    summary = json.loads(built.stdout)
+    toc = subprocess.run([str(esgz), "toc", str(blob)], capture_output=True, check=True).stdout
+    assert "bin/busybox" in {entry["name"] for entry in json.loads(toc)["entries"]}
+    verified = subprocess.run([str(esgz), "verify", str(blob), summary["tocDigest"]], capture_output=True)
+    assert verified.returncode == 0, verified.stderr
+    blob.write_bytes(blob.read_bytes()[:-1] + b"\x01")
+    corrupted = subprocess.run([str(esgz), "verify", str(blob), summary["tocDigest"]], capture_output=True)
+    assert corrupted.returncode == 1
