@@ -1,0 +1,1053 @@
+"""Parse and validate a RAFS v6 bootstrap (the EROFS-compatible metadata of a Nydus image).
+
+`parse_bootstrap(data)` checks every bootstrap rule of the format document (superblocks, device
+and blob tables, inodes, directory entries, xattrs, chunk addresses, chunk and prefetch tables)
+and returns a `RafsBootstrap` with the whole tree. Any violation raises `BootstrapError` naming
+the structure, its offset or nid, and the expected versus found value.
+"""
+
+from __future__ import annotations
+
+import itertools
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Final
+
+from acceld.formats.nydus.reader_common import (
+    BLOCK_SIZE,
+    COMPRESSOR_NAMES,
+    DIGESTER_NAMES,
+    FEATURE_ALIGNED,
+    FEATURE_BATCH,
+    FEATURE_CHUNK_INFO_V2,
+    FEATURE_ENCRYPTED,
+    FEATURE_INLINED_CHUNK_DIGEST,
+    FEATURE_IS_CHUNKDICT_GENERATED,
+    FEATURE_ZRAN,
+    KNOWN_BLOB_FEATURES,
+    BootstrapError,
+    UnsupportedNydusError,
+    align,
+    cstring,
+    u16,
+    u32,
+    u64,
+)
+
+EROFS_MAGIC: Final = 0xE0F5E1E2
+RAFS_V5_MAGIC: Final = b"SFAR"  # u32 0x52414653 at offset 0
+SUPERBLOCK_OFFSET: Final = 1024
+EXT_SUPERBLOCK_OFFSET: Final = 1152
+DEVICE_TABLE_OFFSET: Final = 1408
+DEVICE_SLOT_SIZE: Final = 128
+BLOB_ENTRY_SIZE: Final = 256
+CHUNK_RECORD_SIZE: Final = 80
+INODE_SLOT: Final = 32
+COMPACT_INODE_SIZE: Final = 32
+EXTENDED_INODE_SIZE: Final = 64
+DIRENT_SIZE: Final = 12
+XATTR_HEADER_SIZE: Final = 12
+CHUNK_ADDR_SIZE: Final = 8
+EROFS_NULL_ADDR: Final = 0xFFFFFFFF
+MAX_CHUNKS_PER_BLOB: Final = 1 << 24
+MIN_CHUNK_SIZE: Final = 0x1000
+MAX_CHUNK_SIZE: Final = 0x100_0000
+LEGACY_S_BLOCKS: Final = 4096
+DEVICE_ALIGNMENTS: Final = (0x8_0000, 0x20_0000)  # 512 KiB today, 2 MiB before 2023-03
+
+FEATURE_COMPAT_RAFS_V6: Final = 0x4000_0000
+FEATURE_INCOMPAT_REQUIRED: Final = 0xC  # CHUNKED_FILE | DEVICE_TABLE
+
+# RafsSuperFlags
+FLAG_COMPRESSION_NONE: Final = 0x1
+FLAG_COMPRESSION_LZ4: Final = 0x2
+FLAG_HASH_BLAKE3: Final = 0x4
+FLAG_HASH_SHA256: Final = 0x8
+FLAG_EXPLICIT_UID_GID: Final = 0x10
+FLAG_HAS_XATTR: Final = 0x20
+FLAG_COMPRESSION_GZIP: Final = 0x40
+FLAG_COMPRESSION_ZSTD: Final = 0x80
+FLAG_INLINED_CHUNK_DIGEST: Final = 0x100
+FLAG_TARFS_MODE: Final = 0x200
+FLAG_ENCRYPTION_NONE: Final = 0x0100_0000
+FLAG_ENCRYPTION_AES128_XTS: Final = 0x0200_0000
+KNOWN_SUPER_FLAGS: Final = 0x3FF | FLAG_ENCRYPTION_NONE | FLAG_ENCRYPTION_AES128_XTS
+COMPRESSION_FLAGS: Final = {
+    FLAG_COMPRESSION_NONE: 0,
+    FLAG_COMPRESSION_LZ4: 1,
+    FLAG_COMPRESSION_GZIP: 2,
+    FLAG_COMPRESSION_ZSTD: 3,
+}
+HASH_FLAGS: Final = {FLAG_HASH_BLAKE3: 0, FLAG_HASH_SHA256: 1}
+
+# chunk record flags (80-byte chunk table)
+CHUNK_COMPRESSED: Final = 0x1
+CHUNK_HOLE: Final = 0x2
+CHUNK_ENCRYPTED: Final = 0x4
+CHUNK_BATCH: Final = 0x8
+CHUNK_HAS_CRC32: Final = 0x10
+
+LAYOUT_FLAT_PLAIN: Final = 0
+LAYOUT_FLAT_INLINE: Final = 2
+LAYOUT_CHUNK_BASED: Final = 4
+CHUNK_FORMAT_INDEXES: Final = 0x20
+
+XATTR_PREFIXES: Final = {
+    1: b"user.",
+    2: b"system.posix_acl_access",
+    3: b"system.posix_acl_default",
+    4: b"trusted.",
+    6: b"security.",
+}
+FULL_NAME_XATTR_INDEXES: Final = (2, 3)
+
+FILE_TYPES: Final = {
+    stat.S_IFREG: 1,
+    stat.S_IFDIR: 2,
+    stat.S_IFCHR: 3,
+    stat.S_IFBLK: 4,
+    stat.S_IFIFO: 5,
+    stat.S_IFSOCK: 6,
+    stat.S_IFLNK: 7,
+}
+
+
+@dataclass(frozen=True)
+class BlobEntry:
+    """One 256-byte blob-table entry (`RafsV6Blob`)."""
+
+    blob_id: str
+    index: int
+    chunk_size: int
+    chunk_count: int
+    compressor: int
+    digester: int
+    features: int
+    compressed_size: int
+    uncompressed_size: int
+    toc_size: int
+    ci_compressor: int
+    ci_offset: int
+    ci_compressed_size: int
+    ci_uncompressed_size: int
+    toc_digest: bytes
+    meta_digest: bytes
+    meta_size: int
+    cipher_algo: int
+
+
+@dataclass(frozen=True)
+class Device:
+    """One 128-byte device slot (EROFS `erofs_deviceslot`)."""
+
+    tag: str
+    blocks: int
+    mapped_blkaddr: int
+
+
+@dataclass(frozen=True)
+class ChunkAddr:
+    """One 8-byte chunk address of a chunk-based inode, decoded."""
+
+    blob_index: int  # 0-based index into the blob table
+    ci_index: int
+    blk_addr: int  # uncompressed offset / 4096 within that blob
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    """One 80-byte chunk-table entry (`RafsV5ChunkInfo`)."""
+
+    digest: bytes
+    blob_index: int
+    flags: int
+    compressed_size: int
+    uncompressed_size: int
+    compressed_offset: int
+    uncompressed_offset: int
+    file_offset: int
+    ci_index: int
+    crc32: int
+
+
+@dataclass
+class Inode:
+    nid: int
+    offset: int
+    extended: bool
+    layout: int
+    mode: int
+    size: int
+    ino: int
+    uid: int
+    gid: int
+    mtime: int
+    mtime_nsec: int
+    nlink: int
+    i_u: int
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+    chunks: tuple[ChunkAddr, ...] = ()
+    target: bytes = b""
+    entries: list[tuple[bytes, int, int]] = field(default_factory=list)  # (name, nid, file type)
+
+    @property
+    def kind(self) -> int:
+        return stat.S_IFMT(self.mode)
+
+    @property
+    def rdev(self) -> tuple[int, int]:
+        """(major, minor) of a device inode: glibc makedev truncated to 32 bits."""
+        dev = self.i_u
+        return (dev >> 8) & 0xFFF, (dev & 0xFF) | ((dev >> 12) & 0xFFF00)
+
+
+@dataclass
+class RafsBootstrap:
+    """A validated RAFS v6 bootstrap: tables and the whole tree (paths → nids)."""
+
+    size: int
+    flags: int
+    chunk_size: int
+    root_nid: int
+    inode_count: int
+    meta_blkaddr: int
+    build_time: int
+    blobs: list[BlobEntry]
+    devices: list[Device]
+    chunk_table: list[ChunkRecord]
+    prefetch_nids: list[int]
+    inodes: dict[int, Inode]
+    paths: dict[str, int]  # absolute path → nid, in tree-walk order
+
+    @property
+    def compressor(self) -> int:
+        return COMPRESSION_FLAGS[_single_flag(self.flags, COMPRESSION_FLAGS)]
+
+    @property
+    def digester(self) -> int:
+        return HASH_FLAGS[_single_flag(self.flags, HASH_FLAGS)]
+
+    def inode(self, path: str) -> Inode:
+        nid = self.paths.get(path)
+        if nid is None:
+            raise BootstrapError(f"no such path in the bootstrap: {path}")
+        return self.inodes[nid]
+
+    def chunk_records_by_address(self) -> dict[tuple[int, int], ChunkRecord]:
+        return {(rec.blob_index, rec.ci_index): rec for rec in self.chunk_table}
+
+
+def _single_flag(flags: int, group: dict[int, int]) -> int:
+    return next(bit for bit in group if flags & bit)
+
+
+def parse_bootstrap(data: bytes) -> RafsBootstrap:
+    """Validate a whole RAFS v6 bootstrap and return its model (raises BootstrapError)."""
+    return _BootstrapParser(data).parse()
+
+
+class _BootstrapParser:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.ranges: list[tuple[int, int, str]] = []  # [start, end) of every structure, for overlap checks
+
+    # -- superblocks and tables ---------------------------------------------------------------
+
+    def parse(self) -> RafsBootstrap:
+        data = self.data
+        if data[:4] == RAFS_V5_MAGIC:
+            version = u32(data, 4) if len(data) >= 8 else 0
+            raise UnsupportedNydusError(
+                f"RAFS v5 bootstrap (magic 0x52414653 at offset 0, version {version:#x}) is not supported; "
+                "only RAFS v6 is"
+            )
+        if len(data) < BLOCK_SIZE:
+            raise BootstrapError(f"bootstrap is {len(data)} bytes; a RAFS v6 bootstrap has at least 4096")
+        magic = u32(data, SUPERBLOCK_OFFSET)
+        if magic != EROFS_MAGIC:
+            raise BootstrapError(
+                f"not a RAFS v6 bootstrap: superblock magic {magic:#010x} at offset 1024, expected 0xe0f5e1e2"
+            )
+        if len(data) % BLOCK_SIZE:
+            raise BootstrapError(f"bootstrap size {len(data)} is not a multiple of 4096")
+        sb = self._superblock()
+        flags = u64(data, EXT_SUPERBLOCK_OFFSET)
+        self._check_flags(flags)
+        chunk_size = u32(data, EXT_SUPERBLOCK_OFFSET + 20)
+        if chunk_size & (chunk_size - 1) or not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
+            raise BootstrapError(
+                f"extended superblock s_chunk_size {chunk_size:#x}: "
+                "expected a power of two from 4 KiB to 16 MiB"
+            )
+        self._check_ext_reserved()
+        self.chunk_size = chunk_size
+        extra_devices = sb["extra_devices"]
+        self._claim(0, EXT_SUPERBLOCK_OFFSET + 256, "superblocks")
+        devices = self._devices(extra_devices)
+        blobs = self._blob_table(chunk_size, flags)
+        if len(blobs) != extra_devices:
+            raise BootstrapError(
+                f"superblock s_extra_devices is {extra_devices} but the blob table has {len(blobs)} entries"
+            )
+        self._check_devices_against_blobs(devices, blobs)
+        device_blocks = sum(dev.blocks for dev in devices)
+        if sb["blocks"] not in (device_blocks, LEGACY_S_BLOCKS) and not (not devices and sb["blocks"] == 0):
+            raise BootstrapError(
+                f"superblock s_blocks is {sb['blocks']}, expected the sum of device blocks {device_blocks}"
+            )
+        all_inlined = all(blob.features & FEATURE_INLINED_CHUNK_DIGEST for blob in blobs)
+        if bool(flags & FLAG_INLINED_CHUNK_DIGEST) != all_inlined:
+            raise BootstrapError(
+                f"s_flags INLINED_CHUNK_DIGEST is {'set' if flags & FLAG_INLINED_CHUNK_DIGEST else 'clear'} "
+                f"but {'every' if all_inlined else 'not every'} blob has the INLINED_CHUNK_DIGEST feature"
+            )
+        chunk_table = self._chunk_table(blobs)
+        prefetch_offset, prefetch_size = self._prefetch_table_location()
+        self.meta_addr = sb["meta_blkaddr"] * BLOCK_SIZE
+        self.blobs = blobs
+        self.inodes: dict[int, Inode] = {}
+        root_nid = sb["root_nid"]
+        paths = self._walk_tree(root_nid)
+        self._check_links(paths, root_nid)
+        self._check_chunks(chunk_table)
+        if any(inode.xattrs for inode in self.inodes.values()) and not flags & FLAG_HAS_XATTR:
+            raise BootstrapError("inodes carry xattrs but s_flags lacks HAS_XATTR (0x20)")
+        if sb["inos"] != len(paths):
+            raise BootstrapError(
+                f"superblock s_inos is {sb['inos']}, expected "
+                f"{len(paths)} (tree entries incl. hardlink names)"
+            )
+        prefetch = self._prefetch_nids(prefetch_offset, prefetch_size)
+        self._check_overlaps()
+        return RafsBootstrap(
+            size=len(data),
+            flags=flags,
+            chunk_size=chunk_size,
+            root_nid=root_nid,
+            inode_count=sb["inos"],
+            meta_blkaddr=sb["meta_blkaddr"],
+            build_time=sb["build_time"],
+            blobs=blobs,
+            devices=devices,
+            chunk_table=chunk_table,
+            prefetch_nids=prefetch,
+            inodes=self.inodes,
+            paths=paths,
+        )
+
+    def _superblock(self) -> dict[str, int]:
+        data, base = self.data, SUPERBLOCK_OFFSET
+
+        def expect(name: str, off: int, found: int, wanted: int) -> None:
+            if found != wanted:
+                raise BootstrapError(
+                    f"superblock {name} (offset {base + off}) is {found:#x}, expected {wanted:#x}"
+                )
+
+        expect("s_checksum", 4, u32(data, base + 4), 0)
+        compat = u32(data, base + 8)
+        if not compat & FEATURE_COMPAT_RAFS_V6:
+            raise BootstrapError(f"superblock s_feature_compat {compat:#x} lacks RAFS_V6 (0x40000000)")
+        blkszbits = data[base + 12]
+        if blkszbits == 9:
+            raise UnsupportedNydusError("tarfs bootstrap (s_blkszbits 9, 512-byte blocks) is not supported")
+        expect("s_blkszbits", 12, blkszbits, 12)
+        expect("s_extslots", 13, data[base + 13], 0)
+        root_nid = u16(data, base + 14)
+        if root_nid == 0:
+            raise BootstrapError("superblock s_root_nid (offset 1038) is 0")
+        inos = u64(data, base + 16)
+        if inos == 0:
+            raise BootstrapError("superblock s_inos (offset 1040) is 0")
+        expect("s_xattr_blkaddr", 44, u32(data, base + 44), 0)
+        expect("s_feature_incompat", 80, u32(data, base + 80), FEATURE_INCOMPAT_REQUIRED)
+        expect("s_u", 84, u16(data, base + 84), 0)
+        expect("s_devt_slotoff", 88, u16(data, base + 88), DEVICE_TABLE_OFFSET // DEVICE_SLOT_SIZE)
+        meta_blkaddr = u32(data, base + 40)
+        if meta_blkaddr * BLOCK_SIZE >= len(data):
+            raise BootstrapError(
+                f"superblock s_meta_blkaddr {meta_blkaddr} points past the {len(data)}-byte bootstrap"
+            )
+        return {
+            "root_nid": root_nid,
+            "inos": inos,
+            "build_time": u64(data, base + 24),
+            "blocks": u32(data, base + 36),
+            "meta_blkaddr": meta_blkaddr,
+            "extra_devices": u16(data, base + 86),
+        }
+
+    def _check_flags(self, flags: int) -> None:
+        if flags & ~KNOWN_SUPER_FLAGS:
+            raise BootstrapError(
+                f"extended superblock s_flags {flags:#x} has unknown bits {flags & ~KNOWN_SUPER_FLAGS:#x}"
+            )
+        for group, what in ((COMPRESSION_FLAGS, "compression"), (HASH_FLAGS, "hash")):
+            present = [bit for bit in group if flags & bit]
+            if len(present) != 1:
+                raise BootstrapError(
+                    f"extended superblock s_flags {flags:#x}: expected "
+                    f"exactly one {what} bit, found {len(present)}"
+                )
+        if flags & FLAG_ENCRYPTION_AES128_XTS:
+            raise UnsupportedNydusError(
+                "encrypted RAFS v6 bootstrap (ENCRYPTION_ASE_128_XTS) is not supported"
+            )
+        if flags & FLAG_TARFS_MODE:
+            raise UnsupportedNydusError("tarfs bootstrap (s_flags TARTFS_MODE) is not supported")
+
+    def _check_ext_reserved(self) -> None:
+        base = EXT_SUPERBLOCK_OFFSET
+        if u32(self.data, base + 52) != 0:
+            raise BootstrapError(f"extended superblock s_padding (offset {base + 52}) is not 0")
+        if any(self.data[base + 56 : base + 256]):
+            raise BootstrapError(
+                f"extended superblock reserved bytes (offset {base + 56}..{base + 256}) are not 0"
+            )
+
+    def _devices(self, count: int) -> list[Device]:
+        data = self.data
+        end = DEVICE_TABLE_OFFSET + count * DEVICE_SLOT_SIZE
+        if end > len(data):
+            raise BootstrapError(
+                f"device table ({count} slots) ends at {end}, past the bootstrap end {len(data)}"
+            )
+        self._claim(DEVICE_TABLE_OFFSET, end, "device table")
+        devices = []
+        seen: set[str] = set()
+        for i in range(count):
+            off = DEVICE_TABLE_OFFSET + i * DEVICE_SLOT_SIZE
+            tag = _blob_id(data[off : off + 64], f"device slot {i} (offset {off}) tag")
+            if tag in seen:
+                raise BootstrapError(f"device slot {i} (offset {off}) repeats tag {tag}")
+            seen.add(tag)
+            blocks = u32(data, off + 64)
+            if blocks == 0:
+                raise BootstrapError(f"device slot {i} (offset {off}) has 0 blocks")
+            devices.append(Device(tag=tag, blocks=blocks, mapped_blkaddr=u32(data, off + 68)))
+        return devices
+
+    def _blob_table(self, chunk_size: int, flags: int) -> list[BlobEntry]:
+        data, base = self.data, EXT_SUPERBLOCK_OFFSET
+        offset, size = u64(data, base + 8), u32(data, base + 16)
+        devslot_end = DEVICE_TABLE_OFFSET + u16(data, SUPERBLOCK_OFFSET + 86) * DEVICE_SLOT_SIZE
+        if offset % BLOCK_SIZE or offset < BLOCK_SIZE or offset < devslot_end or size % BLOB_ENTRY_SIZE:
+            raise BootstrapError(
+                f"blob table offset {offset:#x} / size {size:#x}: expected a 4K-aligned offset >= 4096 after "
+                f"the device table (end {devslot_end:#x}) and a size that is a multiple of 256"
+            )
+        if offset + size > len(data):
+            raise BootstrapError(
+                f"blob table {offset:#x}+{size:#x} runs past the bootstrap end {len(data):#x}"
+            )
+        self._claim(offset, offset + size, "blob table")
+        blobs = []
+        for i in range(size // BLOB_ENTRY_SIZE):
+            blobs.append(self._blob_entry(offset + i * BLOB_ENTRY_SIZE, i, chunk_size, flags))
+        return blobs
+
+    def _blob_entry(self, off: int, position: int, chunk_size: int, flags: int) -> BlobEntry:
+        data = self.data
+        where = f"blob table entry {position} (offset {off:#x})"
+        entry = BlobEntry(
+            blob_id=_blob_id(data[off : off + 64], f"{where} blob_id"),
+            index=u32(data, off + 64),
+            chunk_size=u32(data, off + 68),
+            chunk_count=u32(data, off + 72),
+            compressor=u32(data, off + 76),
+            digester=u32(data, off + 80),
+            features=u32(data, off + 84),
+            compressed_size=u64(data, off + 88),
+            uncompressed_size=u64(data, off + 96),
+            toc_size=u32(data, off + 104),
+            ci_compressor=u32(data, off + 108),
+            ci_offset=u64(data, off + 112),
+            ci_compressed_size=u64(data, off + 120),
+            ci_uncompressed_size=u64(data, off + 128),
+            toc_digest=bytes(data[off + 136 : off + 168]),
+            meta_digest=bytes(data[off + 168 : off + 200]),
+            meta_size=u64(data, off + 200),
+            cipher_algo=u32(data, off + 216),
+        )
+
+        def fail(message: str) -> BootstrapError:
+            return BootstrapError(f"{where}: {message}")
+
+        if entry.index != position:
+            raise fail(f"blob_index is {entry.index}, expected its position {position}")
+        if entry.chunk_size != chunk_size:
+            raise fail(
+                f"chunk_size {entry.chunk_size:#x} differs from the superblock chunk size {chunk_size:#x}"
+            )
+        if entry.chunk_count > MAX_CHUNKS_PER_BLOB:
+            raise fail(f"chunk_count {entry.chunk_count} exceeds 2^24")
+        for name, code in (("compression_algo", entry.compressor), ("ci_compressor", entry.ci_compressor)):
+            if code not in COMPRESSOR_NAMES:
+                raise fail(f"{name} {code} is not a known compressor (0 none, 1 lz4_block, 2 gzip, 3 zstd)")
+        if entry.digester not in DIGESTER_NAMES:
+            raise fail(f"digest_algo {entry.digester} is not 0 (blake3) or 1 (sha256)")
+        if entry.digester != HASH_FLAGS[_single_flag(flags, HASH_FLAGS)]:
+            raise fail(
+                f"digest_algo {DIGESTER_NAMES[entry.digester]} differs from the superblock hash "
+                f"{DIGESTER_NAMES[HASH_FLAGS[_single_flag(flags, HASH_FLAGS)]]}"
+            )
+        if entry.cipher_algo != 0 or entry.features & FEATURE_ENCRYPTED:
+            raise UnsupportedNydusError(f"{where}: encrypted blobs are not supported")
+        if entry.features & ~KNOWN_BLOB_FEATURES:
+            raise fail(
+                f"features {entry.features:#x} has unknown bits {entry.features & ~KNOWN_BLOB_FEATURES:#x}"
+            )
+        if not entry.features & FEATURE_ALIGNED:
+            raise fail(f"features {entry.features:#x} lack ALIGNED (0x1)")
+        if entry.ci_compressed_size > entry.ci_uncompressed_size:
+            raise fail(
+                f"ci_compressed_size {entry.ci_compressed_size} exceeds ci_uncompressed_size "
+                f"{entry.ci_uncompressed_size}"
+            )
+        _check_ci_size(entry, where)
+        if entry.uncompressed_size % BLOCK_SIZE:
+            raise fail(f"uncompressed_size {entry.uncompressed_size} is not a multiple of 4096")
+        if entry.uncompressed_size > 1 << 44 or entry.compressed_size > 1 << 40:
+            raise fail(f"blob sizes {entry.compressed_size}/{entry.uncompressed_size} exceed 2^40/2^44")
+        return entry
+
+    def _check_devices_against_blobs(self, devices: list[Device], blobs: list[BlobEntry]) -> None:
+        position = len(self.data)
+        mapped = [dev.mapped_blkaddr for dev in devices]
+        flat_view = any(mapped)
+        for i, (dev, blob) in enumerate(zip(devices, blobs, strict=True)):
+            if dev.tag != blob.blob_id:
+                raise BootstrapError(
+                    f"device slot {i} tag {dev.tag} differs from blob table id {blob.blob_id}"
+                )
+            if dev.blocks * BLOCK_SIZE != blob.uncompressed_size:
+                raise BootstrapError(
+                    f"device slot {i} has {dev.blocks} blocks, expected uncompressed_size/4096 = "
+                    f"{blob.uncompressed_size // BLOCK_SIZE}"
+                )
+            if flat_view:
+                allowed = {align(position, a) // BLOCK_SIZE for a in DEVICE_ALIGNMENTS}
+                if dev.mapped_blkaddr not in allowed:
+                    raise BootstrapError(
+                        f"device slot {i} mapped_blkaddr {dev.mapped_blkaddr}, expected "
+                        f"{min(allowed)} (previous end {position} aligned to 512 KiB)"
+                    )
+                position = (dev.mapped_blkaddr + dev.blocks) * BLOCK_SIZE
+
+    def _chunk_table(self, blobs: list[BlobEntry]) -> list[ChunkRecord]:
+        data, base = self.data, EXT_SUPERBLOCK_OFFSET
+        offset, size = u64(data, base + 24), u64(data, base + 32)
+        if size == 0:
+            return []
+        if (
+            offset % BLOCK_SIZE
+            or offset < BLOCK_SIZE
+            or size % CHUNK_RECORD_SIZE
+            or offset + size > len(data)
+        ):
+            raise BootstrapError(
+                f"chunk table offset {offset:#x} / size {size:#x}: expected a 4K-aligned offset >= 4096, a "
+                f"multiple of 80 bytes, inside the {len(data):#x}-byte bootstrap"
+            )
+        self._claim(offset, offset + size, "chunk table")
+        # Current builders sort entries by digest; 2022 builders used hash-map order: order is not checked.
+        records: list[ChunkRecord] = []
+        seen: set[tuple[int, int]] = set()
+        for i in range(size // CHUNK_RECORD_SIZE):
+            off = offset + i * CHUNK_RECORD_SIZE
+            rec = ChunkRecord(
+                digest=bytes(data[off : off + 32]),
+                blob_index=u32(data, off + 32),
+                flags=u32(data, off + 36),
+                compressed_size=u32(data, off + 40),
+                uncompressed_size=u32(data, off + 44),
+                compressed_offset=u64(data, off + 48),
+                uncompressed_offset=u64(data, off + 56),
+                file_offset=u64(data, off + 64),
+                ci_index=u32(data, off + 72),
+                crc32=u32(data, off + 76),
+            )
+            _check_chunk_record(rec, i, off, blobs, self.chunk_size)
+            key = (rec.blob_index, rec.ci_index)
+            if key in seen:
+                raise BootstrapError(
+                    f"chunk table entry {i} (offset {off:#x}) repeats "
+                    f"blob {rec.blob_index} CI index {rec.ci_index}"
+                )
+            seen.add(key)
+            records.append(rec)
+        return records
+
+    def _prefetch_table_location(self) -> tuple[int, int]:
+        data, base = self.data, EXT_SUPERBLOCK_OFFSET
+        offset, size = u64(data, base + 40), u32(data, base + 48)
+        if size % 4:
+            raise BootstrapError(f"prefetch table size {size} is not a multiple of 4")
+        if size == 0 or offset == 0:  # legacy empty filesystems: size without offset
+            return 0, 0
+        if offset < BLOCK_SIZE or offset + size > len(data):
+            raise BootstrapError(f"prefetch table {offset:#x}+{size:#x} is outside 4096..{len(data):#x}")
+        self._claim(offset, offset + size, "prefetch table")
+        return offset, size
+
+    def _prefetch_nids(self, offset: int, size: int) -> list[int]:
+        nids = [u32(self.data, offset + 4 * i) for i in range(size // 4)]
+        for i, nid in enumerate(nids):
+            if nid not in self.inodes:
+                raise BootstrapError(
+                    f"prefetch table entry {i} (offset {offset + 4 * i:#x}) names nid {nid}, "
+                    "which is not an inode of the tree"
+                )
+        return nids
+
+    # -- inodes and the tree ------------------------------------------------------------------
+
+    def _walk_tree(self, root_nid: int) -> dict[str, int]:
+        root = self._inode(root_nid, "/")
+        if root.kind != stat.S_IFDIR:
+            raise BootstrapError(f"root nid {root_nid} is not a directory (mode {root.mode:#o})")
+        paths: dict[str, int] = {"/": root_nid}
+        visited_dirs = {root_nid}
+        stack: list[tuple[str, Inode, int]] = [("/", root, root_nid)]
+        while stack:
+            path, directory, parent_nid = stack.pop()
+            subdirs: list[tuple[str, Inode, int]] = []
+            for name, nid, ftype in directory.entries:
+                if name == b".":
+                    if nid != directory.nid:
+                        raise BootstrapError(
+                            f"directory {path} (nid {directory.nid}): '.' points to nid {nid}"
+                        )
+                    continue
+                if name == b"..":
+                    if nid != parent_nid:
+                        raise BootstrapError(
+                            f"directory {path} (nid {directory.nid}): '..' points to nid {nid}, "
+                            f"expected the parent nid {parent_nid}"
+                        )
+                    continue
+                child_path = (path if path != "/" else "") + "/" + name.decode("utf-8", "surrogateescape")
+                child = self._inode(nid, child_path)
+                if FILE_TYPES.get(child.kind) != ftype:
+                    raise BootstrapError(
+                        f"dirent {child_path}: file type {ftype} does "
+                        f"not match the inode mode {child.mode:#o}"
+                    )
+                paths[child_path] = nid
+                if child.kind == stat.S_IFDIR:
+                    if nid in visited_dirs:
+                        raise BootstrapError(
+                            f"directory nid {nid} is reachable twice (again as {child_path})"
+                        )
+                    visited_dirs.add(nid)
+                    subdirs.append((child_path, child, directory.nid))
+            expected_nlink = 2 + len(subdirs)
+            if directory.nlink != expected_nlink:
+                raise BootstrapError(
+                    f"directory {path} (nid {directory.nid}) has i_nlink {directory.nlink}, expected "
+                    f"{expected_nlink} (2 + subdirectories)"
+                )
+            stack.extend(reversed(subdirs))
+        return paths
+
+    def _check_links(self, paths: dict[str, int], root_nid: int) -> None:
+        """i_ino identifies a file: one nid per i_ino, or (2022 builders) identical copies sharing one.
+
+        i_nlink of a non-directory must count every name of that file.
+        """
+        names: dict[int, int] = {}
+        for nid in paths.values():
+            names[nid] = names.get(nid, 0) + 1
+        nids_of_ino: dict[int, list[int]] = {}
+        for nid in names:
+            if nid == root_nid and self.inodes[nid].ino == 0:
+                continue  # old builders wrote i_ino 0 for the root
+            nids_of_ino.setdefault(self.inodes[nid].ino, []).append(nid)
+        for ino, nids in nids_of_ino.items():
+            first = self.inodes[nids[0]]
+            for nid in nids[1:]:
+                other = self.inodes[nid]
+                if first.kind == stat.S_IFDIR or not _same_file(first, other):
+                    raise BootstrapError(
+                        f"nids {first.nid} and {nid} share i_ino {ino} but are different files"
+                    )
+            total = sum(names[nid] for nid in nids)
+            for nid in nids:
+                inode = self.inodes[nid]
+                if inode.kind != stat.S_IFDIR and inode.nlink != total:
+                    raise BootstrapError(
+                        f"nid {nid} (i_ino {ino}) has i_nlink {inode.nlink} but the file has {total} names"
+                    )
+
+    def _inode(self, nid: int, path: str) -> Inode:
+        cached = self.inodes.get(nid)
+        if cached is not None:
+            return cached
+        data = self.data
+        offset = self.meta_addr + nid * INODE_SLOT
+        where = f"inode nid {nid} ({path}, offset {offset:#x})"
+        if offset + COMPACT_INODE_SIZE > len(data):
+            raise BootstrapError(f"{where} lies past the bootstrap end {len(data):#x}")
+        i_format = u16(data, offset)
+        if i_format & ~0xF:
+            raise BootstrapError(f"{where}: i_format {i_format:#x} has unknown bits")
+        extended = bool(i_format & 1)
+        layout = i_format >> 1
+        isize = EXTENDED_INODE_SIZE if extended else COMPACT_INODE_SIZE
+        if offset + isize > len(data):
+            raise BootstrapError(f"{where} lies past the bootstrap end {len(data):#x}")
+        icount = u16(data, offset + 2)
+        mode = u16(data, offset + 4)
+        if extended:
+            size, i_u, ino = u64(data, offset + 8), u32(data, offset + 16), u32(data, offset + 20)
+            uid, gid = u32(data, offset + 24), u32(data, offset + 28)
+            mtime, mtime_nsec, nlink = u64(data, offset + 32), u32(data, offset + 40), u32(data, offset + 44)
+        else:
+            nlink, size, i_u, ino = (
+                u16(data, offset + 6),
+                u32(data, offset + 8),
+                u32(data, offset + 16),
+                u32(data, offset + 20),
+            )
+            uid, gid = u16(data, offset + 24), u16(data, offset + 26)
+            mtime, mtime_nsec = u64(data, SUPERBLOCK_OFFSET + 24), 0
+        if nlink == 0:
+            raise BootstrapError(f"{where}: i_nlink is 0")
+        inode = Inode(
+            nid=nid,
+            offset=offset,
+            extended=extended,
+            layout=layout,
+            mode=mode,
+            size=size,
+            ino=ino,
+            uid=uid,
+            gid=gid,
+            mtime=mtime,
+            mtime_nsec=mtime_nsec,
+            nlink=nlink,
+            i_u=i_u,
+        )
+        xattr_size = XATTR_HEADER_SIZE + (icount - 1) * 4 if icount else 0
+        body_end = offset + isize + xattr_size
+        if body_end > len(data):
+            raise BootstrapError(f"{where}: {xattr_size} bytes of xattrs run past the bootstrap end")
+        if icount:
+            inode.xattrs = _parse_xattrs(data[offset + isize : body_end], where)
+        end = self._inode_data(inode, body_end, where)
+        self._claim(offset, end, where)
+        self.inodes[nid] = inode
+        return inode
+
+    def _inode_data(self, inode: Inode, body_end: int, where: str) -> int:
+        """Parse the type-specific data of `inode`; returns the end of its inline part."""
+        kind, layout, size = inode.kind, inode.layout, inode.size
+        if kind == stat.S_IFREG:
+            if layout != LAYOUT_CHUNK_BASED:
+                raise BootstrapError(
+                    f"{where}: regular file has data layout {layout}, expected 4 (CHUNK_BASED)"
+                )
+            return self._chunk_addresses(inode, body_end, where)
+        if kind in (stat.S_IFDIR, stat.S_IFLNK):
+            if layout not in (LAYOUT_FLAT_PLAIN, LAYOUT_FLAT_INLINE):
+                raise BootstrapError(
+                    f"{where}: data layout {layout}, expected 0 (FLAT_PLAIN) or 2 (FLAT_INLINE)"
+                )
+            if size == 0:
+                raise BootstrapError(
+                    f"{where}: {'directory' if kind == stat.S_IFDIR else 'symlink'} has i_size 0"
+                )
+            content, end = self._flat_data(inode, body_end, where)
+            if kind == stat.S_IFLNK:
+                inode.target = b"".join(content)
+            else:
+                inode.entries = _parse_dirents(content, size, where)
+            return end
+        if kind in (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK):
+            if layout != LAYOUT_FLAT_PLAIN or size != 0:
+                raise BootstrapError(
+                    f"{where}: special file has layout {layout} and i_size {size}, expected FLAT_PLAIN and 0"
+                )
+            return body_end
+        raise BootstrapError(f"{where}: i_mode {inode.mode:#o} has no valid file type")
+
+    def _flat_data(self, inode: Inode, body_end: int, where: str) -> tuple[list[bytes], int]:
+        """The data blocks of a FLAT_PLAIN / FLAT_INLINE inode (last one cut to i_size)."""
+        data, size = self.data, inode.size
+        nblocks = -(-size // BLOCK_SIZE)
+        tail = size % BLOCK_SIZE
+        inline = inode.layout == LAYOUT_FLAT_INLINE
+        if inline and tail == 0:
+            raise BootstrapError(f"{where}: FLAT_INLINE with i_size {size}, a multiple of 4096 (no tail)")
+        plain_blocks = nblocks - 1 if inline else nblocks
+        blocks: list[bytes] = []
+        if plain_blocks:
+            start = inode.i_u * BLOCK_SIZE
+            stop = start + plain_blocks * BLOCK_SIZE
+            if stop > len(data) or start < BLOCK_SIZE:
+                raise BootstrapError(
+                    f"{where}: data blocks {inode.i_u}..{inode.i_u + plain_blocks - 1} "
+                    "lie outside the bootstrap"
+                )
+            self._claim(start, stop, f"{where} data blocks")
+            for k in range(plain_blocks):
+                block = data[start + k * BLOCK_SIZE : start + (k + 1) * BLOCK_SIZE]
+                last = k == nblocks - 1
+                blocks.append(block[: tail or BLOCK_SIZE] if last else block)
+        if not inline:
+            return blocks, body_end
+        if body_end // BLOCK_SIZE != (body_end + tail - 1) // BLOCK_SIZE:
+            raise BootstrapError(
+                f"{where}: inline tail of {tail} bytes at {body_end:#x} crosses a 4096-byte block boundary"
+            )
+        if body_end + tail > len(data):
+            raise BootstrapError(f"{where}: inline tail runs past the bootstrap end")
+        blocks.append(data[body_end : body_end + tail])
+        return blocks, body_end + tail
+
+    def _chunk_addresses(self, inode: Inode, body_end: int, where: str) -> int:
+        data, chunk_size = self.data, self.chunk_size
+        i_u = inode.i_u
+        chunk_bits = (i_u & 0x1F) + 12
+        if i_u & ~0x3F or not i_u & CHUNK_FORMAT_INDEXES:
+            raise BootstrapError(f"{where}: chunk format i_u {i_u:#x} is not 0x20 | (log2(chunk size) - 12)")
+        if 1 << chunk_bits < chunk_size:
+            raise BootstrapError(
+                f"{where}: chunk format i_u {i_u:#x} gives {1 << chunk_bits}-byte chunks, smaller than the "
+                f"superblock chunk size {chunk_size}"
+            )
+        start = align(body_end, CHUNK_ADDR_SIZE)
+        count = -(-inode.size // chunk_size)
+        end = start + count * CHUNK_ADDR_SIZE
+        if end > len(data):
+            raise BootstrapError(f"{where}: {count} chunk addresses run past the bootstrap end")
+        addrs = []
+        for i in range(count):
+            off = start + i * CHUNK_ADDR_SIZE
+            lo, hi, blk = u16(data, off), u16(data, off + 2), u32(data, off + 4)
+            device_id = hi & 0xFF
+            addr = ChunkAddr(blob_index=device_id - 1, ci_index=((hi >> 8) << 16) | lo, blk_addr=blk)
+            cwhere = f"{where} chunk {i} (offset {off:#x})"
+            if not 1 <= device_id <= len(self.blobs):
+                raise BootstrapError(f"{cwhere}: device id {device_id}, expected 1..{len(self.blobs)}")
+            blob = self.blobs[addr.blob_index]
+            if blk == EROFS_NULL_ADDR:
+                raise BootstrapError(f"{cwhere}: hole (EROFS_NULL_ADDR); RAFS files have no holes")
+            if addr.ci_index >= blob.chunk_count:
+                raise BootstrapError(
+                    f"{cwhere}: CI index {addr.ci_index} >= chunk_count "
+                    f"{blob.chunk_count} of blob {addr.blob_index}"
+                )
+            piece = min(chunk_size, inode.size - i * chunk_size)
+            if blk * BLOCK_SIZE + piece > blob.uncompressed_size:
+                raise BootstrapError(
+                    f"{cwhere}: block {blk} + {piece} bytes exceeds blob {addr.blob_index} uncompressed_size "
+                    f"{blob.uncompressed_size}"
+                )
+            addrs.append(addr)
+        if 1 << chunk_bits > chunk_size:
+            _check_contiguous(addrs, chunk_size, where)
+        inode.chunks = tuple(addrs)
+        return end
+
+    def _check_chunks(self, chunk_table: list[ChunkRecord]) -> None:
+        """Every chunk address agrees with the chunk table entry of its (blob, CI index)."""
+        if not chunk_table:
+            return
+        records = {(rec.blob_index, rec.ci_index): rec for rec in chunk_table}
+        for inode in self.inodes.values():
+            for i, addr in enumerate(inode.chunks):
+                rec = records.get((addr.blob_index, addr.ci_index))
+                where = f"inode nid {inode.nid} chunk {i}"
+                if rec is None:
+                    raise BootstrapError(
+                        f"{where}: blob {addr.blob_index} CI index {addr.ci_index} has no chunk table entry"
+                    )
+                if rec.uncompressed_offset != addr.blk_addr * BLOCK_SIZE:
+                    raise BootstrapError(
+                        f"{where}: c_blk_addr {addr.blk_addr} x 4096 != chunk table uncompressed_offset "
+                        f"{rec.uncompressed_offset}"
+                    )
+                piece = min(self.chunk_size, inode.size - i * self.chunk_size)
+                if rec.uncompressed_size != piece:
+                    raise BootstrapError(
+                        f"{where}: chunk table uncompressed_size {rec.uncompressed_size}, expected {piece} "
+                        f"(file size {inode.size})"
+                    )
+
+    # -- overlap bookkeeping ------------------------------------------------------------------
+
+    def _claim(self, start: int, end: int, what: str) -> None:
+        self.ranges.append((start, end, what))
+
+    def _check_overlaps(self) -> None:
+        ordered = sorted(self.ranges)
+        for (s1, e1, w1), (s2, e2, w2) in itertools.pairwise(ordered):
+            if s2 < e1:
+                raise BootstrapError(f"{w1} [{s1:#x}, {e1:#x}) overlaps {w2} [{s2:#x}, {e2:#x})")
+
+
+def _same_file(a: Inode, b: Inode) -> bool:
+    fields = ("mode", "size", "uid", "gid", "mtime", "i_u", "xattrs", "chunks", "target")
+    return all(getattr(a, name) == getattr(b, name) for name in fields)
+
+
+def _blob_id(raw: bytes, where: str) -> str:
+    text = cstring(raw)
+    try:
+        blob_id = text.decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise BootstrapError(f"{where} is not ASCII") from exc
+    if len(blob_id) != 64:
+        raise BootstrapError(f"{where} {blob_id!r} is {len(blob_id)} characters, expected 64")
+    return blob_id
+
+
+def _check_ci_size(entry: BlobEntry, where: str) -> None:
+    count, usize, features = entry.chunk_count, entry.ci_uncompressed_size, entry.features
+    if features & FEATURE_CHUNK_INFO_V2:
+        if features & (FEATURE_BATCH | FEATURE_ZRAN | FEATURE_ENCRYPTED):
+            if usize < 24 * count:
+                raise BootstrapError(
+                    f"{where}: ci_uncompressed_size {usize} is below 24 x chunk_count {count} (CI v2)"
+                )
+        elif usize != 24 * count:
+            raise BootstrapError(f"{where}: ci_uncompressed_size {usize} != 24 x chunk_count {count} (CI v2)")
+    elif features & (FEATURE_BATCH | FEATURE_ZRAN | FEATURE_ENCRYPTED):
+        raise BootstrapError(f"{where}: features {features:#x}: BATCH/ZRAN/ENCRYPTED need CHUNK_INFO_V2")
+    elif not features & FEATURE_IS_CHUNKDICT_GENERATED and usize != 16 * count:
+        raise BootstrapError(f"{where}: ci_uncompressed_size {usize} != 16 x chunk_count {count} (CI v1)")
+
+
+def _check_chunk_record(rec: ChunkRecord, i: int, off: int, blobs: list[BlobEntry], chunk_size: int) -> None:
+    where = f"chunk table entry {i} (offset {off:#x})"
+    if rec.blob_index >= len(blobs):
+        raise BootstrapError(f"{where}: blob_index {rec.blob_index}, but there are {len(blobs)} blobs")
+    blob = blobs[rec.blob_index]
+    if rec.flags & ~0x1F:
+        raise BootstrapError(f"{where}: unknown flags {rec.flags:#x}")
+    if rec.flags & (CHUNK_ENCRYPTED | CHUNK_BATCH | CHUNK_HOLE):
+        raise UnsupportedNydusError(
+            f"{where}: encrypted, batch or hole chunks (flags {rec.flags:#x}) are not supported"
+        )
+    if rec.ci_index >= blob.chunk_count:
+        raise BootstrapError(
+            f"{where}: index {rec.ci_index} >= chunk_count {blob.chunk_count} of blob {rec.blob_index}"
+        )
+    if not 0 < rec.uncompressed_size <= chunk_size:
+        raise BootstrapError(f"{where}: uncompressed_size {rec.uncompressed_size} not in 1..{chunk_size}")
+    if rec.uncompressed_offset % BLOCK_SIZE:
+        raise BootstrapError(f"{where}: uncompressed_offset {rec.uncompressed_offset:#x} is not 4K-aligned")
+    if rec.uncompressed_offset + rec.uncompressed_size > blob.uncompressed_size:
+        raise BootstrapError(f"{where}: chunk ends past blob uncompressed_size {blob.uncompressed_size}")
+    compressed = bool(rec.flags & CHUNK_COMPRESSED)
+    if compressed and rec.compressed_size >= rec.uncompressed_size:
+        raise BootstrapError(
+            f"{where}: COMPRESSED but compressed_size {rec.compressed_size} >= uncompressed_size "
+            f"{rec.uncompressed_size}"
+        )
+    if not compressed and rec.compressed_size != rec.uncompressed_size:
+        raise BootstrapError(
+            f"{where}: not COMPRESSED but compressed_size {rec.compressed_size} != uncompressed_size "
+            f"{rec.uncompressed_size}"
+        )
+
+
+def _check_contiguous(addrs: list[ChunkAddr], chunk_size: int, where: str) -> None:
+    """The page-cache layout (chunkbits above the superblock's) needs one contiguous run in one blob."""
+    first = addrs[0]
+    for i, addr in enumerate(addrs):
+        if (
+            addr.blob_index != first.blob_index
+            or addr.blk_addr != first.blk_addr + i * chunk_size // BLOCK_SIZE
+        ):
+            raise BootstrapError(
+                f"{where}: chunk format declares chunks larger than the superblock chunk size but chunk {i} "
+                "is not contiguous with the first"
+            )
+
+
+def _parse_xattrs(area: bytes, where: str) -> dict[str, bytes]:
+    if area[4]:
+        raise BootstrapError(f"{where}: xattr h_shared_count is {area[4]}; RAFS v6 has no shared xattrs")
+    pos, xattrs = XATTR_HEADER_SIZE, {}
+    while pos < len(area):
+        if pos + 4 > len(area):
+            raise BootstrapError(f"{where}: truncated xattr entry at byte {pos} of the xattr area")
+        name_len, index, value_size = area[pos], area[pos + 1], u16(area, pos + 2)
+        prefix = XATTR_PREFIXES.get(index)
+        if prefix is None:
+            raise BootstrapError(f"{where}: xattr entry at byte {pos} has unknown name index {index}")
+        end = pos + 4 + name_len + value_size
+        if end > len(area):
+            raise BootstrapError(f"{where}: xattr entry at byte {pos} runs past i_xattr_icount's area")
+        suffix = area[pos + 4 : pos + 4 + name_len]
+        if index in FULL_NAME_XATTR_INDEXES and suffix:
+            raise BootstrapError(
+                f"{where}: xattr index {index} ({prefix.decode()}) must have an empty suffix"
+            )
+        if index not in FULL_NAME_XATTR_INDEXES and not suffix:
+            raise BootstrapError(
+                f"{where}: xattr entry at byte {pos} has an empty name after {prefix.decode()}"
+            )
+        name = (prefix + suffix).decode("utf-8", "surrogateescape")
+        if name in xattrs:
+            raise BootstrapError(f"{where}: xattr {name} appears twice")
+        xattrs[name] = bytes(area[pos + 4 + name_len : end])
+        padded = align(end, 4)
+        if any(area[end:padded]):
+            raise BootstrapError(f"{where}: non-zero padding after xattr {name}")
+        pos = padded
+    if pos != len(area):
+        raise BootstrapError(f"{where}: xattr entries end at {pos}, i_xattr_icount gives {len(area)} bytes")
+    return xattrs
+
+
+def _parse_dirents(blocks: list[bytes], size: int, where: str) -> list[tuple[bytes, int, int]]:
+    entries: list[tuple[bytes, int, int]] = []
+    for k, block in enumerate(blocks):
+        entries.extend(
+            _parse_dirent_block(block, final=k == len(blocks) - 1, where=f"{where} dirent block {k}")
+        )
+    for (a, _, _), (b, _, _) in itertools.pairwise(entries):
+        if not a < b:
+            raise BootstrapError(f"{where}: dirent names out of byte order: {a!r} before {b!r}")
+    names = [name for name, _, _ in entries]
+    if b"." not in names or b".." not in names:
+        raise BootstrapError(f"{where}: directory lacks '.' or '..'")
+    return entries
+
+
+def _parse_dirent_block(block: bytes, final: bool, where: str) -> Iterator[tuple[bytes, int, int]]:
+    if len(block) < DIRENT_SIZE:
+        raise BootstrapError(f"{where}: {len(block)} bytes, too short for a dirent")
+    first_nameoff = u16(block, 8)
+    if first_nameoff % DIRENT_SIZE or not DIRENT_SIZE <= first_nameoff < len(block):
+        raise BootstrapError(
+            f"{where}: first e_nameoff {first_nameoff} is not a multiple of 12 inside the block"
+        )
+    count = first_nameoff // DIRENT_SIZE
+    offsets = [u16(block, i * DIRENT_SIZE + 8) for i in range(count)]
+    for i in range(count):
+        start = offsets[i]
+        end = offsets[i + 1] if i + 1 < count else len(block)
+        if not first_nameoff <= start < end <= len(block):
+            raise BootstrapError(
+                f"{where}: dirent {i} e_nameoff {start} is out of order or outside the block"
+            )
+        name = block[start:end]
+        if i + 1 == count:
+            nul = name.find(b"\0")
+            if nul >= 0:
+                if final:
+                    raise BootstrapError(f"{where}: last name has NUL padding inside i_size")
+                if any(name[nul:]):
+                    raise BootstrapError(f"{where}: non-zero bytes after the last name")
+                name = name[:nul]
+        if not name or b"/" in name or b"\0" in name:
+            raise BootstrapError(f"{where}: dirent {i} has an invalid name {name!r}")
+        ftype = block[i * DIRENT_SIZE + 10]
+        if not 1 <= ftype <= 7:
+            raise BootstrapError(f"{where}: dirent {i} ({name!r}) has file type {ftype}, expected 1..7")
+        yield name, u64(block, i * DIRENT_SIZE), ftype
