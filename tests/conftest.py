@@ -6,7 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness.registry import RunningRegistry, run_registry
+from harness.refreg import refreg_binary
+from harness.registry import RunningRegistry, run_referrers_registry, run_registry
 from harness.testimages import ImageSet, load_test_images
 from harness.tools import esgz_binary
 
@@ -52,3 +53,15 @@ def test_images() -> ImageSet:
 def esgz() -> Path:
     """The Go eStargz reference tool from ../shared/tools/esgz (`esgz verify BLOB`, `esgz toc BLOB`)."""
     return esgz_binary(REPO_ROOT)
+
+
+@pytest.fixture(scope="session")
+def registry_referrers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRegistry]:
+    """A registry WITH the OCI referrers API (go-containerregistry, plain HTTP, no auth, no cross-repo
+    mount); skipped when it cannot be built (needs golang-go and the Debian mirror)."""
+    try:
+        binary = refreg_binary(REPO_ROOT / ".cache" / "bin")
+    except RuntimeError as exc:
+        pytest.skip(f"referrers registry unavailable: {exc}")
+    with run_referrers_registry(tmp_path_factory.mktemp("registry-referrers"), binary) as registry:
+        yield registry

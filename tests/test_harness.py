@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import shutil
 import ssl
 import subprocess
 import tarfile
@@ -19,7 +21,7 @@ from harness.clients import (
     skopeo_copy,
     skopeo_inspect_raw,
 )
-from harness.images import LayoutImage, build_image, read_blob_json, tar_directory
+from harness.images import LayoutImage, build_image, build_referrer, read_blob_json, tar_directory
 from harness.registry import RunningRegistry
 from harness.testimages import WHITEOUT_REMOVED, ImageSet
 
@@ -286,3 +288,30 @@ def test_esgz_tool_builds_and_verifies(esgz: Path, test_images: ImageSet, tmp_pa
     blob.write_bytes(blob.read_bytes()[:-1] + b"\x01")
     corrupted = subprocess.run([str(esgz), "verify", str(blob), summary["tocDigest"]], capture_output=True)
     assert corrupted.returncode == 1
+
+
+@pytest.mark.parametrize("registry_name", ["registry_plain", "registry_referrers"])
+def test_referrers_api_only_on_referrers_registry(
+    registry_name: str, request: pytest.FixtureRequest, test_images: ImageSet, tmp_path: Path
+) -> None:
+    registry: RunningRegistry = request.getfixturevalue(registry_name)
+    layout = tmp_path / "layout"
+    shutil.copytree(test_images.layout, layout)
+    subject = dataclasses.replace(test_images.busybox_amd64, layout=layout)
+    referrer = build_referrer(
+        layout, subject, "application/vnd.example.sbom", b"{}", "sbom", "application/json"
+    )
+    for image in (subject, referrer):
+        push_image(image, registry, f"test/referred:{image.tag}", None, tmp_path)
+    assert sha256(skopeo_inspect_raw(registry, registry.ref("test/referred", "sbom"))) == referrer.digest
+
+    answer = httpx.get(
+        f"{registry.url}/v2/test/referred/referrers/{subject.digest}",
+        headers={"Accept": "application/vnd.oci.image.index.v1+json"},
+    )
+    if registry_name == "registry_plain":  # distribution 2.8: router miss, not an OCI error
+        assert answer.status_code == 404
+        assert answer.headers["content-type"].startswith("text/plain")
+    else:
+        assert answer.status_code == 200
+        assert [m["digest"] for m in answer.json()["manifests"]] == [referrer.digest]

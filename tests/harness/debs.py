@@ -35,7 +35,10 @@ def debian_mirror() -> str:
 
 
 def download_debs(
-    packages: Sequence[str], dest: Path, architectures: Sequence[str] = ("amd64", "arm64")
+    packages: Sequence[str],
+    dest: Path,
+    architectures: Sequence[str] = ("amd64", "arm64"),
+    suites: Sequence[str] = SUITES,
 ) -> None:
     """`apt-get download` `packages` (e.g. "busybox-static:arm64") into `dest`; raise with apt's output."""
     apt = dest / "apt"
@@ -43,7 +46,7 @@ def download_debs(
     (apt / "cache" / "archives" / "partial").mkdir(parents=True, exist_ok=True)
     mirror = debian_mirror()
     (apt / "sources.list").write_text(
-        "".join(f"deb [signed-by={KEYRING}] {mirror} {suite} main\n" for suite in SUITES)
+        "".join(f"deb [signed-by={KEYRING}] {mirror} {suite} main\n" for suite in suites)
     )
     options = [
         f"-oDir::Etc::SourceList={apt / 'sources.list'}",

@@ -30,6 +30,7 @@ DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+EMPTY_CONFIG = "application/vnd.oci.empty.v1+json"
 REF_NAME = "org.opencontainers.image.ref.name"
 CREATED = "2024-01-01T00:00:00Z"
 
@@ -220,6 +221,24 @@ def build_index(
     descriptor = add_blob(layout, canonical_json(index), media_type)
     tag_in_index(layout, descriptor, tag)
     return LayoutImage(layout, tag, descriptor["digest"], media_type, descriptor["size"])
+
+
+def build_referrer(
+    layout: Path, subject: LayoutImage, artifact_type: str, payload: bytes, tag: str, payload_type: str
+) -> LayoutImage:
+    """Write an OCI artifact manifest (empty config, one `payload` blob) whose `subject` is `subject`."""
+    init_layout(layout)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": artifact_type,
+        "config": add_blob(layout, b"{}", EMPTY_CONFIG),
+        "layers": [add_blob(layout, payload, payload_type)],
+        "subject": {"mediaType": subject.media_type, "digest": subject.digest, "size": subject.size},
+    }
+    descriptor = add_blob(layout, canonical_json(manifest), OCI_MANIFEST)
+    tag_in_index(layout, descriptor, tag)
+    return LayoutImage(layout, tag, descriptor["digest"], OCI_MANIFEST, descriptor["size"])
 
 
 def tar_directory(source: Path, out: Path, *, mtime: int | None = None) -> Path:

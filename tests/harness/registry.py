@@ -131,3 +131,12 @@ def run_registry(workdir: Path, *, auth: str | None = None, tls: bool = False) -
             token_server=tokens.url if tokens else None,
             tokens=tokens,
         )
+
+
+@contextmanager
+def run_referrers_registry(workdir: Path, binary: Path) -> Iterator[RunningRegistry]:
+    """Run refreg (go-containerregistry with the referrers API; no auth, plain HTTP) until the block ends."""
+    (workdir / "blobs").mkdir(parents=True, exist_ok=True)
+    argv = [str(binary), "-addr", "127.0.0.1:0", "-disk", str(workdir / "blobs")]
+    with run_listening_process(argv, workdir / "refreg.log") as (_, host):
+        yield RunningRegistry(host=host, url=f"http://{host}", scheme="http")
