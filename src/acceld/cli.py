@@ -200,5 +200,15 @@ def copy(
     typer.echo(run(main()))
 
 
+def _register_conversion_commands() -> None:
+    # Imported here: the conversion commands build on the options and `run` defined above.
+    from acceld.convert import cli_commands
+
+    app.command("convert")(cli_commands.convert)
+
+
+_register_conversion_commands()
+
+
 def main() -> None:
     app()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,6 +37,9 @@ def make_driver(name: str, options: Mapping[str, Any]) -> Driver:
     except (ImportError, AttributeError) as exc:
         raise UnknownDriverError(f"driver {name!r} is not available: {exc}") from None
     kwargs = {key: value for key, value in options.items() if value is not None}
+    unknown = sorted(set(kwargs) - _parameters(driver_class))
+    if unknown:
+        raise UnknownDriverError(f"driver {name!r} does not take option(s): {', '.join(unknown)}")
     try:
         driver: Driver = driver_class(**kwargs)
     except TypeError as exc:
@@ -43,3 +47,12 @@ def make_driver(name: str, options: Mapping[str, Any]) -> Driver:
     except ValueError as exc:
         raise UnknownDriverError(f"bad option value for driver {name!r}: {exc}") from None
     return driver
+
+
+def _parameters(driver_class: type) -> set[str]:
+    """Keyword arguments the driver's constructor accepts."""
+    return {
+        name
+        for name, parameter in inspect.signature(driver_class).parameters.items()
+        if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+    }

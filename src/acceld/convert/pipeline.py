@@ -13,10 +13,11 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from acceld.convert.api import ConversionRequest, ConversionResult, ConvertOptions
 from acceld.convert.cache import LayerCache, default_cache_dir
+from acceld.convert.chunkdict import fetch_chunk_dict, is_image_reference
 from acceld.convert.drivers import make_driver
 from acceld.convert.image import converted_config, converted_index, converted_manifest
 from acceld.convert.layers import ConvertedLayer, LayerConverter, Outcome
@@ -62,13 +63,14 @@ async def run_conversion(
 ) -> ConversionResult:
     progress = progress or NullProgress()
     started = time.monotonic()
-    driver = make_driver(request.driver, request.options)
+    make_driver(request.driver, request.options)  # bad driver options fail before any I/O
     source_location = parse_location(request.source)
-    target_location = resolve_target(source_location, request.target, driver.tag_suffix)
     cache = LayerCache(options.cache_dir or default_cache_dir()) if options.use_cache else None
     workspace = cache.work_dir() if cache else Path(tempfile.mkdtemp(prefix="acceld-convert-"))
     try:
         async with Stores(config, plain_http=options.plain_http, insecure=options.insecure) as stores:
+            driver = make_driver(request.driver, await _local_options(request, stores, workspace))
+            target_location = resolve_target(source_location, request.target, driver.tag_suffix)
             source = stores.open(source_location)
             plan = await load_source(source, _source_ref(source, source_location), request.platforms)
             runner = ProcessRunner(options.workers)
@@ -106,6 +108,16 @@ async def run_conversion(
         layers_converted=sum(1 for layer in layers.values() if layer.outcome is Outcome.CONVERTED),
         layers_cached=sum(1 for layer in layers.values() if layer.outcome is Outcome.CACHED),
     )
+
+
+async def _local_options(request: ConversionRequest, stores: Stores, workspace: Path) -> dict[str, Any]:
+    """The driver options with a chunk-dict image reference replaced by its downloaded bootstrap."""
+    options = dict(request.options)
+    chunk_dict = options.get("chunk_dict")
+    if isinstance(chunk_dict, str) and is_image_reference(chunk_dict):
+        bootstrap = await fetch_chunk_dict(stores, chunk_dict, request.platforms, workspace / "chunk-dict")
+        options["chunk_dict"] = str(bootstrap)
+    return options
 
 
 def _size(blobs: list[tuple[str, int]]) -> int:

@@ -1,0 +1,140 @@
+"""`acceld convert` and `acceld check`: command-line options mapped onto the conversion API.
+
+Registered on the main typer app by `acceld.cli`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from acceld.cli import ConfigOption, InsecureOption, PlainHttpOption, run
+from acceld.config import load_config
+from acceld.convert.api import ConversionRequest, ConversionResult, ConvertOptions, convert_image
+from acceld.convert.drivers import DRIVER_CLASSES
+from acceld.convert.errors import ConvertError
+from acceld.progress import format_size, progress_reporter
+
+PlatformOption = Annotated[
+    list[str] | None,
+    typer.Option("--platform", help="os/arch or os/arch/variant to convert from an index (repeatable; default: all)."),
+]
+
+
+def parse_size(text: str) -> int:
+    """`1048576`, `0x100000`, `1M`, `4MiB`, `512K` → bytes."""
+    value = text.strip().lower().removesuffix("ib").removesuffix("b")
+    factor = 1
+    for suffix, multiplier in (("k", 1 << 10), ("m", 1 << 20), ("g", 1 << 30)):
+        if value.endswith(suffix):
+            value, factor = value[: -len(suffix)], multiplier
+            break
+    try:
+        return int(value, 0) * factor
+    except ValueError:
+        raise ConvertError(f"invalid size {text!r}: expected bytes, 0x…, or a K/M suffix") from None
+
+
+def read_prefetch_list(path: Path) -> list[str]:
+    """The paths listed in a prefetch file, one per line (blank lines and `#` comments ignored)."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise ConvertError(f"cannot read prefetch file {path}: {exc.strerror}") from None
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def summary(result: ConversionResult) -> str:
+    return (
+        f"{result.source} ({format_size(result.source_size)}) → {result.target} "
+        f"({format_size(result.target_size)}) in {result.seconds:.1f}s: "
+        f"{result.layers_converted} layer(s) converted, {result.layers_cached} from cache"
+    )
+
+
+SourceArgument = Annotated[
+    str, typer.Argument(help="Source image: registry/repo:tag, registry/repo@digest or oci:PATH:TAG.")
+]
+TargetArgument = Annotated[
+    str | None, typer.Argument(help="Target (default: the source repository, tag + the driver's suffix).")
+]
+DriverOption = Annotated[
+    str, typer.Option("--driver", "-d", help=f"Format: {', '.join(sorted(DRIVER_CLASSES))}.")
+]
+ChunkSizeOption = Annotated[
+    str | None, typer.Option("--chunk-size", help="Chunk size (bytes, 0x…, or K/M suffix).")
+]
+LevelOption = Annotated[
+    int | None, typer.Option("--compression-level", help="Compression level (estargz, zstdchunked).")
+]
+PrefetchFileOption = Annotated[
+    Path | None, typer.Option("--prefetch-file", help="File listing paths to prioritise (estargz).")
+]
+CompressorOption = Annotated[
+    str | None, typer.Option("--compressor", help="Chunk compressor: zstd, lz4_block, none (nydus).")
+]
+DigesterOption = Annotated[
+    str | None, typer.Option("--digester", help="Chunk digest: blake3, sha256 (nydus).")
+]
+PrefetchPatternsOption = Annotated[
+    list[str] | None,
+    typer.Option("--prefetch-patterns", help="Absolute path to prefetch (nydus, repeatable)."),
+]
+ChunkDictOption = Annotated[
+    str | None, typer.Option("--chunk-dict", help="Converted Nydus image whose chunks are reused.")
+]
+CacheDirOption = Annotated[
+    Path | None,
+    typer.Option("--cache-dir", help="Layer cache directory (default $ACCELD_CACHE_DIR or ~/.cache/acceld)."),
+]
+NoCacheOption = Annotated[bool, typer.Option("--no-cache", help="Neither use nor fill the layer cache.")]
+
+
+def convert(
+    src: SourceArgument,
+    dst: TargetArgument = None,
+    driver: DriverOption = "estargz",
+    platform: PlatformOption = None,
+    chunk_size: ChunkSizeOption = None,
+    compression_level: LevelOption = None,
+    prefetch_file: PrefetchFileOption = None,
+    compressor: CompressorOption = None,
+    digester: DigesterOption = None,
+    prefetch_patterns: PrefetchPatternsOption = None,
+    chunk_dict: ChunkDictOption = None,
+    cache_dir: CacheDirOption = None,
+    no_cache: NoCacheOption = False,
+    config: ConfigOption = None,
+    plain_http: PlainHttpOption = False,
+    insecure: InsecureOption = False,
+) -> None:
+    """Convert an image (every platform of an index) into a lazy-pulling format and push it."""
+
+    async def main() -> ConversionResult:
+        options: dict[str, Any] = {
+            "chunk_size": parse_size(chunk_size) if chunk_size is not None else None,
+            "compression_level": compression_level,
+            "prefetch_files": read_prefetch_list(prefetch_file) if prefetch_file is not None else None,
+            "compressor": compressor,
+            "digester": digester,
+            "prefetch_patterns": tuple(prefetch_patterns) if prefetch_patterns else None,
+            "chunk_dict": chunk_dict,
+        }
+        request = ConversionRequest(
+            source=src,
+            target=dst,
+            driver=driver,
+            options={key: value for key, value in options.items() if value is not None},
+            platforms=platform or None,
+        )
+        local = ConvertOptions(
+            cache_dir=cache_dir, use_cache=not no_cache, plain_http=plain_http, insecure=insecure
+        )
+        with progress_reporter() as progress:
+            return await convert_image(request, load_config(config), progress, local)
+
+    result = run(main())
+    typer.echo(summary(result), err=True)
+    typer.echo(f"{result.target}@{result.target_digest}" if "@" not in result.target else result.target)
