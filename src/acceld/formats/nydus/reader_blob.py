@@ -497,7 +497,12 @@ def verify_blob(
     if entry is None:
         if bootstrap_raw is None:
             raise BlobError(f"{blob.where}: no inline bootstrap; pass the blob-table entry that describes it")
-        entry = select_blob_entry(parse_bootstrap(bootstrap_raw), blob.path)
+        inline = parse_bootstrap(bootstrap_raw)
+        entry = select_blob_entry(inline, blob.path)
+        if expected_digests is None:
+            expected_digests = {
+                rec.ci_index: rec.digest for rec in inline.chunk_table if rec.blob_index == entry.index
+            }
     elif bootstrap_raw is not None:
         parse_bootstrap(bootstrap_raw)
     _check_entry(blob, entry, bootstrap_raw)
