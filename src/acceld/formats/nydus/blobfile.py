@@ -1,0 +1,70 @@
+"""Read parts of a finished Nydus blob through its TOC (§4.3): image.boot and blob.meta."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import IO
+
+from acceld.formats.driver import FormatError
+from acceld.formats.nydus.codec import decompress
+from acceld.formats.nydus.layout import (
+    BLOB_META_HEADER_SIZE,
+    BLOCK,
+    TAR_BLOCK,
+    TOC_ENTRY_SIZE,
+    TocEntry,
+    align,
+)
+
+
+def read_toc(handle: IO[bytes], size: int) -> dict[str, TocEntry]:
+    if size < TAR_BLOCK:
+        raise FormatError("nydus blob too small for a TOC")
+    handle.seek(size - TAR_BLOCK)
+    header = handle.read(TAR_BLOCK)
+    if header[:14] != b"rafs.blob.toc\0":
+        raise FormatError("nydus blob does not end with a rafs.blob.toc tar header")
+    try:
+        toc_size = int(header[124:136].rstrip(b"\0 ") or b"0", 8)
+    except ValueError as exc:
+        raise FormatError("nydus blob TOC header has a bad size field") from exc
+    if toc_size % TOC_ENTRY_SIZE or toc_size > size - TAR_BLOCK:
+        raise FormatError(f"nydus blob TOC size {toc_size} is invalid")
+    handle.seek(size - TAR_BLOCK - toc_size)
+    raw = handle.read(toc_size)
+    try:
+        entries = [TocEntry.unpack(raw[i : i + TOC_ENTRY_SIZE]) for i in range(0, toc_size, TOC_ENTRY_SIZE)]
+    except ValueError as exc:
+        raise FormatError(f"nydus blob TOC: {exc}") from exc
+    return {entry.name: entry for entry in entries}
+
+
+def read_entry(handle: IO[bytes], entry: TocEntry) -> bytes:
+    """The uncompressed data of one TOC entry."""
+    handle.seek(entry.offset)
+    data = handle.read(entry.compressed_size)
+    if len(data) != entry.compressed_size:
+        raise FormatError(f"nydus blob entry {entry.name} lies outside the blob")
+    return decompress(data, entry.compressor, entry.uncompressed_size)
+
+
+def read_blob_bootstrap(path: Path) -> bytes:
+    """The per-layer bootstrap (`image.boot`) stored inside a Nydus blob."""
+    with path.open("rb") as handle:
+        toc = read_toc(handle, path.stat().st_size)
+        if "image.boot" not in toc:
+            raise FormatError(f"{path.name}: nydus blob has no image.boot")
+        return read_entry(handle, toc["image.boot"])
+
+
+def read_blob_meta_file(path: Path) -> bytes | None:
+    """The `<hex>.blob.meta` cache-file form of a blob's chunk-info (§3), None without chunk data."""
+    with path.open("rb") as handle:
+        toc = read_toc(handle, path.stat().st_size)
+        if "blob.meta" not in toc or "blob.meta.header" not in toc:
+            return None
+        ci = read_entry(handle, toc["blob.meta"])
+        header = read_entry(handle, toc["blob.meta.header"])
+    if len(header) != BLOB_META_HEADER_SIZE:
+        raise FormatError(f"{path.name}: blob-meta header is not 4096 bytes")
+    return ci.ljust(align(len(ci), BLOCK), b"\0") + header

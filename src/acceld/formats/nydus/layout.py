@@ -1,0 +1,249 @@
+"""On-disk constants and fixed-size records of the Nydus blob stream and the RAFS v6 bootstrap.
+
+Every integer is little-endian. Section numbers refer to docs/formats/nydus-rafs-v6.md.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+BLOCK = 4096
+ROOT_NID = 128
+
+# §5.2 superblock
+SB_OFFSET = 1024
+EROFS_MAGIC = 0xE0F5E1E2
+FEATURE_COMPAT_RAFS_V6 = 0x40000000
+FEATURE_INCOMPAT = 0x4 | 0x8  # CHUNKED_FILE | DEVICE_TABLE
+DEVT_SLOTOFF = 11
+DEVICE_TABLE_OFFSET = DEVT_SLOTOFF * 128
+EXT_SB_OFFSET = SB_OFFSET + 128
+DEVICE_SLOT_SIZE = 128
+BLOB_ENTRY_SIZE = 256
+CHUNK_RECORD_SIZE = 80
+FLAT_DEVICE_ALIGN = 0x80000
+
+# §5.3 RafsSuperFlags
+FLAG_COMPRESSION = {"none": 0x1, "lz4_block": 0x2, "zstd": 0x80}
+FLAG_HASH = {"blake3": 0x4, "sha256": 0x8}
+FLAG_EXPLICIT_UID_GID = 0x10
+FLAG_HAS_XATTR = 0x20
+FLAG_INLINED_CHUNK_DIGEST = 0x100
+FLAG_ENCRYPTION_NONE = 0x0100_0000
+
+# §5.5 blob table codes and BlobFeatures
+COMPRESSION_CODE = {"none": 0, "lz4_block": 1, "zstd": 3}
+COMPRESSION_NAME = {code: name for name, code in COMPRESSION_CODE.items()}
+DIGEST_CODE = {"blake3": 0, "sha256": 1}
+DIGEST_NAME = {code: name for name, code in DIGEST_CODE.items()}
+BLOB_ALIGNED = 0x1
+BLOB_INLINED_FS_META = 0x2
+BLOB_INLINED_CHUNK_DIGEST = 0x20
+BLOB_HAS_TAR_HEADER = 0x1000_0000
+BLOB_HAS_TOC = 0x2000_0000
+BLOB_CAP_TAR_TOC = 0x4000_0000
+LAYER_BLOB_FEATURES = (
+    BLOB_ALIGNED
+    | BLOB_INLINED_FS_META
+    | BLOB_INLINED_CHUNK_DIGEST
+    | BLOB_HAS_TAR_HEADER
+    | BLOB_HAS_TOC
+    | BLOB_CAP_TAR_TOC
+)
+PLACEHOLDER_BLOB_ID = "x" * 64
+
+# §5.6 inode formats and EROFS file types
+INODE_EXTENDED = 0x1
+LAYOUT_FLAT_PLAIN = 0
+LAYOUT_FLAT_INLINE = 2
+LAYOUT_CHUNK_BASED = 4
+INODE_SIZE = 64
+CHUNK_FORMAT_INDEXES = 0x20
+DIRENT_SIZE = 12
+FT_REG, FT_DIR, FT_CHR, FT_BLK, FT_FIFO, FT_SOCK, FT_SYMLINK = 1, 2, 3, 4, 5, 6, 7
+
+# §5.8 xattr name prefixes
+XATTR_PREFIXES: tuple[tuple[bytes, int], ...] = (
+    (b"user.", 1),
+    (b"system.posix_acl_access", 2),
+    (b"system.posix_acl_default", 3),
+    (b"trusted.", 4),
+    (b"security.", 6),
+)
+XATTR_PREFIX_OF_INDEX = {index: prefix for prefix, index in XATTR_PREFIXES}
+
+
+def xattr_name_index(name: bytes) -> tuple[int, bytes] | None:
+    """(EROFS prefix index, name suffix) for a supported xattr name, else None."""
+    for prefix, index in XATTR_PREFIXES:
+        if prefix.endswith(b".") and name.startswith(prefix) and len(name) > len(prefix):
+            return index, name[len(prefix) :]
+        if name == prefix:
+            return index, b""
+    return None
+
+
+# §5.9 chunk flags
+CHUNK_COMPRESSED = 0x1
+
+# §4.3 TOC
+TOC_ENTRY_SIZE = 128
+TOC_FLAG = {"none": 0x1, "zstd": 0x2, "lz4_block": 0x4}
+TOC_COMPRESSOR_OF_FLAG = {flag: name for name, flag in TOC_FLAG.items()}
+TAR_BLOCK = 512
+
+# §6.4 blob-meta header
+BLOB_META_MAGIC = 0xB10BB10B
+BLOB_META_HEADER_SIZE = 4096
+
+MIN_CHUNK_SIZE = 0x1000
+MAX_CHUNK_SIZE = 0x100_0000
+MAX_CHUNKS_PER_BLOB = 1 << 24
+
+
+def align(value: int, alignment: int) -> int:
+    return (value + alignment - 1) // alignment * alignment
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    """One blob-table entry (§5.5); toc/cipher/zran fields are always zero in what acceld writes."""
+
+    blob_id: str
+    chunk_size: int
+    chunk_count: int
+    compressor: str
+    digester: str
+    features: int
+    compressed_size: int
+    uncompressed_size: int
+    ci_compressor: str
+    ci_offset: int
+    ci_compressed_size: int
+    ci_uncompressed_size: int
+
+    def pack(self, index: int) -> bytes:
+        head = struct.pack(
+            "<64sIIIIII",
+            self.blob_id.encode("ascii"),
+            index,
+            self.chunk_size,
+            self.chunk_count,
+            COMPRESSION_CODE[self.compressor],
+            DIGEST_CODE[self.digester],
+            self.features,
+        )
+        sizes = struct.pack(
+            "<QQIIQQQ",
+            self.compressed_size,
+            self.uncompressed_size,
+            0,
+            COMPRESSION_CODE[self.ci_compressor],
+            self.ci_offset,
+            self.ci_compressed_size,
+            self.ci_uncompressed_size,
+        )
+        return (head + sizes).ljust(BLOB_ENTRY_SIZE, b"\0")
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> tuple[int, BlobInfo]:
+        blob_id, index, chunk_size, count, comp, digest, features = struct.unpack_from("<64sIIIIII", raw)
+        csize, usize, _toc_size, ci_comp, ci_off, ci_csize, ci_usize = struct.unpack_from("<QQIIQQQ", raw, 88)
+        try:
+            info = cls(
+                blob_id=blob_id.rstrip(b"\0").decode("ascii"),
+                chunk_size=chunk_size,
+                chunk_count=count,
+                compressor=COMPRESSION_NAME[comp],
+                digester=DIGEST_NAME[digest],
+                features=features,
+                compressed_size=csize,
+                uncompressed_size=usize,
+                ci_compressor=COMPRESSION_NAME[ci_comp],
+                ci_offset=ci_off,
+                ci_compressed_size=ci_csize,
+                ci_uncompressed_size=ci_usize,
+            )
+        except (KeyError, UnicodeDecodeError) as exc:
+            raise ValueError(f"unsupported blob table entry: {exc}") from exc
+        return index, info
+
+
+def pack_blob_meta_header(
+    features: int,
+    ci_compressor: str,
+    entries: int,
+    ci_offset: int,
+    ci_compressed_size: int,
+    ci_uncompressed_size: int,
+) -> bytes:
+    """The 4096-byte BlobCompressionContextHeader (§6.4), without zran tables."""
+    head = struct.pack(
+        "<IIIIQQQ",
+        BLOB_META_MAGIC,
+        features,
+        COMPRESSION_CODE[ci_compressor],
+        entries,
+        ci_offset,
+        ci_compressed_size,
+        ci_uncompressed_size,
+    )
+    return head.ljust(BLOB_META_HEADER_SIZE - 4, b"\0") + struct.pack("<I", BLOB_META_MAGIC)
+
+
+def pack_ci_v1(
+    uncompressed_offset: int, uncompressed_size: int, compressed_offset: int, compressed_size: int
+) -> bytes:
+    """One 16-byte chunk-info v1 entry (§6.2)."""
+    usize, csize = uncompressed_size - 1, compressed_size - 1
+    uncomp = uncompressed_offset | ((usize >> 20) & 0xF) << 8 | (usize & 0xFFFFF) << 44
+    comp = compressed_offset | ((csize >> 20) & 0xF) << 40 | (csize & 0xFFFFF) << 44
+    return struct.pack("<QQ", uncomp, comp)
+
+
+def gnu_tar_header(name: str, size: int) -> bytes:
+    """The 512-byte GNU header that follows each part of a blob stream (§4.2)."""
+    header = bytearray(TAR_BLOCK)
+    header[0 : len(name)] = name.encode("ascii")
+    header[124:136] = b"%011o\0" % size
+    header[136:148] = b"00000000000\0"
+    header[148:156] = b" " * 8
+    header[156:157] = b"0"
+    header[257:265] = b"ustar  \0"
+    header[148:156] = b"%07o\0" % sum(header)
+    return bytes(header)
+
+
+def pack_toc_entry(
+    name: str, compressor: str, digest: bytes, offset: int, compressed_size: int, uncompressed_size: int
+) -> bytes:
+    entry = struct.pack(
+        "<II16s32sQQQ",
+        TOC_FLAG[compressor],
+        0,
+        name.encode("ascii"),
+        digest,
+        offset,
+        compressed_size,
+        uncompressed_size,
+    )
+    return entry.ljust(TOC_ENTRY_SIZE, b"\0")
+
+
+@dataclass(frozen=True)
+class TocEntry:
+    name: str
+    compressor: str
+    digest: bytes
+    offset: int
+    compressed_size: int
+    uncompressed_size: int
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> TocEntry:
+        flags, _, name, digest, offset, csize, usize = struct.unpack_from("<II16s32sQQQ", raw)
+        compressor = TOC_COMPRESSOR_OF_FLAG.get(flags & 0xF)
+        if compressor is None:
+            raise ValueError(f"unknown TOC compressor flags {flags:#x}")
+        return cls(name.rstrip(b"\0").decode("ascii", "replace"), compressor, digest, offset, csize, usize)

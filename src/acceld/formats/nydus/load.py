@@ -1,0 +1,171 @@
+"""Read a RAFS v6 bootstrap back into a RAFS tree: what merge and the chunk dictionary need.
+
+This is the writer's own loader (per-layer bootstraps for merge, a dictionary image's bootstrap),
+not the strict validator: it checks only what it relies on.
+"""
+
+from __future__ import annotations
+
+import stat
+import struct
+from dataclasses import dataclass
+
+from acceld.formats.driver import FormatError
+from acceld.formats.nydus.layout import (
+    BLOB_ENTRY_SIZE,
+    BLOCK,
+    CHUNK_RECORD_SIZE,
+    DIRENT_SIZE,
+    EROFS_MAGIC,
+    EXT_SB_OFFSET,
+    FLAG_COMPRESSION,
+    FLAG_HASH,
+    INODE_EXTENDED,
+    LAYOUT_CHUNK_BASED,
+    LAYOUT_FLAT_INLINE,
+    SB_OFFSET,
+    XATTR_PREFIX_OF_INDEX,
+    BlobInfo,
+)
+from acceld.formats.nydus.tree import Chunk, Inode
+
+
+@dataclass
+class LoadedBootstrap:
+    root: Inode
+    blobs: list[BlobInfo]
+    chunk_size: int
+    compressor: str
+    digester: str
+
+
+def _flag_name(flags: int, table: dict[str, int], what: str) -> str:
+    names = [name for name, bit in table.items() if flags & bit]
+    if len(names) != 1:
+        raise FormatError(f"bootstrap flags {flags:#x} name {len(names)} {what}s")
+    return names[0]
+
+
+class _Loader:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        if len(data) < 2 * BLOCK or struct.unpack_from("<I", data, SB_OFFSET)[0] != EROFS_MAGIC:
+            raise FormatError("not a RAFS v6 bootstrap (no EROFS superblock)")
+        self.root_nid = struct.unpack_from("<H", data, SB_OFFSET + 14)[0]
+        self.meta_addr = struct.unpack_from("<I", data, SB_OFFSET + 40)[0] * BLOCK
+        (self.flags, blob_off, blob_size, self.chunk_size, chunk_off, chunk_size) = struct.unpack_from(
+            "<QQIIQQ", data, EXT_SB_OFFSET
+        )
+        self.blobs: list[BlobInfo] = []
+        for offset in range(blob_off, blob_off + blob_size, BLOB_ENTRY_SIZE):
+            try:
+                _, blob = BlobInfo.unpack(data[offset : offset + BLOB_ENTRY_SIZE])
+            except ValueError as exc:
+                raise FormatError(str(exc)) from exc
+            self.blobs.append(blob)
+        self.chunk_rows: dict[tuple[int, int], tuple[bytes, int, int, int, int]] = {}
+        for offset in range(chunk_off, chunk_off + chunk_size, CHUNK_RECORD_SIZE):
+            digest, blob_index, _flags, csize, usize, coff, uoff, _foff, index = struct.unpack_from(
+                "<32sIIIIQQQI", data, offset
+            )
+            self.chunk_rows[(blob_index, index)] = (digest, csize, usize, coff, uoff)
+        self.inodes: dict[int, Inode] = {}
+
+    def inode(self, nid: int, depth: int = 0) -> Inode:
+        known = self.inodes.get(nid)
+        if known is not None:
+            return known
+        if depth > 4096:
+            raise FormatError("bootstrap directory tree is too deep or cyclic")
+        pos = self.meta_addr + 32 * nid
+        i_format, icount, mode = struct.unpack_from("<HHH", self.data, pos)
+        if i_format & INODE_EXTENDED:
+            _, _, _, _, size, i_u, _ino, uid, gid, mtime, nsec, _nlink = struct.unpack_from(
+                "<HHHHQIIIIQII", self.data, pos
+            )
+            inode_size = 64
+        else:
+            _, _, _, _nlink, size, _, i_u, _ino, uid, gid = struct.unpack_from("<HHHHIIIIHH", self.data, pos)
+            mtime, nsec, inode_size = 0, 0, 32
+        xattr_size = 12 + 4 * (icount - 1) if icount else 0
+        node = Inode(mode=mode, uid=uid, gid=gid, mtime=mtime, size=size)
+        node.implicit = stat.S_ISDIR(mode) and nsec == 1
+        self.inodes[nid] = node
+        node.xattrs = self.xattrs(pos + inode_size, xattr_size)
+        body = pos + inode_size + xattr_size
+        layout = (i_format >> 1) & 0x7
+        if stat.S_ISREG(mode):
+            if layout != LAYOUT_CHUNK_BASED:
+                raise FormatError(f"nid {nid}: regular file is not chunk based")
+            node.chunks = self.chunks(body, size)
+        elif stat.S_ISDIR(mode):
+            for name, child_nid in self.dirents(self.content(layout, size, i_u, body)):
+                if name not in (b".", b".."):
+                    node.children[name] = self.inode(child_nid, depth + 1)
+        elif stat.S_ISLNK(mode):
+            node.target = self.content(layout, size, i_u, body)
+        else:
+            node.rdev = i_u
+        return node
+
+    def xattrs(self, start: int, size: int) -> dict[bytes, bytes]:
+        if not size:
+            return {}
+        if self.data[start + 4]:
+            raise FormatError("shared xattrs are not supported")
+        result: dict[bytes, bytes] = {}
+        pos, end = start + 12, start + size
+        while pos < end:
+            name_len, index, value_size = struct.unpack_from("<BBH", self.data, pos)
+            prefix = XATTR_PREFIX_OF_INDEX.get(index)
+            if prefix is None:
+                raise FormatError(f"unknown xattr prefix index {index}")
+            name = prefix + self.data[pos + 4 : pos + 4 + name_len]
+            result[name] = self.data[pos + 4 + name_len : pos + 4 + name_len + value_size]
+            pos += (4 + name_len + value_size + 3) & ~3
+        return result
+
+    def content(self, layout: int, size: int, i_u: int, body: int) -> bytes:
+        if layout == LAYOUT_FLAT_INLINE:
+            full = size - size % BLOCK
+            return self.data[i_u * BLOCK : i_u * BLOCK + full] + self.data[body : body + size % BLOCK]
+        return self.data[i_u * BLOCK : i_u * BLOCK + size]
+
+    def chunks(self, body: int, size: int) -> list[Chunk]:
+        pos = (body - self.meta_addr + 7) // 8 * 8 + self.meta_addr
+        result = []
+        for _ in range(-(-size // self.chunk_size)):
+            lo, hi, _blk = struct.unpack_from("<HHI", self.data, pos)
+            pos += 8
+            blob_index, index = (hi & 0xFF) - 1, lo | (hi >> 8) << 16
+            row = self.chunk_rows.get((blob_index, index))
+            if row is None or not 0 <= blob_index < len(self.blobs):
+                raise FormatError(f"chunk {index} of blob {blob_index} is missing from the chunk table")
+            digest, csize, usize, coff, uoff = row
+            result.append(Chunk(digest, self.blobs[blob_index].blob_id, index, coff, csize, uoff, usize))
+        return result
+
+    @staticmethod
+    def dirents(data: bytes) -> list[tuple[bytes, int]]:
+        entries = []
+        for start in range(0, len(data), BLOCK):
+            block = data[start : start + BLOCK]
+            count = struct.unpack_from("<H", block, 8)[0] // DIRENT_SIZE
+            fields = [struct.unpack_from("<QH", block, DIRENT_SIZE * i) for i in range(count)]
+            for i, (nid, name_off) in enumerate(fields):
+                name_end = fields[i + 1][1] if i + 1 < count else len(block)
+                entries.append((block[name_off:name_end].rstrip(b"\0"), nid))
+        return entries
+
+
+def load_bootstrap(data: bytes) -> LoadedBootstrap:
+    try:
+        loader = _Loader(data)
+        root = loader.inode(loader.root_nid)
+        compressor = _flag_name(loader.flags, FLAG_COMPRESSION, "compressor")
+        digester = _flag_name(loader.flags, FLAG_HASH, "digester")
+    except (struct.error, IndexError) as exc:
+        raise FormatError(f"truncated or corrupt RAFS v6 bootstrap: {exc}") from exc
+    if not root.is_dir:
+        raise FormatError("bootstrap root is not a directory")
+    return LoadedBootstrap(root, loader.blobs, loader.chunk_size, compressor, digester)

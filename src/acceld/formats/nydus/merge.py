@@ -1,0 +1,91 @@
+"""Merge per-layer trees into the image tree with OCI whiteouts and opaque directories (§7.2).
+
+Unlike nydus-image, whiteouts in the lowest layer are dropped too, and a directory that a layer
+only implies (no tar entry) keeps the attributes of the layer below — what an OCI runtime does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from acceld.formats.driver import FormatError
+from acceld.formats.nydus.layout import BLOB_INLINED_FS_META, PLACEHOLDER_BLOB_ID, BlobInfo
+from acceld.formats.nydus.load import LoadedBootstrap
+from acceld.formats.nydus.tree import Inode, new_dir, walk
+
+WHITEOUT_PREFIX = b".wh."
+OPAQUE_MARKER = b".wh..wh..opq"
+
+
+@dataclass(frozen=True)
+class LayerBootstrap:
+    blob_id: str  # hex digest of the layer's Nydus blob
+    bootstrap: LoadedBootstrap
+
+
+@dataclass
+class MergedImage:
+    root: Inode
+    blobs: list[BlobInfo]
+    chunk_size: int
+    compressor: str
+    digester: str
+
+
+def _adopt_attributes(target: Inode, source: Inode) -> None:
+    target.mode, target.uid, target.gid = source.mode, source.uid, source.gid
+    target.mtime, target.xattrs, target.implicit = source.mtime, dict(source.xattrs), False
+
+
+def _apply_dir(lower: Inode, upper: Inode) -> None:
+    if not upper.implicit:
+        _adopt_attributes(lower, upper)
+    if OPAQUE_MARKER in upper.children:
+        lower.children.clear()
+    for name in upper.children:
+        if name.startswith(WHITEOUT_PREFIX) and name != OPAQUE_MARKER:
+            lower.children.pop(name[len(WHITEOUT_PREFIX) :], None)
+    for name, child in upper.children.items():
+        if name.startswith(WHITEOUT_PREFIX):
+            continue
+        existing = lower.children.get(name)
+        if child.is_dir:
+            if existing is None or not existing.is_dir:
+                existing = lower.children[name] = new_dir(implicit=True)
+            _apply_dir(existing, child)
+        else:
+            lower.children[name] = child
+
+
+def merge_layers(layers: Sequence[LayerBootstrap]) -> MergedImage:
+    """Lowest layer first; each layer's placeholder blob id becomes its real blob id."""
+    if not layers:
+        raise FormatError("no Nydus layers to merge")
+    first = layers[0].bootstrap
+    own: list[BlobInfo] = []
+    referenced: dict[str, BlobInfo] = {}
+    root = new_dir(implicit=True)
+    for layer in layers:
+        loaded = layer.bootstrap
+        if (loaded.chunk_size, loaded.digester) != (first.chunk_size, first.digester):
+            raise FormatError("layers were converted with different chunk sizes or digesters")
+        for blob in loaded.blobs:
+            if blob.blob_id == PLACEHOLDER_BLOB_ID:
+                own.append(
+                    replace(blob, blob_id=layer.blob_id, features=blob.features & ~BLOB_INLINED_FS_META)
+                )
+            else:
+                referenced.setdefault(blob.blob_id, blob)
+        for _, inode in walk(loaded.root):
+            if any(chunk.blob_id == PLACEHOLDER_BLOB_ID for chunk in inode.chunks):
+                inode.chunks = [
+                    replace(c, blob_id=layer.blob_id) if c.blob_id == PLACEHOLDER_BLOB_ID else c
+                    for c in inode.chunks
+                ]
+        _apply_dir(root, loaded.root)
+    for _, inode in walk(root):
+        inode.implicit = False
+    own_ids = {blob.blob_id for blob in own}
+    blobs = own + [blob for blob_id, blob in referenced.items() if blob_id not in own_ids]
+    return MergedImage(root, blobs, first.chunk_size, first.compressor, first.digester)

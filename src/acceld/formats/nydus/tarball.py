@@ -1,0 +1,155 @@
+"""Read one OCI layer tar stream into a RAFS tree (§7.1), handing file data to a chunk store.
+
+Whiteout entries are kept as ordinary empty files here; only the merge applies them.
+"""
+
+from __future__ import annotations
+
+import stat
+import tarfile
+from typing import IO, Protocol
+
+from acceld.formats.driver import FormatError
+from acceld.formats.nydus.layout import MAX_CHUNKS_PER_BLOB, xattr_name_index
+from acceld.formats.nydus.tree import Chunk, Inode, encode_rdev, new_dir
+
+_SKIPPED_TOP_LEVEL = {b"stargz.index.json", b".prefetch.landmark", b".no.prefetch.landmark"}
+_XATTR_PAX_PREFIX = "SCHILY.xattr."
+MAX_SYMLINK_TARGET = 0xFFFF
+MAX_XATTR_NAME = 255
+MAX_XATTR_VALUE = 65536
+
+
+class ChunkStore(Protocol):
+    def add(self, data: bytes) -> Chunk:
+        """Store one piece of file data (at most one chunk) and say where it lives."""
+        ...
+
+
+def _encode(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _split(name: str) -> list[bytes]:
+    parts = [p for p in _encode(name).split(b"/") if p not in (b"", b".")]
+    if b".." in parts:
+        raise FormatError(f"tar entry escapes the root: {name!r}")
+    return parts
+
+
+def _xattrs(info: tarfile.TarInfo) -> dict[bytes, bytes]:
+    xattrs: dict[bytes, bytes] = {}
+    for key, value in info.pax_headers.items():
+        if not key.startswith(_XATTR_PAX_PREFIX):
+            continue
+        name = _encode(key[len(_XATTR_PAX_PREFIX) :])
+        raw = _encode(value)
+        if xattr_name_index(name) is None:
+            raise FormatError(
+                f"{info.name}: invalid xattr key {name!r} (only user., trusted., security. "
+                "and POSIX ACLs are supported)"
+            )
+        if len(name) > MAX_XATTR_NAME or len(raw) > MAX_XATTR_VALUE:
+            raise FormatError(f"{info.name}: xattr {name!r} is too large")
+        xattrs[name] = raw
+    return xattrs
+
+
+class _LayerTree:
+    def __init__(self, store: ChunkStore, chunk_size: int) -> None:
+        self.root = new_dir(implicit=True)
+        self.store = store
+        self.chunk_size = chunk_size
+
+    def parent_of(self, parts: list[bytes], name: str) -> Inode:
+        node = self.root
+        for part in parts:
+            child = node.children.get(part)
+            if child is None:
+                child = node.children[part] = new_dir(implicit=True)
+            elif not child.is_dir:
+                raise FormatError(f"{name}: parent {part!r} is not a directory")
+            node = child
+        return node
+
+    def lookup(self, name: str) -> Inode | None:
+        node: Inode | None = self.root
+        for part in _split(name):
+            node = node.children.get(part) if node is not None else None
+        return node
+
+    def add(self, archive: tarfile.TarFile, info: tarfile.TarInfo) -> None:
+        parts = _split(info.name)
+        if len(parts) == 1 and parts[0] in _SKIPPED_TOP_LEVEL:
+            return
+        if info.issparse() or info.type in (tarfile.CONTTYPE, tarfile.GNUTYPE_SPARSE):
+            raise FormatError(f"{info.name}: sparse and contiguous tar entries are not supported")
+        if info.islnk():
+            target = self.lookup(info.linkname)
+            if target is None or not target.is_reg:
+                raise FormatError(
+                    f"{info.name}: hardlink target {info.linkname!r} is not a file in this layer"
+                )
+            self.parent_of(parts[:-1], info.name).children[parts[-1]] = target
+            return
+        node = self.inode(archive, info)
+        if not parts:
+            node.children = self.root.children
+            self.root = node
+            return
+        parent = self.parent_of(parts[:-1], info.name)
+        existing = parent.children.get(parts[-1])
+        if node.is_dir and existing is not None and existing.is_dir:
+            node.children = existing.children
+        parent.children[parts[-1]] = node
+
+    def inode(self, archive: tarfile.TarFile, info: tarfile.TarInfo) -> Inode:
+        perm = info.mode & 0o7777
+        node = Inode(mode=perm, uid=info.uid, gid=info.gid, mtime=int(info.mtime), xattrs=_xattrs(info))
+        if info.isdir():
+            node.mode |= stat.S_IFDIR
+        elif info.isreg():
+            node.mode |= stat.S_IFREG
+            self.read_content(archive, info, node)
+        elif info.issym():
+            node.mode |= stat.S_IFLNK
+            node.target = _encode(info.linkname)
+            if len(node.target) > MAX_SYMLINK_TARGET:
+                raise FormatError(f"{info.name}: symlink target longer than {MAX_SYMLINK_TARGET} bytes")
+            node.size = len(node.target)
+        elif info.ischr() or info.isblk():
+            node.mode |= stat.S_IFCHR if info.ischr() else stat.S_IFBLK
+            node.rdev = encode_rdev(info.devmajor, info.devminor)
+        elif info.isfifo():
+            node.mode |= stat.S_IFIFO
+        else:
+            raise FormatError(f"{info.name}: unsupported tar entry type {info.type!r}")
+        return node
+
+    def read_content(self, archive: tarfile.TarFile, info: tarfile.TarInfo, node: Inode) -> None:
+        if -(-info.size // self.chunk_size) > MAX_CHUNKS_PER_BLOB:
+            raise FormatError(f"{info.name}: file needs more than 2^24 chunks")
+        content = archive.extractfile(info)
+        if content is None:
+            raise FormatError(f"{info.name}: unreadable file content")
+        remaining = info.size
+        while remaining:
+            data = content.read(min(self.chunk_size, remaining))
+            if not data:
+                raise FormatError(f"{info.name}: tar stream ends inside the file")
+            node.chunks.append(self.store.add(data))
+            remaining -= len(data)
+        node.size = info.size
+
+
+def tree_from_tar(stream: IO[bytes], store: ChunkStore, chunk_size: int) -> Inode:
+    """Read the whole tar stream sequentially and return the root of its tree."""
+    tree = _LayerTree(store, chunk_size)
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as archive:
+            while (info := archive.next()) is not None:
+                archive.members.clear()  # type: ignore[attr-defined]  # stream mode keeps every header otherwise
+                tree.add(archive, info)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise FormatError(f"bad tar: {exc}") from exc
+    return tree.root
