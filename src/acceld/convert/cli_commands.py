@@ -19,7 +19,7 @@ from acceld.progress import format_size, progress_reporter
 
 PlatformOption = Annotated[
     list[str] | None,
-    typer.Option("--platform", help="os/arch or os/arch/variant to convert from an index (repeatable; default: all)."),
+    typer.Option("--platform", help="os/arch or os/arch/variant to convert (repeatable; default: all)."),
 ]
 
 

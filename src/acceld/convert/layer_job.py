@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
 
-from acceld.convert.errors import ConvertError
+from acceld.convert.errors import ConvertError, CorruptSourceLayerError
 from acceld.convert.streams import MeasuringWriter, SourceTarStream
 from acceld.errors import AcceldError
-from acceld.formats.driver import Driver, LayerBlob, SourceLayer
+from acceld.formats.driver import Driver, FormatError, LayerBlob, SourceLayer
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,10 @@ def convert_layer_job(
             out = MeasuringWriter(cast(BinaryIO, out_file))
             output = driver.convert_layer(tar, cast(BinaryIO, out), job.layer, job.workdir)
             source.finish()
+    except CorruptSourceLayerError:
+        raise
+    except FormatError as exc:
+        raise FormatError(f"source layer {job.layer.digest}: {exc}") from None
     except AcceldError:
         raise
     except OSError as exc:
