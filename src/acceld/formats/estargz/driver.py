@@ -1,0 +1,80 @@
+"""The eStargz format driver the conversion pipeline runs for every layer."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from acceld.formats.driver import ImageAdditions, LayerBlob, LayerOutput, SourceLayer
+from acceld.formats.estargz.writer import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_COMPRESSION_LEVEL,
+    WriterOptions,
+    write_estargz,
+)
+
+LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
+TOC_DIGEST_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
+UNCOMPRESSED_SIZE_ANNOTATION = "io.containers.estargz.uncompressed-size"
+
+
+@dataclass(frozen=True)
+class EstargzDriver:
+    """Converts layers to eStargz.
+
+    `prefetch_files` are moved to the front of every layer that has them, followed by
+    `.prefetch.landmark`. `workers` is the number of threads compressing gzip members of one
+    layer (None: the CPU count); it does not change the output, so `options_key` leaves it out.
+    """
+
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    min_chunk_size: int = 0
+    compression_level: int = DEFAULT_COMPRESSION_LEVEL
+    prefetch_files: Sequence[str] = ()
+    workers: int | None = None
+
+    name = "estargz"
+    tag_suffix = "-esgz"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prefetch_files", tuple(self.prefetch_files))
+        self.writer_options()  # validates every option now rather than in a worker
+
+    def writer_options(self) -> WriterOptions:
+        return WriterOptions(
+            chunk_size=self.chunk_size,
+            min_chunk_size=self.min_chunk_size,
+            compression_level=self.compression_level,
+            prefetch_files=tuple(self.prefetch_files),
+            workers=self.workers or os.cpu_count() or 1,
+        )
+
+    def options_key(self) -> str:
+        options = {
+            "chunk_size": self.chunk_size,
+            "min_chunk_size": self.min_chunk_size,
+            "compression_level": self.compression_level,
+            "prefetch_files": list(self.prefetch_files),
+        }
+        return f"{self.name}:" + json.dumps(options, sort_keys=True, separators=(",", ":"))
+
+    def is_converted(self, layer: SourceLayer) -> bool:
+        return TOC_DIGEST_ANNOTATION in layer.annotations
+
+    def convert_layer(self, tar: BinaryIO, out: BinaryIO, layer: SourceLayer, workdir: Path) -> LayerOutput:
+        result = write_estargz(tar, out, workdir, self.writer_options())
+        return LayerOutput(
+            media_type=LAYER_MEDIA_TYPE,
+            diff_id=result.diff_id,
+            annotations={
+                TOC_DIGEST_ANNOTATION: result.toc_digest,
+                UNCOMPRESSED_SIZE_ANNOTATION: str(result.uncompressed_size),
+            },
+        )
+
+    def finalize(self, layers: Sequence[LayerBlob], workdir: Path) -> ImageAdditions:
+        return ImageAdditions()

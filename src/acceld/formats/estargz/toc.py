@@ -1,0 +1,106 @@
+"""The TOC JSON, byte for byte as Go's `json.MarshalIndent(toc, "", "\\t")` writes the reference TOC.
+
+Keys follow the Go struct order; every key but `name` and `type` is left out when it is 0 or
+empty; strings use Go's escapes (`<`, `>`, `&`, U+2028/2029 and control characters as `\\u00XX`,
+each byte of invalid UTF-8 as `\\ufffd`); xattr values are standard base64.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+LANDMARK_CONTENT = b"\x0f"
+
+_ESCAPES: dict[int, str] = {code: f"\\u{code:04x}" for code in range(0x20)}
+_ESCAPES.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t", ord('"'): '\\"', ord("\\"): "\\\\"})
+_ESCAPES.update({ord(c): f"\\u{ord(c):04x}" for c in "<>&\u2028\u2029"})
+# undecodable bytes arrive as lone surrogates (surrogateescape); Go writes U+FFFD for each
+_ESCAPES.update({code: "\\ufffd" for code in range(0xDC80, 0xDD00)})
+
+
+def json_string(value: str) -> str:
+    return '"' + value.translate(_ESCAPES) + '"'
+
+
+def format_modtime(mtime_ns: int) -> str:
+    """Go's `formatModtime`: "" for the Unix epoch second, else UTC rounded to the second (halves up)."""
+    if mtime_ns // 1_000_000_000 == 0:
+        return ""
+    seconds = (mtime_ns + 500_000_000) // 1_000_000_000
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(slots=True)
+class TocEntry:
+    """One TOC entry; field order is the JSON key order."""
+
+    name: str
+    type: str
+    size: int = 0
+    modtime: str = ""
+    link_name: str = ""
+    mode: int = 0
+    uid: int = 0
+    gid: int = 0
+    user_name: str = ""
+    group_name: str = ""
+    offset: int = 0
+    inner_offset: int = 0
+    dev_major: int = 0
+    dev_minor: int = 0
+    xattrs: Mapping[str, bytes] | None = None
+    digest: str = ""
+    chunk_offset: int = 0
+    chunk_size: int = 0
+    chunk_digest: str = ""
+
+
+_SCALAR_KEYS = (
+    ("size", "size"),
+    ("modtime", "modtime"),
+    ("linkName", "link_name"),
+    ("mode", "mode"),
+    ("uid", "uid"),
+    ("gid", "gid"),
+    ("userName", "user_name"),
+    ("groupName", "group_name"),
+    ("offset", "offset"),
+    ("innerOffset", "inner_offset"),
+    ("devMajor", "dev_major"),
+    ("devMinor", "dev_minor"),
+)
+_TAIL_KEYS = (("digest", "digest"), ("chunkOffset", "chunk_offset"), ("chunkSize", "chunk_size"))
+
+
+def _value(value: object) -> str:
+    return json_string(value) if isinstance(value, str) else str(value)
+
+
+def _entry_json(entry: TocEntry) -> str:
+    pad = "\t\t\t"
+    lines = [f'{pad}"name": {json_string(entry.name)}', f'{pad}"type": {json_string(entry.type)}']
+    for key, attr in _SCALAR_KEYS:
+        value = getattr(entry, attr)
+        if value:
+            lines.append(f'{pad}"{key}": {_value(value)}')
+    if entry.xattrs:
+        items = ",\n".join(
+            f"{pad}\t{json_string(name)}: {json_string(base64.b64encode(entry.xattrs[name]).decode())}"
+            for name in sorted(entry.xattrs)
+        )
+        lines.append(f'{pad}"xattrs": {{\n{items}\n{pad}}}')
+    for key, attr in (*_TAIL_KEYS, ("chunkDigest", "chunk_digest")):
+        value = getattr(entry, attr)
+        if value:
+            lines.append(f'{pad}"{key}": {_value(value)}')
+    return "\t\t{\n" + ",\n".join(lines) + "\n\t\t}"
+
+
+def encode_toc(entries: Iterable[TocEntry]) -> bytes:
+    """The TOC JSON (version 1), without a trailing newline."""
+    body = ",\n".join(_entry_json(entry) for entry in entries)
+    text = '{\n\t"version": 1,\n\t"entries": ' + (f"[\n{body}\n\t]" if body else "[]") + "\n}"
+    return text.encode("utf-8")

@@ -1,0 +1,368 @@
+"""The eStargz writer: layer tar in, eStargz blob out (sequentially), bounded memory.
+
+Pass 1 spools the tar to `workdir` and indexes it (`tarscan`); the entry order follows the
+reference builder (`order`). Pass 2 lays the blob out exactly like the reference writer with one
+part (GOMAXPROCS=1): a gzip member starts at offset 0, at every chunk of every non-empty regular
+file, at the TOC and at the footer; tar headers and padding stay in the current member. Raw
+header blocks and payloads are copied from the spool unchanged. Members are independent, so
+they are compressed by a thread pool (libdeflate releases the GIL) with a bounded number of
+batches in flight and written in order. With `min_chunk_size` the placement of a member depends
+on the compressed size of the previous ones, so that mode compresses sequentially.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from acceld.formats.driver import FormatError
+from acceld.formats.estargz.gzip_members import (
+    MAX_LEVEL,
+    MIN_LEVEL,
+    StreamingMember,
+    compress_member,
+    footer,
+    ustar_file_header,
+)
+from acceld.formats.estargz.order import TOC_TAR_NAME, Item, Landmark, arrange
+from acceld.formats.estargz.source import open_layer_tar
+from acceld.formats.estargz.tarscan import BLOCK, TYPE_REG, TarEntry, scan_tar
+from acceld.formats.estargz.toc import LANDMARK_CONTENT, TocEntry, encode_toc, format_modtime
+
+DEFAULT_CHUNK_SIZE = 4 << 20
+DEFAULT_COMPRESSION_LEVEL = 9
+_ONESHOT_LIMIT = 16 << 20  # larger members are streamed instead of compressed in one piece
+_BATCH_BYTES = 1 << 20  # small members are grouped into batches of about this size
+_BATCH_MEMBERS = 512
+_READ_PIECE = 1 << 20
+_TOC_TYPES = {"0": "reg", "1": "hardlink", "2": "symlink", "3": "char", "4": "block", "5": "dir", "6": "fifo"}
+_LANDMARK_DIGEST = "sha256:" + hashlib.sha256(LANDMARK_CONTENT).hexdigest()
+_LANDMARK_PAYLOAD = LANDMARK_CONTENT + bytes(BLOCK - len(LANDMARK_CONTENT))
+
+
+@dataclass(frozen=True)
+class WriterOptions:
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    min_chunk_size: int = 0
+    compression_level: int = DEFAULT_COMPRESSION_LEVEL
+    prefetch_files: tuple[str, ...] = ()
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        if self.chunk_size <= 0:
+            raise ValueError(f"chunk_size must be positive, not {self.chunk_size}")
+        if self.min_chunk_size < 0:
+            raise ValueError(f"min_chunk_size must not be negative, not {self.min_chunk_size}")
+        if not MIN_LEVEL <= self.compression_level <= MAX_LEVEL:
+            raise ValueError(
+                f"compression_level must be {MIN_LEVEL}..{MAX_LEVEL}, not {self.compression_level}"
+            )
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, not {self.workers}")
+
+
+@dataclass(frozen=True)
+class EstargzResult:
+    toc_digest: str  # "sha256:<hex>" of the TOC JSON
+    diff_id: str  # "sha256:<hex>" of the decompressed blob
+    uncompressed_size: int
+    compressed_size: int
+    missed_prefetch_files: tuple[str, ...]
+
+
+# A piece of a member's uncompressed content: a (offset, length) range of the spool, or literal bytes.
+Segment = tuple[int, int] | bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _ChunkStart:
+    """Chunk `chunk` of item `item` starts here (its TOC entry needs the member's offset)."""
+
+    item: int
+    chunk: int
+
+
+@dataclass(slots=True)
+class _Member:
+    segments: list[Segment] = field(default_factory=list)
+    starts: list[_ChunkStart] = field(default_factory=list)
+    size: int = 0
+
+    def add(self, segment: Segment) -> None:
+        last = self.segments[-1] if self.segments else None
+        if isinstance(segment, tuple) and isinstance(last, tuple) and last[0] + last[1] == segment[0]:
+            self.segments[-1] = (last[0], last[1] + segment[1])
+        else:
+            self.segments.append(segment)
+        self.size += segment[1] if isinstance(segment, tuple) else len(segment)
+
+
+def _events(items: Sequence[Item], chunk_size: int) -> Iterator[Segment | _ChunkStart]:
+    """The uncompressed stream in order, with a marker before every chunk."""
+    for index, item in enumerate(items):
+        if isinstance(item, Landmark):
+            yield ustar_file_header(item.name, len(LANDMARK_CONTENT))
+            yield _ChunkStart(index, 0)
+            yield _LANDMARK_PAYLOAD
+            continue
+        yield (item.header_offset, item.data_offset - item.header_offset)
+        if item.typeflag != TYPE_REG or item.size == 0:
+            continue
+        for number, start in enumerate(range(0, item.size, chunk_size)):
+            yield _ChunkStart(index, number)
+            yield (item.data_offset + start, min(chunk_size, item.size - start))
+        padding = -item.size % BLOCK
+        if padding:
+            yield (item.data_offset + item.size, padding)
+
+
+def _members(events: Iterator[Segment | _ChunkStart]) -> Iterator[_Member]:
+    """Members of the plain layout: every chunk starts a new member."""
+    current = _Member()
+    for event in events:
+        if isinstance(event, _ChunkStart):
+            if current.size:
+                yield current
+                current = _Member()
+            current.starts.append(event)
+        else:
+            current.add(event)
+    if current.size:
+        yield current
+
+
+class _Output:
+    """The blob being written: compressed offset, chunk placements and the diff_id hash."""
+
+    def __init__(self, out: BinaryIO, placements: list[list[tuple[int, int]]]) -> None:
+        self.out = out
+        self.offset = 0
+        self.uncompressed = 0
+        self.diff_hash = hashlib.sha256()
+        self.placements = placements
+
+    def place(self, start: _ChunkStart, member_offset: int, inner_offset: int) -> None:
+        self.placements[start.item][start.chunk] = (member_offset, inner_offset)
+
+    def raw(self, data: bytes | memoryview) -> None:
+        self.diff_hash.update(data)
+        self.uncompressed += len(data)
+
+    def write(self, data: bytes) -> None:
+        self.out.write(data)
+        self.offset += len(data)
+
+
+def _read_segment(fd: int, segment: Segment) -> bytes:
+    if not isinstance(segment, tuple):
+        return segment
+    offset, length = segment
+    data = os.pread(fd, length, offset)
+    if len(data) != length:
+        raise FormatError("spool file ended early (was it modified during conversion?)")
+    return data
+
+
+def _segment_pieces(fd: int, segment: Segment) -> Iterator[bytes]:
+    if not isinstance(segment, tuple):
+        yield segment
+        return
+    offset, length = segment
+    for start in range(0, length, _READ_PIECE):
+        yield _read_segment(fd, (offset + start, min(_READ_PIECE, length - start)))
+
+
+def _compress_batch(fd: int, members: list[_Member], level: int) -> list[tuple[bytes, bytes]]:
+    results = []
+    for member in members:
+        raw = b"".join(_read_segment(fd, segment) for segment in member.segments)
+        results.append((raw, compress_member(raw, level)))
+    return results
+
+
+def _write_streamed(fd: int, member: _Member, level: int, output: _Output) -> None:
+    for start in member.starts:
+        output.place(start, output.offset, 0)
+    stream = StreamingMember(level)
+    for segment in member.segments:
+        for piece in _segment_pieces(fd, segment):
+            output.raw(piece)
+            output.write(stream.write(piece))
+    output.write(stream.close())
+
+
+def _write_parallel(fd: int, members: Iterator[_Member], options: WriterOptions, output: _Output) -> None:
+    level = options.compression_level
+    pending: deque[tuple[list[_Member], Future[list[tuple[bytes, bytes]]]]] = deque()
+
+    def drain_one() -> None:
+        batch, future = pending.popleft()
+        for member, (raw, compressed) in zip(batch, future.result(), strict=True):
+            for start in member.starts:
+                output.place(start, output.offset, 0)
+            output.raw(raw)
+            output.write(compressed)
+
+    with ThreadPoolExecutor(options.workers, thread_name_prefix="estargz-gzip") as pool:
+        batch: list[_Member] = []
+        batch_bytes = 0
+
+        def submit() -> None:
+            nonlocal batch, batch_bytes
+            if batch:
+                pending.append((batch, pool.submit(_compress_batch, fd, batch, level)))
+                batch, batch_bytes = [], 0
+            while len(pending) > options.workers:
+                drain_one()
+
+        try:
+            for member in members:
+                if member.size > _ONESHOT_LIMIT:
+                    submit()
+                    while pending:
+                        drain_one()
+                    _write_streamed(fd, member, level, output)
+                    continue
+                batch.append(member)
+                batch_bytes += member.size
+                if batch_bytes >= _BATCH_BYTES or len(batch) >= _BATCH_MEMBERS:
+                    submit()
+            submit()
+            while pending:
+                drain_one()
+        finally:
+            for _, future in pending:
+                future.cancel()
+
+
+def _write_min_chunk(
+    fd: int,
+    events: Iterator[Segment | _ChunkStart],
+    items: Sequence[Item],
+    options: WriterOptions,
+    output: _Output,
+) -> None:
+    """Chunks share a member until it holds `min_chunk_size` compressed bytes (innerOffset)."""
+    level = options.compression_level
+    member = StreamingMember(level)
+    member_offset = output.offset
+    for event in events:
+        if isinstance(event, _ChunkStart):
+            output.write(member.flush())
+            landmark = isinstance(items[event.item], Landmark)
+            if member.uncompressed and (landmark or output.offset - member_offset >= options.min_chunk_size):
+                output.write(member.close())
+                member = StreamingMember(level)
+                member_offset = output.offset
+            output.place(event, member_offset, member.uncompressed)
+            continue
+        for piece in _segment_pieces(fd, event):
+            output.raw(piece)
+            output.write(member.write(piece))
+    if member.uncompressed:
+        output.write(member.close())
+
+
+def _name_if_changed(last: dict[int, str], owner: int, name: str) -> str:
+    """The reference writer repeats a user/group name only when it changes for that id."""
+    if not name or last.get(owner) == name:
+        return ""
+    last[owner] = name
+    return name
+
+
+def _toc_entries(
+    items: Sequence[Item], placements: list[list[tuple[int, int]]], chunk_size: int
+) -> Iterator[TocEntry]:
+    user_names: dict[int, str] = {}
+    group_names: dict[int, str] = {}
+    for index, item in enumerate(items):
+        if isinstance(item, Landmark):
+            offset, inner = placements[index][0]
+            yield TocEntry(
+                name=item.name,
+                type="reg",
+                size=len(LANDMARK_CONTENT),
+                offset=offset,
+                inner_offset=inner,
+                digest=_LANDMARK_DIGEST,
+                chunk_digest=_LANDMARK_DIGEST,
+            )
+            continue
+        entry = _toc_entry(item, user_names, group_names)
+        if item.typeflag != TYPE_REG or item.size == 0:
+            yield entry
+            continue
+        for number, (offset, inner) in enumerate(placements[index]):
+            start = number * chunk_size
+            chunk = entry if number == 0 else TocEntry(name=item.name, type="chunk", chunk_offset=start)
+            chunk.offset, chunk.inner_offset = offset, inner
+            chunk.chunk_size = chunk_size if item.size - start >= chunk_size else 0
+            chunk.chunk_digest = item.chunk_digests[number]
+            yield chunk
+
+
+def _toc_entry(item: TarEntry, user_names: dict[int, str], group_names: dict[int, str]) -> TocEntry:
+    entry = TocEntry(
+        name=item.name,
+        type=_TOC_TYPES[item.typeflag],
+        modtime=format_modtime(item.mtime_ns),
+        mode=item.mode,
+        uid=item.uid,
+        gid=item.gid,
+        user_name=_name_if_changed(user_names, item.uid, item.uname),
+        group_name=_name_if_changed(group_names, item.gid, item.gname),
+        xattrs=item.xattrs or None,
+    )
+    if entry.type in ("hardlink", "symlink"):
+        entry.link_name = item.linkname
+    elif entry.type in ("char", "block"):
+        entry.dev_major, entry.dev_minor = item.devmajor, item.devminor
+    elif entry.type == "reg":
+        entry.size = item.size
+        entry.digest = item.digest
+    return entry
+
+
+def _write_toc(toc_json: bytes, level: int, output: _Output) -> None:
+    raw = ustar_file_header(TOC_TAR_NAME, len(toc_json)) + toc_json
+    raw += bytes(-len(raw) % BLOCK) + bytes(2 * BLOCK)
+    toc_offset = output.offset
+    output.raw(raw)
+    output.write(compress_member(raw, level))
+    output.write(footer(toc_offset))
+
+
+def write_estargz(source: BinaryIO, out: BinaryIO, workdir: Path, options: WriterOptions) -> EstargzResult:
+    """Convert the layer tar in `source` (plain, gzip or zstd) into an eStargz blob written to `out`."""
+    tar = open_layer_tar(source)
+    with tempfile.TemporaryFile(dir=workdir, prefix="estargz-spool-") as spool:
+        with open(spool.fileno(), "wb", buffering=_READ_PIECE, closefd=False) as spool_writer:
+            entries = scan_tar(tar, spool_writer, options.chunk_size)
+        items, missed = arrange(entries, options.prefetch_files)
+        del entries
+        placements = [
+            [(0, 0)] * (1 if isinstance(item, Landmark) else len(item.chunk_digests)) for item in items
+        ]
+        output = _Output(out, placements)
+        events = _events(items, options.chunk_size)
+        if options.min_chunk_size > 0:
+            _write_min_chunk(spool.fileno(), events, items, options, output)
+        else:
+            _write_parallel(spool.fileno(), _members(events), options, output)
+    toc_json = encode_toc(_toc_entries(items, placements, options.chunk_size))
+    _write_toc(toc_json, options.compression_level, output)
+    return EstargzResult(
+        toc_digest="sha256:" + hashlib.sha256(toc_json).hexdigest(),
+        diff_id="sha256:" + output.diff_hash.hexdigest(),
+        uncompressed_size=output.uncompressed,
+        compressed_size=output.offset,
+        missed_prefetch_files=tuple(missed),
+    )
