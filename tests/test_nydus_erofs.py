@@ -332,3 +332,105 @@ def test_kernel_mount_serves_identical_tree(edge_tars: list[Path], tmp_path: Pat
         finally:
             subprocess.run(["umount", str(mountpoint)], check=True)
     assert fstree.diff_trees(expected_tree(edge_tars), actual) == []
+
+
+# ---- layouts that stress the bootstrap writer -----------------------------------------------------
+
+
+def _write_tar(path: Path, entries: Sequence[tuple[str, bytes | str | None]]) -> Path:
+    """(name, content): bytes → file, str → symlink target, None → directory."""
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as archive:
+        for name, content in entries:
+            info = tarfile.TarInfo(name)
+            info.mtime = 1_700_000_000
+            if content is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                archive.addfile(info)
+            elif isinstance(content, str):
+                info.type, info.linkname, info.mode = tarfile.SYMTYPE, content, 0o777
+                archive.addfile(info)
+            else:
+                info.size, info.mode = len(content), 0o644
+                archive.addfile(info, io.BytesIO(content))
+    return path
+
+
+def test_large_directories_symlinks_and_metadata_only_layers(tmp_path: Path) -> None:
+    names = [(f"big/{'entry-' * 20}{i:05d}", f"{i}\n".encode()) for i in range(700)]
+    first = _write_tar(
+        tmp_path / "first.tar",
+        [
+            ("big", None),
+            *names,
+            ("big/zz-inline-link", "/" + "x" * 4000),  # Linux symlinks stop at 4095 bytes
+            ("big/zz-plain-block-link", "y" * 4090),
+            ("wide", None),
+            *[(f"wide/d{i:03d}", None) for i in range(300)],
+        ],
+    )
+    metadata_only = _write_tar(tmp_path / "meta.tar", [("wide/d000/sub", None), ("empty-dir", None)])
+    tars = [first, metadata_only]
+    layers, _, boot = convert(NydusDriver(), tars, tmp_path)
+    assert "image.blob" not in _toc(layers[1].path.read_bytes())
+    assert len(_blob_table(boot.read_bytes())) == 1
+    check_with_fsck(boot, blob_files(layers), tars, tmp_path)
+
+
+# ---- chunk dictionary -------------------------------------------------------------------------
+
+
+def _stored_digests(blob: Path) -> set[bytes]:
+    data = blob.read_bytes()
+    entries = _toc(data)
+    if "blob.digest" not in entries:
+        return set()
+    _, offset, size, _ = entries["blob.digest"]
+    return {data[at : at + 32] for at in range(offset, offset + size, 32)}
+
+
+def test_chunk_dict_stores_no_shared_chunk_again(tmp_path: Path) -> None:
+    dict_dir, work = tmp_path / "dict", tmp_path / "work"
+    dict_dir.mkdir()
+    work.mkdir()
+    dict_tar = write_edge_lower(tmp_path / "dict.tar", chunk_size=1 << 20)
+    dict_layers, bootstrap_layer, _ = convert(NydusDriver(), [dict_tar], dict_dir)
+    bootstrap_hex = hashlib.sha256(bootstrap_layer.read_bytes()).hexdigest()
+    shutil.copy(bootstrap_layer, dict_dir / bootstrap_hex)
+    for layer in dict_layers:
+        shutil.copy(layer.path, dict_dir / layer.digest.removeprefix("sha256:"))
+    dict_digests = _stored_digests(dict_layers[0].path)
+
+    with tarfile.open(dict_tar) as archive:
+        shared = {
+            name: archive.extractfile(name).read()  # type: ignore[union-attr]
+            for name in ("data/multi-chunk", "data/exact-chunk", "etc/hostname", "data/zeros")
+        }
+    image_tar = _write_tar(
+        tmp_path / "image.tar",
+        [
+            ("copy", None),
+            *[(f"copy/{name.replace('/', '-')}", data) for name, data in shared.items()],
+            ("copy/new", b"only in the new image\n" * 5000),
+        ],
+    )
+    driver = NydusDriver(chunk_dict=str(dict_dir / bootstrap_hex))
+    layers, _, boot = convert(driver, [image_tar], work)
+    new_digests = _stored_digests(layers[0].path)
+    assert new_digests and not new_digests & dict_digests
+    assert len(new_digests) == 1  # only copy/new, a single chunk
+    dict_blob = dict_layers[0].digest.removeprefix("sha256:")
+    assert [blob_id for blob_id, _, _ in _blob_table(boot.read_bytes())] == [
+        layers[0].digest.removeprefix("sha256:"),
+        dict_blob,
+    ]
+    assert layers[1].path == dict_dir / dict_blob
+    assert layers[1].annotations == {"containerd.io/snapshot/nydus-blob": "true"}
+    check_with_fsck(boot, blob_files(layers), [image_tar], work)
+
+
+def test_chunk_dict_with_other_chunk_size_is_rejected(tmp_path: Path) -> None:
+    dict_tar = write_edge_lower(tmp_path / "dict.tar", chunk_size=1 << 20)
+    _, bootstrap_layer, _ = convert(NydusDriver(), [dict_tar], tmp_path)
+    driver = NydusDriver(chunk_dict=str(bootstrap_layer), chunk_size=0x10000)
+    with dict_tar.open("rb") as source, pytest.raises(FormatError, match="chunk dict"):
+        driver.convert_layer(source, io.BytesIO(), SourceLayer("sha256:" + "0" * 64, "t", 0, ""), tmp_path)
