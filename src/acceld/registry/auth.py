@@ -14,7 +14,7 @@ from acceld.registry.credentials import Credentials
 from acceld.registry.errors import AuthenticationError, PermissionDenied, RegistryError, RegistryUnreachable
 
 _PARAM_RE = re.compile(r'([A-Za-z_][\w-]*)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,]*)')
-_MIN_TOKEN_LIFETIME = 60.0
+_DEFAULT_TOKEN_LIFETIME = 60.0  # the token spec's default when expires_in is absent
 _REFRESH_MARGIN = 10.0
 _CLIENT_ID = "acceld"
 
@@ -134,10 +134,11 @@ class Authenticator:
     async def _token(self, scopes: Sequence[str]) -> str:
         key = _scope_key(scopes)
         cached = self._tokens.get(key)
-        if cached and cached[1] - _REFRESH_MARGIN > time.monotonic():
+        if cached and cached[1] > time.monotonic():
             return cached[0]
         token, lifetime = await self._fetch_token(scopes)
-        self._tokens[key] = (token, time.monotonic() + max(lifetime, _MIN_TOKEN_LIFETIME))
+        # Refresh a little before the registry would reject the token.
+        self._tokens[key] = (token, time.monotonic() + lifetime - min(_REFRESH_MARGIN, lifetime / 2))
         return token
 
     async def _fetch_token(self, scopes: Sequence[str]) -> tuple[str, float]:
@@ -193,7 +194,8 @@ class Authenticator:
         if isinstance(body.get("refresh_token"), str):
             self._refresh_token = body["refresh_token"]
         expires_in = body.get("expires_in")
-        return token, float(expires_in) if isinstance(expires_in, int | float) else _MIN_TOKEN_LIFETIME
+        valid = isinstance(expires_in, int | float) and expires_in > 0
+        return token, float(expires_in) if valid else _DEFAULT_TOKEN_LIFETIME
 
     async def _post_token(
         self, realm: str, service: str | None, scopes: Sequence[str], grant: dict[str, str]
