@@ -1,0 +1,132 @@
+"""File content chunking with the containers/storage rules, fed block by block.
+
+* A maximal run of at least 1024 zero bytes is a chunk of its own (a "zeros" chunk).
+* Other bytes go through a bup-style rolling checksum (window 64, char offset 31): a chunk
+  ends after a byte when the low 16 bits of `s2` are all ones. The checksum keeps rolling
+  through zero runs and is never reset inside a file.
+
+`s2` after a byte only depends on the last 64 bytes: with the window's bytes c_0 (newest)
+to c_63 (oldest, zeros before the file start), s2 = 64*63*31 + sum((m + 1) * c_m). That
+makes the search vectorisable: s2 is a running sum of (window sum - 64 * dropped byte).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+WINDOW = 64
+_CHAR_OFFSET = 31
+_SPLIT_MASK = 0xFFFF  # RollsumBits = 16
+HOLE_THRESHOLD = 1024
+_S2_INIT = WINDOW * (WINDOW - 1) * _CHAR_OFFSET
+_HOLE_NEEDLE = bytes(HOLE_THRESHOLD)
+_NON_ZERO = re.compile(rb"[^\x00]")
+_WEIGHTS = np.arange(WINDOW, 0, -1, dtype=np.uint32)  # oldest byte weighs 64, newest 1
+
+
+@dataclass(frozen=True)
+class Data:
+    """Content bytes; `cut` is true when a chunk ends right after them."""
+
+    data: bytes | memoryview
+    cut: bool
+
+
+@dataclass(frozen=True)
+class Zeros:
+    """A zeros chunk of `size` bytes (always a chunk of its own)."""
+
+    size: int
+
+
+Piece = Data | Zeros
+
+
+def split_points(history: bytes, data: bytes | memoryview) -> np.ndarray:
+    """Indices i such that a chunk ends after data[i], given the 64 bytes before `data`."""
+    window = np.concatenate((np.frombuffer(history, np.uint8), np.frombuffer(data, np.uint8)))
+    x = window.astype(np.uint16)
+    prefix = np.cumsum(x, dtype=np.uint16)
+    step = prefix[WINDOW:] - prefix[:-WINDOW]  # window sum after each byte
+    step -= x[:-WINDOW] << 6  # minus 64 * the byte leaving the window
+    start = int(np.dot(_WEIGHTS, np.frombuffer(history, np.uint8).astype(np.uint32)))
+    target = (_SPLIT_MASK - _S2_INIT - start) & _SPLIT_MASK
+    running = np.cumsum(step, dtype=np.uint16)
+    return np.flatnonzero(running == target)
+
+
+class Chunker:
+    """Turns the content of one file, fed in blocks, into Data and Zeros pieces in order."""
+
+    def __init__(self) -> None:
+        self._history = bytes(WINDOW)
+        self._pending_zeros = 0  # trailing zero run whose end is not known yet
+
+    def feed(self, block: bytes) -> Iterator[Piece]:
+        first = _NON_ZERO.search(block)
+        if first is None:
+            self._pending_zeros += len(block)
+            return
+        start = first.start()
+        lead = self._pending_zeros + start
+        end = len(block) - _trailing_zeros(block)
+        self._pending_zeros = len(block) - end
+        if lead >= HOLE_THRESHOLD:
+            yield Zeros(lead)
+            self._history = bytes(WINDOW)
+            region = block[start:end]
+        else:
+            region = bytes(lead) + block[start:end] if lead else block[:end]
+        yield from self._region(region, final=False)
+
+    def finish(self) -> Iterator[Piece]:
+        """Pieces for the rest of the file; the last piece always ends a chunk."""
+        pending, self._pending_zeros = self._pending_zeros, 0
+        if pending >= HOLE_THRESHOLD:
+            yield Zeros(pending)
+        elif pending:
+            yield from self._region(bytes(pending), final=True)
+        else:
+            yield Data(b"", cut=True)
+
+    def _region(self, region: bytes, final: bool) -> Iterator[Piece]:
+        """Chunk a region that ends with a non-zero byte (or is the end of the file)."""
+        view = memoryview(region)
+        pos = 0
+        for hole_start, hole_end in _holes(region):
+            yield from self._data(view[pos:hole_start], cut_at_end=True)
+            yield Zeros(hole_end - hole_start)
+            self._history = bytes(WINDOW)
+            pos = hole_end
+        yield from self._data(view[pos:], cut_at_end=final)
+
+    def _data(self, data: memoryview, cut_at_end: bool) -> Iterator[Piece]:
+        if not data:
+            return
+        pos = 0
+        for index in split_points(self._history, data).tolist():
+            yield Data(data[pos : index + 1], cut=True)
+            pos = index + 1
+        if pos < len(data):
+            yield Data(data[pos:], cut=cut_at_end)
+        self._history = (self._history + bytes(data[-WINDOW:]))[-WINDOW:]
+
+
+def _trailing_zeros(block: bytes) -> int:
+    if block[-1]:
+        return 0
+    return len(block) - len(block.rstrip(b"\0"))
+
+
+def _holes(region: bytes) -> Iterator[tuple[int, int]]:
+    """(start, end) of the zero runs of at least HOLE_THRESHOLD bytes in `region`."""
+    pos = 0
+    while (start := region.find(_HOLE_NEEDLE, pos)) >= 0:
+        match = _NON_ZERO.search(region, start + HOLE_THRESHOLD)
+        end = match.start() if match else len(region)
+        yield start, end
+        pos = end

@@ -1,0 +1,61 @@
+"""The zstd:chunked format driver (the current containers/storage format)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from acceld.formats.driver import FormatError, ImageAdditions, LayerBlob, LayerOutput, SourceLayer
+from acceld.formats.zstdchunked.writer import (
+    MANIFEST_CHECKSUM_KEY,
+    MANIFEST_POSITION_KEY,
+    TARSPLIT_POSITION_KEY,
+    write_zstd_chunked,
+)
+
+LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+zstd"
+DEFAULT_COMPRESSION_LEVEL = 3
+_ANNOTATIONS = (MANIFEST_CHECKSUM_KEY, MANIFEST_POSITION_KEY, TARSPLIT_POSITION_KEY)
+
+
+@dataclass(frozen=True)
+class ZstdChunkedDriver:
+    """Converts layers to zstd:chunked.
+
+    `workers` is the number of threads compressing frames of one layer (None: the CPU count);
+    it does not change the output, so `options_key` leaves it out.
+    """
+
+    compression_level: int = DEFAULT_COMPRESSION_LEVEL
+    workers: int | None = None
+
+    name = "zstdchunked"
+    tag_suffix = "-zstdchunked"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.compression_level <= 22:
+            raise FormatError(f"zstd compression level must be 1..22, not {self.compression_level}")
+        if self.workers is not None and self.workers < 1:
+            raise FormatError(f"workers must be at least 1, not {self.workers}")
+
+    def options_key(self) -> str:
+        options = {"compression_level": self.compression_level}
+        return f"{self.name}:" + json.dumps(options, sort_keys=True, separators=(",", ":"))
+
+    def is_converted(self, layer: SourceLayer) -> bool:
+        return all(key in layer.annotations for key in _ANNOTATIONS)
+
+    def convert_layer(self, tar: BinaryIO, out: BinaryIO, layer: SourceLayer, workdir: Path) -> LayerOutput:
+        result = write_zstd_chunked(
+            tar, out, workdir, level=self.compression_level, workers=self.workers or os.cpu_count() or 1
+        )
+        return LayerOutput(
+            media_type=LAYER_MEDIA_TYPE, diff_id=result.diff_id, annotations=result.annotations
+        )
+
+    def finalize(self, layers: Sequence[LayerBlob], workdir: Path) -> ImageAdditions:
+        return ImageAdditions()

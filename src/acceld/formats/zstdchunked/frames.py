@@ -1,0 +1,173 @@
+"""Ordered output of independent zstd frames, compressed by a bounded thread pool.
+
+The writer describes the stream as a sequence of frames and marks. Small frames are collected
+into batches that worker threads compress (python-zstandard releases the GIL); results are
+written strictly in order, and each mark learns the compressed offset at which it falls.
+A frame that grows past `STREAM_THRESHOLD` (a huge chunk or run of zeros) is compressed
+incrementally on the calling thread instead, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+import zstandard
+
+BATCH_BYTES = 2 << 20
+STREAM_THRESHOLD = 8 << 20
+_ZEROS = bytes(1 << 20)
+
+Piece = bytes | bytearray | memoryview
+
+
+@dataclass
+class Mark:
+    """A position in the compressed stream, known once everything before it is written.
+
+    `digest` is set for marks that start a frame whose content digest was asked for.
+    """
+
+    offset: int = -1
+    digest: str = ""
+
+
+@dataclass
+class _Frame:
+    pieces: list[Piece] = field(default_factory=list)
+    size: int = 0
+    digest_into: Mark | None = None
+
+
+_Item = Mark | _Frame
+_Output = list[tuple[Mark | None, bytes]]
+
+_local = threading.local()
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    cache: dict[int, zstandard.ZstdCompressor] | None = getattr(_local, "compressors", None)
+    if cache is None:
+        cache = _local.compressors = {}
+    if level not in cache:
+        cache[level] = zstandard.ZstdCompressor(level=level)
+    return cache[level]
+
+
+def _compress_batch(level: int, items: Sequence[_Item]) -> _Output:
+    compressor = _compressor(level)
+    output: _Output = []
+    for item in items:
+        if isinstance(item, Mark):
+            output.append((item, b""))
+            continue
+        data = item.pieces[0] if len(item.pieces) == 1 else b"".join(item.pieces)
+        if item.digest_into is not None:
+            item.digest_into.digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        output.append((None, compressor.compress(data)))
+    return output
+
+
+class FrameSink:
+    """Writes frames to `out` in order; `position` is the number of bytes written so far."""
+
+    def __init__(self, out: BinaryIO, pool: Executor, level: int, max_pending: int) -> None:
+        self._out = out
+        self._pool = pool
+        self._level = level
+        self._max_pending = max_pending
+        self._queue: deque[Future[_Output] | _Output] = deque()
+        self._batch: list[_Item] = []
+        self._batch_size = 0
+        self._open = _Frame()
+        self._stream: zstandard.ZstdCompressionObj | None = None
+        self._stream_hash = hashlib.sha256()
+        self.position = 0
+
+    def mark(self) -> Mark:
+        """A mark at the current point, which must be between frames."""
+        mark = Mark()
+        self._batch.append(mark)
+        return mark
+
+    def write(self, data: Piece) -> None:
+        """Append bytes to the open frame."""
+        if not data:
+            return
+        if self._stream is not None:
+            self._stream_hash.update(data)
+            self._enqueue([(None, self._stream.compress(data))])
+            return
+        self._open.pieces.append(data)
+        self._open.size += len(data)
+        if self._open.size > STREAM_THRESHOLD:
+            self._start_streaming()
+
+    def write_zeros(self, size: int) -> None:
+        view = memoryview(_ZEROS)
+        while size:
+            step = min(size, len(_ZEROS))
+            self.write(view[:step])
+            size -= step
+
+    def end_frame(self, digest_into: Mark | None = None) -> None:
+        """Close the open frame (no-op when it is empty); optionally record its content digest."""
+        if self._stream is not None:
+            if digest_into is not None:
+                digest_into.digest = "sha256:" + self._stream_hash.hexdigest()
+            self._enqueue([(None, self._stream.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH))])
+            self._stream = None
+            return
+        if not self._open.size:
+            return
+        self._open.digest_into = digest_into
+        self._batch.append(self._open)
+        self._batch_size += self._open.size
+        self._open = _Frame()
+        if self._batch_size >= BATCH_BYTES:
+            self._submit()
+
+    def flush(self) -> None:
+        """Write everything queued so far (the open frame must be closed)."""
+        self._submit()
+        while self._queue:
+            self._write_front()
+
+    def _start_streaming(self) -> None:
+        self._submit()
+        self._stream = zstandard.ZstdCompressor(level=self._level).compressobj()
+        self._stream_hash = hashlib.sha256()
+        pieces, self._open = self._open.pieces, _Frame()
+        for piece in pieces:
+            self.write(piece)
+
+    def _submit(self) -> None:
+        if not self._batch:
+            return
+        batch, self._batch, self._batch_size = self._batch, [], 0
+        if all(isinstance(item, Mark) for item in batch):
+            self._enqueue([(item, b"") for item in batch if isinstance(item, Mark)])
+        else:
+            self._enqueue(self._pool.submit(_compress_batch, self._level, batch))
+
+    def _enqueue(self, output: Future[_Output] | _Output) -> None:
+        if isinstance(output, list) and self._batch:
+            self._submit()  # keep marks queued before this output in front of it
+        self._queue.append(output)
+        while len(self._queue) > self._max_pending:
+            self._write_front()
+
+    def _write_front(self) -> None:
+        front = self._queue.popleft()
+        output = front.result() if isinstance(front, Future) else front
+        for mark, data in output:
+            if mark is not None:
+                mark.offset = self.position
+            if data:
+                self._out.write(data)
+                self.position += len(data)

@@ -1,0 +1,40 @@
+"""JSON output the way Go's encoding/json writes it (compact, HTML-safe, invalid UTF-8 → U+FFFD).
+
+Strings in this package carry raw tar bytes as surrogate escapes; Go replaces invalid UTF-8
+with U+FFFD when marshalling, so do we.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+
+from acceld.formats.driver import FormatError
+from acceld.formats.zstdchunked.tarheaders import GoTime
+
+_HTML_SAFE = str.maketrans(
+    {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+)
+
+
+def string(value: str) -> str:
+    text = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return json.dumps(text, ensure_ascii=False).translate(_HTML_SAFE)
+
+
+def b64(value: bytes) -> str:
+    return '"' + base64.b64encode(value).decode("ascii") + '"'
+
+
+def time(value: GoTime) -> str:
+    """A UTC time.Time as Go marshals it (RFC 3339 with trailing-zero-trimmed nanoseconds)."""
+    try:
+        stamp = datetime.datetime.fromtimestamp(value.sec, datetime.UTC)
+    except (OverflowError, OSError, ValueError):
+        raise FormatError(f"timestamp {value.sec} cannot be represented in a zstd:chunked TOC") from None
+    fraction = f".{value.nsec:09d}".rstrip("0") if value.nsec else ""
+    return (
+        f'"{stamp.year:04d}-{stamp.month:02d}-{stamp.day:02d}'
+        f'T{stamp.hour:02d}:{stamp.minute:02d}:{stamp.second:02d}{fraction}Z"'
+    )

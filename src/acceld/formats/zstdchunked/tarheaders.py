@@ -1,0 +1,312 @@
+"""Streaming tar header reader with the semantics of Go's archive/tar.
+
+zstd:chunked readers (containers/storage) re-parse the tar headers kept in the tar-split with
+Go's tar reader and compare them with the TOC, so the TOC must be derived the same way:
+PAX records override USTAR fields, GNU long names/links apply to the next header, the USTAR
+prefix is joined with "/", old-style regular files ending in "/" are directories.
+
+The reader also hands back every byte that is not file content ("raw" bytes: the padding of
+the previous file, extension headers and the header itself) so that the caller can reproduce
+the source tar byte for byte.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from acceld.formats.driver import FormatError
+
+BLOCK = 512
+_MAX_SPECIAL_FILE = 1 << 20  # Go's maxSpecialFileSize for PAX and GNU long name records
+_HEADER_ONLY_TYPES = frozenset(b"12345")  # hardlink, symlink, char, block, dir: no payload
+_ZERO_BLOCK = bytes(BLOCK)
+
+
+@dataclass(frozen=True)
+class GoTime:
+    """A Go time.Time as a Unix timestamp (seconds and nanoseconds, 0 <= nsec < 1e9)."""
+
+    sec: int
+    nsec: int = 0
+
+
+@dataclass
+class TarHeader:
+    """One tar entry as Go's tar.Reader reports it."""
+
+    typeflag: str
+    name: str
+    linkname: str
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime: GoTime
+    atime: GoTime | None
+    ctime: GoTime | None
+    devmajor: int
+    devminor: int
+    pax_records: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def payload_size(self) -> int:
+        """Bytes of file content that follow the header in the stream."""
+        return 0 if ord(self.typeflag) in _HEADER_ONLY_TYPES else self.size
+
+    @property
+    def xattrs(self) -> dict[str, bytes]:
+        prefix = "SCHILY.xattr."
+        return {
+            key[len(prefix) :]: value.encode("utf-8", "surrogateescape")
+            for key, value in self.pax_records.items()
+            if key.startswith(prefix)
+        }
+
+
+def _decode(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _cstring(raw: bytes) -> str:
+    end = raw.find(b"\0")
+    return _decode(raw if end < 0 else raw[:end])
+
+
+def _numeric(raw: bytes, what: str) -> int:
+    if raw and raw[0] & 0x80:
+        negative = bool(raw[0] & 0x40)
+        value = 0
+        for index, byte in enumerate(raw):
+            if negative:
+                byte ^= 0xFF
+            if index == 0:
+                byte &= 0x7F
+            value = value << 8 | byte
+        if value >> 63:
+            raise FormatError(f"tar header field {what} overflows")
+        return ~value if negative else value
+    text = raw.strip(b" \0")
+    if not text:
+        return 0
+    end = text.find(b"\0")
+    if end >= 0:
+        text = text[:end]
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise FormatError(f"invalid tar header field {what}: {raw!r}") from None
+
+
+def _checksum_ok(block: bytes) -> bool:
+    stored = _numeric(block[148:156], "chksum")
+    patched = block[:148] + b" " * 8 + block[156:]
+    unsigned = sum(patched)
+    signed = sum(b - 256 if b >= 128 else b for b in patched)
+    return stored in (unsigned, signed)
+
+
+def _pax_time(text: str) -> GoTime:
+    seconds, _, fraction = text.partition(".")
+    try:
+        sec = int(seconds, 10)
+    except ValueError:
+        raise FormatError(f"invalid PAX time {text!r}") from None
+    if not fraction:
+        return GoTime(sec)
+    if not fraction.isdigit() or not fraction.isascii():
+        raise FormatError(f"invalid PAX time {text!r}")
+    nsec = int(fraction[:9].ljust(9, "0"))
+    if seconds.startswith("-"):
+        nsec = -nsec
+    total = sec * 1_000_000_000 + nsec
+    return GoTime(total // 1_000_000_000, total % 1_000_000_000)
+
+
+def _parse_pax(data: bytes) -> dict[str, str]:
+    records: dict[str, str] = {}
+    pos = 0
+    while pos < len(data):
+        space = data.find(b" ", pos)
+        if space < 0:
+            raise FormatError("malformed PAX record")
+        try:
+            length = int(data[pos:space], 10)
+        except ValueError:
+            raise FormatError("malformed PAX record length") from None
+        end = pos + length
+        if length <= space - pos + 1 or end > len(data) or data[end - 1 : end] != b"\n":
+            raise FormatError("malformed PAX record")
+        key, eq, value = data[space + 1 : end - 1].partition(b"=")
+        if not eq or not key or b"\0" in key:
+            raise FormatError("malformed PAX record")
+        if key.startswith(b"GNU.sparse."):
+            raise FormatError("sparse tar entries are not supported")
+        records[_decode(key)] = _decode(value)
+        pos = end
+    return records
+
+
+class Readable(Protocol):
+    def read(self, size: int, /) -> bytes: ...
+
+
+class TarHeaderReader:
+    """Reads a tar stream header by header; the caller reads each payload in between."""
+
+    def __init__(self, stream: Readable) -> None:
+        self._stream = stream
+        self._pending_padding = 0
+        self._remaining_payload = 0
+        self.position = 0  # bytes consumed from the stream
+
+    def _read(self, size: int) -> bytes:
+        data = self._stream.read(size)
+        while len(data) < size:
+            more = self._stream.read(size - len(data))
+            if not more:
+                break
+            data += more
+        self.position += len(data)
+        return data
+
+    def _read_exact(self, size: int, what: str) -> bytes:
+        data = self._read(size)
+        if len(data) != size:
+            raise FormatError(f"tar stream truncated in {what}")
+        return data
+
+    def read_payload(self, size: int) -> bytes:
+        """Read up to `size` bytes of the current entry's content."""
+        size = min(size, self._remaining_payload)
+        data = self._read_exact(size, "file content")
+        self._remaining_payload -= size
+        return data
+
+    def next(self, raw: bytearray) -> TarHeader | None:
+        """Advance to the next entry; append every non-content byte consumed to `raw`.
+
+        Returns None at the end-of-archive marker (or at a clean end of stream).
+        """
+        if self._remaining_payload:
+            raise FormatError("tar payload not fully consumed")
+        raw += self._read_exact(self._pending_padding, "padding")
+        self._pending_padding = 0
+        pax: dict[str, str] = {}
+        long_name = long_link = ""
+        while True:
+            block = self._read(BLOCK)
+            raw += block
+            if not block:
+                return None
+            if len(block) != BLOCK:
+                raise FormatError("tar stream truncated in a header")
+            if block == _ZERO_BLOCK:
+                second = self._read(BLOCK)
+                raw += second
+                if not second or second == _ZERO_BLOCK:
+                    return None
+                raise FormatError("invalid tar header after a zero block")
+            if not _checksum_ok(block):
+                raise FormatError("invalid tar header checksum (not a tar stream?)")
+            typeflag = chr(block[156])
+            if typeflag in "xgLK":
+                size = _numeric(block[124:136], "size")
+                if size > _MAX_SPECIAL_FILE or size < 0:
+                    raise FormatError("tar extension header too large")
+                data = self._read_exact(size, "extension header")
+                raw += data
+                raw += self._read_exact(-size % BLOCK, "padding")
+                if typeflag == "x":
+                    pax = _parse_pax(data)
+                elif typeflag == "g":
+                    raise FormatError("PAX global headers are not supported by zstd:chunked")
+                elif typeflag == "L":
+                    long_name = _cstring(data)
+                else:
+                    long_link = _cstring(data)
+                continue
+            header = self._parse(block, pax)
+            if long_name:
+                header.name = long_name
+            if long_link:
+                header.linkname = long_link
+            if header.typeflag == "\0":
+                header.typeflag = "5" if header.name.endswith("/") else "0"
+            if header.typeflag == "S":
+                raise FormatError("sparse tar entries are not supported")
+            if header.size < 0:
+                raise FormatError(f"negative size in tar header for {header.name!r}")
+            self._remaining_payload = header.payload_size
+            self._pending_padding = -header.payload_size % BLOCK
+            return header
+
+    @staticmethod
+    def _parse(block: bytes, pax: dict[str, str]) -> TarHeader:
+        magic, version = block[257:263], block[263:265]
+        is_ustar = magic == b"ustar\0" and version == b"00"
+        is_gnu = magic == b"ustar " and version == b" \0"
+        is_star = is_ustar and block[508:512] == b"tar\0"
+        name = _cstring(block[0:100])
+        atime: GoTime | None = None
+        ctime: GoTime | None = None
+        devmajor = devminor = 0
+        if is_ustar or is_gnu:
+            devmajor = _numeric(block[329:337], "devmajor")
+            devminor = _numeric(block[337:345], "devminor")
+        prefix = ""
+        if is_star:
+            prefix = _cstring(block[345:476])
+            atime = GoTime(_numeric(block[476:488], "atime"))
+            ctime = GoTime(_numeric(block[488:500], "ctime"))
+        elif is_ustar:
+            prefix = _cstring(block[345:500])
+        elif is_gnu:
+            if block[345]:
+                atime = GoTime(_numeric(block[345:357], "atime"))
+            if block[357]:
+                ctime = GoTime(_numeric(block[357:369], "ctime"))
+        if prefix:
+            name = f"{prefix}/{name}"
+        header = TarHeader(
+            typeflag=chr(block[156]),
+            name=name,
+            linkname=_cstring(block[157:257]),
+            mode=_numeric(block[100:108], "mode"),
+            uid=_numeric(block[108:116], "uid"),
+            gid=_numeric(block[116:124], "gid"),
+            size=_numeric(block[124:136], "size"),
+            mtime=GoTime(_numeric(block[136:148], "mtime")),
+            atime=atime,
+            ctime=ctime,
+            devmajor=devmajor,
+            devminor=devminor,
+        )
+        _merge_pax(header, pax)
+        return header
+
+
+def _merge_pax(header: TarHeader, pax: dict[str, str]) -> None:
+    for key, value in pax.items():
+        if not value:
+            continue  # Go keeps the USTAR value for empty records
+        try:
+            if key == "path":
+                header.name = value
+            elif key == "linkpath":
+                header.linkname = value
+            elif key == "uid":
+                header.uid = int(value, 10)
+            elif key == "gid":
+                header.gid = int(value, 10)
+            elif key == "size":
+                header.size = int(value, 10)
+            elif key == "mtime":
+                header.mtime = _pax_time(value)
+            elif key == "atime":
+                header.atime = _pax_time(value)
+            elif key == "ctime":
+                header.ctime = _pax_time(value)
+        except ValueError:
+            raise FormatError(f"invalid PAX record {key}={value!r}") from None
+    header.pax_records = pax

@@ -1,0 +1,91 @@
+"""tar-split metadata (vbatts/tar-split JSON lines), zstd-compressed into a spool file.
+
+Each line is one storage.Entry: type 2 ("segment") carries raw tar bytes that are not file
+content (headers, padding, end-of-archive blocks), type 1 ("file") names a file and carries
+the CRC-64/ISO (as Go's hash/crc64 computes it) of its content. Segments plus contents
+re-create the original tar stream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import zstandard
+
+from acceld.formats.driver import FormatError
+from acceld.formats.zstdchunked import gojson
+
+FILE_TYPE = 1
+SEGMENT_TYPE = 2
+
+
+def _go_clean(name: str) -> str:
+    cleaned = posixpath.normpath(name)
+    return "/" + cleaned.lstrip("/") if cleaned.startswith("//") else cleaned
+
+
+class TarSplitWriter:
+    """Streams tar-split lines through one zstd frame into `path`."""
+
+    def __init__(self, path: Path, level: int) -> None:
+        self.path = path
+        self._file = path.open("wb")
+        self._compressor = zstandard.ZstdCompressor(level=level).compressobj()
+        self._digest = hashlib.sha256()
+        self._position = 0
+        self._seen: set[str] = set()
+        self.uncompressed_size = 0
+        self.compressed_size = 0
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._file.close()
+
+    def segment(self, raw: bytes | bytearray) -> None:
+        if raw:
+            self._line(
+                f'{{"type":{SEGMENT_TYPE},"payload":{gojson.b64(bytes(raw))},"position":{self._position}}}'
+            )
+
+    def file(self, name: str, size: int, crc64: int | None) -> None:
+        cleaned = _go_clean(name)
+        if cleaned in self._seen:
+            raise FormatError(f"layer tar has two entries for {name!r}; tar-split cannot represent that")
+        self._seen.add(cleaned)
+        raw_name = name.encode("utf-8", "surrogateescape")
+        try:
+            raw_name.decode("utf-8")
+            name_field = f'"name":{gojson.string(name)},' if name else ""
+        except UnicodeDecodeError:
+            name_field = f'"name_raw":{gojson.b64(raw_name)},'
+        size_field = f'"size":{size},' if size else ""
+        payload = gojson.b64(crc64.to_bytes(8, "big")) if crc64 is not None else "null"
+        self._line(
+            f'{{"type":{FILE_TYPE},{name_field}{size_field}"payload":{payload},"position":{self._position}}}'
+        )
+
+    def _line(self, text: str) -> None:
+        data = text.encode() + b"\n"
+        self.uncompressed_size += len(data)
+        self._position += 1
+        self._emit(self._compressor.compress(data))
+
+    def _emit(self, data: bytes) -> None:
+        if data:
+            self._file.write(data)
+            self._digest.update(data)
+            self.compressed_size += len(data)
+
+    def finish(self) -> str:
+        """Close the zstd frame; returns the sha256 digest of the compressed bytes."""
+        self._emit(self._compressor.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH))
+        self._file.close()
+        return "sha256:" + self._digest.hexdigest()

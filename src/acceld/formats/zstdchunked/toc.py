@@ -1,0 +1,122 @@
+"""TOC entries of the containers/storage zstd:chunked manifest and their JSON form."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from acceld.formats.driver import FormatError
+from acceld.formats.zstdchunked import gojson
+from acceld.formats.zstdchunked.tarheaders import GoTime, TarHeader
+
+TOC_VERSION = 1
+CHUNK_TYPE_ZEROS = "zeros"
+
+_TYPES = {
+    "0": "reg",
+    "1": "hardlink",
+    "2": "symlink",
+    "3": "char",
+    "4": "block",
+    "5": "dir",
+    "6": "fifo",
+}
+
+
+@dataclass
+class TocEntry:
+    """One TOC entry; attributes mirror minimal.FileMetadata, zero values are omitted in JSON."""
+
+    type: str
+    name: str
+    linkname: str = ""
+    mode: int = 0
+    size: int = 0
+    uid: int = 0
+    gid: int = 0
+    modtime: GoTime | None = None
+    accesstime: GoTime | None = None
+    changetime: GoTime | None = None
+    devmajor: int = 0
+    devminor: int = 0
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+    digest: str = ""
+    offset: int = 0
+    end_offset: int = 0
+    chunk_size: int = 0
+    chunk_offset: int = 0
+    chunk_digest: str = ""
+    chunk_type: str = ""
+
+    @classmethod
+    def from_header(cls, header: TarHeader) -> TocEntry:
+        kind = _TYPES.get(header.typeflag)
+        if kind is None:
+            raise FormatError(
+                f"tar entry {header.name!r} has type {header.typeflag!r}, which zstd:chunked cannot represent"
+            )
+        return cls(
+            type=kind,
+            name=header.name,
+            linkname=header.linkname,
+            mode=header.mode,
+            size=header.size,
+            uid=header.uid,
+            gid=header.gid,
+            modtime=header.mtime,
+            accesstime=header.atime,
+            changetime=header.ctime,
+            devmajor=header.devmajor,
+            devminor=header.devminor,
+            xattrs=header.xattrs,
+        )
+
+    def to_json(self) -> str:
+        parts = [f'"type":{gojson.string(self.type)}', f'"name":{gojson.string(self.name)}']
+
+        def add(key: str, value: str) -> None:
+            parts.append(f'"{key}":{value}')
+
+        if self.linkname:
+            add("linkName", gojson.string(self.linkname))
+        for key, number in (("mode", self.mode), ("size", self.size), ("uid", self.uid), ("gid", self.gid)):
+            if number:
+                add(key, str(number))
+        for key, stamp in (
+            ("modtime", self.modtime),
+            ("accesstime", self.accesstime),
+            ("changetime", self.changetime),
+        ):
+            if stamp is not None:
+                add(key, gojson.time(stamp))
+        if self.devmajor:
+            add("devMajor", str(self.devmajor))
+        if self.devminor:
+            add("devMinor", str(self.devminor))
+        if self.xattrs:
+            items = ",".join(
+                f"{gojson.string(name)}:{gojson.b64(value)}" for name, value in sorted(self.xattrs.items())
+            )
+            add("xattrs", "{" + items + "}")
+        if self.digest:
+            add("digest", gojson.string(self.digest))
+        for key, number in (
+            ("offset", self.offset),
+            ("endOffset", self.end_offset),
+            ("chunkSize", self.chunk_size),
+            ("chunkOffset", self.chunk_offset),
+        ):
+            if number:
+                add(key, str(number))
+        if self.chunk_digest:
+            add("chunkDigest", gojson.string(self.chunk_digest))
+        if self.chunk_type:
+            add("chunkType", gojson.string(self.chunk_type))
+        return "{" + ",".join(parts) + "}"
+
+
+def toc_json(entries: list[TocEntry], tar_split_digest: str) -> bytes:
+    """The TOC document: version, entries (in tar order), tarSplitDigest."""
+    body = ",".join(entry.to_json() for entry in entries)
+    return (
+        f'{{"version":{TOC_VERSION},"entries":[{body}],"tarSplitDigest":{gojson.string(tar_split_digest)}}}'
+    ).encode()
