@@ -1,0 +1,377 @@
+"""The conversion pipeline end to end: real registries (docker-registry, token auth), OCI layouts,
+real format drivers; results judged with skopeo and by reading the pushed manifests back."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from harness.clients import skopeo, skopeo_args, skopeo_copy, skopeo_inspect_raw
+from harness.images import add_blob, blob_path, canonical_json, read_blob_json, tag_in_index
+from harness.registry import RunningRegistry
+from harness.testimages import ImageSet
+
+from acceld.config import AcceldConfig, RegistryConfig
+from acceld.convert.api import ConversionRequest, ConvertOptions, convert_image
+from acceld.errors import AcceldError
+from acceld.formats.driver import FormatError
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+
+
+@pytest.fixture
+def layout(test_images: ImageSet, tmp_path: Path) -> Path:
+    """A writable copy of the test-image layout."""
+    copy = tmp_path / "layout"
+    shutil.copytree(test_images.layout, copy)
+    return copy
+
+
+@pytest.fixture
+def options(tmp_path: Path) -> ConvertOptions:
+    return ConvertOptions(cache_dir=tmp_path / "cache")
+
+
+def registry_config(registry: RunningRegistry, user: str | None = None) -> AcceldConfig:
+    settings: dict[str, Any] = {"plain_http": registry.scheme == "http"}
+    if user is not None:
+        settings.update(username=user, password=registry.users[user])
+    return AcceldConfig(registries={registry.host: RegistryConfig(**settings)})
+
+
+def push_source(
+    layout: Path, tag: str, registry: RunningRegistry, reference: str, user: str | None = None
+) -> None:
+    skopeo_copy(
+        f"oci:{layout}:{tag}", f"docker://{registry.host}/{reference}", dest_registry=registry, dest_user=user
+    )
+
+
+def layout_manifest(layout: Path, tag: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(index.json entry, parsed manifest or index) of `tag`."""
+    index = json.loads((layout / "index.json").read_bytes())
+    (entry,) = [
+        m
+        for m in index["manifests"]
+        if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag
+    ]
+    return entry, read_blob_json(layout, entry["digest"])
+
+
+def descriptor_of(data: bytes, media_type: str) -> dict[str, Any]:
+    return {
+        "mediaType": media_type,
+        "digest": "sha256:" + hashlib.sha256(data).hexdigest(),
+        "size": len(data),
+    }
+
+
+def assert_converted_manifest(manifest: dict[str, Any], source_descriptor: dict[str, Any]) -> None:
+    assert manifest["mediaType"] == OCI_MANIFEST
+    assert manifest["config"]["mediaType"] == OCI_CONFIG
+    assert manifest["subject"] == {k: source_descriptor[k] for k in ("mediaType", "digest", "size")}
+    assert all(layer["mediaType"].startswith("application/vnd.oci.") for layer in manifest["layers"])
+
+
+# -- layouts ------------------------------------------------------------------------------------
+
+
+async def test_layout_index_converts_to_index_with_subject_per_child(
+    layout: Path, test_images: ImageSet, options: ConvertOptions
+) -> None:
+    result = await convert_image(
+        ConversionRequest(source=f"oci:{layout}:busybox", driver="nydus"), AcceldConfig(), options=options
+    )
+    assert result.target == f"oci:{layout}:busybox-nydus"
+    assert (result.layers_converted, result.layers_cached) == (2, 0)
+    entry, index = layout_manifest(layout, "busybox-nydus")
+    assert (
+        entry["digest"]
+        == result.target_digest
+        == descriptor_of((blob_path(layout, entry["digest"])).read_bytes(), OCI_INDEX)["digest"]
+    )
+    assert index["mediaType"] == OCI_INDEX and "subject" not in index
+    sources = {(c["platform"]["architecture"]): c for c in test_images.busybox_index.read_json()["manifests"]}
+    assert {c["platform"]["architecture"] for c in index["manifests"]} == {"amd64", "arm64"}
+    for child in index["manifests"]:
+        source = sources[child["platform"]["architecture"]]
+        assert child["platform"] == source["platform"]
+        manifest = read_blob_json(layout, child["digest"])
+        assert_converted_manifest(manifest, source)
+        assert manifest["layers"][-1]["annotations"]["containerd.io/snapshot/nydus-bootstrap"] == "true"
+        config = read_blob_json(layout, manifest["config"]["digest"])
+        assert len(config["rootfs"]["diff_ids"]) == len(manifest["layers"])
+    # skopeo reads every blob of the result back and checks its digest
+    skopeo("copy", "--quiet", "--all", f"oci:{layout}:busybox-nydus", f"oci:{layout.parent / 'copy'}:x")
+
+
+async def test_platform_filter_selects_children(layout: Path, options: ConvertOptions) -> None:
+    request = ConversionRequest(
+        source=f"oci:{layout}:busybox", target=f"oci:{layout}:arm", driver="nydus", platforms=["linux/arm64"]
+    )
+    result = await convert_image(request, AcceldConfig(), options=options)
+    _, index = layout_manifest(layout, "arm")
+    assert [c["platform"]["architecture"] for c in index["manifests"]] == ["arm64"]
+    assert result.layers_converted == 1
+
+    with pytest.raises(AcceldError, match="no platform linux/s390x"):
+        await convert_image(
+            ConversionRequest(source=f"oci:{layout}:busybox", driver="nydus", platforms=["linux/s390x"]),
+            AcceldConfig(),
+            options=options,
+        )
+
+
+async def test_docker_manifest_list_becomes_oci(
+    layout: Path, test_images: ImageSet, options: ConvertOptions
+) -> None:
+    result = await convert_image(
+        ConversionRequest(source=f"oci:{layout}:docker", driver="nydus"), AcceldConfig(), options=options
+    )
+    _, index = layout_manifest(layout, "docker-nydus")
+    assert index["mediaType"] == OCI_INDEX
+    sources = {c["platform"]["architecture"]: c for c in test_images.docker_list.read_json()["manifests"]}
+    for child in index["manifests"]:
+        assert child["mediaType"] == OCI_MANIFEST
+        manifest = read_blob_json(layout, child["digest"])
+        source = sources[child["platform"]["architecture"]]
+        assert source["mediaType"] == DOCKER_MANIFEST
+        assert_converted_manifest(manifest, source)
+    assert result.source_digest == test_images.docker_list.digest
+
+
+# -- registries ---------------------------------------------------------------------------------
+
+
+async def test_registry_to_registry_with_bearer_token(
+    layout: Path, registry_token: RunningRegistry, test_images: ImageSet, options: ConvertOptions
+) -> None:
+    push_source(layout, "busybox", registry_token, "team/busybox:1.0", user="alice")
+    source = f"{registry_token.host}/team/busybox:1.0"
+    result = await convert_image(
+        ConversionRequest(source=source, driver="nydus"),
+        registry_config(registry_token, "alice"),
+        options=options,
+    )
+    assert result.target == f"{registry_token.host}/team/busybox:1.0-nydus"
+    assert result.source_digest == test_images.busybox_index.digest
+    raw = skopeo_inspect_raw(registry_token, result.target, user="alice")
+    assert "sha256:" + hashlib.sha256(raw).hexdigest() == result.target_digest
+    index = json.loads(raw)
+    sources = {c["platform"]["architecture"]: c for c in test_images.busybox_index.read_json()["manifests"]}
+    for child in index["manifests"]:
+        manifest = json.loads(
+            skopeo_inspect_raw(
+                registry_token, f"{registry_token.host}/team/busybox@{child['digest']}", "alice"
+            )
+        )
+        assert_converted_manifest(manifest, sources[child["platform"]["architecture"]])
+    # every blob is really there: skopeo pulls the whole converted index
+    skopeo(
+        "copy",
+        "--quiet",
+        "--all",
+        *skopeo_args(registry_token, "alice", "src-"),
+        f"docker://{result.target}",
+        f"oci:{layout.parent / 'pulled'}:x",
+    )
+
+
+async def test_reader_without_push_right_gets_one_line_error(
+    layout: Path, registry_token: RunningRegistry, options: ConvertOptions
+) -> None:
+    push_source(layout, "busybox-amd64", registry_token, "team/readonly:1", user="alice")
+    with pytest.raises(AcceldError) as failure:
+        await convert_image(
+            ConversionRequest(source=f"{registry_token.host}/team/readonly:1", driver="nydus"),
+            registry_config(registry_token, "reader"),
+            options=options,
+        )
+    assert "\n" not in str(failure.value) and "team/readonly" in str(failure.value)
+    assert not failure.value.transient
+
+
+async def test_digest_only_source_is_pushed_untagged(
+    layout: Path, registry_plain: RunningRegistry, test_images: ImageSet, options: ConvertOptions
+) -> None:
+    push_source(layout, "busybox-amd64", registry_plain, "digest/only:v1")
+    source = f"{registry_plain.host}/digest/only@{test_images.busybox_amd64.digest}"
+    result = await convert_image(
+        ConversionRequest(source=source, driver="nydus"), registry_config(registry_plain), options=options
+    )
+    assert result.target == f"{registry_plain.host}/digest/only@{result.target_digest}"
+    tags = httpx.get(f"{registry_plain.url}/v2/digest/only/tags/list").json()["tags"]
+    # the source tag and the referrers fallback tag of the subject, nothing like latest-nydus
+    assert sorted(tags) == sorted(["v1", "sha256-" + test_images.busybox_amd64.digest.split(":")[1]])
+    manifest = json.loads(skopeo_inspect_raw(registry_plain, result.target))
+    assert_converted_manifest(manifest, test_images.busybox_amd64.descriptor())
+
+
+# -- layer cache --------------------------------------------------------------------------------
+
+
+async def test_cached_layers_are_reused_across_images_and_repositories(
+    layout: Path, registry_plain: RunningRegistry, options: ConvertOptions
+) -> None:
+    config = registry_config(registry_plain)
+    push_source(layout, "busybox-amd64", registry_plain, "cache/a:v1")
+    # the same layer under a Docker schema2 manifest (skopeo rewrites the manifest, keeps the blob)
+    skopeo_copy(
+        f"oci:{layout}:busybox-amd64",
+        f"docker://{registry_plain.host}/cache/b:v1",
+        dest_registry=registry_plain,
+        extra=("--format", "v2s2"),
+    )
+
+    first = await convert_image(
+        ConversionRequest(f"{registry_plain.host}/cache/a:v1", driver="nydus"), config, options=options
+    )
+    assert (first.layers_converted, first.layers_cached) == (1, 0)
+    again = await convert_image(
+        ConversionRequest(f"{registry_plain.host}/cache/a:v1", driver="nydus"), config, options=options
+    )
+    assert (again.layers_converted, again.layers_cached) == (0, 1)
+    assert again.target_digest == first.target_digest
+
+    other = await convert_image(
+        ConversionRequest(f"{registry_plain.host}/cache/b:v1", driver="nydus"), config, options=options
+    )
+    assert (other.layers_converted, other.layers_cached) == (0, 1)
+    layer_a = json.loads(skopeo_inspect_raw(registry_plain, first.target))["layers"][0]
+    layer_b = json.loads(skopeo_inspect_raw(registry_plain, other.target))["layers"][0]
+    assert layer_a == layer_b
+
+    different_options = await convert_image(
+        ConversionRequest(
+            f"{registry_plain.host}/cache/a:v1",
+            target=f"{registry_plain.host}/cache/a:small",
+            driver="nydus",
+            options={"chunk_size": 0x10000},
+        ),
+        config,
+        options=options,
+    )
+    assert (different_options.layers_converted, different_options.layers_cached) == (1, 0)
+
+    uncached = await convert_image(
+        ConversionRequest(f"{registry_plain.host}/cache/a:v1", driver="nydus"),
+        config,
+        options=ConvertOptions(use_cache=False),
+    )
+    assert (uncached.layers_converted, uncached.layers_cached) == (1, 0)
+
+
+# -- corrupt sources ----------------------------------------------------------------------------
+
+
+def _replace_first_layer(
+    layout: Path, tag: str, new_tag: str, blob: bytes, diff_id: str | None = None
+) -> None:
+    """Tag as `new_tag` the image `tag` with its first layer replaced by `blob` (consistent digests)."""
+    _, manifest = layout_manifest(layout, tag)
+    layer = add_blob(layout, blob, manifest["layers"][0]["mediaType"])
+    config = read_blob_json(layout, manifest["config"]["digest"])
+    if diff_id is not None:
+        config["rootfs"]["diff_ids"][0] = diff_id
+    manifest["config"] = add_blob(layout, canonical_json(config), manifest["config"]["mediaType"])
+    manifest["layers"][0] = layer
+    tag_in_index(layout, add_blob(layout, canonical_json(manifest), manifest["mediaType"]), new_tag)
+
+
+def _flip_byte_in_first_layer(layout: Path, tag: str) -> None:
+    _, manifest = layout_manifest(layout, tag)
+    path = blob_path(layout, manifest["layers"][0]["digest"])
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _bad_gzip(layout: Path) -> None:
+    garbage = gzip.compress(b"\0" * 4096, mtime=0)
+    garbage = garbage[:10] + b"\xff" * 16 + garbage[26:]  # broken deflate stream, digest consistent
+    _replace_first_layer(layout, "busybox-amd64", "broken", garbage)
+
+
+def _bad_tar(layout: Path) -> None:
+    payload = b"this is not a tar archive\n" * 100
+    _replace_first_layer(
+        layout,
+        "busybox-amd64",
+        "broken",
+        gzip.compress(payload, mtime=0),
+        "sha256:" + hashlib.sha256(payload).hexdigest(),
+    )
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("flip", "blob has digest"),
+        ("truncate", "blob has digest"),
+        ("gzip", "bad gzip stream"),
+        ("tar", "source layer sha256:"),
+    ],
+)
+async def test_corrupt_source_fails_and_pushes_nothing(
+    layout: Path, registry_plain: RunningRegistry, options: ConvertOptions, damage: str, message: str
+) -> None:
+    tag = "busybox-amd64"
+    if damage == "flip":
+        _flip_byte_in_first_layer(layout, tag)
+    elif damage == "truncate":
+        _, manifest = layout_manifest(layout, tag)
+        path = blob_path(layout, manifest["layers"][0]["digest"])
+        path.write_bytes(path.read_bytes()[:5000])
+    elif damage == "gzip":
+        _bad_gzip(layout)
+        tag = "broken"
+    else:
+        _bad_tar(layout)
+        tag = "broken"
+    repository = f"corrupt/{damage}"
+    with pytest.raises(AcceldError) as failure:
+        await convert_image(
+            ConversionRequest(
+                source=f"oci:{layout}:{tag}", target=f"{registry_plain.host}/{repository}:v1", driver="nydus"
+            ),
+            registry_config(registry_plain),
+            options=options,
+        )
+    text = str(failure.value)
+    assert message in text and "\n" not in text
+    if damage in ("gzip", "tar"):
+        assert isinstance(failure.value, FormatError)
+    result = skopeo(
+        "inspect",
+        "--raw",
+        *skopeo_args(registry_plain),
+        f"docker://{registry_plain.host}/{repository}:v1",
+        check=False,
+    )
+    assert result.returncode != 0
+    catalog = httpx.get(f"{registry_plain.url}/v2/_catalog").json()["repositories"]
+    assert repository not in catalog  # not even a blob or an upload was started
+
+
+async def test_corrupt_registry_blob_is_detected(
+    layout: Path, registry_plain: RunningRegistry, options: ConvertOptions
+) -> None:
+    _bad_gzip(layout)
+    push_source(layout, "broken", registry_plain, "corrupt/remote:v1")
+    with pytest.raises(FormatError, match="bad gzip stream"):
+        await convert_image(
+            ConversionRequest(source=f"{registry_plain.host}/corrupt/remote:v1", driver="nydus"),
+            registry_config(registry_plain),
+            options=options,
+        )
+    tags = httpx.get(f"{registry_plain.url}/v2/corrupt/remote/tags/list").json()["tags"]
+    assert tags == ["v1"]
