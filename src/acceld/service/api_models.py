@@ -1,0 +1,123 @@
+"""Response bodies of the HTTP API (they make up the OpenAPI document)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from acceld.service.store import Task
+
+TaskStatus = Literal["queued", "running", "succeeded", "failed", "skipped", "cancelled"]
+TaskKind = Literal["convert", "delete"]
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(examples=["ERR_UNAUTHORIZED"])
+    message: str
+
+
+class AcceptedTask(BaseModel):
+    id: str
+    status: TaskStatus
+    created: bool = Field(description="false when an earlier event already queued this conversion")
+    source: str
+    driver: str
+
+
+class IgnoredResource(BaseModel):
+    resource_url: str
+    reason: str
+
+
+class WebhookReply(BaseModel):
+    status: Literal["accepted", "ignored"]
+    tasks: list[AcceptedTask] = []
+    ignored: list[IgnoredResource] = []
+
+
+class TaskView(BaseModel):
+    id: str
+    kind: TaskKind
+    status: TaskStatus
+    rule: str
+    source: str
+    registry: str
+    repository: str
+    tag: str | None
+    source_digest: str | None
+    driver: str
+    options: dict[str, Any]
+    platforms: list[str]
+    operator: str
+    events: int = Field(description="webhook deliveries and reconcile passes that asked for this task")
+    attempts: int
+    max_attempts: int
+    created: dt.datetime
+    updated: dt.datetime
+    started: dt.datetime | None
+    finished: dt.datetime | None
+    next_attempt: dt.datetime | None = Field(description="when a queued task becomes due")
+    target: str | None
+    target_digest: str | None
+    source_size: int | None
+    target_size: int | None
+    seconds: float | None
+    layers_converted: int | None
+    layers_cached: int | None
+    error: str | None
+
+    @classmethod
+    def of(cls, task: Task) -> TaskView:
+        return cls(
+            id=task.id,
+            kind="delete" if task.kind == "delete" else "convert",
+            status=task.status,  # type: ignore[arg-type]
+            rule=task.rule,
+            source=task.source,
+            registry=task.registry,
+            repository=task.repository,
+            tag=task.tag,
+            source_digest=task.source_digest,
+            driver=task.driver,
+            options=task.options,
+            platforms=list(task.platforms),
+            operator=task.operator,
+            events=task.events,
+            attempts=task.attempts,
+            max_attempts=task.max_attempts,
+            created=_time(task.created_at),
+            updated=_time(task.updated_at),
+            started=_optional_time(task.started_at),
+            finished=_optional_time(task.finished_at),
+            next_attempt=_time(task.not_before) if task.status == "queued" else None,
+            target=task.target,
+            target_digest=task.target_digest,
+            source_size=task.source_size,
+            target_size=task.target_size,
+            seconds=task.seconds,
+            layers_converted=task.layers_converted,
+            layers_cached=task.layers_cached,
+            error=task.error,
+        )
+
+
+class TaskPage(BaseModel):
+    items: list[TaskView]
+    total: int
+    limit: int
+    offset: int
+
+
+class Health(BaseModel):
+    status: Literal["ok", "unavailable"]
+    detail: str | None = None
+
+
+def _time(epoch: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC)
+
+
+def _optional_time(epoch: float | None) -> dt.datetime | None:
+    return None if epoch is None else _time(epoch)

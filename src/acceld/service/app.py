@@ -1,0 +1,133 @@
+"""The ASGI application: webhook, management API, health, metrics; workers run in its lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import acceld
+from acceld.service.api_models import ErrorBody, Health
+from acceld.service.management import ApiError, management_router
+from acceld.service.state import Service
+from acceld.service.store import StoreError
+from acceld.service.sync import reconcile
+from acceld.service.webhook import error, webhook_router
+
+log = logging.getLogger("acceld.service")
+_UNHEALTHY: dict[int | str, dict[str, Any]] = {503: {"model": Health, "description": "Not ready"}}
+
+
+async def _periodic_sync(service: Service, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            report = await reconcile(service.config, service.rules, service.store)
+        except Exception:  # the next round tries again; the service keeps serving
+            log.exception("periodic sync failed")
+            continue
+        if report.queued or report.requeued:
+            service.pool.wake()
+        log.info(
+            "sync: %d images, %d queued, %d requeued, %d errors",
+            report.images,
+            report.queued,
+            report.requeued,
+            len(report.errors),
+        )
+
+
+def create_app(service: Service) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        service.pool.start()
+        sync_task = None
+        if service.config.sync.interval_seconds > 0:
+            sync_task = asyncio.create_task(_periodic_sync(service, service.config.sync.interval_seconds))
+        try:
+            yield
+        finally:
+            if sync_task is not None:
+                sync_task.cancel()
+            await service.pool.stop(service.config.workers.shutdown_grace_seconds)
+
+    app = FastAPI(
+        title="acceld",
+        version=acceld.__version__,
+        description="Converts images pushed to Harbor into lazy-pulling formats.",
+        lifespan=lifespan,
+        responses={404: {"model": ErrorBody, "description": "Not found"}},
+    )
+    app.include_router(webhook_router(service))
+    app.include_router(management_router(service))
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return error(exc.status, exc.code, exc.message)
+
+    @app.exception_handler(StoreError)
+    async def _store_error(_: Request, exc: StoreError) -> JSONResponse:
+        return error(503, "ERR_UNAVAILABLE", str(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "ERR_INVALID_ENDPOINT", 405: "ERR_METHOD_NOT_ALLOWED"}.get(exc.status_code, "ERR_HTTP")
+        message = "Endpoint not found" if exc.status_code == 404 else str(exc.detail)
+        return JSONResponse(
+            {"code": code, "message": message},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.get("/healthz", response_model=Health, tags=["health"], summary="Liveness")
+    async def healthz() -> Health:
+        return Health(status="ok")
+
+    async def readiness() -> JSONResponse:
+        try:
+            await asyncio.to_thread(service.store.ping)
+        except StoreError as exc:
+            return JSONResponse(Health(status="unavailable", detail=str(exc)).model_dump(), status_code=503)
+        if not service.pool.started:
+            return JSONResponse(
+                Health(status="unavailable", detail="workers not running").model_dump(), status_code=503
+            )
+        return JSONResponse(Health(status="ok").model_dump())
+
+    app.add_api_route(
+        "/readyz",
+        readiness,
+        methods=["GET"],
+        response_model=Health,
+        responses=_UNHEALTHY,
+        tags=["health"],
+        summary="Readiness: task store reachable, workers running",
+    )
+    app.add_api_route(
+        "/api/v1/health",
+        readiness,
+        methods=["GET"],
+        response_model=Health,
+        responses=_UNHEALTHY,
+        tags=["health"],
+        summary="Readiness (the original acceld's path)",
+    )
+
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        summary="Prometheus metrics",
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+        response_class=Response,
+    )
+    async def metrics() -> Response:
+        body = await asyncio.to_thread(service.metrics.render)
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return app

@@ -1,0 +1,142 @@
+"""What the registry says about an artifact: already accelerated? part of an index? converted before?
+
+Used by conversion jobs (loop guard, multi-arch children) and by reconcile (missing conversions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from acceld.formats.driver import Driver, SourceLayer
+from acceld.oci import mediatypes as mt
+from acceld.oci.models import Manifest, RawManifest
+from acceld.registry.errors import NotFound
+from acceld.registry.repository import RegistryRepository
+
+# Annotations only converters write (formats/*.md; harbor-webhooks.md §6.5).
+ACCELERATED_LAYER_ANNOTATIONS = (
+    "containerd.io/snapshot/nydus-bootstrap",
+    "containerd.io/snapshot/nydus-blob",
+    "containerd.io/snapshot/stargz/toc.digest",
+    "io.github.containers.zstd-chunked.manifest-checksum",
+    "io.containers.zstd-chunked.manifest-checksum",
+)
+ACCELERATED_MANIFEST_ANNOTATIONS = (
+    "containerd.io/snapshot/nydus-source-digest",
+    "io.goharbor.artifact.v1alpha1.acceleration.source.digest",
+)
+NYDUS_LAYER_PREFIX = "application/vnd.oci.image.layer.nydus."
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    raw: RawManifest
+    accelerated: str | None  # why the artifact must not be converted, None when it is a source image
+
+    @property
+    def is_index(self) -> bool:
+        return self.raw.is_index
+
+
+def manifest_marker(manifest: Manifest, drivers: Iterable[Driver] = ()) -> str | None:
+    """Why `manifest` is a converter's output (or another artifact about an image), None if it is not."""
+    if manifest.subject is not None:
+        return f"it refers to {manifest.subject.digest} (subject): an accessory, not a source image"
+    return format_marker(manifest, drivers)
+
+
+def format_marker(manifest: Manifest, drivers: Iterable[Driver] = ()) -> str | None:
+    """Which lazy-pulling format marker `manifest` carries (annotations, media types), None if none."""
+    for key in ACCELERATED_MANIFEST_ANNOTATIONS:
+        if key in (manifest.annotations or {}):
+            return f"it is already accelerated (annotation {key})"
+    for layer in manifest.layers:
+        if layer.media_type.startswith(NYDUS_LAYER_PREFIX):
+            return f"it is already accelerated (layer media type {layer.media_type})"
+        for key in ACCELERATED_LAYER_ANNOTATIONS:
+            if key in (layer.annotations or {}):
+                return f"it is already accelerated (layer annotation {key})"
+    drivers = list(drivers)
+    if manifest.layers and drivers:
+        layers = [
+            SourceLayer(
+                digest=d.digest,
+                media_type=d.media_type,
+                size=d.size,
+                diff_id="",
+                annotations=d.annotations or {},
+            )
+            for d in manifest.layers
+        ]
+        for driver in drivers:
+            if all(driver.is_converted(layer) for layer in layers):
+                return f"its layers are already in the {driver.name} format"
+    return None
+
+
+async def inspect_source(repo: RegistryRepository, ref: str, drivers: Iterable[Driver] = ()) -> SourceInfo:
+    """Fetch the manifest or index at `ref` and decide whether it is a convertible source.
+
+    A converted index carries no `subject` itself, so an index is judged by its first child.
+    """
+    drivers = list(drivers)
+    raw = await repo.get_manifest(ref)
+    if raw.is_manifest:
+        return SourceInfo(raw, manifest_marker(raw.manifest(), drivers))
+    if not raw.is_index:
+        return SourceInfo(raw, f"it is a {raw.media_type}, not an image")
+    index = raw.index()
+    if index.subject is not None:
+        return SourceInfo(
+            raw, f"it refers to {index.subject.digest} (subject): an accessory, not a source image"
+        )
+    children = [d for d in index.manifests if mt.is_manifest(d.media_type)]
+    if not children:
+        return SourceInfo(raw, "the index lists no image manifests")
+    child = await repo.get_manifest(children[0].digest)
+    marker = manifest_marker(child.manifest(), drivers) if child.is_manifest else None
+    return SourceInfo(raw, f"its manifests are converted images: {marker}" if marker else None)
+
+
+async def parent_index(
+    repo: RegistryRepository, digest: str, skip_tags: Iterable[str], max_tags: int
+) -> str | None:
+    """A tag of an index in the repository that lists `digest`, None when there is none."""
+    skip = set(skip_tags)
+    tags = [t for t in await repo.list_tags() if t not in skip][:max_tags]
+    for tag in tags:
+        try:
+            desc = await repo.resolve(tag)
+            if not mt.is_index(desc.media_type):
+                continue
+            index = (await repo.get_manifest(desc.digest)).index()
+        except NotFound:  # deleted meanwhile
+            continue
+        if any(child.digest == digest for child in index.manifests):
+            return tag
+    return None
+
+
+async def converted_counterpart(repo: RegistryRepository, source: RawManifest, target_tag: str) -> str | None:
+    """The digest at `target_tag` when it is a conversion of `source`, else None.
+
+    A converted manifest names the source in `subject`; a converted index's children name the
+    source index's children.
+    """
+    try:
+        target = await repo.get_manifest(target_tag)
+    except NotFound:
+        return None
+    if target.is_manifest:
+        subject = target.manifest().subject
+        return target.digest if subject is not None and subject.digest == source.digest else None
+    if target.is_index and source.is_index:
+        source_children = {d.digest for d in source.index().manifests}
+        converted = target.index().manifests
+        if not converted:
+            return None
+        child = await repo.get_manifest(converted[0].digest)
+        subject = child.manifest().subject if child.is_manifest else None
+        return target.digest if subject is not None and subject.digest in source_children else None
+    return None

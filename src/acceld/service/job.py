@@ -1,0 +1,198 @@
+"""One task attempt in its own process: `python -m acceld.service.job`.
+
+The worker pool writes a `JobSpec` as one JSON line to stdin and keeps stdin open; when the
+server dies the pipe closes and the job exits, so a killed server leaves no conversion behind.
+The `JobResult` is written as JSON to the original stdout; everything else goes to stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+import traceback
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from acceld.config import AcceldConfig, RegistryConfig
+from acceld.convert.api import ConversionRequest, convert_image_sync, make_driver
+from acceld.errors import AcceldError
+from acceld.registry.errors import NotFound
+from acceld.registry.repository import RegistryRepository
+from acceld.registry.stores import Stores
+from acceld.service import artifacts
+
+EXIT_PARENT_GONE = 70
+
+
+class JobSpec(BaseModel):
+    kind: Literal["convert", "delete"]
+    registry: str
+    repository: str
+    tag: str | None
+    source_digest: str | None
+    driver: str
+    options: dict[str, Any]
+    platforms: list[str]
+    registries: dict[str, RegistryConfig]
+    cache_dir: Path | None = None
+    max_index_scan_tags: int = 1000
+    known_targets: list[str] = []  # delete: digests of earlier results of this source
+
+
+class JobResult(BaseModel):
+    status: Literal["succeeded", "skipped", "failed"]
+    transient: bool = False
+    reason: str | None = None
+    source_digest: str | None = None
+    target: str | None = None
+    target_digest: str | None = None
+    source_size: int | None = None
+    target_size: int | None = None
+    seconds: float | None = None
+    layers_converted: int | None = None
+    layers_cached: int | None = None
+
+
+def run(spec: JobSpec) -> JobResult:
+    """Run one attempt; expected failures become a failed JobResult (transient or not)."""
+    try:
+        if spec.kind == "delete":
+            return asyncio.run(_delete(spec))
+        return _convert(spec)
+    except AcceldError as exc:
+        return JobResult(status="failed", transient=exc.transient, reason=str(exc))
+    except Exception as exc:  # a bug or an unwrapped library error: retried up to the attempt limit
+        traceback.print_exc()
+        return JobResult(
+            status="failed", transient=True, reason=f"internal error: {type(exc).__name__}: {exc}"
+        )
+
+
+def _convert(spec: JobSpec) -> JobResult:
+    driver = make_driver(spec.driver, spec.options)
+    decision = asyncio.run(_check_source(spec, driver.tag_suffix, driver))
+    if decision.status != "succeeded":
+        return decision
+    digest = decision.source_digest
+    assert digest is not None
+    tag = f":{spec.tag}" if spec.tag else ""
+    request = ConversionRequest(
+        source=f"{spec.registry}/{spec.repository}{tag}@{digest}",
+        driver=spec.driver,
+        options=spec.options,
+        platforms=spec.platforms or None,
+    )
+    result = convert_image_sync(request, AcceldConfig(registries=spec.registries))
+    return JobResult(
+        status="succeeded",
+        source_digest=result.source_digest,
+        target=result.target,
+        target_digest=result.target_digest,
+        source_size=result.source_size,
+        target_size=result.target_size,
+        seconds=result.seconds,
+        layers_converted=result.layers_converted,
+        layers_cached=result.layers_cached,
+    )
+
+
+async def _check_source(spec: JobSpec, tag_suffix: str, driver: Any) -> JobResult:
+    """Loop guard and multi-arch handling before converting; `succeeded` means: go ahead."""
+    async with Stores(AcceldConfig(registries=spec.registries)) as stores:
+        repo = stores.client(spec.registry).repository(spec.repository)
+        ref = spec.source_digest or spec.tag
+        assert ref is not None
+        source = await artifacts.inspect_source(repo, ref, [driver])
+        digest = source.raw.digest
+        if source.accelerated:
+            return JobResult(
+                status="skipped", source_digest=digest, reason=f"not converted: {source.accelerated}"
+            )
+        if spec.tag is None and source.raw.is_manifest:
+            parent = await artifacts.parent_index(repo, digest, (), spec.max_index_scan_tags)
+            if parent is not None:
+                return JobResult(
+                    status="skipped",
+                    source_digest=digest,
+                    reason=f"part of the index {spec.repository}:{parent}, converted with it",
+                )
+        if spec.tag:
+            existing = await artifacts.converted_counterpart(repo, source.raw, spec.tag + tag_suffix)
+            if existing is not None:
+                return JobResult(
+                    status="skipped",
+                    source_digest=digest,
+                    target_digest=existing,
+                    target=f"{spec.registry}/{spec.repository}:{spec.tag}{tag_suffix}",
+                    reason="already converted",
+                )
+        return JobResult(status="succeeded", source_digest=digest)
+
+
+async def _delete(spec: JobSpec) -> JobResult:
+    """Delete the converted images of a deleted source: known results, the suffixed tag, referrers."""
+    assert spec.source_digest is not None
+    driver = make_driver(spec.driver, spec.options)
+    async with Stores(AcceldConfig(registries=spec.registries)) as stores:
+        repo = stores.client(spec.registry).repository(spec.repository)
+        targets = set(spec.known_targets)
+        targets.update(await _referrers_of_format(repo, spec.source_digest, driver))
+        if spec.tag:
+            try:
+                target = await repo.get_manifest(spec.tag + driver.tag_suffix)
+                subject = target.subject()
+                if subject is not None and subject.digest == spec.source_digest:
+                    targets.add(target.digest)
+            except NotFound:
+                pass
+        deleted = []
+        for digest in sorted(targets):
+            try:
+                await repo.delete_manifest(digest)
+                deleted.append(digest)
+            except NotFound:
+                continue
+    return JobResult(
+        status="succeeded",
+        source_digest=spec.source_digest,
+        target=", ".join(deleted) or None,
+        reason=None if deleted else "no converted image found",
+    )
+
+
+async def _referrers_of_format(repo: RegistryRepository, digest: str, driver: Any) -> list[str]:
+    found = []
+    for desc in await repo.referrers(digest):
+        try:
+            raw = await repo.get_manifest(desc.digest)
+        except NotFound:
+            continue
+        if raw.is_manifest and artifacts.format_marker(raw.manifest(), [driver]):
+            found.append(desc.digest)
+    return found
+
+
+def _exit_when_parent_goes(stdin: Any) -> None:
+    stdin.read()  # returns at EOF: the worker pool closed the pipe or died
+    os._exit(EXIT_PARENT_GONE)
+
+
+def main() -> None:
+    result_out = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not corrupt the result
+    line = sys.stdin.readline()
+    threading.Thread(target=_exit_when_parent_goes, args=(sys.stdin,), daemon=True).start()
+    spec = JobSpec.model_validate_json(line)
+    if spec.cache_dir is not None:
+        os.environ.setdefault("ACCELD_CACHE_DIR", str(spec.cache_dir))
+    result = run(spec)
+    result_out.write(result.model_dump_json() + "\n")
+    result_out.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Everything one running service holds: config, rules, secrets, task store, metrics, worker pool."""
+
+from __future__ import annotations
+
+import hmac
+
+from acceld.service.config import ServiceConfig
+from acceld.service.metrics import ServiceMetrics
+from acceld.service.rules import RuleSet
+from acceld.service.store import STATUSES, StoreError, TaskStore
+from acceld.service.workers import WorkerPool
+
+
+def same_secret(given: str, expected: str) -> bool:
+    """Constant-time comparison (the time does not depend on where the values differ)."""
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+class Service:
+    def __init__(self, config: ServiceConfig, store: TaskStore | None = None) -> None:
+        self.config = config
+        self.rules = RuleSet(config.rules)
+        self.webhook_secrets = {host.lower(): value for host, value in config.webhook_secrets().items()}
+        self.api_token = config.api_token()
+        self.own_operators = config.own_operators()
+        self.store = store or TaskStore.open(config.database_url())
+        self.metrics = ServiceMetrics(self._task_counts)
+        self.pool = WorkerPool(
+            self.store,
+            config.workers,
+            config.registries,
+            self.metrics,
+            cache_dir=config.resolved_data_dir() / "cache",
+        )
+
+    def _task_counts(self) -> dict[str, int]:
+        try:
+            return self.store.counts_by_status()
+        except StoreError:
+            return dict.fromkeys(STATUSES, 0)
+
+    def webhook_caller_known(self, authorization: str) -> bool:
+        """True when the header equals the secret of some source (every secret is compared)."""
+        matches = [same_secret(authorization, secret) for secret in self.webhook_secrets.values()]
+        return bool(authorization) and any(matches)
+
+    def webhook_allowed(self, authorization: str, host: str) -> bool:
+        expected = self.webhook_secrets.get(host)
+        return expected is not None and bool(authorization) and same_secret(authorization, expected)
+
+    def webhook_source(self, host: str) -> bool:
+        return host in {h.lower() for h in self.config.webhook.sources}
+
+    def api_token_valid(self, token: str) -> bool:
+        return bool(token) and same_secret(token, self.api_token)

@@ -1,0 +1,628 @@
+"""The durable task store (SQLAlchemy Core; SQLite by default, PostgreSQL works the same way).
+
+Tasks are claimed with a lease: a claim is an UPDATE whose WHERE clause re-checks that the row
+is still claimable, so two workers (threads, processes or hosts) never run one task. A running
+task whose lease expired (its server died) becomes claimable again. Deduplication is a unique
+column holding a hash of (registry, repository, source, driver, options); a task whose source
+was deleted releases its key (NULL), so a later push of the same digest converts again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Engine,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    create_engine,
+    event,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from acceld.errors import AcceldError
+
+Status = Literal["queued", "running", "succeeded", "failed", "skipped", "cancelled"]
+STATUSES: tuple[Status, ...] = ("queued", "running", "succeeded", "failed", "skipped", "cancelled")
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "skipped", "cancelled"})
+Kind = Literal["convert", "delete"]
+
+metadata = MetaData()
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("dedup_key", String(64), unique=True, nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("rule", String(200), nullable=False),
+    Column("registry", String(255), nullable=False),
+    Column("repository", String(255), nullable=False),
+    Column("tag", String(128), nullable=True),
+    Column("source_digest", String(160), nullable=True),
+    Column("driver", String(64), nullable=False),
+    Column("options", Text, nullable=False),
+    Column("platforms", Text, nullable=False),
+    Column("operator", String(255), nullable=False),
+    Column("events", Integer, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("max_attempts", Integer, nullable=False),
+    Column("not_before", Float, nullable=False),
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_expires", Float, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("started_at", Float, nullable=True),
+    Column("finished_at", Float, nullable=True),
+    Column("target", Text, nullable=True),
+    Column("target_digest", String(160), nullable=True),
+    Column("source_size", BigInteger, nullable=True),
+    Column("target_size", BigInteger, nullable=True),
+    Column("seconds", Float, nullable=True),
+    Column("layers_converted", Integer, nullable=True),
+    Column("layers_cached", Integer, nullable=True),
+    Column("error", Text, nullable=True),
+    Index("ix_tasks_claim", "status", "not_before"),
+    Index("ix_tasks_created", "created_at"),
+    Index("ix_tasks_source", "registry", "repository", "source_digest"),
+)
+
+
+class StoreError(AcceldError):
+    """The task database is unreachable or failed an operation."""
+
+    transient = True
+
+
+@dataclass(frozen=True)
+class NewTask:
+    """A task to enqueue; `source` is the digest, or the tag when the event carried no digest."""
+
+    kind: Kind
+    rule: str
+    registry: str
+    repository: str
+    tag: str | None
+    source_digest: str | None
+    driver: str
+    options: dict[str, Any]
+    platforms: tuple[str, ...]
+    options_key: str
+    operator: str = ""
+    not_before: float = 0.0
+
+    @property
+    def dedup_key(self) -> str:
+        source = self.source_digest or f"tag:{self.tag}"
+        text = "\x00".join((self.kind, self.registry, self.repository, source, self.driver, self.options_key))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Task:
+    id: str
+    kind: str
+    status: str
+    rule: str
+    registry: str
+    repository: str
+    tag: str | None
+    source_digest: str | None
+    driver: str
+    options: dict[str, Any]
+    platforms: tuple[str, ...]
+    operator: str
+    events: int
+    attempts: int
+    max_attempts: int
+    not_before: float
+    lease_owner: str | None
+    lease_expires: float | None
+    created_at: float
+    updated_at: float
+    started_at: float | None
+    finished_at: float | None
+    target: str | None
+    target_digest: str | None
+    source_size: int | None
+    target_size: int | None
+    seconds: float | None
+    layers_converted: int | None
+    layers_cached: int | None
+    error: str | None
+    dedup_key: str | None = field(default=None, repr=False)
+
+    @property
+    def source(self) -> str:
+        base = f"{self.registry}/{self.repository}"
+        if self.source_digest:
+            return f"{base}@{self.source_digest}"
+        return f"{base}:{self.tag}"
+
+    @classmethod
+    def from_row(cls, row: Any) -> Task:
+        values = dict(row._mapping)
+        values["options"] = json.loads(values["options"])
+        values["platforms"] = tuple(json.loads(values["platforms"]))
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    task_id: str
+    status: str
+    created: bool
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a finished attempt reports."""
+
+    status: Literal["succeeded", "skipped"]
+    source_digest: str | None = None
+    target: str | None = None
+    target_digest: str | None = None
+    source_size: int | None = None
+    target_size: int | None = None
+    seconds: float | None = None
+    layers_converted: int | None = None
+    layers_cached: int | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskFilter:
+    status: str | None = None
+    registry: str | None = None
+    repository: str | None = None
+    driver: str | None = None
+    kind: str | None = None
+
+
+def _configure_sqlite(engine: Engine, synchronous: str) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # The driver's own transaction handling is off; `_on_begin` emits BEGIN itself.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        # IMMEDIATE takes the write lock up front: a read-then-write transaction can then never
+        # fail with SQLITE_BUSY on lock upgrade; read-only work opts out.
+        mode = "DEFERRED" if connection.get_execution_options().get("readonly") else "IMMEDIATE"
+        connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+def open_engine(url: str, *, synchronous: str = "FULL") -> Engine:
+    """An engine for `url`; for SQLite the directory is created and WAL mode switched on."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, pool_size=8, max_overflow=8)
+        _configure_sqlite(engine, synchronous)
+        return engine
+    return create_engine(url, pool_size=8, max_overflow=8, pool_pre_ping=True)
+
+
+class TaskStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._dialect = engine.dialect.name
+        if self._dialect not in ("sqlite", "postgresql"):
+            raise StoreError(f"unsupported database {self._dialect!r} (use sqlite or postgresql)")
+        # SQLite has one writer at a time and its busy handler sleeps in steps of up to 100 ms;
+        # queueing this process's writers on a lock instead keeps the webhook latency low.
+        self._write_lock = threading.Lock() if self._dialect == "sqlite" else None
+
+    @classmethod
+    def open(cls, url: str, *, synchronous: str = "FULL") -> TaskStore:
+        store = cls(open_engine(url, synchronous=synchronous))
+        store.create_schema()
+        return store
+
+    def create_schema(self) -> None:
+        try:
+            metadata.create_all(self.engine)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot initialise the task database: {_one_line(exc)}") from None
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def ping(self) -> None:
+        with self._read() as conn:
+            conn.execute(select(1))
+
+    # -- intake ---------------------------------------------------------------------------------
+
+    def enqueue(
+        self, new_tasks: Sequence[NewTask], max_attempts: int, now: float | None = None
+    ) -> list[Enqueued]:
+        """Insert the tasks in one transaction; an existing task with the same dedup key is kept
+        (its `events` count grows). Returns, per input, the task that now stands for it."""
+        if not new_tasks:
+            return []
+        now = time.time() if now is None else now
+        keys = [t.dedup_key for t in new_tasks]
+        rows = []
+        for t in new_tasks:
+            rows.append(
+                {
+                    "id": uuid.uuid4().hex,
+                    "kind": t.kind,
+                    "dedup_key": t.dedup_key,
+                    "status": "queued",
+                    "rule": t.rule,
+                    "registry": t.registry,
+                    "repository": t.repository,
+                    "tag": t.tag,
+                    "source_digest": t.source_digest,
+                    "driver": t.driver,
+                    "options": json.dumps(t.options, sort_keys=True),
+                    "platforms": json.dumps(list(t.platforms)),
+                    "operator": t.operator,
+                    "events": 1,
+                    "attempts": 0,
+                    "max_attempts": max_attempts,
+                    "not_before": max(now, t.not_before),
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+        insert = (sqlite.insert if self._dialect == "sqlite" else postgresql.insert)(tasks)
+        with self._write() as conn:
+            conn.execute(insert.on_conflict_do_nothing(index_elements=["dedup_key"]), rows)
+            found = {
+                r.dedup_key: r
+                for r in conn.execute(
+                    select(tasks.c.id, tasks.c.dedup_key, tasks.c.status).where(
+                        tasks.c.dedup_key.in_(set(keys))
+                    )
+                )
+            }
+            fresh = {row["id"] for row in rows}
+            repeated = [found[k].id for k in keys if found[k].id not in fresh]
+            if repeated:
+                conn.execute(
+                    update(tasks).where(tasks.c.id.in_(set(repeated))).values(events=tasks.c.events + 1)
+                )
+        results = []
+        for k in keys:
+            task_id = found[k].id
+            results.append(Enqueued(task_id, found[k].status, task_id in fresh))
+            fresh.discard(task_id)  # a key repeated within the batch is created once
+        return results
+
+    def release_source(self, registry: str, repository: str, digest: str) -> list[Task]:
+        """The source was deleted: finished conversion tasks give up their dedup key (so a
+        re-push converts again) and are returned, for deleting their results."""
+        condition = and_(
+            tasks.c.registry == registry,
+            tasks.c.repository == repository,
+            tasks.c.source_digest == digest,
+            tasks.c.kind == "convert",
+            tasks.c.status.in_(TERMINAL),
+        )
+        with self._write() as conn:
+            released = [Task.from_row(r) for r in conn.execute(select(tasks).where(condition))]
+            conn.execute(update(tasks).where(condition).values(dedup_key=None, updated_at=time.time()))
+        return released
+
+    # -- workers --------------------------------------------------------------------------------
+
+    def claim(self, owner: str, lease_seconds: float, now: float | None = None) -> Task | None:
+        """Take the next due task (or one whose lease expired) and lease it to `owner`."""
+        now = time.time() if now is None else now
+        claimable = or_(
+            and_(tasks.c.status == "queued", tasks.c.not_before <= now),
+            and_(tasks.c.status == "running", tasks.c.lease_expires < now),
+        )
+        with self._write() as conn:
+            candidates = (
+                conn.execute(
+                    select(tasks.c.id)
+                    .where(claimable)
+                    .order_by(tasks.c.not_before, tasks.c.created_at)
+                    .limit(8)
+                )
+                .scalars()
+                .all()
+            )
+            for task_id in candidates:
+                claimed = conn.execute(
+                    update(tasks)
+                    .where(tasks.c.id == task_id, claimable)
+                    .values(
+                        status="running",
+                        lease_owner=owner,
+                        lease_expires=now + lease_seconds,
+                        attempts=tasks.c.attempts + 1,
+                        started_at=now,
+                        updated_at=now,
+                    )
+                )
+                if claimed.rowcount == 1:
+                    row = conn.execute(select(tasks).where(tasks.c.id == task_id)).one()
+                    return Task.from_row(row)
+        return None
+
+    def next_due(self) -> float | None:
+        """When the earliest queued task becomes due (epoch seconds), None when nothing is queued."""
+        with self._read() as conn:
+            value = conn.execute(
+                select(func.min(tasks.c.not_before)).where(tasks.c.status == "queued")
+            ).scalar()
+        return float(value) if value is not None else None
+
+    def heartbeat(self, task_id: str, owner: str, lease_seconds: float) -> bool:
+        """Extend the lease; False when the task is no longer ours (cancelled or taken over)."""
+        now = time.time()
+        with self._write() as conn:
+            result = conn.execute(
+                update(tasks)
+                .where(tasks.c.id == task_id, tasks.c.lease_owner == owner, tasks.c.status == "running")
+                .values(lease_expires=now + lease_seconds, updated_at=now)
+            )
+        return result.rowcount == 1
+
+    def complete(self, task_id: str, owner: str, outcome: Outcome) -> bool:
+        now = time.time()
+        values: dict[str, Any] = {
+            "status": outcome.status,
+            "finished_at": now,
+            "updated_at": now,
+            "lease_owner": None,
+            "lease_expires": None,
+            "error": outcome.reason,
+        }
+        for name in (
+            "source_digest",
+            "target",
+            "target_digest",
+            "source_size",
+            "target_size",
+            "seconds",
+            "layers_converted",
+            "layers_cached",
+        ):
+            value = getattr(outcome, name)
+            if value is not None:
+                values[name] = value
+        return self._finish_attempt(task_id, owner, values)
+
+    def fail(self, task_id: str, owner: str, reason: str) -> bool:
+        now = time.time()
+        return self._finish_attempt(
+            task_id,
+            owner,
+            {
+                "status": "failed",
+                "error": reason,
+                "finished_at": now,
+                "updated_at": now,
+                "lease_owner": None,
+                "lease_expires": None,
+            },
+        )
+
+    def retry_later(self, task_id: str, owner: str, reason: str, not_before: float) -> bool:
+        return self._finish_attempt(
+            task_id,
+            owner,
+            {
+                "status": "queued",
+                "error": reason,
+                "not_before": not_before,
+                "updated_at": time.time(),
+                "lease_owner": None,
+                "lease_expires": None,
+            },
+        )
+
+    def requeue(self, task_id: str, owner: str) -> bool:
+        """Give a claimed task back without counting the attempt (shutdown)."""
+        return self._finish_attempt(
+            task_id,
+            owner,
+            {
+                "status": "queued",
+                "attempts": tasks.c.attempts - 1,
+                "updated_at": time.time(),
+                "lease_owner": None,
+                "lease_expires": None,
+            },
+        )
+
+    def _finish_attempt(self, task_id: str, owner: str, values: dict[str, Any]) -> bool:
+        with self._write() as conn:
+            result = conn.execute(
+                update(tasks)
+                .where(tasks.c.id == task_id, tasks.c.lease_owner == owner, tasks.c.status == "running")
+                .values(**values)
+            )
+        return result.rowcount == 1
+
+    # -- management -----------------------------------------------------------------------------
+
+    def get(self, task_id: str) -> Task | None:
+        with self._read() as conn:
+            row = conn.execute(select(tasks).where(tasks.c.id == task_id)).one_or_none()
+        return Task.from_row(row) if row is not None else None
+
+    def list_tasks(self, filters: TaskFilter, limit: int, offset: int) -> tuple[list[Task], int]:
+        """Newest first; returns the page and the total number of matching tasks."""
+        conditions = [
+            getattr(tasks.c, name) == value for name, value in vars(filters).items() if value is not None
+        ]
+        where = and_(True, *conditions)
+        with self._read() as conn:
+            total = conn.execute(select(func.count()).select_from(tasks).where(where)).scalar_one()
+            rows = conn.execute(
+                select(tasks)
+                .where(where)
+                .order_by(tasks.c.created_at.desc(), tasks.c.id)
+                .limit(limit)
+                .offset(offset)
+            ).all()
+        return [Task.from_row(r) for r in rows], int(total)
+
+    def retry(self, task_id: str) -> Task | None:
+        """Queue a failed or cancelled task again with a fresh attempt budget; None if not allowed."""
+        now = time.time()
+        with self._write() as conn:
+            result = conn.execute(
+                update(tasks)
+                .where(tasks.c.id == task_id, tasks.c.status.in_(("failed", "cancelled")))
+                .values(
+                    status="queued", attempts=0, not_before=now, updated_at=now, finished_at=None, error=None
+                )
+            )
+            if result.rowcount != 1:
+                return None
+            return Task.from_row(conn.execute(select(tasks).where(tasks.c.id == task_id)).one())
+
+    def cancel(self, task_id: str) -> Task | None:
+        """Cancel a queued or running task (its worker notices at the next heartbeat); None if finished."""
+        now = time.time()
+        with self._write() as conn:
+            result = conn.execute(
+                update(tasks)
+                .where(tasks.c.id == task_id, tasks.c.status.in_(("queued", "running")))
+                .values(
+                    status="cancelled",
+                    finished_at=now,
+                    updated_at=now,
+                    lease_owner=None,
+                    lease_expires=None,
+                    error="cancelled by request",
+                )
+            )
+            if result.rowcount != 1:
+                return None
+            return Task.from_row(conn.execute(select(tasks).where(tasks.c.id == task_id)).one())
+
+    def requeue_stale(self, task_id: str) -> bool:
+        """Reconcile found no conversion of this source: a failed or succeeded task runs again."""
+        now = time.time()
+        with self._write() as conn:
+            result = conn.execute(
+                update(tasks)
+                .where(tasks.c.id == task_id, tasks.c.status.in_(("failed", "succeeded")))
+                .values(
+                    status="queued",
+                    attempts=0,
+                    not_before=now,
+                    updated_at=now,
+                    finished_at=None,
+                    events=tasks.c.events + 1,
+                )
+            )
+        return result.rowcount == 1
+
+    def result_digests(self, registry: str, repository: str, digest: str, driver: str) -> list[str]:
+        """Digests of the images converted from this source with `driver`."""
+        with self._read() as conn:
+            rows = (
+                conn.execute(
+                    select(tasks.c.target_digest).where(
+                        tasks.c.registry == registry,
+                        tasks.c.repository == repository,
+                        tasks.c.source_digest == digest,
+                        tasks.c.driver == driver,
+                        tasks.c.kind == "convert",
+                        tasks.c.status == "succeeded",
+                        tasks.c.target_digest.is_not(None),
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        return [str(d) for d in rows]
+
+    def counts_by_status(self) -> dict[str, int]:
+        with self._read() as conn:
+            rows = conn.execute(select(tasks.c.status, func.count()).group_by(tasks.c.status)).all()
+        counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
+        counts.update({status: int(n) for status, n in rows})
+        return counts
+
+    # -- transactions ---------------------------------------------------------------------------
+
+    def _write(self) -> _Transaction:
+        return _Transaction(self.engine, readonly=False, lock=self._write_lock)
+
+    def _read(self) -> _Transaction:
+        return _Transaction(self.engine, readonly=True, lock=None)
+
+
+class _Transaction:
+    """`with` block = one transaction; database errors become a one-line StoreError."""
+
+    def __init__(self, engine: Engine, *, readonly: bool, lock: threading.Lock | None) -> None:
+        self._engine = engine
+        self._readonly = readonly
+        self._lock = lock
+        self._conn: Connection | None = None
+
+    def __enter__(self) -> Connection:
+        if self._lock is not None:
+            self._lock.acquire()
+        try:
+            conn = self._engine.connect().execution_options(readonly=self._readonly)
+            conn.begin()
+        except SQLAlchemyError as exc:
+            if self._lock is not None:
+                self._lock.release()
+            raise StoreError(f"task database unavailable: {_one_line(exc)}") from None
+        self._conn = conn
+        return conn
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        conn = self._conn
+        assert conn is not None
+        try:
+            if exc is None:
+                conn.commit()
+            else:
+                conn.rollback()
+        except SQLAlchemyError as error:
+            raise StoreError(f"task database error: {_one_line(error)}") from None
+        finally:
+            conn.close()
+            if self._lock is not None:
+                self._lock.release()
+        if isinstance(exc, SQLAlchemyError):
+            raise StoreError(f"task database error: {_one_line(exc)}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -1,0 +1,141 @@
+"""Reconcile: walk the repositories the rules cover and queue every image without its conversion.
+
+Repositories come from the rules when their patterns are literal names, else from the registry
+catalog (`/v2/_catalog`, when allowed). For each tag a rule accepts, the converted tag
+(`<tag><suffix>`) must exist and name the image as its source; if not, a task is queued (the
+dedup key merges it with any queued or running one; a failed or stale finished one is requeued).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass, field
+
+from acceld.errors import AcceldError
+from acceld.registry.client import RegistryClient
+from acceld.registry.stores import Stores
+from acceld.service.artifacts import converted_counterpart
+from acceld.service.config import ServiceConfig
+from acceld.service.harbor import Artifact
+from acceld.service.rules import Rule, RuleSet
+from acceld.service.store import NewTask, TaskStore
+
+log = logging.getLogger("acceld.service")
+SYNC_OPERATOR = "acceld-sync"
+_LITERAL_RE = re.compile(r"^[a-z0-9][a-z0-9._/-]*$")  # no glob characters, no re: prefix
+
+
+@dataclass
+class SyncReport:
+    repositories: int = 0
+    images: int = 0
+    up_to_date: int = 0
+    queued: int = 0
+    requeued: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def literal_repositories(rules: list[Rule]) -> list[str] | None:
+    """The repository names when every rule names its repositories literally, else None (catalog needed)."""
+    names = [p for rule in rules for p in rule.repository_patterns]
+    return sorted(set(names)) if all(_LITERAL_RE.match(p) for p in names) else None
+
+
+async def list_catalog(client: RegistryClient) -> list[str]:
+    """Every repository of the registry (`/v2/_catalog`, following `Link` pages)."""
+    names: list[str] = []
+    path: str | None = "/v2/_catalog"
+    params: dict[str, int] | None = {"n": 1000}
+    while path:
+        response = await client.request(
+            "GET", path, scopes=["registry:catalog:*"], what="catalog", params=params
+        )
+        names.extend(response.json().get("repositories") or [])
+        next_link = response.links.get("next", {}).get("url")
+        path = str(response.url.join(next_link)) if next_link else None
+        params = None
+    return names
+
+
+async def reconcile(config: ServiceConfig, rules: RuleSet, store: TaskStore) -> SyncReport:
+    report = SyncReport()
+    async with Stores(config.registry_settings()) as stores:
+        for host in sorted(h.lower() for h in config.webhook.sources):
+            host_rules = [r for r in rules.rules if not r.registries or host in r.registries]
+            if not host_rules:
+                continue
+            client = stores.client(host)
+            try:
+                repositories = literal_repositories(host_rules)
+                if repositories is None:
+                    if not config.sync.catalog:
+                        report.errors.append(f"{host}: rules use patterns but sync.catalog is off")
+                        continue
+                    repositories = await list_catalog(client)
+            except AcceldError as exc:
+                report.errors.append(f"{host}: {exc}")
+                continue
+            for repository in repositories:
+                if any(r.covers(host, repository) for r in host_rules):
+                    await _sync_repository(config, rules, store, client, host, repository, report)
+    return report
+
+
+async def _sync_repository(
+    config: ServiceConfig,
+    rules: RuleSet,
+    store: TaskStore,
+    client: RegistryClient,
+    host: str,
+    repository: str,
+    report: SyncReport,
+) -> None:
+    repo = client.repository(repository)
+    report.repositories += 1
+    try:
+        tags = await repo.list_tags()
+    except AcceldError as exc:
+        report.errors.append(f"{host}/{repository}: {exc}")
+        return
+    new_tasks: list[NewTask] = []
+    for tag in tags[: config.sync.max_tags_per_repository]:
+        if rules.is_converted_tag(tag):
+            continue
+        artifact = Artifact(host, repository, tag, None, f"{host}/{repository}:{tag}")
+        rule = rules.match("PUSH_ARTIFACT", artifact)
+        if rule is None:
+            continue
+        try:
+            source = await repo.get_manifest(tag)
+            report.images += 1
+            for conversion in rule.conversions:
+                if await converted_counterpart(repo, source, tag + conversion.tag_suffix):
+                    report.up_to_date += 1
+                    continue
+                new_tasks.append(
+                    NewTask(
+                        kind="convert",
+                        rule=rule.name,
+                        registry=host,
+                        repository=repository,
+                        tag=tag,
+                        source_digest=source.digest,
+                        driver=conversion.driver,
+                        options=dict(conversion.options),
+                        platforms=conversion.platforms,
+                        options_key=conversion.options_key,
+                        operator=SYNC_OPERATOR,
+                    )
+                )
+        except AcceldError as exc:
+            report.errors.append(f"{host}/{repository}:{tag}: {exc}")
+    enqueued = await asyncio.to_thread(store.enqueue, new_tasks, config.workers.max_attempts)
+    for entry in enqueued:
+        if entry.created:
+            report.queued += 1
+        elif entry.status in ("failed", "succeeded") and await asyncio.to_thread(
+            store.requeue_stale, entry.task_id
+        ):
+            report.requeued += 1

@@ -1,0 +1,213 @@
+"""`POST /api/v1/conversions`: Harbor's webhook. Answers fast: check, plan, commit tasks, reply 202.
+
+Order of checks: a known secret (401), the content type (415), the body size (413), the
+payload (400), every resource on a configured source (403), the secret of that source (401).
+Nothing here contacts a registry: the payload alone decides what is queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader
+
+from acceld.service.api_models import AcceptedTask, ErrorBody, IgnoredResource, WebhookReply
+from acceld.service.harbor import (
+    CLOUDEVENTS_CONTENT_TYPE,
+    DEFAULT_CONTENT_TYPE,
+    PayloadError,
+    example_payloads,
+    media_type,
+    parse_event,
+)
+from acceld.service.intake import plan_event
+from acceld.service.state import Service
+from acceld.service.store import StoreError
+
+webhook_auth = APIKeyHeader(
+    name="Authorization",
+    scheme_name="HarborWebhookAuth",
+    auto_error=False,
+    description="The target's auth_header value from the Harbor webhook policy, verbatim",
+)
+
+_RESOURCE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "digest": {"type": "string"},
+        "tag": {"type": "string"},
+        "resource_url": {"type": "string"},
+    },
+}
+_DATA_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "resources": {"type": "array", "items": _RESOURCE_SCHEMA},
+        "repository": {"type": "object"},
+    },
+}
+_REQUEST_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {
+        DEFAULT_CONTENT_TYPE: {
+            "schema": {
+                "type": "object",
+                "required": ["type"],
+                "properties": {
+                    "type": {"type": "string"},
+                    "occur_at": {"type": "integer"},
+                    "operator": {"type": "string"},
+                    "event_data": _DATA_SCHEMA,
+                },
+            },
+            "example": example_payloads()[DEFAULT_CONTENT_TYPE],
+        },
+        CLOUDEVENTS_CONTENT_TYPE: {
+            "schema": {
+                "type": "object",
+                "required": ["specversion", "type"],
+                "properties": {
+                    "specversion": {"type": "string"},
+                    "id": {"type": "string"},
+                    "type": {"type": "string"},
+                    "source": {"type": "string"},
+                    "time": {"type": "string"},
+                    "operator": {"type": "string"},
+                    "data": _DATA_SCHEMA,
+                },
+            },
+            "example": example_payloads()[CLOUDEVENTS_CONTENT_TYPE],
+        },
+    },
+}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text}
+    for status, text in (
+        (400, "Malformed payload"),
+        (401, "Missing or wrong Authorization header"),
+        (403, "A resource is not on a configured source registry"),
+        (413, "Body larger than server.max_body_bytes"),
+        (415, "Content-Type is neither application/json nor application/cloudevents+json"),
+        (503, "Task store unavailable; the event was not accepted (Harbor retries)"),
+    )
+}
+
+
+def error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"code": code, "message": message}, status_code=status)
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The body, or None when it is larger than `limit` (without reading more than that)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
+def webhook_router(service: Service) -> APIRouter:
+    router = APIRouter()
+    count = service.metrics.webhook_requests
+
+    def reject(outcome: str, status: int, code: str, message: str) -> JSONResponse:
+        count.labels(outcome).inc()
+        return error(status, code, message)
+
+    @router.post(
+        "/api/v1/conversions",
+        status_code=202,
+        response_model=WebhookReply,
+        responses={
+            200: {"model": WebhookReply, "description": "Acknowledged, nothing to convert"},
+            **_ERRORS,
+        },
+        openapi_extra={"requestBody": _REQUEST_BODY},
+        summary="Harbor webhook (Default or CloudEvents payload)",
+        tags=["webhook"],
+    )
+    async def receive_webhook(request: Request, _: str | None = Depends(webhook_auth)) -> JSONResponse:
+        authorization = request.headers.get("authorization", "")
+        if not service.webhook_caller_known(authorization):
+            return reject("unauthorized", 401, "ERR_UNAUTHORIZED", "missing or wrong Authorization header")
+        content_type = media_type(request.headers.get("content-type"))
+        if content_type not in (DEFAULT_CONTENT_TYPE, CLOUDEVENTS_CONTENT_TYPE):
+            return reject(
+                "unsupported_media_type",
+                415,
+                "ERR_UNSUPPORTED_MEDIA_TYPE",
+                f"content type must be {DEFAULT_CONTENT_TYPE} or {CLOUDEVENTS_CONTENT_TYPE}",
+            )
+        limit = service.config.server.max_body_bytes
+        body = await _read_body(request, limit)
+        if body is None:
+            return reject("too_large", 413, "ERR_PAYLOAD_TOO_LARGE", f"body larger than {limit} bytes")
+        try:
+            event = parse_event(body, content_type)
+        except PayloadError as exc:
+            return reject("bad_request", 400, "ERR_ILLEGAL_PARAMETER", str(exc))
+        for artifact in event.artifacts:
+            if not service.webhook_source(artifact.registry):
+                return reject(
+                    "forbidden",
+                    403,
+                    "ERR_FORBIDDEN",
+                    f"registry {artifact.registry} is not a configured webhook source",
+                )
+            if not service.webhook_allowed(authorization, artifact.registry):
+                return reject(
+                    "unauthorized",
+                    401,
+                    "ERR_UNAUTHORIZED",
+                    f"wrong Authorization header for registry {artifact.registry}",
+                )
+        plan = plan_event(
+            event, service.rules, service.own_operators, service.config.workers.child_grace_seconds
+        )
+        try:
+            for artifact in plan.deleted_sources:
+                assert artifact.digest is not None
+                await asyncio.to_thread(
+                    service.store.release_source, artifact.registry, artifact.repository, artifact.digest
+                )
+            enqueued = await asyncio.to_thread(
+                service.store.enqueue, plan.tasks, service.config.workers.max_attempts
+            )
+        except StoreError as exc:
+            return reject("unavailable", 503, "ERR_UNAVAILABLE", str(exc))
+        if any(e.created for e in enqueued):
+            service.pool.wake()
+        reply = WebhookReply(
+            status="accepted" if enqueued else "ignored",
+            tasks=[
+                AcceptedTask.model_validate(
+                    {
+                        "id": e.task_id,
+                        "status": e.status,
+                        "created": e.created,
+                        "source": _source(t.registry, t.repository, t.source_digest, t.tag),
+                        "driver": t.driver,
+                    }
+                )
+                for e, t in zip(enqueued, plan.tasks, strict=True)
+            ],
+            ignored=[IgnoredResource(resource_url=url, reason=reason) for url, reason in plan.ignored],
+        )
+        if not enqueued:
+            count.labels("ignored").inc()
+            return JSONResponse(reply.model_dump(mode="json"), status_code=200)
+        count.labels("accepted" if any(e.created for e in enqueued) else "duplicate").inc()
+        return JSONResponse(reply.model_dump(mode="json"), status_code=202)
+
+    return router
+
+
+def _source(registry: str, repository: str, digest: str | None, tag: str | None) -> str:
+    return f"{registry}/{repository}" + (f"@{digest}" if digest else f":{tag}")

@@ -1,0 +1,249 @@
+"""The worker pool: claims due tasks and runs each attempt in its own process.
+
+A crash, a hang or a kill of a job process never touches the server; a killed server leaves
+running tasks with a lease that expires, so another (or the restarted) server runs them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from acceld.config import RegistryConfig
+from acceld.service.config import WorkerSettings
+from acceld.service.job import JobResult, JobSpec
+from acceld.service.metrics import ServiceMetrics
+from acceld.service.store import Outcome, StoreError, Task, TaskStore
+
+log = logging.getLogger("acceld.service")
+
+
+def backoff_delay(settings: WorkerSettings, attempts: int) -> float:
+    """Exponential backoff after `attempts` failed attempts, ±10 % jitter."""
+    base: float = min(settings.backoff_max, settings.backoff_initial * 2.0 ** max(attempts - 1, 0))
+    return base * random.uniform(0.9, 1.1)
+
+
+class WorkerPool:
+    def __init__(
+        self,
+        store: TaskStore,
+        settings: WorkerSettings,
+        registries: dict[str, RegistryConfig],
+        metrics: ServiceMetrics,
+        cache_dir: Path | None = None,
+        job_command: Callable[[], list[str]] | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.registries = registries
+        self.metrics = metrics
+        self.cache_dir = cache_dir
+        self.owner = uuid.uuid4().hex
+        self._job_command = job_command or (lambda: [sys.executable, "-m", "acceld.service.job"])
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._slots: list[asyncio.Task[None]] = []
+        self._jobs: dict[str, asyncio.subprocess.Process] = {}
+        self._killed_at_shutdown: set[str] = set()
+        self.started = False
+
+    def start(self) -> None:
+        self._slots = [
+            asyncio.create_task(self._slot(), name=f"acceld-worker-{n}")
+            for n in range(self.settings.concurrency)
+        ]
+        self.started = True
+
+    def wake(self) -> None:
+        """New work was queued: idle slots look now instead of at their next poll."""
+        self._wake.set()
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming; give running jobs `grace` seconds, then kill them and requeue their tasks."""
+        self._stopping = True
+        self._wake.set()
+        if not self._slots:
+            return
+        _, pending = await asyncio.wait(self._slots, timeout=grace)
+        for task_id, process in list(self._jobs.items()):
+            self._killed_at_shutdown.add(task_id)
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+        if pending:
+            await asyncio.wait(pending, timeout=10)
+        self.started = False
+
+    async def _slot(self) -> None:
+        while not self._stopping:
+            try:
+                task = await asyncio.to_thread(self.store.claim, self.owner, self.settings.lease_seconds)
+            except StoreError as exc:
+                log.warning("cannot claim tasks: %s", exc)
+                task = None
+            if task is None:
+                await self._idle()
+                continue
+            if self._stopping:
+                await asyncio.to_thread(self.store.requeue, task.id, self.owner)
+                break
+            try:
+                await self._attempt(task)
+            except StoreError as exc:  # the lease expires and another attempt follows
+                log.warning("task %s: cannot record the attempt: %s", task.id, exc)
+
+    async def _idle(self) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=self.settings.poll_seconds)
+
+    def _spec(self, task: Task, known_targets: list[str]) -> JobSpec:
+        return JobSpec(
+            kind="delete" if task.kind == "delete" else "convert",
+            registry=task.registry,
+            repository=task.repository,
+            tag=task.tag,
+            source_digest=task.source_digest,
+            driver=task.driver,
+            options=task.options,
+            platforms=list(task.platforms),
+            registries=self.registries,
+            cache_dir=self.cache_dir,
+            known_targets=known_targets,
+        )
+
+    async def _attempt(self, task: Task) -> None:
+        known_targets: list[str] = []
+        if task.kind == "delete" and task.source_digest:
+            known_targets = await asyncio.to_thread(
+                self.store.result_digests, task.registry, task.repository, task.source_digest, task.driver
+            )
+        spec = self._spec(task, known_targets)
+        log.info(
+            "task %s: attempt %d of %s %s (%s)", task.id, task.attempts, task.kind, task.source, task.driver
+        )
+        started = time.monotonic()
+        result, lost = await self._run_job(task, spec)
+        elapsed = time.monotonic() - started
+        if lost:
+            log.info("task %s: cancelled or taken over; attempt abandoned", task.id)
+            return
+        if task.id in self._killed_at_shutdown:
+            await asyncio.to_thread(self.store.requeue, task.id, self.owner)
+            log.info("task %s: requeued at shutdown", task.id)
+            return
+        if result is None:
+            result = JobResult(status="failed", transient=True, reason="conversion process died")
+        await self._record(task, result, elapsed)
+
+    async def _run_job(self, task: Task, spec: JobSpec) -> tuple[JobResult | None, bool]:
+        """Run the job process with heartbeats; (result or None if it died, lease lost?)."""
+        process = await asyncio.create_subprocess_exec(
+            *self._job_command(),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            start_new_session=True,  # terminal signals reach the server only; it decides about jobs
+        )
+        self._jobs[task.id] = process
+        assert process.stdin is not None and process.stdout is not None
+        try:
+            process.stdin.write(spec.model_dump_json().encode() + b"\n")
+            await process.stdin.drain()
+            output = asyncio.create_task(process.stdout.read())
+            deadline = time.monotonic() + self.settings.job_timeout
+            interval = max(self.settings.lease_seconds / 3, 0.2)
+            while True:
+                done, _ = await asyncio.wait({output}, timeout=interval)
+                if done:
+                    break
+                still_ours = await asyncio.to_thread(
+                    self.store.heartbeat, task.id, self.owner, self.settings.lease_seconds
+                )
+                if not still_ours:
+                    process.kill()
+                    await process.wait()
+                    return None, True
+                if time.monotonic() > deadline:
+                    process.kill()
+                    await process.wait()
+                    minutes = self.settings.job_timeout / 60
+                    return JobResult(
+                        status="failed",
+                        transient=True,
+                        reason=f"conversion timed out after {minutes:g} minutes",
+                    ), False
+            await process.wait()
+            return _parse_result(output.result(), process.returncode), False
+        finally:
+            self._jobs.pop(task.id, None)
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
+            with contextlib.suppress(Exception):
+                process.stdin.close()
+
+    async def _record(self, task: Task, result: JobResult, elapsed: float) -> None:
+        outcome_label = result.status if result.status != "failed" or not result.transient else "retry"
+        self.metrics.conversion_seconds.labels(task.driver, outcome_label).observe(elapsed)
+        if result.status == "failed":
+            reason = result.reason or "unknown error"
+            if result.transient and task.attempts < task.max_attempts:
+                delay = backoff_delay(self.settings, task.attempts)
+                log.warning(
+                    "task %s: attempt %d failed, retrying in %.0f s: %s",
+                    task.id,
+                    task.attempts,
+                    delay,
+                    reason,
+                )
+                await asyncio.to_thread(
+                    self.store.retry_later, task.id, self.owner, reason, time.time() + delay
+                )
+                return
+            if result.transient:
+                reason = f"gave up after {task.attempts} attempts: {reason}"
+            log.warning("task %s failed: %s", task.id, reason)
+            await asyncio.to_thread(self.store.fail, task.id, self.owner, reason)
+            return
+        if result.status == "succeeded" and result.source_size is not None and result.target_size is not None:
+            self.metrics.source_bytes.labels(task.driver).observe(result.source_size)
+            self.metrics.target_bytes.labels(task.driver).observe(result.target_size)
+        log.info("task %s %s: %s", task.id, result.status, result.target or result.reason or "")
+        outcome = Outcome(
+            status=result.status,
+            source_digest=result.source_digest,
+            target=result.target,
+            target_digest=result.target_digest,
+            source_size=result.source_size,
+            target_size=result.target_size,
+            seconds=result.seconds,
+            layers_converted=result.layers_converted,
+            layers_cached=result.layers_cached,
+            reason=result.reason,
+        )
+        await asyncio.to_thread(self.store.complete, task.id, self.owner, outcome)
+
+
+def _parse_result(output: bytes, returncode: int | None) -> JobResult | None:
+    try:
+        return JobResult.model_validate_json(output)
+    except ValidationError:
+        if returncode is not None and returncode < 0:
+            return JobResult(
+                status="failed", transient=True, reason=f"conversion process killed by signal {-returncode}"
+            )
+        if returncode:
+            return JobResult(
+                status="failed", transient=True, reason=f"conversion process exited with code {returncode}"
+            )
+        return None
