@@ -210,5 +210,14 @@ def _register_conversion_commands() -> None:
 _register_conversion_commands()
 
 
+def _register_service_commands() -> None:
+    from acceld.service import cli_commands as service_commands
+
+    service_commands.register(app)
+
+
+_register_service_commands()
+
+
 def main() -> None:
     app()
