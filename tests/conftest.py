@@ -6,9 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from harness.images import LayoutImage
 from harness.refreg import refreg_binary
 from harness.registry import RunningRegistry, run_referrers_registry, run_registry
-from harness.testimages import ImageSet, load_test_images
+from harness.testimages import ImageSet, load_rootfs_image, load_test_images
 from harness.tools import esgz_binary
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -47,6 +48,13 @@ def test_images() -> ImageSet:
     """Offline test images (busybox amd64/arm64, OCI index, Docker schema2, whiteouts, edge tars) in one
     read-only OCI layout, built once into .cache/testimages and reused by later runs."""
     return load_test_images(REPO_ROOT / ".cache" / "testimages")
+
+
+@pytest.fixture(scope="session")
+def rootfs_image() -> tuple[LayoutImage, dict[str, Path]]:
+    """A realistic 2-layer Debian minbase image (~50 MB gzip; built once by debootstrap, ~45 s) and
+    its uncompressed layer tars `rootfs-lower`/`rootfs-upper`. Use it only from tests marked slow."""
+    return load_rootfs_image(REPO_ROOT / ".cache" / "testimages")
 
 
 @pytest.fixture(scope="session")

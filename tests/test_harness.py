@@ -21,7 +21,14 @@ from harness.clients import (
     skopeo_copy,
     skopeo_inspect_raw,
 )
-from harness.images import LayoutImage, build_image, build_referrer, read_blob_json, tar_directory
+from harness.images import (
+    LayoutImage,
+    build_image,
+    build_referrer,
+    child_descriptors,
+    read_blob_json,
+    tar_directory,
+)
 from harness.registry import RunningRegistry
 from harness.testimages import WHITEOUT_REMOVED, ImageSet
 
@@ -315,3 +322,24 @@ def test_referrers_api_only_on_referrers_registry(
     else:
         assert answer.status_code == 200
         assert [m["digest"] for m in answer.json()["manifests"]] == [referrer.digest]
+
+
+@pytest.mark.slow
+def test_rootfs_image_round_trips_over_tls(
+    rootfs_image: tuple[LayoutImage, dict[str, Path]], registry_tls: RunningRegistry, tmp_path: Path
+) -> None:
+    image, layer_tars = rootfs_image
+    with tarfile.open(layer_tars["rootfs-lower"]) as tar:
+        assert "usr/bin/bash" in tar.getnames()
+    push_image(image, registry_tls, "test/rootfs:v1", "alice", tmp_path)
+    skopeo_copy(
+        f"docker://{registry_tls.ref('test/rootfs', 'v1')}",
+        f"oci:{tmp_path / 'back'}:v1",
+        src_registry=registry_tls,
+        src_user="reader",
+    )
+    pulled = {p.name for p in (tmp_path / "back" / "blobs" / "sha256").iterdir()}
+    expected = {c["digest"].partition(":")[2] for c in child_descriptors(image)} | {
+        image.digest.partition(":")[2]
+    }
+    assert pulled == expected

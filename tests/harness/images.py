@@ -256,8 +256,10 @@ def tar_directory(source: Path, out: Path, *, mtime: int | None = None) -> Path:
 
     with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
         for path in sorted(source.rglob("*"), key=lambda p: p.relative_to(source).as_posix()):
-            info = tar.gettarinfo(path, arcname=path.relative_to(source).as_posix())
-            info = normalise(info)
+            found = tar.gettarinfo(path, arcname=path.relative_to(source).as_posix())
+            if found is None:  # sockets have no tar representation
+                continue
+            info = normalise(found)
             if info.isreg():
                 with path.open("rb") as f:
                     tar.addfile(info, f)

@@ -12,15 +12,18 @@ import io
 import json
 import os
 import shutil
+import subprocess
 import tarfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from harness import tars
-from harness.debs import download_debs, extract_deb
+from harness.debs import debian_mirror, download_debs, extract_deb
 from harness.images import AMD64, ARM64, LayoutImage, Platform, build_image, build_index, tar_directory
 
 RECIPE = "v2"  # bump whenever an image recipe below changes
+ROOTFS_RECIPE = "rootfs-v1"
 MTIME = 1_700_000_000
 
 # What the whiteout image's upper layer removes from, and keeps in, the merged view.
@@ -157,20 +160,65 @@ def _load(target: Path) -> ImageSet:
     return ImageSet(**loaded)  # type: ignore[arg-type]
 
 
-def load_test_images(cache_root: Path) -> ImageSet:
-    """Build (once, under a file lock shared by parallel runs) or load the image set in `cache_root`."""
-    target = cache_root / RECIPE
+def _cached(cache_root: Path, name: str, build: Callable[[Path], None]) -> Path:
+    """`cache_root/name`, made by `build(staging_dir)` unless present; locked against parallel runs."""
+    target = cache_root / name
     cache_root.mkdir(parents=True, exist_ok=True)
-    with (cache_root / ".lock").open("w") as lock:
+    with (cache_root / f".{name}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (target / "images.json").exists():
-            staging = cache_root / f"{RECIPE}.building-{os.getpid()}"
+            staging = cache_root / f"{name}.building-{os.getpid()}"
             shutil.rmtree(staging, ignore_errors=True)
             try:
-                _build(staging)
+                build(staging)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
             shutil.rmtree(target, ignore_errors=True)
             staging.rename(target)
-    return _load(target)
+    return target
+
+
+def load_test_images(cache_root: Path) -> ImageSet:
+    """Build (once, under a file lock shared by parallel runs) or load the image set in `cache_root`."""
+    return _load(_cached(cache_root, RECIPE, _build))
+
+
+def _build_rootfs(target: Path) -> None:
+    work = target / "work"
+    rootfs = work / "rootfs"
+    work.mkdir(parents=True)
+    (target / "tars").mkdir()
+    result = subprocess.run(
+        ["debootstrap", "--variant=minbase", "bookworm", str(rootfs), debian_mirror()],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"debootstrap failed ({result.returncode}):\n{result.stdout[-3000:]}{result.stderr}"
+        )
+    for leftover in [*rootfs.glob("var/cache/apt/archives/*.deb"), *rootfs.glob("var/lib/apt/lists/*_*")]:
+        leftover.unlink()
+    lower = tar_directory(rootfs, target / "tars" / "rootfs-lower.tar")
+    upper_tree = work / "upper"
+    (upper_tree / "etc").mkdir(parents=True)
+    (upper_tree / "etc" / "motd").write_text("acceld test rootfs\n")
+    (upper_tree / "usr" / "share").mkdir(parents=True)
+    (upper_tree / "usr" / "share" / ".wh.doc").write_bytes(b"")
+    upper = tar_directory(upper_tree, target / "tars" / "rootfs-upper.tar", mtime=MTIME)
+    image = build_image(target / "layout", [lower, upper], "rootfs")
+    shutil.rmtree(work)
+    (target / "images.json").write_text(json.dumps({**asdict(image), "layout": "layout"}, indent=1))
+
+
+def load_rootfs_image(cache_root: Path) -> tuple[LayoutImage, dict[str, Path]]:
+    """A realistic image: Debian bookworm minbase (debootstrap, ~45 s once, needs root) plus a small
+    upper layer (new /etc/motd, /usr/share/doc whited out). Returns the image and its layer tars."""
+    target = _cached(cache_root, ROOTFS_RECIPE, _build_rootfs)
+    fields_ = json.loads((target / "images.json").read_text())
+    image = LayoutImage(
+        **{**fields_, "layout": target / "layout", "platform": Platform(**fields_["platform"])}
+    )
+    return image, {name: target / "tars" / f"{name}.tar" for name in ("rootfs-lower", "rootfs-upper")}
