@@ -1,4 +1,4 @@
-"""Byte-level rules of the Nydus writer output (spec §3–§6), parsed here independently of the writer."""
+"""Byte-level rules of the Nydus writer output (spec §3 to §6), parsed here independently of the writer."""
 
 from __future__ import annotations
 
