@@ -205,6 +205,7 @@ def _register_conversion_commands() -> None:
     from acceld.convert import cli_commands
 
     app.command("convert")(cli_commands.convert)
+    app.command("check")(cli_commands.check)
 
 
 _register_conversion_commands()

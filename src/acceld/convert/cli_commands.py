@@ -13,6 +13,7 @@ import typer
 from acceld.cli import ConfigOption, InsecureOption, PlainHttpOption, run
 from acceld.config import load_config
 from acceld.convert.api import ConversionRequest, ConversionResult, ConvertOptions, convert_image
+from acceld.convert.check import PlatformCheck, check_image
 from acceld.convert.drivers import DRIVER_CLASSES
 from acceld.convert.errors import ConvertError
 from acceld.progress import format_size, progress_reporter
@@ -138,3 +139,53 @@ def convert(
     result = run(main())
     typer.echo(summary(result), err=True)
     typer.echo(f"{result.target}@{result.target_digest}" if "@" not in result.target else result.target)
+
+
+_SHOWN_DIFFERENCES = 20
+
+
+def report_lines(check: PlatformCheck) -> list[str]:
+    """What `acceld check` prints about one platform."""
+    head = f"{check.platform} {check.format} {check.digest}"
+    if check.ok:
+        return [f"{head}: OK, structure valid, {check.paths} paths identical to source {check.source}"]
+    lines = [f"{head}: FAILED"]
+    lines += [f"  {problem}" for problem in check.problems]
+    if check.differences:
+        lines.append(f"  {len(check.differences)} difference(s) from source {check.source}:")
+        lines += [f"    {line}" for line in check.differences[:_SHOWN_DIFFERENCES]]
+        if len(check.differences) > _SHOWN_DIFFERENCES:
+            lines.append(f"    … {len(check.differences) - _SHOWN_DIFFERENCES} more")
+    return lines
+
+
+def check(
+    image: Annotated[str, typer.Argument(help="Converted image: registry/repo:tag or oci:PATH:TAG.")],
+    source: Annotated[
+        str | None, typer.Option("--source", help="Source image (default: each manifest's subject).")
+    ] = None,
+    platform: PlatformOption = None,
+    config: ConfigOption = None,
+    plain_http: PlainHttpOption = False,
+    insecure: InsecureOption = False,
+) -> None:
+    """Verify a converted image's structure and compare its files with its source's.
+
+    Exit code 0 only when every platform passes both checks.
+    """
+
+    async def main() -> list[PlatformCheck]:
+        return await check_image(
+            image,
+            load_config(config),
+            source=source,
+            platforms=platform or None,
+            plain_http=plain_http,
+            insecure=insecure,
+        )
+
+    results = run(main())
+    for result in results:
+        typer.echo("\n".join(report_lines(result)))
+    if not all(result.ok for result in results):
+        raise typer.Exit(1)

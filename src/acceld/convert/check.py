@@ -1,0 +1,174 @@
+"""`acceld check`: is a converted image well-formed, and does it hold the same files as its source?
+
+For every platform of the image: the layers are read with the reader of their format (which
+checks the format's structure and every digest it carries), turned into an `FsTree`, and
+compared with the tree of the source image, found through the manifest's `subject` or given
+explicitly. The source layers are verified (blob digest, diff_id) as they are read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, cast
+
+from acceld.config import AcceldConfig
+from acceld.convert.errors import ConvertError
+from acceld.convert.formats import FORMATS, LayerFile, detect_format
+from acceld.convert.source import SourceImage, load_source
+from acceld.convert.streams import SourceTarStream
+from acceld.convert.target import Location
+from acceld.errors import AcceldError
+from acceld.formats.driver import SourceLayer
+from acceld.formats.fstree import FsTree, apply_layer_tar, diff_trees
+from acceld.oci.digest import digest_hex, file_digest
+from acceld.oci.models import Descriptor
+from acceld.oci.platform import Platform
+from acceld.oci.reference import LayoutRef, parse_location
+from acceld.registry.layout import OCILayout
+from acceld.registry.store import ImageStore
+from acceld.registry.stores import Stores
+
+_READ_SIZE = 1 << 20
+
+
+@dataclass
+class PlatformCheck:
+    """The verdict for one converted manifest."""
+
+    platform: str
+    digest: str
+    format: str = "unknown"
+    source: str = ""
+    problems: list[str] = field(default_factory=list)  # structural failures
+    differences: list[str] = field(default_factory=list)  # tree differences from the source
+    paths: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and not self.differences
+
+
+def _ref(store: ImageStore, location: Location) -> str:
+    if isinstance(location, LayoutRef):
+        assert isinstance(store, OCILayout)
+        return location.tag or store.default_ref()
+    return location.ref
+
+
+async def check_image(
+    image: str,
+    config: AcceldConfig,
+    *,
+    source: str | None = None,
+    platforms: Sequence[str] | None = None,
+    plain_http: bool = False,
+    insecure: bool = False,
+) -> list[PlatformCheck]:
+    """Check every (selected) platform of `image`; raises AcceldError only when nothing can be checked."""
+    workspace = Path(tempfile.mkdtemp(prefix="acceld-check-"))
+    try:
+        async with Stores(config, plain_http=plain_http, insecure=insecure) as stores:
+            location = parse_location(image)
+            store = stores.open(location)
+            plan = await load_source(store, _ref(store, location), platforms)
+            source_store: ImageStore = store
+            source_images: Sequence[SourceImage] | None = None
+            if source is not None:
+                source_location = parse_location(source)
+                source_store = stores.open(source_location)
+                source_plan = await load_source(source_store, _ref(source_store, source_location), None)
+                source_images = source_plan.images
+            results = []
+            for n, converted in enumerate(plan.images):
+                work = workspace / str(n)
+                work.mkdir()
+                results.append(await _check_one(store, converted, source_store, source_images, work))
+            return results
+    finally:
+        await asyncio.to_thread(shutil.rmtree, workspace, True)
+
+
+async def _check_one(
+    store: ImageStore,
+    converted: SourceImage,
+    source_store: ImageStore,
+    source_images: Sequence[SourceImage] | None,
+    work: Path,
+) -> PlatformCheck:
+    verdict = PlatformCheck(platform=converted.platform, digest=converted.raw.digest)
+    try:
+        original = await _find_source(source_store, converted, source_images)
+        verdict.source = original.raw.digest
+        image_format = detect_format(converted.manifest)
+        verdict.format = image_format
+        layers = converted.manifest.layers
+        files = [LayerFile(await _local_blob(store, layer, work, verdict), layer) for layer in layers]
+        try:
+            actual = await asyncio.to_thread(FORMATS[image_format].read_tree, files, work)
+        except AcceldError as exc:
+            verdict.problems.append(f"{image_format}: {exc}")
+            return verdict
+        expected = await _source_tree(source_store, original, work)
+    except AcceldError as exc:
+        verdict.problems.append(str(exc))
+        return verdict
+    verdict.paths = len(expected.paths())
+    verdict.differences = diff_trees(expected, actual, ignore_fields=FORMATS[image_format].ignored_fields)
+    return verdict
+
+
+async def _find_source(
+    store: ImageStore, converted: SourceImage, candidates: Sequence[SourceImage] | None
+) -> SourceImage:
+    """The source image: among `candidates` the one of the same platform, else the `subject`."""
+    if candidates is not None:
+        wanted = converted.config.platform
+        matches = [c for c in candidates if Platform.parse(c.platform).matches(wanted)]
+        if len(matches) != 1:
+            raise ConvertError(f"--source has {len(matches)} images for platform {converted.platform}")
+        return matches[0]
+    subject = converted.manifest.subject
+    if subject is None:
+        raise ConvertError(f"{converted.raw.digest} has no subject: name its source with --source")
+    plan = await load_source(store, subject.digest, None)
+    return plan.images[0]
+
+
+async def _local_blob(store: ImageStore, layer: Descriptor, work: Path, verdict: PlatformCheck) -> Path:
+    """The converted layer as a local file; a digest mismatch is recorded, not raised, so the
+    format reader still reports what exactly is wrong."""
+    if isinstance(store, OCILayout):
+        path = store.blob_path(layer.digest)
+        digest, size = await asyncio.to_thread(file_digest, path)
+        if (digest, size) != (layer.digest, layer.size):
+            verdict.problems.append(f"layer {layer.digest}: file has digest {digest} ({size} bytes)")
+        return path
+    path = work / f"layer-{digest_hex(layer.digest)}"
+    await store.fetch_blob(layer, path)
+    return path
+
+
+async def _source_tree(store: ImageStore, image: SourceImage, work: Path) -> FsTree:
+    tree = FsTree()
+    for layer in image.layers:
+        desc = Descriptor(mediaType=layer.media_type, digest=layer.digest, size=layer.size)
+        if isinstance(store, OCILayout):
+            path = store.blob_path(layer.digest)
+        else:
+            path = work / f"source-{digest_hex(layer.digest)}"
+            await store.fetch_blob(desc, path)
+        await asyncio.to_thread(_apply_source_layer, tree, path, layer)
+    return tree
+
+
+def _apply_source_layer(tree: FsTree, path: Path, layer: SourceLayer) -> None:
+    with path.open("rb") as blob:
+        stream = SourceTarStream(cast(BinaryIO, blob), layer)
+        apply_layer_tar(tree, cast(BinaryIO, io.BufferedReader(stream, _READ_SIZE)))
+        stream.finish()

@@ -1,0 +1,73 @@
+"""Each converted format as `acceld check` reads it: how to recognise it and how to read its tree.
+
+A format's `read_tree` validates the layers with that format's own reader (every structure and
+digest the format carries) and returns the image's merged filesystem tree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from acceld.convert.errors import ConvertError
+from acceld.formats.fstree import FsTree
+from acceld.oci.digest import digest_hex
+from acceld.oci.models import Descriptor, Manifest
+
+NYDUS_BOOTSTRAP = "containerd.io/snapshot/nydus-bootstrap"
+NYDUS_BLOB = "containerd.io/snapshot/nydus-blob"
+ESTARGZ_TOC = "containerd.io/snapshot/stargz/toc.digest"
+ZSTD_CHUNKED_TOC = "io.github.containers.zstd-chunked.manifest-checksum"
+
+
+@dataclass(frozen=True)
+class LayerFile:
+    """A converted layer on local disk with its manifest descriptor."""
+
+    path: Path
+    descriptor: Descriptor
+
+
+class FormatReader(Protocol):
+    ignored_fields: tuple[str, ...]  # Node fields the format does not keep
+
+    def read_tree(self, layers: Sequence[LayerFile], workdir: Path) -> FsTree: ...
+
+
+class NydusReader:
+    ignored_fields: tuple[str, ...] = ()
+
+    def read_tree(self, layers: Sequence[LayerFile], workdir: Path) -> FsTree:
+        from acceld.formats.nydus.reader import RafsImage
+
+        *blobs, bootstrap = layers
+        image = RafsImage.from_bootstrap_layer(
+            bootstrap.path, {digest_hex(blob.descriptor.digest): blob.path for blob in blobs}
+        )
+        image.verify()
+        return image.to_fstree()
+
+
+FORMATS: dict[str, FormatReader] = {"nydus": NydusReader()}
+
+
+def _annotated(manifest: Manifest, key: str) -> bool:
+    return any(key in (layer.annotations or {}) for layer in manifest.layers)
+
+
+def detect_format(manifest: Manifest) -> str:
+    """The format of a converted image, from the annotations its layers carry."""
+    layers = manifest.layers
+    if layers and (layers[-1].annotations or {}).get(NYDUS_BOOTSTRAP) == "true":
+        found = "nydus"
+    elif _annotated(manifest, ZSTD_CHUNKED_TOC):
+        found = "zstdchunked"
+    elif _annotated(manifest, ESTARGZ_TOC):
+        found = "estargz"
+    else:
+        raise ConvertError("not a converted image: no Nydus, zstd:chunked or eStargz layer annotations")
+    if found not in FORMATS:
+        raise ConvertError(f"checking {found} images is not supported yet")
+    return found
