@@ -50,7 +50,7 @@ class EstargzDriver:
             min_chunk_size=self.min_chunk_size,
             compression_level=self.compression_level,
             prefetch_files=tuple(self.prefetch_files),
-            workers=self.workers or os.cpu_count() or 1,
+            workers=(os.cpu_count() or 1) if self.workers is None else self.workers,
         )
 
     def options_key(self) -> str:

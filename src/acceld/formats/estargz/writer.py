@@ -346,6 +346,8 @@ def write_estargz(source: BinaryIO, out: BinaryIO, workdir: Path, options: Write
     with tempfile.TemporaryFile(dir=workdir, prefix="estargz-spool-") as spool:
         with open(spool.fileno(), "wb", buffering=_READ_PIECE, closefd=False) as spool_writer:
             entries = scan_tar(tar, spool_writer, options.chunk_size)
+        while tar.read(_READ_PIECE):
+            pass  # read past the tar's end so that gzip checksums and trailing garbage are checked
         items, missed = arrange(entries, options.prefetch_files)
         del entries
         placements = [
