@@ -69,6 +69,7 @@ _KINDS: Final = {
     stat.S_IFIFO: "fifo",
     stat.S_IFSOCK: "socket",
 }
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 _BLOB_META_NAME = re.compile(r"image/([0-9a-f]{64})\.blob\.meta")
 _BOOTSTRAP_NAMES: Final = ("image/image.boot", "image.boot")  # the second is the legacy name
 
@@ -125,6 +126,7 @@ class RafsImage:
         self.blob_metas: dict[str, bytes] = {}
         self._blobs: dict[int, NydusBlob] = {}
         self._records: dict[tuple[int, int], ChunkRecord] = self.bootstrap.chunk_records_by_address()
+        self._inline_index: int | None = None  # the blob whose inline bootstrap this is (`from_blob`)
 
     @classmethod
     def from_blob(cls, blob_path: Path | str) -> RafsImage:
@@ -136,6 +138,7 @@ class RafsImage:
         image = cls(raw)
         own = select_blob_entry(image.bootstrap, path)
         image.blob_paths[own.blob_id] = path
+        image._inline_index = own.index
         return image
 
     @classmethod
@@ -268,9 +271,13 @@ class RafsImage:
                 if rec.blob_index == entry.index
             }
             report = verify_blob(path, entry, expected_digests=expected)
-            if check_blob_ids and entry.blob_id != PLACEHOLDER_BLOB_ID and report.sha256 != entry.blob_id:
+            blob_id: str | None = entry.blob_id
+            if entry.index == self._inline_index or blob_id == PLACEHOLDER_BLOB_ID:
+                # a per-layer bootstrap's own blob is named by its file (placeholder or stale id inside)
+                blob_id = path.name if _HEX64.fullmatch(path.name) else None
+            if check_blob_ids and blob_id is not None and report.sha256 != blob_id:
                 raise BlobError(
-                    f"blob {path.name}: sha256 {report.sha256} differs from its blob id {entry.blob_id}"
+                    f"blob {path.name}: sha256 {report.sha256} differs from its blob id {blob_id}"
                 )
             self._check_against_blob(entry, self.blob(entry.index))
             reports.append(report)

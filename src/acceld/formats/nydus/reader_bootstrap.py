@@ -614,6 +614,10 @@ class _BootstrapParser:
             path, directory, parent_nid = stack.pop()
             subdirs: list[tuple[str, Inode, int]] = []
             for name, nid, ftype in directory.entries:
+                if name in (b".", b"..") and ftype != FILE_TYPES[stat.S_IFDIR]:
+                    raise BootstrapError(
+                        f"directory {path} (nid {directory.nid}): {name!r} has file type {ftype}"
+                    )
                 if name == b".":
                     if nid != directory.nid:
                         raise BootstrapError(
@@ -847,6 +851,12 @@ class _BootstrapParser:
                 )
             addrs.append(addr)
         if 1 << chunk_bits > chunk_size:
+            # nydus-image's page-cache layout: one chunk of next_pow2(size) for contiguous files.
+            if inode.size <= chunk_size or 1 << chunk_bits != 1 << (inode.size - 1).bit_length():
+                raise BootstrapError(
+                    f"{where}: chunk format i_u {i_u:#x} declares {1 << chunk_bits}-byte chunks; expected "
+                    f"the superblock chunk size {chunk_size} or next_pow2(i_size {inode.size}) above it"
+                )
             _check_contiguous(addrs, chunk_size, where)
         inode.chunks = tuple(addrs)
         return end
@@ -1048,6 +1058,8 @@ def _parse_dirent_block(block: bytes, final: bool, where: str) -> Iterator[tuple
         if not name or b"/" in name or b"\0" in name:
             raise BootstrapError(f"{where}: dirent {i} has an invalid name {name!r}")
         ftype = block[i * DIRENT_SIZE + 10]
+        if block[i * DIRENT_SIZE + 11]:
+            raise BootstrapError(f"{where}: dirent {i} ({name!r}) has a non-zero reserved byte")
         if not 1 <= ftype <= 7:
             raise BootstrapError(f"{where}: dirent {i} ({name!r}) has file type {ftype}, expected 1..7")
         yield name, u64(block, i * DIRENT_SIZE), ftype
