@@ -84,7 +84,7 @@ class WebhookSettings(_Section):
 
 
 class WorkerSettings(_Section):
-    concurrency: int = Field(default=2, ge=1, le=64)
+    concurrency: int = Field(default=2, ge=0, le=64)  # 0: intake only (another instance converts)
     max_attempts: int = Field(default=5, ge=1)
     backoff_initial: float = Field(default=5.0, gt=0)
     backoff_max: float = Field(default=600.0, gt=0)
