@@ -103,10 +103,10 @@ async def _check_one(
 ) -> PlatformCheck:
     verdict = PlatformCheck(platform=converted.platform, digest=converted.raw.digest)
     try:
-        original = await _find_source(source_store, converted, source_images)
-        verdict.source = original.raw.digest
         image_format = detect_format(converted.manifest)
         verdict.format = image_format
+        original = await _find_source(source_store, converted, source_images)
+        verdict.source = original.raw.digest
         layers = converted.manifest.layers
         files = [LayerFile(await _local_blob(store, layer, work, verdict), layer) for layer in layers]
         try:

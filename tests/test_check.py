@@ -1,0 +1,117 @@
+"""`acceld check` as users run it: the real command on converted images in layouts and a registry."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from harness.images import blob_path, read_blob_json
+from harness.registry import RunningRegistry
+from harness.testimages import ImageSet
+
+ACCELD = str(Path(sys.executable).with_name("acceld"))
+REF_NAME = "org.opencontainers.image.ref.name"
+
+
+def acceld(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [ACCELD, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"ACCELD_CACHE_DIR": str(cache), "PATH": ""},
+    )
+
+
+def tagged(layout: Path, tag: str) -> str:
+    index = json.loads((layout / "index.json").read_bytes())
+    (entry,) = [m for m in index["manifests"] if m.get("annotations", {}).get(REF_NAME) == tag]
+    return str(entry["digest"])
+
+
+@pytest.fixture(scope="module")
+def converted_layout(test_images: ImageSet, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test images with edge, whiteout and the busybox index converted to Nydus (`<tag>-nydus`)."""
+    layout = tmp_path_factory.mktemp("check") / "layout"
+    shutil.copytree(test_images.layout, layout)
+    for tag in ("edge", "whiteout", "busybox"):
+        result = acceld("convert", f"oci:{layout}:{tag}", "--driver", "nydus", cache=layout.parent / "cache")
+        assert result.returncode == 0, result.stderr
+    return layout
+
+
+@pytest.fixture
+def layout(converted_layout: Path, tmp_path: Path) -> Path:
+    """A private copy of `converted_layout` that a test may damage."""
+    copy = tmp_path / "layout"
+    shutil.copytree(converted_layout, copy)
+    return copy
+
+
+def test_good_conversions_pass(layout: Path, tmp_path: Path) -> None:
+    for tag in ("edge-nydus", "whiteout-nydus", "busybox-nydus"):
+        result = acceld("check", f"oci:{layout}:{tag}", cache=tmp_path / "cache")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "FAILED" not in result.stdout
+    busybox = acceld("check", f"oci:{layout}:busybox-nydus", cache=tmp_path / "cache").stdout.splitlines()
+    assert [line.split()[0] for line in busybox] == ["linux/amd64", "linux/arm64/v8"]
+    assert all(": OK, structure valid" in line for line in busybox)
+
+
+@pytest.mark.parametrize("layer", [0, -1], ids=["blob-layer", "bootstrap-layer"])
+def test_flipped_byte_in_converted_blob_fails(layout: Path, tmp_path: Path, layer: int) -> None:
+    manifest = read_blob_json(layout, tagged(layout, "edge-nydus"))
+    path = blob_path(layout, manifest["layers"][layer]["digest"])
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0x40
+    path.write_bytes(bytes(data))
+    result = acceld("check", f"oci:{layout}:{'edge-nydus'}", cache=tmp_path / "cache")
+    assert result.returncode == 1
+    assert "FAILED" in result.stdout and "nydus:" in result.stdout
+
+
+def test_wrong_source_shows_differences(layout: Path, tmp_path: Path) -> None:
+    result = acceld(
+        "check",
+        f"oci:{layout}:{'whiteout-nydus'}",
+        "--source",
+        f"oci:{layout}:edge",
+        cache=tmp_path / "cache",
+    )
+    assert result.returncode == 1
+    assert "difference(s) from source" in result.stdout
+    assert "missing: " in result.stdout or "unexpected: " in result.stdout
+
+
+def test_explicit_source_matches_by_platform(layout: Path, tmp_path: Path) -> None:
+    result = acceld(
+        "check", f"oci:{layout}:busybox-nydus", "--source", f"oci:{layout}:busybox", cache=tmp_path / "cache"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_unconverted_image_is_not_accepted(layout: Path, tmp_path: Path) -> None:
+    result = acceld("check", f"oci:{layout}:busybox-amd64", cache=tmp_path / "cache")
+    assert result.returncode == 1
+    assert "not a converted image" in result.stdout
+
+
+def test_check_through_registry(layout: Path, registry_plain: RunningRegistry, tmp_path: Path) -> None:
+    target = f"{registry_plain.host}/check/edge:nydus"
+    converted = acceld(
+        "convert", f"oci:{layout}:edge", target, "-d", "nydus", "--plain-http", cache=tmp_path / "cache"
+    )
+    assert converted.returncode == 0, converted.stderr
+    assert converted.stdout.strip().startswith(f"{target}@sha256:")
+    # the subject lives in the source layout, not in the registry: name it
+    result = acceld(
+        "check", target, "--source", f"oci:{layout}:edge", "--plain-http", cache=tmp_path / "cache"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    missing_subject = acceld("check", target, "--plain-http", cache=tmp_path / "cache")
+    assert missing_subject.returncode == 1
+    assert "not found" in missing_subject.stdout
