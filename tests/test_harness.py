@@ -165,6 +165,7 @@ def test_token_server_protocol(registry_token: RunningRegistry) -> None:
     }
     assert httpx.post(realm, data=form).status_code == 200
     assert httpx.post(realm, data={**form, "password": "nope"}).status_code == 401
+    assert "refresh_token" in httpx.post(realm, data={**form, "access_type": "offline"}).json()
     refresh = tokens.issue_refresh_token("alice")
     answer = httpx.post(
         realm,

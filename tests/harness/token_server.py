@@ -167,10 +167,15 @@ def _handler(server: TokenServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
-        def _serve(self, params: dict[str, list[str]], account: str | None) -> None:
+        def _serve(
+            self, params: dict[str, list[str]], account: str | None, refresh_token: str | None = None
+        ) -> None:
             if params.get("service", [SERVICE])[0] != SERVICE:
                 raise _Refused(400, "unknown service")
-            self._answer(200, server.issue(account, params.get("scope", [])))
+            answer = server.issue(account, params.get("scope", []))
+            if refresh_token is not None:
+                answer["refresh_token"] = refresh_token
+            self._answer(200, answer)
 
         def do_GET(self) -> None:
             try:
@@ -183,16 +188,19 @@ def _handler(server: TokenServer) -> type[BaseHTTPRequestHandler]:
             params = parse_qs(self.rfile.read(length).decode())
             try:
                 grant = params.get("grant_type", [""])[0]
+                refresh_token = None
                 if grant == "password":
                     user, password = params.get("username", [""])[0], params.get("password", [""])[0]
                     account: str | None = _check_password(user, password)
+                    if params.get("access_type", [""])[0] == "offline":
+                        refresh_token = server.issue_refresh_token(user)
                 elif grant == "refresh_token":
                     account = server.refresh_tokens.get(params.get("refresh_token", [""])[0])
                     if account is None:
                         raise _Refused(401, "unknown refresh token")
                 else:
                     raise _Refused(400, f"unsupported grant_type {grant!r}")
-                self._serve(params, account)
+                self._serve(params, account, refresh_token)
             except _Refused as exc:
                 self._answer(exc.status, {"error": "invalid_grant", "error_description": str(exc)})
 
@@ -205,14 +213,20 @@ def _check_password(user: str, password: str) -> str:
     return user
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients that reject the TLS certificate or hang up are part of the tests, not errors."""
+
+
 @contextmanager
 def run_token_server(
     root_cert_file: Path, tls_context: ssl.SSLContext | None = None
 ) -> Iterator[TokenServer]:
     """Serve tokens at `<url>` (path /token) on 127.0.0.1 with a free port, over TLS if a context is given."""
     server = TokenServer(root_cert_file)
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(server))
-    httpd.daemon_threads = True
+    httpd = _QuietServer(("127.0.0.1", 0), _handler(server))
     scheme = "http"
     if tls_context is not None:
         httpd.socket = tls_context.wrap_socket(httpd.socket, server_side=True, do_handshake_on_connect=False)
