@@ -107,8 +107,11 @@ async def _check_one(
         verdict.format = image_format
         original = await _find_source(source_store, converted, source_images)
         verdict.source = original.raw.digest
-        layers = converted.manifest.layers
-        files = [LayerFile(await _local_blob(store, layer, work, verdict), layer) for layer in layers]
+        diff_ids = converted.config.rootfs.diff_ids
+        files = [
+            LayerFile(await _local_blob(store, layer, work, verdict), layer, diff_id)
+            for layer, diff_id in zip(converted.manifest.layers, diff_ids, strict=True)
+        ]
         try:
             actual = await asyncio.to_thread(FORMATS[image_format].read_tree, files, work)
         except AcceldError as exc:

@@ -24,10 +24,11 @@ ZSTD_CHUNKED_TOC = "io.github.containers.zstd-chunked.manifest-checksum"
 
 @dataclass(frozen=True)
 class LayerFile:
-    """A converted layer on local disk with its manifest descriptor."""
+    """A converted layer on local disk with its manifest descriptor and config diff_id."""
 
     path: Path
     descriptor: Descriptor
+    diff_id: str
 
 
 class FormatReader(Protocol):
@@ -50,7 +51,22 @@ class NydusReader:
         return image.to_fstree()
 
 
-FORMATS: dict[str, FormatReader] = {"nydus": NydusReader()}
+class ZstdChunkedReader:
+    ignored_fields: tuple[str, ...] = ()
+
+    def read_tree(self, layers: Sequence[LayerFile], workdir: Path) -> FsTree:
+        from acceld.formats.zstdchunked.reader import ZstdChunkedReader as LayerReader
+        from acceld.formats.zstdchunked.reader import tree_from_readers
+
+        readers = []
+        for layer in layers:
+            reader = LayerReader(layer.path, layer.descriptor.annotations or {})
+            reader.verify(diff_id=layer.diff_id)
+            readers.append(reader)
+        return tree_from_readers(readers)
+
+
+FORMATS: dict[str, FormatReader] = {"nydus": NydusReader(), "zstdchunked": ZstdChunkedReader()}
 
 
 def _annotated(manifest: Manifest, key: str) -> bool:
