@@ -20,6 +20,7 @@ from typing import BinaryIO
 import fastcrc
 import zstandard
 
+from acceld.formats.driver import FormatError
 from acceld.formats.zstdchunked.chunker import Chunker, Piece, Zeros
 from acceld.formats.zstdchunked.frames import FrameSink, Mark
 from acceld.formats.zstdchunked.tarheaders import TarHeader, TarHeaderReader
@@ -119,6 +120,9 @@ class _LayerWriter:
             self._tar_split.file(header.name, header.size, crc)
         self._raw(raw)
         while rest := self._source.read(_TRAILER_SEGMENT):
+            if rest.strip(b"\0"):
+                # containers/storage parses every tar-split segment as a header: it would refuse the layer
+                raise FormatError("layer tar has data other than zeros after its end-of-archive marker")
             self._raw(rest)
         self._sink.end_frame()
         self._sink.flush()
