@@ -132,13 +132,15 @@ class RafsImage:
     def from_blob(cls, blob_path: Path | str) -> RafsImage:
         """The per-layer image of one blob layer, read through its inline `image.boot`."""
         path = Path(blob_path)
-        raw = NydusBlob(path).inline_bootstrap()
+        blob = NydusBlob(path)
+        raw = blob.inline_bootstrap()
         if raw is None:
             raise BlobError(f"blob {path.name}: no inline bootstrap (image.boot part)")
         image = cls(raw)
-        own = select_blob_entry(image.bootstrap, path)
-        image.blob_paths[own.blob_id] = path
-        image._inline_index = own.index
+        own = select_blob_entry(image.bootstrap, blob)
+        if own is not None:
+            image.blob_paths[own.blob_id] = path
+            image._inline_index = own.index
         return image
 
     @classmethod

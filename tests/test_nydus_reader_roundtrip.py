@@ -1,0 +1,211 @@
+"""Round trip: the lead's edge tars → NydusDriver (writer) → the independent reader.
+
+The reader shares no code with the writer, so a tree or structure mismatch here is a writer bug
+(or a reader bug): both sides derive their rules from ../shared/docs/formats/nydus-rafs-v6.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import shutil
+import subprocess
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from harness.tars import write_edge_lower, write_edge_upper
+
+from acceld.formats.driver import LayerBlob, SourceLayer
+from acceld.formats.fstree import FsTree, diff_trees, tree_from_directory, tree_from_layers
+from acceld.formats.nydus.driver import NydusDriver
+from acceld.formats.nydus.reader import RafsImage, open_bootstrap_layer
+from acceld.formats.nydus.reader_blob import expand_blob
+
+CHUNK = 0x10000  # small chunks: many chunks per file, fast
+
+
+@dataclass
+class Converted:
+    tars: list[Path]
+    blobs: dict[str, Path]  # blob id (hex) → blob file
+    bootstrap_layer: Path
+
+
+def sha256_file(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def convert(tmp_path: Path, driver: NydusDriver, tars: list[Path]) -> Converted:
+    blob_dir = tmp_path / "blobs"
+    blob_dir.mkdir()
+    layers: list[LayerBlob] = []
+    blobs: dict[str, Path] = {}
+    for i, tar in enumerate(tars):
+        workdir = tmp_path / f"work{i}"
+        workdir.mkdir()
+        diff_id = "sha256:" + sha256_file(tar)
+        source = SourceLayer(
+            digest=diff_id, media_type="application/vnd.oci.image.layer.v1.tar", size=0, diff_id=diff_id
+        )
+        staging = tmp_path / f"blob{i}"
+        with tar.open("rb") as stream, staging.open("wb") as out:
+            output = driver.convert_layer(stream, out, source, workdir)
+        blob_id = sha256_file(staging)
+        path = blob_dir / blob_id
+        staging.rename(path)
+        blobs[blob_id] = path
+        digest = "sha256:" + blob_id
+        assert output.diff_id == digest
+        layers.append(
+            LayerBlob(
+                path, output.media_type, digest, path.stat().st_size, output.diff_id, output.annotations
+            )
+        )
+    finalize_dir = tmp_path / "finalize"
+    finalize_dir.mkdir()
+    additions = driver.finalize(layers, finalize_dir)
+    return Converted(tars=tars, blobs=blobs, bootstrap_layer=additions.extra_layers[-1].path)
+
+
+def expected_tree(tars: list[Path]) -> FsTree:
+    handles = [tar.open("rb") for tar in tars]
+    try:
+        return tree_from_layers(handles)
+    finally:
+        for handle in handles:
+            handle.close()
+
+
+@pytest.fixture(scope="module")
+def edge_tars(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    base = tmp_path_factory.mktemp("edge")
+    return [write_edge_lower(base / "lower.tar", chunk_size=CHUNK), write_edge_upper(base / "upper.tar")]
+
+
+@pytest.mark.parametrize(
+    ("compressor", "digester"),
+    [("zstd", "blake3"), ("lz4_block", "sha256"), ("none", "blake3")],
+)
+def test_edge_image_round_trips_through_the_reader(
+    tmp_path: Path, edge_tars: list[Path], compressor: str, digester: str
+) -> None:
+    converted = convert(
+        tmp_path, NydusDriver(compressor=compressor, chunk_size=CHUNK, digester=digester), edge_tars
+    )
+    image = RafsImage.from_bootstrap_layer(converted.bootstrap_layer, converted.blobs)
+    reports = image.verify()
+    assert [r.sha256 for r in reports] == [b.blob_id for b in image.bootstrap.blobs]
+    assert image.bootstrap.chunk_size == CHUNK
+    assert diff_trees(expected_tree(edge_tars), image.to_fstree()) == []
+
+
+def test_each_blob_layer_verifies_on_its_own(tmp_path: Path, edge_tars: list[Path]) -> None:
+    converted = convert(tmp_path, NydusDriver(chunk_size=CHUNK), edge_tars)
+    for blob_id, path in converted.blobs.items():
+        image = RafsImage.from_blob(path)
+        (report,) = image.verify()
+        assert report.sha256 == blob_id
+        assert [e.name for e in report.toc][-1] == "image.boot"
+    lower = RafsImage.from_blob(converted.blobs[sha256_blob_of(converted, 0)])
+    assert diff_trees(expected_tree(edge_tars[:1]), lower.to_fstree()) == []
+
+
+def sha256_blob_of(converted: Converted, index: int) -> str:
+    return list(converted.blobs)[index]
+
+
+def test_bootstrap_layer_carries_one_blob_meta_per_blob(tmp_path: Path, edge_tars: list[Path]) -> None:
+    converted = convert(tmp_path, NydusDriver(chunk_size=CHUNK), edge_tars)
+    layer = open_bootstrap_layer(converted.bootstrap_layer)
+    image = RafsImage(layer.bootstrap, converted.blobs)
+    with_chunks = {b.blob_id for b in image.bootstrap.blobs if b.chunk_count}
+    assert set(layer.blob_metas) == with_chunks
+    image.check_blob_metas(layer.blob_metas)
+    image.verify()
+
+
+def test_fsck_erofs_extracts_what_the_reader_reads(tmp_path: Path, edge_tars: list[Path]) -> None:
+    fsck = shutil.which("fsck.erofs")
+    if fsck is None:
+        pytest.skip("fsck.erofs (Debian erofs-utils) is not installed")
+    converted = convert(tmp_path, NydusDriver(chunk_size=CHUNK), edge_tars)
+    layer = open_bootstrap_layer(converted.bootstrap_layer)
+    bootstrap = tmp_path / "image.boot"
+    bootstrap.write_bytes(layer.bootstrap)
+    image = RafsImage(layer.bootstrap, converted.blobs)
+    devices = []
+    for entry in image.bootstrap.blobs:
+        device = tmp_path / f"raw{entry.index}.bin"
+        with device.open("wb") as out:
+            expand_blob(image.blob(entry.index), entry, out)
+        devices.append(f"--device={device}")
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [fsck, *devices, f"--extract={out}", str(bootstrap)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    differences = diff_trees(image.to_fstree(), tree_from_directory(out), ignore_fields=("mtime", "xattrs"))
+    # erofs-utils 1.5: hardlinks become copies, chown after chmod drops setuid/setgid (spec §12.1).
+    setid_lost = re.compile(r".*: mode (\d+) != (\d+)")
+    unexplained = [
+        d
+        for d in differences
+        if not d.startswith("hardlinks")
+        and not ((m := setid_lost.fullmatch(d)) and int(m[1]) & ~0o6000 == int(m[2]))
+    ]
+    assert unexplained == []
+
+
+def write_stress_layer(path: Path) -> Path:
+    """Shapes the edge tars lack: multi-block directories, long symlink targets, big xattr sets."""
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as archive:
+
+        def add(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"", **attrs: object) -> None:
+            info = tarfile.TarInfo(name)
+            info.type, info.mtime, info.mode = (
+                kind,
+                1_700_000_000,
+                0o755 if kind == tarfile.DIRTYPE else 0o644,
+            )
+            for key, value in attrs.items():
+                setattr(info, key, value)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data) if data else None)
+
+        add("big", tarfile.DIRTYPE)
+        for i in range(300):  # ~300 x (12 + 60) bytes of dirents: several 4 KiB blocks
+            add(f"big/{i:04d}-" + "n" * 55, data=f"file {i}\n".encode())
+        add("big/!sorts-before-dot", data=b"bang\n")
+        add("links", tarfile.DIRTYPE)
+        add("links/long-target", tarfile.SYMTYPE, linkname="/" + "t" * 3000)
+        add("links/block-target", tarfile.SYMTYPE, linkname="x/" * 2048 + "end")
+        xattrs = {f"SCHILY.xattr.user.k{i:03d}": "v" * (i % 50) for i in range(120)}
+        add("xattr-heavy", data=b"x" * 5000, pax_headers=xattrs)
+        add("empty-dir", tarfile.DIRTYPE)
+    return path
+
+
+def write_metadata_only_layer(path: Path) -> Path:
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as archive:
+        info = tarfile.TarInfo("only-dirs/nested")
+        info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o700, 1_700_000_100
+        archive.addfile(info)
+        empty = tarfile.TarInfo("only-dirs/empty-file")
+        empty.mtime = 1_700_000_100
+        archive.addfile(empty, io.BytesIO(b""))
+    return path
+
+
+def test_stress_and_metadata_only_layers_round_trip(tmp_path: Path) -> None:
+    tars = [write_stress_layer(tmp_path / "stress.tar"), write_metadata_only_layer(tmp_path / "meta.tar")]
+    converted = convert(tmp_path, NydusDriver(chunk_size=CHUNK), tars)
+    image = RafsImage.from_bootstrap_layer(converted.bootstrap_layer, converted.blobs)
+    image.verify()
+    assert image.inode("/big").size > 3 * 4096
+    assert diff_trees(expected_tree(tars), image.to_fstree()) == []
+    for path in converted.blobs.values():
+        RafsImage.from_blob(path).verify()
