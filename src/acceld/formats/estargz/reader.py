@@ -1,0 +1,403 @@
+"""An eStargz reader and verifier for `acceld check`, written independently from the writer.
+
+`open_estargz` parses the footer and the TOC; `EstargzLayer.verify` then reads the blob once from
+start to end, as consecutive gzip members, and checks: the TOC digest; that every recorded
+`offset` is the start of a gzip member; every chunk's `chunkDigest` (honouring `innerOffset`);
+that the decompressed stream is a tar whose entries are the TOC's entries in order, with the
+recorded sizes, link targets and file `digest`s; and it measures the diff_id and uncompressed
+size. `apply_to` adds the layer's files to an `FsTree` as a lazy-pulling snapshotter sees them
+(TOC view, OCI whiteouts applied, landmarks hidden).
+"""
+
+from __future__ import annotations
+
+import base64
+import calendar
+import hashlib
+import io
+import json
+import os
+import posixpath
+import re
+import tarfile
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+from isal import isal_zlib
+
+from acceld.formats.driver import FormatError
+from acceld.formats.fstree import FsTree, Node, normalize
+
+FOOTER_SIZE = 51
+LEGACY_FOOTER_SIZE = 47
+TOC_NAME = "stargz.index.json"
+LANDMARK_NAMES = frozenset({".prefetch.landmark", ".no.prefetch.landmark"})
+_WHITEOUT = ".wh."
+_OPAQUE = ".wh..wh..opq"
+_READ_SIZE = 1 << 20
+_MAX_TOC_SIZE = 1 << 30
+_NODE_KINDS = {"reg", "dir", "symlink", "char", "block", "fifo"}
+_ENTRY_TYPES = _NODE_KINDS | {"hardlink", "chunk"}
+_TAR_TYPES = {
+    tarfile.REGTYPE: "reg",
+    tarfile.AREGTYPE: "reg",
+    tarfile.LNKTYPE: "hardlink",
+    tarfile.SYMTYPE: "symlink",
+    tarfile.CHRTYPE: "char",
+    tarfile.BLKTYPE: "block",
+    tarfile.DIRTYPE: "dir",
+    tarfile.FIFOTYPE: "fifo",
+}
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    toc_digest: str
+    diff_id: str
+    uncompressed_size: int
+    entries: int
+    chunks: int
+
+
+@dataclass
+class _Chunk:
+    name: str
+    offset: int
+    inner_offset: int
+    length: int
+    digest: str
+    start: int = -1  # position in the decompressed stream, known once its member is reached
+    hasher: Any = field(default_factory=hashlib.sha256)
+    done: int = 0
+
+
+def _inflate_one_member(data: bytes, what: str) -> tuple[bytes, bytes]:
+    """Decompress exactly one gzip member; returns (content, bytes after the member)."""
+    inflater = isal_zlib.decompressobj(31)
+    try:
+        content = inflater.decompress(data)
+    except Exception as exc:  # isal_zlib.error
+        raise FormatError(f"eStargz {what}: bad gzip data ({exc})") from None
+    if not inflater.eof:
+        raise FormatError(f"eStargz {what}: gzip member is truncated")
+    return content, inflater.unused_data
+
+
+def _parse_footer(tail: bytes) -> tuple[int, int]:
+    """(TOC offset, footer size) from the blob's last bytes; accepts the legacy 47-byte footer too."""
+    for size, extra_prefix in ((FOOTER_SIZE, b"SG\x16\x00"), (LEGACY_FOOTER_SIZE, b"")):
+        footer = tail[-size:]
+        if len(footer) < size or footer[:4] != b"\x1f\x8b\x08\x04":
+            continue
+        extra_length = int.from_bytes(footer[10:12], "little")
+        extra = footer[12 : 12 + extra_length]
+        if extra_length != len(extra_prefix) + 22 or not extra.startswith(extra_prefix):
+            continue
+        payload = extra[len(extra_prefix) :]
+        if not payload.endswith(b"STARGZ") or not re.fullmatch(rb"[0-9a-f]{16}", payload[:16]):
+            continue
+        content, rest = _inflate_one_member(footer, "footer")
+        if content or rest:
+            raise FormatError("eStargz footer: the footer member is not empty")
+        return int(payload[:16], 16), size
+    raise FormatError("not an eStargz blob: no eStargz footer at the end")
+
+
+def _check_entries(entries: Any) -> list[dict[str, Any]]:
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise FormatError("eStargz TOC: `entries` is not a list of objects")
+    for entry in entries:
+        if not isinstance(entry.get("name"), str) or entry.get("type") not in _ENTRY_TYPES:
+            raise FormatError(f"eStargz TOC: bad entry {json.dumps(entry)[:200]}")
+    return entries
+
+
+class EstargzLayer:
+    """An eStargz blob with its footer and TOC parsed. `blob` must be seekable."""
+
+    def __init__(self, blob: BinaryIO) -> None:
+        self._blob = blob
+        self.size = blob.seek(0, os.SEEK_END)
+        blob.seek(max(0, self.size - FOOTER_SIZE))
+        self.toc_offset, self.footer_size = _parse_footer(blob.read(FOOTER_SIZE))
+        toc_end = self.size - self.footer_size
+        if not 0 <= self.toc_offset < toc_end or toc_end - self.toc_offset > _MAX_TOC_SIZE:
+            raise FormatError(f"eStargz footer: TOC offset {self.toc_offset} is outside the blob")
+        blob.seek(self.toc_offset)
+        toc_tar, rest = _inflate_one_member(blob.read(toc_end - self.toc_offset), "TOC")
+        if rest:
+            raise FormatError("eStargz TOC: data between the TOC member and the footer")
+        if len(toc_tar) < 512 or toc_tar[:100].rstrip(b"\0") != TOC_NAME.encode():
+            raise FormatError(f"eStargz TOC: the TOC member does not start with a {TOC_NAME} tar header")
+        try:
+            json_size = int(toc_tar[124:136].strip(b" \0"), 8)
+        except ValueError:
+            raise FormatError("eStargz TOC: bad size in the TOC tar header") from None
+        self.toc_json = toc_tar[512 : 512 + json_size]
+        if len(self.toc_json) != json_size or toc_tar[512 + json_size :].strip(b"\0"):
+            raise FormatError("eStargz TOC: TOC JSON is truncated or followed by data")
+        self.toc_digest = "sha256:" + hashlib.sha256(self.toc_json).hexdigest()
+        try:
+            toc = json.loads(self.toc_json)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise FormatError(f"eStargz TOC: not valid JSON ({exc})") from None
+        if not isinstance(toc, dict):
+            raise FormatError("eStargz TOC: not a JSON object")
+        self.entries = _check_entries(toc.get("entries"))
+
+    def verify(self, expected_toc_digest: str | None = None) -> VerifyReport:
+        """Check the whole blob (see the module docstring); raises `FormatError` on the first problem."""
+        if expected_toc_digest is not None and expected_toc_digest != self.toc_digest:
+            raise FormatError(f"eStargz TOC digest is {self.toc_digest}, expected {expected_toc_digest}")
+        chunks = _chunks(self.entries)
+        self._blob.seek(0)
+        stream = _MemberStream(self._blob, self.size, chunks)
+        with io.BufferedReader(stream, _READ_SIZE) as buffered:
+            _compare_tar(self.entries, buffered)
+            while buffered.read(_READ_SIZE):
+                pass
+        stream.finish()
+        return VerifyReport(
+            toc_digest=self.toc_digest,
+            diff_id="sha256:" + stream.diff_hash.hexdigest(),
+            uncompressed_size=stream.position,
+            entries=len(self.entries),
+            chunks=len(chunks),
+        )
+
+    def apply_to(self, tree: FsTree) -> None:
+        """Add this layer's files to `tree` (on top of lower layers), honouring OCI whiteouts."""
+        added: set[str] = set()
+        hardlinks: list[tuple[str, str]] = []
+        for entry in self.entries:
+            if entry["type"] == "chunk":
+                continue
+            path = normalize(entry["name"])
+            directory, base = posixpath.split(path)
+            if directory == "/" and base in LANDMARK_NAMES:
+                continue
+            if base == _OPAQUE:
+                for child in tree.children_recursive(directory):
+                    if child not in added:
+                        tree.remove(child)
+            elif base.startswith(_WHITEOUT):
+                tree.remove(posixpath.join(directory, base[len(_WHITEOUT) :]))
+            elif entry["type"] == "hardlink":
+                hardlinks.append((path, entry.get("linkName", "")))
+                added.add(path)
+            else:
+                tree.add(path, _node(entry))
+                added.add(path)
+        for path, target in hardlinks:  # the TOC does not promise that targets come first
+            tree.link(path, target)
+
+
+def open_estargz(blob: BinaryIO) -> EstargzLayer:
+    return EstargzLayer(blob)
+
+
+def tree_from_estargz_layers(blobs: Iterable[BinaryIO]) -> FsTree:
+    """The filesystem of an image made of these eStargz layers (bottom first), from their TOCs."""
+    tree = FsTree()
+    for blob in blobs:
+        open_estargz(blob).apply_to(tree)
+    return tree
+
+
+def _modtime(value: str) -> int:
+    try:
+        return calendar.timegm(time.strptime(value, "%Y-%m-%dT%H:%M:%SZ"))
+    except ValueError:
+        raise FormatError(f"eStargz TOC: bad modtime {value!r}") from None
+
+
+def _node(entry: dict[str, Any]) -> Node:
+    xattrs = {name: base64.b64decode(value) for name, value in (entry.get("xattrs") or {}).items()}
+    return Node(
+        kind=entry["type"],
+        mode=int(entry.get("mode", 0)) & 0o7777,
+        uid=int(entry.get("uid", 0)),
+        gid=int(entry.get("gid", 0)),
+        size=int(entry.get("size", 0)),
+        digest=str(entry.get("digest", "")).removeprefix("sha256:") if entry["type"] == "reg" else "",
+        target=str(entry.get("linkName", "")) if entry["type"] == "symlink" else "",
+        rdev=(int(entry.get("devMajor", 0)), int(entry.get("devMinor", 0))),
+        xattrs=xattrs,
+        mtime=_modtime(entry["modtime"]) if entry.get("modtime") else 0,
+    )
+
+
+def _chunks(entries: list[dict[str, Any]]) -> list[_Chunk]:
+    """Every data chunk with its length; checks that each file's chunks cover it exactly."""
+    chunks: list[_Chunk] = []
+    names = {normalize(e["name"]) for e in entries if e["type"] != "chunk"}
+    index = 0
+    while index < len(entries):
+        entry = entries[index]
+        index += 1
+        if entry["type"] == "hardlink" and normalize(entry.get("linkName", "")) not in names:
+            raise FormatError(f"eStargz TOC: hardlink {entry['name']!r} points to a missing entry")
+        if entry["type"] == "chunk":
+            raise FormatError(f"eStargz TOC: chunk entry {entry['name']!r} does not follow its file")
+        size = int(entry.get("size", 0))
+        if entry["type"] != "reg" or size == 0:
+            continue
+        if not _DIGEST.fullmatch(str(entry.get("digest", ""))):
+            raise FormatError(f"eStargz TOC: {entry['name']!r} has no valid digest")
+        parts = [entry]
+        while index < len(entries) and entries[index]["type"] == "chunk":
+            parts.append(entries[index])
+            index += 1
+        for number, part in enumerate(parts):
+            begin = int(part.get("chunkOffset", 0))
+            end = int(parts[number + 1].get("chunkOffset", 0)) if number + 1 < len(parts) else size
+            declared = int(part.get("chunkSize", 0))
+            if part["name"] != entry["name"] or end <= begin or (declared and declared != end - begin):
+                raise FormatError(f"eStargz TOC: chunks of {entry['name']!r} do not cover the file")
+            if number == 0 and begin != 0:
+                raise FormatError(f"eStargz TOC: first chunk of {entry['name']!r} does not start at 0")
+            digest = str(part.get("chunkDigest", ""))
+            if not _DIGEST.fullmatch(digest):
+                raise FormatError(f"eStargz TOC: chunk of {entry['name']!r} has no valid chunkDigest")
+            offset, inner = int(part.get("offset", 0)), int(part.get("innerOffset", 0))
+            chunks.append(_Chunk(entry["name"], offset, inner, end - begin, digest))
+    return chunks
+
+
+class _MemberStream(io.RawIOBase):
+    """The blob decompressed member by member, checking chunk digests as the data flows by."""
+
+    def __init__(self, blob: BinaryIO, size: int, chunks: list[_Chunk]) -> None:
+        self._blob = blob
+        self._size = size
+        self._compressed_read = 0
+        self._pending = b""
+        self._inflater: Any = None
+        self.position = 0
+        self.diff_hash = hashlib.sha256()
+        self._waiting: dict[int, list[_Chunk]] = {}
+        for chunk in sorted(chunks, key=lambda c: (c.offset, c.inner_offset)):
+            self._waiting.setdefault(chunk.offset, []).append(chunk)
+        self._active: deque[_Chunk] = deque()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        while True:
+            if self._inflater is None:
+                member_offset = self._compressed_read - len(self._pending)
+                if member_offset >= self._size:
+                    return 0
+                self._start_member(member_offset)
+            if not self._pending:
+                self._pending = self._blob.read(min(_READ_SIZE, self._size - self._compressed_read))
+                self._compressed_read += len(self._pending)
+                if not self._pending:
+                    raise FormatError("eStargz blob: truncated gzip member")
+            try:
+                data = self._inflater.decompress(self._pending, len(view))
+            except Exception as exc:  # isal_zlib.error
+                raise FormatError(
+                    f"eStargz blob: bad gzip data near byte {self._compressed_read} ({exc})"
+                ) from None
+            self._pending = self._inflater.unconsumed_tail
+            if self._inflater.eof:
+                self._pending = self._inflater.unused_data
+                self._inflater = None
+            if data:
+                self._consume(data)
+                view[: len(data)] = data
+                return len(data)
+
+    def _start_member(self, offset: int) -> None:
+        self._inflater = isal_zlib.decompressobj(31)
+        for chunk in self._waiting.pop(offset, []):
+            chunk.start = self.position + chunk.inner_offset
+            self._active.append(chunk)
+
+    def _consume(self, data: bytes) -> None:
+        self.diff_hash.update(data)
+        begin, end = self.position, self.position + len(data)
+        self.position = end
+        for chunk in self._active:  # ordered by start; valid chunks do not overlap
+            if chunk.start >= end:
+                break
+            take_from = max(chunk.start + chunk.done, begin)
+            take_to = min(chunk.start + chunk.length, end)
+            if take_from < take_to:
+                chunk.hasher.update(data[take_from - begin : take_to - begin])
+                chunk.done += take_to - take_from
+        while self._active and self._active[0].done == self._active[0].length:
+            chunk = self._active.popleft()
+            if "sha256:" + chunk.hasher.hexdigest() != chunk.digest:
+                raise FormatError(
+                    f"eStargz blob: chunk of {chunk.name!r} at offset {chunk.offset} is corrupt"
+                )
+
+    def finish(self) -> None:
+        if self._waiting:
+            offset = min(self._waiting)
+            raise FormatError(f"eStargz TOC: offset {offset} is not the start of a gzip member")
+        if self._active:
+            raise FormatError(
+                f"eStargz blob: chunk of {self._active[0].name!r} runs past the end of the data"
+            )
+
+
+def _same_name(toc_name: str, tar_name: str) -> bool:
+    # Go writes each byte of invalid UTF-8 as U+FFFD; tarfile keeps such bytes as lone surrogates
+    tar_name = re.sub("[\udc80-\udcff]", "\ufffd", tar_name)
+    try:
+        return normalize(toc_name) == normalize(tar_name)
+    except FormatError:
+        return toc_name.strip("/") == tar_name.strip("/")
+
+
+def _compare_tar(entries: list[dict[str, Any]], stream: BinaryIO) -> None:
+    expected = [e for e in entries if e["type"] != "chunk"]
+    position = 0
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as archive:
+            for info in archive:
+                if position == len(expected):
+                    if info.name != TOC_NAME:
+                        raise FormatError(f"eStargz blob: tar entry {info.name!r} is not in the TOC")
+                    position += 1
+                    continue
+                if position > len(expected):
+                    raise FormatError("eStargz blob: tar entries after the TOC entry")
+                _compare_entry(expected[position], info, archive)
+                position += 1
+    except tarfile.TarError as exc:
+        raise FormatError(f"eStargz blob: the decompressed stream is not a valid tar ({exc})") from None
+    if position != len(expected) + 1:
+        raise FormatError("eStargz blob: the tar has fewer entries than the TOC")
+
+
+def _compare_entry(entry: dict[str, Any], info: tarfile.TarInfo, archive: tarfile.TarFile) -> None:
+    kind = _TAR_TYPES.get(info.type, "?")
+    if kind == "reg" and info.name.endswith("/"):
+        kind = "dir"
+    problem = ""
+    if not _same_name(entry["name"], info.name) or kind != entry["type"]:
+        problem = f"is {kind} {info.name!r} in the tar"
+    elif kind in ("hardlink", "symlink") and entry.get("linkName", "") != info.linkname:
+        problem = f"links to {info.linkname!r} in the tar"
+    elif kind == "reg":
+        digest = hashlib.sha256()
+        content = archive.extractfile(info)
+        assert content is not None
+        while piece := content.read(_READ_SIZE):
+            digest.update(piece)
+        if info.size != int(entry.get("size", 0)):
+            problem = f"has {info.size} bytes in the tar"
+        elif "sha256:" + digest.hexdigest() != entry.get("digest"):
+            problem = "has different content in the tar"
+    if problem:
+        raise FormatError(f"eStargz blob: TOC entry {entry['name']!r} ({entry['type']}) {problem}")
