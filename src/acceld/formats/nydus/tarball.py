@@ -15,9 +15,12 @@ from acceld.formats.nydus.tree import Chunk, Inode, encode_rdev, new_dir
 
 _SKIPPED_TOP_LEVEL = {b"stargz.index.json", b".prefetch.landmark", b".no.prefetch.landmark"}
 _XATTR_PAX_PREFIX = "SCHILY.xattr."
+# tarfile's end-of-archive signals (not in the type stubs)
+_EOF_HEADER: type[Exception] = tarfile.EOFHeaderError  # type: ignore[attr-defined]
+_EMPTY_HEADER: type[Exception] = tarfile.EmptyHeaderError  # type: ignore[attr-defined]
 MAX_SYMLINK_TARGET = 0xFFFF
 MAX_XATTR_NAME = 255
-MAX_XATTR_VALUE = 65536
+MAX_XATTR_VALUE = 0xFFFF  # e_value_size is a u16
 
 
 class ChunkStore(Protocol):
@@ -78,7 +81,7 @@ class _LayerTree:
             node = node.children.get(part) if node is not None else None
         return node
 
-    def add(self, archive: tarfile.TarFile, info: tarfile.TarInfo) -> None:
+    def add(self, reader: _TarReader, info: tarfile.TarInfo) -> None:
         parts = _split(info.name)
         if len(parts) == 1 and parts[0] in _SKIPPED_TOP_LEVEL:
             return
@@ -92,7 +95,7 @@ class _LayerTree:
                 )
             self.parent_of(parts[:-1], info.name).children[parts[-1]] = target
             return
-        node = self.inode(archive, info)
+        node = self.inode(reader, info)
         if not parts:
             node.children = self.root.children
             self.root = node
@@ -103,14 +106,14 @@ class _LayerTree:
             node.children = existing.children
         parent.children[parts[-1]] = node
 
-    def inode(self, archive: tarfile.TarFile, info: tarfile.TarInfo) -> Inode:
+    def inode(self, reader: _TarReader, info: tarfile.TarInfo) -> Inode:
         perm = info.mode & 0o7777
         node = Inode(mode=perm, uid=info.uid, gid=info.gid, mtime=int(info.mtime), xattrs=_xattrs(info))
         if info.isdir():
             node.mode |= stat.S_IFDIR
         elif info.isreg():
             node.mode |= stat.S_IFREG
-            self.read_content(archive, info, node)
+            self.read_content(reader, info, node)
         elif info.issym():
             node.mode |= stat.S_IFLNK
             node.target = _encode(info.linkname)
@@ -126,15 +129,12 @@ class _LayerTree:
             raise FormatError(f"{info.name}: unsupported tar entry type {info.type!r}")
         return node
 
-    def read_content(self, archive: tarfile.TarFile, info: tarfile.TarInfo, node: Inode) -> None:
+    def read_content(self, reader: _TarReader, info: tarfile.TarInfo, node: Inode) -> None:
         if -(-info.size // self.chunk_size) > MAX_CHUNKS_PER_BLOB:
             raise FormatError(f"{info.name}: file needs more than 2^24 chunks")
-        content = archive.extractfile(info)
-        if content is None:
-            raise FormatError(f"{info.name}: unreadable file content")
         remaining = info.size
         while remaining:
-            data = content.read(min(self.chunk_size, remaining))
+            data = reader.read(min(self.chunk_size, remaining))
             if not data:
                 raise FormatError(f"{info.name}: tar stream ends inside the file")
             node.chunks.append(self.store.add(data))
@@ -142,14 +142,54 @@ class _LayerTree:
         node.size = info.size
 
 
+class _TarReader:
+    """A forward-only tar reader: `tarfile` parses the headers, file data is read straight from the stream.
+
+    It stands in for the `TarFile` that `TarInfo.fromtarfile` expects (GNU long names, PAX records
+    and global headers are handled there); tarfile's own stream mode copies every byte several times.
+    """
+
+    encoding = "utf-8"
+    errors = "surrogateescape"
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.stream = stream
+        self.fileobj = self
+        self.position = 0
+        self.offset = 0  # where the next header starts, maintained by tarfile
+        self.pax_headers: dict[str, str] = {}
+
+    def read(self, size: int) -> bytes:
+        data = self.stream.read(size)
+        self.position += len(data)
+        return data
+
+    def tell(self) -> int:
+        return self.position
+
+    def next(self) -> tarfile.TarInfo | None:
+        while self.position < self.offset:
+            if not self.read(min(self.offset - self.position, 1 << 20)):
+                raise FormatError("bad tar: stream ends inside an entry")
+        try:
+            return tarfile.TarInfo.fromtarfile(self)  # type: ignore[arg-type]
+        except _EOF_HEADER:
+            return None
+        except _EMPTY_HEADER:
+            if self.position == 0:
+                raise FormatError("bad tar: empty stream") from None
+            return None
+        except tarfile.HeaderError as exc:
+            raise FormatError(f"bad tar: {exc}") from exc
+
+
 def tree_from_tar(stream: IO[bytes], store: ChunkStore, chunk_size: int) -> Inode:
     """Read the whole tar stream sequentially and return the root of its tree."""
     tree = _LayerTree(store, chunk_size)
+    reader = _TarReader(stream)
     try:
-        with tarfile.open(fileobj=stream, mode="r|") as archive:
-            while (info := archive.next()) is not None:
-                archive.members.clear()  # type: ignore[attr-defined]  # stream mode keeps every header otherwise
-                tree.add(archive, info)
-    except (tarfile.TarError, EOFError, OSError) as exc:
+        while (info := reader.next()) is not None:
+            tree.add(reader, info)
+    except (tarfile.TarError, EOFError, UnicodeError) as exc:
         raise FormatError(f"bad tar: {exc}") from exc
     return tree.root
