@@ -7,11 +7,13 @@ import gzip
 import hashlib
 import json
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import zstandard
 from harness.clients import skopeo, skopeo_args, skopeo_copy, skopeo_inspect_raw
 from harness.images import add_blob, blob_path, canonical_json, read_blob_json, tag_in_index
 from harness.registry import RunningRegistry
@@ -112,6 +114,81 @@ async def test_layout_index_converts_to_index_with_subject_per_child(
         assert len(config["rootfs"]["diff_ids"]) == len(manifest["layers"])
     # skopeo reads every blob of the result back and checks its digest
     skopeo("copy", "--quiet", "--all", f"oci:{layout}:busybox-nydus", f"oci:{layout.parent / 'copy'}:x")
+
+
+@pytest.mark.parametrize(("driver", "suffix"), [("estargz", "-esgz"), ("zstdchunked", "-zstdchunked")])
+async def test_every_driver_converts_an_index(
+    layout: Path, test_images: ImageSet, options: ConvertOptions, driver: str, suffix: str
+) -> None:
+    result = await convert_image(
+        ConversionRequest(source=f"oci:{layout}:busybox", driver=driver), AcceldConfig(), options=options
+    )
+    assert result.target == f"oci:{layout}:busybox{suffix}"
+    _, index = layout_manifest(layout, f"busybox{suffix}")
+    sources = {c["platform"]["architecture"]: c for c in test_images.busybox_index.read_json()["manifests"]}
+    assert sorted(c["platform"]["architecture"] for c in index["manifests"]) == ["amd64", "arm64"]
+    for child in index["manifests"]:
+        assert_converted_manifest(
+            read_blob_json(layout, child["digest"]), sources[child["platform"]["architecture"]]
+        )
+    skopeo("copy", "--quiet", "--all", f"oci:{layout}:busybox{suffix}", f"oci:{layout.parent / 'copy'}:x")
+
+
+async def test_estargz_layers_pass_the_go_verifier(
+    layout: Path, test_images: ImageSet, options: ConvertOptions, esgz: Path
+) -> None:
+    for tag in ("edge", "whiteout"):
+        await convert_image(
+            ConversionRequest(source=f"oci:{layout}:{tag}", driver="estargz"), AcceldConfig(), options=options
+        )
+        _, manifest = layout_manifest(layout, f"{tag}-esgz")
+        config = read_blob_json(layout, manifest["config"]["digest"])
+        for layer, diff_id in zip(manifest["layers"], config["rootfs"]["diff_ids"], strict=True):
+            path = blob_path(layout, layer["digest"])
+            toc_digest = layer["annotations"]["containerd.io/snapshot/stargz/toc.digest"]
+            verified = subprocess.run(
+                [str(esgz), "verify", str(path), toc_digest], capture_output=True, text=True
+            )
+            assert verified.returncode == 0, verified.stdout + verified.stderr
+            tar = gzip.decompress(path.read_bytes())
+            assert "sha256:" + hashlib.sha256(tar).hexdigest() == diff_id
+            assert layer["annotations"]["io.containers.estargz.uncompressed-size"] == str(len(tar))
+
+
+async def test_zstdchunked_keeps_the_tar_and_diff_ids(
+    layout: Path, test_images: ImageSet, options: ConvertOptions
+) -> None:
+    await convert_image(
+        ConversionRequest(source=f"oci:{layout}:edge", driver="zstdchunked"), AcceldConfig(), options=options
+    )
+    _, manifest = layout_manifest(layout, "edge-zstdchunked")
+    _, source = layout_manifest(layout, "edge")
+    config = read_blob_json(layout, manifest["config"]["digest"])
+    assert config["rootfs"] == read_blob_json(layout, source["config"]["digest"])["rootfs"]
+    for layer, name in zip(manifest["layers"], ("edge-lower", "edge-upper"), strict=True):
+        assert layer["mediaType"] == "application/vnd.oci.image.layer.v1.tar+zstd"
+        reader = zstandard.ZstdDecompressor().stream_reader(blob_path(layout, layer["digest"]).open("rb"))
+        assert reader.read() == test_images.tars[name].read_bytes()
+
+
+async def test_layers_already_converted_pass_through(layout: Path, options: ConvertOptions) -> None:
+    await convert_image(
+        ConversionRequest(source=f"oci:{layout}:whiteout", driver="estargz"), AcceldConfig(), options=options
+    )
+    again = await convert_image(
+        ConversionRequest(
+            source=f"oci:{layout}:whiteout-esgz", target=f"oci:{layout}:again", driver="estargz"
+        ),
+        AcceldConfig(),
+        options=options,
+    )
+    assert (again.layers_converted, again.layers_cached) == (0, 0)
+    _, first = layout_manifest(layout, "whiteout-esgz")
+    _, second = layout_manifest(layout, "again")
+    assert second["layers"] == first["layers"]
+    assert second["subject"]["digest"] == again.source_digest
+    config = read_blob_json(layout, second["config"]["digest"])
+    assert config["rootfs"] == read_blob_json(layout, first["config"]["digest"])["rootfs"]
 
 
 async def test_platform_filter_selects_children(layout: Path, options: ConvertOptions) -> None:
