@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from acceld.formats.nydus.reader import (
 )
 from acceld.formats.nydus.reader_blob import NydusBlob, expand_blob, parse_blob_meta_file
 from acceld.formats.nydus.reader_bootstrap import parse_bootstrap
+from acceld.formats.nydus.reader_common import crc32c
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "nydus"
 BOOT_V6 = FIXTURES / "rafs-v6-2.2.boot"
@@ -301,8 +303,25 @@ def test_chunk_digest_mismatch_names_the_chunk(tmp_path: Path) -> None:
     image = RafsImage(bytes(boot), {BLOB_OLD: FIXTURES / BLOB_OLD})
     with pytest.raises(BlobError, match=r"chunk 1 .*digest"):
         image.verify(check_blob_ids=False)
-    with pytest.raises(BlobError, match="does not match the chunk digest"):
+    with pytest.raises(BlobError, match=r"sync_io.rs chunk 0 .*digest .* != chunk table"):
         content(image, "/sync_io.rs")
+
+
+def test_chunk_crc32_is_checked_when_flagged() -> None:
+    """HAS_CRC32 (current builders) makes the reader check CRC-32C of every decompressed chunk."""
+    sync_io = content(old_image(), "/sync_io.rs")
+    boot = bytearray(BOOT_V6.read_bytes())
+    record = 0x4000  # chunk-table entry of CI index 1 = /sync_io.rs
+    struct.pack_into("<I", boot, record + 36, 0x1 | 0x10)
+    struct.pack_into("<I", boot, record + 76, crc32c(sync_io))
+    image = old_image_from(bytes(boot))
+    assert content(image, "/sync_io.rs") == sync_io
+    image.verify(check_blob_ids=False)
+    struct.pack_into("<I", boot, record + 76, crc32c(sync_io) ^ 1)
+    with pytest.raises(BlobError, match="CRC-32C"):
+        content(old_image_from(bytes(boot)), "/sync_io.rs")
+    with pytest.raises(BlobError, match="CRC-32C"):
+        old_image_from(bytes(boot)).verify(check_blob_ids=False)
 
 
 def test_every_sampled_blob_byte_flip_is_detected(tmp_path: Path) -> None:

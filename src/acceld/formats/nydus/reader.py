@@ -28,6 +28,7 @@ from acceld.formats.nydus.reader_blob import (
     PLACEHOLDER_BLOB_ID,
     BlobReport,
     NydusBlob,
+    check_chunk_data,
     parse_blob_meta_file,
     select_blob_entry,
     verify_blob,
@@ -45,7 +46,6 @@ from acceld.formats.nydus.reader_common import (
     BootstrapError,
     NydusFormatError,
     UnsupportedNydusError,
-    chunk_digest,
 )
 
 __all__ = [
@@ -183,18 +183,9 @@ class RafsImage:
                     f"{info.uncompressed_size}, the inode expects {addr.blk_addr * BLOCK_SIZE}/{piece}"
                 )
             data = blob.read_chunk(addr.ci_index, entry.compressor)
-            expected = self._expected_digest(addr.blob_index, addr.ci_index, blob)
-            if expected is not None and chunk_digest(entry.digester, data) != expected:
-                raise BlobError(
-                    f"{where}: decompressed data does not match the chunk digest {expected.hex()}"
-                )
+            record = self._records.get((addr.blob_index, addr.ci_index))
+            check_chunk_data(blob, info, data, entry.digester, record, where)
             yield data
-
-    def _expected_digest(self, blob_index: int, ci_index: int, blob: NydusBlob) -> bytes | None:
-        record = self._records.get((blob_index, ci_index))
-        if record is not None:
-            return record.digest
-        return blob.digests[ci_index] if blob.digests else None
 
     def blob(self, index: int) -> NydusBlob:
         """The opened blob file of blob-table entry `index`."""
@@ -267,12 +258,10 @@ class RafsImage:
             path = self.blob_paths.get(entry.blob_id)
             if path is None:
                 raise BlobError(f"blob {entry.blob_id} (blob table entry {entry.index}) was not provided")
-            expected = {
-                rec.ci_index: rec.digest
-                for rec in self.bootstrap.chunk_table
-                if rec.blob_index == entry.index
+            records = {
+                rec.ci_index: rec for rec in self.bootstrap.chunk_table if rec.blob_index == entry.index
             }
-            report = verify_blob(path, entry, expected_digests=expected)
+            report = verify_blob(path, entry, chunk_records=records)
             blob_id: str | None = entry.blob_id
             if entry.index == self._inline_index or blob_id == PLACEHOLDER_BLOB_ID:
                 # a per-layer bootstrap's own blob is named by its file (placeholder or stale id inside)

@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Final
 
-from acceld.formats.nydus.reader_bootstrap import BlobEntry, RafsBootstrap, parse_bootstrap
+from acceld.formats.nydus.reader_bootstrap import (
+    CHUNK_HAS_CRC32,
+    BlobEntry,
+    ChunkRecord,
+    RafsBootstrap,
+    parse_bootstrap,
+)
 from acceld.formats.nydus.reader_common import (
     BLOCK_SIZE,
     COMPRESSOR_LZ4_BLOCK,
@@ -32,6 +38,7 @@ from acceld.formats.nydus.reader_common import (
     UnsupportedNydusError,
     align,
     chunk_digest,
+    crc32c,
     cstring,
     decompress,
     parse_tar_header,
@@ -43,6 +50,7 @@ BLOB_META_MAGIC: Final = 0xB10BB10B
 BLOB_META_HEADER_SIZE: Final = 4096
 TOC_ENTRY_SIZE: Final = 128
 DIGEST_SIZE: Final = 32
+CI_HAS_CRC32: Final = 0x10
 PLACEHOLDER_BLOB_ID: Final = "x" * 64
 _READ_SIZE: Final = 1 << 20
 
@@ -486,13 +494,13 @@ def verify_blob(
     path: Path | str,
     entry: BlobEntry | None = None,
     *,
-    expected_digests: Mapping[int, bytes] | None = None,
+    chunk_records: Mapping[int, ChunkRecord] | None = None,
 ) -> BlobReport:
     """Check a blob layer end to end and return what it contains.
 
     `entry` is the blob's blob-table entry from a bootstrap; without it the blob's own inline
-    bootstrap (`image.boot`) supplies it. `expected_digests` maps CI indexes to chunk digests
-    from a chunk table. Checks: part layout and tar headers, TOC entries and every TOC digest,
+    bootstrap (`image.boot`) supplies it. `chunk_records` maps CI indexes to the chunk-table
+    entries of this blob (digest, CRC). Checks: part layout and tar headers, TOC entries and every TOC digest,
     the blob-meta header against the entry, CI ordering and placement, `blob.digest`, and every
     chunk's decompressed size and digest.
     """
@@ -503,16 +511,14 @@ def verify_blob(
             raise BlobError(f"{blob.where}: no inline bootstrap; pass the blob-table entry that describes it")
         inline = parse_bootstrap(bootstrap_raw)
         entry = select_blob_entry(inline, blob)
-        if expected_digests is None and entry is not None:
-            expected_digests = {
-                rec.ci_index: rec.digest for rec in inline.chunk_table if rec.blob_index == entry.index
-            }
+        if chunk_records is None and entry is not None:
+            chunk_records = {rec.ci_index: rec for rec in inline.chunk_table if rec.blob_index == entry.index}
     elif bootstrap_raw is not None:
         parse_bootstrap(bootstrap_raw)
     digests: list[bytes] = []
     if entry is not None:
         _check_entry(blob, entry)
-        digests = _check_chunks(blob, entry, expected_digests or {})
+        digests = _check_chunks(blob, entry, chunk_records or {})
     sha256 = _check_toc_digests(blob, bootstrap_raw, entry)
     return BlobReport(
         sha256=sha256,
@@ -627,7 +633,7 @@ def _check_toc_digests(blob: NydusBlob, bootstrap_raw: bytes | None, entry: Blob
     return whole.hexdigest()
 
 
-def _check_chunks(blob: NydusBlob, entry: BlobEntry, expected: Mapping[int, bytes]) -> list[bytes]:
+def _check_chunks(blob: NydusBlob, entry: BlobEntry, records: Mapping[int, ChunkRecord]) -> list[bytes]:
     digests: list[bytes] = []
     with open(blob.path, "rb") as handle:
         for info in blob.chunks:
@@ -637,19 +643,31 @@ def _check_chunks(blob: NydusBlob, entry: BlobEntry, expected: Mapping[int, byte
                     f"{blob.where}: chunk {info.index} has "
                     f"{info.uncompressed_size} bytes, above the chunk size"
                 )
-            digest = chunk_digest(entry.digester, data)
-            for source, wanted in (
-                ("blob.digest", blob.digests[info.index] if blob.digests else None),
-                ("chunk table", expected.get(info.index)),
-            ):
-                if wanted is not None and wanted != digest:
-                    raise BlobError(
-                        f"{blob.where}: chunk {info.index} (compressed "
-                        f"offset {info.compressed_offset}) digest "
-                        f"{digest.hex()} != {source} {wanted.hex()}"
-                    )
-            digests.append(digest)
+            where = f"{blob.where}: chunk {info.index} (compressed offset {info.compressed_offset})"
+            digests.append(check_chunk_data(blob, info, data, entry.digester, records.get(info.index), where))
     return digests
+
+
+def check_chunk_data(
+    blob: NydusBlob, info: ChunkInfo, data: bytes, digester: int, record: ChunkRecord | None, where: str
+) -> bytes:
+    """Check decompressed chunk data against every digest and CRC the blob and chunk table carry."""
+    digest = chunk_digest(digester, data)
+    for source, wanted in (
+        ("blob.digest", blob.digests[info.index] if blob.digests else None),
+        ("chunk table", record.digest if record is not None else None),
+    ):
+        if wanted is not None and wanted != digest:
+            raise BlobError(f"{where}: digest {digest.hex()} != {source} {wanted.hex()}")
+    crcs = []
+    if record is not None and record.flags & CHUNK_HAS_CRC32:
+        crcs.append(("chunk table", record.crc32))
+    if info.flags & CI_HAS_CRC32:
+        crcs.append(("CI entry", info.data & 0xFFFF_FFFF))
+    for source, wanted_crc in crcs:
+        if crc32c(data) != wanted_crc:
+            raise BlobError(f"{where}: CRC-32C {crc32c(data):#010x} != {source} crc32 {wanted_crc:#010x}")
+    return digest
 
 
 def expand_blob(blob: NydusBlob, entry: BlobEntry, out: BinaryIO) -> None:

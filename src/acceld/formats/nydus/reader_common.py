@@ -11,6 +11,7 @@ import struct
 from typing import Final
 
 import blake3
+import fastcrc
 import lz4.block
 import zstandard
 
@@ -136,6 +137,12 @@ def chunk_digest(digester: int, data: bytes) -> bytes:
     if digester == DIGESTER_SHA256:
         return hashlib.sha256(data).digest()
     raise BlobError(f"unknown chunk digest algorithm {digester}")
+
+
+def crc32c(data: bytes) -> int:
+    """CRC-32C (Castagnoli, iSCSI) as the chunk crc32 fields hold it."""
+    value: int = fastcrc.crc32.iscsi(data)
+    return value
 
 
 def parse_tar_header(raw: bytes, where: str) -> tuple[str, int]:
