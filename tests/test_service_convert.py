@@ -1,0 +1,324 @@
+"""The service end to end: Harbor events → queued tasks → conversions in worker processes → converted
+images (with `subject`) in a real docker-registry; restarts, kill -9, 503s, a pull-only robot, sync."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from harness.clients import skopeo_copy
+from harness.registry import RunningRegistry, run_registry
+from harness.testimages import ImageSet
+from service_helpers import (
+    ROBOT,
+    ServiceProcess,
+    acceld_command,
+    cloudevent_payload,
+    default_payload,
+    post_event,
+    resource,
+    run_flaky_proxy,
+    run_service,
+    service_config,
+    tasks_of,
+    wait_finished,
+    wait_for,
+    write_config,
+)
+
+from acceld.convert.api import make_driver
+
+SUFFIX = make_driver("estargz", {}).tag_suffix
+ACCEPT = ", ".join(
+    (
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    )
+)
+
+
+def push(test_image: Any, registry: RunningRegistry, reference: str, user: str | None = None) -> None:
+    skopeo_copy(
+        test_image.ref, f"docker://{registry.host}/{reference}", dest_registry=registry, dest_user=user
+    )
+
+
+def get_manifest(registry: RunningRegistry, repository: str, ref: str) -> httpx.Response:
+    return httpx.get(f"{registry.url}/v2/{repository}/manifests/{ref}", headers={"Accept": ACCEPT})
+
+
+def source_entry(source: dict[str, Any]) -> dict[str, Any]:
+    return {k: source[k] for k in ("mediaType", "digest", "size")}
+
+
+def assert_estargz_of(converted: dict[str, Any], source: dict[str, Any]) -> None:
+    assert converted["subject"] == source_entry(source)
+    assert converted["layers"] and all(
+        "containerd.io/snapshot/stargz/toc.digest" in layer.get("annotations", {})
+        for layer in converted["layers"]
+    )
+
+
+@pytest.fixture(scope="module")
+def service(
+    registry_plain: RunningRegistry, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceProcess]:
+    work = tmp_path_factory.mktemp("service-convert")
+    config = service_config(
+        work / "data",
+        {registry_plain.host: {"plain_http": True}},
+        rules=[{"name": "all", "drivers": [{"name": "estargz"}], "delete_converted": True}],
+    )
+    config["webhook"]["ignore_operators"] = [ROBOT]
+    with run_service(write_config(work / "acceld.yml", config), work / "serve.log") as running:
+        yield running
+
+
+@pytest.fixture
+def api(service: ServiceProcess) -> Iterator[httpx.Client]:
+    with service.api() as client:
+        yield client
+
+
+def test_tag_push_converts_once_and_own_push_is_ignored(
+    service: ServiceProcess, api: httpx.Client, registry_plain: RunningRegistry, test_images: ImageSet
+) -> None:
+    image = test_images.busybox_amd64
+    push(image, registry_plain, "library/app:v1")
+    payload = default_payload(
+        "PUSH_ARTIFACT", [resource(registry_plain.host, "library/app", image.digest, "v1")]
+    )
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        replies = list(pool.map(lambda _: post_event(service.url, payload), range(10)))
+    assert {r.status_code for r in replies} == {202}
+    (task_id,) = {r.json()["tasks"][0]["id"] for r in replies}
+
+    task = wait_finished(api, task_id)
+    assert task["status"] == "succeeded", task
+    assert task["attempts"] == 1 and task["events"] == 10
+    assert task["target"] == f"{registry_plain.host}/library/app:v1{SUFFIX}"
+    assert task["source_size"] > 0 and task["target_size"] > 0 and task["finished"] >= task["started"]
+    converted = get_manifest(registry_plain, "library/app", f"v1{SUFFIX}")
+    assert converted.headers["docker-content-digest"] == task["target_digest"]
+    assert_estargz_of(converted.json(), image.descriptor())
+
+    # Harbor's events for acceld's own push: by its robot, and (any operator) the converted tag.
+    own = resource(registry_plain.host, "library/app", task["target_digest"], f"v1{SUFFIX}")
+    assert post_event(service.url, default_payload("PUSH_ARTIFACT", [own], operator=ROBOT)).status_code == 200
+    assert post_event(service.url, default_payload("PUSH_ARTIFACT", [own])).status_code == 200
+    # A digest-only event for the converted manifest is queued but recognised by its content.
+    by_digest = resource(registry_plain.host, "library/app", task["target_digest"])
+    reply = post_event(service.url, cloudevent_payload("PUSH_ARTIFACT", [by_digest]), cloudevents=True)
+    assert reply.status_code == 202
+    skipped = wait_finished(api, reply.json()["tasks"][0]["id"])
+    assert skipped["status"] == "skipped" and "subject" in skipped["error"]
+
+    # A later redelivery of the original event is the same, finished task: nothing runs again.
+    again = post_event(service.url, payload).json()["tasks"][0]
+    assert again == {**again, "id": task_id, "status": "succeeded", "created": False}
+    assert [
+        t["id"] for t in tasks_of(api, repository="library/app") if t["source_digest"] == image.digest
+    ] == [task_id]
+
+
+def test_multi_arch_push_converts_once_as_an_index(
+    service: ServiceProcess, api: httpx.Client, registry_plain: RunningRegistry, test_images: ImageSet
+) -> None:
+    index = test_images.busybox_index
+    push(index, registry_plain, "library/multi:v1")
+    children = index.read_json()["manifests"]
+    host = registry_plain.host
+    events = [
+        cloudevent_payload(
+            "PUSH_ARTIFACT", [resource(host, "library/multi", child["digest"])], event_id=f"child-{n}"
+        )
+        for n, child in enumerate(children)
+    ]
+    events.append(cloudevent_payload("PUSH_ARTIFACT", [resource(host, "library/multi", index.digest, "v1")]))
+    task_ids = []
+    for event in events:  # Harbor's order: the children by digest, then the index by tag
+        reply = post_event(service.url, event, cloudevents=True)
+        assert reply.status_code == 202, reply.text
+        task_ids.append(reply.json()["tasks"][0]["id"])
+
+    finished = [wait_finished(api, task_id) for task_id in task_ids]
+    assert [t["status"] for t in finished] == ["skipped", "skipped", "succeeded"], finished
+    assert all("part of the index library/multi:v1" in t["error"] for t in finished[:2])
+    converted = get_manifest(registry_plain, "library/multi", f"v1{SUFFIX}").json()
+    assert converted["mediaType"] == "application/vnd.oci.image.index.v1+json"
+    assert len(converted["manifests"]) == len(children)
+    sources = {c["platform"]["architecture"]: c for c in children}
+    for entry in converted["manifests"]:
+        child = get_manifest(registry_plain, "library/multi", entry["digest"]).json()
+        assert_estargz_of(child, sources[entry["platform"]["architecture"]])
+
+
+def test_delete_event_deletes_the_converted_image(
+    service: ServiceProcess, api: httpx.Client, registry_plain: RunningRegistry, test_images: ImageSet
+) -> None:
+    image = test_images.busybox_arm64
+    push(image, registry_plain, "library/gone:v1")
+    res = [resource(registry_plain.host, "library/gone", image.digest, "v1")]
+    converted = wait_finished(
+        api, post_event(service.url, default_payload("PUSH_ARTIFACT", res)).json()["tasks"][0]["id"]
+    )
+    assert converted["status"] == "succeeded"
+    assert get_manifest(registry_plain, "library/gone", f"v1{SUFFIX}").status_code == 200
+
+    reply = post_event(service.url, cloudevent_payload("DELETE_ARTIFACT", res), cloudevents=True)
+    assert reply.status_code == 202
+    deletion = wait_finished(api, reply.json()["tasks"][0]["id"])
+    assert deletion["status"] == "succeeded" and converted["target_digest"] in deletion["target"]
+    assert get_manifest(registry_plain, "library/gone", converted["target_digest"]).status_code == 404
+
+
+def test_pull_only_robot_fails_once_with_the_reason(
+    registry_token: RunningRegistry, test_images: ImageSet, tmp_path: Path
+) -> None:
+    push(test_images.busybox_amd64, registry_token, "library/readonly:v1", user="alice")
+    config = service_config(
+        tmp_path / "data",
+        {
+            registry_token.host: {
+                "plain_http": True,
+                "username": "reader",
+                "password": registry_token.users["reader"],
+            }
+        },
+    )
+    with (
+        run_service(write_config(tmp_path / "acceld.yml", config), tmp_path / "serve.log") as service,
+        service.api() as api,
+    ):
+        res = [resource(registry_token.host, "library/readonly", test_images.busybox_amd64.digest, "v1")]
+        reply = post_event(service.url, default_payload("PUSH_ARTIFACT", res))
+        task = wait_finished(api, reply.json()["tasks"][0]["id"])
+    assert task["status"] == "failed" and task["attempts"] == 1, task
+    assert "library/readonly" in task["error"]
+    assert any(
+        word in task["error"].lower() for word in ("permission", "denied", "unauthorized", "authentication")
+    )
+
+
+def test_registry_503s_are_retried(test_images: ImageSet, tmp_path: Path) -> None:
+    with (
+        run_registry(tmp_path / "registry") as registry,
+        run_flaky_proxy(registry.host, fail_puts=6) as proxy,
+    ):
+        push(test_images.busybox_amd64, registry, "library/flaky:v1")
+        # More 503s than the registry client retries within one attempt: the task itself must retry.
+        config = service_config(
+            tmp_path / "data", {proxy.host: {"plain_http": True}}, workers={"max_attempts": 8}
+        )
+        with (
+            run_service(write_config(tmp_path / "acceld.yml", config), tmp_path / "serve.log") as service,
+            service.api() as api,
+        ):
+            res = [resource(proxy.host, "library/flaky", test_images.busybox_amd64.digest, "v1")]
+            task = wait_finished(
+                api, post_event(service.url, default_payload("PUSH_ARTIFACT", res)).json()["tasks"][0]["id"]
+            )
+        assert task["status"] == "succeeded", task
+        assert task["attempts"] >= 2, (task, proxy.requests)
+        assert sum(1 for _, _, status in proxy.requests if status == 503) == 6
+        converted = get_manifest(registry, "library/flaky", f"v1{SUFFIX}")
+        assert_estargz_of(converted.json(), test_images.busybox_amd64.descriptor())
+
+
+def test_kill_9_mid_conversion_then_restart_completes(
+    registry_plain: RunningRegistry, test_images: ImageSet, tmp_path: Path
+) -> None:
+    image = test_images.edge
+    push(image, registry_plain, "library/killed:v1")
+    config_file = write_config(
+        tmp_path / "acceld.yml",
+        service_config(
+            tmp_path / "data", {registry_plain.host: {"plain_http": True}}, workers={"lease_seconds": 3}
+        ),
+    )
+    res = [resource(registry_plain.host, "library/killed", image.digest, "v1")]
+    with run_service(config_file, tmp_path / "serve-1.log") as service, service.api() as api:
+        task_id = post_event(service.url, default_payload("PUSH_ARTIFACT", res)).json()["tasks"][0]["id"]
+        wait_for(
+            lambda: api.get(f"/api/v1/tasks/{task_id}").json()["status"] == "running", what="a running task"
+        )
+        service.kill()
+    with run_service(config_file, tmp_path / "serve-2.log") as service, service.api() as api:
+        task = wait_finished(api, task_id)
+    assert task["status"] == "succeeded", task
+    assert task["attempts"] == 2
+    assert_estargz_of(
+        get_manifest(registry_plain, "library/killed", f"v1{SUFFIX}").json(), image.descriptor()
+    )
+
+
+def test_kill_9_loses_no_acknowledged_event(registry_plain: RunningRegistry, tmp_path: Path) -> None:
+    config_file = write_config(
+        tmp_path / "acceld.yml",
+        service_config(
+            tmp_path / "data", {registry_plain.host: {"plain_http": True}}, workers={"concurrency": 0}
+        ),
+    )
+    payloads = [
+        default_payload(
+            "PUSH_ARTIFACT",
+            [
+                resource(
+                    registry_plain.host,
+                    "library/durable",
+                    "sha256:" + hashlib.sha256(str(n).encode()).hexdigest(),
+                    "v1",
+                )
+            ],
+        )
+        for n in range(200)
+    ]
+    with run_service(config_file, tmp_path / "serve-1.log") as service:
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            replies = list(pool.map(lambda p: post_event(service.url, p), payloads))
+        service.kill()
+    acknowledged = {r.json()["tasks"][0]["id"] for r in replies if r.status_code == 202}
+    assert len(acknowledged) == 200
+    with run_service(config_file, tmp_path / "serve-2.log") as service, service.api() as api:
+        stored = {t["id"] for t in tasks_of(api, repository="library/durable")}
+    assert stored == acknowledged
+
+
+def test_sync_converts_images_pushed_while_stopped(
+    registry_plain: RunningRegistry, test_images: ImageSet, tmp_path: Path
+) -> None:
+    rules = [{"name": "synced", "repositories": ["sync/**"], "drivers": [{"name": "estargz"}]}]
+    config_file = write_config(
+        tmp_path / "acceld.yml",
+        service_config(tmp_path / "data", {registry_plain.host: {"plain_http": True}}, rules=rules),
+    )
+    push(test_images.busybox_amd64, registry_plain, "sync/one:v1")
+    push(test_images.busybox_index, registry_plain, "sync/two:v2")
+
+    def sync() -> str:
+        result = subprocess.run(
+            acceld_command("sync", "--config", str(config_file)), capture_output=True, text=True, timeout=300
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    assert "queued: 2" in sync()
+    assert "queued: 0" in sync()  # the same tasks, not new ones
+    with run_service(config_file, tmp_path / "serve.log") as service, service.api() as api:
+        tasks = tasks_of(api)
+        assert len(tasks) == 2
+        finished = [wait_finished(api, t["id"]) for t in tasks]
+    assert {t["status"] for t in finished} == {"succeeded"}, finished
+    assert_estargz_of(
+        get_manifest(registry_plain, "sync/one", f"v1{SUFFIX}").json(), test_images.busybox_amd64.descriptor()
+    )
+    assert get_manifest(registry_plain, "sync/two", f"v2{SUFFIX}").status_code == 200
+    assert "up to date: 2" in sync()
