@@ -414,6 +414,8 @@ class _BootstrapParser:
                 f"device table ({count} slots) ends at {end}, past the bootstrap end {len(data)}"
             )
         self._claim(DEVICE_TABLE_OFFSET, end, "device table")
+        if end < BLOCK_SIZE:
+            self._claim(end, BLOCK_SIZE, "the rest of the superblock block")
         devices = []
         seen: set[str] = set()
         for i in range(count):
