@@ -12,7 +12,7 @@ import re
 import shutil
 import subprocess
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -21,8 +21,14 @@ from harness.tars import write_edge_lower, write_edge_upper
 from acceld.formats.driver import LayerBlob, SourceLayer
 from acceld.formats.fstree import FsTree, diff_trees, tree_from_directory, tree_from_layers
 from acceld.formats.nydus.driver import NydusDriver
-from acceld.formats.nydus.reader import RafsImage, open_bootstrap_layer
-from acceld.formats.nydus.reader_blob import expand_blob
+from acceld.formats.nydus.reader import (
+    ManifestLayer,
+    NydusFormatError,
+    RafsImage,
+    check_image_layers,
+    open_bootstrap_layer,
+)
+from acceld.formats.nydus.reader_blob import NydusBlob, expand_blob
 
 CHUNK = 0x10000  # small chunks: many chunks per file, fast
 
@@ -32,6 +38,7 @@ class Converted:
     tars: list[Path]
     blobs: dict[str, Path]  # blob id (hex) → blob file
     bootstrap_layer: Path
+    manifest: list[ManifestLayer]  # the converted image's layers, bootstrap last
 
 
 def sha256_file(path: Path) -> str:
@@ -68,7 +75,11 @@ def convert(tmp_path: Path, driver: NydusDriver, tars: list[Path]) -> Converted:
     finalize_dir = tmp_path / "finalize"
     finalize_dir.mkdir()
     additions = driver.finalize(layers, finalize_dir)
-    return Converted(tars=tars, blobs=blobs, bootstrap_layer=additions.extra_layers[-1].path)
+    manifest = [
+        ManifestLayer(layer.path, layer.media_type, layer.digest, layer.diff_id, layer.annotations)
+        for layer in [*layers, *additions.extra_layers]
+    ]
+    return Converted(tars, blobs, additions.extra_layers[-1].path, manifest)
 
 
 def expected_tree(tars: list[Path]) -> FsTree:
@@ -209,3 +220,74 @@ def test_stress_and_metadata_only_layers_round_trip(tmp_path: Path) -> None:
     assert diff_trees(expected_tree(tars), image.to_fstree()) == []
     for path in converted.blobs.values():
         RafsImage.from_blob(path).verify()
+
+
+def test_image_level_rules_hold_for_the_writer_output(tmp_path: Path, edge_tars: list[Path]) -> None:
+    converted = convert(tmp_path, NydusDriver(chunk_size=CHUNK), edge_tars)
+    image = check_image_layers(converted.manifest)
+    assert diff_trees(expected_tree(edge_tars), image.to_fstree()) == []
+
+
+@pytest.mark.parametrize(
+    ("layer", "change", "message"),
+    [
+        (0, {"media_type": "application/vnd.oci.image.layer.v1.tar"}, "media type"),
+        (0, {"annotations": {}}, "nydus-blob"),
+        (1, {"diff_id": "sha256:" + "0" * 64}, "diff_id"),
+        (
+            0,
+            {"annotations": {"containerd.io/snapshot/nydus-blob": "true", "containerd.io/uncompressed": "x"}},
+            "uncompressed",
+        ),
+        (-1, {"annotations": {"containerd.io/snapshot/nydus-bootstrap": "true"}}, "nydus-fs-version"),
+        (-1, {"diff_id": "sha256:" + "0" * 64}, "uncompressed tar"),
+    ],
+)
+def test_image_level_violations_are_named(
+    tmp_path: Path, edge_tars: list[Path], layer: int, change: dict[str, object], message: str
+) -> None:
+    converted = convert(tmp_path, NydusDriver(chunk_size=CHUNK), edge_tars)
+    layers = list(converted.manifest)
+    layers[layer] = replace(layers[layer], **change)  # type: ignore[arg-type]
+    with pytest.raises(NydusFormatError, match=message):
+        check_image_layers(layers)
+
+
+def test_a_blob_missing_from_the_manifest_is_named(tmp_path: Path, edge_tars: list[Path]) -> None:
+    converted = convert(tmp_path, NydusDriver(chunk_size=CHUNK), edge_tars)
+    with pytest.raises(NydusFormatError, match="is not a manifest layer"):
+        check_image_layers(converted.manifest[1:])
+
+
+@pytest.mark.parametrize("where", ["chunk", "chunk-info", "bootstrap"])
+def test_flipped_byte_in_writer_output_is_detected(tmp_path: Path, edge_tars: list[Path], where: str) -> None:
+    """The issue's acceptance: one flipped byte in a chunk, the chunk-info table or the bootstrap."""
+    converted = convert(tmp_path, NydusDriver(chunk_size=CHUNK), edge_tars)
+    blob_id, blob_path = next(iter(converted.blobs.items()))
+    if where == "bootstrap":
+        layer = open_bootstrap_layer(converted.bootstrap_layer)
+        boot = bytearray(layer.bootstrap)
+        image = RafsImage(bytes(boot), converted.blobs)
+        inode = image.inode("/data/multi-chunk")
+        boot[inode.offset + 5] ^= 0x40  # i_mode high byte: the file's type changes
+        with pytest.raises(NydusFormatError, match="special file has layout 4"):
+            RafsImage(bytes(boot), converted.blobs).verify()
+        boot[inode.offset + 5] ^= 0x40
+        boot[inode.offset + 4] ^= 0x40  # a permission bit: structurally valid, caught by the tree compare
+        flipped = RafsImage(bytes(boot), converted.blobs)
+        flipped.verify()
+        assert diff_trees(expected_tree(edge_tars), flipped.to_fstree()) == [
+            "/data/multi-chunk: mode 420 != 484"
+        ]
+        return
+    blob = NydusBlob(blob_path)
+    offset = blob.chunks[3].compressed_offset + 5 if where == "chunk" else blob.header.ci_offset + 17  # type: ignore[union-attr]
+    data = bytearray(blob_path.read_bytes())
+    data[offset] ^= 0x01
+    blob_path.write_bytes(bytes(data))
+    with pytest.raises(NydusFormatError):
+        check_image_layers(converted.manifest)
+    with pytest.raises(NydusFormatError):
+        RafsImage.from_bootstrap_layer(converted.bootstrap_layer, {blob_id: blob_path}).verify(
+            check_blob_ids=False
+        )

@@ -6,7 +6,8 @@
     image.to_fstree()            # acceld.formats.fstree.FsTree, for `acceld check`
     image.verify()               # every blob end to end + chunk table <-> blob meta agreement
 
-`RafsImage.from_blob(path)` opens a blob layer through its inline per-layer bootstrap, and
+`RafsImage.from_blob(path)` opens a blob layer through its inline per-layer bootstrap,
+`check_image_layers(layers)` adds the image-level rules (media types, annotations, diff_ids), and
 `RafsImage.from_bootstrap_layer(path, blobs)` opens the gzip bootstrap layer of a Nydus image
 (`image/image.boot` plus `image/<blob-id>.blob.meta`). This reader shares no code with the
 writer on purpose. Every violation raises a `NydusFormatError` subclass with a one-line message.
@@ -14,11 +15,13 @@ writer on purpose. Every violation raises a `NydusFormatError` subclass with a o
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import re
 import stat
 import tarfile
-from collections.abc import Iterable, Iterator, Mapping
+import zlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -54,9 +57,11 @@ __all__ = [
     "BootstrapError",
     "BootstrapLayer",
     "Inode",
+    "ManifestLayer",
     "NydusFormatError",
     "RafsImage",
     "UnsupportedNydusError",
+    "check_image_layers",
     "open_bootstrap_layer",
     "verify_blob",
 ]
@@ -72,6 +77,7 @@ _KINDS: Final = {
 }
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _BLOB_META_NAME = re.compile(r"image/([0-9a-f]{64})\.blob\.meta")
+_READ_SIZE: Final = 1 << 20
 _BOOTSTRAP_NAMES: Final = ("image/image.boot", "image.boot")  # the second is the legacy name
 
 
@@ -326,6 +332,93 @@ class RafsImage:
             _, ci_raw, _ = parse_blob_meta_file(meta, f"{entry.blob_id}.blob.meta")
             if ci_raw != blob.ci_raw:
                 raise BlobError(f"{entry.blob_id}.blob.meta: CI data differs from the blob's blob.meta")
+
+
+NYDUS_BLOB_MEDIA_TYPE: Final = "application/vnd.oci.image.layer.nydus.blob.v1"
+BOOTSTRAP_MEDIA_TYPES: Final = (
+    "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip",
+)
+_ANNOTATION: Final = "containerd.io/snapshot/"
+
+
+@dataclass(frozen=True)
+class ManifestLayer:
+    """One layer of a converted manifest, downloaded: its descriptor fields and config diff_id."""
+
+    path: Path
+    media_type: str
+    digest: str
+    diff_id: str
+    annotations: Mapping[str, str]
+
+
+def check_image_layers(layers: Sequence[ManifestLayer]) -> RafsImage:
+    """Image-level rules of a Nydus image (spec §2, §3, §11.11), then every blob end to end.
+
+    Blob layers: the Nydus blob media type and annotation, diff_id = digest = sha256 of the file,
+    no leftover `containerd.io/uncompressed`. The last layer: the bootstrap layer annotations,
+    a gzip tar of `image/image.boot` (+ `.blob.meta` files) whose diff_id is the sha256 of the tar.
+    Every blob-table id is a blob layer; a blob layer outside the blob table carries no chunks.
+    Returns the verified image.
+    """
+    if not layers:
+        raise NydusFormatError("a Nydus image needs at least its bootstrap layer")
+    *blob_layers, boot = layers
+    for layer in blob_layers:
+        _check_blob_layer(layer)
+    _check_bootstrap_layer(boot)
+    blobs = {layer.digest.removeprefix("sha256:"): layer.path for layer in blob_layers}
+    if len(blobs) != len(blob_layers):
+        raise NydusFormatError("a blob layer appears twice in the manifest")
+    image = RafsImage.from_bootstrap_layer(boot.path, blobs)
+    in_table = {entry.blob_id for entry in image.bootstrap.blobs}
+    missing = in_table - set(blobs)
+    if missing:
+        raise NydusFormatError(
+            f"blob {sorted(missing)[0]} of the bootstrap's blob table is not a manifest layer"
+        )
+    for blob_id, path in blobs.items():
+        if blob_id not in in_table:
+            report = verify_blob(path)
+            if report.chunks:
+                raise NydusFormatError(f"blob layer {blob_id} has chunk data but is not in the blob table")
+            if report.sha256 != blob_id:
+                raise BlobError(f"blob layer {blob_id}: file sha256 is {report.sha256}")
+    image.verify(check_blob_ids=True)
+    return image
+
+
+def _check_blob_layer(layer: ManifestLayer) -> None:
+    where = f"blob layer {layer.digest}"
+    if layer.media_type != NYDUS_BLOB_MEDIA_TYPE:
+        raise NydusFormatError(f"{where}: media type {layer.media_type}, expected {NYDUS_BLOB_MEDIA_TYPE}")
+    if layer.annotations.get(_ANNOTATION + "nydus-blob") != "true":
+        raise NydusFormatError(f'{where}: annotation {_ANNOTATION}nydus-blob is not "true"')
+    if "containerd.io/uncompressed" in layer.annotations:
+        raise NydusFormatError(f"{where}: the conversion-time annotation containerd.io/uncompressed was left")
+    if layer.diff_id != layer.digest:
+        raise NydusFormatError(f"{where}: diff_id {layer.diff_id}, expected the blob digest")
+
+
+def _check_bootstrap_layer(layer: ManifestLayer) -> None:
+    where = f"bootstrap layer {layer.digest}"
+    if layer.media_type not in BOOTSTRAP_MEDIA_TYPES:
+        raise NydusFormatError(f"{where}: media type {layer.media_type}, expected a tar+gzip layer")
+    for key, value in (("nydus-bootstrap", "true"), ("nydus-fs-version", "6")):
+        if layer.annotations.get(_ANNOTATION + key) != value:
+            raise NydusFormatError(f"{where}: annotation {_ANNOTATION}{key} is not {value!r}")
+    sha = hashlib.sha256()
+    try:
+        with gzip.open(layer.path, "rb") as tar:
+            while block := tar.read(_READ_SIZE):
+                sha.update(block)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise NydusFormatError(f"{where}: not a readable gzip stream ({exc})") from exc
+    if layer.diff_id != "sha256:" + sha.hexdigest():
+        raise NydusFormatError(
+            f"{where}: diff_id {layer.diff_id}, the uncompressed tar is sha256:{sha.hexdigest()}"
+        )
 
 
 def _read_bootstrap_file(path: Path) -> bytes:
