@@ -12,6 +12,7 @@ makes the search vectorisable: s2 is a running sum of (window sum - 64 * dropped
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -60,28 +61,37 @@ def split_points(history: bytes, data: bytes | memoryview) -> np.ndarray:
 
 
 class Chunker:
-    """Turns the content of one file, fed in blocks, into Data and Zeros pieces in order."""
+    """Turns the content of one file, fed in blocks, into Data and Zeros pieces in order.
+
+    Each block comes with its split points (`split_points` over the block, given the 64 bytes
+    of the file before it), so callers can compute those elsewhere, e.g. in worker threads.
+    """
 
     def __init__(self) -> None:
-        self._history = bytes(WINDOW)
         self._pending_zeros = 0  # trailing zero run whose end is not known yet
+        self._pending_splits: list[int] = []  # split points inside that run, relative to its start
 
-    def feed(self, block: bytes) -> Iterator[Piece]:
+    def feed(self, block: bytes, splits: np.ndarray) -> Iterator[Piece]:
         first = _NON_ZERO.search(block)
         if first is None:
+            self._pending_splits += (splits + self._pending_zeros).tolist()
             self._pending_zeros += len(block)
             return
         start = first.start()
-        lead = self._pending_zeros + start
         end = len(block) - _trailing_zeros(block)
-        self._pending_zeros = len(block) - end
+        cut = int(np.searchsorted(splits, end))
+        lead = self._pending_zeros + start
         if lead >= HOLE_THRESHOLD:
             yield Zeros(lead)
-            self._history = bytes(WINDOW)
             region = block[start:end]
+            first_split = int(np.searchsorted(splits, start))
+            region_splits = (splits[first_split:cut] - start).tolist()
         else:
-            region = bytes(lead) + block[start:end] if lead else block[:end]
-        yield from self._region(region, final=False)
+            region = bytes(self._pending_zeros) + block[:end] if self._pending_zeros else block[:end]
+            region_splits = self._pending_splits + (splits[:cut] + self._pending_zeros).tolist()
+        self._pending_zeros = len(block) - end
+        self._pending_splits = (splits[cut:] - end).tolist()
+        yield from _region(region, region_splits, final=False)
 
     def finish(self) -> Iterator[Piece]:
         """Pieces for the rest of the file; the last piece always ends a chunk."""
@@ -89,31 +99,30 @@ class Chunker:
         if pending >= HOLE_THRESHOLD:
             yield Zeros(pending)
         elif pending:
-            yield from self._region(bytes(pending), final=True)
+            yield from _region(bytes(pending), self._pending_splits, final=True)
         else:
             yield Data(b"", cut=True)
 
-    def _region(self, region: bytes, final: bool) -> Iterator[Piece]:
-        """Chunk a region that ends with a non-zero byte (or is the end of the file)."""
-        view = memoryview(region)
-        pos = 0
-        for hole_start, hole_end in _holes(region):
-            yield from self._data(view[pos:hole_start], cut_at_end=True)
-            yield Zeros(hole_end - hole_start)
-            self._history = bytes(WINDOW)
-            pos = hole_end
-        yield from self._data(view[pos:], cut_at_end=final)
 
-    def _data(self, data: memoryview, cut_at_end: bool) -> Iterator[Piece]:
-        if not data:
-            return
-        pos = 0
-        for index in split_points(self._history, data).tolist():
-            yield Data(data[pos : index + 1], cut=True)
-            pos = index + 1
-        if pos < len(data):
-            yield Data(data[pos:], cut=cut_at_end)
-        self._history = (self._history + bytes(data[-WINDOW:]))[-WINDOW:]
+def _region(region: bytes, splits: list[int], final: bool) -> Iterator[Piece]:
+    """Chunk a region that ends with a non-zero byte (or is the end of the file)."""
+    view = memoryview(region)
+    pos = 0
+    for hole_start, hole_end in _holes(region):
+        yield from _data(view, pos, hole_start, splits, cut_at_end=True)
+        yield Zeros(hole_end - hole_start)
+        pos = hole_end
+    yield from _data(view, pos, len(region), splits, cut_at_end=final)
+
+
+def _data(view: memoryview, start: int, end: int, splits: list[int], cut_at_end: bool) -> Iterator[Piece]:
+    """Data pieces of view[start:end], cut after every split point in that range."""
+    pos = start
+    for index in splits[bisect.bisect_left(splits, start) : bisect.bisect_left(splits, end)]:
+        yield Data(view[pos : index + 1], cut=True)
+        pos = index + 1
+    if pos < end:
+        yield Data(view[pos:end], cut=cut_at_end)
 
 
 def _trailing_zeros(block: bytes) -> int:

@@ -11,17 +11,19 @@ from __future__ import annotations
 import hashlib
 import shutil
 import struct
+from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 import fastcrc
+import numpy as np
 import zstandard
 
 from acceld.formats.driver import FormatError
-from acceld.formats.zstdchunked.chunker import Chunker, Piece, Zeros
+from acceld.formats.zstdchunked.chunker import WINDOW, Chunker, Piece, Zeros, split_points
 from acceld.formats.zstdchunked.frames import FrameSink, Mark
 from acceld.formats.zstdchunked.tarheaders import TarHeader, TarHeaderReader
 from acceld.formats.zstdchunked.tarsplit import TarSplitWriter
@@ -37,6 +39,8 @@ _SKIPPABLE_HEADER = 8
 _READ_BLOCK = 4 << 20
 _TRAILER_SEGMENT = 1 << 20  # tar-split stores data after the end-of-archive marker in 1 MiB segments
 _EMPTY_CRC = 0  # CRC-64 of no bytes
+_LOOKAHEAD_BLOCKS = 2
+_OFFLOAD_SPLITS = 256 << 10  # smaller blocks are not worth a trip through the pool
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,8 @@ def _skippable_frame(size: int) -> bytes:
 
 
 class _LayerWriter:
-    def __init__(self, tar: BinaryIO, sink: FrameSink, tar_split: TarSplitWriter) -> None:
+    def __init__(self, tar: BinaryIO, sink: FrameSink, tar_split: TarSplitWriter, pool: Executor) -> None:
+        self._pool = pool
         self._source = _HashingReader(tar)
         self._reader = TarHeaderReader(self._source)
         self._sink = sink
@@ -145,55 +150,78 @@ class _LayerWriter:
             self._tar_split.segment(raw)
 
     def _payload(self, header: TarHeader, entry: TocEntry) -> int:
-        sink = self._sink
-        sink.end_frame()
-        pending = _PendingFile(entry=entry, start=sink.mark(), end=Mark())
+        self._sink.end_frame()
+        pending = _PendingFile(entry=entry, start=self._sink.mark(), end=Mark())
         self._files.append(pending)
+        frames = _ChunkFrames(self._sink, pending)
         chunker = Chunker()
         file_digest = hashlib.sha256()
         crc: int | None = None
-        remaining = header.payload_size
-        written = 0
-        current: _Chunk | None = None
-
-        def handle(piece: Piece) -> None:
-            nonlocal current, written
-            if isinstance(piece, Zeros):
-                close()
-                chunk = _Chunk(start=sink.mark(), offset_in_file=written, size=piece.size, zeros=True)
-                sink.write_zeros(piece.size)
-                sink.end_frame(digest_into=chunk.start)
-                pending.chunks.append(chunk)
-                written += piece.size
-                return
-            if piece.data:
-                if current is None:
-                    current = _Chunk(start=sink.mark(), offset_in_file=written)
-                sink.write(piece.data)
-                current.size += len(piece.data)
-                written += len(piece.data)
-            if piece.cut:
-                close()
-
-        def close() -> None:
-            nonlocal current
-            if current is not None:
-                sink.end_frame(digest_into=current.start)
-                pending.chunks.append(current)
-                current = None
-
-        while remaining:
-            block = self._reader.read_payload(min(_READ_BLOCK, remaining))
-            remaining -= len(block)
+        for block, splits in self._blocks(header.payload_size):
             file_digest.update(block)
             crc = fastcrc.crc64.go_iso(block, crc)
-            for piece in chunker.feed(block):
-                handle(piece)
+            for piece in chunker.feed(block, splits):
+                frames.add(piece)
         for piece in chunker.finish():
-            handle(piece)
-        pending.end = sink.mark()
+            frames.add(piece)
+        pending.end = self._sink.mark()
         entry.digest = "sha256:" + file_digest.hexdigest()
         return crc if crc is not None else _EMPTY_CRC
+
+    def _blocks(self, size: int) -> Iterator[tuple[bytes, np.ndarray]]:
+        """The file content in blocks with their rolling-checksum split points.
+
+        Split points of large blocks are computed by the pool a block or two ahead (numpy
+        releases the GIL), so the main thread only hashes and routes bytes.
+        """
+        history = bytes(WINDOW)
+        queue: deque[tuple[bytes, Future[np.ndarray] | np.ndarray]] = deque()
+        remaining = size
+        while remaining or queue:
+            while remaining and len(queue) < _LOOKAHEAD_BLOCKS:
+                block = self._reader.read_payload(min(_READ_BLOCK, remaining))
+                remaining -= len(block)
+                if len(block) >= _OFFLOAD_SPLITS:
+                    queue.append((block, self._pool.submit(split_points, history, block)))
+                else:
+                    queue.append((block, split_points(history, block)))
+                history = (history + block[-WINDOW:])[-WINDOW:]
+            block, splits = queue.popleft()
+            yield block, splits.result() if isinstance(splits, Future) else splits
+
+
+class _ChunkFrames:
+    """Routes one file's pieces into frames: one frame per chunk, zeros chunks included."""
+
+    def __init__(self, sink: FrameSink, pending: _PendingFile) -> None:
+        self._sink = sink
+        self._pending = pending
+        self._current: _Chunk | None = None
+        self._written = 0
+
+    def add(self, piece: Piece) -> None:
+        if isinstance(piece, Zeros):
+            self._close()
+            chunk = _Chunk(start=self._sink.mark(), offset_in_file=self._written, size=piece.size, zeros=True)
+            self._sink.write_zeros(piece.size)
+            self._sink.end_frame(digest_into=chunk.start)
+            self._pending.chunks.append(chunk)
+            self._written += piece.size
+            return
+        if piece.data:
+            if self._current is None:
+                self._current = _Chunk(start=self._sink.mark(), offset_in_file=self._written)
+            self._sink.write(piece.data)
+            self._current.size += len(piece.data)
+            self._written += len(piece.data)
+        if piece.cut:
+            self._close()
+
+    def _close(self) -> None:
+        if self._current is not None:
+            self._sink.end_frame(digest_into=self._current.start)
+            self._pending.chunks.append(self._current)
+            self._current = None
 
 
 def write_zstd_chunked(
@@ -205,7 +233,7 @@ def write_zstd_chunked(
         TarSplitWriter(workdir / "tar-split.json.zst", level) as tar_split,
     ):
         sink = FrameSink(out, pool, level, max_pending=2 * max(1, workers) + 2)
-        layer = _LayerWriter(tar, sink, tar_split)
+        layer = _LayerWriter(tar, sink, tar_split, pool)
         layer.run()
         tar_split_digest = tar_split.finish()
         manifest = toc_json(layer.entries(), tar_split_digest)
