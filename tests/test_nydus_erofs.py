@@ -434,3 +434,39 @@ def test_chunk_dict_with_other_chunk_size_is_rejected(tmp_path: Path) -> None:
     driver = NydusDriver(chunk_dict=str(bootstrap_layer), chunk_size=0x10000)
     with dict_tar.open("rb") as source, pytest.raises(FormatError, match="chunk dict"):
         driver.convert_layer(source, io.BytesIO(), SourceLayer("sha256:" + "0" * 64, "t", 0, ""), tmp_path)
+
+
+def test_chunk_indexes_and_xattrs_crossing_blocks(tmp_path: Path) -> None:
+    """4 KiB chunks: a 3 MB file needs 6 KiB of chunk indexes; xattrs larger than a block."""
+    big = b"".join(hashlib.sha256(b"%d" % i).digest() for i in range(100_000))[:3_000_000]
+    with tarfile.open(tmp_path / "layer.tar", "w", format=tarfile.PAX_FORMAT) as archive:
+        for name, data, xattr_size in [
+            ("a-big", big, 0),
+            ("b-xattrs", b"x", 6000),
+            ("c-small", b"y" * 5000, 3900),
+        ]:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            if xattr_size:
+                info.pax_headers = {"SCHILY.xattr.user.big": "v" * xattr_size, "SCHILY.xattr.user.s": "1"}
+            archive.addfile(info, io.BytesIO(data))
+        info = tarfile.TarInfo("d-dir")
+        info.type, info.mode = tarfile.DIRTYPE, 0o755
+        info.pax_headers = {"SCHILY.xattr.user.dir": "d" * 4000}
+        archive.addfile(info)
+    tars = [tmp_path / "layer.tar"]
+    layers, _, boot = convert(NydusDriver(chunk_size=0x1000, compressor="lz4_block"), tars, tmp_path)
+    check_with_fsck(boot, blob_files(layers), tars, tmp_path)
+    if _loop_reason() is None:
+        devices = write_devices(boot.read_bytes(), blob_files(layers), tmp_path)
+        mountpoint = tmp_path / "mnt"
+        mountpoint.mkdir()
+        with contextlib.ExitStack() as stack:
+            boot_dev = stack.enter_context(_loop(boot))
+            options = ",".join(["ro", *(f"device={stack.enter_context(_loop(d))}" for d in devices)])
+            subprocess.run(["mount", "-t", "erofs", "-o", options, boot_dev, str(mountpoint)], check=True)
+            try:
+                actual = fstree.tree_from_directory(mountpoint)
+            finally:
+                subprocess.run(["umount", str(mountpoint)], check=True)
+        assert fstree.diff_trees(expected_tree(tars), actual) == []
