@@ -139,19 +139,24 @@ async def test_missing_tag_and_repository_are_not_found(registry_plain: RunningR
         assert not await c.repository("client/none").has_blob(sha256_digest(b"none"))
 
 
-@pytest.mark.parametrize("size", [0, 1000, 300_000])
-async def test_blob_upload_monolithic_and_chunked(registry_plain: RunningRegistry, size: int) -> None:
+@pytest.mark.parametrize(
+    ("size", "chunk_size"),
+    [(0, None), (1000, None), (300_000, None), (300_000, 64 * 1024)],
+    ids=["empty", "monolithic", "streamed-patch", "chunked-patches"],
+)
+async def test_blob_upload_modes(registry_plain: RunningRegistry, size: int, chunk_size: int | None) -> None:
     data = os.urandom(size)
     desc = blob(data)
     async with client(registry_plain) as c:
-        repo = c.repository("client/blobs")
-        repo.upload_chunk_size = 64 * 1024  # 300 kB → five PATCHes, each to the newest Location
+        repo = c.repository(f"client/blobs-{chunk_size or 0}")
+        repo.monolithic_limit = 100_000  # larger blobs: PATCH, then PUT
+        repo.upload_chunk_size = chunk_size  # 64 KiB: five PATCHes, each to the newest Location
         assert await repo.put_blob(desc, data) == "uploaded"
         assert await repo.has_blob(desc.digest)
         assert await repo.put_blob(desc, data) == "exists"
         assert b"".join([chunk async for chunk in repo.blob_chunks(desc)]) == data
     # An independent plain GET sees the same bytes.
-    response = httpx.get(f"{registry_plain.url}/v2/client/blobs/blobs/{desc.digest}")
+    response = httpx.get(f"{registry_plain.url}/v2/client/blobs-{chunk_size or 0}/blobs/{desc.digest}")
     assert response.status_code == 200 and response.content == data
 
 
@@ -167,7 +172,8 @@ async def test_blob_upload_from_file_and_stream(registry_plain: RunningRegistry,
 
     async with client(registry_plain) as c:
         from_file, from_stream = c.repository("client/file"), c.repository("client/stream")
-        from_file.upload_chunk_size = from_stream.upload_chunk_size = 50_000
+        from_file.monolithic_limit = from_stream.monolithic_limit = 10_000
+        from_stream.upload_chunk_size = 50_000
         assert await from_file.put_blob(desc, path) == "uploaded"
         assert await from_stream.put_blob(desc, pieces()) == "uploaded"
         target = tmp_path / "fetched"

@@ -37,6 +37,7 @@ class RegistryConfig(BaseModel):
     insecure: bool = False
     ca_file: Path | None = None
     http2: bool = False
+    upload_chunk_size: int | None = None  # bytes per PATCH (e.g. behind a proxy limiting bodies)
     username: str | None = None
     password: str | None = None
     password_file: Path | None = None

@@ -14,7 +14,7 @@ import email.utils
 import random
 import ssl
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import AsyncIterable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,7 @@ from acceld.registry.errors import RegistryError, RegistryUnreachable, error_fro
 if TYPE_CHECKING:
     from acceld.registry.repository import RegistryRepository
 
+BlobBody = bytes | AsyncIterable[bytes]  # a stream is sent once: never replayed after a 401 or error
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=120.0, write=120.0, pool=120.0)
 
 
@@ -142,13 +143,14 @@ class RegistryClient:
         expect: Collection[int] = (200,),
         headers: Mapping[str, str] | None = None,
         params: Any = None,
-        content: bytes | None = None,
+        content: BlobBody | None = None,
         stream: bool = False,
         idempotent: bool = True,
     ) -> httpx.Response:
         """Send an authenticated request; return the response if its status is in `expect`.
 
-        With `stream=True` the caller must `aclose()` the returned response.
+        With `stream=True` the caller must `aclose()` the returned response. A streamed
+        `content` is sent once (no retry, no re-authentication): authenticate first.
         """
         await self.ping()
         url = self.url(path)
@@ -173,7 +175,7 @@ class RegistryClient:
                 await response.aread()
                 await response.aclose()
             if response.status_code == 401:
-                if reauthenticated:
+                if reauthenticated or not (content is None or isinstance(content, bytes)):
                     raise self.auth.final_error(response, repository, what)
                 scopes = await self.auth.handle_unauthorized(response, scopes, repository)
                 reauthenticated = True
@@ -186,7 +188,7 @@ class RegistryClient:
         url: str,
         headers: Mapping[str, str],
         params: Any,
-        content: bytes | None,
+        content: BlobBody | None,
         what: str,
         repository: str | None,
         *,
@@ -199,13 +201,24 @@ class RegistryClient:
             try:
                 response = await self._http.send(request, stream=stream)
             except httpx.TransportError as exc:
-                if idempotent and attempt + 1 < self.retry.attempts and not _is_tls_failure(exc):
+                replayable = content is None or isinstance(content, bytes)
+                if (
+                    idempotent
+                    and replayable
+                    and attempt + 1 < self.retry.attempts
+                    and not _is_tls_failure(exc)
+                ):
                     await asyncio.sleep(self.retry.backoff(attempt))
                     attempt += 1
                     continue
                 raise self.transport_error(exc, what, repository) from None
             retryable = response.status_code == 429 or response.status_code >= 500
-            if retryable and idempotent and attempt + 1 < self.retry.attempts:
+            if (
+                retryable
+                and idempotent
+                and (content is None or isinstance(content, bytes))
+                and attempt + 1 < self.retry.attempts
+            ):
                 delay = _retry_after(response, self.retry.max_retry_after)
                 await response.aclose()
                 await asyncio.sleep(self.retry.backoff(attempt) if delay is None else delay)

@@ -25,7 +25,7 @@ from acceld.registry.store import BlobSource, PutResult, iter_source
 
 REF_NAME = "org.opencontainers.image.ref.name"
 _LAYOUT_FILE = {"imageLayoutVersion": "1.0.0"}
-_READ_CHUNK = 1 << 20
+_READ_CHUNK = 4 << 20
 _MAX_MANIFEST_SIZE = 4 << 20
 
 

@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import httpx
 
@@ -17,14 +16,13 @@ from acceld.oci import mediatypes as mt
 from acceld.oci.digest import Digester, DigestMismatch, is_digest, verify_bytes
 from acceld.oci.models import Descriptor, Index, InvalidManifest, RawManifest
 from acceld.registry.auth import repository_scope
+from acceld.registry.client import BlobBody, RegistryClient
 from acceld.registry.errors import NotFound, RegistryError
-from acceld.registry.store import BlobSource, PutResult, iter_source, source_size
-
-if TYPE_CHECKING:
-    from acceld.registry.client import RegistryClient
+from acceld.registry.store import BlobSource, PutResult, exact_size, iter_source, rechunk, source_size
 
 MAX_MANIFEST_SIZE = 4 << 20
-UPLOAD_CHUNK_SIZE = 16 << 20
+MONOLITHIC_LIMIT = 8 << 20  # blobs up to this size go in the PUT that completes the upload
+_READ_SIZE = 4 << 20
 
 
 def fallback_tag(digest: str) -> str:
@@ -47,7 +45,9 @@ class RegistryRepository:
         self.client = client
         self.name = name
         self.location = f"{client.host}/{name}"
-        self.upload_chunk_size = UPLOAD_CHUNK_SIZE
+        self.monolithic_limit = MONOLITHIC_LIMIT
+        # None: one streamed PATCH (fastest on distribution); a size: PATCH requests of that size.
+        self.upload_chunk_size = client.settings.upload_chunk_size
         self._pull = [repository_scope(name, "pull")]
         self._push = [repository_scope(name, "pull", "push")]
 
@@ -293,6 +293,9 @@ class RegistryRepository:
                 await asyncio.sleep(self.client.retry.backoff(attempt - 1))
 
     async def _upload(self, desc: Descriptor, source: BlobSource, location: str | None) -> None:
+        """POST (unless a mount attempt opened the upload), then either PUT a small blob in one
+        request, or PATCH the body — one streamed PATCH, or `upload_chunk_size` pieces each sent
+        to the newest Location — and PUT the digest."""
         what = f"upload of blob {desc.digest}"
         try:
             if location is None:
@@ -308,35 +311,41 @@ class RegistryRepository:
             size = source_size(source)
             if size is not None and size != desc.size:
                 raise DigestMismatch(f"{what}: source has {size} bytes, descriptor says {desc.size}")
-            if size is not None and size <= self.upload_chunk_size:
-                body = b"".join([c async for c in iter_source(source, self.upload_chunk_size)])
+            if desc.size <= self.monolithic_limit:
+                body = b"".join([c async for c in iter_source(source, _READ_SIZE)])
                 await self._finish_upload(location, desc, body)
                 return
-            sent = 0
-            async for chunk in iter_source(source, self.upload_chunk_size):
-                response = await self.client.request(
-                    "PATCH",
-                    location,
-                    scopes=self._push,
-                    what=what,
-                    repository=self.location,
-                    expect=(202, 204),
-                    content=chunk,
-                    idempotent=False,
-                    headers={
-                        "Content-Type": "application/octet-stream",
-                        "Content-Range": f"{sent}-{sent + len(chunk) - 1}",
-                    },
-                )
-                location = self._location(response, location)
-                sent += len(chunk)
-            if sent != desc.size:
-                raise DigestMismatch(f"{what}: sent {sent} bytes, descriptor says {desc.size}")
+            chunks = exact_size(iter_source(source, _READ_SIZE), desc.size, what)
+            if self.upload_chunk_size is None:
+                location = await self._patch(location, chunks, desc.size, 0, what)
+            else:
+                offset = 0
+                async for piece in rechunk(chunks, self.upload_chunk_size):
+                    location = await self._patch(location, piece, len(piece), offset, what)
+                    offset += len(piece)
             await self._finish_upload(location, desc, b"")
         except BaseException:
             if location is not None:
                 await self._cancel_upload(location)
             raise
+
+    async def _patch(self, location: str, body: BlobBody, length: int, offset: int, what: str) -> str:
+        response = await self.client.request(
+            "PATCH",
+            location,
+            scopes=self._push,
+            what=what,
+            repository=self.location,
+            expect=(202, 204),
+            content=body,
+            idempotent=False,
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Length": str(length),
+                "Content-Range": f"{offset}-{offset + length - 1}",
+            },
+        )
+        return self._location(response, location)
 
     async def _finish_upload(self, location: str, desc: Descriptor, body: bytes) -> None:
         url = httpx.URL(self.client.url(location)).copy_merge_params({"digest": desc.digest})

@@ -24,6 +24,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
 from typing import Literal, Protocol
 
+from acceld.oci.digest import DigestMismatch
 from acceld.oci.models import Descriptor, RawManifest
 
 BlobSource = bytes | Path | AsyncIterable[bytes]
@@ -65,22 +66,44 @@ def source_size(source: BlobSource) -> int | None:
     return None
 
 
-async def iter_source(source: BlobSource, chunk_size: int) -> AsyncIterator[bytes]:
-    """The source as chunks of exactly `chunk_size` bytes (the last one may be shorter)."""
+async def iter_source(source: BlobSource, read_size: int) -> AsyncIterator[bytes]:
+    """The source as chunks: bytes and files in `read_size` pieces, streams as they come."""
     if isinstance(source, bytes):
-        for start in range(0, len(source), chunk_size):
-            yield source[start : start + chunk_size]
+        for start in range(0, len(source), read_size):
+            yield source[start : start + read_size]
         return
     if isinstance(source, Path):
         with source.open("rb") as f:
-            while chunk := await asyncio.to_thread(f.read, chunk_size):
+            while chunk := await asyncio.to_thread(f.read, read_size):
                 yield chunk
         return
+    async for chunk in source:
+        yield chunk
+
+
+async def rechunk(chunks: AsyncIterable[bytes], size: int) -> AsyncIterator[bytes]:
+    """Regroup a stream into pieces of exactly `size` bytes (the last one may be shorter)."""
     buffer = bytearray()
-    async for piece in source:
-        buffer += piece
-        while len(buffer) >= chunk_size:
-            yield bytes(buffer[:chunk_size])
-            del buffer[:chunk_size]
+    async for chunk in chunks:
+        buffer += chunk
+        if len(buffer) >= size:
+            view = memoryview(buffer)
+            whole = len(buffer) - len(buffer) % size
+            for start in range(0, whole, size):
+                yield bytes(view[start : start + size])
+            view.release()
+            del buffer[:whole]
     if buffer:
         yield bytes(buffer)
+
+
+async def exact_size(chunks: AsyncIterable[bytes], size: int, what: str) -> AsyncIterator[bytes]:
+    """Pass a stream through, failing with DigestMismatch unless it holds exactly `size` bytes."""
+    seen = 0
+    async for chunk in chunks:
+        seen += len(chunk)
+        if seen > size:
+            raise DigestMismatch(f"{what}: source is longer than {size} bytes")
+        yield chunk
+    if seen != size:
+        raise DigestMismatch(f"{what}: source has {seen} bytes, descriptor says {size}")

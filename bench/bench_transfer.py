@@ -1,0 +1,130 @@
+"""Push+pull throughput of one large blob: `acceld copy` versus `skopeo copy`, same image, same run.
+
+Builds an OCI layout holding one image with a single incompressible gzip layer of --size-mb MB,
+starts a loopback docker-registry (plain HTTP, no auth) per tool and run, and times for each tool:
+push (oci: layout → registry) and pull (registry → fresh oci: layout). Each run uses fresh
+registries, so no tool can skip or mount a blob it pushed before. Runs alternate between the tools.
+
+    .venv/bin/python bench/bench_transfer.py [--size-mb 256] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from contextlib import ExitStack
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT / "tests"))
+
+from harness.clients import policy_file  # noqa: E402  (the test harness starts the registries)
+from harness.registry import run_registry  # noqa: E402
+
+from acceld.oci import mediatypes as mt  # noqa: E402
+from acceld.oci.digest import Digester, sha256_digest  # noqa: E402
+from acceld.oci.models import Descriptor, RawManifest  # noqa: E402
+from acceld.registry.layout import OCILayout  # noqa: E402
+
+ACCELD = str(Path(sys.executable).parent / "acceld")
+
+
+def write_gzip_layer(path: Path, size: int) -> Descriptor:
+    """A valid gzip stream of random bytes (stored blocks: incompressible, fast to make)."""
+    digester = Digester()
+    compressor = zlib.compressobj(0, zlib.DEFLATED, 31)
+    with path.open("wb") as out:
+        remaining = size
+        while remaining:
+            piece = os.urandom(min(remaining, 8 << 20))
+            remaining -= len(piece)
+            for data in (compressor.compress(piece), compressor.flush() if not remaining else b""):
+                digester.update(data)
+                out.write(data)
+    return Descriptor(mediaType=mt.OCI_LAYER_GZIP, digest=digester.digest, size=digester.size)
+
+
+async def build_layout(root: Path, size: int) -> int:
+    layout = OCILayout.open(root / "src", create=True)
+    layer_file = root / "layer.gz"
+    layer = write_gzip_layer(layer_file, size)
+    await layout.put_blob(layer, layer_file)
+    layer_file.unlink()
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [sha256_digest(b"unused")]},
+        }
+    ).encode()
+    config_desc = Descriptor(mediaType=mt.OCI_CONFIG, digest=sha256_digest(config), size=len(config))
+    await layout.put_blob(config_desc, config)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": mt.OCI_MANIFEST,
+        "config": config_desc.to_dict(),
+        "layers": [layer.to_dict()],
+    }
+    await layout.put_manifest(RawManifest.from_bytes(json.dumps(manifest).encode()), "big")
+    return layer.size
+
+
+def timed(argv: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return time.perf_counter() - start
+
+
+def commands(tool: str, layout: Path, host: str, pulled: Path) -> tuple[list[str], list[str]]:
+    remote = f"{host}/bench/{tool}:big"
+    if tool == "acceld":
+        return (
+            [ACCELD, "copy", "--plain-http", f"oci:{layout}:big", remote],
+            [ACCELD, "copy", "--plain-http", remote, f"oci:{pulled}:big"],
+        )
+    skopeo = ["skopeo", "--policy", str(policy_file(REPO_ROOT / ".cache" / "skopeo")), "copy", "--quiet"]
+    return (
+        [*skopeo, "--dest-tls-verify=false", f"oci:{layout}:big", f"docker://{remote}"],
+        [*skopeo, "--src-tls-verify=false", f"docker://{remote}", f"oci:{pulled}:big"],
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mb", type=int, default=256)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    results: dict[str, list[tuple[float, float]]] = {"acceld": [], "skopeo": []}
+    with tempfile.TemporaryDirectory(prefix="bench-transfer-") as tmp:
+        root = Path(tmp)
+        size = asyncio.run(build_layout(root, args.size_mb * 1_000_000))
+        print(f"blob: {size / 1e6:.1f} MB (gzip, incompressible); {args.runs} runs per tool")
+        for run in range(args.runs):
+            for tool in ("acceld", "skopeo") if run % 2 == 0 else ("skopeo", "acceld"):
+                with ExitStack() as stack:
+                    registry = stack.enter_context(run_registry(root / f"reg-{tool}-{run}"))
+                    push, pull = commands(tool, root / "src", registry.host, root / f"pull-{tool}-{run}")
+                    push_s, pull_s = timed(push), timed(pull)
+                results[tool].append((push_s, pull_s))
+                print(f"run {run + 1} {tool:>6}: push {push_s:6.2f} s, pull {pull_s:6.2f} s")
+    print()
+    print("tool    push MB/s  pull MB/s  push+pull MB/s  (medians)")
+    combined: dict[str, float] = {}
+    for tool, times in results.items():
+        push_rate = statistics.median(size / 1e6 / p for p, _ in times)
+        pull_rate = statistics.median(size / 1e6 / q for _, q in times)
+        combined[tool] = statistics.median(2 * size / 1e6 / (p + q) for p, q in times)
+        print(f"{tool:<7} {push_rate:9.1f}  {pull_rate:9.1f}  {combined[tool]:14.1f}")
+    print(f"acceld / skopeo push+pull throughput: {combined['acceld'] / combined['skopeo']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
