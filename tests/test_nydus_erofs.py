@@ -470,3 +470,14 @@ def test_chunk_indexes_and_xattrs_crossing_blocks(tmp_path: Path) -> None:
             finally:
                 subprocess.run(["umount", str(mountpoint)], check=True)
         assert fstree.diff_trees(expected_tree(tars), actual) == []
+
+
+def test_prefetch_table_holds_the_nids_of_matching_patterns(edge_tars: list[Path], tmp_path: Path) -> None:
+    driver = NydusDriver(prefetch_patterns=["/etc", "/does/not/exist", "/data/small"])  # type: ignore[arg-type]
+    layers, _, boot = convert(driver, edge_tars, tmp_path)
+    raw = boot.read_bytes()
+    offset, size = struct.unpack_from("<QI", raw, 1152 + 40)
+    nids = struct.unpack_from(f"<{size // 4}I", raw, offset)
+    devices = write_devices(raw, blob_files(layers), tmp_path)
+    expected = [dump_nid(boot, devices, path) for path in ("/etc", "/data/small")]
+    assert [f"NID: {nid}" for nid in nids] == [line.split()[0] + " " + line.split()[1] for line in expected]

@@ -47,6 +47,8 @@ class NydusDriver:
     tag_suffix: str = field(default="-nydus", init=False)
 
     def __post_init__(self) -> None:
+        # service configs may hand a list; keep the driver hashable and its key stable
+        object.__setattr__(self, "prefetch_patterns", tuple(self.prefetch_patterns))
         self.options  # noqa: B018 - validates the options early
 
     @property
