@@ -291,3 +291,16 @@ def test_flipped_byte_in_writer_output_is_detected(tmp_path: Path, edge_tars: li
         RafsImage.from_bootstrap_layer(converted.bootstrap_layer, {blob_id: blob_path}).verify(
             check_blob_ids=False
         )
+
+
+@pytest.mark.slow
+def test_debian_rootfs_round_trips_through_the_reader(
+    tmp_path: Path, rootfs_image: tuple[object, dict[str, Path]]
+) -> None:
+    """A real Debian minbase image (two layers, whiteouts) with the default 1 MiB chunks."""
+    _, tars = rootfs_image
+    layers = [tars["rootfs-lower"], tars["rootfs-upper"]]
+    converted = convert(tmp_path, NydusDriver(), layers)
+    image = check_image_layers(converted.manifest)
+    assert len(image.bootstrap.paths) > 3000
+    assert diff_trees(expected_tree(layers), image.to_fstree()) == []
