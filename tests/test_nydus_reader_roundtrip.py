@@ -48,7 +48,7 @@ def sha256_file(path: Path) -> str:
 
 def convert(tmp_path: Path, driver: NydusDriver, tars: list[Path]) -> Converted:
     blob_dir = tmp_path / "blobs"
-    blob_dir.mkdir()
+    blob_dir.mkdir(parents=True)
     layers: list[LayerBlob] = []
     blobs: dict[str, Path] = {}
     for i, tar in enumerate(tars):
@@ -304,3 +304,42 @@ def test_debian_rootfs_round_trips_through_the_reader(
     image = check_image_layers(converted.manifest)
     assert len(image.bootstrap.paths) > 3000
     assert diff_trees(expected_tree(layers), image.to_fstree()) == []
+
+
+def write_sharing_layer(path: Path, lower: Path) -> Path:
+    """A layer with two files copied from the edge lower layer and one new file."""
+    with tarfile.open(lower) as source, tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as archive:
+        for name in ("data/multi-chunk", "data/exact-chunk"):
+            info = source.getmember(name)
+            archive.addfile(info, source.extractfile(info))
+        new = tarfile.TarInfo("fresh/new-file")
+        data = b"only in the second image\n" * 5000
+        new.size, new.mtime = len(data), 1_700_000_000
+        archive.addfile(new, io.BytesIO(data))
+    return path
+
+
+def test_chunk_dict_image_round_trips_and_stores_no_shared_chunk(
+    tmp_path: Path, edge_tars: list[Path]
+) -> None:
+    dict_image = convert(tmp_path / "dict", NydusDriver(chunk_size=CHUNK), edge_tars[:1])
+    dict_bootstrap = dict_image.blobs[next(iter(dict_image.blobs))].parent / "bootstrap.tar.gz"
+    shutil.copy(dict_image.bootstrap_layer, dict_bootstrap)
+    sharing = write_sharing_layer(tmp_path / "sharing.tar", edge_tars[0])
+    driver = NydusDriver(chunk_size=CHUNK, chunk_dict=str(dict_bootstrap))
+    converted = convert(tmp_path / "image", driver, [sharing])
+    # the dict blob becomes an extra manifest layer right before the bootstrap layer
+    blobs = {**converted.blobs, **dict_image.blobs}
+    image = check_image_layers(converted.manifest)
+    assert {b.blob_id for b in image.bootstrap.blobs} == set(blobs)
+    assert diff_trees(expected_tree([sharing]), image.to_fstree()) == []
+    own_id = next(iter(converted.blobs))
+    own_index = next(b.index for b in image.bootstrap.blobs if b.blob_id == own_id)
+    shared = {
+        addr.blob_index for p in ("/data/multi-chunk", "/data/exact-chunk") for addr in image.inode(p).chunks
+    }
+    assert own_index not in shared
+    # the per-layer bootstrap references the dict blob too, its own blob by the placeholder id
+    layer_image = RafsImage.from_blob(converted.blobs[own_id])
+    layer_image.blob_paths.update(dict_image.blobs)
+    layer_image.verify()
