@@ -322,3 +322,15 @@ def test_unknown_xattr_namespace_and_dangling_hardlink_are_rejected(tmp_path: Pa
         archive.addfile(link)
     with pytest.raises(FormatError, match="hardlink"):
         _convert(NydusDriver(), buffer.getvalue(), tmp_path)
+
+
+@pytest.mark.parametrize("field", [{"uid": 1 << 40}, {"gid": 1 << 33}, {"mtime": -5}])
+def test_ids_and_times_outside_rafs_range_are_rejected(field: dict[str, int], tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as archive:
+        info = tarfile.TarInfo("f")
+        for name, value in field.items():
+            setattr(info, name, value)
+        archive.addfile(info, io.BytesIO())
+    with pytest.raises(FormatError, match="out of the range"):
+        _convert(NydusDriver(), buffer.getvalue(), tmp_path)

@@ -108,6 +108,8 @@ class _LayerTree:
 
     def inode(self, reader: _TarReader, info: tarfile.TarInfo) -> Inode:
         perm = info.mode & 0o7777
+        if not (0 <= info.uid < 1 << 32 and 0 <= info.gid < 1 << 32 and 0 <= info.mtime < 1 << 63):
+            raise FormatError(f"{info.name}: uid, gid or mtime out of the range RAFS can store")
         node = Inode(mode=perm, uid=info.uid, gid=info.gid, mtime=int(info.mtime), xattrs=_xattrs(info))
         if info.isdir():
             node.mode |= stat.S_IFDIR
