@@ -20,6 +20,8 @@ import lz4.block
 import pytest
 import zstandard
 from harness.tars import write_edge_lower, write_edge_upper
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from acceld.formats import fstree
 from acceld.formats.driver import FormatError, LayerBlob, SourceLayer
@@ -481,3 +483,60 @@ def test_prefetch_table_holds_the_nids_of_matching_patterns(edge_tars: list[Path
     devices = write_devices(raw, blob_files(layers), tmp_path)
     expected = [dump_nid(boot, devices, path) for path in ("/etc", "/data/small")]
     assert [f"NID: {nid}" for nid in nids] == [line.split()[0] + " " + line.split()[1] for line in expected]
+
+
+# ---- random layouts ---------------------------------------------------------------------------
+
+_NAME = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789._-", min_size=1, max_size=255).filter(
+    lambda n: n not in (".", "..") and not n.startswith(".wh.")
+)
+_ENTRY = st.tuples(
+    st.lists(_NAME.map(lambda n: n[:40]), min_size=0, max_size=2),  # parent directories
+    _NAME,
+    st.one_of(
+        st.integers(0, 70_000).map(lambda size: ("file", size)),
+        st.integers(1, 4095).map(lambda size: ("symlink", size)),
+        st.integers(0, 5000).map(lambda size: ("xattr-file", size)),
+        st.just(("dir", 0)),
+    ),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(entries=st.lists(_ENTRY, min_size=1, max_size=120), chunk_shift=st.integers(12, 16))
+def test_random_trees_pass_fsck(
+    entries: list[tuple[list[str], str, tuple[str, int]]],
+    chunk_shift: int,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    workdir = tmp_path_factory.mktemp("random")
+    tar_path = workdir / "layer.tar"
+    paths: set[str] = set()
+    files: set[str] = set()
+    with tarfile.open(tar_path, "w", format=tarfile.PAX_FORMAT) as archive:
+        for parents, name, (kind, size) in entries:
+            path = "/".join([*parents, name])
+            prefixes = {"/".join(parents[: i + 1]) for i in range(len(parents))}
+            implied_dir = any(p.startswith(path + "/") for p in paths)
+            if path in paths or prefixes & files or (implied_dir and kind != "dir"):
+                continue
+            paths.add(path)
+            if kind != "dir":
+                files.add(path)
+            info = tarfile.TarInfo(path)
+            info.mtime = 1_700_000_000
+            if kind == "dir":
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                archive.addfile(info)
+            elif kind == "symlink":
+                info.type, info.linkname, info.mode = tarfile.SYMTYPE, "t" * size, 0o777
+                archive.addfile(info)
+            else:
+                data = hashlib.sha256(path.encode()).digest() * (size // 32 + 1)
+                info.size, info.mode = size if kind == "file" else 3, 0o640
+                if kind == "xattr-file":
+                    info.pax_headers = {"SCHILY.xattr.user.x": "x" * size}
+                archive.addfile(info, io.BytesIO(data[: info.size]))
+    layers, _, boot = convert(NydusDriver(chunk_size=1 << chunk_shift), [tar_path], workdir)
+    check_with_fsck(boot, blob_files(layers), [tar_path], workdir)
+    shutil.rmtree(workdir)
