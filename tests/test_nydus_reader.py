@@ -28,7 +28,7 @@ from acceld.formats.nydus.reader import (
 )
 from acceld.formats.nydus.reader_blob import NydusBlob, expand_blob, parse_blob_meta_file
 from acceld.formats.nydus.reader_bootstrap import parse_bootstrap
-from acceld.formats.nydus.reader_common import crc32c
+from acceld.formats.nydus.reader_common import COMPRESSOR_ZSTD, crc32c, decompress
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "nydus"
 BOOT_V6 = FIXTURES / "rafs-v6-2.2.boot"
@@ -417,3 +417,16 @@ def test_bootstrap_corruption_messages_name_the_structure(offset: int, message: 
     data[offset] ^= 0x01
     with pytest.raises(FormatError, match=message):
         old_image_from(bytes(data)).verify(check_blob_ids=False)
+
+
+def test_zstd_data_never_inflates_past_the_expected_size() -> None:
+    """Chunk and metadata sizes come from untrusted input: a frame holding more is refused up front."""
+    plenty = b"\0" * (1 << 20)
+    with pytest.raises(BlobError, match="holds 1048576 bytes, expected 4096"):
+        decompress(COMPRESSOR_ZSTD, zstandard.ZstdCompressor().compress(plenty), 4096, "chunk")
+    unsized = zstandard.ZstdCompressor(write_content_size=False).compress(plenty)
+    with pytest.raises(BlobError, match="holds 4097 bytes, expected 4096"):
+        decompress(COMPRESSOR_ZSTD, unsized, 4096, "chunk")
+    assert decompress(COMPRESSOR_ZSTD, unsized, len(plenty), "chunk") == plenty
+    with pytest.raises(BlobError, match="trailing bytes"):
+        decompress(COMPRESSOR_ZSTD, zstandard.ZstdCompressor().compress(b"abc") + b"junk", 3, "chunk")

@@ -51,6 +51,7 @@ BLOB_META_HEADER_SIZE: Final = 4096
 TOC_ENTRY_SIZE: Final = 128
 DIGEST_SIZE: Final = 32
 CI_HAS_CRC32: Final = 0x10
+MAX_BOOTSTRAP_SIZE: Final = 1 << 30  # refuse to inflate a larger image.boot (untrusted input)
 PLACEHOLDER_BLOB_ID: Final = "x" * 64
 _READ_SIZE: Final = 1 << 20
 
@@ -401,6 +402,15 @@ class NydusBlob:
             )
         if BLOB_META in toc and toc[BLOB_META].uncompressed_size != header.ci_uncompressed_size:
             raise BlobError(f"{where}: TOC uncompressed size != header ci_uncompressed_size")
+        width = 24 if header.features & FEATURE_CHUNK_INFO_V2 else 16
+        exact = not header.features & (FEATURE_ZRAN | FEATURE_BATCH)
+        if header.ci_uncompressed_size < header.ci_entries * width or (
+            exact and header.ci_uncompressed_size != header.ci_entries * width
+        ):
+            raise BlobError(
+                f"{where}: ci_uncompressed_size {header.ci_uncompressed_size} does not fit "
+                f"{header.ci_entries} CI entries of {width} bytes"
+            )
         compressed = self._read(part.offset, ci_size)
         if header.ci_compressor == COMPRESSOR_NONE and ci_size != header.ci_uncompressed_size:
             raise BlobError(
@@ -430,6 +440,8 @@ class NydusBlob:
         raw = self._read(part.offset, part.size)
         if entry is None:
             return raw  # the pre-TOC format stores it uncompressed
+        if entry.uncompressed_size > MAX_BOOTSTRAP_SIZE:
+            raise BlobError(f"{self.where}: image.boot claims {entry.uncompressed_size} bytes, above 1 GiB")
         return decompress(entry.compressor, raw, entry.uncompressed_size, f"{self.where} image.boot")
 
     # -- chunks ---------------------------------------------------------------------------

@@ -117,8 +117,15 @@ def decompress(algo: int, data: bytes, size: int, what: str) -> bytes:
 
 
 def _zstd_exact(data: bytes, size: int, what: str) -> bytes:
-    decoder = zstandard.ZstdDecompressor().decompressobj()
+    """One zstd frame that yields exactly `size` bytes; never inflates past `size` (untrusted input)."""
     try:
+        declared = zstandard.get_frame_parameters(data).content_size
+        if declared == zstandard.CONTENTSIZE_UNKNOWN:
+            reader = zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=False)
+            declared = len(reader.read(size + 1))
+        if declared != size:
+            raise BlobError(f"{what}: zstd frame holds {declared} bytes, expected {size}")
+        decoder = zstandard.ZstdDecompressor().decompressobj()
         out: bytes = decoder.decompress(data)
     except zstandard.ZstdError as exc:
         raise BlobError(f"{what}: zstd data does not decompress ({exc})") from exc
