@@ -34,7 +34,7 @@ def tagged(layout: Path, tag: str) -> str:
 
 
 # driver → the tag suffix of its output; every driver whose format `acceld check` reads
-SUFFIXES = {"nydus": "-nydus", "zstdchunked": "-zstdchunked"}
+SUFFIXES = {"estargz": "-esgz", "nydus": "-nydus", "zstdchunked": "-zstdchunked"}
 IMAGES = ("edge", "whiteout", "busybox")
 
 
@@ -74,8 +74,15 @@ def test_good_conversions_pass(converted_layout: Path, tmp_path: Path, driver: s
 
 @pytest.mark.parametrize(
     ("driver", "layer"),
-    [("nydus", 0), ("nydus", -1), ("zstdchunked", 0), ("zstdchunked", -1)],
-    ids=["nydus-blob", "nydus-bootstrap", "zstdchunked-lower", "zstdchunked-upper"],
+    [("estargz", 0), ("estargz", -1), ("nydus", 0), ("nydus", -1), ("zstdchunked", 0), ("zstdchunked", -1)],
+    ids=[
+        "estargz-lower",
+        "estargz-upper",
+        "nydus-blob",
+        "nydus-bootstrap",
+        "zstdchunked-lower",
+        "zstdchunked-upper",
+    ],
 )
 def test_flipped_byte_in_converted_blob_fails(layout: Path, tmp_path: Path, driver: str, layer: int) -> None:
     tag = f"edge{SUFFIXES[driver]}"

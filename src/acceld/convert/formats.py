@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Protocol
 
 from acceld.convert.errors import ConvertError
+from acceld.formats.driver import FormatError
 from acceld.formats.fstree import FsTree
 from acceld.oci.digest import digest_hex
 from acceld.oci.models import Descriptor, Manifest
@@ -19,6 +20,7 @@ from acceld.oci.models import Descriptor, Manifest
 NYDUS_BOOTSTRAP = "containerd.io/snapshot/nydus-bootstrap"
 NYDUS_BLOB = "containerd.io/snapshot/nydus-blob"
 ESTARGZ_TOC = "containerd.io/snapshot/stargz/toc.digest"
+ESTARGZ_UNCOMPRESSED_SIZE = "io.containers.estargz.uncompressed-size"
 ZSTD_CHUNKED_TOC = "io.github.containers.zstd-chunked.manifest-checksum"
 
 
@@ -66,7 +68,37 @@ class ZstdChunkedReader:
         return tree_from_readers(readers)
 
 
-FORMATS: dict[str, FormatReader] = {"nydus": NydusReader(), "zstdchunked": ZstdChunkedReader()}
+class EstargzReader:
+    ignored_fields: tuple[str, ...] = ()
+
+    def read_tree(self, layers: Sequence[LayerFile], workdir: Path) -> FsTree:
+        from acceld.formats.estargz.reader import EstargzLayer
+
+        tree = FsTree()
+        for layer in layers:
+            annotations = layer.descriptor.annotations or {}
+            with layer.path.open("rb") as blob:
+                esgz = EstargzLayer(blob)
+                report = esgz.verify(annotations.get(ESTARGZ_TOC))
+                where = f"layer {layer.descriptor.digest}"
+                _expect(report.diff_id, layer.diff_id, f"{where}: diff_id")
+                size = annotations.get(ESTARGZ_UNCOMPRESSED_SIZE)
+                if size is not None:
+                    _expect(str(report.uncompressed_size), size, f"{where}: uncompressed size")
+                esgz.apply_to(tree)
+        return tree
+
+
+def _expect(found: str, declared: str, what: str) -> None:
+    if found != declared:
+        raise FormatError(f"{what} is {found}, the image declares {declared}")
+
+
+FORMATS: dict[str, FormatReader] = {
+    "estargz": EstargzReader(),
+    "nydus": NydusReader(),
+    "zstdchunked": ZstdChunkedReader(),
+}
 
 
 def _annotated(manifest: Manifest, key: str) -> bool:
