@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -77,10 +78,14 @@ async def build_layout(root: Path, size: int) -> int:
     return layer.size
 
 
-def timed(argv: list[str]) -> float:
+def timed(argv: list[str]) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + system) of one command."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
 
 
 def commands(tool: str, layout: Path, host: str, pulled: Path) -> tuple[list[str], list[str]]:
@@ -103,6 +108,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     results: dict[str, list[tuple[float, float]]] = {"acceld": [], "skopeo": []}
+    cpu: dict[str, list[float]] = {"acceld": [], "skopeo": []}
     with tempfile.TemporaryDirectory(prefix="bench-transfer-") as tmp:
         root = Path(tmp)
         size = asyncio.run(build_layout(root, args.size_mb * 1_000_000))
@@ -112,17 +118,22 @@ def main() -> None:
                 with ExitStack() as stack:
                     registry = stack.enter_context(run_registry(root / f"reg-{tool}-{run}"))
                     push, pull = commands(tool, root / "src", registry.host, root / f"pull-{tool}-{run}")
-                    push_s, pull_s = timed(push), timed(pull)
+                    (push_s, push_cpu), (pull_s, pull_cpu) = timed(push), timed(pull)
                 results[tool].append((push_s, pull_s))
-                print(f"run {run + 1} {tool:>6}: push {push_s:6.2f} s, pull {pull_s:6.2f} s")
+                cpu[tool].append(push_cpu + pull_cpu)
+                print(
+                    f"run {run + 1} {tool:>6}: push {push_s:6.2f} s, pull {pull_s:6.2f} s, "
+                    f"client CPU {push_cpu + pull_cpu:5.2f} s, load {os.getloadavg()[0]:.1f}"
+                )
     print()
-    print("tool    push MB/s  pull MB/s  push+pull MB/s  (medians)")
+    print("tool    push MB/s  pull MB/s  push+pull MB/s  client CPU s  (medians)")
     combined: dict[str, float] = {}
     for tool, times in results.items():
         push_rate = statistics.median(size / 1e6 / p for p, _ in times)
         pull_rate = statistics.median(size / 1e6 / q for _, q in times)
         combined[tool] = statistics.median(2 * size / 1e6 / (p + q) for p, q in times)
-        print(f"{tool:<7} {push_rate:9.1f}  {pull_rate:9.1f}  {combined[tool]:14.1f}")
+        cpu_s = statistics.median(cpu[tool])
+        print(f"{tool:<7} {push_rate:9.1f}  {pull_rate:9.1f}  {combined[tool]:14.1f}  {cpu_s:12.2f}")
     print(f"acceld / skopeo push+pull throughput: {combined['acceld'] / combined['skopeo']:.2f}x")
 
 

@@ -130,6 +130,25 @@ async def test_integrity_errors(tmp_path: Path) -> None:
     with pytest.raises(NotFound):
         [chunk async for chunk in layout.blob_chunks(blob(b"absent", mt.OCI_LAYER))]
 
+    # A copy trusts the source's verification (no second hash) yet still refuses the corrupt blob.
+    manifest = RawManifest.from_bytes(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": mt.OCI_MANIFEST,
+                "config": blob(b"{}", mt.OCI_CONFIG).to_dict(),
+                "layers": [desc.to_dict()],
+            }
+        ).encode()
+    )
+    await layout.put_blob(blob(b"{}", mt.OCI_CONFIG), b"{}")
+    await layout.put_manifest(manifest, "corrupt")
+    target = OCILayout.open(tmp_path / "copy", create=True)
+    with pytest.raises(DigestMismatch):
+        await copy_image(layout, "corrupt", target, "corrupt")
+    assert not await target.has_blob(desc.digest)
+    assert not [p for p in (tmp_path / "copy" / "blobs" / "sha256").iterdir() if p.name.startswith(".tmp")]
+
 
 def test_open_requires_a_layout(tmp_path: Path) -> None:
     with pytest.raises(LayoutError, match="not an OCI image layout"):

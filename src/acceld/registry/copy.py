@@ -17,7 +17,7 @@ from acceld.oci.models import Descriptor, RawManifest
 from acceld.oci.platform import Platform
 from acceld.progress import NullProgress, ProgressReporter
 from acceld.registry.repository import RegistryRepository
-from acceld.registry.store import ImageStore
+from acceld.registry.store import ImageStore, VerifiedStream
 
 BLOB_ATTEMPTS = 3
 
@@ -91,7 +91,9 @@ class _Copier:
             attempt = 0
             while True:
                 try:
-                    outcome = await self.dst.put_blob(desc, self._counted(desc), mount_from=self.mount_from)
+                    outcome = await self.dst.put_blob(
+                        desc, VerifiedStream(self._counted(desc), desc.digest), mount_from=self.mount_from
+                    )
                     break
                 except AcceldError as exc:
                     attempt += 1

@@ -21,7 +21,7 @@ from acceld.oci import mediatypes as mt
 from acceld.oci.digest import Digester, InvalidDigest, is_digest, validate_digest, verify_bytes
 from acceld.oci.models import Descriptor, Index, InvalidManifest, RawManifest
 from acceld.registry.errors import NotFound
-from acceld.registry.store import BlobSource, PutResult, iter_source
+from acceld.registry.store import BlobSource, PutResult, VerifiedStream, iter_source
 
 REF_NAME = "org.opencontainers.image.ref.name"
 _LAYOUT_FILE = {"imageLayoutVersion": "1.0.0"}
@@ -212,14 +212,17 @@ class OCILayout:
         if target.is_file():
             return "exists"
         target.parent.mkdir(parents=True, exist_ok=True)
+        verified = isinstance(source, VerifiedStream) and source.digest == desc.digest
         digester = Digester.for_digest(desc.digest)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as out:
                 async for chunk in iter_source(source, _READ_CHUNK):
-                    digester.update(chunk)
+                    if not verified:
+                        digester.update(chunk)
                     out.write(chunk)
-            digester.verify(desc.digest, desc.size, what=f"blob written to {self.location}")
+            if not verified:
+                digester.verify(desc.digest, desc.size, what=f"blob written to {self.location}")
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

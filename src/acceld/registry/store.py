@@ -12,6 +12,7 @@ on a registry (`RegistryRepository`) or an OCI image layout directory (`OCILayou
   blobs such as configs; `put_blob(desc, source, mount_from=None)` stores a blob from bytes, a
   file or an async iterator of chunks (`mount_from` names a repository on the same registry to
   mount from; layouts ignore it) and says whether it already existed, was mounted or uploaded.
+  Wrap a stream that is verified at its source in `VerifiedStream` to avoid hashing it twice.
 * `list_tags()`; `location` is a human-readable name for messages.
 
 `acceld.registry.stores.Stores` opens a store for a parsed `Reference` or `LayoutRef`.
@@ -26,6 +27,19 @@ from typing import Literal, Protocol
 
 from acceld.oci.digest import DigestMismatch
 from acceld.oci.models import Descriptor, RawManifest
+
+
+class VerifiedStream:
+    """A blob's chunks from a producer that checks digest and size itself (raising instead of
+    ending when they differ), such as `ImageStore.blob_chunks`: a consumer need not hash again."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], digest: str) -> None:
+        self._chunks = chunks
+        self.digest = digest
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks
+
 
 BlobSource = bytes | Path | AsyncIterable[bytes]
 PutResult = Literal["exists", "mounted", "uploaded"]
