@@ -6,17 +6,22 @@ The reader shares no code with the writer, so a tree or structure mismatch here 
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
+import json
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
+from harness.images import blob_path, read_blob_json
 from harness.tars import write_edge_lower, write_edge_upper
+from harness.testimages import ImageSet
 
 from acceld.formats.driver import LayerBlob, SourceLayer
 from acceld.formats.fstree import FsTree, diff_trees, tree_from_directory, tree_from_layers
@@ -26,6 +31,7 @@ from acceld.formats.nydus.reader import (
     NydusFormatError,
     RafsImage,
     check_image_layers,
+    check_image_metadata,
     open_bootstrap_layer,
 )
 from acceld.formats.nydus.reader_blob import NydusBlob, expand_blob
@@ -343,3 +349,60 @@ def test_chunk_dict_image_round_trips_and_stores_no_shared_chunk(
     layer_image = RafsImage.from_blob(converted.blobs[own_id])
     layer_image.blob_paths.update(dict_image.blobs)
     layer_image.verify()
+
+
+def test_cli_conversion_passes_the_image_level_rules(test_images: ImageSet, tmp_path: Path) -> None:
+    """`acceld convert --driver nydus` on the edge test image: manifest, config, layers and tree."""
+    layout = tmp_path / "layout"
+    shutil.copytree(test_images.layout, layout)
+    acceld = str(Path(sys.executable).with_name("acceld"))
+    result = subprocess.run(
+        [acceld, "convert", f"oci:{layout}:edge", "--driver", "nydus"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"ACCELD_CACHE_DIR": str(tmp_path / "cache"), "PATH": ""},
+    )
+    assert result.returncode == 0, result.stderr
+    tags = {
+        m["annotations"]["org.opencontainers.image.ref.name"]: m["digest"]
+        for m in json.loads((layout / "index.json").read_bytes())["manifests"]
+        if "annotations" in m
+    }
+    manifest = read_blob_json(layout, tags["edge-nydus"])
+    config = read_blob_json(layout, manifest["config"]["digest"])
+    check_image_metadata(manifest, config)
+    assert manifest["subject"]["digest"] == test_images.edge.digest
+    layers = [
+        ManifestLayer(
+            blob_path(layout, d["digest"]), d["mediaType"], d["digest"], diff_id, d.get("annotations", {})
+        )
+        for d, diff_id in zip(manifest["layers"], config["rootfs"]["diff_ids"], strict=True)
+    ]
+    image = check_image_layers(layers)
+    source = read_blob_json(layout, test_images.edge.digest)
+    source_tars = []
+    for n, layer in enumerate(source["layers"]):
+        tar = tmp_path / f"source{n}.tar"
+        with gzip.open(blob_path(layout, layer["digest"])) as unzipped, tar.open("wb") as out:
+            shutil.copyfileobj(unzipped, out)
+        source_tars.append(tar)
+    assert diff_trees(expected_tree(source_tars), image.to_fstree()) == []
+
+
+def test_image_metadata_violations_are_named() -> None:
+    boot = {"annotations": {"containerd.io/snapshot/nydus-bootstrap": "true"}}
+    manifest = {"layers": [{"annotations": {}}, boot], "subject": {"digest": "sha256:" + "1" * 64}}
+    history = [{"created_by": "x"}, {"created_by": "Nydus Converter", "comment": "Nydus Bootstrap Layer"}]
+    config = {"rootfs": {"diff_ids": ["a", "b"]}, "history": history}
+    check_image_metadata(manifest, config)
+    with pytest.raises(NydusFormatError, match="1 diff_ids for 2 manifest layers"):
+        check_image_metadata(manifest, {**config, "rootfs": {"diff_ids": ["a"]}})
+    with pytest.raises(NydusFormatError, match="last config history entry"):
+        check_image_metadata(
+            manifest, {**config, "history": [{**history[1], "created": "2024-01-01T00:00:00Z"}]}
+        )
+    with pytest.raises(NydusFormatError, match="not the Nydus bootstrap layer"):
+        check_image_metadata({**manifest, "layers": [boot, {}]}, config)
+    with pytest.raises(NydusFormatError, match="platform"):
+        check_image_metadata({**manifest, "subject": {"platform": {"os": "linux"}}}, config)

@@ -7,7 +7,8 @@
     image.verify()               # every blob end to end + chunk table <-> blob meta agreement
 
 `RafsImage.from_blob(path)` opens a blob layer through its inline per-layer bootstrap,
-`check_image_layers(layers)` adds the image-level rules (media types, annotations, diff_ids), and
+`check_image_layers(layers)` and `check_image_metadata(manifest, config)` add the image-level
+rules (media types, annotations, diff_ids, history, subject), and
 `RafsImage.from_bootstrap_layer(path, blobs)` opens the gzip bootstrap layer of a Nydus image
 (`image/image.boot` plus `image/<blob-id>.blob.meta`). This reader shares no code with the
 writer on purpose. Every violation raises a `NydusFormatError` subclass with a one-line message.
@@ -24,7 +25,7 @@ import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from acceld.formats.fstree import FsTree, Node
 from acceld.formats.nydus.reader_blob import (
@@ -62,6 +63,7 @@ __all__ = [
     "RafsImage",
     "UnsupportedNydusError",
     "check_image_layers",
+    "check_image_metadata",
     "open_bootstrap_layer",
     "verify_blob",
 ]
@@ -387,6 +389,30 @@ def check_image_layers(layers: Sequence[ManifestLayer]) -> RafsImage:
                 raise BlobError(f"blob layer {blob_id}: file sha256 is {report.sha256}")
     image.verify(check_blob_ids=True)
     return image
+
+
+BOOTSTRAP_HISTORY: Final = {"created_by": "Nydus Converter", "comment": "Nydus Bootstrap Layer"}
+
+
+def check_image_metadata(manifest: Mapping[str, Any], config: Mapping[str, Any]) -> None:
+    """Manifest and config rules of a converted Nydus image (spec §2.2, §2.3).
+
+    One diff_id per layer, the bootstrap layer last, the `Nydus Bootstrap Layer` history entry
+    (without `created`) last, and a `subject` without `platform`.
+    """
+    layers = manifest.get("layers") or []
+    diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
+    if len(diff_ids) != len(layers):
+        raise NydusFormatError(f"config has {len(diff_ids)} diff_ids for {len(layers)} manifest layers")
+    if not layers or (layers[-1].get("annotations") or {}).get(_ANNOTATION + "nydus-bootstrap") != "true":
+        raise NydusFormatError("the last manifest layer is not the Nydus bootstrap layer")
+    history = config.get("history") or []
+    if not history or history[-1] != BOOTSTRAP_HISTORY:
+        last = history[-1] if history else None
+        raise NydusFormatError(f"last config history entry is {last!r}, expected {BOOTSTRAP_HISTORY!r}")
+    subject = manifest.get("subject")
+    if subject is not None and "platform" in subject:
+        raise NydusFormatError("the manifest subject carries a platform; the spec removes it")
 
 
 def _check_blob_layer(layer: ManifestLayer) -> None:
