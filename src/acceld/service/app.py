@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -18,7 +19,7 @@ from acceld.service.management import ApiError, management_router
 from acceld.service.state import Service
 from acceld.service.store import StoreError
 from acceld.service.sync import reconcile
-from acceld.service.webhook import error, webhook_router
+from acceld.service.webhook import WEBHOOK_SECURITY_SCHEME, error, webhook_router
 
 log = logging.getLogger("acceld.service")
 _UNHEALTHY: dict[int | str, dict[str, Any]] = {503: {"model": Health, "description": "Not ready"}}
@@ -66,6 +67,18 @@ def create_app(service: Service) -> FastAPI:
     )
     app.include_router(webhook_router(service))
     app.include_router(management_router(service))
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+            schemes["HarborWebhookAuth"] = WEBHOOK_SECURITY_SCHEME
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 
+from acceld.service.batcher import EnqueueBatcher
 from acceld.service.config import ServiceConfig
 from acceld.service.metrics import ServiceMetrics
 from acceld.service.rules import RuleSet
@@ -24,6 +25,7 @@ class Service:
         self.api_token = config.api_token()
         self.own_operators = config.own_operators()
         self.store = store or TaskStore.open(config.database_url())
+        self.intake = EnqueueBatcher(self.store, config.workers.max_attempts)
         self.metrics = ServiceMetrics(self._task_counts)
         self.pool = WorkerPool(
             self.store,

@@ -14,6 +14,7 @@ import json
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -269,35 +270,48 @@ class TaskStore:
     ) -> list[Enqueued]:
         """Insert the tasks in one transaction; an existing task with the same dedup key is kept
         (its `events` count grows). Returns, per input, the task that now stands for it."""
+        return self.enqueue_groups([new_tasks], max_attempts, now)[0]
+
+    def enqueue_groups(
+        self, groups: Sequence[Sequence[NewTask]], max_attempts: int, now: float | None = None
+    ) -> list[list[Enqueued]]:
+        """`enqueue` for several callers at once: one transaction (one commit) for all groups."""
+        flat = [t for group in groups for t in group]
+        results = self._enqueue_flat(flat, max_attempts, time.time() if now is None else now)
+        split: list[list[Enqueued]] = []
+        for group in groups:
+            split.append(results[: len(group)])
+            results = results[len(group) :]
+        return split
+
+    def _enqueue_flat(self, new_tasks: Sequence[NewTask], max_attempts: int, now: float) -> list[Enqueued]:
         if not new_tasks:
             return []
-        now = time.time() if now is None else now
         keys = [t.dedup_key for t in new_tasks]
-        rows = []
-        for t in new_tasks:
-            rows.append(
-                {
-                    "id": uuid.uuid4().hex,
-                    "kind": t.kind,
-                    "dedup_key": t.dedup_key,
-                    "status": "queued",
-                    "rule": t.rule,
-                    "registry": t.registry,
-                    "repository": t.repository,
-                    "tag": t.tag,
-                    "source_digest": t.source_digest,
-                    "driver": t.driver,
-                    "options": json.dumps(t.options, sort_keys=True),
-                    "platforms": json.dumps(list(t.platforms)),
-                    "operator": t.operator,
-                    "events": 1,
-                    "attempts": 0,
-                    "max_attempts": max_attempts,
-                    "not_before": max(now, t.not_before),
-                    "created_at": now,
-                    "updated_at": now,
-                }
-            )
+        rows = [
+            {
+                "id": uuid.uuid4().hex,
+                "kind": t.kind,
+                "dedup_key": t.dedup_key,
+                "status": "queued",
+                "rule": t.rule,
+                "registry": t.registry,
+                "repository": t.repository,
+                "tag": t.tag,
+                "source_digest": t.source_digest,
+                "driver": t.driver,
+                "options": json.dumps(t.options, sort_keys=True),
+                "platforms": json.dumps(list(t.platforms)),
+                "operator": t.operator,
+                "events": 1,
+                "attempts": 0,
+                "max_attempts": max_attempts,
+                "not_before": max(now, t.not_before),
+                "created_at": now,
+                "updated_at": now,
+            }
+            for t in new_tasks
+        ]
         insert = (sqlite.insert if self._dialect == "sqlite" else postgresql.insert)(tasks)
         with self._write() as conn:
             conn.execute(insert.on_conflict_do_nothing(index_elements=["dedup_key"]), rows)
@@ -310,16 +324,22 @@ class TaskStore:
                 )
             }
             fresh = {row["id"] for row in rows}
-            repeated = [found[k].id for k in keys if found[k].id not in fresh]
-            if repeated:
+            results: list[Enqueued] = []
+            extra_events: Counter[str] = Counter()
+            for key in keys:
+                task_id = found[key].id
+                created = task_id in fresh
+                fresh.discard(task_id)  # a key repeated in this batch is created once
+                if not created:
+                    extra_events[task_id] += 1
+                results.append(Enqueued(task_id, found[key].status, created))
+            by_increment: dict[int, list[str]] = {}
+            for task_id, increment in extra_events.items():
+                by_increment.setdefault(increment, []).append(task_id)
+            for increment, ids in by_increment.items():
                 conn.execute(
-                    update(tasks).where(tasks.c.id.in_(set(repeated))).values(events=tasks.c.events + 1)
+                    update(tasks).where(tasks.c.id.in_(ids)).values(events=tasks.c.events + increment)
                 )
-        results = []
-        for k in keys:
-            task_id = found[k].id
-            results.append(Enqueued(task_id, found[k].status, task_id in fresh))
-            fresh.discard(task_id)  # a key repeated within the batch is created once
         return results
 
     def release_source(self, registry: str, repository: str, digest: str) -> list[Task]:
