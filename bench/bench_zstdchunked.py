@@ -69,8 +69,8 @@ def run_anchor(tar: Path) -> float:
     return time.perf_counter() - started
 
 
-def run_conversion(tar: Path, check: bool) -> tuple[float, int, int]:
-    """Seconds, peak RSS (bytes) and output size of one conversion in a child process."""
+def run_conversion(tar: Path, check: bool) -> tuple[float, float, int, int]:
+    """Wall seconds, CPU seconds, peak RSS (bytes) and output size of one conversion (child process)."""
     output = CACHE / "zstdchunked-bench.blob"
     argv = [sys.executable, __file__, "--convert", str(tar), str(output)]
     started = time.perf_counter()
@@ -84,7 +84,7 @@ def run_conversion(tar: Path, check: bool) -> tuple[float, int, int]:
         verify(tar, output)
     output.unlink()
     output.with_suffix(".annotations").unlink()
-    return elapsed, usage.ru_maxrss * 1024, size
+    return elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024, size
 
 
 def main() -> None:
@@ -99,16 +99,16 @@ def main() -> None:
         return
     tar = source_tar(args.size_mb)
     megabytes = tar.stat().st_size / 1e6
-    print(f"layer {tar.name}: {megabytes:.0f} MB tar, {os.cpu_count()} CPUs")
+    print(f"layer {tar.name}: {megabytes:.0f} MB tar, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
     anchors, conversions = [], []
     for run in range(args.runs):
         anchors.append(run_anchor(tar))
-        seconds, peak, size = run_conversion(tar, check=args.verify and run == 0)
+        seconds, cpu, peak, size = run_conversion(tar, check=args.verify and run == 0)
         conversions.append(seconds)
         print(
             f"anchor zstd -3 -T1 {anchors[-1]:.2f}s ({megabytes / anchors[-1]:.0f} MB/s)  "
-            f"zstd:chunked {seconds:.2f}s ({megabytes / seconds:.0f} MB/s, {size / 1e6:.0f} MB out, "
-            f"peak RSS {peak / 1e6:.0f} MB)"
+            f"zstd:chunked {seconds:.2f}s ({megabytes / seconds:.0f} MB/s, CPU {cpu:.1f}s, "
+            f"{size / 1e6:.0f} MB out, peak RSS {peak / 1e6:.0f} MB)"
         )
     anchor, converted = statistics.median(anchors), statistics.median(conversions)
     throughput = megabytes / converted
