@@ -76,6 +76,7 @@ def test_v6_bootstrap_superblock_and_tables() -> None:
         3,
         2,
     )
+    assert (boot.compressor, boot.digester) == (3, 0)  # zstd, blake3
     (blob,) = boot.blobs
     assert blob.blob_id == BLOB_OLD
     assert (blob.chunk_count, blob.compressor, blob.digester, blob.features) == (2, 3, 0, 0x70000021)
@@ -138,6 +139,7 @@ def test_v6_blob_verifies_toc_blob_meta_and_chunks() -> None:
         (20480, 13400, 4828, 2974),
     ]
     assert report.bootstrap is None
+    assert [d.hex()[:8] for d in report.chunk_digests] == ["f7e2735f", "812465bc"]
 
 
 def test_strict_blob_id_check_rejects_a_blob_whose_sha256_is_not_its_id() -> None:

@@ -38,6 +38,7 @@ from acceld.formats.nydus.reader_blob import (
     verify_blob,
 )
 from acceld.formats.nydus.reader_bootstrap import (
+    CHUNK_COMPRESSED,
     BlobEntry,
     ChunkAddr,
     ChunkRecord,
@@ -47,6 +48,7 @@ from acceld.formats.nydus.reader_bootstrap import (
 )
 from acceld.formats.nydus.reader_common import (
     BLOCK_SIZE,
+    FEATURE_INLINED_FS_META,
     BlobError,
     BootstrapError,
     NydusFormatError,
@@ -245,7 +247,10 @@ class RafsImage:
             pairs = {
                 "ci_entries": (header.ci_entries, entry.chunk_count),
                 "ci_uncompressed_size": (header.ci_uncompressed_size, entry.ci_uncompressed_size),
-                "features": (header.features & ~0x2, entry.features & ~0x2),
+                "features": (
+                    header.features & ~FEATURE_INLINED_FS_META,
+                    entry.features & ~FEATURE_INLINED_FS_META,
+                ),
             }
             for name, (found, wanted) in pairs.items():
                 if found != wanted:
@@ -305,7 +310,7 @@ class RafsImage:
                 rec.uncompressed_size,
                 rec.compressed_offset,
                 rec.compressed_size,
-                bool(rec.flags & 0x1),
+                bool(rec.flags & CHUNK_COMPRESSED),
             )
             wanted = (
                 info.uncompressed_offset,

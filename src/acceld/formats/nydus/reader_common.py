@@ -53,26 +53,16 @@ FEATURE_ALIGNED: Final = 0x1
 FEATURE_INLINED_FS_META: Final = 0x2
 FEATURE_CHUNK_INFO_V2: Final = 0x4
 FEATURE_ZRAN: Final = 0x8
-FEATURE_SEPARATE: Final = 0x10
 FEATURE_INLINED_CHUNK_DIGEST: Final = 0x20
-FEATURE_TARFS: Final = 0x40
 FEATURE_BATCH: Final = 0x80
 FEATURE_ENCRYPTED: Final = 0x100
 FEATURE_IS_CHUNKDICT_GENERATED: Final = 0x200
-FEATURE_IS_SEPARATED_WITH_PREFETCH_FILES: Final = 0x400
-FEATURE_EXTERNAL: Final = 0x800
-FEATURE_HAS_TAR_HEADER: Final = 0x1000_0000
 FEATURE_HAS_TOC: Final = 0x2000_0000
-FEATURE_CAP_TAR_TOC: Final = 0x4000_0000
-KNOWN_BLOB_FEATURES: Final = 0x7000_0FFF
+KNOWN_BLOB_FEATURES: Final = 0x7000_0FFF  # 0x1..0x800, HAS_TAR_HEADER, HAS_TOC, CAP_TAR_TOC
 
 
 def align(value: int, alignment: int) -> int:
     return (value + alignment - 1) // alignment * alignment
-
-
-def u8(buf: bytes, off: int) -> int:
-    return buf[off]
 
 
 def u16(buf: bytes, off: int) -> int:
