@@ -147,12 +147,12 @@ def _artifact(resource: _Resource) -> Artifact:
         raise PayloadError(f"resource_url {url!r} does not start with a registry host")
     name, at, url_digest = path.partition("@")
     tag: str | None = None
-    if not at:
-        name, colon, tag = name.rpartition(":")
-        if not colon:
-            raise PayloadError(f"resource_url {url!r} has neither a tag nor a digest")
+    if ":" in name.rsplit("/", 1)[-1]:
+        name, _, tag = name.rpartition(":")
         if not _TAG_RE.match(tag):
             raise PayloadError(f"resource_url {url!r} has an invalid tag")
+    elif not at:
+        raise PayloadError(f"resource_url {url!r} has neither a tag nor a digest")
     if not _REPOSITORY_RE.match(name):
         raise PayloadError(f"resource_url {url!r} has an invalid repository name")
     digest = resource.digest or url_digest or None
