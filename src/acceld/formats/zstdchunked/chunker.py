@@ -52,12 +52,13 @@ def split_points(history: bytes, data: bytes | memoryview) -> np.ndarray:
     window = np.concatenate((np.frombuffer(history, np.uint8), np.frombuffer(data, np.uint8)))
     x = window.astype(np.uint16)
     prefix = np.cumsum(x, dtype=np.uint16)
-    step = prefix[WINDOW:] - prefix[:-WINDOW]  # window sum after each byte
-    step -= x[:-WINDOW] << 6  # minus 64 * the byte leaving the window
+    step = prefix[WINDOW:]  # becomes the window sum after each byte ...
+    step -= prefix[:-WINDOW]
+    step -= x[:-WINDOW] << 6  # ... minus 64 * the byte leaving the window
     start = int(np.dot(_WEIGHTS, np.frombuffer(history, np.uint8).astype(np.uint32)))
     target = (_SPLIT_MASK - _S2_INIT - start) & _SPLIT_MASK
-    running = np.cumsum(step, dtype=np.uint16)
-    return np.flatnonzero(running == target)
+    np.cumsum(step, out=step)  # s2 - s2(history) after each byte, modulo 2**16
+    return np.flatnonzero(step == target)
 
 
 class Chunker:
