@@ -406,3 +406,18 @@ def test_image_metadata_violations_are_named() -> None:
         check_image_metadata({**manifest, "layers": [boot, {}]}, config)
     with pytest.raises(NydusFormatError, match="platform"):
         check_image_metadata({**manifest, "subject": {"platform": {"os": "linux"}}}, config)
+
+
+def test_upstream_all_entry_type_tar_round_trips(tmp_path: Path) -> None:
+    """../shared/fixtures/nydus/all-entry-type.tar: one file with four names (nlink 4), a dangling symlink."""
+    tar = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "nydus" / "all-entry-type.tar"
+    if not tar.is_file():
+        pytest.skip("../shared/fixtures/nydus is not present")
+    converted = convert(tmp_path, NydusDriver(), [tar])
+    image = check_image_layers(converted.manifest)
+    tree = image.to_fstree()
+    assert diff_trees(expected_tree([tar]), tree) == []
+    (group,) = tree.hardlink_groups()
+    assert len(group) == 4
+    assert image.inode("/tar/dir1/dir3/hardlink1.txt").nlink == 4
+    assert tree["/tar/dir2/symlink1.txt"].target == "../dir1/dir3/file1.txt"
