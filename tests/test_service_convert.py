@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +34,7 @@ from service_helpers import (
 )
 
 from acceld.convert.api import make_driver
+from acceld.service.store import TaskStore
 
 SUFFIX = make_driver("estargz", {}).tag_suffix
 ACCEPT = ", ".join(
@@ -322,3 +324,36 @@ def test_sync_converts_images_pushed_while_stopped(
     )
     assert get_manifest(registry_plain, "sync/two", f"v2{SUFFIX}").status_code == 200
     assert "up to date: 2" in sync()
+
+
+@pytest.mark.parametrize(("grace", "after_stop"), [(120, ("succeeded", 1)), (0, ("queued", 0))])
+def test_sigterm_finishes_or_requeues_running_work(
+    registry_plain: RunningRegistry,
+    test_images: ImageSet,
+    tmp_path: Path,
+    grace: int,
+    after_stop: tuple[str, int],
+) -> None:
+    image = test_images.whiteout
+    repository = f"library/term{grace}"
+    push(image, registry_plain, f"{repository}:v1")
+    config = service_config(
+        tmp_path / "data",
+        {registry_plain.host: {"plain_http": True}},
+        workers={"shutdown_grace_seconds": grace},
+    )
+    config_file = write_config(tmp_path / "acceld.yml", config)
+    res = [resource(registry_plain.host, repository, image.digest, "v1")]
+    with run_service(config_file, tmp_path / "serve-1.log") as service, service.api() as api:
+        task_id = post_event(service.url, default_payload("PUSH_ARTIFACT", res)).json()["tasks"][0]["id"]
+        wait_for(
+            lambda: api.get(f"/api/v1/tasks/{task_id}").json()["status"] == "running", what="a running task"
+        )
+        assert service.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after a clean shutdown
+    task = TaskStore.open(f"sqlite:///{tmp_path / 'data' / 'acceld.db'}").get(task_id)
+    assert task is not None and (task.status, task.attempts) == after_stop
+    if task.status == "queued":
+        with run_service(config_file, tmp_path / "serve-2.log") as service, service.api() as api:
+            finished = wait_finished(api, task_id)
+        assert (finished["status"], finished["attempts"]) == ("succeeded", 1)
+    assert_estargz_of(get_manifest(registry_plain, repository, f"v1{SUFFIX}").json(), image.descriptor())
