@@ -518,19 +518,30 @@ def verify_blob(
     """
     blob = NydusBlob(path)
     bootstrap_raw = blob.inline_bootstrap()
+    inline = parse_bootstrap(bootstrap_raw) if bootstrap_raw is not None else None
+    own = select_blob_entry(inline, blob) if inline is not None else None
+    inline_records = {}
+    if inline is not None and own is not None:
+        inline_records = {rec.ci_index: rec for rec in inline.chunk_table if rec.blob_index == own.index}
     if entry is None:
-        if bootstrap_raw is None:
+        if inline is None:
             raise BlobError(f"{blob.where}: no inline bootstrap; pass the blob-table entry that describes it")
-        inline = parse_bootstrap(bootstrap_raw)
-        entry = select_blob_entry(inline, blob)
-        if chunk_records is None and entry is not None:
-            chunk_records = {rec.ci_index: rec for rec in inline.chunk_table if rec.blob_index == entry.index}
-    elif bootstrap_raw is not None:
-        parse_bootstrap(bootstrap_raw)
+        entry = own
+        if chunk_records is None:
+            chunk_records = inline_records
     digests: list[bytes] = []
     if entry is not None:
         _check_entry(blob, entry)
         digests = _check_chunks(blob, entry, chunk_records or {})
+    if own is not None and own is not entry:
+        # the per-layer bootstrap inside must describe this blob as well as the given entry does
+        _check_entry(blob, own)
+        for rec in inline_records.values():
+            if rec.ci_index < len(digests) and digests[rec.ci_index] != rec.digest:
+                raise BlobError(
+                    f"{blob.where}: inline image.boot chunk table digest of CI index {rec.ci_index} "
+                    f"{rec.digest.hex()} != the chunk's digest {digests[rec.ci_index].hex()}"
+                )
     sha256 = _check_toc_digests(blob, bootstrap_raw, entry)
     return BlobReport(
         sha256=sha256,
