@@ -38,6 +38,7 @@ from acceld.formats.nydus.tree import Chunk, Inode
 
 _WINDOW_BYTES = 24 << 20
 _WORKERS = 2
+_INLINE_BELOW = 64 << 10
 _PENDING = "pending"  # blob id of a chunk whose place in the blob is not decided yet
 
 
@@ -97,7 +98,13 @@ class _ChunkWriter:
 
     def add(self, data: bytes) -> Chunk:
         skip: Collection[bytes] = self.chunk_dict.chunks if self.chunk_dict is not None else ()
-        self.pending.append((self.pool.submit(_digest_and_compress, data, self.options, skip), data))
+        if len(data) < _INLINE_BELOW:
+            # a worker round trip costs more than the work (and GIL hand-offs) for small files
+            done: Future[tuple[bytes, bytes | None]] = Future()
+            done.set_result(_digest_and_compress(data, self.options, skip))
+            self.pending.append((done, data))
+        else:
+            self.pending.append((self.pool.submit(_digest_and_compress, data, self.options, skip), data))
         placeholder = Chunk(b"", _PENDING, len(self.resolved) + len(self.pending) - 1, 0, 0, 0, len(data))
         while len(self.pending) > self.window:
             self._resolve_one()

@@ -91,7 +91,9 @@ class NydusDriver:
             )
         merged = merge_layers(
             [
-                LayerBootstrap(_hex(layer.digest), load_bootstrap(read_blob_bootstrap(layer.path)))
+                LayerBootstrap(
+                    _hex(layer.digest), load_bootstrap(read_blob_bootstrap(layer.path), _hex(layer.digest))
+                )
                 for layer in blob_layers
             ]
         )

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import stat
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from acceld.formats.driver import FormatError
 from acceld.formats.nydus.layout import (
     BLOB_ENTRY_SIZE,
+    BLOB_INLINED_FS_META,
     BLOCK,
     CHUNK_RECORD_SIZE,
     DIRENT_SIZE,
@@ -23,6 +24,7 @@ from acceld.formats.nydus.layout import (
     INODE_EXTENDED,
     LAYOUT_CHUNK_BASED,
     LAYOUT_FLAT_INLINE,
+    PLACEHOLDER_BLOB_ID,
     SB_OFFSET,
     XATTR_PREFIX_OF_INDEX,
     BlobInfo,
@@ -47,7 +49,7 @@ def _flag_name(flags: int, table: dict[str, int], what: str) -> str:
 
 
 class _Loader:
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, own_blob_id: str | None) -> None:
         self.data = data
         if len(data) < 2 * BLOCK or struct.unpack_from("<I", data, SB_OFFSET)[0] != EROFS_MAGIC:
             raise FormatError("not a RAFS v6 bootstrap (no EROFS superblock)")
@@ -62,13 +64,18 @@ class _Loader:
                 _, blob = BlobInfo.unpack(data[offset : offset + BLOB_ENTRY_SIZE])
             except ValueError as exc:
                 raise FormatError(str(exc)) from exc
+            if own_blob_id is not None and blob.blob_id == PLACEHOLDER_BLOB_ID:
+                blob = replace(blob, blob_id=own_blob_id, features=blob.features & ~BLOB_INLINED_FS_META)
             self.blobs.append(blob)
-        self.chunk_rows: dict[tuple[int, int], tuple[bytes, int, int, int, int]] = {}
+        self.chunk_records: dict[tuple[int, int], Chunk] = {}
         for offset in range(chunk_off, chunk_off + chunk_size, CHUNK_RECORD_SIZE):
             digest, blob_index, _flags, csize, usize, coff, uoff, _foff, index = struct.unpack_from(
                 "<32sIIIIQQQI", data, offset
             )
-            self.chunk_rows[(blob_index, index)] = (digest, csize, usize, coff, uoff)
+            if blob_index >= len(self.blobs):
+                raise FormatError(f"chunk table entry names blob {blob_index}, beyond the blob table")
+            blob_id = self.blobs[blob_index].blob_id
+            self.chunk_records[(blob_index, index)] = Chunk(digest, blob_id, index, coff, csize, uoff, usize)
         self.inodes: dict[int, Inode] = {}
 
     def inode(self, nid: int, depth: int = 0) -> Inode:
@@ -135,14 +142,13 @@ class _Loader:
         pos = (body - self.meta_addr + 7) // 8 * 8 + self.meta_addr
         result = []
         for _ in range(-(-size // self.chunk_size)):
-            lo, hi, _blk = struct.unpack_from("<HHI", self.data, pos)
+            lo, hi = struct.unpack_from("<HH", self.data, pos)
             pos += 8
             blob_index, index = (hi & 0xFF) - 1, lo | (hi >> 8) << 16
-            row = self.chunk_rows.get((blob_index, index))
-            if row is None or not 0 <= blob_index < len(self.blobs):
+            chunk = self.chunk_records.get((blob_index, index))
+            if chunk is None:
                 raise FormatError(f"chunk {index} of blob {blob_index} is missing from the chunk table")
-            digest, csize, usize, coff, uoff = row
-            result.append(Chunk(digest, self.blobs[blob_index].blob_id, index, coff, csize, uoff, usize))
+            result.append(chunk)
         return result
 
     @staticmethod
@@ -158,9 +164,11 @@ class _Loader:
         return entries
 
 
-def load_bootstrap(data: bytes) -> LoadedBootstrap:
+def load_bootstrap(data: bytes, own_blob_id: str | None = None) -> LoadedBootstrap:
+    """Parse `data`; with `own_blob_id`, a per-layer bootstrap's placeholder blob becomes that blob
+    (with INLINED_FS_META dropped, as in a merged bootstrap)."""
     try:
-        loader = _Loader(data)
+        loader = _Loader(data, own_blob_id)
         root = loader.inode(loader.root_nid)
         compressor = _flag_name(loader.flags, FLAG_COMPRESSION, "compressor")
         digester = _flag_name(loader.flags, FLAG_HASH, "digester")

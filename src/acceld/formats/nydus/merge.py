@@ -7,10 +7,10 @@ only implies (no tar entry) keeps the attributes of the layer below — what an 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from acceld.formats.driver import FormatError
-from acceld.formats.nydus.layout import BLOB_INLINED_FS_META, PLACEHOLDER_BLOB_ID, BlobInfo
+from acceld.formats.nydus.layout import PLACEHOLDER_BLOB_ID, BlobInfo
 from acceld.formats.nydus.load import LoadedBootstrap
 from acceld.formats.nydus.tree import Inode, new_dir, walk
 
@@ -21,7 +21,7 @@ OPAQUE_MARKER = b".wh..wh..opq"
 @dataclass(frozen=True)
 class LayerBootstrap:
     blob_id: str  # hex digest of the layer's Nydus blob
-    bootstrap: LoadedBootstrap
+    bootstrap: LoadedBootstrap  # loaded with `own_blob_id=blob_id`
 
 
 @dataclass
@@ -59,7 +59,7 @@ def _apply_dir(lower: Inode, upper: Inode) -> None:
 
 
 def merge_layers(layers: Sequence[LayerBootstrap]) -> MergedImage:
-    """Lowest layer first; each layer's placeholder blob id becomes its real blob id."""
+    """Lowest layer first."""
     if not layers:
         raise FormatError("no Nydus layers to merge")
     first = layers[0].bootstrap
@@ -71,18 +71,12 @@ def merge_layers(layers: Sequence[LayerBootstrap]) -> MergedImage:
         if (loaded.chunk_size, loaded.digester) != (first.chunk_size, first.digester):
             raise FormatError("layers were converted with different chunk sizes or digesters")
         for blob in loaded.blobs:
-            if blob.blob_id == PLACEHOLDER_BLOB_ID:
-                own.append(
-                    replace(blob, blob_id=layer.blob_id, features=blob.features & ~BLOB_INLINED_FS_META)
-                )
+            if blob.blob_id == layer.blob_id:
+                own.append(blob)
+            elif blob.blob_id == PLACEHOLDER_BLOB_ID:
+                raise FormatError("per-layer bootstrap was loaded without its blob id")
             else:
                 referenced.setdefault(blob.blob_id, blob)
-        for _, inode in walk(loaded.root):
-            if any(chunk.blob_id == PLACEHOLDER_BLOB_ID for chunk in inode.chunks):
-                inode.chunks = [
-                    replace(c, blob_id=layer.blob_id) if c.blob_id == PLACEHOLDER_BLOB_ID else c
-                    for c in inode.chunks
-                ]
         _apply_dir(root, loaded.root)
     for _, inode in walk(root):
         inode.implicit = False

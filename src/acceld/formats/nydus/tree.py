@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Chunk:
     """Where one chunk of file data lives (a CI entry of a blob) and what it contains."""
 
@@ -29,7 +29,7 @@ class Chunk:
         return self.compressed_size != self.uncompressed_size
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Inode:
     mode: int  # st_mode: file type and permission bits
     uid: int = 0
