@@ -168,6 +168,25 @@ def test_chunk_layout_follows_the_containers_storage_rules(tmp_path: Path) -> No
     assert "offset" not in empty and "digest" not in empty
 
 
+def test_huge_chunks_are_streamed(tmp_path: Path) -> None:
+    """A 24 MiB zeros chunk and a 12 MiB data chunk (a period-3 pattern never triggers a split)
+    each become a single frame, compressed incrementally rather than buffered."""
+    content = b"head" + bytes(24 << 20) + b"abc" * (4 << 20) + b"end"
+    tar = tmp_path / "huge.tar"
+    with tarfile.open(tar, "w", format=tarfile.PAX_FORMAT) as archive:
+        info = tarfile.TarInfo("huge")
+        info.size = len(content)
+        archive.addfile(info, io.BytesIO(content))
+    blob, output = convert(tar, tmp_path)
+    reader = ZstdChunkedReader(blob, dict(output.annotations))
+    chunks = [(e.get("chunkType", ""), e["chunkSize"]) for e in reader.entries]
+    assert chunks == [("", 4), ("zeros", 24 << 20), ("", 3 * (4 << 20) + 3)]
+    with tar.open("rb") as source:
+        report = reader.verify(source, output.diff_id)
+    assert report.frames == 5  # header, 3 chunks, trailer
+    assert blob.stat().st_size < 100_000
+
+
 def test_two_layers_give_the_source_tree(tmp_path: Path) -> None:
     lower, upper = write_edge_lower(tmp_path / "lower.tar"), write_edge_upper(tmp_path / "upper.tar")
     readers = []

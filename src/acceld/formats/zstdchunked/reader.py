@@ -39,6 +39,7 @@ _FOOTER_FRAME = _SKIPPABLE + struct.pack("<I", 64)
 _FOOTER_MAGIC = b"GNUlInUx"
 _LEGACY_MAGIC = b"GnUlInUx"
 _READ = 1 << 17
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _TYPES = {
     "reg": tarfile.REGTYPE,
     "hardlink": tarfile.LNKTYPE,
@@ -291,34 +292,17 @@ class ZstdChunkedReader:
 
     # -- data -----------------------------------------------------------------------------
 
-    def _frames(self) -> Iterator[tuple[int, int, bytes]]:
-        """(compressed start, compressed end, content) of each zstd frame before the TOC."""
+    def _frames(self) -> Iterator[tuple[int, int, Iterator[bytes]]]:
+        """(compressed start, compressed end, content pieces) of each zstd frame before the TOC."""
         end_of_data = self.toc_span.offset - 8
         with self.blob.open("rb") as f:
             start = 0
-            pending = b""
             while start < end_of_data:
-                decompressor = zstandard.ZstdDecompressor().decompressobj()
-                consumed = 0
-                parts: list[bytes] = []
-                data = pending
-                while True:
-                    if not data:
-                        data = f.read(min(_READ, end_of_data - start - consumed))
-                        if not data:
-                            raise _fail(f"truncated zstd frame at offset {start}")
-                    try:
-                        parts.append(decompressor.decompress(data))
-                    except zstandard.ZstdError as exc:
-                        raise _fail(f"bad zstd frame at offset {start}: {exc}") from None
-                    if decompressor.eof:
-                        pending = decompressor.unused_data
-                        consumed += len(data) - len(pending)
-                        break
-                    consumed += len(data)
-                    data = b""
-                yield start, start + consumed, b"".join(parts)
-                start += consumed
+                end = _frame_end(f, start, end_of_data)
+                f.seek(start)
+                frame = io.BufferedReader(_Bounded(f, end - start), _READ)
+                yield start, end, _pieces(zstandard.ZstdDecompressor().stream_reader(frame), start)
+                start = end
 
     def _ranges(self) -> list[_Range]:
         """Compressed ranges the TOC promises: every file, and every chunk of multi-chunk files."""
@@ -372,14 +356,20 @@ class ZstdChunkedReader:
         assembler = _TarSplitAssembler(self.tar_split)
         stream_digest = hashlib.sha256()
         tar_size = frames = 0
-        for start, end, content in self._frames():
+        for start, end, pieces in self._frames():
             frames += 1
             for r in starting.pop(start, ()):
                 active.append(_RangeCheck(r))
                 if r.is_file:
                     toc_positions[r.what] = tar_size
-            for check in active:
-                check.feed(content)
+            for content in pieces:
+                for check in active:
+                    check.feed(content)
+                stream_digest.update(content)
+                tar_size += len(content)
+                assembler.feed(content)
+                if source_tar is not None and _read_exact(source_tar, len(content)) != content:
+                    raise _fail(f"decompressed stream differs from the source tar before byte {tar_size}")
             still: list[_RangeCheck] = []
             for check in active:
                 if check.range.end == end:
@@ -389,11 +379,6 @@ class ZstdChunkedReader:
                 else:
                     still.append(check)
             active = still
-            stream_digest.update(content)
-            tar_size += len(content)
-            assembler.feed(content)
-            if source_tar is not None and _read_exact(source_tar, len(content)) != content:
-                raise _fail(f"decompressed stream differs from the source tar before byte {tar_size}")
         if starting:
             offset, (first, *_) = next(iter(sorted(starting.items())))
             raise _fail(f"{first.what}: offset {offset} is not the start of a zstd frame")
@@ -547,6 +532,59 @@ class _TarSplitAssembler:
         while self._next_line(required=False):
             if self._segment or self._file_left:
                 raise _fail("tar-split describes more bytes than the stream holds")
+
+
+def _frame_end(f: BinaryIO, start: int, limit: int) -> int:
+    """End offset of the zstd frame at `start`, from its frame and block headers (RFC 8878)."""
+    f.seek(start)
+    header = f.read(6)
+    if len(header) < 6 or header[:4] != _ZSTD_MAGIC:
+        raise _fail(f"no zstd frame starts at offset {start}")
+    descriptor = header[4]
+    single_segment = descriptor >> 5 & 1
+    content_size_bytes = (1 if single_segment else 0, 2, 4, 8)[descriptor >> 6]
+    position = start + 5 + (0 if single_segment else 1) + (0, 1, 2, 4)[descriptor & 3] + content_size_bytes
+    while True:
+        f.seek(position)
+        block = f.read(3)
+        if len(block) < 3:
+            raise _fail(f"truncated zstd frame at offset {start}")
+        value = int.from_bytes(block, "little")
+        kind, size = value >> 1 & 3, value >> 3
+        if kind == 3:
+            raise _fail(f"reserved zstd block type in the frame at offset {start}")
+        position += 3 + (1 if kind == 1 else size)
+        if value & 1:
+            break
+    position += 4 if descriptor >> 2 & 1 else 0  # content checksum
+    if position > limit:
+        raise _fail(f"zstd frame at offset {start} runs into the TOC")
+    return position
+
+
+class _Bounded(io.RawIOBase):
+    """The next `size` bytes of `f`, as a stream of their own."""
+
+    def __init__(self, f: BinaryIO, size: int) -> None:
+        self._f = f
+        self._left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._f.read(min(len(buffer), self._left))
+        buffer[: len(data)] = data
+        self._left -= len(data)
+        return len(data)
+
+
+def _pieces(reader: zstandard.ZstdDecompressionReader, start: int) -> Iterator[bytes]:
+    try:
+        while piece := reader.read(1 << 20):
+            yield piece
+    except zstandard.ZstdError as exc:
+        raise _fail(f"bad zstd frame at offset {start}: {exc}") from None
 
 
 def _tar_split_name(line: dict[str, Any]) -> str:
