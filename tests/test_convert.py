@@ -8,6 +8,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -452,3 +453,106 @@ async def test_corrupt_registry_blob_is_detected(
         )
     tags = httpx.get(f"{registry_plain.url}/v2/corrupt/remote/tags/list").json()["tags"]
     assert tags == ["v1"]
+
+
+# -- command line -------------------------------------------------------------------------------
+
+ACCELD = str(Path(sys.executable).with_name("acceld"))
+
+
+def acceld(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [ACCELD, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"ACCELD_CACHE_DIR": str(cache), "PATH": ""},
+    )
+
+
+def test_cli_logs_each_layer_and_a_summary(layout: Path, tmp_path: Path) -> None:
+    result = acceld("convert", f"oci:{layout}:whiteout", "--driver", "estargz", cache=tmp_path / "cache")
+    assert result.returncode == 0, result.stderr
+    digest = result.stdout.strip().rpartition("@")[2]
+    assert result.stdout.strip() == f"oci:{layout}:whiteout-esgz@{digest}"
+    _, manifest = layout_manifest(layout, "whiteout")
+    log = result.stderr.splitlines()
+    for layer in manifest["layers"]:
+        short = layer["digest"].split(":")[1][:12]
+        assert any(line.startswith(f"convert {short} (") and line.endswith("started") for line in log)
+        assert any(line.startswith(f"convert {short}: estargz ") for line in log)
+    assert log[-1].startswith(f"oci:{layout}:whiteout (") and f"→ oci:{layout}:whiteout-esgz (" in log[-1]
+    assert log[-1].endswith("2 layer(s) converted, 0 from cache")
+
+    again = acceld("convert", f"oci:{layout}:whiteout", "--driver", "estargz", cache=tmp_path / "cache")
+    assert again.stderr.splitlines()[-1].endswith("0 layer(s) converted, 2 from cache")
+    assert again.stdout == result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["oci:/nonexistent/layout:x"], "is not an OCI image layout"),
+        (
+            ["{layout}:busybox", "--driver", "estargz", "--compressor", "lz4_block"],
+            "does not take option(s): compressor",
+        ),
+        (["{layout}:busybox", "--driver", "zip"], "unknown driver 'zip'"),
+        (["{layout}:busybox", "--driver", "nydus", "--chunk-size", "3K"], "must be a power of two"),
+        (["{layout}:busybox", "--platform", "linux"], "invalid platform"),
+        (["{layout}:busybox", "--prefetch-file", "/nonexistent"], "cannot read prefetch file"),
+    ],
+)
+def test_cli_errors_are_one_line(layout: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    argv = [arg.replace("{layout}", f"oci:{layout}") for arg in args]
+    result = acceld("convert", *argv, cache=tmp_path / "cache")
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
+    assert message in result.stderr
+
+
+def test_prefetch_file_puts_listed_files_first(layout: Path, tmp_path: Path, esgz: Path) -> None:
+    listing = tmp_path / "prefetch.txt"
+    listing.write_text("# hot files\nbin/busybox\n")
+    source, target = f"oci:{layout}:busybox-amd64", f"oci:{layout}:hot"
+    result = acceld("convert", source, target, "--prefetch-file", str(listing), cache=tmp_path / "cache")
+    assert result.returncode == 0, result.stderr
+    _, manifest = layout_manifest(layout, "hot")
+    toc = subprocess.run([str(esgz), "toc", str(blob_path(layout, manifest["layers"][0]["digest"]))],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    names = [entry["name"] for entry in json.loads(toc.stdout)["entries"] if entry["type"] != "chunk"]
+    assert names.index(".prefetch.landmark") == names.index("bin/busybox") + 1
+    assert all(name.startswith("bin") for name in names[: names.index(".prefetch.landmark")])
+
+
+def test_chunk_dict_given_as_image_reference(layout: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    assert acceld("convert", f"oci:{layout}:busybox-amd64", "-d", "nydus", cache=cache).returncode == 0
+    plain = acceld("convert", f"oci:{layout}:whiteout", f"oci:{layout}:plain", "-d", "nydus", cache=cache)
+    deduped = acceld("convert", f"oci:{layout}:whiteout", f"oci:{layout}:deduped", "-d", "nydus",
+                     "--chunk-dict", f"oci:{layout}:busybox-amd64-nydus", cache=cache)  # fmt: skip
+    assert plain.returncode == 0 and deduped.returncode == 0, plain.stderr + deduped.stderr
+    _, dictionary = layout_manifest(layout, "busybox-amd64-nydus")
+    _, without = layout_manifest(layout, "plain")
+    _, with_dict = layout_manifest(layout, "deduped")
+    # the busybox binary of the lower layer is referenced in the dictionary's blob, not stored again
+    assert with_dict["layers"][0]["size"] < without["layers"][0]["size"] // 10
+    assert dictionary["layers"][0]["digest"] in [layer["digest"] for layer in with_dict["layers"]]
+    checked = acceld("check", f"oci:{layout}:deduped", cache=cache)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+async def test_registry_source_to_layout_target(
+    layout: Path, registry_basic: RunningRegistry, test_images: ImageSet, options: ConvertOptions
+) -> None:
+    push_source(layout, "whiteout", registry_basic, "basic/whiteout:v2", user="alice")
+    target = layout.parent / "out"
+    result = await convert_image(
+        ConversionRequest(source=f"{registry_basic.host}/basic/whiteout:v2", target=f"oci:{target}:esgz"),
+        registry_config(registry_basic, "alice"),
+        options=options,
+    )
+    assert result.target == f"oci:{target}:esgz"
+    _, manifest = layout_manifest(target, "esgz")
+    assert_converted_manifest(manifest, test_images.whiteout.descriptor())
+    skopeo("copy", "--quiet", f"oci:{target}:esgz", f"oci:{layout.parent / 'copy'}:x")

@@ -46,12 +46,17 @@ def convert_layer_job(
             source = SourceTarStream(cast(BinaryIO, blob), job.layer, report)
             tar = cast(BinaryIO, io.BufferedReader(source, _TAR_BUFFER))
             out = MeasuringWriter(cast(BinaryIO, out_file))
-            output = driver.convert_layer(tar, cast(BinaryIO, out), job.layer, job.workdir)
+            try:
+                output = driver.convert_layer(tar, cast(BinaryIO, out), job.layer, job.workdir)
+            except CorruptSourceLayerError:
+                raise
+            except Exception as exc:
+                # A damaged blob often trips the tar parser first: name the real cause.
+                source.raise_if_blob_corrupt()
+                if isinstance(exc, FormatError):
+                    raise FormatError(f"source layer {job.layer.digest}: {exc}") from None
+                raise
             source.finish()
-    except CorruptSourceLayerError:
-        raise
-    except FormatError as exc:
-        raise FormatError(f"source layer {job.layer.digest}: {exc}") from None
     except AcceldError:
         raise
     except OSError as exc:

@@ -135,14 +135,16 @@ class SourceTarStream(io.RawIOBase):
                 f"({self._compressed.size} bytes, manifest says {self._layer.size})"
             )
 
-    def _fail_with_digest_first(self, problem: str) -> NoReturn:
-        # A corrupt blob usually also fails its digest; that is the more useful message.
+    def raise_if_blob_corrupt(self) -> None:
+        """After a failure: raise the digest mismatch if the blob is corrupt (the more useful message)."""
         try:
             self._compressed.drain()
         except OSError:
-            pass
-        else:
-            self._check_blob_digest()
+            return
+        self._check_blob_digest()
+
+    def _fail_with_digest_first(self, problem: str) -> NoReturn:
+        self.raise_if_blob_corrupt()
         raise CorruptSourceLayerError(f"source layer {self._layer.digest}: {problem}")
 
 
