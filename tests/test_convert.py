@@ -24,6 +24,7 @@ from acceld.config import AcceldConfig, RegistryConfig
 from acceld.convert.api import ConversionRequest, ConvertOptions, convert_image
 from acceld.errors import AcceldError
 from acceld.formats.driver import FormatError
+from acceld.progress import NullProgress
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -294,6 +295,16 @@ async def test_digest_only_source_is_pushed_untagged(
     assert_converted_manifest(manifest, test_images.busybox_amd64.descriptor())
 
 
+class PushLog(NullProgress):
+    """Records how each item ended (e.g. "push sha256:…" → "mounted")."""
+
+    def __init__(self) -> None:
+        self.outcomes: dict[str, str] = {}
+
+    def finish(self, key: str, outcome: str) -> None:
+        self.outcomes[key] = outcome
+
+
 # -- layer cache --------------------------------------------------------------------------------
 
 
@@ -320,13 +331,19 @@ async def test_cached_layers_are_reused_across_images_and_repositories(
     assert (again.layers_converted, again.layers_cached) == (0, 1)
     assert again.target_digest == first.target_digest
 
+    pushes = PushLog()
     other = await convert_image(
-        ConversionRequest(f"{registry_plain.host}/cache/b:v1", driver="nydus"), config, options=options
+        ConversionRequest(f"{registry_plain.host}/cache/b:v1", driver="nydus"),
+        config,
+        pushes,
+        options=options,
     )
     assert (other.layers_converted, other.layers_cached) == (0, 1)
     layer_a = json.loads(skopeo_inspect_raw(registry_plain, first.target))["layers"][0]
     layer_b = json.loads(skopeo_inspect_raw(registry_plain, other.target))["layers"][0]
     assert layer_a == layer_b
+    # the cached blob was pushed to cache/a before: the registry mounts it into cache/b
+    assert pushes.outcomes[f"push {layer_a['digest']}"] == "mounted"
 
     different_options = await convert_image(
         ConversionRequest(
