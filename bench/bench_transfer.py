@@ -5,7 +5,10 @@ starts a loopback docker-registry (plain HTTP, no auth) per tool and run, and ti
 push (oci: layout → registry) and pull (registry → fresh oci: layout). Each run uses fresh
 registries, so no tool can skip or mount a blob it pushed before. Runs alternate between the tools.
 
-    .venv/bin/python bench/bench_transfer.py [--size-mb 256] [--runs 3]
+    .venv/bin/python bench/bench_transfer.py [--size-mb 512] [--runs 3]
+
+Both tools run as commands, so each timing includes process start-up; the script also times a
+no-op command of each tool (`inspect` of the local layout) to show that fixed cost.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import asyncio
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -104,7 +108,7 @@ def commands(tool: str, layout: Path, host: str, pulled: Path) -> tuple[list[str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size-mb", type=int, default=256)
+    parser.add_argument("--size-mb", type=int, default=512)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     results: dict[str, list[tuple[float, float]]] = {"acceld": [], "skopeo": []}
@@ -116,8 +120,10 @@ def main() -> None:
         for run in range(args.runs):
             for tool in ("acceld", "skopeo") if run % 2 == 0 else ("skopeo", "acceld"):
                 with ExitStack() as stack:
-                    registry = stack.enter_context(run_registry(root / f"reg-{tool}-{run}"))
-                    push, pull = commands(tool, root / "src", registry.host, root / f"pull-{tool}-{run}")
+                    scratch = root / f"{tool}-{run}"
+                    stack.callback(shutil.rmtree, scratch, ignore_errors=True)
+                    registry = stack.enter_context(run_registry(scratch / "registry"))
+                    push, pull = commands(tool, root / "src", registry.host, scratch / "pulled")
                     (push_s, push_cpu), (pull_s, pull_cpu) = timed(push), timed(pull)
                 results[tool].append((push_s, pull_s))
                 cpu[tool].append(push_cpu + pull_cpu)
@@ -125,6 +131,15 @@ def main() -> None:
                     f"run {run + 1} {tool:>6}: push {push_s:6.2f} s, pull {pull_s:6.2f} s, "
                     f"client CPU {push_cpu + pull_cpu:5.2f} s, load {os.getloadavg()[0]:.1f}"
                 )
+        noop = {
+            "acceld": [ACCELD, "inspect", "--raw", f"oci:{root / 'src'}:big"],
+            "skopeo": ["skopeo", "inspect", "--raw", f"oci:{root / 'src'}:big"],
+        }
+        startup = {tool: statistics.median(timed(argv)[0] for _ in range(3)) for tool, argv in noop.items()}
+        print(
+            f"start-up (inspect of the local layout, median of 3): acceld {startup['acceld']:.2f} s, "
+            f"skopeo {startup['skopeo']:.2f} s"
+        )
     print()
     print("tool    push MB/s  pull MB/s  push+pull MB/s  client CPU s  (medians)")
     combined: dict[str, float] = {}

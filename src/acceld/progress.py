@@ -11,18 +11,11 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Protocol, TextIO
+from typing import TYPE_CHECKING, Protocol, TextIO
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+if TYPE_CHECKING:  # rich is imported only when a terminal shows the progress (saves start-up time)
+    from rich.console import Console
+    from rich.progress import TaskID
 
 
 class ProgressReporter(Protocol):
@@ -98,6 +91,15 @@ class RichProgress:
     """A live bar per item on a terminal."""
 
     def __init__(self, console: Console) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
         self._progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -138,6 +140,8 @@ def progress_reporter(stream: TextIO | None = None) -> Iterator[ProgressReporter
     """Rich progress if `stream` (default stderr) is a terminal, else plain log lines."""
     stream = stream or sys.stderr
     if stream.isatty():
+        from rich.console import Console
+
         with RichProgress(Console(file=stream)) as rich_progress:
             yield rich_progress
     else:

@@ -14,12 +14,14 @@ import json
 import os
 import tempfile
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 
 from acceld.errors import AcceldError
 from acceld.oci import mediatypes as mt
 from acceld.oci.digest import Digester, InvalidDigest, is_digest, validate_digest, verify_bytes
 from acceld.oci.models import Descriptor, Index, InvalidManifest, RawManifest
+from acceld.registry.background import BackgroundWorker
 from acceld.registry.errors import NotFound
 from acceld.registry.store import BlobSource, PutResult, VerifiedStream, iter_source
 
@@ -179,6 +181,7 @@ class OCILayout:
 
     async def blob_chunks(self, desc: Descriptor) -> AsyncIterator[bytes]:
         digester = Digester.for_digest(desc.digest)
+        hasher = BackgroundWorker()
         try:
             f = self.blob_path(desc.digest).open("rb")
         except FileNotFoundError:
@@ -187,10 +190,14 @@ class OCILayout:
                 code="BLOB_UNKNOWN",
                 repository=self.location,
             ) from None
-        with f:
-            while chunk := await asyncio.to_thread(f.read, _READ_CHUNK):
-                digester.update(chunk)
-                yield chunk
+        try:
+            with f:
+                while chunk := await asyncio.to_thread(f.read, _READ_CHUNK):
+                    await hasher.submit(partial(digester.update, chunk))
+                    yield chunk
+            await hasher.wait()
+        finally:
+            await hasher.drain()
         digester.verify(desc.digest, desc.size, what=f"blob in {self.location}")
 
     async def fetch_blob(self, desc: Descriptor, path: Path) -> None:
@@ -214,13 +221,20 @@ class OCILayout:
         target.parent.mkdir(parents=True, exist_ok=True)
         verified = isinstance(source, VerifiedStream) and source.digest == desc.digest
         digester = Digester.for_digest(desc.digest)
+        hasher, writer = BackgroundWorker(), BackgroundWorker()
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as out:
-                async for chunk in iter_source(source, _READ_CHUNK):
-                    if not verified:
-                        digester.update(chunk)
-                    out.write(chunk)
+                try:
+                    async for chunk in iter_source(source, _READ_CHUNK):
+                        if not verified:
+                            await hasher.submit(partial(digester.update, chunk))
+                        await writer.submit(partial(out.write, chunk))
+                    await writer.wait()
+                    await hasher.wait()
+                finally:
+                    await writer.drain()
+                    await hasher.drain()
             if not verified:
                 digester.verify(desc.digest, desc.size, what=f"blob written to {self.location}")
             os.replace(tmp, target)

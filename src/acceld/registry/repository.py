@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -16,6 +17,7 @@ from acceld.oci import mediatypes as mt
 from acceld.oci.digest import Digester, DigestMismatch, is_digest, verify_bytes
 from acceld.oci.models import Descriptor, Index, InvalidManifest, RawManifest
 from acceld.registry.auth import repository_scope
+from acceld.registry.background import BackgroundWorker, Coalescer
 from acceld.registry.client import BlobBody, RegistryClient
 from acceld.registry.errors import NotFound, RegistryError
 from acceld.registry.store import BlobSource, PutResult, exact_size, iter_source, rechunk, source_size
@@ -204,47 +206,58 @@ class RegistryRepository:
         return response.status_code == 200
 
     async def blob_chunks(self, desc: Descriptor) -> AsyncIterator[bytes]:
-        """Stream a blob; resumes with Range after a broken connection; verifies digest and size.
-
-        The verification happens after the last chunk: consume the iterator to its end.
-        """
+        """Stream a blob in pieces of about 1 MiB; resume with Range after a broken connection;
+        verify digest and size (hashing in a worker thread) after the last piece, so consume the
+        iterator to its end."""
         digester = Digester.for_digest(desc.digest)
+        hasher = BackgroundWorker()
+        pieces = Coalescer()
+        received = 0
         what = f"blob {desc.digest}"
         attempt = 0
-        while True:
-            headers = {"Accept-Encoding": "identity"}
-            if digester.size:
-                headers["Range"] = f"bytes={digester.size}-"
-            response = await self.client.request(
-                "GET",
-                self._path("blobs", desc.digest),
-                scopes=self._pull,
-                what=what,
-                repository=self.location,
-                expect=(200, 206),
-                headers=headers,
-                stream=True,
-            )
-            skip = digester.size if response.status_code == 200 else 0
-            try:
-                async for chunk in response.aiter_raw():
-                    if skip:
-                        dropped = min(skip, len(chunk))
-                        chunk, skip = chunk[dropped:], skip - dropped
-                        if not chunk:
-                            continue
-                    digester.update(chunk)
-                    if digester.size > desc.size:
-                        raise DigestMismatch(f"{what} in {self.location}: more than {desc.size} bytes")
-                    yield chunk
-                break
-            except httpx.TransportError as exc:
-                attempt += 1
-                if attempt >= self.client.retry.attempts:
-                    raise self.client.transport_error(exc, what, self.location) from None
-                await asyncio.sleep(self.client.retry.backoff(attempt - 1))
-            finally:
-                await response.aclose()
+        try:
+            while True:
+                headers = {"Accept-Encoding": "identity"}
+                if received:
+                    headers["Range"] = f"bytes={received}-"
+                response = await self.client.request(
+                    "GET",
+                    self._path("blobs", desc.digest),
+                    scopes=self._pull,
+                    what=what,
+                    repository=self.location,
+                    expect=(200, 206),
+                    headers=headers,
+                    stream=True,
+                )
+                skip = received if response.status_code == 200 else 0  # the registry ignored Range
+                try:
+                    async for chunk in response.aiter_raw():
+                        if skip:
+                            dropped = min(skip, len(chunk))
+                            chunk, skip = chunk[dropped:], skip - dropped
+                        received += len(chunk)
+                        if received > desc.size:
+                            raise DigestMismatch(f"{what} in {self.location}: more than {desc.size} bytes")
+                        piece = pieces.add(chunk)
+                        if piece is not None:
+                            await hasher.submit(partial(digester.update, piece))
+                            yield piece
+                    break
+                except httpx.TransportError as exc:
+                    attempt += 1
+                    if attempt >= self.client.retry.attempts:
+                        raise self.client.transport_error(exc, what, self.location) from None
+                    await asyncio.sleep(self.client.retry.backoff(attempt - 1))
+                finally:
+                    await response.aclose()
+            piece = pieces.flush()
+            if piece is not None:
+                await hasher.submit(partial(digester.update, piece))
+                yield piece
+            await hasher.wait()
+        finally:
+            await hasher.drain()
         digester.verify(desc.digest, desc.size, what=f"{what} in {self.location}")
 
     async def fetch_blob(self, desc: Descriptor, path: Path) -> None:
