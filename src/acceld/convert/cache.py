@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sqlite3
 import tempfile
 import time
@@ -27,6 +28,7 @@ from acceld.convert.errors import ConvertError
 from acceld.formats.driver import LayerBlob
 
 CACHE_DIR_ENV = "ACCELD_CACHE_DIR"
+_STALE_WORK_SECONDS = 24 * 3600
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS layers (
@@ -79,6 +81,18 @@ class LayerCache:
                 db.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise ConvertError(f"cannot use layer cache {root}: {exc}") from None
+        self._remove_stale_work()
+
+    def _remove_stale_work(self) -> None:
+        """Work directories left behind by conversions that were killed (older than a day)."""
+        horizon = time.time() - _STALE_WORK_SECONDS
+        for entry in self.tmp_dir.iterdir():
+            with contextlib.suppress(OSError):
+                if entry.lstat().st_mtime < horizon:
+                    if entry.is_dir() and not entry.is_symlink():
+                        shutil.rmtree(entry, ignore_errors=True)
+                    else:
+                        entry.unlink()
 
     @contextlib.contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
