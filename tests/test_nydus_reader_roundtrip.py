@@ -421,3 +421,27 @@ def test_upstream_all_entry_type_tar_round_trips(tmp_path: Path) -> None:
     assert len(group) == 4
     assert image.inode("/tar/dir1/dir3/hardlink1.txt").nlink == 4
     assert tree["/tar/dir2/symlink1.txt"].target == "../dir1/dir3/file1.txt"
+
+
+def test_flips_in_a_writer_blob_tail_are_detected(tmp_path: Path, edge_tars: list[Path]) -> None:
+    """Blob meta, digests, image.boot, TOC and tar headers of a writer blob: sampled single-byte flips.
+
+    Most are structural or digest errors; the rest (zstd encodings that inflate to the same bytes,
+    the legacy-garbage tail of TOC reserved2) change the blob's sha256, i.e. its id.
+    """
+    converted = convert(tmp_path, NydusDriver(chunk_size=CHUNK), edge_tars[1:])
+    ((blob_id, path),) = converted.blobs.items()
+    original = path.read_bytes()
+    start = NydusBlob(path).parts_by_name["blob.meta"].offset
+    missed = []
+    for offset in range(start, len(original), 5):
+        data = bytearray(original)
+        data[offset] ^= 0x01
+        path.write_bytes(bytes(data))
+        try:
+            RafsImage.from_blob(path).verify()
+        except NydusFormatError:
+            continue
+        missed.append(offset)
+    assert missed == []
+    assert blob_id == path.name

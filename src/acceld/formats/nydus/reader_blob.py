@@ -319,7 +319,11 @@ class NydusBlob:
         name = cstring(raw[8:24]).decode("ascii", "replace")
         if name not in TOC_NAMES:
             raise BlobError(f"{where}: unknown name {name!r}")
-        # reserved2 (bytes 80..128) is ignored: pre-2023 builders left garbage in its last 4 bytes.
+        if any(raw[8 + len(name) : 24]):
+            raise BlobError(f"{where} ({name}): the name is not NUL-padded")
+        # reserved2 is bytes 80..128; pre-2023 builders left garbage in its last 4 bytes only.
+        if any(raw[80:124]):
+            raise BlobError(f"{where} ({name}): reserved2 bytes 80..124 are not 0")
         entry = TocEntry(
             name=name,
             compressor=TOC_COMPRESSORS[flags],
