@@ -29,6 +29,7 @@ from typing import Any, Final
 
 from acceld.formats.fstree import FsTree, Node
 from acceld.formats.nydus.reader_blob import (
+    MAX_BOOTSTRAP_SIZE,
     PLACEHOLDER_BLOB_ID,
     BlobReport,
     NydusBlob,
@@ -109,6 +110,8 @@ def open_bootstrap_layer(path: Path | str) -> BootstrapLayer:
                     raise NydusFormatError(
                         f"{where}: unexpected entry {member.name!r} (type {member.type!r})"
                     )
+                if member.size > MAX_BOOTSTRAP_SIZE:
+                    raise NydusFormatError(f"{where}: {member.name} is {member.size} bytes, above 1 GiB")
                 handle = archive.extractfile(member)
                 assert handle is not None  # regular member
                 content = handle.read()
