@@ -7,10 +7,12 @@ blob expanded into a raw EROFS device; corruption tests flip single bytes in cop
 from __future__ import annotations
 
 import hashlib
+import io
 import re
 import shutil
 import struct
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -432,3 +434,28 @@ def test_zstd_data_never_inflates_past_the_expected_size() -> None:
     assert decompress(COMPRESSOR_ZSTD, unsized, len(plenty), "chunk") == plenty
     with pytest.raises(BlobError, match="trailing bytes"):
         decompress(COMPRESSOR_ZSTD, zstandard.ZstdCompressor().compress(b"abc") + b"junk", 3, "chunk")
+
+
+def _gzip_tar(path: Path, entries: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w:gz") as archive:
+        for name, data in entries.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_bootstrap_layer_shape_is_enforced(tmp_path: Path) -> None:
+    boot = BOOT_V6.read_bytes()
+    with pytest.raises(FormatError, match="unexpected entry 'image/extra'"):
+        open_bootstrap_layer(_gzip_tar(tmp_path / "a.tgz", {"image/image.boot": boot, "image/extra": b"x"}))
+    with pytest.raises(FormatError, match=r"no image/image\.boot"):
+        open_bootstrap_layer(_gzip_tar(tmp_path / "b.tgz", {"image/" + "a" * 64 + ".blob.meta": b""}))
+    with pytest.raises(FormatError, match="not a readable gzip tar"):
+        open_bootstrap_layer(BOOT_V6)
+    legacy = open_bootstrap_layer(_gzip_tar(tmp_path / "c.tgz", {"image.boot": boot}))
+    assert legacy.bootstrap == boot
+    with pytest.raises(FormatError, match="no blob with this id"):
+        RafsImage.from_bootstrap_layer(
+            _gzip_tar(tmp_path / "d.tgz", {"image/image.boot": boot, "image/" + "a" * 64 + ".blob.meta": b""})
+        )
