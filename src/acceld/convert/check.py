@@ -22,14 +22,14 @@ from acceld.convert.errors import ConvertError
 from acceld.convert.formats import FORMATS, LayerFile, detect_format
 from acceld.convert.source import SourceImage, load_source
 from acceld.convert.streams import SourceTarStream
-from acceld.convert.target import Location
+from acceld.convert.target import store_ref
 from acceld.errors import AcceldError
 from acceld.formats.driver import SourceLayer
 from acceld.formats.fstree import FsTree, apply_layer_tar, diff_trees
 from acceld.oci.digest import digest_hex, file_digest
 from acceld.oci.models import Descriptor
 from acceld.oci.platform import Platform
-from acceld.oci.reference import LayoutRef, parse_location
+from acceld.oci.reference import parse_location
 from acceld.registry.layout import OCILayout
 from acceld.registry.store import ImageStore
 from acceld.registry.stores import Stores
@@ -54,13 +54,6 @@ class PlatformCheck:
         return not self.problems and not self.differences
 
 
-def _ref(store: ImageStore, location: Location) -> str:
-    if isinstance(location, LayoutRef):
-        assert isinstance(store, OCILayout)
-        return location.tag or store.default_ref()
-    return location.ref
-
-
 async def check_image(
     image: str,
     config: AcceldConfig,
@@ -76,13 +69,13 @@ async def check_image(
         async with Stores(config, plain_http=plain_http, insecure=insecure) as stores:
             location = parse_location(image)
             store = stores.open(location)
-            plan = await load_source(store, _ref(store, location), platforms)
+            plan = await load_source(store, store_ref(store, location), platforms)
             source_store: ImageStore = store
             source_images: Sequence[SourceImage] | None = None
             if source is not None:
                 source_location = parse_location(source)
                 source_store = stores.open(source_location)
-                source_plan = await load_source(source_store, _ref(source_store, source_location), None)
+                source_plan = await load_source(source_store, store_ref(source_store, source_location), None)
                 source_images = source_plan.images
             results = []
             for n, converted in enumerate(plan.images):

@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from acceld.convert.errors import ConvertError
+from acceld.convert.target import store_ref
 from acceld.oci.digest import digest_hex
 from acceld.oci.platform import Platform
-from acceld.oci.reference import LayoutRef, parse_location
-from acceld.registry.layout import OCILayout
+from acceld.oci.reference import parse_location
 from acceld.registry.stores import Stores
 
 BOOTSTRAP_ANNOTATION = "containerd.io/snapshot/nydus-bootstrap"
@@ -30,12 +30,7 @@ async def fetch_chunk_dict(
     """Download the Nydus image `reference` into `directory`; the path of its bootstrap layer."""
     location = parse_location(reference)
     store = stores.open(location)
-    if isinstance(location, LayoutRef):
-        assert isinstance(store, OCILayout)
-        ref = location.tag or store.default_ref()
-    else:
-        ref = location.ref
-    raw = await store.get_manifest(ref)
+    raw = await store.get_manifest(store_ref(store, location))
     if raw.is_index:
         entries = [e for e in raw.index().manifests if e.platform is not None]
         if platforms:

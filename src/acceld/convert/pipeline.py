@@ -19,20 +19,20 @@ from acceld.convert.api import ConversionRequest, ConversionResult, ConvertOptio
 from acceld.convert.cache import LayerCache, default_cache_dir
 from acceld.convert.chunkdict import fetch_chunk_dict, is_image_reference
 from acceld.convert.drivers import make_driver
+from acceld.convert.errors import ConvertError
 from acceld.convert.image import converted_config, converted_index, converted_manifest
 from acceld.convert.layers import ConvertedLayer, LayerConverter, Outcome
 from acceld.convert.push import Pusher, PushPlan
 from acceld.convert.source import SourceImage, SourcePlan, load_source
-from acceld.convert.target import Location, describe, resolve_target
+from acceld.convert.target import describe, resolve_target, store_ref
 from acceld.convert.workers import ProcessRunner
+from acceld.errors import AcceldError
 from acceld.formats.driver import Driver, LayerBlob
 from acceld.oci import mediatypes as mt
 from acceld.oci.digest import sha256_digest
 from acceld.oci.models import Descriptor, RawManifest
-from acceld.oci.reference import LayoutRef, parse_location
+from acceld.oci.reference import parse_location
 from acceld.progress import NullProgress
-from acceld.registry.layout import OCILayout
-from acceld.registry.store import ImageStore
 from acceld.registry.stores import Stores
 
 if TYPE_CHECKING:
@@ -46,13 +46,6 @@ class ConvertedImage:
     layers: tuple[LayerBlob, ...]  # converted layers in manifest order, then the driver's extra layers
     config: tuple[Descriptor, bytes]
     manifest: RawManifest
-
-
-def _source_ref(store: ImageStore, location: Location) -> str:
-    if isinstance(location, LayoutRef):
-        assert isinstance(store, OCILayout)
-        return location.tag or store.default_ref()
-    return location.ref
 
 
 async def run_conversion(
@@ -72,7 +65,7 @@ async def run_conversion(
             driver = make_driver(request.driver, await _local_options(request, stores, workspace))
             target_location = resolve_target(source_location, request.target, driver.tag_suffix)
             source = stores.open(source_location)
-            plan = await load_source(source, _source_ref(source, source_location), request.platforms)
+            plan = await load_source(source, store_ref(source, source_location), request.platforms)
             runner = ProcessRunner(options.workers)
             converter = LayerConverter(driver, source, workspace, cache, runner, progress)
             layers = await converter.convert_all(layer for image in plan.images for layer in image.layers)
@@ -129,7 +122,13 @@ async def _build_image(
 ) -> ConvertedImage:
     converted = [layers[layer.digest].blob for layer in image.layers]
     workdir.mkdir()
-    additions = await asyncio.to_thread(driver.finalize, converted, workdir)
+    try:
+        additions = await asyncio.to_thread(driver.finalize, converted, workdir)
+    except AcceldError:
+        raise
+    except Exception as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+        raise ConvertError(f"{driver.name} driver failed to finish the image: {problem}") from exc
     all_layers = (*converted, *additions.extra_layers)
     config_bytes = converted_config(image.config, all_layers, additions)
     config_desc = Descriptor(

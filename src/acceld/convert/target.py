@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from acceld.convert.errors import ConvertError
 from acceld.oci.reference import InvalidReference, LayoutRef, Reference, parse_location
+from acceld.registry.layout import OCILayout
+from acceld.registry.store import ImageStore
 
 Location = Reference | LayoutRef
 
@@ -40,6 +42,14 @@ def resolve_target(source: Location, target: str | None, tag_suffix: str) -> Loc
         except InvalidReference as exc:
             raise ConvertError(str(exc)) from None
     return Reference(source.registry, source.repository, None, None)
+
+
+def store_ref(store: ImageStore, location: Location) -> str:
+    """The tag or digest to read at `location` (`oci:PATH` without a tag: the layout's only image)."""
+    if isinstance(location, LayoutRef):
+        assert isinstance(store, OCILayout)
+        return location.tag or store.default_ref()
+    return location.ref
 
 
 def describe(location: Location, digest: str) -> str:
