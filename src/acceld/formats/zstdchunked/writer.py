@@ -39,7 +39,6 @@ _SKIPPABLE_HEADER = 8
 _READ_BLOCK = 4 << 20
 _TRAILER_SEGMENT = 1 << 20  # tar-split stores data after the end-of-archive marker in 1 MiB segments
 _EMPTY_CRC = 0  # CRC-64 of no bytes
-_LOOKAHEAD_BLOCKS = 2
 _OFFLOAD_SPLITS = 256 << 10  # smaller blocks are not worth a trip through the pool
 
 
@@ -103,8 +102,16 @@ def _skippable_frame(size: int) -> bytes:
 
 
 class _LayerWriter:
-    def __init__(self, tar: BinaryIO, sink: FrameSink, tar_split: TarSplitWriter, pool: Executor) -> None:
-        self._pool = pool
+    def __init__(
+        self,
+        tar: BinaryIO,
+        sink: FrameSink,
+        tar_split: TarSplitWriter,
+        rollsum_pool: Executor,
+        lookahead: int,
+    ) -> None:
+        self._pool = rollsum_pool
+        self._lookahead = lookahead
         self._source = _HashingReader(tar)
         self._reader = TarHeaderReader(self._source)
         self._sink = sink
@@ -171,14 +178,15 @@ class _LayerWriter:
     def _blocks(self, size: int) -> Iterator[tuple[bytes, np.ndarray]]:
         """The file content in blocks with their rolling-checksum split points.
 
-        Split points of large blocks are computed by the pool a block or two ahead (numpy
-        releases the GIL), so the main thread only hashes and routes bytes.
+        Split points of large blocks are computed a few blocks ahead by their own thread pool
+        (numpy releases the GIL; they must not queue behind compression batches), so the main
+        thread only hashes and routes bytes.
         """
         history = bytes(WINDOW)
         queue: deque[tuple[bytes, Future[np.ndarray] | np.ndarray]] = deque()
         remaining = size
         while remaining or queue:
-            while remaining and len(queue) < _LOOKAHEAD_BLOCKS:
+            while remaining and len(queue) < self._lookahead:
                 block = self._reader.read_payload(min(_READ_BLOCK, remaining))
                 remaining -= len(block)
                 if len(block) >= _OFFLOAD_SPLITS:
@@ -230,10 +238,13 @@ def write_zstd_chunked(
     """Convert the tar stream `tar` into a zstd:chunked blob written sequentially to `out`."""
     with (
         ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="zstdchunked") as pool,
+        ThreadPoolExecutor(
+            max_workers=max(1, workers), thread_name_prefix="zstdchunked-rollsum"
+        ) as rollsum_pool,
         TarSplitWriter(workdir / "tar-split.json.zst", level) as tar_split,
     ):
         sink = FrameSink(out, pool, level, max_pending=2 * max(1, workers) + 2)
-        layer = _LayerWriter(tar, sink, tar_split, pool)
+        layer = _LayerWriter(tar, sink, tar_split, rollsum_pool, lookahead=max(1, workers) + 1)
         layer.run()
         tar_split_digest = tar_split.finish()
         manifest = toc_json(layer.entries(), tar_split_digest)
