@@ -218,12 +218,13 @@ async def test_cross_repo_mount_and_fallback_upload(registry_plain: RunningRegis
 
 class FlakyProxy:
     """A TCP proxy in front of a real registry that cuts its first `broken` connections after
-    `cut_after` response bytes (0: closes them right away)."""
+    `cut_after` response bytes (0: closes them right away), or answers their first request with
+    `canned` (a raw HTTP response) instead of forwarding it."""
 
-    def __init__(self, upstream: str, broken: int, cut_after: int) -> None:
+    def __init__(self, upstream: str, broken: int, cut_after: int = 0, canned: bytes | None = None) -> None:
         self.upstream_host, port = upstream.rsplit(":", 1)
         self.upstream_port = int(port)
-        self.broken, self.cut_after = broken, cut_after
+        self.broken, self.cut_after, self.canned = broken, cut_after, canned
         self.connections = 0
         self.bytes_down = 0
         self.host = ""
@@ -242,6 +243,10 @@ class FlakyProxy:
         self.connections += 1
         limit = self.cut_after if number < self.broken else None
         if limit == 0:
+            if self.canned is not None:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(self.canned)
+                await writer.drain()
             writer.close()
             return
         up_reader, up_writer = await asyncio.open_connection(self.upstream_host, self.upstream_port)
@@ -292,6 +297,27 @@ async def test_connection_errors_are_retried(registry_plain: RunningRegistry) ->
     ):
         await push_image(c.repository("client/retry"), "v1")
     assert proxy.connections >= 3
+
+
+async def test_busy_registry_is_retried_after_retry_after(registry_plain: RunningRegistry) -> None:
+    busy = (
+        b"HTTP/1.1 503 Service Unavailable\r\n"
+        b"Retry-After: 0\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    async with (
+        FlakyProxy(registry_plain.host, broken=2, canned=busy) as proxy,
+        RegistryClient(proxy.host, RegistryConfig(plain_http=True), retry=FAST_RETRY) as c,
+    ):
+        await push_image(c.repository("client/busy"), "v1")
+    assert proxy.connections >= 3
+    async with (
+        FlakyProxy(registry_plain.host, broken=10, canned=busy) as proxy,
+        RegistryClient(proxy.host, RegistryConfig(plain_http=True), retry=FAST_RETRY) as c,
+    ):
+        with pytest.raises(RegistryError) as excinfo:
+            await c.repository("client/busy").get_manifest("v1")
+    assert excinfo.value.transient and excinfo.value.status == 503
+    assert proxy.connections == FAST_RETRY.attempts  # bounded
 
 
 async def test_unreachable_registry_is_a_transient_one_line_error() -> None:
