@@ -6,6 +6,7 @@ blob expanded into a raw EROFS device; corruption tests flip single bytes in cop
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import re
@@ -13,6 +14,7 @@ import shutil
 import struct
 import subprocess
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -459,3 +461,65 @@ def test_bootstrap_layer_shape_is_enforced(tmp_path: Path) -> None:
         RafsImage.from_bootstrap_layer(
             _gzip_tar(tmp_path / "d.tgz", {"image/image.boot": boot, "image/" + "a" * 64 + ".blob.meta": b""})
         )
+
+
+# -- the kernel's EROFS driver as a second judge (needs root and loop devices) ----------------------
+
+
+@contextlib.contextmanager
+def kernel_mount(bootstrap: Path, devices: list[Path], mountpoint: Path) -> Iterator[Path]:
+    if shutil.which("losetup") is None or "erofs" not in Path("/proc/filesystems").read_text():
+        pytest.skip("no losetup or no erofs in this kernel")
+    mountpoint.mkdir()
+    with contextlib.ExitStack() as stack:
+        loops = []
+        for path in [bootstrap, *devices]:
+            attached = subprocess.run(
+                ["losetup", "-f", "--show", "-r", str(path)], capture_output=True, text=True
+            )
+            if attached.returncode != 0:
+                pytest.skip(f"loop devices are not available here: {attached.stderr.strip()}")
+            loops.append(attached.stdout.strip())
+            stack.callback(subprocess.run, ["losetup", "-d", loops[-1]], check=False)
+        options = ",".join(["ro", *(f"device={loop}" for loop in loops[1:])])
+        mounted = subprocess.run(
+            ["mount", "-t", "erofs", "-o", options, loops[0], str(mountpoint)], capture_output=True, text=True
+        )
+        if mounted.returncode != 0:
+            pytest.skip(f"the kernel refused the loop mount here: {mounted.stderr.strip()}")
+        stack.callback(subprocess.run, ["umount", str(mountpoint)], check=True)
+        yield mountpoint
+
+
+def test_kernel_serves_the_tree_the_reader_reads(tmp_path: Path) -> None:
+    image = old_image()
+    raw = expand(image, 0, tmp_path / "raw0.bin")
+    with kernel_mount(BOOT_V6, [raw], tmp_path / "mnt") as mnt:
+        assert diff_trees(image.to_fstree(), tree_from_directory(mnt)) == []
+    inline = RafsImage.from_blob(FIXTURES / BLOB_INLINE)
+    bootstrap = tmp_path / "inline.boot"
+    bootstrap.write_bytes(NydusBlob(FIXTURES / BLOB_INLINE).inline_bootstrap() or b"")
+    raw = expand(inline, 0, tmp_path / "raw1.bin")
+    with kernel_mount(bootstrap, [raw], tmp_path / "mnt2") as mnt:
+        assert diff_trees(inline.to_fstree(), tree_from_directory(mnt)) == []
+
+
+def test_kernel_agrees_on_the_real_image_metadata(tmp_path: Path) -> None:
+    """Directories, modes incl. setuid/setgid, owners, mtimes, symlinks, devices, xattrs: 3517 entries."""
+    layer = open_bootstrap_layer(REAL_LAYER)
+    bootstrap = tmp_path / "image.boot"
+    bootstrap.write_bytes(layer.bootstrap)
+    image = RafsImage(layer.bootstrap)
+    zero = tmp_path / "zero.bin"
+    with zero.open("wb") as handle:
+        handle.truncate(image.bootstrap.devices[0].blocks * 4096)
+    with kernel_mount(bootstrap, [zero], tmp_path / "mnt") as mnt:
+        differences = diff_trees(
+            image.to_fstree(content=False), tree_from_directory(mnt), ignore_fields=("digest",)
+        )
+    # 2022 builders wrote hardlinks as separate inodes sharing i_ino: the kernel sees two files,
+    # the reader one file with two names (nlink 2 on both copies).
+    assert sorted(differences) == [
+        "hardlinks missing: ['/usr/bin/gunzip', '/usr/bin/uncompress']",
+        "hardlinks missing: ['/usr/bin/perl', '/usr/bin/perl5.34.0']",
+    ]
