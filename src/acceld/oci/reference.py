@@ -36,6 +36,11 @@ class InvalidReference(AcceldError):
     """A string that is not a valid image reference."""
 
 
+def api_host(registry: str) -> str:
+    """The host serving the distribution API (Docker Hub's differs from its name)."""
+    return DOCKER_HUB_API_HOST if registry == DEFAULT_REGISTRY else registry
+
+
 @dataclass(frozen=True)
 class Reference:
     """A normalised registry image reference."""
@@ -52,8 +57,7 @@ class Reference:
 
     @property
     def api_host(self) -> str:
-        """The host serving the distribution API (Docker Hub's differs from its name)."""
-        return DOCKER_HUB_API_HOST if self.registry == DEFAULT_REGISTRY else self.registry
+        return api_host(self.registry)
 
     @property
     def name(self) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from acceld.config import AcceldConfig, RegistryConfig
-from acceld.oci.reference import LayoutRef, Reference
+from acceld.oci.reference import LayoutRef, Reference, api_host
 from acceld.registry.client import RegistryClient
 from acceld.registry.layout import OCILayout
 from acceld.registry.repository import RegistryRepository
@@ -41,13 +41,14 @@ class Stores:
         overrides = {name: True for name, on in flags if on}
         return settings.model_copy(update=overrides) if overrides else settings
 
-    def client(self, host: str) -> RegistryClient:
-        if host not in self._clients:
-            self._clients[host] = RegistryClient(host, self.settings(host))
-        return self._clients[host]
+    def client(self, registry: str) -> RegistryClient:
+        """The client for a registry named as in references and the config (`docker.io` included)."""
+        if registry not in self._clients:
+            self._clients[registry] = RegistryClient(api_host(registry), self.settings(registry))
+        return self._clients[registry]
 
     def repository(self, ref: Reference) -> RegistryRepository:
-        return self.client(ref.api_host).repository(ref.repository)
+        return self.client(ref.registry).repository(ref.repository)
 
     def open(self, location: Reference | LayoutRef, *, create: bool = False) -> ImageStore:
         """The store behind a location; `create` initialises a missing OCI layout (destinations)."""
