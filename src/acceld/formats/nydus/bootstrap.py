@@ -108,13 +108,26 @@ def dirent_blocks(names: Sequence[bytes]) -> list[list[bytes]]:
 class _Record:
     """Layout facts about one inode, filled in over the passes of `build_bootstrap`."""
 
+    __slots__ = (
+        "blocks",
+        "data_block",
+        "ino",
+        "inode",
+        "layout",
+        "nlink",
+        "plain_blocks",
+        "position",
+        "size",
+        "tail",
+        "xattrs",
+    )
+
     def __init__(self, inode: Inode, ino: int) -> None:
         self.inode = inode
         self.ino = ino
         self.nlink = 0
         self.xattrs = pack_xattrs(inode.xattrs)
-        self.names: list[bytes] = []  # sorted dirent names of a directory
-        self.blocks: list[list[bytes]] = []
+        self.blocks: Sequence[list[bytes]] = ()  # a directory's dirent names, block by block
         self.size = inode.size
         self.layout = LAYOUT_FLAT_PLAIN
         self.plain_blocks = 0
@@ -128,8 +141,7 @@ class _Record:
             self.layout = LAYOUT_CHUNK_BASED
             return
         if inode.is_dir:
-            self.names = sorted([b".", b"..", *inode.children])
-            self.blocks = dirent_blocks(self.names)
+            self.blocks = dirent_blocks(sorted([b".", b"..", *inode.children]))
             last = self.blocks[-1]
             self.size = BLOCK * (len(self.blocks) - 1) + DIRENT_SIZE * len(last) + sum(map(len, last))
         elif inode.is_symlink:
