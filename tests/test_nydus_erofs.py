@@ -551,3 +551,27 @@ def test_random_trees_pass_fsck(
     layers, _, boot = convert(NydusDriver(chunk_size=1 << chunk_shift), [tar_path], workdir)
     check_with_fsck(boot, blob_files(layers), [tar_path], workdir)
     shutil.rmtree(workdir)
+
+
+def test_upstream_bootstrap_as_chunk_dict(tmp_path: Path) -> None:
+    """A bootstrap written by nydus-image (fixture rafs-v6-2.2.boot with its blob be7d77…) as the dict."""
+    dict_boot = FIXTURES / "rafs-v6-2.2.boot"
+    dict_blob = "be7d77eeb719f70884758d1aa800ed0fb09d701aaec469964e9d54325f0d5fef"
+    devices = write_devices(dict_boot.read_bytes(), {dict_blob: FIXTURES / dict_blob}, tmp_path)
+    fsck_extract(dict_boot, devices, tmp_path / "dict-files")
+    shared = {name: (tmp_path / "dict-files" / name).read_bytes() for name in ("lib.rs", "sync_io.rs")}
+    image_tar = _write_tar(
+        tmp_path / "image.tar",
+        [
+            ("src", None),
+            *[(f"src/{name}", data) for name, data in shared.items()],
+            ("src/new.rs", b"fn main() {}\n"),
+        ],
+    )
+    work = tmp_path / "work"
+    work.mkdir()
+    layers, _, boot = convert(NydusDriver(chunk_dict=str(dict_boot)), [image_tar], work)
+    assert len(_stored_digests(layers[0].path)) == 1  # only new.rs
+    assert [blob_id for blob_id, _, _ in _blob_table(boot.read_bytes())][1:] == [dict_blob]
+    assert layers[1].path == FIXTURES / dict_blob
+    check_with_fsck(boot, blob_files(layers), [image_tar], work)
