@@ -41,9 +41,7 @@ from acceld.formats.nydus.reader_blob import (
 from acceld.formats.nydus.reader_bootstrap import (
     CHUNK_COMPRESSED,
     BlobEntry,
-    ChunkAddr,
     ChunkRecord,
-    Inode,
     RafsBootstrap,
     parse_bootstrap,
 )
@@ -55,6 +53,7 @@ from acceld.formats.nydus.reader_common import (
     NydusFormatError,
     UnsupportedNydusError,
 )
+from acceld.formats.nydus.reader_inodes import ChunkAddr, Inode
 
 __all__ = [
     "BlobError",
