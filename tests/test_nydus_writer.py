@@ -334,3 +334,9 @@ def test_ids_and_times_outside_rafs_range_are_rejected(field: dict[str, int], tm
         archive.addfile(info, io.BytesIO())
     with pytest.raises(FormatError, match="out of the range"):
         _convert(NydusDriver(), buffer.getvalue(), tmp_path)
+
+
+def test_name_component_longer_than_255_bytes_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(FormatError, match="255"):
+        _convert(NydusDriver(), _tar({"d/" + "n" * 256: b"x"}), tmp_path)
+    _convert(NydusDriver(), _tar({"d/" + "n" * 255: b"x"}), tmp_path)

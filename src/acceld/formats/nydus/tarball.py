@@ -19,6 +19,7 @@ _XATTR_PAX_PREFIX = "SCHILY.xattr."
 _EOF_HEADER: type[Exception] = tarfile.EOFHeaderError  # type: ignore[attr-defined]
 _EMPTY_HEADER: type[Exception] = tarfile.EmptyHeaderError  # type: ignore[attr-defined]
 MAX_SYMLINK_TARGET = 0xFFFF
+MAX_NAME = 255  # EROFS_NAME_LEN
 MAX_XATTR_NAME = 255
 MAX_XATTR_VALUE = 0xFFFF  # e_value_size is a u16
 
@@ -37,6 +38,8 @@ def _split(name: str) -> list[bytes]:
     parts = [p for p in _encode(name).split(b"/") if p not in (b"", b".")]
     if b".." in parts:
         raise FormatError(f"tar entry escapes the root: {name!r}")
+    if any(len(part) > MAX_NAME for part in parts):
+        raise FormatError(f"tar entry has a name component longer than {MAX_NAME} bytes: {name[:80]!r}…")
     return parts
 
 
