@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
+from typing import BinaryIO
 
 
 class BackgroundWorker:
@@ -55,3 +56,19 @@ class Coalescer:
         data = b"".join(self._chunks)
         self._chunks, self._size = [], 0
         return data
+
+
+async def read_ahead(f: BinaryIO, size: int) -> AsyncGenerator[bytes, None]:
+    """Read `f` in `size` pieces in a worker thread, reading the next piece while the caller
+    handles the current one. Takes ownership of `f`: closes it when done or closed itself
+    (use `contextlib.aclosing` so that happens at once)."""
+    loop = asyncio.get_running_loop()
+    pending = loop.run_in_executor(None, f.read, size)
+    try:
+        while chunk := await pending:
+            pending = loop.run_in_executor(None, f.read, size)
+            yield chunk
+    finally:
+        with contextlib.suppress(Exception):
+            await pending
+        f.close()

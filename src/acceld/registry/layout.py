@@ -10,6 +10,7 @@ renamed into place; `index.json` is replaced atomically.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import tempfile
@@ -21,7 +22,7 @@ from acceld.errors import AcceldError
 from acceld.oci import mediatypes as mt
 from acceld.oci.digest import Digester, InvalidDigest, is_digest, validate_digest, verify_bytes
 from acceld.oci.models import Descriptor, Index, InvalidManifest, RawManifest
-from acceld.registry.background import BackgroundWorker
+from acceld.registry.background import BackgroundWorker, read_ahead
 from acceld.registry.errors import NotFound
 from acceld.registry.store import BlobSource, PutResult, VerifiedStream, iter_source
 
@@ -191,8 +192,8 @@ class OCILayout:
                 repository=self.location,
             ) from None
         try:
-            with f:
-                while chunk := await asyncio.to_thread(f.read, _READ_CHUNK):
+            async with contextlib.aclosing(read_ahead(f, _READ_CHUNK)) as chunks:
+                async for chunk in chunks:
                     await hasher.submit(partial(digester.update, chunk))
                     yield chunk
             await hasher.wait()

@@ -20,13 +20,14 @@ on a registry (`RegistryRepository`) or an OCI image layout directory (`OCILayou
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
 from typing import Literal, Protocol
 
 from acceld.oci.digest import DigestMismatch
 from acceld.oci.models import Descriptor, RawManifest
+from acceld.registry.background import read_ahead
 
 
 class VerifiedStream:
@@ -87,8 +88,8 @@ async def iter_source(source: BlobSource, read_size: int) -> AsyncIterator[bytes
             yield source[start : start + read_size]
         return
     if isinstance(source, Path):
-        with source.open("rb") as f:
-            while chunk := await asyncio.to_thread(f.read, read_size):
+        async with contextlib.aclosing(read_ahead(source.open("rb"), read_size)) as chunks:
+            async for chunk in chunks:
                 yield chunk
         return
     async for chunk in source:
