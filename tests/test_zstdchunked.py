@@ -233,6 +233,33 @@ def test_gnu_format_and_zeros_after_the_end_marker(tmp_path: Path) -> None:
         convert(junk, tmp_path)
 
 
+def test_header_fields_as_go_reads_them(tmp_path: Path) -> None:
+    """Base-256 numbers (GNU), PAX times with fractions and a PAX size/uid override."""
+    gnu = tmp_path / "gnu-big.tar"
+    with tarfile.open(gnu, "w", format=tarfile.GNU_FORMAT) as archive:
+        info = tarfile.TarInfo("big-ids")
+        info.uid, info.gid, info.mtime = 1 << 22, (1 << 33) + 5, 1_700_000_000
+        archive.addfile(info)
+    pax = tmp_path / "pax-times.tar"
+    with tarfile.open(pax, "w", format=tarfile.PAX_FORMAT) as archive:
+        info = tarfile.TarInfo("times")
+        info.pax_headers = {"mtime": "1700000000.123456789", "atime": "1700000001.5", "ctime": "-1.25"}
+        info.size = 2
+        archive.addfile(info, io.BytesIO(b"hi"))
+    entries = {}
+    for tar in (gnu, pax):
+        blob, output = convert(tar, tmp_path / tar.stem)
+        reader = ZstdChunkedReader(blob, dict(output.annotations))  # checks the TOC against tarfile
+        with tar.open("rb") as source:
+            reader.verify(source, output.diff_id)
+        entries.update({e["name"]: e for e in reader.entries})
+    assert (entries["big-ids"]["uid"], entries["big-ids"]["gid"]) == (1 << 22, (1 << 33) + 5)
+    times = entries["times"]
+    assert times["modtime"] == "2023-11-14T22:13:20.123456789Z"
+    assert times["accesstime"] == "2023-11-14T22:13:21.5Z"
+    assert times["changetime"] == "1969-12-31T23:59:58.75Z"
+
+
 def test_duplicate_paths_are_refused_like_tar_split_does(tmp_path: Path) -> None:
     tar = tmp_path / "edge.tar"
     tar.write_bytes(gzip.decompress((FIXTURES / "estargz" / "edge.tar.gz").read_bytes()))
