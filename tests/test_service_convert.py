@@ -357,3 +357,30 @@ def test_sigterm_finishes_or_requeues_running_work(
             finished = wait_finished(api, task_id)
         assert (finished["status"], finished["attempts"]) == ("succeeded", 1)
     assert_estargz_of(get_manifest(registry_plain, repository, f"v1{SUFFIX}").json(), image.descriptor())
+
+
+def test_periodic_sync_converts_pushes_without_webhooks(
+    registry_plain: RunningRegistry, test_images: ImageSet, tmp_path: Path
+) -> None:
+    rules = [{"name": "periodic", "repositories": ["periodic/**"], "drivers": [{"name": "estargz"}]}]
+    config = service_config(
+        tmp_path / "data",
+        {registry_plain.host: {"plain_http": True}},
+        rules=rules,
+        sync={"interval_seconds": 1},
+    )
+    with (
+        run_service(write_config(tmp_path / "acceld.yml", config), tmp_path / "serve.log") as service,
+        service.api() as api,
+    ):
+        push(test_images.busybox_arm64, registry_plain, "periodic/app:v7")
+        (task,) = wait_for(
+            lambda: tasks_of(api, repository="periodic/app"), what="a task from the periodic sync"
+        )
+        finished = wait_finished(api, task["id"])
+        assert finished["status"] == "succeeded" and finished["operator"] == "acceld-sync"
+        assert_estargz_of(
+            get_manifest(registry_plain, "periodic/app", f"v7{SUFFIX}").json(),
+            test_images.busybox_arm64.descriptor(),
+        )
+        assert len(tasks_of(api, repository="periodic/app")) == 1  # later rounds find it converted
