@@ -339,6 +339,10 @@ def test_reader_refuses_a_toc_that_disagrees_with_the_tar_split(tmp_path: Path) 
     forged, annotations = _replace_toc(data, dict(output.annotations), json.dumps(toc).encode(), tmp_path)
     with pytest.raises(FormatError, match="disagree on mode"):
         ZstdChunkedReader(forged, annotations)
+    toc["entries"].append(5)
+    forged, annotations = _replace_toc(data, dict(output.annotations), json.dumps(toc).encode(), tmp_path)
+    with pytest.raises(FormatError, match="malformed TOC"):
+        ZstdChunkedReader(forged, annotations)
 
 
 def _replace_toc(
