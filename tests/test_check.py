@@ -48,7 +48,7 @@ def converted_layout(test_images: ImageSet, tmp_path_factory: pytest.TempPathFac
             result = acceld(
                 "convert", f"oci:{layout}:{tag}", "--driver", driver, cache=layout.parent / "cache"
             )
-            assert result.returncode == 0, result.stderr
+            assert result.returncode == 0, result.stderr[-2000:]
     return layout
 
 
@@ -64,7 +64,7 @@ def layout(converted_layout: Path, tmp_path: Path) -> Path:
 def test_good_conversions_pass(converted_layout: Path, tmp_path: Path, driver: str) -> None:
     for tag in IMAGES:
         result = acceld("check", f"oci:{converted_layout}:{tag}{SUFFIXES[driver]}", cache=tmp_path / "cache")
-        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.returncode == 0, result.stdout + result.stderr[-2000:]
         assert "FAILED" not in result.stdout
     busybox = acceld("check", f"oci:{converted_layout}:busybox{SUFFIXES[driver]}", cache=tmp_path / "cache")
     lines = busybox.stdout.splitlines()
@@ -114,7 +114,7 @@ def test_explicit_source_matches_by_platform(layout: Path, tmp_path: Path) -> No
     result = acceld(
         "check", f"oci:{layout}:busybox-nydus", "--source", f"oci:{layout}:busybox", cache=tmp_path / "cache"
     )
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
 
 
 def test_unconverted_image_is_not_accepted(layout: Path, tmp_path: Path) -> None:
@@ -128,13 +128,13 @@ def test_check_through_registry(layout: Path, registry_plain: RunningRegistry, t
     converted = acceld(
         "convert", f"oci:{layout}:edge", target, "-d", "nydus", "--plain-http", cache=tmp_path / "cache"
     )
-    assert converted.returncode == 0, converted.stderr
+    assert converted.returncode == 0, converted.stderr[-2000:]
     assert converted.stdout.strip().startswith(f"{target}@sha256:")
     # the subject lives in the source layout, not in the registry: name it
     result = acceld(
         "check", target, "--source", f"oci:{layout}:edge", "--plain-http", cache=tmp_path / "cache"
     )
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
     missing_subject = acceld("check", target, "--plain-http", cache=tmp_path / "cache")
     assert missing_subject.returncode == 1
     assert "not found" in missing_subject.stdout

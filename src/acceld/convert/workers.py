@@ -1,8 +1,10 @@
 """Running CPU-heavy functions in child processes from asyncio, at most N at a time.
 
-One fresh (spawned) process per call: a failing conversion can stop its siblings at once
-(terminate), and a worker killed by the OS (e.g. out of memory) is reported instead of
-hanging the conversion.
+One fresh process per call: a failing conversion can stop its siblings at once (terminate),
+and a worker killed by the OS (e.g. out of memory) is reported instead of hanging the
+conversion. Processes come from a fork server that has the conversion code imported already,
+so starting one costs a fork, not an interpreter start-up; the fork server itself is
+single-threaded, so forking it is safe whatever threads the caller runs.
 """
 
 from __future__ import annotations
@@ -14,12 +16,15 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
+from acceld.convert.drivers import DRIVER_CLASSES
 from acceld.convert.errors import ConvertError
 from acceld.errors import AcceldError
 
 T = TypeVar("T")
 
-_CONTEXT = multiprocessing.get_context("spawn")
+_CONTEXT = multiprocessing.get_context("forkserver")
+_PRELOAD = ["acceld.convert.layer_job", *(module for module, _ in DRIVER_CLASSES.values())]
+_CONTEXT.set_forkserver_preload(_PRELOAD)
 # Messages from a child: any number of progress reports, then one result or error.
 _PROGRESS, _RESULT, _ERROR = "progress", "result", "error"
 
