@@ -325,3 +325,85 @@ def run_trap_server() -> Iterator[tuple[str, list[str]]]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+# -- PostgreSQL (the task store's second database) -------------------------------------------------
+
+
+def _postgres_bin() -> Path | None:
+    for candidate in [
+        *os.environ.get("PATH", "").split(os.pathsep),
+        *map(str, Path("/usr/lib/postgresql").glob("*/bin")),
+    ]:
+        if (Path(candidate) / "initdb").is_file() and (Path(candidate) / "postgres").is_file():
+            return Path(candidate)
+    return None
+
+
+@contextmanager
+def run_postgres() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster on a Unix socket; yields a SQLAlchemy URL prefix (append a database).
+
+    Raises RuntimeError when PostgreSQL or psycopg is not installed. As root the server runs as the
+    `postgres` user (PostgreSQL refuses to run as root).
+    """
+    import importlib.util
+    import shutil
+    import tempfile
+
+    binaries = _postgres_bin()
+    if binaries is None or importlib.util.find_spec("psycopg") is None:
+        raise RuntimeError("PostgreSQL binaries or psycopg not installed")
+    run_as: list[str] = []
+    if os.geteuid() == 0:
+        run_as = ["runuser", "-u", "postgres", "--"]
+    root = Path(tempfile.mkdtemp(prefix="acceld-pg-"))
+    if run_as:
+        shutil.chown(root, "postgres")
+    data = root / "data"
+    subprocess.run(
+        [*run_as, str(binaries / "initdb"), "-D", str(data), "-A", "trust", "-U", "acceld"],
+        check=True,
+        capture_output=True,
+    )
+    log = root / "server.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [
+                *run_as,
+                str(binaries / "postgres"),
+                "-D",
+                str(data),
+                "-k",
+                str(root),
+                "-c",
+                "listen_addresses=",
+                "-p",
+                "5432",
+                "-c",
+                "fsync=off",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while b"ready to accept connections" not in log.read_bytes():
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"postgres did not start: {log.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.1)
+        yield f"postgresql+psycopg://acceld@/{{database}}?host={root}&port=5432"
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def create_database(url_template: str, name: str) -> str:
+    """CREATE DATABASE `name` on the cluster and return its URL."""
+    import psycopg
+
+    admin = url_template.format(database="postgres").replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return url_template.format(database=name)

@@ -12,9 +12,12 @@ import stat
 import sys
 import threading
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from service_helpers import create_database, run_postgres
 
 from acceld.config import ConfigError
 from acceld.service.config import ServiceConfig, WorkerSettings, load_service_config
@@ -44,9 +47,29 @@ def new_task(digest: str = DIGEST, driver: str = "estargz", tag: str | None = "v
     )
 
 
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[str]:
+    try:
+        with run_postgres() as url_template:
+            yield url_template
+    except RuntimeError as exc:
+        pytest.skip(f"PostgreSQL unavailable: {exc}")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Every store test runs on SQLite and on PostgreSQL (a fresh database each)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'tasks.db'}"
+    template: str = request.getfixturevalue("postgres")
+    return create_database(template, f"t_{uuid.uuid4().hex}")
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> TaskStore:
-    return TaskStore.open(f"sqlite:///{tmp_path / 'tasks.db'}")
+def store(store_url: str) -> Iterator[TaskStore]:
+    opened = TaskStore.open(store_url)
+    yield opened
+    opened.close()
 
 
 # -- payloads ----------------------------------------------------------------------------------
@@ -340,8 +363,8 @@ def _claim_all(url: str, owner: str, out: multiprocessing.Queue) -> None:  # typ
     out.put(ids)
 
 
-def test_claims_are_exclusive_across_processes(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'tasks.db'}"
+def test_claims_are_exclusive_across_processes(store_url: str) -> None:
+    url = store_url
     TaskStore.open(url).enqueue([new_task(f"sha256:{n:064x}") for n in range(60)], max_attempts=3)
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
@@ -439,7 +462,8 @@ def test_backoff_grows_to_its_cap() -> None:
     assert max(delays) <= 33 and delays[-1] >= 27
 
 
-def test_sqlite_runs_in_wal_mode(store: TaskStore) -> None:
+def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
+    store = TaskStore.open(f"sqlite:///{tmp_path / 'tasks.db'}")
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     assert os.path.exists(str(store.engine.url.database) + "-wal")
