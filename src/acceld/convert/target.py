@@ -20,28 +20,38 @@ Location = Reference | LayoutRef
 _MAX_TAG_LENGTH = 128
 
 
-def _suffixed(tag: str, suffix: str) -> str:
-    tag = tag + suffix
+def _default_tag(source: Location, tag_suffix: str) -> str | None:
+    """The source tag plus the suffix; None for a digest-only source."""
+    if not source.tag:
+        return None
+    tag = source.tag + tag_suffix
     if len(tag) > _MAX_TAG_LENGTH:
         raise ConvertError(f"target tag {tag!r} is longer than {_MAX_TAG_LENGTH} characters: give DST")
     return tag
 
 
 def resolve_target(source: Location, target: str | None, tag_suffix: str) -> Location:
-    """The target location; a registry target has a tag or no ref at all (push by digest)."""
+    """The target location; a registry target has a tag or no ref at all (push by digest).
+
+    An explicit layout target without a tag gets the default tag, as registry references
+    without a tag get `latest`.
+    """
     if target is not None:
         location = parse_location(target)
         if isinstance(location, Reference) and location.digest:
             raise ConvertError(f"target {target!r} must not contain a digest: the converted digest is new")
+        if isinstance(location, LayoutRef) and location.tag is None:
+            return LayoutRef(location.path, _default_tag(source, tag_suffix))
         return location
+    tag = _default_tag(source, tag_suffix)
     if isinstance(source, LayoutRef):
-        return LayoutRef(source.path, _suffixed(source.tag, tag_suffix) if source.tag else None)
-    if source.tag:
-        try:
-            return source.with_tag(_suffixed(source.tag, tag_suffix))
-        except InvalidReference as exc:
-            raise ConvertError(str(exc)) from None
-    return Reference(source.registry, source.repository, None, None)
+        return LayoutRef(source.path, tag)
+    if tag is None:
+        return Reference(source.registry, source.repository, None, None)
+    try:
+        return source.with_tag(tag)
+    except InvalidReference as exc:
+        raise ConvertError(str(exc)) from None
 
 
 def store_ref(store: ImageStore, location: Location) -> str:
