@@ -226,5 +226,10 @@ def test_one_line_errors(
     )
     assert_one_line_error(acceld("inspect", f"oci:{tmp_path / 'nothing'}"), "not an OCI image layout")
     assert_one_line_error(acceld("inspect", "busybox", config=tmp_path / "absent.yaml"), "cannot read config")
+    (tmp_path / "a-file").write_text("")
+    assert_one_line_error(
+        acceld("copy", test_images.busybox_amd64.ref, f"oci:{tmp_path / 'a-file' / 'layout'}:v1"),
+        "cannot create OCI layout",
+    )
     (tmp_path / "bad.yaml").write_text("registries:\n  h:\n    plain_htp: true\n")
     assert_one_line_error(acceld("inspect", "busybox", config=tmp_path / "bad.yaml"), "plain_htp")

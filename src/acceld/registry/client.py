@@ -197,8 +197,10 @@ class RegistryClient:
     ) -> httpx.Response:
         attempt = 0
         while True:
-            request = self._http.build_request(method, url, headers=headers, params=params, content=content)
             try:
+                request = self._http.build_request(
+                    method, url, headers=headers, params=params, content=content
+                )
                 response = await self._http.send(request, stream=stream)
             except httpx.TransportError as exc:
                 replayable = content is None or isinstance(content, bytes)
@@ -212,6 +214,10 @@ class RegistryClient:
                     attempt += 1
                     continue
                 raise self.transport_error(exc, what, repository) from None
+            except (httpx.RequestError, httpx.InvalidURL) as exc:  # redirect loops, malformed Location
+                raise RegistryError(
+                    f"{what}: request to {self.host} failed: {exc}", repository=repository
+                ) from None
             retryable = response.status_code == 429 or response.status_code >= 500
             if (
                 retryable

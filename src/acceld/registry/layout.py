@@ -14,7 +14,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from functools import partial
 from pathlib import Path
 
@@ -34,6 +34,15 @@ _MAX_MANIFEST_SIZE = 4 << 20
 
 class LayoutError(AcceldError):
     """A missing or malformed OCI image layout."""
+
+
+@contextlib.contextmanager
+def _io_errors(location: str, what: str) -> Iterator[None]:
+    """Turn file-system failures (permissions, full disk, …) into one-line LayoutErrors."""
+    try:
+        yield
+    except OSError as exc:
+        raise LayoutError(f"{location}: cannot {what}: {exc.strerror or exc}") from None
 
 
 class OCILayout:
@@ -82,10 +91,11 @@ class OCILayout:
             raise LayoutError(f"{self.location}: bad index.json: {exc}") from None
 
     def _write_index(self, index: Index) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".index-", suffix=".json")
-        with os.fdopen(fd, "wb") as f:
-            f.write(index.to_json())
-        os.replace(tmp, self.root / "index.json")
+        with _io_errors(self.location, "write index.json"):
+            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".index-", suffix=".json")
+            with os.fdopen(fd, "wb") as f:
+                f.write(index.to_json())
+            os.replace(tmp, self.root / "index.json")
 
     def tagged(self, tag: str) -> Descriptor | None:
         for desc in self.read_index().manifests:
@@ -170,12 +180,13 @@ class OCILayout:
         return self.root / "blobs" / algorithm / hex_part
 
     def _read_blob(self, digest: str, what: str) -> bytes:
-        try:
-            return self.blob_path(digest).read_bytes()
-        except FileNotFoundError:
+        path = self.blob_path(digest)
+        if not path.is_file():
             raise NotFound(
                 f"{what} not found in {self.location}", code="BLOB_UNKNOWN", repository=self.location
-            ) from None
+            )
+        with _io_errors(self.location, f"read {what}"):
+            return path.read_bytes()
 
     async def has_blob(self, digest: str) -> bool:
         return self.blob_path(digest).is_file()
@@ -183,14 +194,15 @@ class OCILayout:
     async def blob_chunks(self, desc: Descriptor) -> AsyncIterator[bytes]:
         digester = Digester.for_digest(desc.digest)
         hasher = BackgroundWorker()
-        try:
-            f = self.blob_path(desc.digest).open("rb")
-        except FileNotFoundError:
+        path = self.blob_path(desc.digest)
+        if not path.is_file():
             raise NotFound(
                 f"blob {desc.digest} not found in {self.location}",
                 code="BLOB_UNKNOWN",
                 repository=self.location,
-            ) from None
+            )
+        with _io_errors(self.location, f"read blob {desc.digest}"):
+            f = path.open("rb")
         try:
             async with contextlib.aclosing(read_ahead(f, _READ_CHUNK)) as chunks:
                 async for chunk in chunks:
@@ -219,6 +231,11 @@ class OCILayout:
         target = self.blob_path(desc.digest)
         if target.is_file():
             return "exists"
+        with _io_errors(self.location, f"write blob {desc.digest}"):
+            await self._write_blob(target, desc, source)
+        return "uploaded"
+
+    async def _write_blob(self, target: Path, desc: Descriptor, source: BlobSource) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         verified = isinstance(source, VerifiedStream) and source.digest == desc.digest
         digester = Digester.for_digest(desc.digest)
@@ -242,4 +259,3 @@ class OCILayout:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        return "uploaded"

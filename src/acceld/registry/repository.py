@@ -143,8 +143,11 @@ class RegistryRepository:
             response = await self.client.request(
                 "GET", path, scopes=self._pull, what="tag list", repository=self.location, params=params
             )
-            body = response.json()
-            tags.extend(body.get("tags") or [])
+            try:
+                page = response.json().get("tags") or []
+            except (ValueError, AttributeError):
+                raise RegistryError(f"{self.location} sent an invalid tag list") from None
+            tags.extend(str(tag) for tag in page)
             next_link = response.links.get("next", {}).get("url")
             path = str(response.url.join(next_link)) if next_link else None
             params = None
@@ -395,4 +398,7 @@ class RegistryRepository:
             if previous:
                 return previous
             raise RegistryError(f"{self.location} answered an upload request without a Location header")
-        return str(response.url.join(location))
+        try:
+            return str(response.url.join(location))
+        except httpx.InvalidURL:
+            raise RegistryError(f"{self.location} sent an invalid upload Location {location!r}") from None
