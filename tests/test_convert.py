@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ import httpx
 import pytest
 import zstandard
 from harness.clients import skopeo, skopeo_args, skopeo_copy, skopeo_inspect_raw
-from harness.images import add_blob, blob_path, canonical_json, read_blob_json, tag_in_index
+from harness.images import add_blob, blob_path, build_image, canonical_json, read_blob_json, tag_in_index
 from harness.registry import RunningRegistry
 from harness.testimages import ImageSet
 
@@ -573,3 +575,33 @@ async def test_registry_source_to_layout_target(
     _, manifest = layout_manifest(target, "esgz")
     assert_converted_manifest(manifest, test_images.whiteout.descriptor())
     skopeo("copy", "--quiet", f"oci:{target}:esgz", f"oci:{layout.parent / 'copy'}:x")
+
+
+@pytest.mark.parametrize("compression", ["zstd", "none"])
+async def test_zstd_and_uncompressed_sources(
+    layout: Path, test_images: ImageSet, options: ConvertOptions, compression: str
+) -> None:
+    tars = [test_images.tars["whiteout-lower"], test_images.tars["whiteout-upper"]]
+    build_image(layout, tars, f"src-{compression}", compression=compression)  # type: ignore[arg-type]
+    result = await convert_image(
+        ConversionRequest(source=f"oci:{layout}:src-{compression}", driver="estargz"),
+        AcceldConfig(),
+        options=options,
+    )
+    assert result.layers_converted == 2
+    _, manifest = layout_manifest(layout, f"src-{compression}-esgz")
+    for layer, tar in zip(manifest["layers"], tars, strict=True):
+        assert layer["mediaType"] == "application/vnd.oci.image.layer.v1.tar+gzip"
+        # eStargz keeps every source entry: the converted tar starts with the source's entries
+        with (
+            tarfile.open(
+                fileobj=io.BytesIO(gzip.decompress(blob_path(layout, layer["digest"]).read_bytes()))
+            ) as converted,
+            tarfile.open(tar) as original,
+        ):
+            names = [m.name for m in converted.getmembers()]
+            assert [m.name for m in original.getmembers()] == [
+                n
+                for n in names
+                if n not in ("stargz.index.json", ".no.prefetch.landmark", ".prefetch.landmark")
+            ]
