@@ -43,11 +43,14 @@ class TarEntry:
     mtime_ns: int
     devmajor: int
     devminor: int
-    xattrs: dict[str, bytes]
+    xattrs: dict[str, bytes] | None
     header_offset: int  # first header block in the spool, extension headers included
     data_offset: int  # payload start in the spool
-    digest: str = ""  # "sha256:<hex>" of the payload (regular files only)
-    chunk_digests: list[str] = field(default_factory=list)  # one per chunk (files > 0 bytes)
+    digest: bytes = b""  # sha256 of the payload (regular files only)
+    chunk_digests: list[bytes] | None = None  # sha256 of each chunk, only for files of several chunks
+
+    def chunk_digest(self, number: int) -> bytes:
+        return self.chunk_digests[number] if self.chunk_digests else self.digest
 
     @property
     def padded_end(self) -> int:
@@ -301,7 +304,7 @@ def _finish_entry(reader: _Spooler, pending: _Pending, header: _Header, chunk_si
         mtime_ns=header.mtime_ns,
         devmajor=header.devmajor,
         devminor=header.devminor,
-        xattrs=xattrs,
+        xattrs=xattrs or None,
         header_offset=pending.start,
         data_offset=reader.position,
     )
@@ -313,6 +316,8 @@ def _finish_entry(reader: _Spooler, pending: _Pending, header: _Header, chunk_si
 def _copy_payload(reader: _Spooler, entry: TarEntry, chunk_size: int) -> None:
     whole = hashlib.sha256()
     chunked = entry.size > chunk_size
+    if chunked:
+        entry.chunk_digests = []
     copied = 0
     while copied < entry.size:
         chunk_hash = hashlib.sha256()
@@ -327,11 +332,9 @@ def _copy_payload(reader: _Spooler, entry: TarEntry, chunk_size: int) -> None:
             if chunked:
                 chunk_hash.update(piece)
             copied += len(piece)
-        if chunked:
-            entry.chunk_digests.append("sha256:" + chunk_hash.hexdigest())
-    entry.digest = "sha256:" + whole.hexdigest()
-    if not chunked and entry.size:
-        entry.chunk_digests.append(entry.digest)
+        if entry.chunk_digests is not None:
+            entry.chunk_digests.append(chunk_hash.digest())
+    entry.digest = whole.digest()
     padding = -entry.size % BLOCK
     if padding:
         reader.read_exact(padding, f"the padding of {entry.name!r}")

@@ -8,7 +8,7 @@ each byte of invalid UTF-8 as `\\ufffd`); xattr values are standard base64.
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -99,8 +99,11 @@ def _entry_json(entry: TocEntry) -> str:
     return "\t\t{\n" + ",\n".join(lines) + "\n\t\t}"
 
 
-def encode_toc(entries: Iterable[TocEntry]) -> bytes:
-    """The TOC JSON (version 1), without a trailing newline."""
-    body = ",\n".join(_entry_json(entry) for entry in entries)
-    text = '{\n\t"version": 1,\n\t"entries": ' + (f"[\n{body}\n\t]" if body else "[]") + "\n}"
-    return text.encode("utf-8")
+def toc_json_pieces(entries: Iterable[TocEntry]) -> Iterator[bytes]:
+    """The TOC JSON (version 1, no trailing newline) in pieces, one entry at a time."""
+    yield b'{\n\t"version": 1,\n\t"entries": ['
+    separator = "\n"
+    for entry in entries:
+        yield (separator + _entry_json(entry)).encode("utf-8")
+        separator = ",\n"
+    yield b"\n\t]\n}" if separator != "\n" else b"]\n}"

@@ -34,7 +34,7 @@ from acceld.formats.estargz.gzip_members import (
 from acceld.formats.estargz.order import TOC_TAR_NAME, Item, Landmark, arrange
 from acceld.formats.estargz.source import open_layer_tar
 from acceld.formats.estargz.tarscan import BLOCK, TYPE_REG, TarEntry, scan_tar
-from acceld.formats.estargz.toc import LANDMARK_CONTENT, TocEntry, encode_toc, format_modtime
+from acceld.formats.estargz.toc import LANDMARK_CONTENT, TocEntry, format_modtime, toc_json_pieces
 
 DEFAULT_CHUNK_SIZE = 4 << 20
 DEFAULT_COMPRESSION_LEVEL = 9
@@ -44,6 +44,7 @@ _BATCH_MEMBERS = 512
 _READ_PIECE = 1 << 20
 _TOC_TYPES = {"0": "reg", "1": "hardlink", "2": "symlink", "3": "char", "4": "block", "5": "dir", "6": "fifo"}
 _LANDMARK_DIGEST = "sha256:" + hashlib.sha256(LANDMARK_CONTENT).hexdigest()
+_TOC_PREFIX = "estargz-toc-"
 _LANDMARK_PAYLOAD = LANDMARK_CONTENT + bytes(BLOCK - len(LANDMARK_CONTENT))
 
 
@@ -121,6 +122,12 @@ def _events(items: Sequence[Item], chunk_size: int) -> Iterator[Segment | _Chunk
         padding = -item.size % BLOCK
         if padding:
             yield (item.data_offset + item.size, padding)
+
+
+def _chunk_count(item: Item, chunk_size: int) -> int:
+    if isinstance(item, Landmark):
+        return 1
+    return -(-item.size // chunk_size) if item.typeflag == TYPE_REG else 0
 
 
 def _members(events: Iterator[Segment | _ChunkStart]) -> Iterator[_Member]:
@@ -305,7 +312,7 @@ def _toc_entries(
             chunk = entry if number == 0 else TocEntry(name=item.name, type="chunk", chunk_offset=start)
             chunk.offset, chunk.inner_offset = offset, inner
             chunk.chunk_size = chunk_size if item.size - start >= chunk_size else 0
-            chunk.chunk_digest = item.chunk_digests[number]
+            chunk.chunk_digest = "sha256:" + item.chunk_digest(number).hex()
             yield chunk
 
 
@@ -319,7 +326,7 @@ def _toc_entry(item: TarEntry, user_names: dict[int, str], group_names: dict[int
         gid=item.gid,
         user_name=_name_if_changed(user_names, item.uid, item.uname),
         group_name=_name_if_changed(group_names, item.gid, item.gname),
-        xattrs=item.xattrs or None,
+        xattrs=item.xattrs,
     )
     if entry.type in ("hardlink", "symlink"):
         entry.link_name = item.linkname
@@ -327,17 +334,39 @@ def _toc_entry(item: TarEntry, user_names: dict[int, str], group_names: dict[int
         entry.dev_major, entry.dev_minor = item.devmajor, item.devminor
     elif entry.type == "reg":
         entry.size = item.size
-        entry.digest = item.digest
+        entry.digest = "sha256:" + item.digest.hex()
     return entry
 
 
-def _write_toc(toc_json: bytes, level: int, output: _Output) -> None:
-    raw = ustar_file_header(TOC_TAR_NAME, len(toc_json)) + toc_json
-    raw += bytes(-len(raw) % BLOCK) + bytes(2 * BLOCK)
-    toc_offset = output.offset
+def _write_member(fd: int, member: _Member, level: int, output: _Output) -> None:
+    if member.size > _ONESHOT_LIMIT:
+        _write_streamed(fd, member, level, output)
+        return
+    ((raw, compressed),) = _compress_batch(fd, [member], level)
     output.raw(raw)
-    output.write(compress_member(raw, level))
+    output.write(compressed)
+
+
+def _write_toc(entries: Iterator[TocEntry], level: int, output: _Output, workdir: Path) -> str:
+    """TOC member (tar header, JSON, tar end) and footer; returns the TOC digest.
+
+    The JSON goes through a scratch file: it can be tens of MB for layers with many files.
+    """
+    digest = hashlib.sha256()
+    size = 0
+    with tempfile.TemporaryFile(dir=workdir, prefix=_TOC_PREFIX) as scratch:
+        with open(scratch.fileno(), "wb", buffering=_READ_PIECE, closefd=False) as writer:
+            for piece in toc_json_pieces(entries):
+                digest.update(piece)
+                size += len(piece)
+                writer.write(piece)
+        member = _Member()
+        for segment in (ustar_file_header(TOC_TAR_NAME, size), (0, size), bytes(-size % BLOCK + 2 * BLOCK)):
+            member.add(segment)
+        toc_offset = output.offset
+        _write_member(scratch.fileno(), member, level, output)
     output.write(footer(toc_offset))
+    return "sha256:" + digest.hexdigest()
 
 
 def write_estargz(source: BinaryIO, out: BinaryIO, workdir: Path, options: WriterOptions) -> EstargzResult:
@@ -350,19 +379,17 @@ def write_estargz(source: BinaryIO, out: BinaryIO, workdir: Path, options: Write
             pass  # read past the tar's end so that gzip checksums and trailing garbage are checked
         items, missed = arrange(entries, options.prefetch_files)
         del entries
-        placements = [
-            [(0, 0)] * (1 if isinstance(item, Landmark) else len(item.chunk_digests)) for item in items
-        ]
+        placements = [[(0, 0)] * _chunk_count(item, options.chunk_size) for item in items]
         output = _Output(out, placements)
         events = _events(items, options.chunk_size)
         if options.min_chunk_size > 0:
             _write_min_chunk(spool.fileno(), events, items, options, output)
         else:
             _write_parallel(spool.fileno(), _members(events), options, output)
-    toc_json = encode_toc(_toc_entries(items, placements, options.chunk_size))
-    _write_toc(toc_json, options.compression_level, output)
+    entries_json = _toc_entries(items, placements, options.chunk_size)
+    toc_digest = _write_toc(entries_json, options.compression_level, output, workdir)
     return EstargzResult(
-        toc_digest="sha256:" + hashlib.sha256(toc_json).hexdigest(),
+        toc_digest=toc_digest,
         diff_id="sha256:" + output.diff_hash.hexdigest(),
         uncompressed_size=output.uncompressed,
         compressed_size=output.offset,
