@@ -159,7 +159,7 @@ class LayerCache:
                     ),
                 )
         except (OSError, sqlite3.Error) as exc:
-            raise ConvertError(f"cannot write layer cache {self.root}: {exc}") from None
+            raise ConvertError(f"cannot write layer cache {self.root}: {exc}", transient=True) from None
         return LayerBlob(
             path=target,
             media_type=blob.media_type,

@@ -60,7 +60,7 @@ def convert_layer_job(
     except AcceldError:
         raise
     except OSError as exc:
-        raise ConvertError(f"layer {job.layer.digest}: local I/O failed: {exc}") from None
+        raise ConvertError(f"layer {job.layer.digest}: local I/O failed: {exc}", transient=True) from None
     except Exception as exc:
         log.debug("driver %s failed on %s", driver.name, job.layer.digest, exc_info=True)
         raise ConvertError(

@@ -99,5 +99,6 @@ async def _receive(conn: Connection) -> tuple[str, Any]:
     try:
         message: tuple[str, Any] = conn.recv()
     except EOFError:
-        return _ERROR, ConvertError("worker process died (killed by the system, out of memory?)")
+        died = "worker process died (killed by the system, out of memory?)"
+        return _ERROR, ConvertError(died, transient=True)
     return message
