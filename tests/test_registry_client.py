@@ -529,3 +529,40 @@ async def test_referrers_through_fallback_tag(registry_plain: RunningRegistry) -
     index = json.loads(skopeo_raw(registry_plain, f"client/referrers:{fallback_tag(subject.digest)}"))
     assert index["mediaType"] == mt.OCI_INDEX
     assert [m["digest"] for m in index["manifests"]] == [m.digest for m in referrers]
+
+
+async def test_referrers_api_and_upload_quirks_of_go_containerregistry(
+    registry_referrers: RunningRegistry,
+) -> None:
+    """A registry with the referrers API, answering PATCH with 204 and relative Locations."""
+    async with client(registry_referrers) as c:
+        repo = c.repository("client/api")
+        repo.monolithic_limit = 1000  # exercise the PATCH path (answered 204 with a relative Location)
+        subject = await push_image(repo, "v1", os.urandom(50_000))
+
+        empty = b"{}"
+        await repo.put_blob(blob(empty, mt.OCI_EMPTY), empty)
+        referrer = RawManifest.from_bytes(
+            json.dumps(
+                {
+                    "schemaVersion": 2,
+                    "mediaType": mt.OCI_MANIFEST,
+                    "artifactType": "application/vnd.example.sbom",
+                    "config": blob(empty, mt.OCI_EMPTY).to_dict(),
+                    "layers": [blob(empty, mt.OCI_EMPTY).to_dict()],
+                    "subject": subject.descriptor().to_dict(),
+                }
+            ).encode()
+        )
+        # Pushed by a plain PUT, so no fallback tag exists: only the referrers API can find it.
+        response = httpx.put(
+            f"{registry_referrers.url}/v2/client/api/manifests/{referrer.digest}",
+            content=referrer.data,
+            headers={"Content-Type": mt.OCI_MANIFEST},
+        )
+        assert response.status_code == 201
+        assert await repo.list_tags() == ["v1"]
+        found = await repo.referrers(subject.digest)
+        assert referrer.digest in [d.digest for d in found]
+        # This registry ignores the artifactType filter (no OCI-Filters-Applied): acceld filters itself.
+        assert await repo.referrers(subject.digest, "application/vnd.example.other") == []
