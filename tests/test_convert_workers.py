@@ -1,0 +1,76 @@
+"""Worker processes of the pipeline: results, errors, killed workers, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from acceld.convert.errors import ConvertError
+from acceld.convert.workers import ProcessRunner
+from acceld.formats.driver import FormatError
+
+
+def square(value: int) -> int:
+    return value * value
+
+
+def with_progress(total: int, report: Callable[[int], None]) -> int:
+    for _ in range(total):
+        report(10)
+    return os.getpid()
+
+
+def bad_input() -> None:
+    raise FormatError("bad tar: truncated header")
+
+
+def bug() -> None:
+    raise KeyError("oops")
+
+
+def killed() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def sleep_forever(pid_file: Path) -> None:
+    pid_file.write_text(str(os.getpid()))
+    time.sleep(600)
+
+
+async def test_results_and_progress_come_back() -> None:
+    runner = ProcessRunner(2)
+    assert await asyncio.gather(*(runner.run(square, n) for n in range(5))) == [0, 1, 4, 9, 16]
+    reports: list[int] = []
+    child = await runner.run(with_progress, 3, on_progress=reports.append)
+    assert reports == [10, 10, 10] and child != os.getpid()
+
+
+async def test_errors_cross_the_process_boundary() -> None:
+    runner = ProcessRunner(1)
+    with pytest.raises(FormatError, match="bad tar: truncated header"):
+        await runner.run(bad_input)
+    with pytest.raises(ConvertError, match="worker failed: KeyError") as failure:
+        await runner.run(bug)
+    assert not failure.value.transient
+    with pytest.raises(ConvertError, match="worker process died") as died:
+        await runner.run(killed)
+    assert died.value.transient
+
+
+async def test_cancelling_terminates_the_worker(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    task = asyncio.ensure_future(ProcessRunner(1).run(sleep_forever, pid_file))
+    while not pid_file.exists() or not pid_file.read_text():
+        await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    pid = int(pid_file.read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # terminated and reaped
