@@ -173,6 +173,8 @@ class Authenticator:
         except httpx.TransportError as exc:
             raise RegistryUnreachable(f"cannot reach token service {realm} of {self.host}: {exc}") from None
         if response.status_code in (401, 403):
+            if creds is None:
+                raise self._missing_credentials(None)
             raise AuthenticationError(
                 f"authentication failed for {self.host}: wrong username or password",
                 code="UNAUTHORIZED",
