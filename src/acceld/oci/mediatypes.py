@@ -8,7 +8,6 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_EMPTY = "application/vnd.oci.empty.v1+json"
-OCI_LAYOUT_HEADER = "application/vnd.oci.layout.header.v1+json"
 
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
 OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -25,7 +24,6 @@ DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 DOCKER_LAYER_ZSTD = "application/vnd.docker.image.rootfs.diff.tar.zstd"
 DOCKER_FOREIGN_LAYER_GZIP = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
 DOCKER_SCHEMA1_MANIFEST = "application/vnd.docker.distribution.manifest.v1+json"
-DOCKER_SCHEMA1_SIGNED_MANIFEST = "application/vnd.docker.distribution.manifest.v1+prettyjws"
 
 MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
 INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
@@ -58,14 +56,6 @@ def is_index(media_type: str) -> bool:
     return media_type in INDEX_TYPES
 
 
-def is_layer(media_type: str) -> bool:
-    return media_type in _LAYER_COMPRESSION
-
-
 def layer_compression(media_type: str) -> Compression | None:
     """The compression of a known layer media type, None for anything else."""
     return _LAYER_COMPRESSION.get(media_type)
-
-
-def is_docker_media_type(media_type: str) -> bool:
-    return media_type.startswith("application/vnd.docker.")
