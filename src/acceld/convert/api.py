@@ -29,7 +29,7 @@ class ConversionRequest:
     """What to convert.
 
     `source` and `target` are registry references (``host/repo:tag``, ``host/repo@sha256:…``)
-    or OCI layouts (``oci:/path/to/layout[:tag|@digest]``). `target` None means the source
+    or OCI layouts (``oci:/path/to/layout[:tag]``). `target` None means the source
     repository with the source tag plus the driver's tag suffix. `options` are the driver's
     options by name (see `make_driver`); `platforms` (``os/arch[/variant]``) filters the
     children of an index, None converts every platform.
@@ -76,8 +76,8 @@ async def convert_image(
 ) -> ConversionResult:
     """Convert one image (or index) and push the result. Raises `AcceldError` subclasses.
 
-    Worker processes are spawned: a script calling this needs the `if __name__ == "__main__":`
-    guard, as with any multiprocessing code.
+    Layers convert in child processes: a script calling this needs the
+    `if __name__ == "__main__":` guard, as with any multiprocessing code.
     """
     from acceld.convert.pipeline import run_conversion
 

@@ -11,6 +11,7 @@ import hashlib
 import io
 import zlib
 from collections.abc import Callable
+from gzip import BadGzipFile
 from typing import BinaryIO, NoReturn, cast
 
 import isal.igzip
@@ -26,7 +27,7 @@ _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _READ_SIZE = 1 << 20
 # What the decompressors raise on malformed input.
 _DECODE_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
+    BadGzipFile,
     EOFError,
     zlib.error,
     zstandard.ZstdError,
