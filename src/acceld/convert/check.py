@@ -141,7 +141,10 @@ async def _local_blob(store: ImageStore, layer: Descriptor, work: Path, verdict:
     format reader still reports what exactly is wrong."""
     if isinstance(store, OCILayout):
         path = store.blob_path(layer.digest)
-        digest, size = await asyncio.to_thread(file_digest, path)
+        try:
+            digest, size = await asyncio.to_thread(file_digest, path)
+        except OSError as exc:
+            raise ConvertError(f"layer {layer.digest} in {store.location}: {exc.strerror}") from None
         if (digest, size) != (layer.digest, layer.size):
             verdict.problems.append(f"layer {layer.digest}: file has digest {digest} ({size} bytes)")
         return path
@@ -164,7 +167,11 @@ async def _source_tree(store: ImageStore, image: SourceImage, work: Path) -> FsT
 
 
 def _apply_source_layer(tree: FsTree, path: Path, layer: SourceLayer) -> None:
-    with path.open("rb") as blob:
+    try:
+        blob = path.open("rb")
+    except OSError as exc:
+        raise ConvertError(f"source layer {layer.digest}: {exc.strerror}") from None
+    with blob:
         stream = SourceTarStream(cast(BinaryIO, blob), layer)
         apply_layer_tar(tree, cast(BinaryIO, io.BufferedReader(stream, _READ_SIZE)))
         stream.finish()
