@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from acceld.convert.cache import CacheKey, LayerCache
+from acceld.convert.errors import ConvertError
 from acceld.convert.layer_job import LayerJob, convert_layer_job
 from acceld.convert.workers import ProcessRunner
 from acceld.errors import AcceldError
@@ -126,7 +127,10 @@ class LayerConverter:
         """The source blob as a local file: in place for a layout (verified while converting),
         else downloaded (verified by the store) to the workspace."""
         if isinstance(self._source, OCILayout):
-            return self._source.blob_path(layer.digest)
+            path = self._source.blob_path(layer.digest)
+            if not path.is_file():
+                raise ConvertError(f"{self._source.location}: source layer {layer.digest} is missing")
+            return path
         path = self._workspace / f"source-{digest_hex(layer.digest)}"
         desc = Descriptor(mediaType=layer.media_type, digest=layer.digest, size=layer.size)
         key = f"fetch {layer.digest}"
