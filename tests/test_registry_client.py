@@ -473,7 +473,13 @@ async def test_identity_token_from_docker_config(
 @pytest.mark.parametrize("http2", [False, True])
 async def test_tls_with_ca_file(registry_tls: RunningRegistry, http2: bool) -> None:
     async with client(registry_tls, "alice", http2=http2) as c:
-        pushed = await push_image(c.repository("tls/img"), f"h2-{http2}".lower(), os.urandom(300_000))
+        repo = c.repository("tls/img")
+        repo.monolithic_limit = 100_000  # the layer goes in a streamed PATCH
+        pushed = await push_image(repo, f"h2-{http2}".lower(), os.urandom(300_000))
+        layer = pushed.manifest().layers[0]
+        assert sum([len(chunk) async for chunk in repo.blob_chunks(layer)]) == layer.size
+        response = await c.request("GET", "/v2/", scopes=[], what="ping")
+        assert response.http_version == ("HTTP/2" if http2 else "HTTP/1.1")
     assert skopeo_raw(registry_tls, f"tls/img:h2-{http2}".lower(), "alice") == pushed.data
 
 
