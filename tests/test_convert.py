@@ -23,7 +23,7 @@ from harness.registry import RunningRegistry
 from harness.testimages import ImageSet
 
 from acceld.config import AcceldConfig, RegistryConfig
-from acceld.convert.api import ConversionRequest, ConvertOptions, convert_image
+from acceld.convert.api import ConversionRequest, ConvertOptions, convert_image, convert_image_sync
 from acceld.errors import AcceldError
 from acceld.formats.driver import FormatError
 from acceld.progress import NullProgress
@@ -48,7 +48,7 @@ def options(tmp_path: Path) -> ConvertOptions:
 
 
 def registry_config(registry: RunningRegistry, user: str | None = None) -> AcceldConfig:
-    settings: dict[str, Any] = {"plain_http": registry.scheme == "http"}
+    settings: dict[str, Any] = {"plain_http": registry.scheme == "http", "ca_file": registry.ca_file}
     if user is not None:
         settings.update(username=user, password=registry.users[user])
     return AcceldConfig(registries={registry.host: RegistryConfig(**settings)})
@@ -265,6 +265,22 @@ async def test_registry_to_registry_with_bearer_token(
         f"docker://{result.target}",
         f"oci:{layout.parent / 'pulled'}:x",
     )
+
+
+def test_sync_api_over_tls_with_token_auth(
+    layout: Path, registry_tls: RunningRegistry, test_images: ImageSet, tmp_path: Path
+) -> None:
+    """What a service worker process does: the synchronous API, HTTPS, Bearer tokens."""
+    push_source(layout, "whiteout", registry_tls, "secure/whiteout:1", user="alice")
+    result = convert_image_sync(
+        ConversionRequest(source=f"{registry_tls.host}/secure/whiteout:1", driver="zstdchunked"),
+        registry_config(registry_tls, "alice"),
+        ConvertOptions(cache_dir=tmp_path / "cache"),
+    )
+    assert result.target == f"{registry_tls.host}/secure/whiteout:1-zstdchunked"
+    manifest = json.loads(skopeo_inspect_raw(registry_tls, result.target, user="alice"))
+    assert_converted_manifest(manifest, test_images.whiteout.descriptor())
+    assert (result.layers_converted, result.source_digest) == (2, test_images.whiteout.digest)
 
 
 async def test_reader_without_push_right_gets_one_line_error(
