@@ -9,16 +9,20 @@ from __future__ import annotations
 import base64
 import datetime
 import json
+import re
 
 from acceld.formats.driver import FormatError
 from acceld.formats.zstdchunked.tarheaders import GoTime
 
+_PLAIN = re.compile(r"[ !#-%\'-;=?-\[\]-~]*")  # printable ASCII that Go writes unescaped
 _HTML_SAFE = str.maketrans(
     {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 )
 
 
 def string(value: str) -> str:
+    if _PLAIN.fullmatch(value):
+        return f'"{value}"'
     text = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     return json.dumps(text, ensure_ascii=False).translate(_HTML_SAFE)
 

@@ -21,6 +21,7 @@ BLOCK = 512
 _MAX_SPECIAL_FILE = 1 << 20  # Go's maxSpecialFileSize for PAX and GNU long name records
 _HEADER_ONLY_TYPES = frozenset(b"12345")  # hardlink, symlink, char, block, dir: no payload
 _ZERO_BLOCK = bytes(BLOCK)
+_HIGH_BYTES = bytes(range(128, 256))
 
 
 @dataclass(frozen=True)
@@ -99,11 +100,14 @@ def _numeric(raw: bytes, what: str) -> int:
 
 
 def _checksum_ok(block: bytes) -> bool:
+    """Go accepts the unsigned and the (historic) signed byte sum, chksum field as spaces."""
     stored = _numeric(block[148:156], "chksum")
     patched = block[:148] + b" " * 8 + block[156:]
     unsigned = sum(patched)
-    signed = sum(b - 256 if b >= 128 else b for b in patched)
-    return stored in (unsigned, signed)
+    if stored == unsigned:
+        return True
+    high_bytes = len(patched) - len(patched.translate(None, _HIGH_BYTES))
+    return stored == unsigned - 256 * high_bytes
 
 
 def _pax_time(text: str) -> GoTime:
