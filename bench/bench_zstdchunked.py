@@ -1,10 +1,12 @@
 """Benchmark: zstd:chunked conversion throughput of a >= 500 MB layer tar, next to `zstd -3 -T1`.
 
-Usage: .venv/bin/python bench/bench_zstdchunked.py [--size-mb 500] [--runs 2] [--verify]
+Usage: .venv/bin/python bench/bench_zstdchunked.py [--layer nydus|estargz] [--runs 2] [--verify]
 
-The layer is the reproducible one of bench/bench_nydus.py (generated offline, cached under
-.cache/bench), decompressed once to a cached tar so that only the conversion is timed: the
-driver reads the tar and writes the blob to disk, in a child process (for its peak RSS). The
+Layers (generated offline, cached under .cache/bench): `nydus` is the seeded synthetic layer of
+bench/bench_nydus.py (500 MB gzip, decompressed once to a cached 867 MB tar); `estargz` is the
+600 MB tar of bench/bench_estargz.py (mostly real files from this machine's /usr). Only the
+conversion is timed: the driver reads the tar and writes the blob to disk, in a child process
+(for its peak RSS and CPU time). The
 anchor is plain single-frame `zstd -3 -T1` of the same tar, run interleaved with it. Target:
 >= 60 MB/s of tar input (containers/storage's Go writer: 36.7 MB/s at level 3, same machine kind).
 """
@@ -24,13 +26,17 @@ from pathlib import Path
 import isal.igzip_threaded
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_nydus import CACHE, generate_layer
+import bench_estargz
+import bench_nydus
+from bench_nydus import CACHE
 
 TARGET_MB_S = 60.0
 
 
-def source_tar(size_mb: int) -> Path:
-    layer = generate_layer(size_mb)
+def source_tar(kind: str) -> Path:
+    if kind == "estargz":
+        return bench_estargz.generate_layer(600)
+    layer = bench_nydus.generate_layer(500)
     tar = CACHE / (layer.name.removesuffix(".gz"))
     if not tar.exists():
         partial = tar.with_suffix(".partial")
@@ -89,7 +95,7 @@ def run_conversion(tar: Path, check: bool) -> tuple[float, float, int, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--size-mb", type=int, default=500)
+    parser.add_argument("--layer", choices=("nydus", "estargz"), default="nydus")
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--verify", action="store_true", help="check the first output with the reader")
     parser.add_argument("--convert", nargs=2, type=Path, help=argparse.SUPPRESS)
@@ -97,7 +103,7 @@ def main() -> None:
     if args.convert:
         convert_only(*args.convert)
         return
-    tar = source_tar(args.size_mb)
+    tar = source_tar(args.layer)
     megabytes = tar.stat().st_size / 1e6
     print(f"layer {tar.name}: {megabytes:.0f} MB tar, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
     anchors, conversions = [], []
