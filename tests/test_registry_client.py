@@ -30,6 +30,8 @@ from acceld.registry import (
     fallback_tag,
 )
 from acceld.registry.auth import parse_challenge, repository_scope
+from acceld.registry.copy import copy_image
+from acceld.registry.layout import OCILayout
 from acceld.registry.repository import RegistryRepository
 
 FAST_RETRY = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05)
@@ -218,13 +220,20 @@ async def test_cross_repo_mount_and_fallback_upload(registry_plain: RunningRegis
 
 class FlakyProxy:
     """A TCP proxy in front of a real registry that cuts its first `broken` connections after
-    `cut_after` response bytes (0: closes them right away), or answers their first request with
-    `canned` (a raw HTTP response) instead of forwarding it."""
+    `cut_after` bytes sent in `direction` ("down": responses, "up": requests; 0: closes them right
+    away), or answers their first request with `canned` (a raw HTTP response) instead."""
 
-    def __init__(self, upstream: str, broken: int, cut_after: int = 0, canned: bytes | None = None) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        broken: int,
+        cut_after: int = 0,
+        canned: bytes | None = None,
+        direction: str = "down",
+    ) -> None:
         self.upstream_host, port = upstream.rsplit(":", 1)
         self.upstream_port = int(port)
-        self.broken, self.cut_after, self.canned = broken, cut_after, canned
+        self.broken, self.cut_after, self.canned, self.direction = broken, cut_after, canned, direction
         self.connections = 0
         self.bytes_down = 0
         self.host = ""
@@ -269,10 +278,12 @@ class FlakyProxy:
             finally:
                 dst.close()
 
-        up = asyncio.ensure_future(pump(reader, up_writer, None))
-        await pump(up_reader, writer, limit)
-        up_writer.close()
-        up.cancel()
+        up = asyncio.ensure_future(pump(reader, up_writer, limit if self.direction == "up" else None))
+        down = asyncio.ensure_future(pump(up_reader, writer, limit if self.direction == "down" else None))
+        await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+        for task, stream in ((up, up_writer), (down, writer)):
+            task.cancel()
+            stream.close()
 
 
 async def test_download_resumes_with_range_after_broken_connection(registry_plain: RunningRegistry) -> None:
@@ -318,6 +329,39 @@ async def test_busy_registry_is_retried_after_retry_after(registry_plain: Runnin
             await c.repository("client/busy").get_manifest("v1")
     assert excinfo.value.transient and excinfo.value.status == 503
     assert proxy.connections == FAST_RETRY.attempts  # bounded
+
+
+async def test_copy_retries_a_blob_whose_upload_broke(
+    registry_plain: RunningRegistry, tmp_path: Path
+) -> None:
+    layout = OCILayout.open(tmp_path / "src", create=True)
+    layer = os.urandom(1_000_000)
+    config = b"{}"
+    await layout.put_blob(blob(layer), layer)
+    await layout.put_blob(blob(config, mt.OCI_CONFIG), config)
+    manifest = RawManifest.from_bytes(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": mt.OCI_MANIFEST,
+                "config": blob(config, mt.OCI_CONFIG).to_dict(),
+                "layers": [blob(layer).to_dict()],
+            }
+        ).encode()
+    )
+    await layout.put_manifest(manifest, "v1")
+    async with (
+        FlakyProxy(registry_plain.host, broken=1, cut_after=300_000, direction="up") as proxy,
+        RegistryClient(proxy.host, RegistryConfig(plain_http=True), retry=FAST_RETRY) as c,
+    ):
+        repo = c.repository("client/upload-retry")
+        result = await copy_image(layout, "v1", repo, "v1")
+        assert result.outcomes[blob(layer).digest] == "uploaded"
+    assert proxy.connections >= 2
+    async with client(registry_plain) as c:
+        repo = c.repository("client/upload-retry")
+        assert (await repo.get_manifest("v1")).data == manifest.data
+        assert b"".join([chunk async for chunk in repo.blob_chunks(blob(layer))]) == layer
 
 
 async def test_unreachable_registry_is_a_transient_one_line_error() -> None:
