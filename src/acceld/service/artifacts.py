@@ -5,7 +5,7 @@ Used by conversion jobs (loop guard, multi-arch children) and by reconcile (miss
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from acceld.formats.driver import Driver, SourceLayer
@@ -33,10 +33,6 @@ NYDUS_LAYER_PREFIX = "application/vnd.oci.image.layer.nydus."
 class SourceInfo:
     raw: RawManifest
     accelerated: str | None  # why the artifact must not be converted, None when it is a source image
-
-    @property
-    def is_index(self) -> bool:
-        return self.raw.is_index
 
 
 def manifest_marker(manifest: Manifest, drivers: Iterable[Driver] = ()) -> str | None:
@@ -100,11 +96,13 @@ async def inspect_source(repo: RegistryRepository, ref: str, drivers: Iterable[D
 
 
 async def parent_index(
-    repo: RegistryRepository, digest: str, skip_tags: Iterable[str], max_tags: int
+    repo: RegistryRepository, digest: str, skip: Callable[[str], bool], max_tags: int
 ) -> str | None:
-    """A tag of an index in the repository that lists `digest`, None when there is none."""
-    skip = set(skip_tags)
-    tags = [t for t in await repo.list_tags() if t not in skip][:max_tags]
+    """A tag of an index in the repository that lists `digest`, None when there is none.
+
+    Tags for which `skip` is true (converted images) and tags beyond the first `max_tags` are not read.
+    """
+    tags = [t for t in await repo.list_tags() if not skip(t)][:max_tags]
     for tag in tags:
         try:
             desc = await repo.resolve(tag)

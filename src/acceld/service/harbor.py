@@ -60,10 +60,6 @@ class Artifact:
     def project(self) -> str:
         return self.repository.split("/", 1)[0]
 
-    @property
-    def reference(self) -> str:
-        return f"{self.registry}/{self.repository}" + (f"@{self.digest}" if self.digest else f":{self.tag}")
-
 
 @dataclass(frozen=True)
 class HarborEvent:

@@ -20,12 +20,14 @@ from pydantic import BaseModel
 from acceld.config import AcceldConfig, RegistryConfig
 from acceld.convert.api import ConversionRequest, convert_image_sync, make_driver
 from acceld.errors import AcceldError
+from acceld.formats.driver import Driver
 from acceld.registry.errors import NotFound
 from acceld.registry.repository import RegistryRepository
 from acceld.registry.stores import Stores
 from acceld.service import artifacts
 
 EXIT_PARENT_GONE = 70
+MAX_INDEX_SCAN_TAGS = 1000  # tags read when looking for the index of a digest-only push
 
 
 class JobSpec(BaseModel):
@@ -39,7 +41,6 @@ class JobSpec(BaseModel):
     platforms: list[str]
     registries: dict[str, RegistryConfig]
     cache_dir: Path | None = None
-    max_index_scan_tags: int = 1000
     known_targets: list[str] = []  # delete: digests of earlier results of this source
 
 
@@ -74,7 +75,7 @@ def run(spec: JobSpec) -> JobResult:
 
 def _convert(spec: JobSpec) -> JobResult:
     driver = make_driver(spec.driver, spec.options)
-    decision = asyncio.run(_check_source(spec, driver.tag_suffix, driver))
+    decision = asyncio.run(_check_source(spec, driver))
     if decision.status != "succeeded":
         return decision
     digest = decision.source_digest
@@ -100,8 +101,9 @@ def _convert(spec: JobSpec) -> JobResult:
     )
 
 
-async def _check_source(spec: JobSpec, tag_suffix: str, driver: Any) -> JobResult:
+async def _check_source(spec: JobSpec, driver: Driver) -> JobResult:
     """Loop guard and multi-arch handling before converting; `succeeded` means: go ahead."""
+    tag_suffix = driver.tag_suffix
     async with Stores(AcceldConfig(registries=spec.registries)) as stores:
         repo = stores.client(spec.registry).repository(spec.repository)
         ref = spec.source_digest or spec.tag
@@ -113,7 +115,9 @@ async def _check_source(spec: JobSpec, tag_suffix: str, driver: Any) -> JobResul
                 status="skipped", source_digest=digest, reason=f"not converted: {source.accelerated}"
             )
         if spec.tag is None and source.raw.is_manifest:
-            parent = await artifacts.parent_index(repo, digest, (), spec.max_index_scan_tags)
+            parent = await artifacts.parent_index(
+                repo, digest, lambda t: t.endswith(tag_suffix) or t.startswith("sha256-"), MAX_INDEX_SCAN_TAGS
+            )
             if parent is not None:
                 return JobResult(
                     status="skipped",
@@ -164,7 +168,7 @@ async def _delete(spec: JobSpec) -> JobResult:
     )
 
 
-async def _referrers_of_format(repo: RegistryRepository, digest: str, driver: Any) -> list[str]:
+async def _referrers_of_format(repo: RegistryRepository, digest: str, driver: Driver) -> list[str]:
     found = []
     for desc in await repo.referrers(digest):
         try:

@@ -395,14 +395,6 @@ class TaskStore:
                     return Task.from_row(row)
         return None
 
-    def next_due(self) -> float | None:
-        """When the earliest queued task becomes due (epoch seconds), None when nothing is queued."""
-        with self._read() as conn:
-            value = conn.execute(
-                select(func.min(tasks.c.not_before)).where(tasks.c.status == "queued")
-            ).scalar()
-        return float(value) if value is not None else None
-
     def heartbeat(self, task_id: str, owner: str, lease_seconds: float) -> bool:
         """Extend the lease; False when the task is no longer ours (cancelled or taken over)."""
         now = time.time()
