@@ -384,3 +384,26 @@ def test_periodic_sync_converts_pushes_without_webhooks(
             test_images.busybox_arm64.descriptor(),
         )
         assert len(tasks_of(api, repository="periodic/app")) == 1  # later rounds find it converted
+
+
+def test_sync_drain_converts_without_a_server(
+    registry_plain: RunningRegistry, test_images: ImageSet, tmp_path: Path
+) -> None:
+    rules = [{"name": "drained", "repositories": ["drain/app"], "drivers": [{"name": "estargz"}]}]
+    config_file = write_config(
+        tmp_path / "acceld.yml",
+        service_config(tmp_path / "data", {registry_plain.host: {"plain_http": True}}, rules=rules),
+    )
+    push(test_images.busybox_amd64, registry_plain, "drain/app:v1")
+    result = subprocess.run(
+        acceld_command("sync", "--drain", "--config", str(config_file)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "queued: 1" in result.stdout and "succeeded: 1" in result.stdout
+    assert_estargz_of(
+        get_manifest(registry_plain, "drain/app", f"v1{SUFFIX}").json(),
+        test_images.busybox_amd64.descriptor(),
+    )
