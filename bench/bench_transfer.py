@@ -150,6 +150,15 @@ def main() -> None:
         cpu_s = statistics.median(cpu[tool])
         print(f"{tool:<7} {push_rate:9.1f}  {pull_rate:9.1f}  {combined[tool]:14.1f}  {cpu_s:12.2f}")
     print(f"acceld / skopeo push+pull throughput: {combined['acceld'] / combined['skopeo']:.2f}x")
+    transfer = {
+        tool: statistics.median(2 * size / 1e6 / (p + q - 2 * startup[tool]) for p, q in times)
+        for tool, times in results.items()
+    }
+    print(
+        f"estimate without start-up (no-op time subtracted per command): "
+        f"acceld {transfer['acceld']:.1f} MB/s, "
+        f"skopeo {transfer['skopeo']:.1f} MB/s, {transfer['acceld'] / transfer['skopeo']:.2f}x"
+    )
 
 
 if __name__ == "__main__":
