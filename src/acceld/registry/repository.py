@@ -27,6 +27,13 @@ MONOLITHIC_LIMIT = 8 << 20  # blobs up to this size go in the PUT that completes
 _READ_SIZE = 4 << 20
 
 
+def _range_starts_at(response: httpx.Response, offset: int) -> bool:
+    """Whether a 206 answer's `Content-Range: bytes START-END/TOTAL` starts at `offset`."""
+    value = response.headers.get("content-range", "")
+    start = value.removeprefix("bytes ").split("-", 1)[0]
+    return start.isdigit() and int(start) == offset
+
+
 def fallback_tag(digest: str) -> str:
     """The referrers tag schema: `<alg>-<hex>` of the subject digest."""
     algorithm, hex_part = digest.split(":", 1)
@@ -234,6 +241,9 @@ class RegistryRepository:
                     stream=True,
                 )
                 skip = received if response.status_code == 200 else 0  # the registry ignored Range
+                if response.status_code == 206 and not _range_starts_at(response, received):
+                    await response.aclose()
+                    raise RegistryError(f"{what} in {self.location}: resumed download at the wrong offset")
                 try:
                     async for chunk in response.aiter_raw():
                         if skip:
