@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from acceld.formats.driver import FormatError
 from acceld.formats.nydus.layout import PLACEHOLDER_BLOB_ID, BlobInfo
 from acceld.formats.nydus.load import LoadedBootstrap
+from acceld.formats.nydus.tarball import OPAQUE_MARKER
 from acceld.formats.nydus.tree import Inode, new_dir, walk
 
 WHITEOUT_PREFIX = b".wh."
-OPAQUE_MARKER = b".wh..wh..opq"
 
 
 @dataclass(frozen=True)
@@ -51,9 +51,14 @@ def _apply_dir(lower: Inode, upper: Inode) -> None:
             continue
         existing = lower.children.get(name)
         if child.is_dir:
-            if existing is None or not existing.is_dir:
-                existing = lower.children[name] = new_dir(implicit=True)
-            _apply_dir(existing, child)
+            if existing is not None and existing.is_dir:
+                _apply_dir(existing, child)
+                continue
+            created = new_dir(implicit=True)
+            _apply_dir(created, child)
+            # a directory implied only by whiteouts below it does not exist for an OCI runtime
+            if created.children or not created.implicit:
+                lower.children[name] = created
         else:
             lower.children[name] = child
 

@@ -13,6 +13,7 @@ from acceld.formats.driver import FormatError
 from acceld.formats.nydus.layout import MAX_CHUNKS_PER_BLOB, xattr_name_index
 from acceld.formats.nydus.tree import Chunk, Inode, encode_rdev, new_dir
 
+OPAQUE_MARKER = b".wh..wh..opq"
 _SKIPPED_TOP_LEVEL = {b"stargz.index.json", b".prefetch.landmark", b".no.prefetch.landmark"}
 _XATTR_PAX_PREFIX = "SCHILY.xattr."
 # tarfile's end-of-archive signals (not in the type stubs)
@@ -105,8 +106,12 @@ class _LayerTree:
             return
         parent = self.parent_of(parts[:-1], info.name)
         existing = parent.children.get(parts[-1])
-        if node.is_dir and existing is not None and existing.is_dir:
-            node.children = existing.children
+        if node.is_dir and existing is not None:
+            if existing.is_dir:
+                node.children = existing.children
+            else:
+                # the file it replaces had already hidden any lower directory of this name
+                node.children[OPAQUE_MARKER] = Inode(mode=stat.S_IFREG)
         parent.children[parts[-1]] = node
 
     def inode(self, reader: _TarReader, info: tarfile.TarInfo) -> Inode:
