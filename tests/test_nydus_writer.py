@@ -340,3 +340,11 @@ def test_name_component_longer_than_255_bytes_is_rejected(tmp_path: Path) -> Non
     with pytest.raises(FormatError, match="255"):
         _convert(NydusDriver(), _tar({"d/" + "n" * 256: b"x"}), tmp_path)
     _convert(NydusDriver(), _tar({"d/" + "n" * 255: b"x"}), tmp_path)
+
+
+def test_missing_chunk_dict_is_a_format_error(tmp_path: Path) -> None:
+    driver = NydusDriver(chunk_dict=str(tmp_path / "absent"))
+    with pytest.raises(FormatError, match="chunk dict"):
+        driver.options_key()
+    with pytest.raises(FormatError, match="chunk dict"):
+        _convert(driver, _tar({"f": b"x"}), tmp_path)

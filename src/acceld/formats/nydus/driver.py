@@ -61,8 +61,11 @@ class NydusDriver:
             f"digester={self.digester} prefetch={','.join(self.prefetch_patterns)}"
         )
         if self.chunk_dict is not None:
-            with open(self.chunk_dict, "rb") as handle:
-                key += " chunk_dict=sha256:" + hashlib.file_digest(handle, "sha256").hexdigest()
+            try:
+                with open(self.chunk_dict, "rb") as handle:
+                    key += " chunk_dict=sha256:" + hashlib.file_digest(handle, "sha256").hexdigest()
+            except OSError as exc:
+                raise FormatError(f"chunk dict {self.chunk_dict}: {exc.strerror}") from exc
         return key
 
     def is_converted(self, layer: SourceLayer) -> bool:
