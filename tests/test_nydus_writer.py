@@ -348,3 +348,11 @@ def test_missing_chunk_dict_is_a_format_error(tmp_path: Path) -> None:
         driver.options_key()
     with pytest.raises(FormatError, match="chunk dict"):
         _convert(driver, _tar({"f": b"x"}), tmp_path)
+
+
+def test_chunk_dict_that_is_no_bootstrap_is_a_format_error(tmp_path: Path) -> None:
+    garbage = tmp_path / "dict"
+    garbage.write_bytes(b"garbage" * 1000)
+    with pytest.raises(FormatError, match="neither a RAFS bootstrap") as caught:
+        _convert(NydusDriver(chunk_dict=str(garbage)), _tar({"f": b"x"}), tmp_path)
+    assert "\n" not in str(caught.value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,9 @@ def read_bootstrap_file(path: Path) -> bytes:
                     continue
                 if member is not None:
                     return member.read()
-    except tarfile.TarError as exc:
-        raise FormatError(f"{path.name}: neither a RAFS bootstrap nor a bootstrap layer ({exc})") from exc
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise FormatError(
+            f"{path.name}: neither a RAFS bootstrap nor a bootstrap layer ({first_line})"
+        ) from exc
     raise FormatError(f"{path.name}: bootstrap layer has no image/image.boot")
