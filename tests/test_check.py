@@ -9,9 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness.images import blob_path, read_blob_json
+from harness.images import LayoutImage, blob_path, read_blob_json
 from harness.registry import RunningRegistry
 from harness.testimages import ImageSet
+
+from acceld.convert.check import compare_trees
+from acceld.convert.formats import FORMATS
+from acceld.formats.fstree import FsTree, Node
 
 ACCELD = str(Path(sys.executable).with_name("acceld"))
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -138,3 +142,37 @@ def test_check_through_registry(layout: Path, registry_plain: RunningRegistry, t
     missing_subject = acceld("check", target, "--plain-http", cache=tmp_path / "cache")
     assert missing_subject.returncode == 1
     assert "not found" in missing_subject.stdout
+
+
+def test_estargz_mtime_rounding_is_tolerated_but_nothing_more() -> None:
+    def tree(mtime: int) -> FsTree:
+        result = FsTree()
+        result.add("/etc/motd", Node(kind="reg", mode=0o644, size=3, digest="ab", mtime=mtime))
+        return result
+
+    source = tree(1_700_000_000)  # a PAX mtime of 1700000000.6 floors to this...
+    assert compare_trees(source, tree(1_700_000_001), FORMATS["estargz"]) == []  # ...the TOC rounds up
+    assert compare_trees(source, tree(1_700_000_002), FORMATS["estargz"]) == [
+        "/etc/motd: mtime 1700000000 != 1700000002"
+    ]
+    assert compare_trees(source, tree(1_700_000_001), FORMATS["nydus"]) == [
+        "/etc/motd: mtime 1700000000 != 1700000001"
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("driver", SUFFIXES)
+def test_realistic_rootfs_passes(
+    rootfs_image: tuple[LayoutImage, dict[str, Path]], tmp_path: Path, driver: str
+) -> None:
+    """Debian minbase (6000+ paths, sub-second mtimes, hardlinks) plus an upper layer with a whiteout."""
+    image, _ = rootfs_image
+    layout = tmp_path / "layout"
+    shutil.copytree(image.layout, layout)
+    converted = acceld(
+        "convert", f"oci:{layout}:{image.tag}", "-d", driver, "--no-cache", cache=tmp_path / "cache"
+    )
+    assert converted.returncode == 0, converted.stderr[-2000:]
+    result = acceld("check", f"oci:{layout}:{image.tag}{SUFFIXES[driver]}", cache=tmp_path / "cache")
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    assert ": OK, structure valid, " in result.stdout

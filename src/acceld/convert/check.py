@@ -19,7 +19,7 @@ from typing import BinaryIO, cast
 
 from acceld.config import AcceldConfig
 from acceld.convert.errors import ConvertError
-from acceld.convert.formats import FORMATS, LayerFile, detect_format
+from acceld.convert.formats import FORMATS, FormatReader, LayerFile, detect_format
 from acceld.convert.source import SourceImage, load_source
 from acceld.convert.streams import SourceTarStream
 from acceld.convert.target import store_ref
@@ -115,8 +115,24 @@ async def _check_one(
         verdict.problems.append(str(exc))
         return verdict
     verdict.paths = len(expected.paths())
-    verdict.differences = diff_trees(expected, actual, ignore_fields=FORMATS[image_format].ignored_fields)
+    verdict.differences = compare_trees(expected, actual, FORMATS[image_format])
     return verdict
+
+
+def compare_trees(expected: FsTree, actual: FsTree, reader: FormatReader) -> list[str]:
+    """`diff_trees`, with mtimes compared within the format's rounding tolerance."""
+    ignored = set(reader.ignored_fields)
+    if not reader.mtime_tolerance:
+        return diff_trees(expected, actual, ignore_fields=ignored)
+    differences = diff_trees(expected, actual, ignore_fields=ignored | {"mtime"})
+    if "mtime" not in ignored:
+        want, have = expected.nodes, actual.nodes
+        differences += [
+            f"{path}: mtime {node.mtime} != {have[path].mtime}"
+            for path, node in want.items()
+            if path in have and abs(node.mtime - have[path].mtime) > reader.mtime_tolerance
+        ]
+    return differences
 
 
 async def _find_source(

@@ -35,12 +35,14 @@ class LayerFile:
 
 class FormatReader(Protocol):
     ignored_fields: tuple[str, ...]  # Node fields the format does not keep
+    mtime_tolerance: int  # seconds an mtime may differ from the source's (rounding of the format)
 
     def read_tree(self, layers: Sequence[LayerFile], workdir: Path) -> FsTree: ...
 
 
 class NydusReader:
     ignored_fields: tuple[str, ...] = ()
+    mtime_tolerance = 0
 
     def read_tree(self, layers: Sequence[LayerFile], workdir: Path) -> FsTree:
         from acceld.formats.nydus.reader import RafsImage
@@ -55,6 +57,7 @@ class NydusReader:
 
 class ZstdChunkedReader:
     ignored_fields: tuple[str, ...] = ()
+    mtime_tolerance = 0
 
     def read_tree(self, layers: Sequence[LayerFile], workdir: Path) -> FsTree:
         from acceld.formats.zstdchunked.reader import ZstdChunkedReader as LayerReader
@@ -70,6 +73,8 @@ class ZstdChunkedReader:
 
 class EstargzReader:
     ignored_fields: tuple[str, ...] = ()
+    # The TOC rounds modtime to the nearest second (as the Go writer does); trees floor it.
+    mtime_tolerance = 1
 
     def read_tree(self, layers: Sequence[LayerFile], workdir: Path) -> FsTree:
         from acceld.formats.estargz.reader import EstargzLayer
