@@ -106,3 +106,14 @@ def test_bad_tar_and_escaping_paths_are_format_errors(tmp_path: Path) -> None:
         archive.addfile(info)
     with pytest.raises(FormatError, match="missing"):
         tree_from_layers([dangling.open("rb")])
+    self_replacing = tmp_path / "self.tar"
+    with tarfile.open(self_replacing, "w") as archive:
+        directory = tarfile.TarInfo("x")
+        directory.type = tarfile.DIRTYPE
+        archive.addfile(directory)
+        archive.addfile(tarfile.TarInfo("x/a"), io.BytesIO(b""))
+        info = tarfile.TarInfo("x")
+        info.type, info.linkname = tarfile.LNKTYPE, "x/a"
+        archive.addfile(info)
+    with pytest.raises(FormatError, match="own target"):
+        tree_from_layers([self_replacing.open("rb")])

@@ -93,6 +93,8 @@ class FsTree:
         ino = self._inode_of.get(target)
         if ino is None:
             raise FormatError(f"hardlink {path} points to missing {target}")
+        if target == path or target.startswith(path + "/"):
+            raise FormatError(f"hardlink {path} would replace its own target {target}")
         if path in self._inode_of:
             self.remove(path)
         self._ensure_parents(path)
