@@ -12,11 +12,11 @@ import hashlib
 import shutil
 import struct
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import fastcrc
 import numpy as np
@@ -40,6 +40,10 @@ _READ_BLOCK = 4 << 20
 _TRAILER_SEGMENT = 1 << 20  # tar-split stores data after the end-of-archive marker in 1 MiB segments
 _EMPTY_CRC = 0  # CRC-64 of no bytes
 _OFFLOAD_SPLITS = 256 << 10  # smaller blocks are not worth a trip through the pool
+_HASH_BACKLOG = 8
+_GROUP_BYTES = 1 << 20  # small files per split-point task
+_DEFER_BYTES = 16 << 20  # small files queued before they are written
+_GATHER_READS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -84,17 +88,80 @@ class _PendingFile:
                 yield target
 
 
-class _HashingReader:
-    """Computes the sha256 of everything read through it (the layer's diff_id)."""
+class _BackgroundHashing:
+    """Updates sha256 objects in submission order on a single thread, off the main thread.
 
-    def __init__(self, stream: BinaryIO) -> None:
+    hashlib releases the GIL on large updates; at most `_HASH_BACKLOG` updates wait.
+    """
+
+    def __init__(self, single_thread: Executor) -> None:
+        self._executor = single_thread  # one worker: updates of one hash must stay in order
+        self._pending: deque[Future[None]] = deque()
+
+    def update(self, digest: Any, data: bytes) -> None:
+        self._pending.append(self._executor.submit(digest.update, data))
+        while len(self._pending) > _HASH_BACKLOG:
+            self._pending.popleft().result()
+
+    def wait(self) -> None:
+        while self._pending:
+            self._pending.popleft().result()
+
+
+class _HashingReader:
+    """Computes the sha256 of everything read through it (the layer's diff_id) in the background.
+
+    Small reads (tar headers) are gathered into larger updates first.
+    """
+
+    def __init__(self, stream: BinaryIO, hashing: _BackgroundHashing) -> None:
         self._stream = stream
-        self.digest = hashlib.sha256()
+        self._hashing = hashing
+        self._digest = hashlib.sha256()
+        self._small = bytearray()
 
     def read(self, size: int) -> bytes:
         data = self._stream.read(size)
-        self.digest.update(data)
+        if len(data) >= _GATHER_READS:
+            self._flush()
+            self._hashing.update(self._digest, data)
+        else:
+            self._small += data
+            if len(self._small) >= _GATHER_READS:
+                self._flush()
         return data
+
+    def _flush(self) -> None:
+        if self._small:
+            self._hashing.update(self._digest, bytes(self._small))
+            self._small.clear()
+
+    def hexdigest(self) -> str:
+        self._flush()
+        self._hashing.wait()
+        return self._digest.hexdigest()
+
+
+@dataclass
+class _SplitGroup:
+    """Contents of small files whose split points one pool task computes together."""
+
+    contents: list[bytes] = field(default_factory=list)
+    size: int = 0
+    future: Future[list[np.ndarray]] | None = None
+
+
+@dataclass(frozen=True)
+class _Deferred:
+    raw: bytes
+    header: TarHeader
+    content: bytes
+    group: _SplitGroup
+    index: int
+
+
+def _group_split_points(contents: list[bytes]) -> list[np.ndarray]:
+    return [split_points(bytes(WINDOW), content) for content in contents]
 
 
 def _skippable_frame(size: int) -> bytes:
@@ -108,28 +175,33 @@ class _LayerWriter:
         sink: FrameSink,
         tar_split: TarSplitWriter,
         rollsum_pool: Executor,
+        hash_thread: Executor,
         lookahead: int,
     ) -> None:
         self._pool = rollsum_pool
         self._lookahead = lookahead
-        self._source = _HashingReader(tar)
+        self._hashing = _BackgroundHashing(hash_thread)
+        self._file_digests: list[tuple[TocEntry, Any]] = []
+        self._source = _HashingReader(tar, self._hashing)
         self._reader = TarHeaderReader(self._source)
         self._sink = sink
         self._tar_split = tar_split
         self._files: list[_PendingFile | TocEntry] = []
+        self._deferred: deque[_Deferred] = deque()
+        self._deferred_size = 0
+        self._group = _SplitGroup()
 
     def run(self) -> None:
         raw = bytearray()
         while (header := self._reader.next(raw)) is not None:
-            self._raw(raw)
-            raw = bytearray()
-            entry = TocEntry.from_header(header)
-            if header.payload_size:
-                crc: int | None = self._payload(header, entry)
-            else:
-                self._files.append(entry)
-                crc = _EMPTY_CRC if header.size > 0 else None  # tar-split sums only non-zero sizes
-            self._tar_split.file(header.name, header.size, crc)
+            entry_raw, raw = bytes(raw), bytearray()
+            if 0 < header.payload_size <= _READ_BLOCK:
+                self._defer(entry_raw, header, self._reader.read_payload(header.payload_size))
+                continue
+            self._drain()
+            blocks = self._blocks(header.payload_size) if header.payload_size else None
+            self._entry(entry_raw, header, blocks)
+        self._drain()
         self._raw(raw)
         while rest := self._source.read(_TRAILER_SEGMENT):
             if rest.strip(b"\0"):
@@ -138,6 +210,47 @@ class _LayerWriter:
             self._raw(rest)
         self._sink.end_frame()
         self._sink.flush()
+        self._diff_id = "sha256:" + self._source.hexdigest()  # also waits for the file digests
+        for entry, digest in self._file_digests:
+            entry.digest = "sha256:" + digest.hexdigest()
+
+    def _entry(
+        self, raw: bytes, header: TarHeader, blocks: Iterable[tuple[bytes, np.ndarray]] | None
+    ) -> None:
+        self._raw(raw)
+        entry = TocEntry.from_header(header)
+        if blocks is not None:
+            crc: int | None = self._payload(entry, blocks)
+        else:
+            self._files.append(entry)
+            crc = _EMPTY_CRC if header.size > 0 else None  # tar-split sums only non-zero sizes
+        self._tar_split.file(header.name, header.size, crc)
+
+    def _defer(self, raw: bytes, header: TarHeader, content: bytes) -> None:
+        """Queue a file that fits one block; its split points are computed with others' in the pool."""
+        self._deferred.append(_Deferred(raw, header, content, self._group, len(self._group.contents)))
+        self._group.contents.append(content)
+        self._group.size += len(content)
+        self._deferred_size += len(content)
+        if self._group.size >= _GROUP_BYTES:
+            self._submit_group()
+        if self._deferred_size >= _DEFER_BYTES:
+            self._drain()
+
+    def _submit_group(self) -> None:
+        if self._group.contents:
+            self._group.future = self._pool.submit(_group_split_points, self._group.contents)
+            self._group = _SplitGroup()
+
+    def _drain(self) -> None:
+        """Write the queued files, in order."""
+        self._submit_group()
+        while self._deferred:
+            item = self._deferred.popleft()
+            assert item.group.future is not None
+            splits = item.group.future.result()[item.index]
+            self._entry(item.raw, item.header, [(item.content, splits)])
+        self._deferred_size = 0
 
     def entries(self) -> list[TocEntry]:
         result: list[TocEntry] = []
@@ -149,14 +262,14 @@ class _LayerWriter:
         return result
 
     def diff_id(self) -> str:
-        return "sha256:" + self._source.digest.hexdigest()
+        return self._diff_id
 
     def _raw(self, raw: bytes | bytearray) -> None:
         if raw:
             self._sink.write(bytes(raw))
             self._tar_split.segment(raw)
 
-    def _payload(self, header: TarHeader, entry: TocEntry) -> int:
+    def _payload(self, entry: TocEntry, blocks: Iterable[tuple[bytes, np.ndarray]]) -> int:
         self._sink.end_frame()
         pending = _PendingFile(entry=entry, start=self._sink.mark(), end=Mark())
         self._files.append(pending)
@@ -164,15 +277,15 @@ class _LayerWriter:
         chunker = Chunker()
         file_digest = hashlib.sha256()
         crc: int | None = None
-        for block, splits in self._blocks(header.payload_size):
-            file_digest.update(block)
+        self._file_digests.append((entry, file_digest))
+        for block, splits in blocks:
+            self._hashing.update(file_digest, block)
             crc = fastcrc.crc64.go_iso(block, crc)
             for piece in chunker.feed(block, splits):
                 frames.add(piece)
         for piece in chunker.finish():
             frames.add(piece)
         pending.end = self._sink.mark()
-        entry.digest = "sha256:" + file_digest.hexdigest()
         return crc if crc is not None else _EMPTY_CRC
 
     def _blocks(self, size: int) -> Iterator[tuple[bytes, np.ndarray]]:
@@ -241,10 +354,11 @@ def write_zstd_chunked(
         ThreadPoolExecutor(
             max_workers=max(1, workers), thread_name_prefix="zstdchunked-rollsum"
         ) as rollsum_pool,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="zstdchunked-sha256") as hash_thread,
         TarSplitWriter(workdir / "tar-split.json.zst", level) as tar_split,
     ):
         sink = FrameSink(out, pool, level, max_pending=2 * max(1, workers) + 2)
-        layer = _LayerWriter(tar, sink, tar_split, rollsum_pool, lookahead=max(1, workers) + 1)
+        layer = _LayerWriter(tar, sink, tar_split, rollsum_pool, hash_thread, lookahead=max(1, workers) + 1)
         layer.run()
         tar_split_digest = tar_split.finish()
         manifest = toc_json(layer.entries(), tar_split_digest)
