@@ -12,3 +12,18 @@ class ConvertError(AcceldError):
 
 class CorruptSourceLayerError(FormatError):
     """A source layer blob whose digest, compression or decompressed content is wrong."""
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first user-facing error of a task group (an AcceldError if there is one)."""
+    leaves: list[BaseException] = []
+
+    def collect(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                collect(inner)
+        else:
+            leaves.append(exc)
+
+    collect(group)
+    return next((exc for exc in leaves if isinstance(exc, AcceldError)), leaves[0])

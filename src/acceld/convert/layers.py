@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from acceld.convert.cache import CacheKey, LayerCache
-from acceld.convert.errors import ConvertError
+from acceld.convert.errors import ConvertError, first_error
 from acceld.convert.layer_job import LayerJob, convert_layer_job
 from acceld.convert.workers import ProcessRunner
-from acceld.errors import AcceldError
 from acceld.formats.driver import Driver, LayerBlob, SourceLayer
 from acceld.oci.digest import digest_hex
 from acceld.oci.models import Descriptor
@@ -147,17 +146,3 @@ class LayerConverter:
             self._progress.finish(key, "done")
         return path
 
-
-def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first user-facing error of a task group (an AcceldError if there is one)."""
-    leaves: list[BaseException] = []
-
-    def collect(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                collect(inner)
-        else:
-            leaves.append(exc)
-
-    collect(group)
-    return next((exc for exc in leaves if isinstance(exc, AcceldError)), leaves[0])

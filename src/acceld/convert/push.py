@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from acceld.convert.cache import LayerCache
+from acceld.convert.errors import first_error
 from acceld.convert.layers import short
 from acceld.formats.driver import LayerBlob
 from acceld.oci.models import Descriptor, RawManifest
@@ -44,8 +45,16 @@ class Pusher:
         self._slots = asyncio.Semaphore(_PARALLEL_PUSHES)
 
     async def push(self, plan: PushPlan, tag: str | None) -> None:
-        await asyncio.gather(*(self._push_layer(blob) for blob in plan.blobs))
-        await asyncio.gather(*(self._push_bytes(desc, data) for desc, data in plan.configs))
+        configs = {desc.digest: (desc, data) for desc, data in plan.configs}
+        try:
+            async with asyncio.TaskGroup() as group:
+                for blob in plan.blobs:
+                    group.create_task(self._push_layer(blob))
+            async with asyncio.TaskGroup() as group:
+                for desc, data in configs.values():
+                    group.create_task(self._push_bytes(desc, data))
+        except BaseExceptionGroup as failures:
+            raise first_error(failures) from None
         for child in plan.children:
             await self._target.put_manifest(child)
         await self._target.put_manifest(plan.root, tag)
