@@ -41,6 +41,9 @@ def test_untagged_targets_are_described_by_digest() -> None:
     [
         ("reg.io/team/app:v1", f"reg.io/team/app@{DIGEST}", "must not contain a digest"),
         ("reg.io/team/app:" + "v" * 125, None, "longer than 128 characters"),
+        ("reg.io/team/app:v1", "reg.io/team/app:v1", "is the source itself"),
+        ("reg.io/team/app", "reg.io/team/app:latest", "is the source itself"),
+        ("oci:/images/app:v1", "oci:/images/../images/app:v1", "is the source itself"),
     ],
 )
 def test_bad_targets(source: str, target: str | None, message: str) -> None:

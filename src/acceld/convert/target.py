@@ -30,6 +30,14 @@ def _default_tag(source: Location, tag_suffix: str) -> str | None:
     return tag
 
 
+def _same_place(source: Location, target: Location) -> bool:
+    if isinstance(source, LayoutRef) and isinstance(target, LayoutRef):
+        return source.path.resolve() == target.path.resolve() and source.tag == target.tag
+    if isinstance(source, Reference) and isinstance(target, Reference):
+        return source.name == target.name and source.tag == target.tag
+    return False
+
+
 def resolve_target(source: Location, target: str | None, tag_suffix: str) -> Location:
     """The target location; a registry target has a tag or no ref at all (push by digest).
 
@@ -41,7 +49,9 @@ def resolve_target(source: Location, target: str | None, tag_suffix: str) -> Loc
         if isinstance(location, Reference) and location.digest:
             raise ConvertError(f"target {target!r} must not contain a digest: the converted digest is new")
         if isinstance(location, LayoutRef) and location.tag is None:
-            return LayoutRef(location.path, _default_tag(source, tag_suffix))
+            location = LayoutRef(location.path, _default_tag(source, tag_suffix))
+        if _same_place(source, location):
+            raise ConvertError(f"target {target!r} is the source itself: it would replace what it converts")
         return location
     tag = _default_tag(source, tag_suffix)
     if isinstance(source, LayoutRef):
