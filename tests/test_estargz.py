@@ -192,6 +192,12 @@ def write_duplicates(path: Path) -> Path:
     return path
 
 
+def write_empty(path: Path) -> Path:
+    with tarfile.open(path, "w"):
+        pass
+    return path
+
+
 # --- comparisons with the reference ----------------------------------------------------------------------
 
 
@@ -208,6 +214,7 @@ def layers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "odd-names": write_odd_names(root / "odd.tar"),
         "gnu-ustar": write_gnu_and_ustar(root / "gnu-ustar.tar"),
         "duplicates": write_duplicates(root / "duplicates.tar"),
+        "empty": write_empty(root / "empty.tar"),
     }
 
 
@@ -246,7 +253,9 @@ def check_against_reference(
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-@pytest.mark.parametrize("layer", ["fixture", "lower", "upper", "odd-names", "gnu-ustar", "duplicates"])
+@pytest.mark.parametrize(
+    "layer", ["fixture", "lower", "upper", "odd-names", "gnu-ustar", "duplicates", "empty"]
+)
 def test_toc_matches_reference(
     esgz: Path, layers: dict[str, Path], tmp_path: Path, layer: str, variant: str
 ) -> None:

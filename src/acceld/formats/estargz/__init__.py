@@ -6,6 +6,7 @@ from acceld.formats.estargz.driver import (
     UNCOMPRESSED_SIZE_ANNOTATION,
     EstargzDriver,
 )
+from acceld.formats.estargz.reader import EstargzLayer, VerifyReport, open_estargz, tree_from_estargz_layers
 from acceld.formats.estargz.writer import EstargzResult, WriterOptions, write_estargz
 
 __all__ = [
@@ -13,7 +14,11 @@ __all__ = [
     "TOC_DIGEST_ANNOTATION",
     "UNCOMPRESSED_SIZE_ANNOTATION",
     "EstargzDriver",
+    "EstargzLayer",
     "EstargzResult",
+    "VerifyReport",
     "WriterOptions",
+    "open_estargz",
+    "tree_from_estargz_layers",
     "write_estargz",
 ]

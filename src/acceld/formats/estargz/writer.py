@@ -211,11 +211,13 @@ def _write_parallel(fd: int, members: Iterator[_Member], options: WriterOptions,
 
     def drain_one() -> None:
         batch, future = pending.popleft()
+        offset = output.offset
         for member, (raw, compressed) in zip(batch, future.result(), strict=True):
             for start in member.starts:
-                output.place(start, output.offset, 0)
+                output.place(start, offset, 0)
             output.raw(raw)
-            output.write(compressed)
+            offset += len(compressed)
+        output.write(b"".join(compressed for _, compressed in future.result()))
 
     with ThreadPoolExecutor(options.workers, thread_name_prefix="estargz-gzip") as pool:
         batch: list[_Member] = []
@@ -226,7 +228,7 @@ def _write_parallel(fd: int, members: Iterator[_Member], options: WriterOptions,
             if batch:
                 pending.append((batch, pool.submit(_compress_batch, fd, batch, level)))
                 batch, batch_bytes = [], 0
-            while len(pending) > options.workers:
+            while len(pending) > options.workers + 1:  # one batch queued keeps the threads busy
                 drain_one()
 
         try:
