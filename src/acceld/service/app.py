@@ -19,7 +19,13 @@ from acceld.service.management import ApiError, management_router
 from acceld.service.state import Service
 from acceld.service.store import StoreError
 from acceld.service.sync import reconcile
-from acceld.service.webhook import WEBHOOK_SECURITY_SCHEME, error, webhook_router
+from acceld.service.webhook import (
+    WEBHOOK_PATH,
+    WEBHOOK_SECURITY_SCHEME,
+    error,
+    openapi_operation,
+    webhook_route,
+)
 
 log = logging.getLogger("acceld.service")
 _UNHEALTHY: dict[int | str, dict[str, Any]] = {503: {"model": Health, "description": "Not ready"}}
@@ -65,7 +71,7 @@ def create_app(service: Service) -> FastAPI:
         lifespan=lifespan,
         responses={404: {"model": ErrorBody, "description": "Not found"}},
     )
-    app.include_router(webhook_router(service))
+    app.router.routes.append(webhook_route(service))
     app.include_router(management_router(service))
 
     def openapi() -> dict[str, Any]:
@@ -73,8 +79,10 @@ def create_app(service: Service) -> FastAPI:
             schema = get_openapi(
                 title=app.title, version=app.version, description=app.description, routes=app.routes
             )
-            schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
-            schemes["HarborWebhookAuth"] = WEBHOOK_SECURITY_SCHEME
+            components = schema.setdefault("components", {})
+            components.setdefault("securitySchemes", {})["HarborWebhookAuth"] = WEBHOOK_SECURITY_SCHEME
+            operation = openapi_operation(components.setdefault("schemas", {}))
+            schema["paths"][WEBHOOK_PATH] = {"post": operation}
             app.openapi_schema = schema
         return app.openapi_schema
 
