@@ -1,6 +1,6 @@
 """Benchmark: first conversion of an image vs re-converting it with every layer in the layer cache.
 
-Usage: .venv/bin/python bench/bench_convert_cache.py [--layers 4] [--layer-mb 64] [--driver D] [--runs 2]
+Usage: .venv/bin/python bench/bench_convert_cache.py [--layers 4] [--layer-mb 128] [--driver D] [--runs 2]
 
 A reproducible image (seeded layers, half text-like, half incompressible; cached under
 .cache/bench) is pushed with skopeo to a real docker-registry on 127.0.0.1. Each run converts it
@@ -88,7 +88,7 @@ async def convert(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--layer-mb", type=int, default=64)
+    parser.add_argument("--layer-mb", type=int, default=128)
     parser.add_argument("--driver", default="estargz")
     parser.add_argument("--runs", type=int, default=2)
     args = parser.parse_args()
