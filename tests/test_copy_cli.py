@@ -184,6 +184,15 @@ def test_inspect(test_images: ImageSet, config: Path, registry_plain: RunningReg
     assert "Platform:   linux/amd64" in ok(acceld("inspect", test_images.busybox_amd64.ref))
 
 
+@pytest.mark.parametrize("command", [[], ["copy"], ["inspect"]])
+def test_help(command: list[str]) -> None:
+    result = acceld(*command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    if command:
+        assert "[registry/]repo[:tag]" in result.stdout
+
+
 def test_pull_only_credentials_give_insufficient_permission(
     test_images: ImageSet, tmp_path: Path, registry_token: RunningRegistry
 ) -> None:
