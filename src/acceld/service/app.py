@@ -71,7 +71,7 @@ def create_app(service: Service) -> FastAPI:
         lifespan=lifespan,
         responses={404: {"model": ErrorBody, "description": "Not found"}},
     )
-    app.router.routes.append(webhook_route(service))
+    app.router.routes.insert(0, webhook_route(service))  # first: matched before any other route
     app.include_router(management_router(service))
 
     def openapi() -> dict[str, Any]:
