@@ -231,6 +231,7 @@ PREFETCH = {
     "lower-small-chunks": ["deep", "data/exact-chunk"],
     "upper": ["opaque/upper-only", "etc/hostname"],
     "duplicates": ["d/c", "d/a"],
+    "gnu-ustar": ["u/oldtype", "g/hard", "/g/link"],  # u/ has no directory entry: Go reports u/oldtype missed
 }
 
 
@@ -506,3 +507,10 @@ def test_bad_input_raises_format_error(layers: dict[str, Path], tmp_path: Path, 
         convert(source, tmp_path / "out.esgz")
     assert "\n" not in str(raised.value)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("estargz-spool")] == []
+
+
+def test_missed_prefetch_files_are_reported(layers: dict[str, Path], tmp_path: Path) -> None:
+    options = WriterOptions(prefetch_files=("u/oldtype", "g/hard", "nope"))
+    with layers["gnu-ustar"].open("rb") as source:
+        result = write_estargz(source, io.BytesIO(), tmp_path, options)
+    assert result.missed_prefetch_files == ("u/oldtype", "nope")
