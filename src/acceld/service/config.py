@@ -151,13 +151,29 @@ class ServiceConfig(AcceldConfig):
     sync: SyncSettings = SyncSettings()
     rules: list[RuleConfig] = Field(default_factory=_default_rules)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _lower_case_hosts(cls, data: Any) -> Any:
+        """Host names are case-insensitive; webhooks name them in lower case."""
+        if isinstance(data, dict):
+            data = dict(data)
+            if isinstance(data.get("registries"), dict):
+                data["registries"] = {str(k).lower(): v for k, v in data["registries"].items()}
+            webhook = data.get("webhook")
+            if isinstance(webhook, dict) and isinstance(webhook.get("sources"), dict):
+                data["webhook"] = {
+                    **webhook,
+                    "sources": {str(k).lower(): v for k, v in webhook["sources"].items()},
+                }
+        return data
+
     @model_validator(mode="after")
     def _unique_rule_names(self) -> ServiceConfig:
         names = [rule.name for rule in self.rules]
         if len(names) != len(set(names)):
             raise ValueError("rule names must be unique")
         for rule in self.rules:
-            unknown = [r for r in rule.registries if r not in self.webhook.sources]
+            unknown = [r for r in rule.registries if r.lower() not in self.webhook.sources]
             if unknown:
                 raise ValueError(f"rule {rule.name!r} names registries without a webhook source: {unknown}")
         return self

@@ -22,6 +22,7 @@ class Service:
         self.config = config
         self.rules = RuleSet(config.rules)
         self.webhook_secrets = {host.lower(): value for host, value in config.webhook_secrets().items()}
+        self.webhook_sources = frozenset(host.lower() for host in config.webhook.sources)
         self.api_token = config.api_token()
         self.own_operators = config.own_operators()
         self.store = store or TaskStore.open(config.database_url())
@@ -49,9 +50,6 @@ class Service:
     def webhook_allowed(self, authorization: str, host: str) -> bool:
         expected = self.webhook_secrets.get(host)
         return expected is not None and bool(authorization) and same_secret(authorization, expected)
-
-    def webhook_source(self, host: str) -> bool:
-        return host in {h.lower() for h in self.config.webhook.sources}
 
     def api_token_valid(self, token: str) -> bool:
         return bool(token) and same_secret(token, self.api_token)

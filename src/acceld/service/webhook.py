@@ -168,7 +168,7 @@ def webhook_route(service: Service) -> Route:
         except PayloadError as exc:
             return reject("bad_request", 400, "ERR_ILLEGAL_PARAMETER", str(exc))
         for artifact in event.artifacts:
-            if not service.webhook_source(artifact.registry):
+            if artifact.registry not in service.webhook_sources:
                 return reject(
                     "forbidden",
                     403,
