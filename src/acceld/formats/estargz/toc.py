@@ -1,4 +1,5 @@
-"""The TOC JSON, byte for byte as Go's `json.MarshalIndent(toc, "", "\\t")` writes the reference TOC.
+"""The TOC: its entries as the reference writer derives them from tar headers, and its JSON,
+byte for byte as Go's `json.MarshalIndent(toc, "", "\\t")` writes it.
 
 Keys follow the Go struct order; every key but `name` and `type` is left out when it is 0 or
 empty; strings use Go's escapes (`<`, `>`, `&`, U+2028/2029 and control characters as `\\u00XX`,
@@ -8,11 +9,17 @@ each byte of invalid UTF-8 as `\\ufffd`); xattr values are standard base64.
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable, Iterator, Mapping
+import hashlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from acceld.formats.estargz.order import Item, Landmark
+from acceld.formats.estargz.tarscan import TYPE_REG, TarEntry
+
 LANDMARK_CONTENT = b"\x0f"
+_LANDMARK_DIGEST = "sha256:" + hashlib.sha256(LANDMARK_CONTENT).hexdigest()
+_TOC_TYPES = {"0": "reg", "1": "hardlink", "2": "symlink", "3": "char", "4": "block", "5": "dir", "6": "fifo"}
 
 _ESCAPES: dict[int, str] = {code: f"\\u{code:04x}" for code in range(0x20)}
 _ESCAPES.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t", ord('"'): '\\"', ord("\\"): "\\\\"})
@@ -107,3 +114,65 @@ def toc_json_pieces(entries: Iterable[TocEntry]) -> Iterator[bytes]:
         yield (separator + _entry_json(entry)).encode("utf-8")
         separator = ",\n"
     yield b"\n\t]\n}" if separator != "\n" else b"]\n}"
+
+
+def _name_if_changed(last: dict[int, str], owner: int, name: str) -> str:
+    """The reference writer repeats a user/group name only when it changes for that id."""
+    if not name or last.get(owner) == name:
+        return ""
+    last[owner] = name
+    return name
+
+
+def toc_entries(
+    items: Sequence[Item], placements: list[list[tuple[int, int]]], chunk_size: int
+) -> Iterator[TocEntry]:
+    """TOC entries in blob order; `placements[i][k]` is (offset, innerOffset) of chunk k of item i."""
+    user_names: dict[int, str] = {}
+    group_names: dict[int, str] = {}
+    for index, item in enumerate(items):
+        if isinstance(item, Landmark):
+            offset, inner = placements[index][0]
+            yield TocEntry(
+                name=item.name,
+                type="reg",
+                size=len(LANDMARK_CONTENT),
+                offset=offset,
+                inner_offset=inner,
+                digest=_LANDMARK_DIGEST,
+                chunk_digest=_LANDMARK_DIGEST,
+            )
+            continue
+        entry = _toc_entry(item, user_names, group_names)
+        if item.typeflag != TYPE_REG or item.size == 0:
+            yield entry
+            continue
+        for number, (offset, inner) in enumerate(placements[index]):
+            start = number * chunk_size
+            chunk = entry if number == 0 else TocEntry(name=item.name, type="chunk", chunk_offset=start)
+            chunk.offset, chunk.inner_offset = offset, inner
+            chunk.chunk_size = chunk_size if item.size - start >= chunk_size else 0
+            chunk.chunk_digest = "sha256:" + item.chunk_digest(number).hex()
+            yield chunk
+
+
+def _toc_entry(item: TarEntry, user_names: dict[int, str], group_names: dict[int, str]) -> TocEntry:
+    entry = TocEntry(
+        name=item.name,
+        type=_TOC_TYPES[item.typeflag],
+        modtime=format_modtime(item.mtime_ns),
+        mode=item.mode,
+        uid=item.uid,
+        gid=item.gid,
+        user_name=_name_if_changed(user_names, item.uid, item.uname),
+        group_name=_name_if_changed(group_names, item.gid, item.gname),
+        xattrs=item.xattrs,
+    )
+    if entry.type in ("hardlink", "symlink"):
+        entry.link_name = item.linkname
+    elif entry.type in ("char", "block"):
+        entry.dev_major, entry.dev_minor = item.devmajor, item.devminor
+    elif entry.type == "reg":
+        entry.size = item.size
+        entry.digest = "sha256:" + item.digest.hex()
+    return entry

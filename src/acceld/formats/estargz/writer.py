@@ -18,7 +18,7 @@ import tempfile
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -31,10 +31,18 @@ from acceld.formats.estargz.gzip_members import (
     footer,
     ustar_file_header,
 )
+from acceld.formats.estargz.layout import (
+    ChunkStart,
+    Member,
+    Segment,
+    chunk_count,
+    plain_members,
+    stream_events,
+)
 from acceld.formats.estargz.order import TOC_TAR_NAME, Item, Landmark, arrange
 from acceld.formats.estargz.source import open_layer_tar
-from acceld.formats.estargz.tarscan import BLOCK, TYPE_REG, TarEntry, scan_tar
-from acceld.formats.estargz.toc import LANDMARK_CONTENT, TocEntry, format_modtime, toc_json_pieces
+from acceld.formats.estargz.tarscan import BLOCK, scan_tar
+from acceld.formats.estargz.toc import TocEntry, toc_entries, toc_json_pieces
 
 DEFAULT_CHUNK_SIZE = 4 << 20
 DEFAULT_COMPRESSION_LEVEL = 9
@@ -42,10 +50,7 @@ _ONESHOT_LIMIT = 16 << 20  # larger members are streamed instead of compressed i
 _BATCH_BYTES = 1 << 20  # small members are grouped into batches of about this size
 _BATCH_MEMBERS = 512
 _READ_PIECE = 1 << 20
-_TOC_TYPES = {"0": "reg", "1": "hardlink", "2": "symlink", "3": "char", "4": "block", "5": "dir", "6": "fifo"}
-_LANDMARK_DIGEST = "sha256:" + hashlib.sha256(LANDMARK_CONTENT).hexdigest()
 _TOC_PREFIX = "estargz-toc-"
-_LANDMARK_PAYLOAD = LANDMARK_CONTENT + bytes(BLOCK - len(LANDMARK_CONTENT))
 
 
 @dataclass(frozen=True)
@@ -78,73 +83,6 @@ class EstargzResult:
     missed_prefetch_files: tuple[str, ...]
 
 
-# A piece of a member's uncompressed content: a (offset, length) range of the spool, or literal bytes.
-Segment = tuple[int, int] | bytes
-
-
-@dataclass(frozen=True, slots=True)
-class _ChunkStart:
-    """Chunk `chunk` of item `item` starts here (its TOC entry needs the member's offset)."""
-
-    item: int
-    chunk: int
-
-
-@dataclass(slots=True)
-class _Member:
-    segments: list[Segment] = field(default_factory=list)
-    starts: list[_ChunkStart] = field(default_factory=list)
-    size: int = 0
-
-    def add(self, segment: Segment) -> None:
-        last = self.segments[-1] if self.segments else None
-        if isinstance(segment, tuple) and isinstance(last, tuple) and last[0] + last[1] == segment[0]:
-            self.segments[-1] = (last[0], last[1] + segment[1])
-        else:
-            self.segments.append(segment)
-        self.size += segment[1] if isinstance(segment, tuple) else len(segment)
-
-
-def _events(items: Sequence[Item], chunk_size: int) -> Iterator[Segment | _ChunkStart]:
-    """The uncompressed stream in order, with a marker before every chunk."""
-    for index, item in enumerate(items):
-        if isinstance(item, Landmark):
-            yield ustar_file_header(item.name, len(LANDMARK_CONTENT))
-            yield _ChunkStart(index, 0)
-            yield _LANDMARK_PAYLOAD
-            continue
-        yield (item.header_offset, item.data_offset - item.header_offset)
-        if item.typeflag != TYPE_REG or item.size == 0:
-            continue
-        for number, start in enumerate(range(0, item.size, chunk_size)):
-            yield _ChunkStart(index, number)
-            yield (item.data_offset + start, min(chunk_size, item.size - start))
-        padding = -item.size % BLOCK
-        if padding:
-            yield (item.data_offset + item.size, padding)
-
-
-def _chunk_count(item: Item, chunk_size: int) -> int:
-    if isinstance(item, Landmark):
-        return 1
-    return -(-item.size // chunk_size) if item.typeflag == TYPE_REG else 0
-
-
-def _members(events: Iterator[Segment | _ChunkStart]) -> Iterator[_Member]:
-    """Members of the plain layout: every chunk starts a new member."""
-    current = _Member()
-    for event in events:
-        if isinstance(event, _ChunkStart):
-            if current.size:
-                yield current
-                current = _Member()
-            current.starts.append(event)
-        else:
-            current.add(event)
-    if current.size:
-        yield current
-
-
 class _Output:
     """The blob being written: compressed offset, chunk placements and the diff_id hash."""
 
@@ -155,7 +93,7 @@ class _Output:
         self.diff_hash = hashlib.sha256()
         self.placements = placements
 
-    def place(self, start: _ChunkStart, member_offset: int, inner_offset: int) -> None:
+    def place(self, start: ChunkStart, member_offset: int, inner_offset: int) -> None:
         self.placements[start.item][start.chunk] = (member_offset, inner_offset)
 
     def raw(self, data: bytes | memoryview) -> None:
@@ -186,7 +124,7 @@ def _segment_pieces(fd: int, segment: Segment) -> Iterator[bytes]:
         yield _read_segment(fd, (offset + start, min(_READ_PIECE, length - start)))
 
 
-def _compress_batch(fd: int, members: list[_Member], level: int) -> list[tuple[bytes, bytes]]:
+def _compress_batch(fd: int, members: list[Member], level: int) -> list[tuple[bytes, bytes]]:
     results = []
     for member in members:
         raw = b"".join(_read_segment(fd, segment) for segment in member.segments)
@@ -194,7 +132,7 @@ def _compress_batch(fd: int, members: list[_Member], level: int) -> list[tuple[b
     return results
 
 
-def _write_streamed(fd: int, member: _Member, level: int, output: _Output) -> None:
+def _write_streamed(fd: int, member: Member, level: int, output: _Output) -> None:
     for start in member.starts:
         output.place(start, output.offset, 0)
     stream = StreamingMember(level)
@@ -205,9 +143,9 @@ def _write_streamed(fd: int, member: _Member, level: int, output: _Output) -> No
     output.write(stream.close())
 
 
-def _write_parallel(fd: int, members: Iterator[_Member], options: WriterOptions, output: _Output) -> None:
+def _write_parallel(fd: int, members: Iterator[Member], options: WriterOptions, output: _Output) -> None:
     level = options.compression_level
-    pending: deque[tuple[list[_Member], Future[list[tuple[bytes, bytes]]]]] = deque()
+    pending: deque[tuple[list[Member], Future[list[tuple[bytes, bytes]]]]] = deque()
 
     def drain_one() -> None:
         batch, future = pending.popleft()
@@ -220,7 +158,7 @@ def _write_parallel(fd: int, members: Iterator[_Member], options: WriterOptions,
         output.write(b"".join(compressed for _, compressed in future.result()))
 
     with ThreadPoolExecutor(options.workers, thread_name_prefix="estargz-gzip") as pool:
-        batch: list[_Member] = []
+        batch: list[Member] = []
         batch_bytes = 0
 
         def submit() -> None:
@@ -253,7 +191,7 @@ def _write_parallel(fd: int, members: Iterator[_Member], options: WriterOptions,
 
 def _write_min_chunk(
     fd: int,
-    events: Iterator[Segment | _ChunkStart],
+    events: Iterator[Segment | ChunkStart],
     items: Sequence[Item],
     options: WriterOptions,
     output: _Output,
@@ -263,7 +201,7 @@ def _write_min_chunk(
     member = StreamingMember(level)
     member_offset = output.offset
     for event in events:
-        if isinstance(event, _ChunkStart):
+        if isinstance(event, ChunkStart):
             output.write(member.flush())
             landmark = isinstance(items[event.item], Landmark)
             if member.uncompressed and (landmark or output.offset - member_offset >= options.min_chunk_size):
@@ -279,68 +217,7 @@ def _write_min_chunk(
         output.write(member.close())
 
 
-def _name_if_changed(last: dict[int, str], owner: int, name: str) -> str:
-    """The reference writer repeats a user/group name only when it changes for that id."""
-    if not name or last.get(owner) == name:
-        return ""
-    last[owner] = name
-    return name
-
-
-def _toc_entries(
-    items: Sequence[Item], placements: list[list[tuple[int, int]]], chunk_size: int
-) -> Iterator[TocEntry]:
-    user_names: dict[int, str] = {}
-    group_names: dict[int, str] = {}
-    for index, item in enumerate(items):
-        if isinstance(item, Landmark):
-            offset, inner = placements[index][0]
-            yield TocEntry(
-                name=item.name,
-                type="reg",
-                size=len(LANDMARK_CONTENT),
-                offset=offset,
-                inner_offset=inner,
-                digest=_LANDMARK_DIGEST,
-                chunk_digest=_LANDMARK_DIGEST,
-            )
-            continue
-        entry = _toc_entry(item, user_names, group_names)
-        if item.typeflag != TYPE_REG or item.size == 0:
-            yield entry
-            continue
-        for number, (offset, inner) in enumerate(placements[index]):
-            start = number * chunk_size
-            chunk = entry if number == 0 else TocEntry(name=item.name, type="chunk", chunk_offset=start)
-            chunk.offset, chunk.inner_offset = offset, inner
-            chunk.chunk_size = chunk_size if item.size - start >= chunk_size else 0
-            chunk.chunk_digest = "sha256:" + item.chunk_digest(number).hex()
-            yield chunk
-
-
-def _toc_entry(item: TarEntry, user_names: dict[int, str], group_names: dict[int, str]) -> TocEntry:
-    entry = TocEntry(
-        name=item.name,
-        type=_TOC_TYPES[item.typeflag],
-        modtime=format_modtime(item.mtime_ns),
-        mode=item.mode,
-        uid=item.uid,
-        gid=item.gid,
-        user_name=_name_if_changed(user_names, item.uid, item.uname),
-        group_name=_name_if_changed(group_names, item.gid, item.gname),
-        xattrs=item.xattrs,
-    )
-    if entry.type in ("hardlink", "symlink"):
-        entry.link_name = item.linkname
-    elif entry.type in ("char", "block"):
-        entry.dev_major, entry.dev_minor = item.devmajor, item.devminor
-    elif entry.type == "reg":
-        entry.size = item.size
-        entry.digest = "sha256:" + item.digest.hex()
-    return entry
-
-
-def _write_member(fd: int, member: _Member, level: int, output: _Output) -> None:
+def _write_member(fd: int, member: Member, level: int, output: _Output) -> None:
     if member.size > _ONESHOT_LIMIT:
         _write_streamed(fd, member, level, output)
         return
@@ -362,7 +239,7 @@ def _write_toc(entries: Iterator[TocEntry], level: int, output: _Output, workdir
                 digest.update(piece)
                 size += len(piece)
                 writer.write(piece)
-        member = _Member()
+        member = Member()
         for segment in (ustar_file_header(TOC_TAR_NAME, size), (0, size), bytes(-size % BLOCK + 2 * BLOCK)):
             member.add(segment)
         toc_offset = output.offset
@@ -381,14 +258,14 @@ def write_estargz(source: BinaryIO, out: BinaryIO, workdir: Path, options: Write
             pass  # read past the tar's end so that gzip checksums and trailing garbage are checked
         items, missed = arrange(entries, options.prefetch_files)
         del entries
-        placements = [[(0, 0)] * _chunk_count(item, options.chunk_size) for item in items]
+        placements = [[(0, 0)] * chunk_count(item, options.chunk_size) for item in items]
         output = _Output(out, placements)
-        events = _events(items, options.chunk_size)
+        events = stream_events(items, options.chunk_size)
         if options.min_chunk_size > 0:
             _write_min_chunk(spool.fileno(), events, items, options, output)
         else:
-            _write_parallel(spool.fileno(), _members(events), options, output)
-    entries_json = _toc_entries(items, placements, options.chunk_size)
+            _write_parallel(spool.fileno(), plain_members(events), options, output)
+    entries_json = toc_entries(items, placements, options.chunk_size)
     toc_digest = _write_toc(entries_json, options.compression_level, output, workdir)
     return EstargzResult(
         toc_digest=toc_digest,
