@@ -169,10 +169,10 @@ def test_delete_event_deletes_the_converted_image(
     image = test_images.busybox_arm64
     push(image, registry_plain, "library/gone:v1")
     res = [resource(registry_plain.host, "library/gone", image.digest, "v1")]
-    converted = wait_finished(
-        api, post_event(service.url, default_payload("PUSH_ARTIFACT", res)).json()["tasks"][0]["id"]
-    )
+    pushed = post_event(service.url, cloudevent_payload("PUSH_ARTIFACT", res), cloudevents=True)
+    converted = wait_finished(api, pushed.json()["tasks"][0]["id"])
     assert converted["status"] == "succeeded"
+    assert_estargz_of(get_manifest(registry_plain, "library/gone", f"v1{SUFFIX}").json(), image.descriptor())
     assert get_manifest(registry_plain, "library/gone", f"v1{SUFFIX}").status_code == 200
 
     reply = post_event(service.url, cloudevent_payload("DELETE_ARTIFACT", res), cloudevents=True)
