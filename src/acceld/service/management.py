@@ -29,6 +29,15 @@ _UNAVAILABLE: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorBody, "description": "Task store unavailable"}
 }
 
+_TASK_LINKS = {  # let OpenAPI clients (and schemathesis) follow task ids from one answer to the next
+    name: {"operationId": name, "parameters": {"task_id": "$response.body#/id"}}
+    for name in ("get_task", "retry_task", "cancel_task")
+}
+_PAGE_LINKS = {
+    name: {"operationId": name, "parameters": {"task_id": "$response.body#/items/0/id"}}
+    for name in ("get_task", "retry_task", "cancel_task")
+}
+
 
 class ApiError(Exception):
     """Answered as `{"code", "message"}` with `status` by the app's exception handler."""
@@ -52,7 +61,13 @@ def management_router(service: Service) -> APIRouter:
         responses={**_UNAUTHORIZED, **_UNAVAILABLE},
     )
 
-    @router.get("", response_model=TaskPage, summary="List tasks, newest first")
+    @router.get(
+        "",
+        response_model=TaskPage,
+        summary="List tasks, newest first",
+        operation_id="list_tasks",
+        responses={200: {"links": _PAGE_LINKS}},
+    )
     async def list_tasks(
         status: TaskStatus | None = None,
         kind: TaskKind | None = None,
@@ -68,7 +83,13 @@ def management_router(service: Service) -> APIRouter:
         items, total = await asyncio.to_thread(service.store.list_tasks, filters, limit, offset)
         return TaskPage(items=[TaskView.of(t) for t in items], total=total, limit=limit, offset=offset)
 
-    @router.get("/{task_id}", response_model=TaskView, responses=_NOT_FOUND, summary="One task")
+    @router.get(
+        "/{task_id}",
+        response_model=TaskView,
+        responses={**_NOT_FOUND, 200: {"links": _TASK_LINKS}},
+        summary="One task",
+        operation_id="get_task",
+    )
     async def get_task(task_id: str) -> TaskView:
         task = await asyncio.to_thread(service.store.get, task_id)
         if task is None:
@@ -77,6 +98,7 @@ def management_router(service: Service) -> APIRouter:
 
     @router.post(
         "/{task_id}/retry",
+        operation_id="retry_task",
         response_model=TaskView,
         responses={**_NOT_FOUND, **_CONFLICT},
         summary="Queue a failed or cancelled task again",
@@ -90,6 +112,7 @@ def management_router(service: Service) -> APIRouter:
 
     @router.post(
         "/{task_id}/cancel",
+        operation_id="cancel_task",
         response_model=TaskView,
         responses={**_NOT_FOUND, **_CONFLICT},
         summary="Cancel a queued or running task",
