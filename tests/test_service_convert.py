@@ -47,6 +47,23 @@ ACCEPT = ", ".join(
 )
 
 
+def children(pid: int) -> list[int]:
+    """Child process ids of `pid` (Linux /proc)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def running(pid: int) -> bool:
+    """True while `pid` exists and has not exited (an unreaped zombie has exited)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
 def push(test_image: Any, registry: RunningRegistry, reference: str, user: str | None = None) -> None:
     skopeo_copy(
         test_image.ref, f"docker://{registry.host}/{reference}", dest_registry=registry, dest_user=user
@@ -252,7 +269,12 @@ def test_kill_9_mid_conversion_then_restart_completes(
         wait_for(
             lambda: api.get(f"/api/v1/tasks/{task_id}").json()["status"] == "running", what="a running task"
         )
+        jobs = wait_for(lambda: children(service.process.pid), what="the conversion process")
         service.kill()
+    # The orphaned conversion process notices its server is gone and exits.
+    wait_for(
+        lambda: not any(Path(f"/proc/{pid}").exists() for pid in jobs), timeout=30, what="the job to exit"
+    )
     with run_service(config_file, tmp_path / "serve-2.log") as service, service.api() as api:
         task = wait_finished(api, task_id)
     assert task["status"] == "succeeded", task
