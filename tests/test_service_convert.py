@@ -429,3 +429,28 @@ def test_sync_drain_converts_without_a_server(
         get_manifest(registry_plain, "drain/app", f"v1{SUFFIX}").json(),
         test_images.busybox_amd64.descriptor(),
     )
+
+
+def test_cancelling_a_running_task_stops_its_process(
+    registry_plain: RunningRegistry, test_images: ImageSet, tmp_path: Path
+) -> None:
+    image = test_images.edge
+    push(image, registry_plain, "library/cancelled:v1")
+    config = service_config(
+        tmp_path / "data", {registry_plain.host: {"plain_http": True}}, workers={"lease_seconds": 3}
+    )
+    res = [resource(registry_plain.host, "library/cancelled", image.digest, "v1")]
+    with (
+        run_service(write_config(tmp_path / "acceld.yml", config), tmp_path / "serve.log") as service,
+        service.api() as api,
+    ):
+        task_id = post_event(service.url, default_payload("PUSH_ARTIFACT", res)).json()["tasks"][0]["id"]
+        wait_for(
+            lambda: api.get(f"/api/v1/tasks/{task_id}").json()["status"] == "running", what="a running task"
+        )
+        jobs = wait_for(lambda: children(service.process.pid), what="the conversion process")
+        cancelled = api.post(f"/api/v1/tasks/{task_id}/cancel").json()
+        assert cancelled["status"] == "cancelled"
+        wait_for(lambda: not any(running(pid) for pid in jobs), timeout=30, what="the job to stop")
+        task = api.get(f"/api/v1/tasks/{task_id}").json()
+    assert (task["status"], task["error"]) == ("cancelled", "cancelled by request")
