@@ -467,3 +467,13 @@ def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     assert os.path.exists(str(store.engine.url.database) + "-wal")
+
+
+def test_recent_tags_newest_first(store: TaskStore) -> None:
+    store.enqueue([new_task(DIGEST, tag="v1")], max_attempts=3, now=100.0)
+    store.enqueue(
+        [new_task(OTHER_DIGEST, tag="v2"), new_task(OTHER_DIGEST, tag=None, driver="nydus")], 3, now=200.0
+    )
+    store.enqueue([new_task("sha256:" + "ef" * 32, tag="v1")], max_attempts=3, now=300.0)
+    assert store.recent_tags("h.test", "lib/app") == ["v1", "v2"]
+    assert store.recent_tags("h.test", "lib/other") == []

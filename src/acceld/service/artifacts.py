@@ -5,7 +5,7 @@ Used by conversion jobs (loop guard, multi-arch children) and by reconcile (miss
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from acceld.formats.driver import Driver, SourceLayer
@@ -96,24 +96,34 @@ async def inspect_source(repo: RegistryRepository, ref: str, drivers: Iterable[D
 
 
 async def parent_index(
-    repo: RegistryRepository, digest: str, skip: Callable[[str], bool], max_tags: int
+    repo: RegistryRepository, digest: str, likely: Sequence[str], skip: Callable[[str], bool], max_tags: int
 ) -> str | None:
     """A tag of an index in the repository that lists `digest`, None when there is none.
 
-    Tags for which `skip` is true (converted images) and tags beyond the first `max_tags` are not read.
+    The `likely` tags (those of the same push) are read first; then the tag list, except tags
+    for which `skip` is true (converted images), up to `max_tags` of them.
     """
-    tags = [t for t in await repo.list_tags() if not skip(t)][:max_tags]
+    for tag in likely:
+        if await _index_lists(repo, tag, digest):
+            return tag
+    tried = set(likely)
+    tags = [t for t in await repo.list_tags() if t not in tried and not skip(t)][:max_tags]
     for tag in tags:
-        try:
-            desc = await repo.resolve(tag)
-            if not mt.is_index(desc.media_type):
-                continue
-            index = (await repo.get_manifest(desc.digest)).index()
-        except NotFound:  # deleted meanwhile
-            continue
-        if any(child.digest == digest for child in index.manifests):
+        if await _index_lists(repo, tag, digest):
             return tag
     return None
+
+
+async def _index_lists(repo: RegistryRepository, tag: str, digest: str) -> bool:
+    """True when `tag` is an index with `digest` among its manifests (a HEAD, then a GET for indexes)."""
+    try:
+        desc = await repo.resolve(tag)
+        if not mt.is_index(desc.media_type):
+            return False
+        index = (await repo.get_manifest(desc.digest)).index()
+    except NotFound:  # deleted meanwhile
+        return False
+    return any(child.digest == digest for child in index.manifests)
 
 
 async def converted_counterpart(repo: RegistryRepository, source: RawManifest, target_tag: str) -> str | None:

@@ -42,6 +42,7 @@ class JobSpec(BaseModel):
     registries: dict[str, RegistryConfig]
     cache_dir: Path | None = None
     known_targets: list[str] = []  # delete: digests of earlier results of this source
+    recent_tags: list[str] = []  # digest-only convert: tags pushed to the repository lately, newest first
 
 
 class JobResult(BaseModel):
@@ -116,7 +117,11 @@ async def _check_source(spec: JobSpec, driver: Driver) -> JobResult:
             )
         if spec.tag is None and source.raw.is_manifest:
             parent = await artifacts.parent_index(
-                repo, digest, lambda t: t.endswith(tag_suffix) or t.startswith("sha256-"), MAX_INDEX_SCAN_TAGS
+                repo,
+                digest,
+                spec.recent_tags,
+                lambda t: t.endswith(tag_suffix) or t.startswith("sha256-"),
+                MAX_INDEX_SCAN_TAGS,
             )
             if parent is not None:
                 return JobResult(

@@ -580,6 +580,20 @@ class TaskStore:
             )
         return [str(d) for d in rows]
 
+    def recent_tags(self, registry: str, repository: str, limit: int = 20) -> list[str]:
+        """Tags of the latest tasks for a repository, newest first (where a pushed index likely is)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(tasks.c.tag, func.max(tasks.c.created_at).label("latest"))
+                .where(
+                    tasks.c.registry == registry, tasks.c.repository == repository, tasks.c.tag.is_not(None)
+                )
+                .group_by(tasks.c.tag)
+                .order_by(func.max(tasks.c.created_at).desc())
+                .limit(limit)
+            ).all()
+        return [str(row.tag) for row in rows]
+
     def counts_by_status(self) -> dict[str, int]:
         with self._read() as conn:
             rows = conn.execute(select(tasks.c.status, func.count()).group_by(tasks.c.status)).all()

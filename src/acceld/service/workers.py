@@ -100,13 +100,24 @@ class WorkerPool:
                 await self._attempt(task)
             except StoreError as exc:  # the lease expires and another attempt follows
                 log.warning("task %s: cannot record the attempt: %s", task.id, exc)
+            except Exception:  # a bug must not stop this slot; the lease expires and the task runs again
+                log.exception("task %s: attempt failed unexpectedly", task.id)
 
     async def _idle(self) -> None:
         self._wake.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=self.settings.poll_seconds)
 
-    def _spec(self, task: Task, known_targets: list[str]) -> JobSpec:
+    async def _spec(self, task: Task) -> JobSpec:
+        """The job's input, with what only the task store knows about the repository."""
+        known_targets: list[str] = []
+        recent_tags: list[str] = []
+        if task.kind == "delete" and task.source_digest:
+            known_targets = await asyncio.to_thread(
+                self.store.result_digests, task.registry, task.repository, task.source_digest, task.driver
+            )
+        if task.kind == "convert" and task.tag is None:
+            recent_tags = await asyncio.to_thread(self.store.recent_tags, task.registry, task.repository)
         return JobSpec(
             kind="delete" if task.kind == "delete" else "convert",
             registry=task.registry,
@@ -119,15 +130,11 @@ class WorkerPool:
             registries=self.registries,
             cache_dir=self.cache_dir,
             known_targets=known_targets,
+            recent_tags=recent_tags,
         )
 
     async def _attempt(self, task: Task) -> None:
-        known_targets: list[str] = []
-        if task.kind == "delete" and task.source_digest:
-            known_targets = await asyncio.to_thread(
-                self.store.result_digests, task.registry, task.repository, task.source_digest, task.driver
-            )
-        spec = self._spec(task, known_targets)
+        spec = await self._spec(task)
         log.info(
             "task %s: attempt %d of %s %s (%s)", task.id, task.attempts, task.kind, task.source, task.driver
         )
@@ -157,7 +164,8 @@ class WorkerPool:
         assert process.stdin is not None and process.stdout is not None
         try:
             process.stdin.write(spec.model_dump_json().encode() + b"\n")
-            await process.stdin.drain()
+            with contextlib.suppress(ConnectionError):  # the job died at once: its exit status tells
+                await process.stdin.drain()
             output = asyncio.create_task(process.stdout.read())
             deadline = time.monotonic() + self.settings.job_timeout
             interval = max(self.settings.lease_seconds / 3, 0.2)
