@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 from harness.tars import MTIME, write_edge_lower, write_edge_upper
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from acceld.formats.driver import FormatError, SourceLayer
 from acceld.formats.estargz import (
@@ -27,6 +29,7 @@ from acceld.formats.estargz import (
     WriterOptions,
     write_estargz,
 )
+from acceld.formats.estargz.order import clean_name
 from acceld.formats.fstree import FsTree, diff_trees, tree_from_layers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -514,3 +517,83 @@ def test_missed_prefetch_files_are_reported(layers: dict[str, Path], tmp_path: P
     with layers["gnu-ustar"].open("rb") as source:
         result = write_estargz(source, io.BytesIO(), tmp_path, options)
     assert result.missed_prefetch_files == ("u/oldtype", "nope")
+
+
+# --- random layers -----------------------------------------------------------------------------------------
+
+_NAME_PARTS = st.sampled_from(["a", "b", "dir", "ünï", "x y", "<&>", "long" * 30, "."])
+_TINY_CHUNK = 1024
+
+
+@st.composite
+def random_layers(draw: st.DrawFn) -> tuple[bytes, list[str]]:
+    """A tar with random names (duplicates too), types and sizes around the chunk size, and a prefetch list.
+
+    Hardlinks live under `links/` and point at names outside it that are regular files at that
+    moment, so following a hardlink never leads back to one (Go's builder recurses forever on loops).
+    """
+    names: list[str] = []
+    regular: dict[str, str] = {}  # cleaned name -> name, of the names that are regular files now
+    linked: set[str] = set()
+    buffer = io.BytesIO()
+    file_format = draw(st.sampled_from([tarfile.PAX_FORMAT, tarfile.GNU_FORMAT]))
+    with tarfile.open(fileobj=buffer, mode="w", format=file_format) as archive:
+        for _ in range(draw(st.integers(1, 12))):
+            name = "/".join(draw(st.lists(_NAME_PARTS, min_size=1, max_size=3)))
+            kind = draw(st.sampled_from(["reg", "reg", "dir", "symlink", "hardlink", "fifo"]))
+            if kind == "hardlink":
+                name = "links/" + draw(_NAME_PARTS)
+            fields: dict[str, Any] = {
+                "mode": draw(st.sampled_from([0o644, 0o4755, 0o1777, 0])),
+                "uid": draw(st.sampled_from([0, 1000, 65534])),
+            }
+            key = clean_name(name)
+            if key in linked:
+                continue  # hardlink targets stay regular files (esgz verify insists)
+            targets = sorted(regular.values())
+            regular.pop(key, None)
+            if kind == "reg":
+                size = draw(
+                    st.sampled_from(
+                        [0, 1, 511, _TINY_CHUNK - 1, _TINY_CHUNK, _TINY_CHUNK + 1, 3 * _TINY_CHUNK]
+                    )
+                )
+                _add(archive, name, data=bytes([len(names) % 251]) * size, **fields)
+                regular[key] = name
+            elif kind == "hardlink" and targets:
+                target = draw(st.sampled_from(targets))
+                linked.add(clean_name(target))
+                _add(archive, name, type=tarfile.LNKTYPE, linkname=target, **fields)
+            elif kind == "symlink":
+                _add(archive, name, type=tarfile.SYMTYPE, linkname="../" + name, **fields)
+            elif kind == "fifo":
+                _add(archive, name, type=tarfile.FIFOTYPE, **fields)
+            else:
+                _add(archive, name + "/", type=tarfile.DIRTYPE, **fields)
+            names.append(name)
+    prefetch = draw(st.lists(st.sampled_from([*names, "not/there", "./" + names[0]]), max_size=3))
+    return buffer.getvalue(), prefetch
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(layer=random_layers(), min_chunk=st.sampled_from([0, 0, 700]))
+def test_random_layers_match_reference(
+    esgz: Path, tmp_path: Path, layer: tuple[bytes, list[str]], min_chunk: int
+) -> None:
+    data, prefetch = layer
+    source = tmp_path / "random.tar"
+    source.write_bytes(data)
+    check_against_reference(
+        esgz, source, tmp_path, prefetch=prefetch, chunk_size=_TINY_CHUNK, min_chunk_size=min_chunk
+    )
+
+
+def test_hardlink_loop_in_prefetch_is_a_format_error(tmp_path: Path) -> None:
+    source = tmp_path / "loop.tar"
+    with tarfile.open(source, "w", format=tarfile.PAX_FORMAT) as archive:
+        _add(archive, "a", data=b"x")
+        _add(archive, "b", type=tarfile.LNKTYPE, linkname="a")
+        _add(archive, "a", type=tarfile.LNKTYPE, linkname="b")  # replaces the file: a -> b -> a
+    with pytest.raises(FormatError, match="hardlink loop"):
+        convert(source, tmp_path / "out.esgz", prefetch_files=["a"])
+    convert(source, tmp_path / "out.esgz")  # without prefetching, the loop is just passed through

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from acceld.formats.driver import FormatError
 from acceld.formats.estargz.tarscan import TYPE_LINK, TarEntry
 
 PREFETCH_LANDMARK = ".prefetch.landmark"
@@ -74,16 +75,21 @@ def arrange(entries: Sequence[TarEntry], prioritized: Sequence[str]) -> tuple[li
     moved = _Entries()
     missed: list[str] = []
     for path in prioritized:
-        if not _move(path, remaining, moved):
+        try:
+            found = _move(path, remaining, moved, set())
+        except RecursionError:
+            raise FormatError(f"prefetch file {path!r}: path or hardlink chain too deep") from None
+        if not found:
             missed.append(path)
     landmark = Landmark(PREFETCH_LANDMARK if prioritized else NO_PREFETCH_LANDMARK)
     return [*moved.live(), landmark, *remaining.live()], missed
 
 
-def _move(name: str, source: _Entries, target: _Entries) -> bool:
+def _move(name: str, source: _Entries, target: _Entries, links_followed: set[str]) -> bool:
     """Move `name` with its parents (and hardlink target) first; False when it is not there.
 
-    Parents moved before a missing ancestor is found stay moved, as in the reference.
+    Parents moved before a missing ancestor is found stay moved, as in the reference (which
+    recurses forever on a hardlink loop; that is an error here).
     """
     key = clean_name(name)
     if key == "":
@@ -95,11 +101,15 @@ def _move(name: str, source: _Entries, target: _Entries) -> bool:
     if key not in source.by_name and key not in target.by_name:
         return False
     parent = key.rpartition("/")[0]
-    if not _move(parent, source, target):
+    if not _move(parent, source, target, links_followed):
         return False
     entry = source.by_name.get(key)
-    if entry is not None and entry.typeflag == TYPE_LINK and not _move(entry.linkname, source, target):
-        return False
+    if entry is not None and entry.typeflag == TYPE_LINK:
+        if key in links_followed:
+            raise FormatError(f"hardlink loop through {entry.name!r}")
+        links_followed.add(key)
+        if not _move(entry.linkname, source, target, links_followed):
+            return False
     entry = source.by_name.get(key)
     if entry is not None:
         source.remove(key)
