@@ -11,6 +11,8 @@ from acceld.service.app import create_app
 from acceld.service.config import ServiceConfig
 from acceld.service.state import Service
 
+log = logging.getLogger("acceld.service")
+
 
 def configure_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
@@ -25,6 +27,9 @@ def run_server(config: ServiceConfig) -> None:
     """Serve until SIGTERM/SIGINT. Raises AcceldError for configuration problems before listening."""
     configure_logging()
     service = Service(config)
+    api = config.api
+    if api.token is None and api.token_file is None and api.token_env is None:
+        log.info("management API token: %s", config.resolved_data_dir() / "api-token")
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(service),
