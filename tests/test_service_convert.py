@@ -454,3 +454,26 @@ def test_cancelling_a_running_task_stops_its_process(
         wait_for(lambda: not any(running(pid) for pid in jobs), timeout=30, what="the job to stop")
         task = api.get(f"/api/v1/tasks/{task_id}").json()
     assert (task["status"], task["error"]) == ("cancelled", "cancelled by request")
+
+
+def test_one_push_yields_several_formats(
+    registry_plain: RunningRegistry, test_images: ImageSet, tmp_path: Path
+) -> None:
+    drivers = ["estargz", "nydus", "zstdchunked"]
+    rules = [{"name": "all-formats", "drivers": [{"name": name} for name in drivers]}]
+    config = service_config(tmp_path / "data", {registry_plain.host: {"plain_http": True}}, rules=rules)
+    image = test_images.busybox_amd64
+    push(image, registry_plain, "library/formats:v1")
+    res = [resource(registry_plain.host, "library/formats", image.digest, "v1")]
+    with (
+        run_service(write_config(tmp_path / "acceld.yml", config), tmp_path / "serve.log") as service,
+        service.api() as api,
+    ):
+        reply = post_event(service.url, default_payload("PUSH_ARTIFACT", res))
+        assert [t["driver"] for t in reply.json()["tasks"]] == drivers
+        finished = [wait_finished(api, t["id"]) for t in reply.json()["tasks"]]
+    assert [t["status"] for t in finished] == ["succeeded"] * 3, finished
+    for name in drivers:
+        suffix = make_driver(name, {}).tag_suffix
+        converted = get_manifest(registry_plain, "library/formats", f"v1{suffix}").json()
+        assert converted["subject"] == source_entry(image.descriptor()), name
