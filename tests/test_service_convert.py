@@ -477,3 +477,23 @@ def test_one_push_yields_several_formats(
         suffix = make_driver(name, {}).tag_suffix
         converted = get_manifest(registry_plain, "library/formats", f"v1{suffix}").json()
         assert converted["subject"] == source_entry(image.descriptor()), name
+
+
+def test_rule_platforms_select_index_children(
+    registry_plain: RunningRegistry, test_images: ImageSet, tmp_path: Path
+) -> None:
+    rules = [{"name": "arm", "platforms": ["linux/arm64"], "drivers": [{"name": "estargz"}]}]
+    config = service_config(tmp_path / "data", {registry_plain.host: {"plain_http": True}}, rules=rules)
+    index = test_images.busybox_index
+    push(index, registry_plain, "library/armonly:v1")
+    res = [resource(registry_plain.host, "library/armonly", index.digest, "v1")]
+    with (
+        run_service(write_config(tmp_path / "acceld.yml", config), tmp_path / "serve.log") as service,
+        service.api() as api,
+    ):
+        task = wait_finished(
+            api, post_event(service.url, default_payload("PUSH_ARTIFACT", res)).json()["tasks"][0]["id"]
+        )
+    assert task["status"] == "succeeded" and task["platforms"] == ["linux/arm64"], task
+    converted = get_manifest(registry_plain, "library/armonly", f"v1{SUFFIX}").json()
+    assert [m["platform"]["architecture"] for m in converted["manifests"]] == ["arm64"]
