@@ -423,15 +423,29 @@ def test_cli_talks_to_the_api(service: ServiceProcess, registry_plain: RunningRe
     assert wrong.returncode == 1 and "401" in wrong.stderr
 
 
-def test_health_and_metrics(service: ServiceProcess) -> None:
+def test_health_and_metrics(service: ServiceProcess, registry_plain: RunningRegistry) -> None:
     for path in ("/healthz", "/readyz", "/api/v1/health"):
         reply = httpx.get(service.url + path)
         assert reply.status_code == 200 and reply.json()["status"] == "ok"
-    metrics = httpx.get(service.url + "/metrics").text
-    assert 'acceld_tasks{status="queued"}' in metrics
-    assert 'acceld_webhook_requests_total{outcome="accepted"}' in metrics
+    before = _metric(service, 'acceld_webhook_requests_total{outcome="accepted"}')
+    payload = default_payload(
+        "PUSH_ARTIFACT", [resource(registry_plain.host, "library/metrics", fake_digest("m"), "v1")]
+    )
+    assert post_event(service.url, payload).status_code == 202
+    assert post_event(service.url, payload, auth="Bearer wrong").status_code == 401
+    assert _metric(service, 'acceld_webhook_requests_total{outcome="accepted"}') == before + 1
+    assert _metric(service, 'acceld_webhook_requests_total{outcome="unauthorized"}') >= 1
+    assert _metric(service, 'acceld_tasks{status="queued"}') >= 1
     unknown = httpx.get(service.url + "/nope")
     assert unknown.status_code == 404 and unknown.json()["code"] == "ERR_INVALID_ENDPOINT"
+
+
+def _metric(service: ServiceProcess, series: str) -> float:
+    """The value of one Prometheus series (0 when it does not exist yet)."""
+    for line in httpx.get(service.url + "/metrics").text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
 
 
 def _schemathesis(service: ServiceProcess, header: str, workdir: Path) -> subprocess.CompletedProcess[str]:

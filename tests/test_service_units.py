@@ -477,3 +477,15 @@ def test_recent_tags_newest_first(store: TaskStore) -> None:
     store.enqueue([new_task("sha256:" + "ef" * 32, tag="v1")], max_attempts=3, now=300.0)
     assert store.recent_tags("h.test", "lib/app") == ["v1", "v2"]
     assert store.recent_tags("h.test", "lib/other") == []
+
+
+def test_purge_deletes_only_old_finished_tasks(store: TaskStore) -> None:
+    entries = store.enqueue([new_task(f"sha256:{n:064x}") for n in range(3)], max_attempts=3)
+    for _ in range(2):
+        task = store.claim("a", 10)
+        assert task is not None and store.complete(task.id, "a", Outcome(status="succeeded"))
+    finished_at = max(t.finished_at or 0 for t in store.list_tasks(TaskFilter(status="succeeded"), 10, 0)[0])
+    assert store.purge_finished(before=finished_at - 1) == 0
+    assert store.purge_finished(before=finished_at + 1) == 2
+    remaining = store.list_tasks(TaskFilter(), 10, 0)[0]
+    assert [t.status for t in remaining] == ["queued"] and remaining[0].id in {e.task_id for e in entries}

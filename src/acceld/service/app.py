@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -30,6 +31,7 @@ from acceld.service.webhook import (
 )
 
 log = logging.getLogger("acceld.service")
+PURGE_INTERVAL = 3600.0
 _UNHEALTHY: dict[int | str, dict[str, Any]] = {503: {"model": Health, "description": "Not ready"}}
 
 
@@ -52,18 +54,38 @@ async def _periodic_sync(service: Service, interval: float) -> None:
         )
 
 
+async def _purge_old_tasks(service: Service, retention_days: float) -> None:
+    while True:
+        try:
+            purged = await asyncio.to_thread(
+                service.store.purge_finished, time.time() - retention_days * 86400
+            )
+        except StoreError as exc:
+            log.warning("cannot purge old tasks: %s", exc)
+        else:
+            if purged:
+                log.info("purged %d tasks finished more than %g days ago", purged, retention_days)
+        await asyncio.sleep(PURGE_INTERVAL)
+
+
 def create_app(service: Service) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         service.pool.start()
-        sync_task = None
+        background = []
         if service.config.sync.interval_seconds > 0:
-            sync_task = asyncio.create_task(_periodic_sync(service, service.config.sync.interval_seconds))
+            background.append(
+                asyncio.create_task(_periodic_sync(service, service.config.sync.interval_seconds))
+            )
+        if service.config.database.retention_days > 0:
+            background.append(
+                asyncio.create_task(_purge_old_tasks(service, service.config.database.retention_days))
+            )
         try:
             yield
         finally:
-            if sync_task is not None:
-                sync_task.cancel()
+            for job in background:
+                job.cancel()
             await service.pool.stop(service.config.workers.shutdown_grace_seconds)
 
     app = FastAPI(

@@ -59,6 +59,8 @@ class DatabaseSettings(_Section):
     url: str | None = None
     url_file: Path | None = None
     url_env: str | None = None
+    # Finished tasks older than this are deleted (hourly); 0 keeps them forever.
+    retention_days: float = Field(default=30.0, ge=0)
 
 
 class ApiSettings(_Section):

@@ -34,6 +34,7 @@ from sqlalchemy import (
     Text,
     and_,
     create_engine,
+    delete,
     event,
     func,
     or_,
@@ -593,6 +594,14 @@ class TaskStore:
                 .limit(limit)
             ).all()
         return [str(row.tag) for row in rows]
+
+    def purge_finished(self, before: float) -> int:
+        """Delete finished tasks that finished before `before` (epoch seconds); returns how many."""
+        with self._write() as conn:
+            result = conn.execute(
+                delete(tasks).where(tasks.c.status.in_(TERMINAL), tasks.c.finished_at < before)
+            )
+        return int(result.rowcount)
 
     def counts_by_status(self) -> dict[str, int]:
         with self._read() as conn:
