@@ -28,7 +28,8 @@ class EstargzDriver:
 
     `prefetch_files` are moved to the front of every layer that has them, followed by
     `.prefetch.landmark`. `workers` is the number of threads compressing gzip members of one
-    layer (None: the CPU count); it does not change the output, so `options_key` leaves it out.
+    layer (None: the usable CPUs); it does not change the output, so `options_key` leaves it out.
+    When layers are converted in parallel processes, set it to about CPUs / processes.
     """
 
     chunk_size: int = DEFAULT_CHUNK_SIZE
@@ -50,7 +51,7 @@ class EstargzDriver:
             min_chunk_size=self.min_chunk_size,
             compression_level=self.compression_level,
             prefetch_files=tuple(self.prefetch_files),
-            workers=(os.cpu_count() or 1) if self.workers is None else self.workers,
+            workers=len(os.sched_getaffinity(0)) if self.workers is None else self.workers,
         )
 
     def options_key(self) -> str:

@@ -49,6 +49,8 @@ DEFAULT_COMPRESSION_LEVEL = 9
 _ONESHOT_LIMIT = 16 << 20  # larger members are streamed instead of compressed in one piece
 _BATCH_BYTES = 1 << 20  # small members are grouped into batches of about this size
 _BATCH_MEMBERS = 512
+_IN_FLIGHT_BYTES = 48 << 20  # uncompressed input of the batches being compressed or waiting to be written
+_MAX_THREADS = 8  # more threads only add memory: the in-flight budget holds about this many chunks
 _READ_PIECE = 1 << 20
 _TOC_PREFIX = "estargz-toc-"
 
@@ -144,29 +146,40 @@ def _write_streamed(fd: int, member: Member, level: int, output: _Output) -> Non
 
 
 def _write_parallel(fd: int, members: Iterator[Member], options: WriterOptions, output: _Output) -> None:
+    """Compress batches of members on `workers` threads; write them in order as they complete.
+
+    At most one batch more than there are threads, and at most `_IN_FLIGHT_BYTES` of input, are
+    in flight, so memory does not grow with the layer or with `workers`.
+    """
     level = options.compression_level
-    pending: deque[tuple[list[Member], Future[list[tuple[bytes, bytes]]]]] = deque()
+    threads = min(options.workers, _MAX_THREADS)
+    pending: deque[tuple[list[Member], int, Future[list[tuple[bytes, bytes]]]]] = deque()
+    in_flight = 0
 
     def drain_one() -> None:
-        batch, future = pending.popleft()
+        nonlocal in_flight
+        batch, batch_bytes, future = pending.popleft()
+        results = future.result()
         offset = output.offset
-        for member, (raw, compressed) in zip(batch, future.result(), strict=True):
+        for member, (raw, compressed) in zip(batch, results, strict=True):
             for start in member.starts:
                 output.place(start, offset, 0)
             output.raw(raw)
             offset += len(compressed)
-        output.write(b"".join(compressed for _, compressed in future.result()))
+        output.write(b"".join(compressed for _, compressed in results))
+        in_flight -= batch_bytes
 
-    with ThreadPoolExecutor(options.workers, thread_name_prefix="estargz-gzip") as pool:
+    with ThreadPoolExecutor(threads, thread_name_prefix="estargz-gzip") as pool:
         batch: list[Member] = []
         batch_bytes = 0
 
         def submit() -> None:
-            nonlocal batch, batch_bytes
+            nonlocal batch, batch_bytes, in_flight
             if batch:
-                pending.append((batch, pool.submit(_compress_batch, fd, batch, level)))
+                pending.append((batch, batch_bytes, pool.submit(_compress_batch, fd, batch, level)))
+                in_flight += batch_bytes
                 batch, batch_bytes = [], 0
-            while len(pending) > options.workers + 1:  # one batch queued keeps the threads busy
+            while len(pending) > threads + 1 or (len(pending) > 1 and in_flight > _IN_FLIGHT_BYTES):
                 drain_one()
 
         try:
@@ -185,7 +198,7 @@ def _write_parallel(fd: int, members: Iterator[Member], options: WriterOptions, 
             while pending:
                 drain_one()
         finally:
-            for _, future in pending:
+            for _, _, future in pending:
                 future.cancel()
 
 
