@@ -27,6 +27,7 @@ from acceld.formats.estargz import (
     UNCOMPRESSED_SIZE_ANNOTATION,
     EstargzDriver,
     WriterOptions,
+    tree_from_estargz_layers,
     write_estargz,
 )
 from acceld.formats.estargz.order import clean_name
@@ -371,6 +372,23 @@ def test_filesystem_equals_source_for_odd_layers(layers: dict[str, Path], tmp_pa
     for hidden in HIDDEN_NAMES:
         expected.remove(hidden)  # "duplicates" carries an old landmark and TOC, which Go drops too
     assert diff_trees(expected, converted_tree([blob])) == []
+    with blob.open("rb") as handle:
+        toc_view = tree_from_estargz_layers([handle])
+    assert diff_trees(expected, toc_view) == TOC_VIEW_DIFFERENCES.get(layer, [])
+
+
+# What the TOC cannot say the way the tar does (the reference writer behaves the same): names that
+# are not UTF-8 become U+FFFD, and modtime is rounded where tar readers truncate fractional mtimes.
+TOC_VIEW_DIFFERENCES = {
+    "fixture": ["/a/xattr: mtime 1700000000 != 1700000001"],
+    "odd-names": [
+        "missing: /odd/bad-utf8-\udcff\udcfe-end",
+        "missing: /odd/trunc-\udce2\udc82-seq",
+        "unexpected: /odd/bad-utf8-\ufffd\ufffd-end",
+        "unexpected: /odd/trunc-\ufffd\ufffd-seq",
+        "/odd/frac-time: mtime 1700000000 != 1700000001",
+    ],
+}
 
 
 def test_headers_are_copied_unchanged(layers: dict[str, Path], tmp_path: Path) -> None:

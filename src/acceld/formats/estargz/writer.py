@@ -8,6 +8,10 @@ header blocks and payloads are copied from the spool unchanged. Members are inde
 they are compressed by a thread pool (libdeflate releases the GIL) with a bounded number of
 batches in flight and written in order. With `min_chunk_size` the placement of a member depends
 on the compressed size of the previous ones, so that mode compresses sequentially.
+
+Names that are not valid UTF-8 are kept in the tar headers but appear with U+FFFD in the TOC, as
+with the reference writer (JSON cannot carry them); such layers convert, the lazy-pull view
+shows the replaced names.
 """
 
 from __future__ import annotations
