@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from acceld.config import AcceldConfig, RegistryConfig
-from acceld.convert.api import ConversionRequest, convert_image_sync, make_driver
+from acceld.convert.api import ConversionRequest, ConvertOptions, convert_image_sync, make_driver
 from acceld.errors import AcceldError
 from acceld.formats.driver import Driver
 from acceld.registry.errors import NotFound
@@ -88,7 +88,8 @@ def _convert(spec: JobSpec) -> JobResult:
         options=spec.options,
         platforms=spec.platforms or None,
     )
-    result = convert_image_sync(request, AcceldConfig(registries=spec.registries))
+    options = ConvertOptions(cache_dir=spec.cache_dir)
+    result = convert_image_sync(request, AcceldConfig(registries=spec.registries), options)
     return JobResult(
         status="succeeded",
         source_digest=result.source_digest,
@@ -196,8 +197,6 @@ def main() -> None:
     line = sys.stdin.readline()
     threading.Thread(target=_exit_when_parent_goes, args=(sys.stdin,), daemon=True).start()
     spec = JobSpec.model_validate_json(line)
-    if spec.cache_dir is not None:
-        os.environ.setdefault("ACCELD_CACHE_DIR", str(spec.cache_dir))
     result = run(spec)
     result_out.write(result.model_dump_json() + "\n")
     result_out.flush()
