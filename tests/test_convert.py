@@ -114,6 +114,10 @@ async def test_layout_index_converts_to_index_with_subject_per_child(
         manifest = read_blob_json(layout, child["digest"])
         assert_converted_manifest(manifest, source)
         assert manifest["layers"][-1]["annotations"]["containerd.io/snapshot/nydus-bootstrap"] == "true"
+        annotations = manifest["annotations"]
+        assert annotations["containerd.io/snapshot/nydus-source-digest"] == source["digest"]
+        assert annotations["containerd.io/snapshot/nydus-source-reference"] == f"oci:{layout}:busybox"
+        assert annotations["io.goharbor.artifact.v1alpha1.acceleration.source.digest"] == source["digest"]
         config = read_blob_json(layout, manifest["config"]["digest"])
         assert len(config["rootfs"]["diff_ids"]) == len(manifest["layers"])
     # skopeo reads every blob of the result back and checks its digest
@@ -132,9 +136,13 @@ async def test_every_driver_converts_an_index(
     sources = {c["platform"]["architecture"]: c for c in test_images.busybox_index.read_json()["manifests"]}
     assert sorted(c["platform"]["architecture"] for c in index["manifests"]) == ["amd64", "arm64"]
     for child in index["manifests"]:
-        assert_converted_manifest(
-            read_blob_json(layout, child["digest"]), sources[child["platform"]["architecture"]]
-        )
+        manifest = read_blob_json(layout, child["digest"])
+        source = sources[child["platform"]["architecture"]]
+        assert_converted_manifest(manifest, source)
+        assert manifest["annotations"] == {
+            "io.goharbor.artifact.v1alpha1.acceleration.driver.name": driver,
+            "io.goharbor.artifact.v1alpha1.acceleration.source.digest": source["digest"],
+        }
     skopeo("copy", "--quiet", "--all", f"oci:{layout}:busybox{suffix}", f"oci:{layout.parent / 'copy'}:x")
 
 

@@ -18,6 +18,16 @@ _DOCKER_TO_OCI_LAYER = {
 }
 
 
+# Harbor 2.6/2.7 link an acceleration result to its source through these (later versions use `subject`).
+HARBOR_DRIVER_ANNOTATION = "io.goharbor.artifact.v1alpha1.acceleration.driver.name"
+HARBOR_SOURCE_DIGEST_ANNOTATION = "io.goharbor.artifact.v1alpha1.acceleration.source.digest"
+
+
+def source_annotations(driver_name: str, source_digest: str) -> dict[str, str]:
+    """Manifest annotations that name the format and the source manifest, for every driver."""
+    return {HARBOR_DRIVER_ANNOTATION: driver_name, HARBOR_SOURCE_DIGEST_ANNOTATION: source_digest}
+
+
 def oci_layer_media_type(media_type: str) -> str:
     return _DOCKER_TO_OCI_LAYER.get(media_type, media_type)
 

@@ -20,7 +20,7 @@ from acceld.convert.cache import LayerCache, default_cache_dir
 from acceld.convert.chunkdict import fetch_chunk_dict, is_image_reference
 from acceld.convert.drivers import make_driver
 from acceld.convert.errors import ConvertError
-from acceld.convert.image import converted_config, converted_index, converted_manifest
+from acceld.convert.image import converted_config, converted_index, converted_manifest, source_annotations
 from acceld.convert.layers import ConvertedLayer, LayerConverter, Outcome
 from acceld.convert.push import Pusher, PushPlan
 from acceld.convert.source import SourceImage, SourcePlan, load_source
@@ -70,7 +70,7 @@ async def run_conversion(
             converter = LayerConverter(driver, source, workspace, cache, runner, progress)
             layers = await converter.convert_all(layer for image in plan.images for layer in image.layers)
             images = [
-                await _build_image(driver, image, layers, workspace / f"finalize-{n}")
+                await _build_image(driver, image, layers, str(source_location), workspace / f"finalize-{n}")
                 for n, image in enumerate(plan.images)
             ]
             root, children = _root_manifest(plan, images)
@@ -118,7 +118,11 @@ def _size(blobs: list[tuple[str, int]]) -> int:
 
 
 async def _build_image(
-    driver: Driver, image: SourceImage, layers: Mapping[str, ConvertedLayer], workdir: Path
+    driver: Driver,
+    image: SourceImage,
+    layers: Mapping[str, ConvertedLayer],
+    source_reference: str,
+    workdir: Path,
 ) -> ConvertedImage:
     converted = [layers[layer.digest].blob for layer in image.layers]
     workdir.mkdir()
@@ -134,9 +138,12 @@ async def _build_image(
     config_desc = Descriptor(
         mediaType=mt.OCI_CONFIG, digest=sha256_digest(config_bytes), size=len(config_bytes)
     )
-    manifest = converted_manifest(
-        image.manifest, image.entry, config_desc, all_layers, additions.manifest_annotations
-    )
+    annotations = {
+        **additions.manifest_annotations,
+        **source_annotations(driver.name, image.entry.digest),
+        **driver.source_annotations(image.entry.digest, source_reference),
+    }
+    manifest = converted_manifest(image.manifest, image.entry, config_desc, all_layers, annotations)
     return ConvertedImage(image, all_layers, (config_desc, config_bytes), manifest)
 
 

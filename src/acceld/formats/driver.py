@@ -86,6 +86,10 @@ class Driver(Protocol):
         """Image-level step after every layer is converted (layers in manifest order)."""
         ...
 
+    def source_annotations(self, source_digest: str, source_reference: str) -> Mapping[str, str]:
+        """Format-specific manifest annotations naming the source manifest (may be empty)."""
+        ...
+
 
 class FormatError(AcceldError):
     """Malformed input or output of a format (bad tar, corrupt blob, spec violation)."""

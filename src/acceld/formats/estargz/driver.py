@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -79,3 +79,6 @@ class EstargzDriver:
 
     def finalize(self, layers: Sequence[LayerBlob], workdir: Path) -> ImageAdditions:
         return ImageAdditions()
+
+    def source_annotations(self, source_digest: str, source_reference: str) -> Mapping[str, str]:
+        return {}

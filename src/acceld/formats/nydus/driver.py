@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -26,6 +26,8 @@ BLOB_ANNOTATION = ANNOTATION_PREFIX + "nydus-blob"
 BOOTSTRAP_ANNOTATION = ANNOTATION_PREFIX + "nydus-bootstrap"
 FS_VERSION_ANNOTATION = ANNOTATION_PREFIX + "nydus-fs-version"
 BUILDER_VERSION_ANNOTATION = ANNOTATION_PREFIX + "nydus-builder-version"
+SOURCE_DIGEST_ANNOTATION = ANNOTATION_PREFIX + "nydus-source-digest"
+SOURCE_REFERENCE_ANNOTATION = ANNOTATION_PREFIX + "nydus-source-reference"
 BOOTSTRAP_HISTORY = {"created_by": "Nydus Converter", "comment": "Nydus Bootstrap Layer"}
 
 
@@ -145,6 +147,9 @@ class NydusDriver:
                 BUILDER_VERSION_ANNOTATION: f"acceld {__version__}",
             },
         )
+
+    def source_annotations(self, source_digest: str, source_reference: str) -> Mapping[str, str]:
+        return {SOURCE_DIGEST_ANNOTATION: source_digest, SOURCE_REFERENCE_ANNOTATION: source_reference}
 
 
 def _hex(digest: str) -> str:
