@@ -1,7 +1,4 @@
-"""`acceld convert` and `acceld check`: command-line options mapped onto the conversion API.
-
-Registered on the main typer app by `acceld.cli`.
-"""
+"""`acceld convert` and `acceld check`: command-line options mapped onto the conversion API."""
 
 from __future__ import annotations
 
@@ -10,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from acceld.cli import ConfigOption, InsecureOption, PlainHttpOption, run
+from acceld.cli.app import ConfigOption, InsecureOption, PlainHttpOption, app, run
 from acceld.config import load_config
 from acceld.convert.api import ConversionRequest, ConversionResult, ConvertOptions, convert_image
 from acceld.convert.check import PlatformCheck, check_image
@@ -93,6 +90,7 @@ CacheDirOption = Annotated[
 NoCacheOption = Annotated[bool, typer.Option("--no-cache", help="Neither use nor fill the layer cache.")]
 
 
+@app.command()
 def convert(
     src: SourceArgument,
     dst: TargetArgument = None,
@@ -159,6 +157,7 @@ def report_lines(check: PlatformCheck) -> list[str]:
     return lines
 
 
+@app.command()
 def check(
     image: Annotated[str, typer.Argument(help="Converted image: registry/repo:tag or oci:PATH:TAG.")],
     source: Annotated[

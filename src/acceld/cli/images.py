@@ -1,19 +1,15 @@
-"""The `acceld` command line: a flat list of typer commands over the library.
-
-Every expected failure is an `AcceldError`: `run()` prints it as one line on stderr and exits 1.
-"""
+"""`acceld inspect` and `acceld copy`: images between registries and OCI layouts."""
 
 from __future__ import annotations
 
-import asyncio
 import sys
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
 
-from acceld.config import load_config
+from acceld.cli.app import ConfigOption, InsecureOption, PlainHttpOption, app, open_stores, run
+from acceld.convert.target import store_ref
 from acceld.errors import AcceldError
 from acceld.oci import mediatypes as mt
 from acceld.oci.models import ImageConfig, RawManifest, parse_config
@@ -21,58 +17,7 @@ from acceld.oci.platform import Platform
 from acceld.oci.reference import LayoutRef, Reference, parse_location
 from acceld.progress import format_size, progress_reporter
 from acceld.registry.copy import copy_image
-from acceld.registry.layout import OCILayout
-from acceld.registry.store import ImageStore
 from acceld.registry.stores import Stores
-
-T = TypeVar("T")
-
-app = typer.Typer(
-    name="acceld",
-    help="Convert OCI images into lazy-pulling formats.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,  # help texts are plain: "[registry/]repo[:tag]" is not markup
-)
-
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", help="YAML config file (registries: host → settings).")
-]
-PlainHttpOption = Annotated[
-    bool, typer.Option("--plain-http", help="Talk to every registry over plain HTTP.")
-]
-InsecureOption = Annotated[bool, typer.Option("--insecure", help="Skip TLS certificate verification.")]
-
-
-def run(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run a command's coroutine; an AcceldError becomes one line on stderr and exit code 1."""
-    try:
-        return asyncio.run(coroutine)
-    except AcceldError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
-    except OSError as exc:  # a local file problem that no layer turned into an AcceldError
-        where = f": {exc.filename}" if exc.filename else ""
-        typer.echo(f"error: {exc.strerror or exc}{where}", err=True)
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        raise typer.Exit(130) from None
-
-
-def open_stores(config: Path | None, plain_http: bool, insecure: bool) -> Stores:
-    return Stores(load_config(config), plain_http=plain_http, insecure=insecure)
-
-
-def source_ref(store: ImageStore, location: Reference | LayoutRef) -> str:
-    """The tag or digest to read from a source location (`oci:PATH` alone: its only image)."""
-    if isinstance(location, Reference):
-        return location.ref
-    if location.tag:
-        return location.tag
-    assert isinstance(store, OCILayout)
-    return store.default_ref()
 
 
 def _manifest_summary(raw: RawManifest, config: ImageConfig | None) -> list[str]:
@@ -110,7 +55,7 @@ async def _inspect(ref: str, raw_output: bool, config: Path | None, plain_http: 
     location = parse_location(ref)
     async with open_stores(config, plain_http, insecure) as stores:
         store = stores.open(location)
-        raw = await store.get_manifest(source_ref(store, location))
+        raw = await store.get_manifest(store_ref(store, location))
         if raw_output:
             sys.stdout.buffer.write(raw.data)
             sys.stdout.flush()
@@ -156,7 +101,7 @@ async def _copy(
         with progress_reporter() as progress:
             result = await copy_image(
                 src_store,
-                source_ref(src_store, src),
+                store_ref(src_store, src),
                 dst_store,
                 dst_tag,
                 platforms=platforms,
@@ -203,27 +148,3 @@ def copy(
         )
 
     typer.echo(run(main()))
-
-
-def _register_conversion_commands() -> None:
-    # Imported here: the conversion commands build on the options and `run` defined above.
-    from acceld.convert import cli_commands
-
-    app.command("convert")(cli_commands.convert)
-    app.command("check")(cli_commands.check)
-
-
-_register_conversion_commands()
-
-
-def _register_service_commands() -> None:
-    from acceld.service import cli_commands as service_commands
-
-    service_commands.register(app)
-
-
-_register_service_commands()
-
-
-def main() -> None:
-    app()

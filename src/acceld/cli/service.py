@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 
+from acceld.cli.app import app
 from acceld.errors import AcceldError
 from acceld.service.config import ServiceConfig, load_service_config
 
@@ -37,6 +38,7 @@ def _fail(exc: AcceldError) -> typer.Exit:
     return typer.Exit(1)
 
 
+@app.command()
 def serve(
     config: ServiceConfigOption = None,
     host: Annotated[
@@ -57,6 +59,7 @@ def serve(
         raise _fail(exc) from None
 
 
+@app.command()
 def sync(
     config: ServiceConfigOption = None,
     drain: Annotated[
@@ -245,7 +248,4 @@ tasks_app.command("retry")(_task_command("POST", "/retry", "Queue a failed or ca
 tasks_app.command("cancel")(_task_command("POST", "/cancel", "Cancel a queued or running task."))
 
 
-def register(app: typer.Typer) -> None:
-    app.command("serve")(serve)
-    app.command("sync")(sync)
-    app.add_typer(tasks_app, name="tasks")
+app.add_typer(tasks_app, name="tasks")
