@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from acceld.errors import AcceldError
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class ConfigError(AcceldError):
@@ -80,22 +83,28 @@ class AcceldConfig(BaseModel):
 def _describe(exc: ValidationError) -> str:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"])
-    return f"{where}: {err['msg']}" if where else str(err["msg"])
+    message = str(err["msg"]).removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
+
+
+def load_yaml_model(path: Path | None, model: type[M]) -> M:
+    """Validate the YAML file at `path` as `model`; None → the model's defaults. One-line ConfigError."""
+    data: Any = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config {path}: expected a mapping at the top level")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"config {path}: {_describe(exc)}") from None
 
 
 def load_config(path: Path | None) -> AcceldConfig:
     """Load the config file at `path`; no path → defaults. One-line ConfigError on any problem."""
-    if path is None:
-        return AcceldConfig()
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config {path}: expected a mapping at the top level")
-    try:
-        return AcceldConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"config {path}: {_describe(exc)}") from None
+    return load_yaml_model(path, AcceldConfig)

@@ -13,10 +13,9 @@ import secrets
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from acceld.config import AcceldConfig, ConfigError
+from acceld.config import AcceldConfig, ConfigError, load_yaml_model
 
 DEFAULT_PORT = 2077
 EventType = Literal["PUSH_ARTIFACT", "PULL_ARTIFACT", "SCANNING_COMPLETED"]
@@ -243,26 +242,6 @@ def _stored_token(path: Path) -> str:
     return token
 
 
-def _describe(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"])
-    message = str(err["msg"]).removeprefix("Value error, ")
-    return f"{where}: {message}" if where else message
-
-
 def load_service_config(path: Path | None) -> ServiceConfig:
     """Load the service config at `path`; None → every default. One-line ConfigError on any problem."""
-    data: Any = {}
-    if path is not None:
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except OSError as exc:
-            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config {path}: expected a mapping at the top level")
-    try:
-        return ServiceConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"config {path}: {_describe(exc)}") from None
+    return load_yaml_model(path, ServiceConfig)
