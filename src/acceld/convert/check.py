@@ -19,7 +19,14 @@ from typing import BinaryIO, cast
 
 from acceld.config import AcceldConfig
 from acceld.convert.errors import ConvertError
-from acceld.convert.formats import FORMATS, FormatReader, LayerFile, detect_format
+from acceld.convert.formats import (
+    ESTARGZ_METADATA_FILES,
+    ESTARGZ_TOC,
+    FORMATS,
+    FormatReader,
+    LayerFile,
+    detect_format,
+)
 from acceld.convert.source import SourceImage, load_source
 from acceld.convert.streams import SourceTarStream
 from acceld.convert.target import store_ref
@@ -191,3 +198,6 @@ def _apply_source_layer(tree: FsTree, path: Path, layer: SourceLayer) -> None:
         stream = SourceTarStream(cast(BinaryIO, blob), layer)
         apply_layer_tar(tree, cast(BinaryIO, io.BufferedReader(stream, _READ_SIZE)))
         stream.finish()
+    if ESTARGZ_TOC in layer.annotations:  # an eStargz source's TOC and landmark are not its files
+        for name in ESTARGZ_METADATA_FILES:
+            tree.remove(name)

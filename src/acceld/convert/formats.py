@@ -20,6 +20,8 @@ from acceld.oci.models import Descriptor, Manifest
 NYDUS_BOOTSTRAP = "containerd.io/snapshot/nydus-bootstrap"
 NYDUS_BLOB = "containerd.io/snapshot/nydus-blob"
 ESTARGZ_TOC = "containerd.io/snapshot/stargz/toc.digest"
+# Entries of an eStargz layer tar that are format metadata, not files of the image.
+ESTARGZ_METADATA_FILES = ("/stargz.index.json", "/.prefetch.landmark", "/.no.prefetch.landmark")
 ESTARGZ_UNCOMPRESSED_SIZE = "io.containers.estargz.uncompressed-size"
 ZSTD_CHUNKED_TOC = "io.github.containers.zstd-chunked.manifest-checksum"
 
@@ -110,10 +112,15 @@ def _annotated(manifest: Manifest, key: str) -> bool:
     return any(key in (layer.annotations or {}) for layer in manifest.layers)
 
 
+def is_nydus_image(manifest: Manifest) -> bool:
+    """True for a Nydus image: its last layer is the bootstrap."""
+    layers = manifest.layers
+    return bool(layers) and (layers[-1].annotations or {}).get(NYDUS_BOOTSTRAP) == "true"
+
+
 def detect_format(manifest: Manifest) -> str:
     """The format of a converted image, from the annotations its layers carry."""
-    layers = manifest.layers
-    if layers and (layers[-1].annotations or {}).get(NYDUS_BOOTSTRAP) == "true":
+    if is_nydus_image(manifest):
         found = "nydus"
     elif _annotated(manifest, ZSTD_CHUNKED_TOC):
         found = "zstdchunked"

@@ -45,7 +45,7 @@ def converted_config(source: ImageConfig, layers: Sequence[LayerBlob], additions
     """The source config with `rootfs.diff_ids` of the converted layers and the driver's history."""
     config = source.model_copy(deep=True)
     config.rootfs.diff_ids = [layer.diff_id for layer in layers]
-    if additions.history:
+    if additions.history and config.history:  # no source history: adding some would not cover the layers
         extra = [History.model_validate(dict(entry)) for entry in additions.history]
         config.history = [*(config.history or []), *extra]
     return config.to_json()

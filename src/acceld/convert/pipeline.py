@@ -20,6 +20,7 @@ from acceld.convert.cache import LayerCache, default_cache_dir
 from acceld.convert.chunkdict import fetch_chunk_dict, is_image_reference
 from acceld.convert.drivers import make_driver
 from acceld.convert.errors import ConvertError
+from acceld.convert.formats import is_nydus_image
 from acceld.convert.image import converted_config, converted_index, converted_manifest, source_annotations
 from acceld.convert.layers import ConvertedLayer, LayerConverter, Outcome
 from acceld.convert.push import Pusher, PushPlan
@@ -66,6 +67,7 @@ async def run_conversion(
             target_location = resolve_target(source_location, request.target, driver.tag_suffix)
             source = stores.open(source_location)
             plan = await load_source(source, store_ref(source, source_location), request.platforms)
+            _refuse_nydus_sources(plan)
             runner = ProcessRunner(options.workers)
             converter = LayerConverter(driver, source, workspace, cache, runner, progress)
             layers = await converter.convert_all(layer for image in plan.images for layer in image.layers)
@@ -111,6 +113,15 @@ async def _local_options(request: ConversionRequest, stores: Stores, workspace: 
         bootstrap = await fetch_chunk_dict(stores, chunk_dict, request.platforms, workspace / "chunk-dict")
         options["chunk_dict"] = str(bootstrap)
     return options
+
+
+def _refuse_nydus_sources(plan: SourcePlan) -> None:
+    """Nydus blobs are not tar layers, so no driver converts them (nor rebuilds a bootstrap over them)."""
+    for image in plan.images:
+        if is_nydus_image(image.manifest):
+            raise ConvertError(
+                f"source {image.raw.digest} ({image.platform}) is already a Nydus image: convert its source"
+            )
 
 
 def _size(blobs: list[tuple[str, int]]) -> int:

@@ -14,8 +14,10 @@ from acceld.oci.platform import Platform
 from acceld.registry.store import ImageStore
 
 _IMAGE_CONFIG_TYPES = frozenset({mt.OCI_CONFIG, mt.DOCKER_CONFIG})
-# buildx stores attestations as index children with this platform; they are not runnable images.
+# buildkit stores attestations as index children with this platform and annotation; they are not
+# runnable images and describe the source manifests, so a converted index leaves them out.
 _UNKNOWN_OS = "unknown"
+_REFERENCE_TYPE_ANNOTATION = "vnd.docker.reference.type"
 
 
 @dataclass(frozen=True)
@@ -54,12 +56,18 @@ async def load_source(store: ImageStore, ref: str, platforms: Sequence[str] | No
     root = await store.get_manifest(ref)
     if root.is_index:
         index = root.index()
+        nested = next((entry for entry in index.manifests if mt.is_index(entry.media_type)), None)
+        if nested is not None:
+            raise ConvertError(
+                f"{store.location}: index {root.digest} contains a nested index {nested.digest}, "
+                "which is not supported: convert that index by its digest"
+            )
         entries = [
             entry
             for entry in index.manifests
             if mt.is_manifest(entry.media_type)
+            and not _is_attestation(entry)
             and entry.platform is not None
-            and entry.platform.os != _UNKNOWN_OS
             and _matches(wanted, entry.platform)
         ]
         if not entries:
@@ -75,6 +83,11 @@ async def load_source(store: ImageStore, ref: str, platforms: Sequence[str] | No
             f"{store.location}: image {root.digest} is {image.platform}, not {', '.join(platforms or ())}"
         )
     return SourcePlan(root, None, (image,))
+
+
+def _is_attestation(entry: Descriptor) -> bool:
+    reference_type = (entry.annotations or {}).get(_REFERENCE_TYPE_ANNOTATION)
+    return reference_type is not None or (entry.platform is not None and entry.platform.os == _UNKNOWN_OS)
 
 
 async def _load_child(store: ImageStore, entry: Descriptor) -> SourceImage:
