@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import io
 import json
+import re
 import subprocess
 import sys
 import tarfile
@@ -286,7 +287,7 @@ async def test_attestation_only_index_is_a_clear_error(tmp_path: Path, options: 
     layout = tmp_path / "layout"
     amd64 = write_manifest(layout, [small_layer("a")])
     write_index(layout, [attestation_for(layout, amd64)], "att")
-    with pytest.raises(AcceldError, match="has no image manifest with a platform"):
+    with pytest.raises(AcceldError, match="has no image manifest"):
         await convert(f"oci:{layout}:att", options)
 
 
@@ -320,6 +321,63 @@ async def test_arm_variants_in_a_docker_manifest_list(tmp_path: Path, options: C
     with pytest.raises(AcceldError, match="linux/arm/v6"):
         await convert(f"oci:{layout}:multi", options, platforms=["linux/arm/v6"], target=f"oci:{layout}:out")
     await assert_valid(layout, "out", tmp_path)
+
+
+async def test_index_entries_without_platform_match_by_config(
+    tmp_path: Path, options: ConvertOptions
+) -> None:
+    """OCI index entries may omit `platform`: such an image is selected by its config's platform and an
+    artifact among them (no image config) is left out."""
+    layout = tmp_path / "layout"
+    amd64 = write_manifest(layout, [small_layer("a")])
+    arm64 = write_manifest(layout, [small_layer("b")], arch="arm64")
+    artifact = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": "application/vnd.example.sbom",
+        "config": add_blob(layout, b"{}", "application/vnd.oci.empty.v1+json"),
+        "layers": [add_blob(layout, b"sbom", "application/spdx+json")],
+    }
+    unplaced = [{k: e[k] for k in ("mediaType", "digest", "size")} for e in (amd64, arm64)]
+    write_index(layout, [*unplaced, add_blob(layout, canonical_json(artifact), OCI_MANIFEST)], "bare")
+    await convert(f"oci:{layout}:bare", options, "nydus", platforms=["linux/arm64"])
+    (child,) = read_blob_json(layout, tagged(layout, "bare-nydus")["digest"])["manifests"]
+    assert read_blob_json(layout, child["digest"])["subject"]["digest"] == arm64["digest"]
+    await assert_valid(layout, "bare-nydus", tmp_path)
+
+
+async def test_not_convertible_sources_are_one_line_errors(tmp_path: Path, options: ConvertOptions) -> None:
+    layout = tmp_path / "layout"
+    write_manifest(layout, [], tag="zero")
+    bz2 = Layer(make_tar({"a": b"x"}), "application/vnd.oci.image.layer.v1.tar+bzip2", b"BZh91AY&SY")
+    write_manifest(layout, [bz2], tag="bzip2")
+    schema1 = {"schemaVersion": 1, "name": "x", "tag": "y", "fsLayers": [], "history": []}
+    tag_in_index(
+        layout,
+        add_blob(
+            layout, canonical_json(schema1), "application/vnd.docker.distribution.manifest.v1+prettyjws"
+        ),
+        "schema1",
+    )
+    chart = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": add_blob(layout, b"{}", "application/vnd.cncf.helm.config.v1+json"),
+        "layers": [add_blob(layout, b"chart", "application/vnd.cncf.helm.chart.content.v1.tar+gzip")],
+    }
+    tag_in_index(layout, add_blob(layout, canonical_json(chart), OCI_MANIFEST), "chart")
+    expected = {
+        "zero": "has no layers",
+        "bzip2": re.escape("unknown layer media type application/vnd.oci.image.layer.v1.tar+bzip2"),
+        "schema1": "is not an image or index",
+        "chart": "is not a container image",
+    }
+    for driver in DRIVERS:
+        for tag, message in expected.items():
+            with pytest.raises(AcceldError, match=message) as caught:
+                await convert(f"oci:{layout}:{tag}", options, driver)
+            assert "\n" not in str(caught.value)
+    assert sorted(tags_of(layout)) == sorted(expected)
 
 
 # -- layer media types, empty and duplicate layers -----------------------------------------------

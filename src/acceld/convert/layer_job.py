@@ -14,6 +14,7 @@ from acceld.convert.errors import ConvertError, CorruptSourceLayerError
 from acceld.convert.streams import MeasuringWriter, SourceTarStream
 from acceld.errors import AcceldError
 from acceld.formats.driver import Driver, FormatError, LayerBlob, SourceLayer
+from acceld.oci.mediatypes import layer_compression
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,11 @@ class LayerJob:
     source_path: Path
     output_path: Path
     workdir: Path
+
+
+def _unknown_type(layer: SourceLayer) -> str:
+    """A note for a layer whose media type is no known layer type (its compression was guessed)."""
+    return "" if layer_compression(layer.media_type) else f" (unknown layer media type {layer.media_type})"
 
 
 def convert_layer_job(
@@ -54,7 +60,9 @@ def convert_layer_job(
                 # A damaged blob often trips the tar parser first: name the real cause.
                 source.raise_if_blob_corrupt()
                 if isinstance(exc, FormatError):
-                    raise FormatError(f"source layer {job.layer.digest}: {exc}") from None
+                    raise FormatError(
+                        f"source layer {job.layer.digest}{_unknown_type(job.layer)}: {exc}"
+                    ) from None
                 raise
             source.finish()
     except AcceldError:
@@ -76,4 +84,3 @@ def convert_layer_job(
         diff_id=output.diff_id,
         annotations=dict(output.annotations),
     )
-

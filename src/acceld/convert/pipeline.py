@@ -67,7 +67,7 @@ async def run_conversion(
             target_location = resolve_target(source_location, request.target, driver.tag_suffix)
             source = stores.open(source_location)
             plan = await load_source(source, store_ref(source, source_location), request.platforms)
-            _refuse_nydus_sources(plan)
+            _refuse_unconvertible(plan)
             runner = ProcessRunner(options.workers)
             converter = LayerConverter(driver, source, workspace, cache, runner, progress)
             layers = await converter.convert_all(layer for image in plan.images for layer in image.layers)
@@ -115,9 +115,14 @@ async def _local_options(request: ConversionRequest, stores: Stores, workspace: 
     return options
 
 
-def _refuse_nydus_sources(plan: SourcePlan) -> None:
-    """Nydus blobs are not tar layers, so no driver converts them (nor rebuilds a bootstrap over them)."""
+def _refuse_unconvertible(plan: SourcePlan) -> None:
+    """Images without layers have nothing to convert; Nydus blobs are not tar layers, so no driver
+    converts them (nor rebuilds a bootstrap over them)."""
     for image in plan.images:
+        if not image.layers:
+            raise ConvertError(
+                f"source {image.raw.digest} ({image.platform}) has no layers: nothing to convert"
+            )
         if is_nydus_image(image.manifest):
             raise ConvertError(
                 f"source {image.raw.digest} ({image.platform}) is already a Nydus image: convert its source"

@@ -67,14 +67,19 @@ async def load_source(store: ImageStore, ref: str, platforms: Sequence[str] | No
             for entry in index.manifests
             if mt.is_manifest(entry.media_type)
             and not _is_attestation(entry)
-            and entry.platform is not None
-            and _matches(wanted, entry.platform)
+            and (entry.platform is None or _matches(wanted, entry.platform))
         ]
-        if not entries:
-            what = f"platform {', '.join(platforms)}" if platforms else "image manifest with a platform"
+        loaded = await asyncio.gather(*(_load_child(store, entry) for entry in entries))
+        # an entry without a platform is matched by its config; one that is no image (an artifact) is skipped
+        images = tuple(
+            image
+            for image in loaded
+            if image is not None and _matches(wanted, image.entry.platform or image.config.platform)
+        )
+        if not images:
+            what = f"platform {', '.join(platforms)}" if platforms else "image manifest"
             raise ConvertError(f"{store.location}: index {root.digest} has no {what}")
-        images = await asyncio.gather(*(_load_child(store, entry) for entry in entries))
-        return SourcePlan(root, index, tuple(images))
+        return SourcePlan(root, index, images)
     if not root.is_manifest:
         raise ConvertError(f"{store.location}: {root.media_type} ({root.digest}) is not an image or index")
     image = await _load_image(store, root.descriptor(), root)
@@ -90,8 +95,15 @@ def _is_attestation(entry: Descriptor) -> bool:
     return reference_type is not None or (entry.platform is not None and entry.platform.os == _UNKNOWN_OS)
 
 
-async def _load_child(store: ImageStore, entry: Descriptor) -> SourceImage:
-    return await _load_image(store, entry, await store.get_manifest(entry.digest))
+async def _load_child(store: ImageStore, entry: Descriptor) -> SourceImage | None:
+    raw = await store.get_manifest(entry.digest)
+    if (
+        entry.platform is None
+        and raw.is_manifest
+        and raw.manifest().config.media_type not in _IMAGE_CONFIG_TYPES
+    ):
+        return None
+    return await _load_image(store, entry, raw)
 
 
 async def _load_image(store: ImageStore, entry: Descriptor, raw: RawManifest) -> SourceImage:
