@@ -326,8 +326,8 @@ async def test_arm_variants_in_a_docker_manifest_list(tmp_path: Path, options: C
 async def test_index_entries_without_platform_match_by_config(
     tmp_path: Path, options: ConvertOptions
 ) -> None:
-    """OCI index entries may omit `platform`: such an image is selected by its config's platform and an
-    artifact among them (no image config) is left out."""
+    """OCI index entries may omit `platform`: such an image is selected by its config's platform.
+    Decision: artifacts listed in an index (no image config, with or without platform) are left out."""
     layout = tmp_path / "layout"
     amd64 = write_manifest(layout, [small_layer("a")])
     arm64 = write_manifest(layout, [small_layer("b")], arch="arm64")
@@ -339,7 +339,9 @@ async def test_index_entries_without_platform_match_by_config(
         "layers": [add_blob(layout, b"sbom", "application/spdx+json")],
     }
     unplaced = [{k: e[k] for k in ("mediaType", "digest", "size")} for e in (amd64, arm64)]
-    write_index(layout, [*unplaced, add_blob(layout, canonical_json(artifact), OCI_MANIFEST)], "bare")
+    listed = add_blob(layout, canonical_json(artifact), OCI_MANIFEST)
+    placed = {**listed, "platform": {"architecture": "arm64", "os": "linux"}}
+    write_index(layout, [*unplaced, listed, placed], "bare")
     await convert(f"oci:{layout}:bare", options, "nydus", platforms=["linux/arm64"])
     (child,) = read_blob_json(layout, tagged(layout, "bare-nydus")["digest"])["manifests"]
     assert read_blob_json(layout, child["digest"])["subject"]["digest"] == arm64["digest"]

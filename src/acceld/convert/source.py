@@ -70,7 +70,7 @@ async def load_source(store: ImageStore, ref: str, platforms: Sequence[str] | No
             and (entry.platform is None or _matches(wanted, entry.platform))
         ]
         loaded = await asyncio.gather(*(_load_child(store, entry) for entry in entries))
-        # an entry without a platform is matched by its config; one that is no image (an artifact) is skipped
+        # an entry without a platform is matched by its config's
         images = tuple(
             image
             for image in loaded
@@ -97,12 +97,8 @@ def _is_attestation(entry: Descriptor) -> bool:
 
 async def _load_child(store: ImageStore, entry: Descriptor) -> SourceImage | None:
     raw = await store.get_manifest(entry.digest)
-    if (
-        entry.platform is None
-        and raw.is_manifest
-        and raw.manifest().config.media_type not in _IMAGE_CONFIG_TYPES
-    ):
-        return None
+    if raw.is_manifest and raw.manifest().config.media_type not in _IMAGE_CONFIG_TYPES:
+        return None  # an artifact (signature, SBOM, chart) listed in the index
     return await _load_image(store, entry, raw)
 
 
