@@ -392,16 +392,20 @@ async def test_every_source_layer_media_type(tmp_path: Path, options: ConvertOpt
         small_layer("plain", OCI_TAR),
         small_layer("gzip", OCI_GZIP),
         small_layer("zstd", OCI_ZSTD),
+        small_layer("nondist", "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"),
     ]
     write_manifest(layout, layers, tag="oci")
-    write_manifest(
-        layout,
-        [small_layer("docker", DOCKER_GZIP), small_layer("foreign", DOCKER_FOREIGN)],
-        tag="docker",
-        docker=True,
-    )
-    for tag in ("oci", "docker"):
-        await convert(f"oci:{layout}:{tag}", options, driver)
+    docker_layers = [
+        small_layer("docker", DOCKER_GZIP),
+        small_layer("docker-tar", "application/vnd.docker.image.rootfs.diff.tar"),
+        small_layer("foreign", DOCKER_FOREIGN),
+    ]
+    write_manifest(layout, docker_layers, tag="docker", docker=True)
+    for tag, count in (("oci", len(layers)), ("docker", len(docker_layers))):
+        result = await convert(f"oci:{layout}:{tag}", options, driver)
+        assert result.layers_converted == count
+        (manifest,) = manifests_of(layout, result.target_digest)
+        assert all(layer["mediaType"].startswith("application/vnd.oci.") for layer in manifest["layers"])
         await assert_valid(layout, f"{tag}{SUFFIX[driver]}", tmp_path / tag)
 
 
@@ -499,7 +503,10 @@ async def test_history_with_empty_layer_entries(tmp_path: Path, options: Convert
     await assert_valid(layout, f"hist{SUFFIX[driver]}", tmp_path)
 
 
-async def test_config_with_null_and_missing_optional_fields(tmp_path: Path, options: ConvertOptions) -> None:
+@pytest.mark.parametrize("driver", DRIVERS)
+async def test_config_with_null_and_missing_optional_fields(
+    tmp_path: Path, options: ConvertOptions, driver: str
+) -> None:
     layout = tmp_path / "layout"
     layer = small_layer("a")
     config = {
@@ -516,11 +523,12 @@ async def test_config_with_null_and_missing_optional_fields(tmp_path: Path, opti
     bare = {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]}}
     write_manifest(layout, [layer], tag="bare", config=bare)
     for tag in ("nulls", "bare"):
-        result = await convert(f"oci:{layout}:{tag}", options, "nydus")
+        result = await convert(f"oci:{layout}:{tag}", options, driver)
         (manifest,) = manifests_of(layout, result.target_digest)
         converted = read_blob_json(layout, manifest["config"]["digest"])
         assert converted["config"] == config["config"] if tag == "nulls" else "config" not in converted
-        await assert_valid(layout, f"{tag}-nydus", tmp_path / tag)
+        assert converted.get("history") is None
+        await assert_valid(layout, f"{tag}{SUFFIX[driver]}", tmp_path / tag)
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
