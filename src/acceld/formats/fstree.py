@@ -8,6 +8,7 @@ comes from `tree_from_directory`. `diff_trees` lists the differences in a readab
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 import os
 import stat
@@ -186,12 +187,33 @@ def apply_layer_tar(tree: FsTree, stream: IO[bytes]) -> None:
     Whiteouts only hide lower layers: entries of this layer survive an opaque marker in any order.
     """
     added_here: set[str] = set()
+    first = stream.read(tarfile.BLOCKSIZE)
+    if not first:
+        return  # a zero-length layer is empty, as Go's archive/tar (and so every runtime) reads it
     try:
-        with tarfile.open(fileobj=stream, mode="r|") as archive:
+        with tarfile.open(fileobj=_Prefixed(first, stream), mode="r|") as archive:
             for info in archive:
                 _apply_entry(tree, archive, info, added_here)
     except tarfile.TarError as exc:
         raise FormatError(f"bad tar: {exc}") from exc
+
+
+class _Prefixed(io.RawIOBase):
+    """`stream` with `head`, already read from it, put back in front."""
+
+    def __init__(self, head: bytes, stream: IO[bytes]) -> None:
+        self._head = head
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if self._head:
+            taken = self._head if size < 0 else self._head[:size]
+            self._head = self._head[len(taken) :]
+            return taken
+        return self._stream.read(size)
 
 
 def _apply_entry(tree: FsTree, archive: tarfile.TarFile, info: tarfile.TarInfo, added_here: set[str]) -> None:

@@ -30,6 +30,8 @@ class EstargzDriver:
     `.prefetch.landmark`. `workers` is the number of threads compressing gzip members of one
     layer (None: the usable CPUs); it does not change the output, so `options_key` leaves it out.
     When layers are converted in parallel processes, set it to about CPUs / processes.
+    `utf8_names=False` converts names that are not UTF-8 as the reference writer does (U+FFFD in
+    the TOC, so lazy pulling shows other names); by default such layers are refused.
     """
 
     chunk_size: int = DEFAULT_CHUNK_SIZE
@@ -37,6 +39,7 @@ class EstargzDriver:
     compression_level: int = DEFAULT_COMPRESSION_LEVEL
     prefetch_files: Sequence[str] = ()
     workers: int | None = None
+    utf8_names: bool = True
 
     name = "estargz"
     tag_suffix = "-esgz"
@@ -52,6 +55,7 @@ class EstargzDriver:
             compression_level=self.compression_level,
             prefetch_files=tuple(self.prefetch_files),
             workers=len(os.sched_getaffinity(0)) if self.workers is None else self.workers,
+            utf8_names=self.utf8_names,
         )
 
     def options_key(self) -> str:
@@ -61,6 +65,8 @@ class EstargzDriver:
             "compression_level": self.compression_level,
             "prefetch_files": list(self.prefetch_files),
         }
+        if not self.utf8_names:
+            options["utf8_names"] = False
         return f"{self.name}:" + json.dumps(options, sort_keys=True, separators=(",", ":"))
 
     def is_converted(self, layer: SourceLayer) -> bool:

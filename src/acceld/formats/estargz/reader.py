@@ -350,9 +350,13 @@ class _MemberStream(io.RawIOBase):
             )
 
 
-def _same_name(toc_name: str, tar_name: str) -> bool:
+def _as_in_toc(tar_string: str) -> str:
     # Go writes each byte of invalid UTF-8 as U+FFFD; tarfile keeps such bytes as lone surrogates
-    tar_name = re.sub("[\udc80-\udcff]", "\ufffd", tar_name)
+    return re.sub("[\udc80-\udcff]", "\ufffd", tar_string)
+
+
+def _same_name(toc_name: str, tar_name: str) -> bool:
+    tar_name = _as_in_toc(tar_name)
     try:
         return normalize(toc_name) == normalize(tar_name)
     except FormatError:
@@ -387,7 +391,7 @@ def _compare_entry(entry: dict[str, Any], info: tarfile.TarInfo, archive: tarfil
     problem = ""
     if not _same_name(entry["name"], info.name) or kind != entry["type"]:
         problem = f"is {kind} {info.name!r} in the tar"
-    elif kind in ("hardlink", "symlink") and entry.get("linkName", "") != info.linkname:
+    elif kind in ("hardlink", "symlink") and entry.get("linkName", "") != _as_in_toc(info.linkname):
         problem = f"links to {info.linkname!r} in the tar"
     elif kind == "reg":
         digest = hashlib.sha256()

@@ -21,6 +21,7 @@ ZERO_BLOCK = bytes(BLOCK)
 TYPE_REG, TYPE_LINK, TYPE_SYMLINK, TYPE_CHAR, TYPE_BLOCK, TYPE_DIR, TYPE_FIFO = "0123456"
 SUPPORTED_TYPES = frozenset((TYPE_REG, TYPE_LINK, TYPE_SYMLINK, TYPE_CHAR, TYPE_BLOCK, TYPE_DIR, TYPE_FIFO))
 _TYPE_REG_OLD = "\0"
+_TYPE_GNU_SPARSE = "S"
 _PAX_LOCAL, _PAX_GLOBAL, _GNU_LONGNAME, _GNU_LONGLINK = "x", "g", "L", "K"
 _MAX_SPECIAL_FILE = 1 << 20  # Go's limit for PAX and GNU long-name payloads
 _XATTR_PREFIX = "SCHILY.xattr."
@@ -235,6 +236,7 @@ def scan_tar(source: BinaryIO, spool: BinaryIO, chunk_size: int) -> list[TarEntr
     """Copy `source` (an uncompressed tar) to `spool` and return its entries in tar order."""
     reader = _Spooler(source, spool)
     entries: list[TarEntry] = []
+    types: dict[str, str] = {}  # the type flag of each name so far
     pending = _Pending()
     while True:
         block_start = reader.position
@@ -251,16 +253,41 @@ def scan_tar(source: BinaryIO, spool: BinaryIO, chunk_size: int) -> list[TarEntr
         if not _checksum_ok(block):
             raise FormatError(f"bad tar: header checksum mismatch at byte {block_start}")
         header = _parse_header(block)
+        if header.typeflag == _PAX_GLOBAL and pending.start < 0:
+            _skip_global_header(reader, header.size, block_start)
+            continue
         if pending.start < 0:
             pending.start = block_start
         if header.typeflag in (_PAX_LOCAL, _PAX_GLOBAL, _GNU_LONGNAME, _GNU_LONGLINK):
             _read_extension(reader, pending, header.typeflag, header.size, block_start)
             continue
-        entries.append(_finish_entry(reader, pending, header, chunk_size))
+        entry = _finish_entry(reader, pending, header, chunk_size)
+        if entry.typeflag == TYPE_LINK and types.get(_clean(entry.linkname)) == TYPE_LINK:
+            # readers look the target up among the TOC's files (the reference verifier does not follow chains)
+            raise FormatError(
+                f"hardlink {entry.name!r} points to {entry.linkname!r}, itself a hardlink: "
+                "eStargz needs every hardlink to name the file it shares"
+            )
+        types[_clean(entry.name)] = entry.typeflag
+        entries.append(entry)
         pending = _Pending()
     if pending.start >= 0:
         raise FormatError("truncated tar: extension header without a following entry")
     return entries
+
+
+def _skip_global_header(reader: _Spooler, size: int, at: int) -> None:
+    """Drop a PAX global header that only carries a comment, as `git archive` writes (runtimes ignore
+    global headers); one that sets file attributes for every later entry cannot be kept per entry."""
+    if not 0 <= size <= _MAX_SPECIAL_FILE:
+        raise FormatError(f"bad tar: extension header of {size} bytes at byte {at}")
+    payload = reader.read_exact(size + (-size % BLOCK), "an extension header")[:size]
+    if set(_parse_pax_records(payload)) - {"comment"}:
+        raise FormatError(f"unsupported tar: PAX global header with file attributes at byte {at}")
+
+
+def _clean(name: str) -> str:
+    return "/".join(part for part in name.split("/") if part not in ("", "."))
 
 
 def _read_extension(reader: _Spooler, pending: _Pending, typeflag: str, size: int, at: int) -> None:
@@ -287,6 +314,8 @@ def _finish_entry(reader: _Spooler, pending: _Pending, header: _Header, chunk_si
     typeflag = header.typeflag
     if typeflag == _TYPE_REG_OLD:
         typeflag = TYPE_DIR if header.name.endswith("/") else TYPE_REG
+    if typeflag == _TYPE_GNU_SPARSE:
+        raise FormatError(f"unsupported tar: sparse file {header.name!r} (GNU 'S' entry)")
     if typeflag not in SUPPORTED_TYPES:
         raise FormatError(f"unsupported tar entry type {typeflag!r} for {header.name!r}")
     if header.size < 0:

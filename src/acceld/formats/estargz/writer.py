@@ -11,7 +11,8 @@ on the compressed size of the previous ones, so that mode compresses sequentiall
 
 Names that are not valid UTF-8 are kept in the tar headers but appear with U+FFFD in the TOC, as
 with the reference writer (JSON cannot carry them); such layers convert, the lazy-pull view
-shows the replaced names.
+shows the replaced names. The driver refuses them instead (`utf8_names`): an image whose lazily
+pulled files have other names than its source's is not a faithful conversion.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from acceld.formats.estargz.layout import (
 )
 from acceld.formats.estargz.order import TOC_TAR_NAME, Item, Landmark, arrange
 from acceld.formats.estargz.source import open_layer_tar
-from acceld.formats.estargz.tarscan import BLOCK, scan_tar
+from acceld.formats.estargz.tarscan import BLOCK, TarEntry, scan_tar
 from acceld.formats.estargz.toc import TocEntry, toc_entries, toc_json_pieces
 
 DEFAULT_CHUNK_SIZE = 4 << 20
@@ -66,6 +67,8 @@ class WriterOptions:
     compression_level: int = DEFAULT_COMPRESSION_LEVEL
     prefetch_files: tuple[str, ...] = ()
     workers: int = 1
+    # refuse names and link targets that are not UTF-8 rather than show them with U+FFFD in the TOC
+    utf8_names: bool = False
 
     def __post_init__(self) -> None:
         if self.chunk_size <= 0:
@@ -265,12 +268,26 @@ def _write_toc(entries: Iterator[TocEntry], level: int, output: _Output, workdir
     return "sha256:" + digest.hexdigest()
 
 
+def _require_utf8(entries: Sequence[TarEntry]) -> None:
+    for entry in entries:
+        for what, text in (("name", entry.name), ("link target", entry.linkname)):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise FormatError(
+                    f"tar entry {entry.name!r}: the {what} is not valid UTF-8; the eStargz TOC (JSON) "
+                    "would show it with U+FFFD to lazy-pulling readers"
+                ) from None
+
+
 def write_estargz(source: BinaryIO, out: BinaryIO, workdir: Path, options: WriterOptions) -> EstargzResult:
     """Convert the layer tar in `source` (plain, gzip or zstd) into an eStargz blob written to `out`."""
     tar = open_layer_tar(source)
     with tempfile.TemporaryFile(dir=workdir, prefix="estargz-spool-") as spool:
         with open(spool.fileno(), "wb", buffering=_READ_PIECE, closefd=False) as spool_writer:
             entries = scan_tar(tar, spool_writer, options.chunk_size)
+        if options.utf8_names:
+            _require_utf8(entries)
         while tar.read(_READ_PIECE):
             pass  # read past the tar's end so that gzip checksums and trailing garbage are checked
         items, missed = arrange(entries, options.prefetch_files)

@@ -93,9 +93,9 @@ class _LayerTree:
             raise FormatError(f"{info.name}: sparse and contiguous tar entries are not supported")
         if info.islnk():
             target = self.lookup(info.linkname)
-            if target is None or not target.is_reg:
+            if target is None or target.is_dir:
                 raise FormatError(
-                    f"{info.name}: hardlink target {info.linkname!r} is not a file in this layer"
+                    f"{info.name}: hardlink target {info.linkname!r} is not a non-directory in this layer"
                 )
             self.parent_of(parts[:-1], info.name).children[parts[-1]] = target
             return
@@ -183,12 +183,8 @@ class _TarReader:
                 raise FormatError("bad tar: stream ends inside an entry")
         try:
             return tarfile.TarInfo.fromtarfile(self)  # type: ignore[arg-type]
-        except _EOF_HEADER:
-            return None
-        except _EMPTY_HEADER:
-            if self.position == 0:
-                raise FormatError("bad tar: empty stream") from None
-            return None
+        except (_EOF_HEADER, _EMPTY_HEADER):
+            return None  # a zero-length stream is an empty layer, as Go's archive/tar reads it
         except tarfile.HeaderError as exc:
             raise FormatError(f"bad tar: {exc}") from exc
 

@@ -54,6 +54,14 @@ class TocEntry:
             raise FormatError(
                 f"tar entry {header.name!r} has type {header.typeflag!r}, which zstd:chunked cannot represent"
             )
+        for what, text in (("name", header.name), ("link target", header.linkname)):
+            if not _is_utf8(text):
+                # JSON turns the bytes into U+FFFD, and containers/storage then refuses the layer
+                # because its TOC no longer matches the tar-split
+                raise FormatError(
+                    f"tar entry {header.name!r}: the {what} is not valid UTF-8, "
+                    "which a zstd:chunked TOC cannot hold"
+                )
         return cls(
             type=kind,
             name=header.name,
@@ -120,3 +128,12 @@ def toc_json(entries: list[TocEntry], tar_split_digest: str) -> bytes:
     return (
         f'{{"version":{TOC_VERSION},"entries":[{body}],"tarSplitDigest":{gojson.string(tar_split_digest)}}}'
     ).encode()
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether a tar string (raw bytes kept as surrogate escapes) is valid UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
