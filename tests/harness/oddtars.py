@@ -521,3 +521,137 @@ def capability_and_symlink_xattrs(workdir: Path) -> list[Path]:
     link = _symlink("link", "ping")
     link.pax_headers = {"SCHILY.xattr.user.on-link": "v"}
     return [_write(workdir / "l.tar", [(file_info, data), link])]
+
+
+# ---- structure -----------------------------------------------------------------------------------
+
+
+@case
+def go_style_mode_type_bits(workdir: Path) -> list[Path]:
+    """Go's tar.FileInfoHeader (Docker, buildkit) puts the file type bits in the mode field
+    (tarfile masks them, so the headers are patched)."""
+    out = _write(
+        workdir / "l.tar",
+        [
+            _dir("bin"),
+            _file("bin/tool", b"#!/bin/sh\n", mode=0o4755),
+            _symlink("bin/alias", "tool"),
+            _info("bin/fifo", tarfile.FIFOTYPE),
+        ],
+        fmt=tarfile.USTAR_FORMAT,
+    )
+    data = bytearray(out.read_bytes())
+    type_bits = {b"5": 0o40000, b"0": 0o100000, b"2": 0o120000, b"6": 0o10000}
+    at = 0
+    while data[at : at + 512] != bytes(512):
+        header = data[at : at + 512]
+        mode = int(header[100:107], 8) | type_bits[bytes(header[156:157])]
+        data[at + 100 : at + 108] = b"%07o\0" % mode
+        data[at + 148 : at + 156] = b" " * 8
+        data[at + 148 : at + 156] = b"%06o\0 " % sum(data[at : at + 512])
+        at += 512 + -(-int(header[124:135], 8) // 512) * 512
+    out.write_bytes(bytes(data))
+    return [out]
+
+
+@case
+def no_end_of_archive_blocks(workdir: Path) -> list[Path]:
+    """A tar cut right after its last entry, without the two zero blocks (some streaming writers)."""
+    full = _write(workdir / "full.tar", [_dir("d"), _file("d/f", b"no trailer\n")])
+    data = full.read_bytes()
+    out = workdir / "l.tar"
+    out.write_bytes(data[: len(data.rstrip(b"\0")) + (-len(data.rstrip(b"\0")) % 512)])
+    full.unlink()
+    return [out]
+
+
+@case
+def directory_entry_after_its_children(workdir: Path) -> list[Path]:
+    return [
+        _write(
+            workdir / "l.tar",
+            [_file("late/child", b"c\n"), _dir("late/sub/inner"), _dir("late", mode=0o700, uid=5, gid=6)],
+        )
+    ]
+
+
+@case
+def root_entry_with_odd_attributes(workdir: Path) -> list[Path]:
+    return [_write(workdir / "l.tar", [_dir("./", mode=0o700, uid=1, gid=2), _file("./f", b"f\n")])]
+
+
+@case
+def whiteouts_of_missing_paths(workdir: Path) -> list[Path]:
+    lower = _write(workdir / "lower.tar", [_file("present", b"p\n")])
+    upper = _write(
+        workdir / "upper.tar",
+        [
+            _whiteout(".wh.never-existed"),
+            _whiteout("no/such/dir/.wh.file"),
+            _whiteout("ghost/.wh..wh..opq"),
+            _file("present", b"kept\n"),
+        ],
+    )
+    return [lower, upper]
+
+
+@case
+def opaque_marker_before_directory_entry(workdir: Path) -> list[Path]:
+    lower = _write(workdir / "lower.tar", [_dir("o"), _file("o/old", b"old\n")])
+    upper = _write(
+        workdir / "upper.tar", [_whiteout("o/.wh..wh..opq"), _file("o/new", b"new\n"), _dir("o", mode=0o711)]
+    )
+    return [lower, upper]
+
+
+@case
+def gnu_base256_ids(workdir: Path) -> list[Path]:
+    """GNU format stores ids beyond 8^7 as base-256 numbers in the header."""
+    return [
+        _write(
+            workdir / "l.tar",
+            [_file("big-ids", b"b\n", uid=1 << 30, gid=(1 << 21) + 5), _dir("d", uid=1 << 24)],
+            fmt=tarfile.GNU_FORMAT,
+        )
+    ]
+
+
+@case
+def ustar_prefix_field(workdir: Path) -> list[Path]:
+    """A 200-byte path split over the USTAR prefix and name fields (no extension header)."""
+    directory = "/".join(["p" * 48] * 3)
+    return [
+        _write(workdir / "l.tar", [_file(directory + "/" + "n" * 50, b"prefix\n")], fmt=tarfile.USTAR_FORMAT)
+    ]
+
+
+def _xattr_tree(root: Path) -> Path:
+    root.mkdir()
+    (root / "tagged").write_bytes(b"x\n")
+    os.setxattr(root / "tagged", "user.origin", b"real tool")
+    os.setxattr(root / "tagged", "user.binary", b"\x00\xff")
+    return root
+
+
+@case
+def gnu_tar_xattrs(workdir: Path) -> list[Path]:
+    """GNU tar --xattrs (SCHILY.xattr PAX records)."""
+    tree = _xattr_tree(workdir / "tree")
+    return [
+        _gnu_tar(workdir, tree, workdir / "x.tar", "--format=posix", "--xattrs", "--xattrs-include=user.*")
+    ]
+
+
+@case
+def bsdtar_xattrs(workdir: Path) -> list[Path]:
+    """bsdtar writes xattrs as LIBARCHIVE.xattr records (URL-encoded names, base64 values)."""
+    bsdtar = shutil.which("bsdtar")
+    if bsdtar is None:
+        raise FileNotFoundError("bsdtar")
+    tree = _xattr_tree(workdir / "tree")
+    out = workdir / "bsdtar.tar"
+    subprocess.run(
+        [bsdtar, "--format=pax", "--xattrs", "--uid=0", "--gid=0", "-C", str(tree), "-cf", str(out), "."],
+        check=True,
+    )
+    return [out]
