@@ -27,9 +27,14 @@ ESTARGZ_TOC = "containerd.io/snapshot/stargz/toc.digest"
 # (case, driver) -> the part of the one-line error the conversion must fail with, and why.
 ALL = tuple(SUFFIXES)
 REFUSED: dict[tuple[str, str], str] = {
-    # No driver's target has a sparse representation and the upstream tools refuse them too
-    # (nydus-image bails on sparse entries; containers/storage's TOC has no sparse type).
-    **{(sparse, d): "sparse" for sparse in ("gnu_tar_sparse_gnu", "gnu_tar_sparse_pax") for d in ALL},
+    # Nydus stores sparse files expanded (as runtimes extract them). eStargz and zstd:chunked keep
+    # the tar's own bytes and their TOCs have no sparse map (the Go estargz builder and
+    # containers/storage's compressor have no sparse support either).
+    **{
+        (sparse, d): "sparse"
+        for sparse in ("gnu_tar_sparse_gnu", "gnu_tar_sparse_pax")
+        for d in ("estargz", "zstdchunked")
+    },
     # containers/storage's compressor has no TOC type for a 'g' entry and tar-split must keep every
     # byte of the layer; eStargz drops a comment-only global header (runtimes ignore it), nydus too.
     ("git_archive_global_header", "zstdchunked"): "PAX global headers",

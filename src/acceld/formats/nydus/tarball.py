@@ -89,8 +89,8 @@ class _LayerTree:
         parts = _split(info.name)
         if len(parts) == 1 and parts[0] in _SKIPPED_TOP_LEVEL:
             return
-        if info.issparse() or info.type in (tarfile.CONTTYPE, tarfile.GNUTYPE_SPARSE):
-            raise FormatError(f"{info.name}: sparse and contiguous tar entries are not supported")
+        if info.type == tarfile.CONTTYPE:
+            raise FormatError(f"{info.name}: contiguous tar entries are not supported")
         if info.islnk():
             target = self.lookup(info.linkname)
             if target is None or target.is_dir:
@@ -142,6 +142,9 @@ class _LayerTree:
     def read_content(self, reader: _TarReader, info: tarfile.TarInfo, node: Inode) -> None:
         if -(-info.size // self.chunk_size) > MAX_CHUNKS_PER_BLOB:
             raise FormatError(f"{info.name}: file needs more than 2^24 chunks")
+        if info.sparse is not None:
+            self.read_sparse_content(reader, info, node)
+            return
         remaining = info.size
         while remaining:
             data = reader.read(min(self.chunk_size, remaining))
@@ -149,6 +152,34 @@ class _LayerTree:
                 raise FormatError(f"{info.name}: tar stream ends inside the file")
             node.chunks.append(self.store.add(data))
             remaining -= len(data)
+        node.size = info.size
+
+    def read_sparse_content(self, reader: _TarReader, info: tarfile.TarInfo, node: Inode) -> None:
+        """A GNU sparse file (old GNU or PAX map, parsed by tarfile) stored with its holes as zeros,
+        as Go's archive/tar, and so every runtime, extracts it."""
+        pending = bytearray()
+        at = 0
+        # tarfile keeps the old GNU header's unused (0, 0) slots; empty segments carry nothing
+        segments = [(offset, length) for offset, length in info.sparse or () if length]
+        for offset, length in [*segments, (info.size, 0)]:
+            if offset < at or offset + length > info.size:
+                raise FormatError(f"{info.name}: bad sparse map")
+            hole, at = offset - at, offset + length
+            while hole or length:
+                if hole:
+                    piece = bytes(min(hole, self.chunk_size))
+                    hole -= len(piece)
+                else:
+                    piece = reader.read(min(length, self.chunk_size))
+                    if not piece:
+                        raise FormatError(f"{info.name}: tar stream ends inside the file")
+                    length -= len(piece)
+                pending += piece
+                while len(pending) >= self.chunk_size:
+                    node.chunks.append(self.store.add(bytes(pending[: self.chunk_size])))
+                    del pending[: self.chunk_size]
+        if pending:
+            node.chunks.append(self.store.add(bytes(pending)))
         node.size = info.size
 
 
