@@ -655,3 +655,45 @@ def bsdtar_xattrs(workdir: Path) -> list[Path]:
         check=True,
     )
     return [out]
+
+
+@case
+def selinux_and_overlay_xattrs(workdir: Path) -> list[Path]:
+    """Labels from SELinux build hosts and overlayfs xattrs copied out of an upper directory."""
+    labelled, data = _file("etc/labelled", b"l\n")
+    labelled.pax_headers = {"SCHILY.xattr.security.selinux": "system_u:object_r:container_file_t:s0\0"}
+    upper = _dir("upper")
+    upper.pax_headers = {"SCHILY.xattr.trusted.overlay.opaque": "y"}
+    return [_write(workdir / "l.tar", [_dir("etc"), (labelled, data), upper])]
+
+
+@case
+def pax_vendor_records(workdir: Path) -> list[Path]:
+    """PAX records readers must ignore: atime/ctime, libarchive and star vendor keys, a charset."""
+    info, data = _file("f", b"vendor\n")
+    info.pax_headers = {
+        "atime": "1700000001.5",
+        "ctime": "1700000002.25",
+        "LIBARCHIVE.creationtime": "1600000000",
+        "SCHILY.fflags": "nodump",
+        "SCHILY.dev": "2049",
+        "SCHILY.ino": "1234",
+        "SCHILY.nlink": "1",
+        "hdrcharset": "ISO-IR 10646 2000 UTF-8",
+    }
+    return [_write(workdir / "l.tar", [(info, data)])]
+
+
+@case
+def v7_regular_typeflag(workdir: Path) -> list[Path]:
+    """Pre-POSIX tars mark regular files with a NUL type flag, directories by a trailing slash."""
+    out = _write(workdir / "l.tar", [_dir("old/"), _file("old/file", b"v7\n")], fmt=tarfile.USTAR_FORMAT)
+    data = bytearray(out.read_bytes())
+    at = 0
+    while data[at : at + 512] != bytes(512):
+        data[at + 156] = 0
+        data[at + 148 : at + 156] = b" " * 8
+        data[at + 148 : at + 156] = b"%06o\0 " % sum(data[at : at + 512])
+        at += 512 + -(-int(data[at + 124 : at + 135], 8) // 512) * 512
+    out.write_bytes(bytes(data))
+    return [out]
