@@ -697,3 +697,47 @@ def v7_regular_typeflag(workdir: Path) -> list[Path]:
         at += 512 + -(-int(data[at + 124 : at + 135], 8) // 512) * 512
     out.write_bytes(bytes(data))
     return [out]
+
+
+@case
+def busybox_rootfs(workdir: Path) -> list[Path]:
+    """An Alpine-like rootfs by GNU tar: one busybox binary hardlinked under every applet name
+    across bin, sbin and usr, setuid, with an upper layer that replaces it (skipped without busybox)."""
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        raise FileNotFoundError("busybox")
+    tree = workdir / "tree"
+    (tree / "bin").mkdir(parents=True)
+    shutil.copyfile(busybox, tree / "bin" / "busybox")
+    os.chmod(tree / "bin" / "busybox", 0o4755)
+    applets = subprocess.run([busybox, "--list-full"], capture_output=True, text=True, check=True).stdout
+    for applet in applets.split():
+        link = tree / applet
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.exists():
+            os.link(tree / "bin" / "busybox", link)
+    for name in ("dev", "proc", "tmp", "etc"):
+        (tree / name).mkdir()
+    os.chmod(tree / "tmp", 0o1777)
+    (tree / "etc" / "passwd").write_bytes(b"root:x:0:0:root:/root:/bin/sh\n")
+    lower = _gnu_tar(workdir, tree, workdir / "lower.tar", "--format=gnu")
+    upper = _write(
+        workdir / "upper.tar",
+        [_dir("bin"), _file("bin/busybox", b"replaced\n", mode=0o755), _whiteout("usr/bin/.wh.wget")],
+    )
+    return [lower, upper]
+
+
+@case
+def permissionless_entries(workdir: Path) -> list[Path]:
+    """Mode 000 files and a mode 000 directory with content (/etc/shadow, locked-down dirs)."""
+    return [
+        _write(
+            workdir / "l.tar",
+            [
+                _file("shadow", b"root:*:1::::::\n", mode=0),
+                _dir("locked", mode=0),
+                _file("locked/inner", b"i\n"),
+            ],
+        )
+    ]
