@@ -741,3 +741,10 @@ def permissionless_entries(workdir: Path) -> list[Path]:
             ],
         )
     ]
+
+
+@case
+def image_of_one_empty_layer(workdir: Path) -> list[Path]:
+    empty = workdir / "empty.tar"
+    empty.write_bytes(b"\0" * 10240)  # what `tar -cf x.tar -T /dev/null` writes
+    return [empty]
