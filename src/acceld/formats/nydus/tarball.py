@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import stat
 import tarfile
-from typing import IO, Protocol
+from typing import IO, Protocol, cast
 
 from acceld.formats.driver import FormatError
 from acceld.formats.nydus.layout import MAX_CHUNKS_PER_BLOB, xattr_name_index
@@ -160,7 +160,8 @@ class _LayerTree:
         pending = bytearray()
         at = 0
         # tarfile keeps the old GNU header's unused (0, 0) slots; empty segments carry nothing
-        segments = [(offset, length) for offset, length in info.sparse or () if length]
+        sparse_map = cast(list[tuple[int, int]], info.sparse)  # typeshed says bytes; tarfile stores pairs
+        segments = [(offset, length) for offset, length in sparse_map if length]
         for offset, length in [*segments, (info.size, 0)]:
             if offset < at or offset + length > info.size:
                 raise FormatError(f"{info.name}: bad sparse map")
