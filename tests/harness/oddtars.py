@@ -748,3 +748,14 @@ def image_of_one_empty_layer(workdir: Path) -> list[Path]:
     empty = workdir / "empty.tar"
     empty.write_bytes(b"\0" * 10240)  # what `tar -cf x.tar -T /dev/null` writes
     return [empty]
+
+
+@case
+def hardlinks_with_mixed_prefixes(workdir: Path) -> list[Path]:
+    """Link targets spelled differently from the names they point to (`./a` vs `a` vs `/a`)."""
+    return [
+        _write(
+            workdir / "l.tar",
+            [_file("./a", b"a\n"), _hardlink("b", "a"), _hardlink("./c", "/a"), _hardlink("d", "./a")],
+        )
+    ]
