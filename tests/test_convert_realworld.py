@@ -442,15 +442,7 @@ async def test_docker_empty_layer_repeated(tmp_path: Path, options: ConvertOptio
     await assert_valid(layout, f"img{SUFFIX[driver]}", tmp_path)
 
 
-NYDUS_REPEATED_BLOB = pytest.mark.xfail(
-    strict=True,
-    reason="formats/nydus: the bootstrap lists a blob used by two layers in two device slots (repeated tag)",
-)
-
-
-@pytest.mark.parametrize(
-    "driver", ["estargz", pytest.param("nydus", marks=NYDUS_REPEATED_BLOB), "zstdchunked"]
-)
+@pytest.mark.parametrize("driver", ["estargz", "nydus", "zstdchunked"])
 async def test_byte_identical_layers(tmp_path: Path, options: ConvertOptions, driver: str) -> None:
     layout = tmp_path / "layout"
     same = small_layer("same")

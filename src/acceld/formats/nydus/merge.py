@@ -77,7 +77,8 @@ def merge_layers(layers: Sequence[LayerBootstrap]) -> MergedImage:
             raise FormatError("layers were converted with different chunk sizes or digesters")
         for blob in loaded.blobs:
             if blob.blob_id == layer.blob_id:
-                own.append(blob)
+                if all(blob.blob_id != known.blob_id for known in own):  # byte-identical layers share a blob
+                    own.append(blob)
             elif blob.blob_id == PLACEHOLDER_BLOB_ID:
                 raise FormatError("per-layer bootstrap was loaded without its blob id")
             else:
