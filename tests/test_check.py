@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from harness.clients import acceld
 from harness.images import LayoutImage, blob_path, read_blob_json
 from harness.registry import RunningRegistry
 from harness.testimages import ImageSet
@@ -17,18 +16,7 @@ from acceld.convert.check import compare_trees
 from acceld.convert.formats import FORMATS
 from acceld.formats.fstree import FsTree, Node
 
-ACCELD = str(Path(sys.executable).with_name("acceld"))
 REF_NAME = "org.opencontainers.image.ref.name"
-
-
-def acceld(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [ACCELD, *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={"ACCELD_CACHE_DIR": str(cache), "PATH": ""},
-    )
 
 
 def tagged(layout: Path, tag: str) -> str:

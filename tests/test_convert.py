@@ -9,7 +9,6 @@ import io
 import json
 import shutil
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 import zstandard
-from harness.clients import skopeo, skopeo_args, skopeo_copy, skopeo_inspect_raw
+from harness.clients import acceld, skopeo, skopeo_args, skopeo_copy, skopeo_inspect_raw
 from harness.images import add_blob, blob_path, build_image, canonical_json, read_blob_json, tag_in_index
 from harness.registry import RunningRegistry
 from harness.testimages import ImageSet
@@ -499,18 +498,6 @@ async def test_corrupt_registry_blob_is_detected(
 
 
 # -- command line -------------------------------------------------------------------------------
-
-ACCELD = str(Path(sys.executable).with_name("acceld"))
-
-
-def acceld(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [ACCELD, *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={"ACCELD_CACHE_DIR": str(cache), "PATH": ""},
-    )
 
 
 def test_cli_logs_each_layer_and_a_summary(layout: Path, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -114,3 +115,17 @@ def push_image(
         hex_digest = image.digest.partition(":")[2]
         source = f"dir:{export_dir(image, scratch / f'dir-{hex_digest[:16]}')}"
     skopeo_copy(source, f"docker://{registry.host}/{reference}", dest_registry=registry, dest_user=user)
+
+
+ACCELD = str(Path(sys.executable).with_name("acceld"))
+
+
+def acceld(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
+    """Run the installed `acceld` command with its own layer cache and no PATH tools."""
+    return subprocess.run(
+        [ACCELD, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"ACCELD_CACHE_DIR": str(cache), "PATH": ""},
+    )
