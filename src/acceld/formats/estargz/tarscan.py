@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from acceld.formats.driver import FormatError
+from acceld.formats.tarfields import checksum_ok, cstring, decode, parse_number, parse_pax_records
 
 BLOCK = 512
 ZERO_BLOCK = bytes(BLOCK)
@@ -58,43 +59,6 @@ class TarEntry:
         return self.data_offset + self.size + (-self.size % BLOCK)
 
 
-def _decode(raw: bytes) -> str:
-    return raw.decode("utf-8", "surrogateescape")
-
-
-def _cstring(field_bytes: bytes) -> bytes:
-    end = field_bytes.find(b"\0")
-    return field_bytes if end < 0 else field_bytes[:end]
-
-
-def _number(field_bytes: bytes, what: str) -> int:
-    if field_bytes and field_bytes[0] & 0x80:
-        # base-256: big-endian two's complement with the marker bit dropped
-        value = int.from_bytes(bytes([field_bytes[0] & 0x7F]) + field_bytes[1:], "big")
-        if field_bytes[0] & 0x40:
-            value -= 1 << (8 * len(field_bytes) - 1)
-        return value
-    text = _cstring(field_bytes.strip(b" \0")).strip(b" ")
-    if not text:
-        return 0
-    try:
-        return int(text, 8)
-    except ValueError:
-        raise FormatError(f"bad tar header: {what} field {field_bytes!r} is not a number") from None
-
-
-def _checksum_ok(block: bytes) -> bool:
-    try:
-        stored = _number(block[148:156], "checksum")
-    except FormatError:
-        return False
-    unsigned = sum(block[:148]) + 8 * 32 + sum(block[156:])
-    if stored == unsigned:
-        return True
-    high_bytes = sum(1 for b in block[:148] if b >= 128) + sum(1 for b in block[156:] if b >= 128)
-    return stored == unsigned - 256 * high_bytes
-
-
 def _parse_pax_time(value: str) -> int:
     """PAX `sec[.frac]` as nanoseconds (fraction truncated to 9 digits, as Go does)."""
     sign = -1 if value.startswith("-") else 1
@@ -103,24 +67,6 @@ def _parse_pax_time(value: str) -> int:
         raise FormatError(f"bad tar header: PAX time {value!r}")
     nanos = int(seconds) * 1_000_000_000 + int((fraction + "000000000")[:9] or "0")
     return sign * nanos
-
-
-def _parse_pax_records(payload: bytes) -> dict[str, bytes]:
-    records: dict[str, bytes] = {}
-    position = 0
-    while position < len(payload):
-        space = payload.find(b" ", position)
-        length_text = payload[position:space] if space > 0 else b""
-        if not length_text.isdigit():
-            raise FormatError("bad tar: malformed PAX record length")
-        end = position + int(length_text)
-        record = payload[space + 1 : end]
-        if end > len(payload) or not record.endswith(b"\n") or b"=" not in record:
-            raise FormatError("bad tar: malformed PAX record")
-        key, _, value = record[:-1].partition(b"=")
-        records[_decode(key)] = value
-        position = end
-    return records
 
 
 class _Spooler:
@@ -179,25 +125,25 @@ def _parse_header(block: bytes) -> _Header:
     magic, version = block[257:263], block[263:265]
     header = _Header(
         typeflag=chr(block[156]),
-        name=_decode(_cstring(block[0:100])),
-        linkname=_decode(_cstring(block[157:257])),
-        size=_number(block[124:136], "size"),
-        mode=_number(block[100:108], "mode"),
-        uid=_number(block[108:116], "uid"),
-        gid=_number(block[116:124], "gid"),
-        mtime_ns=_number(block[136:148], "mtime") * 1_000_000_000,
+        name=decode(cstring(block[0:100])),
+        linkname=decode(cstring(block[157:257])),
+        size=parse_number(block[124:136], "size"),
+        mode=parse_number(block[100:108], "mode"),
+        uid=parse_number(block[108:116], "uid"),
+        gid=parse_number(block[116:124], "gid"),
+        mtime_ns=parse_number(block[136:148], "mtime") * 1_000_000_000,
     )
     is_ustar = magic == b"ustar\0"
     if is_ustar or (magic == b"ustar " and version == b" \0"):
-        header.uname = _decode(_cstring(block[265:297]))
-        header.gname = _decode(_cstring(block[297:329]))
-        header.devmajor = _number(block[329:337], "devmajor")
-        header.devminor = _number(block[337:345], "devminor")
+        header.uname = decode(cstring(block[265:297]))
+        header.gname = decode(cstring(block[297:329]))
+        header.devmajor = parse_number(block[329:337], "devmajor")
+        header.devminor = parse_number(block[337:345], "devminor")
     if is_ustar:
         prefix_end = 476 if block[508:512] == b"tar\0" else 500  # star keeps times after a shorter prefix
-        prefix = _cstring(block[345:prefix_end])
+        prefix = cstring(block[345:prefix_end])
         if prefix:
-            header.name = _decode(prefix) + "/" + header.name
+            header.name = decode(prefix) + "/" + header.name
     return header
 
 
@@ -210,7 +156,7 @@ def _apply_pax(header: _Header, xattrs: dict[str, bytes], pax: dict[str, bytes])
             continue
         if not raw:
             continue  # an empty PAX value keeps the header's value
-        value = _decode(raw)
+        value = decode(raw)
         try:
             if key == "path":
                 header.name = value
@@ -250,7 +196,7 @@ def scan_tar(source: BinaryIO, spool: BinaryIO, chunk_size: int) -> list[TarEntr
             if following and following != ZERO_BLOCK:
                 raise FormatError(f"bad tar: zero block followed by data at byte {block_start}")
             break
-        if not _checksum_ok(block):
+        if not checksum_ok(block):
             raise FormatError(f"bad tar: header checksum mismatch at byte {block_start}")
         header = _parse_header(block)
         if header.typeflag == _PAX_GLOBAL and pending.start < 0:
@@ -282,7 +228,7 @@ def _skip_global_header(reader: _Spooler, size: int, at: int) -> None:
     if not 0 <= size <= _MAX_SPECIAL_FILE:
         raise FormatError(f"bad tar: extension header of {size} bytes at byte {at}")
     payload = reader.read_exact(size + (-size % BLOCK), "an extension header")[:size]
-    if set(_parse_pax_records(payload)) - {"comment"}:
+    if set(parse_pax_records(payload)) - {"comment"}:
         raise FormatError(f"unsupported tar: PAX global header with file attributes at byte {at}")
 
 
@@ -297,11 +243,11 @@ def _read_extension(reader: _Spooler, pending: _Pending, typeflag: str, size: in
         raise FormatError(f"bad tar: extension header of {size} bytes at byte {at}")
     payload = reader.read_exact(size + (-size % BLOCK), "an extension header")[:size]
     if typeflag == _PAX_LOCAL:
-        pending.pax.update(_parse_pax_records(payload))
+        pending.pax.update(parse_pax_records(payload))
     elif typeflag == _GNU_LONGNAME:
-        pending.long_name = _decode(_cstring(payload))
+        pending.long_name = decode(cstring(payload))
     else:
-        pending.long_link = _decode(_cstring(payload))
+        pending.long_link = decode(cstring(payload))
 
 
 def _finish_entry(reader: _Spooler, pending: _Pending, header: _Header, chunk_size: int) -> TarEntry:

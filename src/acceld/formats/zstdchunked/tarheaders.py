@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from acceld.formats.driver import FormatError
+from acceld.formats.tarfields import checksum_ok, cstring, decode, parse_number, parse_pax_records
 
 BLOCK = 512
 _MAX_SPECIAL_FILE = 1 << 20  # Go's maxSpecialFileSize for PAX and GNU long name records
 _HEADER_ONLY_TYPES = frozenset(b"12345")  # hardlink, symlink, char, block, dir: no payload
 _ZERO_BLOCK = bytes(BLOCK)
-_HIGH_BYTES = bytes(range(128, 256))
 
 
 @dataclass(frozen=True)
@@ -65,49 +65,8 @@ class TarHeader:
         }
 
 
-def _decode(raw: bytes) -> str:
-    return raw.decode("utf-8", "surrogateescape")
-
-
 def _cstring(raw: bytes) -> str:
-    end = raw.find(b"\0")
-    return _decode(raw if end < 0 else raw[:end])
-
-
-def _numeric(raw: bytes, what: str) -> int:
-    if raw and raw[0] & 0x80:
-        negative = bool(raw[0] & 0x40)
-        value = 0
-        for index, byte in enumerate(raw):
-            if negative:
-                byte ^= 0xFF
-            if index == 0:
-                byte &= 0x7F
-            value = value << 8 | byte
-        if value >> 63:
-            raise FormatError(f"tar header field {what} overflows")
-        return ~value if negative else value
-    text = raw.strip(b" \0")
-    if not text:
-        return 0
-    end = text.find(b"\0")
-    if end >= 0:
-        text = text[:end]
-    try:
-        return int(text, 8)
-    except ValueError:
-        raise FormatError(f"invalid tar header field {what}: {raw!r}") from None
-
-
-def _checksum_ok(block: bytes) -> bool:
-    """Go accepts the unsigned and the (historic) signed byte sum, chksum field as spaces."""
-    stored = _numeric(block[148:156], "chksum")
-    patched = block[:148] + b" " * 8 + block[156:]
-    unsigned = sum(patched)
-    if stored == unsigned:
-        return True
-    high_bytes = len(patched) - len(patched.translate(None, _HIGH_BYTES))
-    return stored == unsigned - 256 * high_bytes
+    return decode(cstring(raw))
 
 
 def _pax_time(text: str) -> GoTime:
@@ -128,27 +87,10 @@ def _pax_time(text: str) -> GoTime:
 
 
 def _parse_pax(data: bytes) -> dict[str, str]:
-    records: dict[str, str] = {}
-    pos = 0
-    while pos < len(data):
-        space = data.find(b" ", pos)
-        if space < 0:
-            raise FormatError("malformed PAX record")
-        try:
-            length = int(data[pos:space], 10)
-        except ValueError:
-            raise FormatError("malformed PAX record length") from None
-        end = pos + length
-        if length <= space - pos + 1 or end > len(data) or data[end - 1 : end] != b"\n":
-            raise FormatError("malformed PAX record")
-        key, eq, value = data[space + 1 : end - 1].partition(b"=")
-        if not eq or not key or b"\0" in key:
-            raise FormatError("malformed PAX record")
-        if key.startswith(b"GNU.sparse."):
-            raise FormatError("sparse tar entries are not supported")
-        records[_decode(key)] = _decode(value)
-        pos = end
-    return records
+    records = parse_pax_records(data)
+    if any(key.startswith("GNU.sparse.") for key in records):
+        raise FormatError("sparse tar entries are not supported")
+    return {key: decode(value) for key, value in records.items()}
 
 
 class Readable(Protocol):
@@ -211,11 +153,11 @@ class TarHeaderReader:
                 if not second or second == _ZERO_BLOCK:
                     return None
                 raise FormatError("invalid tar header after a zero block")
-            if not _checksum_ok(block):
+            if not checksum_ok(block):
                 raise FormatError("invalid tar header checksum (not a tar stream?)")
             typeflag = chr(block[156])
             if typeflag in "xgLK":
-                size = _numeric(block[124:136], "size")
+                size = parse_number(block[124:136], "size")
                 if size > _MAX_SPECIAL_FILE or size < 0:
                     raise FormatError("tar extension header too large")
                 data = self._read_exact(size, "extension header")
@@ -256,31 +198,31 @@ class TarHeaderReader:
         ctime: GoTime | None = None
         devmajor = devminor = 0
         if is_ustar or is_gnu:
-            devmajor = _numeric(block[329:337], "devmajor")
-            devminor = _numeric(block[337:345], "devminor")
+            devmajor = parse_number(block[329:337], "devmajor")
+            devminor = parse_number(block[337:345], "devminor")
         prefix = ""
         if is_star:
             prefix = _cstring(block[345:476])
-            atime = GoTime(_numeric(block[476:488], "atime"))
-            ctime = GoTime(_numeric(block[488:500], "ctime"))
+            atime = GoTime(parse_number(block[476:488], "atime"))
+            ctime = GoTime(parse_number(block[488:500], "ctime"))
         elif is_ustar:
             prefix = _cstring(block[345:500])
         elif is_gnu:
             if block[345]:
-                atime = GoTime(_numeric(block[345:357], "atime"))
+                atime = GoTime(parse_number(block[345:357], "atime"))
             if block[357]:
-                ctime = GoTime(_numeric(block[357:369], "ctime"))
+                ctime = GoTime(parse_number(block[357:369], "ctime"))
         if prefix:
             name = f"{prefix}/{name}"
         header = TarHeader(
             typeflag=chr(block[156]),
             name=name,
             linkname=_cstring(block[157:257]),
-            mode=_numeric(block[100:108], "mode"),
-            uid=_numeric(block[108:116], "uid"),
-            gid=_numeric(block[116:124], "gid"),
-            size=_numeric(block[124:136], "size"),
-            mtime=GoTime(_numeric(block[136:148], "mtime")),
+            mode=parse_number(block[100:108], "mode"),
+            uid=parse_number(block[108:116], "uid"),
+            gid=parse_number(block[116:124], "gid"),
+            size=parse_number(block[124:136], "size"),
+            mtime=GoTime(parse_number(block[136:148], "mtime")),
             atime=atime,
             ctime=ctime,
             devmajor=devmajor,

@@ -1,0 +1,83 @@
+"""Tar header fields decoded the way Go's `archive/tar` reader decodes them.
+
+The reference writers and readers of eStargz and zstd:chunked are Go programs, so both writers
+interpret headers with these rules: numbers in octal or base-256, the checksum as the unsigned
+or the historic signed byte sum, PAX records `"<len> <key>=<value>\\n"`.
+"""
+
+from __future__ import annotations
+
+from acceld.formats.driver import FormatError
+
+_HIGH_BYTES = bytes(range(128, 256))
+
+
+def decode(raw: bytes) -> str:
+    """Names and values as text; bytes that are not UTF-8 survive a round trip."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def cstring(raw: bytes) -> bytes:
+    """A NUL-terminated field without its terminator and padding."""
+    end = raw.find(b"\0")
+    return raw if end < 0 else raw[:end]
+
+
+def parse_number(raw: bytes, what: str) -> int:
+    """A numeric header field: octal text, or base-256 (two's complement) when the top bit is set."""
+    if raw and raw[0] & 0x80:
+        negative = bool(raw[0] & 0x40)
+        value = 0
+        for index, byte in enumerate(raw):
+            if negative:
+                byte ^= 0xFF
+            if index == 0:
+                byte &= 0x7F
+            value = value << 8 | byte
+        if value >> 63:
+            raise FormatError(f"bad tar header: {what} field overflows")
+        return ~value if negative else value
+    text = cstring(raw.strip(b" \0")).strip(b" ")
+    if not text:
+        return 0
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise FormatError(f"bad tar header: {what} field {raw!r} is not a number") from None
+
+
+def checksum_ok(block: bytes) -> bool:
+    """Go accepts the unsigned and the signed byte sum, with the checksum field counted as spaces.
+
+    A checksum field that is not a number raises FormatError naming it (`chksum`, as Go does).
+    """
+    stored = parse_number(block[148:156], "chksum")
+    patched = block[:148] + b" " * 8 + block[156:]
+    unsigned = sum(patched)
+    if stored == unsigned:
+        return True
+    high_bytes = len(patched) - len(patched.translate(None, _HIGH_BYTES))
+    return stored == unsigned - 256 * high_bytes
+
+
+def parse_pax_records(payload: bytes) -> dict[str, bytes]:
+    """The records of a PAX extended header (`x` or `g`), later keys overriding earlier ones."""
+    records: dict[str, bytes] = {}
+    position = 0
+    while position < len(payload):
+        space = payload.find(b" ", position)
+        if space < 0:
+            raise FormatError("bad tar header: malformed PAX record")
+        try:
+            length = int(payload[position:space], 10)
+        except ValueError:
+            raise FormatError("bad tar header: malformed PAX record length") from None
+        end = position + length
+        if length <= space - position + 1 or end > len(payload) or payload[end - 1 : end] != b"\n":
+            raise FormatError("bad tar header: malformed PAX record")
+        key, equals, value = payload[space + 1 : end - 1].partition(b"=")
+        if not equals or not key or b"\0" in key:
+            raise FormatError("bad tar header: malformed PAX record")
+        records[decode(key)] = value
+        position = end
+    return records
