@@ -111,6 +111,23 @@ class FsTree:
         for victim in [path, *self.children_recursive(path)]:
             self._unlink(victim)
 
+    def apply_whiteout(self, path: str, added_in_layer: set[str]) -> bool:
+        """Apply `path` if it is an OCI whiteout or opaque marker of a layer; False for a real entry.
+
+        Whiteouts only hide lower layers: paths in `added_in_layer` (this layer's entries so far)
+        survive an opaque marker.
+        """
+        directory, base = os.path.split(path)
+        if base == OPAQUE_MARKER:
+            for child in self.children_recursive(directory):
+                if child not in added_in_layer:
+                    self.remove(child)
+            return True
+        if base.startswith(WHITEOUT_PREFIX):
+            self.remove(os.path.join(directory, base[len(WHITEOUT_PREFIX) :]))
+            return True
+        return False
+
     def children_recursive(self, path: str) -> list[str]:
         prefix = "/" if path == "/" else path + "/"
         return [p for p in self._inode_of if p.startswith(prefix) and p != "/"]
@@ -218,14 +235,7 @@ class _Prefixed(io.RawIOBase):
 
 def _apply_entry(tree: FsTree, archive: tarfile.TarFile, info: tarfile.TarInfo, added_here: set[str]) -> None:
     path = normalize(info.name)
-    directory, base = os.path.split(path)
-    if base == OPAQUE_MARKER:
-        for child in tree.children_recursive(directory):
-            if child not in added_here:
-                tree.remove(child)
-        return
-    if base.startswith(WHITEOUT_PREFIX):
-        tree.remove(os.path.join(directory, base[len(WHITEOUT_PREFIX) :]))
+    if tree.apply_whiteout(path, added_here):
         return
     if info.islnk():
         tree.link(path, info.linkname)

@@ -35,8 +35,6 @@ FOOTER_SIZE = 51
 LEGACY_FOOTER_SIZE = 47
 TOC_NAME = "stargz.index.json"
 LANDMARK_NAMES = frozenset({".prefetch.landmark", ".no.prefetch.landmark"})
-_WHITEOUT = ".wh."
-_OPAQUE = ".wh..wh..opq"
 _READ_SIZE = 1 << 20
 _MAX_TOC_SIZE = 1 << 30
 _NODE_KINDS = {"reg", "dir", "symlink", "char", "block", "fifo"}
@@ -180,13 +178,9 @@ class EstargzLayer:
             directory, base = posixpath.split(path)
             if directory == "/" and base in LANDMARK_NAMES:
                 continue
-            if base == _OPAQUE:
-                for child in tree.children_recursive(directory):
-                    if child not in added:
-                        tree.remove(child)
-            elif base.startswith(_WHITEOUT):
-                tree.remove(posixpath.join(directory, base[len(_WHITEOUT) :]))
-            elif entry["type"] == "hardlink":
+            if tree.apply_whiteout(path, added):
+                continue
+            if entry["type"] == "hardlink":
                 hardlinks.append((path, entry.get("linkName", "")))
                 added.add(path)
             else:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import struct
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -21,7 +20,7 @@ from typing import Any, BinaryIO
 
 import zstandard
 
-from acceld.formats.fstree import OPAQUE_MARKER, WHITEOUT_PREFIX, FsTree, Node, normalize
+from acceld.formats.fstree import FsTree, Node, normalize
 from acceld.formats.zstdchunked.errors import invalid
 from acceld.formats.zstdchunked.reader_frames import frames
 from acceld.formats.zstdchunked.reader_tarsplit import (
@@ -354,14 +353,7 @@ class ZstdChunkedReader:
                 if entry["type"] == "chunk":
                     continue
                 path = normalize(entry["name"])
-                directory, base = os.path.split(path)
-                if base == OPAQUE_MARKER:
-                    for child in tree.children_recursive(directory):
-                        if child not in added_here:
-                            tree.remove(child)
-                    continue
-                if base.startswith(WHITEOUT_PREFIX):
-                    tree.remove(os.path.join(directory, base[len(WHITEOUT_PREFIX) :]))
+                if tree.apply_whiteout(path, added_here):
                     continue
                 if entry["type"] == "hardlink":
                     tree.link(path, entry.get("linkName", ""))
