@@ -232,6 +232,34 @@ class RegistryClient:
                 continue
             return response
 
+    async def list_pages(
+        self, path: str, key: str, *, scopes: Sequence[str], what: str, repository: str | None = None
+    ) -> list[str]:
+        """The names under `key` of a paginated listing (tags, catalog), following `Link` headers."""
+        names: list[str] = []
+        url: str | None = path
+        params: dict[str, int] | None = {"n": 1000}
+        while url:
+            response = await self.request(
+                "GET", url, scopes=scopes, what=what, repository=repository, params=params
+            )
+            try:
+                page = response.json().get(key) or []
+            except (ValueError, AttributeError):
+                where = repository or self.host
+                raise RegistryError(f"{where} sent an invalid {what}") from None
+            names.extend(str(name) for name in page)
+            next_link = response.links.get("next", {}).get("url")
+            url = str(response.url.join(next_link)) if next_link else None
+            params = None
+        return names
+
+    async def catalog(self) -> list[str]:
+        """Every repository of the registry (`/v2/_catalog`)."""
+        return await self.list_pages(
+            "/v2/_catalog", "repositories", scopes=["registry:catalog:*"], what="catalog"
+        )
+
     def transport_error(self, exc: httpx.TransportError, what: str, repository: str | None) -> RegistryError:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if _is_tls_failure(exc):

@@ -143,22 +143,9 @@ class RegistryRepository:
         )
 
     async def list_tags(self) -> list[str]:
-        tags: list[str] = []
-        path: str | None = self._path("tags", "list")
-        params: dict[str, int] | None = {"n": 1000}
-        while path:
-            response = await self.client.request(
-                "GET", path, scopes=self._pull, what="tag list", repository=self.location, params=params
-            )
-            try:
-                page = response.json().get("tags") or []
-            except (ValueError, AttributeError):
-                raise RegistryError(f"{self.location} sent an invalid tag list") from None
-            tags.extend(str(tag) for tag in page)
-            next_link = response.links.get("next", {}).get("url")
-            path = str(response.url.join(next_link)) if next_link else None
-            params = None
-        return tags
+        return await self.client.list_pages(
+            self._path("tags", "list"), "tags", scopes=self._pull, what="tag list", repository=self.location
+        )
 
     # -- referrers --------------------------------------------------------------------------
 

@@ -43,22 +43,6 @@ def literal_repositories(rules: list[Rule]) -> list[str] | None:
     return sorted(set(names)) if all(_LITERAL_RE.match(p) for p in names) else None
 
 
-async def list_catalog(client: RegistryClient) -> list[str]:
-    """Every repository of the registry (`/v2/_catalog`, following `Link` pages)."""
-    names: list[str] = []
-    path: str | None = "/v2/_catalog"
-    params: dict[str, int] | None = {"n": 1000}
-    while path:
-        response = await client.request(
-            "GET", path, scopes=["registry:catalog:*"], what="catalog", params=params
-        )
-        names.extend(response.json().get("repositories") or [])
-        next_link = response.links.get("next", {}).get("url")
-        path = str(response.url.join(next_link)) if next_link else None
-        params = None
-    return names
-
-
 async def reconcile(config: ServiceConfig, rules: RuleSet, store: TaskStore) -> SyncReport:
     report = SyncReport()
     async with Stores(config.registry_settings()) as stores:
@@ -73,7 +57,7 @@ async def reconcile(config: ServiceConfig, rules: RuleSet, store: TaskStore) -> 
                     if not config.sync.catalog:
                         report.errors.append(f"{host}: rules use patterns but sync.catalog is off")
                         continue
-                    repositories = await list_catalog(client)
+                    repositories = await client.catalog()
             except AcceldError as exc:
                 report.errors.append(f"{host}: {exc}")
                 continue
