@@ -269,6 +269,10 @@ def test_unconfigured_host_is_403_and_never_contacted(
         b'{"type":"PUSH_ARTIFACT","event_data":{"resources":[{"digest":"md5:1","resource_url":"h.test/a/b:v1"}]}}',
         b'{"specversion":"0.3","type":"harbor.artifact.pushed"}',
         b'{"specversion":"1.0","type":"harbor.artifact.pushed","data":[1]}',
+        b"[" * 1000 + b"]" * 1000,
+        b'{"type":"PUSH_ARTIFACT","x":' + b"[" * 1500 + b"]" * 1500 + b"}",
+        b'{"type":"PUSH_ARTIFACT","event_data":{"resources":[{"resource_url":"h.test/a/b:v1\\n"}]}}',
+        '{"type":"PUSH_ARTIFACT","event_data":{"resources":[{"resource_url":"h.test/a/b:v\u00e9"}]}}'.encode(),
     ],
 )
 def test_malformed_payload_is_400(service: ServiceProcess, body: bytes) -> None:

@@ -165,6 +165,32 @@ def test_accepted_resource_url_forms(url: str) -> None:
     assert artifact.registry == "h.test"
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "h.test/a/b:v1\n",  # `$` would match before a trailing newline
+        "h.test/a/b:v\u00e9",  # Unicode letters are `\\w` but not in the tag grammar
+        "h.test/a/b:\u0661",  # a Unicode digit
+        "h.test/a/\u00e9:v1",
+        "h.test/a/b\n:v1",
+        "h.test\n/a/b:v1",
+        "h.test/" + "a" * 256 + ":v1",  # longer than the 255 characters a repository name may have
+        "h.test/a/b:" + "v" * 129,
+        "h.test/a/b@sha256:" + "ab" * 32 + "\n",
+    ],
+)
+def test_resource_urls_outside_the_distribution_grammar_are_rejected(url: str) -> None:
+    body = json.dumps({"type": "PUSH_ARTIFACT", "event_data": {"resources": [{"resource_url": url}]}})
+    with pytest.raises(PayloadError):
+        parse_event(body.encode(), "application/json")
+
+
+@pytest.mark.parametrize("depth", [1000, 100_000])
+def test_deeply_nested_bodies_are_payload_errors(depth: int) -> None:
+    with pytest.raises(PayloadError, match="nested too deeply"):
+        parse_event(b"[" * depth + b"]" * depth, "application/json")
+
+
 def test_digest_disagreeing_with_the_url_is_rejected() -> None:
     body = json.dumps(
         {

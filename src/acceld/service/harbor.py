@@ -33,13 +33,17 @@ CLOUDEVENT_TYPES = {
     "harbor.tag_retention.finished": "TAG_RETENTION",
 }
 
+# The distribution grammar, matched whole (fullmatch) and in ASCII only: `$` would accept a
+# trailing newline and a Unicode `\w` letters no registry accepts.
 _HOST_RE = re.compile(
-    r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
-    r"|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$"
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
+    r"|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?",
+    re.ASCII,
 )
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_REPOSITORY_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
-_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
+_REPOSITORY_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*", re.ASCII)
+MAX_REPOSITORY_LENGTH = 255
+_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", re.ASCII)
 
 
 class PayloadError(AcceldError):
@@ -109,6 +113,8 @@ def parse_event(body: bytes, content_type: str | None) -> HarborEvent:
         document = json.loads(body)
     except (UnicodeDecodeError, ValueError):
         raise PayloadError("body is not valid JSON") from None
+    except RecursionError:
+        raise PayloadError("body is nested too deeply") from None
     if not isinstance(document, dict):
         raise PayloadError("body is not a JSON object")
     try:
@@ -139,17 +145,17 @@ def _artifact(resource: _Resource) -> Artifact:
     url = resource.resource_url or ""
     text = url.removeprefix("https://").removeprefix("http://")
     host, slash, path = text.partition("/")
-    if not slash or not _HOST_RE.match(host):
+    if not slash or not _HOST_RE.fullmatch(host):
         raise PayloadError(f"resource_url {url!r} does not start with a registry host")
     name, at, url_digest = path.partition("@")
     tag: str | None = None
     if ":" in name.rsplit("/", 1)[-1]:
         name, _, tag = name.rpartition(":")
-        if not _TAG_RE.match(tag):
+        if not _TAG_RE.fullmatch(tag):
             raise PayloadError(f"resource_url {url!r} has an invalid tag")
     elif not at:
         raise PayloadError(f"resource_url {url!r} has neither a tag nor a digest")
-    if not _REPOSITORY_RE.match(name):
+    if len(name) > MAX_REPOSITORY_LENGTH or not _REPOSITORY_RE.fullmatch(name):
         raise PayloadError(f"resource_url {url!r} has an invalid repository name")
     digest = resource.digest or url_digest or None
     for value in (resource.digest, url_digest):
