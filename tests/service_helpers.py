@@ -93,7 +93,9 @@ class ServiceProcess:
 
 
 @contextmanager
-def run_service(config_file: Path, log: Path, env: dict[str, str] | None = None) -> Iterator[ServiceProcess]:
+def run_service(
+    config_file: Path, log: Path, env: dict[str, str] | None = None, umask: int = -1
+) -> Iterator[ServiceProcess]:
     """Start `acceld serve --config FILE` (log written to `log`, truncated) and wait until it listens."""
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -102,6 +104,7 @@ def run_service(config_file: Path, log: Path, env: dict[str, str] | None = None)
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
+            umask=umask,
         )
     try:
         deadline = time.monotonic() + 60

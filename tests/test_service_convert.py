@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import os
 import signal
+import stat
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,7 +99,8 @@ def service(
         rules=[{"name": "all", "drivers": [{"name": "estargz"}], "delete_converted": True}],
     )
     config["webhook"]["ignore_operators"] = [ROBOT]
-    with run_service(write_config(work / "acceld.yml", config), work / "serve.log") as running:
+    # umask 0: the service makes its files private whatever umask it starts with
+    with run_service(write_config(work / "acceld.yml", config), work / "serve.log", umask=0) as running:
         yield running
 
 
@@ -146,6 +149,28 @@ def test_tag_push_converts_once_and_own_push_is_ignored(
     assert [
         t["id"] for t in tasks_of(api, repository="library/app") if t["source_digest"] == image.digest
     ] == [task_id]
+
+
+def test_data_and_cache_stay_private(
+    service: ServiceProcess, api: httpx.Client, registry_plain: RunningRegistry, test_images: ImageSet
+) -> None:
+    """Database, API token, layer cache and spools: directories 0700, files 0600 (umask of the tests: 0)."""
+    image = test_images.busybox_amd64
+    push(image, registry_plain, "library/private:v1")
+    payload = default_payload(
+        "PUSH_ARTIFACT", [resource(registry_plain.host, "library/private", image.digest, "v1")]
+    )
+    reply = post_event(service.url, payload)
+    assert reply.status_code == 202, reply.text
+    assert wait_finished(api, reply.json()["tasks"][0]["id"])["status"] == "succeeded"
+    data = service.log.parent / "data"
+    assert (data / "cache" / "blobs" / "sha256").is_dir() and (data / "acceld.db").is_file()
+    for directory, dirs, files in os.walk(data):
+        for name in dirs:
+            assert stat.S_IMODE(os.stat(Path(directory, name)).st_mode) == 0o700, Path(directory, name)
+        for name in files:
+            assert stat.S_IMODE(os.stat(Path(directory, name)).st_mode) == 0o600, Path(directory, name)
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
 
 
 def test_multi_arch_push_converts_once_as_an_index(

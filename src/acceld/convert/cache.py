@@ -26,6 +26,7 @@ from pathlib import Path
 
 from acceld.convert.errors import ConvertError
 from acceld.formats.driver import LayerBlob
+from acceld.private import FILE_MODE, private_dir, private_file
 
 CACHE_DIR_ENV = "ACCELD_CACHE_DIR"
 _STALE_WORK_SECONDS = 24 * 3600
@@ -75,8 +76,9 @@ class LayerCache:
         self.blob_dir = root / "blobs" / "sha256"
         self.tmp_dir = root / "tmp"
         try:
-            self.blob_dir.mkdir(parents=True, exist_ok=True)
-            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            for directory in (root, root / "blobs", self.blob_dir, self.tmp_dir):
+                private_dir(directory)
+            private_file(root / "index.sqlite")  # SQLite gives its -wal and -shm files this mode
             with self._db() as db:
                 db.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
@@ -172,12 +174,13 @@ class LayerCache:
     def _place(self, source: Path, target: Path) -> None:
         try:
             os.link(source, target)
+            os.chmod(target, FILE_MODE)
             return
         except FileExistsError:
             return
         except OSError:
             pass
-        fd, tmp_name = tempfile.mkstemp(dir=self.tmp_dir)
+        fd, tmp_name = tempfile.mkstemp(dir=self.tmp_dir)  # mode 0600
         try:
             with os.fdopen(fd, "wb") as out, source.open("rb") as src:
                 while chunk := src.read(1 << 20):

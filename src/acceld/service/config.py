@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from acceld.config import AcceldConfig, ConfigError, load_yaml_model
+from acceld.private import private_dir
 
 DEFAULT_PORT = 2077
 EventType = Literal["PUSH_ARTIFACT", "PULL_ARTIFACT", "SCANNING_COMPLETED"]
@@ -231,7 +232,7 @@ def _stored_token(path: Path) -> str:
         pass
     except OSError as exc:
         raise ConfigError(f"cannot read API token {path}: {exc.strerror}") from None
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     token = secrets.token_urlsafe(32)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

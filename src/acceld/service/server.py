@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import uvicorn
@@ -26,6 +27,7 @@ def configure_logging() -> None:
 def run_server(config: ServiceConfig) -> None:
     """Serve until SIGTERM/SIGINT. Raises AcceldError for configuration problems before listening."""
     configure_logging()
+    os.umask(0o077)  # everything the service and its jobs write (database, cache, spools) is private
     service = Service(config)
     api = config.api
     if api.token is None and api.token_file is None and api.token_env is None:

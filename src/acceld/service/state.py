@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hmac
 
+from acceld.config import ConfigError
+from acceld.private import private_dir
 from acceld.service.batcher import EnqueueBatcher
 from acceld.service.config import ServiceConfig
 from acceld.service.metrics import ServiceMetrics
@@ -20,6 +22,11 @@ def same_secret(given: str, expected: str) -> bool:
 class Service:
     def __init__(self, config: ServiceConfig, store: TaskStore | None = None) -> None:
         self.config = config
+        data_dir = config.resolved_data_dir()
+        try:
+            private_dir(data_dir)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the data directory {data_dir}: {exc.strerror}") from None
         self.rules = RuleSet(config.rules)
         self.webhook_secrets = {host.lower(): value for host, value in config.webhook_secrets().items()}
         self.webhook_sources = frozenset(host.lower() for host in config.webhook.sources)
@@ -33,7 +40,7 @@ class Service:
             config.workers,
             config.registries,
             self.metrics,
-            cache_dir=config.resolved_data_dir() / "cache",
+            cache_dir=data_dir / "cache",
         )
 
     def _task_counts(self) -> dict[str, int]:

@@ -46,6 +46,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from acceld.errors import AcceldError
+from acceld.private import DIR_MODE, private_file
 
 Status = Literal["queued", "running", "succeeded", "failed", "skipped", "cancelled"]
 STATUSES: tuple[Status, ...] = ("queued", "running", "succeeded", "failed", "skipped", "cancelled")
@@ -228,7 +229,12 @@ def open_engine(url: str, *, synchronous: str = "FULL") -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            path = Path(parsed.database).expanduser()
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+                private_file(path)  # SQLite gives its -wal and -shm files the database's mode
+            except OSError as exc:
+                raise StoreError(f"cannot create the task database {path}: {exc.strerror}") from None
         engine = create_engine(url, pool_size=8, max_overflow=8)
         _configure_sqlite(engine, synchronous)
         return engine
