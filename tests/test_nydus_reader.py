@@ -33,6 +33,7 @@ from acceld.formats.nydus.reader import (
 from acceld.formats.nydus.reader_blob import NydusBlob, expand_blob, parse_blob_meta_file
 from acceld.formats.nydus.reader_bootstrap import parse_bootstrap
 from acceld.formats.nydus.reader_common import COMPRESSOR_ZSTD, crc32c, decompress
+from acceld.formats.nydus.reader_zran import check_zran_chunk, parse_zran_tables
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "nydus"
 BOOT_V6 = FIXTURES / "rafs-v6-2.2.boot"
@@ -523,3 +524,43 @@ def test_kernel_agrees_on_the_real_image_metadata(tmp_path: Path) -> None:
         "hardlinks missing: ['/usr/bin/gunzip', '/usr/bin/uncompress']",
         "hardlinks missing: ['/usr/bin/perl', '/usr/bin/perl5.34.0']",
     ]
+
+
+def test_zran_contexts_and_dictionaries_of_the_upstream_blob_meta() -> None:
+    header, ci, infos = parse_blob_meta_file((FIXTURES / ZRAN_META).read_bytes())
+    contexts = parse_zran_tables(
+        ci, header.ci_entries, header.zran_offset, header.zran_size, header.zran_count, "fixture"
+    )
+    assert len(contexts) == 21
+    first, second = contexts[0], contexts[1]
+    assert (first.in_offset, first.out_offset, first.dict_offset, first.dict_size) == (10, 0, 0, 0)
+    assert (first.in_len, first.out_len, first.ctx_bits) == (200380, 1052790, 0)
+    assert (second.in_offset, second.out_offset, second.dict_offset, second.dict_size) == (
+        187761,
+        987149,
+        0,
+        32768,
+    )
+    assert (second.ctx_byte, second.ctx_bits) == (103, 5)
+    assert contexts[2].dict_offset == 32768
+    assert all(len(ctx.window) == ctx.dict_size for ctx in contexts)
+    for info in infos:  # every chunk lies inside the output of its context
+        check_zran_chunk(info.index, info.flags, info.data, info.uncompressed_size, contexts, "fixture")
+    uoffs = [info.uncompressed_offset for info in infos]
+    assert uoffs == sorted(uoffs) and all(off % 4096 == 0 for off in uoffs)
+
+
+def test_corrupt_zran_tables_are_named() -> None:
+    header, ci, _ = parse_blob_meta_file((FIXTURES / ZRAN_META).read_bytes())
+    table = header.zran_offset
+    bad_dict = bytearray(ci)
+    struct.pack_into("<Q", bad_dict, table + 40 + 16, 5)  # context 1 dict_offset off the running sum
+    bad_bits = bytearray(ci)
+    bad_bits[table + 37] = 9
+    for raw, message in ((bad_dict, "dict_offset"), (bad_bits, "ctx_bits")):
+        with pytest.raises(BlobError, match=message):
+            parse_zran_tables(
+                bytes(raw), header.ci_entries, header.zran_offset, header.zran_size, header.zran_count, "x"
+            )
+    with pytest.raises(BlobError, match="ci_zran_offset"):
+        parse_zran_tables(ci, header.ci_entries + 1, header.zran_offset, header.zran_size, 21, "x")

@@ -48,6 +48,7 @@ from acceld.formats.nydus.reader_bootstrap import (
 from acceld.formats.nydus.reader_common import (
     BLOCK_SIZE,
     FEATURE_INLINED_FS_META,
+    FEATURE_ZRAN,
     BlobError,
     BootstrapError,
     NydusFormatError,
@@ -205,11 +206,28 @@ class RafsImage:
         cached = self._blobs.get(index)
         if cached is None:
             entry = self.bootstrap.blobs[index]
-            path = self.blob_paths.get(entry.blob_id)
-            if path is None:
-                raise BlobError(f"blob {entry.blob_id} (blob table entry {index}) was not provided")
-            cached = self._blobs[index] = NydusBlob(path)
+            path, gzip = self._blob_files(entry)
+            cached = NydusBlob(path)
+            if gzip is not None:
+                cached.attach_gzip(gzip)
+            self._blobs[index] = cached
         return cached
+
+    def _blob_files(self, entry: BlobEntry) -> tuple[Path, Path | None]:
+        """The blob file of an entry; for a zran entry its ref blob (by blob_meta_digest) and gzip layer."""
+        path = self.blob_paths.get(entry.blob_id)
+        if path is None:
+            raise BlobError(f"blob {entry.blob_id} (blob table entry {entry.index}) was not provided")
+        if not entry.features & FEATURE_ZRAN or entry.index == self._inline_index:
+            return path, None
+        if not any(entry.meta_digest):
+            raise BlobError(f"zran blob table entry {entry.index} has no blob_meta_digest (ref blob)")
+        ref = self.blob_paths.get(entry.meta_digest.hex())
+        if ref is None:
+            raise BlobError(
+                f"ref blob {entry.meta_digest.hex()} of zran blob table entry {entry.index} was not provided"
+            )
+        return ref, path
 
     def to_fstree(self, *, content: bool = True) -> FsTree:
         """The image's tree; `content=False` skips reading blobs (regular files get no digest)."""
@@ -278,12 +296,13 @@ class RafsImage:
                 addresses.setdefault(addr.blob_index, []).append((inode, i, addr))
         reports = []
         for entry in self.bootstrap.blobs:
-            path = self.blob_paths.get(entry.blob_id)
-            if path is None:
-                raise BlobError(f"blob {entry.blob_id} (blob table entry {entry.index}) was not provided")
-            report = verify_blob(path, entry, chunk_records=records.get(entry.index, {}))
+            path, gzip = self._blob_files(entry)
+            report = verify_blob(path, entry, chunk_records=records.get(entry.index, {}), gzip=gzip)
             blob_id: str | None = entry.blob_id
-            if entry.index == self._inline_index or blob_id == PLACEHOLDER_BLOB_ID:
+            if gzip is not None:
+                self._check_zran_ids(entry, report, gzip, check_blob_ids)
+                blob_id = None
+            elif entry.index == self._inline_index or blob_id == PLACEHOLDER_BLOB_ID:
                 # a per-layer bootstrap's own blob is named by its file (placeholder or stale id inside)
                 blob_id = path.name if _HEX64.fullmatch(path.name) else None
             if check_blob_ids and blob_id is not None and report.sha256 != blob_id:
@@ -296,6 +315,22 @@ class RafsImage:
             )
             reports.append(report)
         return reports
+
+    def _check_zran_ids(self, entry: BlobEntry, report: BlobReport, gzip: Path, check_blob_ids: bool) -> None:
+        """The entry's id is the gzip layer's sha256, its blob_meta_digest/size the ref blob's."""
+        if report.sha256 != entry.meta_digest.hex() or report.size != entry.meta_size:
+            raise BlobError(
+                f"zran blob table entry {entry.index}: blob_meta_digest/size {entry.meta_digest.hex()}/"
+                f"{entry.meta_size} != ref blob sha256 {report.sha256} / {report.size} bytes"
+            )
+        if check_blob_ids:
+            blob = self.blob(entry.index)
+            assert blob.gzip is not None
+            found = blob.gzip.sha256()
+            if found != entry.blob_id:
+                raise BlobError(
+                    f"gzip layer {gzip.name}: sha256 {found} differs from its blob id {entry.blob_id}"
+                )
 
     def _check_against_blob(
         self,

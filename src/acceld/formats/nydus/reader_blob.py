@@ -23,6 +23,7 @@ from acceld.formats.nydus.reader_bootstrap import (
 )
 from acceld.formats.nydus.reader_common import (
     BLOCK_SIZE,
+    COMPRESSOR_GZIP,
     COMPRESSOR_LZ4_BLOCK,
     COMPRESSOR_NONE,
     COMPRESSOR_ZSTD,
@@ -32,6 +33,7 @@ from acceld.formats.nydus.reader_common import (
     FEATURE_HAS_TOC,
     FEATURE_INLINED_CHUNK_DIGEST,
     FEATURE_INLINED_FS_META,
+    FEATURE_SEPARATE,
     FEATURE_ZRAN,
     TAR_HEADER_SIZE,
     BlobError,
@@ -44,6 +46,13 @@ from acceld.formats.nydus.reader_common import (
     parse_tar_header,
     u32,
     u64,
+)
+from acceld.formats.nydus.reader_zran import (
+    GzipLayer,
+    ZranContext,
+    check_zran_chunk,
+    parse_zran_tables,
+    zran_position,
 )
 
 BLOB_META_MAGIC: Final = 0xB10BB10B
@@ -246,6 +255,31 @@ class NydusBlob:
         self.header, self.ci_raw, self.chunks = self._read_blob_meta()
         self.chunk_data_size = self.parts_by_name[IMAGE_BLOB].size if IMAGE_BLOB in self.parts_by_name else 0
         self.digests = self._read_digest_array()
+        self.contexts: list[ZranContext] = []
+        self.gzip: GzipLayer | None = None  # the layer a zran blob's chunks live in, see attach_gzip
+        if self.header is not None and self.header.features & FEATURE_ZRAN:
+            self.contexts = self._read_zran_tables(self.header)
+
+    @property
+    def is_zran(self) -> bool:
+        return self.header is not None and bool(self.header.features & FEATURE_ZRAN)
+
+    def attach_gzip(self, path: Path) -> None:
+        """Name the gzip layer a zran (OCI-ref) blob's chunks are read from."""
+        self.gzip = GzipLayer(Path(path), self.contexts, f"{self.where} gzip layer {Path(path).name}")
+
+    def _read_zran_tables(self, header: BlobMetaHeader) -> list[ZranContext]:
+        where = f"{self.where} blob.meta"
+        if not header.features & FEATURE_CHUNK_INFO_V2:
+            raise BlobError(f"{where}: ZRAN without CHUNK_INFO_V2 (features {header.features:#x})")
+        if IMAGE_BLOB in self.parts_by_name:
+            raise BlobError(f"{where}: a zran blob keeps its chunk data in the gzip layer, not in image.blob")
+        contexts = parse_zran_tables(
+            self.ci_raw, header.ci_entries, header.zran_offset, header.zran_size, header.zran_count, where
+        )
+        for info in self.chunks:
+            check_zran_chunk(info.index, info.flags, info.data, info.uncompressed_size, contexts, where)
+        return contexts
 
     # -- structure ------------------------------------------------------------------------
 
@@ -459,6 +493,8 @@ class NydusBlob:
         """Decompressed data of one chunk (checks its placement and size, not its digest)."""
         info = self.chunk(ci_index)
         where = f"{self.where} chunk {ci_index}"
+        if self.is_zran:
+            return self._read_zran_chunk(info, where)
         if info.flags & ~0x11:
             raise UnsupportedNydusError(
                 f"{where}: zran, batch or encrypted chunks (CI flags {info.flags:#x}) are not supported"
@@ -484,6 +520,12 @@ class NydusBlob:
             raise BlobError(f"{where}: marked compressed in a blob whose compressor is none")
         return decompress(compressor, raw, info.uncompressed_size, where)
 
+    def _read_zran_chunk(self, info: ChunkInfo, where: str) -> bytes:
+        if self.gzip is None:
+            raise BlobError(f"{where}: zran chunk, but the gzip layer it refers to was not provided")
+        index, offset = zran_position(info.data)
+        return self.gzip.context_output(index)[offset : offset + info.uncompressed_size]
+
 
 def select_blob_entry(bootstrap: RafsBootstrap, blob: NydusBlob) -> BlobEntry | None:
     """The entry of a per-layer bootstrap that describes the blob it is inlined in.
@@ -496,6 +538,8 @@ def select_blob_entry(bootstrap: RafsBootstrap, blob: NydusBlob) -> BlobEntry | 
         return None
     name = blob.path.name
     candidates = [b for b in bootstrap.blobs if b.blob_id in (name, PLACEHOLDER_BLOB_ID)]
+    if blob.is_zran:  # a ref blob's entry is named after the gzip layer it indexes
+        candidates = [b for b in bootstrap.blobs if b.features & FEATURE_ZRAN]
     if not candidates and len(bootstrap.blobs) == 1:
         candidates = list(bootstrap.blobs)
     if len(candidates) != 1:
@@ -511,6 +555,7 @@ def verify_blob(
     entry: BlobEntry | None = None,
     *,
     chunk_records: Mapping[int, ChunkRecord] | None = None,
+    gzip: Path | str | None = None,
 ) -> BlobReport:
     """Check a blob layer end to end and return what it contains.
 
@@ -518,9 +563,14 @@ def verify_blob(
     bootstrap (`image.boot`) supplies it. `chunk_records` maps CI indexes to the chunk-table
     entries of this blob (digest, CRC). Checks: part layout and tar headers, TOC entries and every TOC digest,
     the blob-meta header against the entry, CI ordering and placement, `blob.digest`, and every
-    chunk's decompressed size and digest.
+    chunk's decompressed size and digest. A zran (OCI-ref) blob reads its chunks from the `gzip`
+    layer, whose contexts are also compared with a straight decompression of that layer.
     """
     blob = NydusBlob(path)
+    if gzip is not None:
+        blob.attach_gzip(Path(gzip))
+        assert blob.gzip is not None
+        blob.gzip.check_contexts_against_stream()
     bootstrap_raw = blob.inline_bootstrap()
     inline = parse_bootstrap(bootstrap_raw) if bootstrap_raw is not None else None
     own = select_blob_entry(inline, blob) if inline is not None else None
@@ -568,10 +618,8 @@ def _check_entry(blob: NydusBlob, entry: BlobEntry) -> None:
                 f"{where}: the entry lists {entry.chunk_count} chunks but the blob has no blob.meta"
             )
         return
-    if entry.features & FEATURE_ZRAN:
-        raise UnsupportedNydusError(
-            f"{where}: zran (OCI-ref) blobs keep their data in the gzip layer; not supported"
-        )
+    if bool(entry.features & FEATURE_ZRAN) != blob.is_zran:
+        raise BlobError(f"{where}: ZRAN feature differs between the blob table and the blob-meta header")
     pairs = {
         "chunk_count / ci_entries": (entry.chunk_count, header.ci_entries),
         "ci_compressor": (entry.ci_compressor, header.ci_compressor),
@@ -605,6 +653,9 @@ def _check_entry(blob: NydusBlob, entry: BlobEntry) -> None:
             f"{where}: TOC image.blob uncompressed size "
             f"{toc[IMAGE_BLOB].uncompressed_size} != {entry.uncompressed_size}"
         )
+    if blob.is_zran:
+        _check_zran_entry(blob, entry, where)
+        return
     # Current builders record the bytes before image.boot; 2023 builders the chunk data size.
     boot = blob.parts_by_name.get(IMAGE_BOOT)
     allowed_csize = {boot.offset if boot is not None else blob.size, blob.chunk_data_size}
@@ -615,6 +666,27 @@ def _check_entry(blob: NydusBlob, entry: BlobEntry) -> None:
         )
     if entry.toc_size and entry.toc_size != TOC_ENTRY_SIZE * len(blob.toc) + TAR_HEADER_SIZE:
         raise BlobError(f"{where}: blob_toc_size {entry.toc_size}, expected 128 x {len(blob.toc)} + 512")
+
+
+def _check_zran_entry(blob: NydusBlob, entry: BlobEntry, where: str) -> None:
+    """A zran entry names the gzip layer (id, size) and, once merged, its ref blob (meta digest, size)."""
+    if entry.compressor != COMPRESSOR_GZIP:
+        raise BlobError(f"{where}: compression_algo {entry.compressor}, a zran blob's chunks are gzip (2)")
+    if not entry.features & FEATURE_SEPARATE:
+        raise BlobError(f"{where}: features {entry.features:#x} lack SEPARATE (0x10)")
+    if blob.gzip is not None and entry.compressed_size != blob.gzip.size:
+        raise BlobError(
+            f"{where}: compressed_size {entry.compressed_size} != gzip layer size {blob.gzip.size}"
+        )
+    if blob.gzip is not None:
+        for ctx in blob.contexts:
+            if ctx.in_offset + ctx.in_len > blob.gzip.size:
+                raise BlobError(f"{where}: zran context {ctx.index} ends past the gzip layer")
+    if any(entry.meta_digest) or entry.meta_size:
+        if entry.meta_size != blob.size:
+            raise BlobError(f"{where}: blob_meta_size {entry.meta_size} != ref blob size {blob.size}")
+        if entry.toc_size and entry.toc_size != TOC_ENTRY_SIZE * len(blob.toc) + TAR_HEADER_SIZE:
+            raise BlobError(f"{where}: blob_toc_size {entry.toc_size}, expected 128 x {len(blob.toc)} + 512")
 
 
 def _check_toc_digests(blob: NydusBlob, bootstrap_raw: bytes | None, entry: BlobEntry | None) -> str:
@@ -652,7 +724,9 @@ def _check_toc_digests(blob: NydusBlob, bootstrap_raw: bytes | None, entry: Blob
     if blob.toc and entry is not None and any(entry.toc_digest):
         part = blob.parts_by_name[BLOB_TOC]
         toc_digest = hashlib.sha256(blob._read(part.offset, part.size + TAR_HEADER_SIZE)).digest()
-        if toc_digest != entry.toc_digest:
+        # nydus-snapshotter hashes a ref blob's TOC entries without their tar header (nydus-zran.md §2.2)
+        data_only = hashlib.sha256(blob._read(part.offset, part.size)).digest()
+        if toc_digest != entry.toc_digest and not (blob.is_zran and data_only == entry.toc_digest):
             raise BlobError(
                 f"{blob.where}: blob_toc_digest in the bootstrap is {entry.toc_digest.hex()}, computed "
                 f"sha256(TOC entries | header) = {toc_digest.hex()}"

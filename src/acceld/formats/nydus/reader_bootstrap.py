@@ -617,6 +617,11 @@ def _check_chunk_record(rec: ChunkRecord, i: int, off: int, blobs: list[BlobEntr
     if rec.uncompressed_offset + rec.uncompressed_size > blob.uncompressed_size:
         raise BootstrapError(f"{where}: chunk ends past blob uncompressed_size {blob.uncompressed_size}")
     compressed = bool(rec.flags & CHUNK_COMPRESSED)
+    if blob.features & FEATURE_ZRAN:
+        # a zran chunk's compressed range is the gzip input consumed while it was inflated
+        if not compressed or rec.compressed_size == 0:
+            raise BootstrapError(f"{where}: a zran chunk must be COMPRESSED with a non-empty gzip range")
+        return
     if compressed and rec.compressed_size >= rec.uncompressed_size:
         raise BootstrapError(
             f"{where}: COMPRESSED but compressed_size {rec.compressed_size} >= uncompressed_size "

@@ -53,6 +53,7 @@ FEATURE_ALIGNED: Final = 0x1
 FEATURE_INLINED_FS_META: Final = 0x2
 FEATURE_CHUNK_INFO_V2: Final = 0x4
 FEATURE_ZRAN: Final = 0x8
+FEATURE_SEPARATE: Final = 0x10
 FEATURE_INLINED_CHUNK_DIGEST: Final = 0x20
 FEATURE_BATCH: Final = 0x80
 FEATURE_ENCRYPTED: Final = 0x100
@@ -63,6 +64,10 @@ KNOWN_BLOB_FEATURES: Final = 0x7000_0FFF  # 0x1..0x800, HAS_TAR_HEADER, HAS_TOC,
 
 def align(value: int, alignment: int) -> int:
     return (value + alignment - 1) // alignment * alignment
+
+
+def u8(buf: bytes, off: int) -> int:
+    return buf[off]
 
 
 def u16(buf: bytes, off: int) -> int:
@@ -98,7 +103,7 @@ def decompress(algo: int, data: bytes, size: int, what: str) -> bytes:
         except lz4.block.LZ4BlockError as exc:
             raise BlobError(f"{what}: lz4_block data does not decompress ({exc})") from exc
     elif algo == COMPRESSOR_GZIP:
-        raise UnsupportedNydusError(f"{what}: gzip chunks (zran / OCI-ref blobs) are not supported")
+        raise UnsupportedNydusError(f"{what}: gzip chunks exist only in zran (OCI-ref) blobs")
     else:
         raise BlobError(f"{what}: unknown compressor code {algo}")
     if len(out) != size:
