@@ -13,6 +13,15 @@ from harness.testimages import ImageSet, load_rootfs_image, load_test_images
 from harness.tools import esgz_binary
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED = REPO_ROOT.parent / "shared"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not (SHARED / "tools").is_dir() or not (SHARED / "fixtures").is_dir():
+        pytest.exit(
+            f"the tests need the reference folder {SHARED} (../shared beside the repository): it is missing",
+            returncode=pytest.ExitCode.USAGE_ERROR,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +69,10 @@ def rootfs_image() -> tuple[LayoutImage, dict[str, Path]]:
 @pytest.fixture(scope="session")
 def esgz() -> Path:
     """The Go eStargz reference tool from ../shared/tools/esgz (`esgz verify BLOB`, `esgz toc BLOB`)."""
-    return esgz_binary(REPO_ROOT)
+    try:
+        return esgz_binary(REPO_ROOT)
+    except FileNotFoundError as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.fixture(scope="session")

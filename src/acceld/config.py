@@ -80,21 +80,50 @@ class AcceldConfig(BaseModel):
         return self.registries.get(host) or RegistryConfig()
 
 
-def _describe(exc: ValidationError) -> str:
+def _mark_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> yaml.Mark | None:
+    """Where the value at `loc` (a validation error's path) starts in the composed YAML document."""
+    mark = node.start_mark if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            node = next((value for key, value in node.value if key.value == str(part)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            break
+        if node is None:
+            break
+        mark = node.start_mark
+    return mark
+
+
+def _describe(exc: ValidationError, document: yaml.Node | None) -> str:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"])
     message = str(err["msg"]).removeprefix("Value error, ")
-    return f"{where}: {message}" if where else message
+    mark = _mark_of(document, tuple(err["loc"]))
+    position = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{position}{where}: {message}" if where else f"{position}{message}"
 
 
 def load_yaml_model(path: Path | None, model: type[M]) -> M:
-    """Validate the YAML file at `path` as `model`; None → the model's defaults. One-line ConfigError."""
+    """Validate the YAML file at `path` as `model`; None → the model's defaults. One-line ConfigError
+    naming the line and column of the problem."""
     data: Any = {}
+    document: yaml.Node | None = None
     if path is not None:
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            text = path.read_text()
+            document = yaml.compose(text, Loader=yaml.SafeLoader)
+            data = yaml.safe_load(text) or {}
         except OSError as exc:
             raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config {path} is not UTF-8 text") from None
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            position = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+            problem = exc.problem or exc.context or "syntax error"
+            raise ConfigError(f"config {path} is not valid YAML: {position}{problem}") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
         if not isinstance(data, dict):
@@ -102,7 +131,7 @@ def load_yaml_model(path: Path | None, model: type[M]) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"config {path}: {_describe(exc)}") from None
+        raise ConfigError(f"config {path}: {_describe(exc, document)}") from None
 
 
 def load_config(path: Path | None) -> AcceldConfig:

@@ -13,7 +13,6 @@ from pathlib import Path
 
 SUITES = ("bookworm", "bookworm-updates")
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
-DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
 
 def debian_mirror() -> str:
@@ -31,7 +30,10 @@ def debian_mirror() -> str:
                 match = re.match(r"deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+bookworm\s", line + " ")
                 if match:
                     candidates.append(match.group(1))
-    return next((uri for uri in candidates if "security" not in uri), DEFAULT_MIRROR)
+    mirror = next((uri for uri in candidates if "security" not in uri), None)
+    if mirror is None:
+        raise RuntimeError("no Debian bookworm mirror in /etc/apt/sources.list or /etc/apt/sources.list.d")
+    return mirror
 
 
 def download_debs(

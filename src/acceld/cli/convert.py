@@ -163,7 +163,12 @@ def check(
     source: Annotated[
         str | None, typer.Option("--source", help="Source image (default: each manifest's subject).")
     ] = None,
-    platform: PlatformOption = None,
+    platform: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--platform", help="os/arch or os/arch/variant to check (repeatable; default: every platform)."
+        ),
+    ] = None,
     config: ConfigOption = None,
     plain_http: PlainHttpOption = False,
     insecure: InsecureOption = False,

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from acceld.cli.app import ConfigOption, InsecureOption, PlainHttpOption, app, open_stores, run
+from acceld.convert.describe import image_kind, layer_format
 from acceld.convert.target import store_ref
 from acceld.errors import AcceldError
 from acceld.oci import mediatypes as mt
@@ -17,12 +18,13 @@ from acceld.oci.platform import Platform
 from acceld.oci.reference import LayoutRef, Reference, parse_location
 from acceld.progress import format_size, progress_reporter
 from acceld.registry.copy import copy_image
+from acceld.registry.store import ImageStore
 from acceld.registry.stores import Stores
 
 
 def _manifest_summary(raw: RawManifest, config: ImageConfig | None) -> list[str]:
     manifest = raw.manifest()
-    lines = []
+    lines = [f"Kind:       {image_kind(manifest)}"]
     if config is not None:
         lines.append(f"Platform:   {config.platform}")
         if config.created:
@@ -37,8 +39,29 @@ def _manifest_summary(raw: RawManifest, config: ImageConfig | None) -> list[str]
     total = sum(layer.size for layer in manifest.layers)
     lines.append(f"Layers:     {len(manifest.layers)} ({format_size(total)})")
     lines += [
-        f"  {layer.digest}  {format_size(layer.size):>9}  {layer.media_type}" for layer in manifest.layers
+        f"  {layer.digest}  {format_size(layer.size):>9}  {layer_format(layer):<16} {layer.media_type}"
+        for layer in manifest.layers
     ]
+    return lines
+
+
+async def _accessories(store: ImageStore, digest: str) -> list[str]:
+    """The referrers of `digest` (converted images, signatures, SBOMs, SOCI indexes): one line each."""
+    try:
+        referrers = await store.referrers(digest)
+    except AcceldError as exc:
+        return [f"Accessories: cannot list referrers: {exc}"]
+    lines = [f"Accessories: {len(referrers)}"]
+    for referrer in referrers:
+        kind = referrer.artifact_type or referrer.media_type
+        if mt.is_manifest(referrer.media_type):
+            try:
+                kind = image_kind((await store.get_manifest(referrer.digest)).manifest())
+            except AcceldError as exc:
+                kind = f"{kind} (unreadable: {exc})"
+        elif mt.is_index(referrer.media_type):
+            kind = "index"
+        lines.append(f"  {referrer.digest}  {format_size(referrer.size):>9}  {kind}")
     return lines
 
 
@@ -69,6 +92,7 @@ async def _inspect(ref: str, raw_output: bool, config: Path | None, plain_http: 
             if config_desc.media_type in (mt.OCI_CONFIG, mt.DOCKER_CONFIG):
                 image_config = parse_config(await store.get_blob_bytes(config_desc))
             lines += _manifest_summary(raw, image_config)
+        lines += await _accessories(store, raw.digest)
         typer.echo("\n".join(lines))
 
 
@@ -80,7 +104,7 @@ def inspect(
     plain_http: PlainHttpOption = False,
     insecure: InsecureOption = False,
 ) -> None:
-    """Show an image's manifest or index (digest, platforms, config, layers)."""
+    """Show an image's manifest or index (platforms, config, each layer's format, accessories)."""
     run(_inspect(ref, raw, config, plain_http, insecure))
 
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from acceld.cli.app import app
+from acceld.cli.app import FullSummaryGroup, app
 from acceld.errors import AcceldError
 from acceld.service.config import ServiceConfig, load_service_config
 
@@ -106,7 +106,9 @@ async def _drain(service: Any) -> None:
     typer.echo("  ".join(f"{status}: {n}" for status, n in counts.items()))
 
 
-tasks_app = typer.Typer(help="Inspect and manage the service's conversion tasks.", no_args_is_help=True)
+tasks_app = typer.Typer(
+    cls=FullSummaryGroup, help="Inspect and manage the service's conversion tasks.", no_args_is_help=True
+)
 
 
 class _Api:

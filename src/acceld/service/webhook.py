@@ -76,7 +76,7 @@ _REQUEST_BODY: dict[str, Any] = {
                 "type": "object",
                 "required": ["specversion", "type"],
                 "properties": {
-                    "specversion": {"type": "string"},
+                    "specversion": {"type": "string", "enum": ["1.0"]},  # parse_event refuses others
                     "id": {"type": "string"},
                     "type": {"type": "string"},
                     "source": {"type": "string"},

@@ -1,0 +1,220 @@
+"""What a new operator meets first: `--version`, whole command summaries in `--help`, the YAML config's
+errors with line and column, and `inspect` naming each layer's format and the image's accessories."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from harness.registry import RunningRegistry
+from harness.testimages import ImageSet
+
+import acceld
+from acceld.cli import app
+from acceld.convert.describe import image_kind, layer_format
+from acceld.oci.models import Descriptor, Manifest
+
+ACCELD = str(Path(sys.executable).parent / "acceld")
+GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+DIGEST = "sha256:" + "ab" * 32
+
+
+def run(*args: str, columns: int = 80) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": str(columns)}
+    return subprocess.run([ACCELD, *args], capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_version_is_the_package_version() -> None:
+    result = run("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"acceld {importlib.metadata.version('acceld')}"
+    assert acceld.__version__ == importlib.metadata.version("acceld")
+
+
+def _first_sentence(text: str) -> str:
+    paragraph = " ".join(text.strip().split("\n\n")[0].split())
+    return paragraph.split(". ")[0].rstrip(".")
+
+
+@pytest.mark.parametrize("group", [[], ["tasks"]])
+def test_help_lists_whole_command_summaries(group: list[str]) -> None:
+    command = (
+        app if not group else next(g.typer_instance for g in app.registered_groups if g.name == group[0])
+    )
+    assert command is not None
+    result = run(*group, "--help")
+    assert result.returncode == 0, result.stderr
+    listed = " ".join(result.stdout.split())
+    for registered in command.registered_commands:
+        assert registered.callback is not None and registered.callback.__doc__
+        summary = _first_sentence(registered.callback.__doc__)
+        assert summary in listed, f"{summary!r} cut short in:\n{result.stdout}"
+    assert "..." not in result.stdout.split("Commands:")[1]
+
+
+def test_check_platform_help_says_what_it_selects() -> None:
+    result = run("check", "--help", columns=200)
+    line = next(line for line in result.stdout.splitlines() if "--platform" in line)
+    assert "to check" in line and "to convert" not in line
+
+
+@pytest.mark.parametrize(
+    ("text", "position", "what"),
+    [
+        ("registries:\n  h.test:\n    username: [a\n", "line 4, column 1", "not valid YAML"),
+        ("registries:\n  h.test:\n\tplain_http: true\n", "line 3, column 1", "not valid YAML"),
+        (
+            "registries:\n  h.test:\n    plain_http: maybe\n",
+            "line 3, column 17",
+            "registries.h.test.plain_http",
+        ),
+        (
+            "server:\n  port: 2077\nworkers:\n  concurrency: lots\n",
+            "line 4, column 16",
+            "workers.concurrency",
+        ),
+    ],
+)
+def test_yaml_errors_name_line_and_column(tmp_path: Path, text: str, position: str, what: str) -> None:
+    config = tmp_path / "acceld.yaml"
+    config.write_text(text)
+    command = ["sync"] if "workers" in text else ["inspect", "oci:/nonexistent"]
+    result = run(*command, "--config", str(config))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith(f"error: config {config}") and position in lines[0] and what in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("layer", "expected"),
+    [
+        (Descriptor(mediaType=GZIP, digest=DIGEST, size=1), "gzip"),
+        (Descriptor(mediaType="application/vnd.oci.image.layer.v1.tar+zstd", digest=DIGEST, size=1), "zstd"),
+        (Descriptor(mediaType="application/vnd.docker.image.rootfs.diff.tar", digest=DIGEST, size=1), "tar"),
+        (
+            Descriptor(
+                mediaType=GZIP,
+                digest=DIGEST,
+                size=1,
+                annotations={"containerd.io/snapshot/stargz/toc.digest": DIGEST},
+            ),
+            "eStargz",
+        ),
+        (
+            Descriptor(
+                mediaType="application/vnd.oci.image.layer.v1.tar+zstd",
+                digest=DIGEST,
+                size=1,
+                annotations={"io.github.containers.zstd-chunked.manifest-checksum": DIGEST},
+            ),
+            "zstd:chunked",
+        ),
+        (
+            Descriptor(
+                mediaType="application/vnd.oci.image.layer.nydus.blob.v1",
+                digest=DIGEST,
+                size=1,
+                annotations={"containerd.io/snapshot/nydus-blob": "true"},
+            ),
+            "Nydus blob",
+        ),
+        (
+            Descriptor(
+                mediaType="application/vnd.oci.image.layer.nydus.blob.v1",
+                digest=DIGEST,
+                size=1,
+                annotations={
+                    "containerd.io/snapshot/nydus-blob": "true",
+                    "containerd.io/snapshot/nydus-ref": DIGEST,
+                },
+            ),
+            "Nydus zran blob",
+        ),
+        (
+            Descriptor(
+                mediaType=GZIP,
+                digest=DIGEST,
+                size=1,
+                annotations={
+                    "containerd.io/snapshot/nydus-bootstrap": "true",
+                    "containerd.io/snapshot/nydus-fs-version": "6",
+                },
+            ),
+            "Nydus bootstrap",
+        ),
+        (
+            Descriptor(
+                mediaType="application/octet-stream",
+                digest=DIGEST,
+                size=1,
+                annotations={
+                    "com.amazon.soci.image-layer-digest": DIGEST,
+                    "com.amazon.soci.span-size": "4194304",
+                },
+            ),
+            "SOCI zTOC",
+        ),
+    ],
+)
+def test_layer_formats(layer: Descriptor, expected: str) -> None:
+    assert layer_format(layer) == expected
+
+
+def test_soci_index_kind() -> None:
+    config = Descriptor(mediaType="application/vnd.amazon.soci.index.v2+json", digest=DIGEST, size=2)
+    assert image_kind(Manifest(config=config, layers=[])) == "SOCI index v2"
+
+
+def _write_config(tmp_path: Path, registry: RunningRegistry) -> Path:
+    path = tmp_path / "acceld.yaml"
+    path.write_text(yaml.safe_dump({"registries": {registry.host: {"plain_http": True}}}))
+    return path
+
+
+def test_inspect_shows_layer_formats_and_accessories(
+    test_images: ImageSet, registry_plain: RunningRegistry, tmp_path: Path
+) -> None:
+    config = _write_config(tmp_path, registry_plain)
+    source = f"{registry_plain.host}/cli/formats:v1"
+    env = {"ACCELD_CACHE_DIR": str(tmp_path / "cache")}
+    copied = subprocess.run(
+        [ACCELD, "copy", test_images.busybox_amd64.ref, source, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env},
+    )
+    assert copied.returncode == 0, copied.stderr
+    expected = {"estargz": "eStargz", "zstdchunked": "zstd:chunked", "nydus": "Nydus blob"}
+    for driver in expected:
+        converted = subprocess.run(
+            [ACCELD, "convert", source, "--driver", driver, "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, **env},
+        )
+        assert converted.returncode == 0, converted.stderr
+    shown = run("inspect", source, "--config", str(config), columns=200)
+    assert shown.returncode == 0, shown.stderr
+    assert "Kind:       image" in shown.stdout
+    layer_lines = shown.stdout.split("Layers:")[1].split("Accessories:")[0]
+    assert " gzip " in layer_lines
+    accessories = shown.stdout.split("Accessories: ")[1]
+    assert accessories.startswith("3\n"), shown.stdout
+    for kind in ("eStargz image", "zstd:chunked image", "Nydus image"):
+        assert kind in accessories
+    for driver, layer_kind in expected.items():
+        suffix = {"estargz": "-esgz", "zstdchunked": "-zstdchunked", "nydus": "-nydus"}[driver]
+        converted_view = run("inspect", source + suffix, "--config", str(config), columns=200)
+        assert converted_view.returncode == 0, converted_view.stderr
+        assert f" {layer_kind} " in converted_view.stdout
+        assert "Accessories: 0" in converted_view.stdout
+    nydus = run("inspect", source + "-nydus", "--config", str(config), columns=200).stdout
+    assert " Nydus bootstrap " in nydus
