@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import IO
 
@@ -37,6 +38,17 @@ def read_toc(handle: IO[bytes], size: int) -> dict[str, TocEntry]:
     except ValueError as exc:
         raise FormatError(f"nydus blob TOC: {exc}") from exc
     return {entry.name: entry for entry in entries}
+
+
+def read_toc_digest(path: Path) -> tuple[bytes, int]:
+    """sha256 of a blob's TOC entries (without their tar header, as nydus-snapshotter computes a ref
+    blob's `blob_toc_digest`) and the TOC's size with its header."""
+    with path.open("rb") as handle:
+        size = path.stat().st_size
+        toc = read_toc(handle, size)
+        length = TOC_ENTRY_SIZE * len(toc)
+        handle.seek(size - TAR_BLOCK - length)
+        return hashlib.sha256(handle.read(length)).digest(), length + TAR_BLOCK
 
 
 def read_entry(handle: IO[bytes], entry: TocEntry) -> bytes:

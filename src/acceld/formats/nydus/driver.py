@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
 from acceld import __version__
 from acceld.formats.driver import FormatError, ImageAdditions, LayerBlob, LayerOutput, SourceLayer
 from acceld.formats.nydus.blob import write_layer_blob
-from acceld.formats.nydus.blobfile import read_blob_bootstrap, read_blob_meta_file
+from acceld.formats.nydus.blobfile import read_blob_bootstrap, read_blob_meta_file, read_toc_digest
 from acceld.formats.nydus.bootstrap import BootstrapSettings, build_bootstrap
 from acceld.formats.nydus.bootstrap_layer import write_bootstrap_layer
 from acceld.formats.nydus.chunkdict import ChunkDict
+from acceld.formats.nydus.layout import BLOB_INLINED_FS_META
 from acceld.formats.nydus.load import load_bootstrap
 from acceld.formats.nydus.merge import LayerBootstrap, merge_layers
 from acceld.formats.nydus.options import DEFAULT_CHUNK_SIZE, NydusOptions
+from acceld.formats.nydus.zran import write_ref_blob
+from acceld.oci.mediatypes import layer_compression
 
 NYDUS_BLOB_MEDIA_TYPE = "application/vnd.oci.image.layer.nydus.blob.v1"
 BOOTSTRAP_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -28,6 +31,7 @@ FS_VERSION_ANNOTATION = ANNOTATION_PREFIX + "nydus-fs-version"
 BUILDER_VERSION_ANNOTATION = ANNOTATION_PREFIX + "nydus-builder-version"
 SOURCE_DIGEST_ANNOTATION = ANNOTATION_PREFIX + "nydus-source-digest"
 SOURCE_REFERENCE_ANNOTATION = ANNOTATION_PREFIX + "nydus-source-reference"
+REF_ANNOTATION = ANNOTATION_PREFIX + "nydus-ref"  # a zran ref blob names its gzip layer
 BOOTSTRAP_HISTORY = {"created_by": "Nydus Converter", "comment": "Nydus Bootstrap Layer"}
 
 
@@ -38,6 +42,11 @@ class NydusDriver:
     `chunk_dict` is the path of a previously converted Nydus image's bootstrap (its raw
     `image.boot` or its whole bootstrap layer), with that image's blobs stored in the same
     directory under their hex digests.
+
+    `oci_ref` writes a zran (OCI-ref) image instead (docs/formats/nydus-zran.md): per gzip layer a
+    small ref blob whose chunks point into the original layer, which stays where it is. Chunk
+    digests are sha256 and the compressor is the layer's gzip, so `compressor`/`digester` do not
+    apply; a chunk dict does not either (the reference writes no dictionary blobs for it).
     """
 
     compressor: str = "zstd"
@@ -45,6 +54,7 @@ class NydusDriver:
     digester: str = "blake3"
     prefetch_patterns: tuple[str, ...] = ("/",)
     chunk_dict: str | None = None
+    oci_ref: bool = False
     name: str = field(default="nydus", init=False)
     tag_suffix: str = field(default="-nydus", init=False)
 
@@ -52,12 +62,21 @@ class NydusDriver:
         # service configs may hand a list; keep the driver hashable and its key stable
         object.__setattr__(self, "prefetch_patterns", tuple(self.prefetch_patterns))
         self.options  # noqa: B018 - validates the options early
+        if self.oci_ref:
+            object.__setattr__(self, "tag_suffix", "-nydus-oci-ref")
+            if self.chunk_dict is not None:
+                raise FormatError(
+                    "oci_ref images cannot use a chunk dict: their chunks stay in the source layers"
+                )
 
     @property
     def options(self) -> NydusOptions:
         return NydusOptions(self.chunk_size, self.compressor, self.digester, tuple(self.prefetch_patterns))
 
     def options_key(self) -> str:
+        if self.oci_ref:
+            prefetch = ",".join(self.prefetch_patterns)
+            return f"nydus-v6 oci-ref zran chunk_size={self.chunk_size:#x} prefetch={prefetch}"
         key = (
             f"nydus-v6 compressor={self.compressor} chunk_size={self.chunk_size:#x} "
             f"digester={self.digester} prefetch={','.join(self.prefetch_patterns)}"
@@ -80,7 +99,17 @@ class NydusDriver:
     def _chunk_dict(self) -> ChunkDict | None:
         return ChunkDict.load(Path(self.chunk_dict)) if self.chunk_dict is not None else None
 
+    def check_source_layer(self, layer: SourceLayer) -> None:
+        """oci_ref: every source layer must be gzip, the only compression zran contexts index."""
+        if self.oci_ref and layer_compression(layer.media_type) != "gzip":
+            raise FormatError(
+                f"source layer {layer.digest} ({layer.media_type}) is not gzip: oci_ref images can only "
+                "reference gzip layers (convert to native Nydus instead)"
+            )
+
     def convert_layer(self, tar: BinaryIO, out: BinaryIO, layer: SourceLayer, workdir: Path) -> LayerOutput:
+        if self.oci_ref:
+            return self.convert_gzip_layer(tar, out, layer)
         result = write_layer_blob(tar, out, self.options, self._chunk_dict())
         return LayerOutput(
             media_type=NYDUS_BLOB_MEDIA_TYPE,
@@ -88,7 +117,19 @@ class NydusDriver:
             annotations={BLOB_ANNOTATION: "true"},
         )
 
+    def convert_gzip_layer(self, gzip_layer: BinaryIO, out: BinaryIO, layer: SourceLayer) -> LayerOutput:
+        """oci_ref: read the still-compressed layer and write its ref blob."""
+        self.check_source_layer(layer)
+        result = write_ref_blob(gzip_layer, out, layer.digest, self.chunk_size, self.prefetch_patterns)
+        return LayerOutput(
+            media_type=NYDUS_BLOB_MEDIA_TYPE,
+            diff_id=result.digest,
+            annotations={BLOB_ANNOTATION: "true", REF_ANNOTATION: layer.digest},
+        )
+
     def finalize(self, layers: Sequence[LayerBlob], workdir: Path) -> ImageAdditions:
+        if self.oci_ref:
+            return self._finalize_oci_ref(layers, workdir)
         blob_layers = [layer for layer in layers if layer.media_type == NYDUS_BLOB_MEDIA_TYPE]
         if len(blob_layers) != len(layers):
             raise FormatError(
@@ -130,6 +171,62 @@ class NydusDriver:
             meta = read_blob_meta_file(paths[blob.blob_id])
             if meta is not None:
                 metas[blob.blob_id] = meta
+        return self._additions(workdir, bootstrap, metas, dict_layers)
+
+    def _finalize_oci_ref(self, layers: Sequence[LayerBlob], workdir: Path) -> ImageAdditions:
+        """The merged bootstrap over the ref blobs: blob ids are the gzip layers, the meta fields
+        name the ref blobs (nydus-zran.md §2.2, §7)."""
+        refs: dict[str, LayerBlob] = {}
+        per_layer = []
+        for layer in layers:
+            gzip_digest = layer.annotations.get(REF_ANNOTATION)
+            if layer.media_type != NYDUS_BLOB_MEDIA_TYPE or gzip_digest is None:
+                raise FormatError(
+                    f"layer {layer.digest} is not a Nydus ref blob: oci_ref images need one per layer"
+                )
+            gzip_hex = _hex(gzip_digest)
+            refs[gzip_hex] = layer
+            per_layer.append(
+                LayerBootstrap(gzip_hex, load_bootstrap(read_blob_bootstrap(layer.path), gzip_hex))
+            )
+        merged = merge_layers(per_layer)
+        blobs = []
+        for blob in merged.blobs:
+            ref = refs.get(blob.blob_id)
+            if ref is None:
+                raise FormatError(f"blob {blob.blob_id} is referenced but is no layer of this image")
+            toc_digest, toc_size = read_toc_digest(ref.path)
+            blobs.append(
+                replace(
+                    blob,
+                    features=blob.features & ~BLOB_INLINED_FS_META,
+                    toc_digest=toc_digest,
+                    toc_size=toc_size,
+                    meta_digest=bytes.fromhex(_hex(ref.digest)),
+                    meta_size=ref.size,
+                )
+            )
+        bootstrap = build_bootstrap(
+            merged.root,
+            BootstrapSettings(
+                chunk_size=merged.chunk_size,
+                compressor=merged.compressor,
+                digester=merged.digester,
+                blobs=blobs,
+                prefetch_patterns=self.prefetch_patterns,
+                always_has_xattr=True,
+            ),
+        )
+        metas = {}
+        for blob in blobs:
+            meta = read_blob_meta_file(refs[blob.blob_id].path)
+            if meta is not None:
+                metas[blob.blob_id] = meta
+        return self._additions(workdir, bootstrap, metas, [])
+
+    def _additions(
+        self, workdir: Path, bootstrap: bytes, metas: Mapping[str, bytes], dict_layers: Sequence[LayerBlob]
+    ) -> ImageAdditions:
         written = write_bootstrap_layer(workdir / "nydus-bootstrap.tar.gz", bootstrap, metas)
         bootstrap_layer = LayerBlob(
             path=workdir / "nydus-bootstrap.tar.gz",

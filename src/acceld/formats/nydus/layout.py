@@ -25,7 +25,7 @@ CHUNK_RECORD_SIZE = 80
 FLAT_DEVICE_ALIGN = 0x80000
 
 # §5.3 RafsSuperFlags
-FLAG_COMPRESSION = {"none": 0x1, "lz4_block": 0x2, "zstd": 0x80}
+FLAG_COMPRESSION = {"none": 0x1, "lz4_block": 0x2, "gzip": 0x40, "zstd": 0x80}
 FLAG_HASH = {"blake3": 0x4, "sha256": 0x8}
 FLAG_EXPLICIT_UID_GID = 0x10
 FLAG_HAS_XATTR = 0x20
@@ -33,12 +33,15 @@ FLAG_INLINED_CHUNK_DIGEST = 0x100
 FLAG_ENCRYPTION_NONE = 0x0100_0000
 
 # §5.5 blob table codes and BlobFeatures
-COMPRESSION_CODE = {"none": 0, "lz4_block": 1, "zstd": 3}
+COMPRESSION_CODE = {"none": 0, "lz4_block": 1, "gzip": 2, "zstd": 3}
 COMPRESSION_NAME = {code: name for name, code in COMPRESSION_CODE.items()}
 DIGEST_CODE = {"blake3": 0, "sha256": 1}
 DIGEST_NAME = {code: name for name, code in DIGEST_CODE.items()}
 BLOB_ALIGNED = 0x1
 BLOB_INLINED_FS_META = 0x2
+BLOB_CHUNK_INFO_V2 = 0x4
+BLOB_ZRAN = 0x8
+BLOB_SEPARATE = 0x10
 BLOB_INLINED_CHUNK_DIGEST = 0x20
 BLOB_HAS_TAR_HEADER = 0x1000_0000
 BLOB_HAS_TOC = 0x2000_0000
@@ -51,6 +54,8 @@ LAYER_BLOB_FEATURES = (
     | BLOB_HAS_TOC
     | BLOB_CAP_TAR_TOC
 )
+# a zran ref blob's meta (nydus-zran.md §5.5); merge drops INLINED_FS_META as for native blobs
+ZRAN_BLOB_FEATURES = LAYER_BLOB_FEATURES | BLOB_CHUNK_INFO_V2 | BLOB_ZRAN | BLOB_SEPARATE
 PLACEHOLDER_BLOB_ID = "x" * 64
 
 # §5.6 inode formats and EROFS file types
@@ -86,6 +91,7 @@ def xattr_name_index(name: bytes) -> tuple[int, bytes] | None:
 
 # §5.9 chunk flags
 CHUNK_COMPRESSED = 0x1
+CI_COMPRESSED_ZRAN = 0x3  # CI v2 flags of a zran chunk
 
 # §4.3 TOC
 TOC_ENTRY_SIZE = 128
@@ -108,7 +114,8 @@ def align(value: int, alignment: int) -> int:
 
 @dataclass(frozen=True)
 class BlobInfo:
-    """One blob-table entry (§5.5); toc/cipher/zran fields are always zero in what acceld writes."""
+    """One blob-table entry (§5.5). The TOC and meta-blob fields are set for zran blobs only
+    (nydus-zran.md §7); cipher fields are always zero."""
 
     blob_id: str
     chunk_size: int
@@ -122,6 +129,10 @@ class BlobInfo:
     ci_offset: int
     ci_compressed_size: int
     ci_uncompressed_size: int
+    toc_size: int = 0
+    toc_digest: bytes = bytes(32)
+    meta_digest: bytes = bytes(32)  # the zran ref blob's sha256
+    meta_size: int = 0
 
     def pack(self, index: int) -> bytes:
         head = struct.pack(
@@ -138,18 +149,20 @@ class BlobInfo:
             "<QQIIQQQ",
             self.compressed_size,
             self.uncompressed_size,
-            0,
+            self.toc_size,
             COMPRESSION_CODE[self.ci_compressor],
             self.ci_offset,
             self.ci_compressed_size,
             self.ci_uncompressed_size,
         )
-        return (head + sizes).ljust(BLOB_ENTRY_SIZE, b"\0")
+        meta = struct.pack("<32s32sQ", self.toc_digest, self.meta_digest, self.meta_size)
+        return (head + sizes + meta).ljust(BLOB_ENTRY_SIZE, b"\0")
 
     @classmethod
     def unpack(cls, raw: bytes) -> tuple[int, BlobInfo]:
         blob_id, index, chunk_size, count, comp, digest, features = struct.unpack_from("<64sIIIIII", raw)
-        csize, usize, _toc_size, ci_comp, ci_off, ci_csize, ci_usize = struct.unpack_from("<QQIIQQQ", raw, 88)
+        csize, usize, toc_size, ci_comp, ci_off, ci_csize, ci_usize = struct.unpack_from("<QQIIQQQ", raw, 88)
+        toc_digest, meta_digest, meta_size = struct.unpack_from("<32s32sQ", raw, 136)
         try:
             info = cls(
                 blob_id=blob_id.rstrip(b"\0").decode("ascii"),
@@ -164,6 +177,10 @@ class BlobInfo:
                 ci_offset=ci_off,
                 ci_compressed_size=ci_csize,
                 ci_uncompressed_size=ci_usize,
+                toc_size=toc_size,
+                toc_digest=toc_digest,
+                meta_digest=meta_digest,
+                meta_size=meta_size,
             )
         except (KeyError, UnicodeDecodeError) as exc:
             raise ValueError(f"unsupported blob table entry: {exc}") from exc
@@ -177,10 +194,13 @@ def pack_blob_meta_header(
     ci_offset: int,
     ci_compressed_size: int,
     ci_uncompressed_size: int,
+    zran_count: int = 0,
+    zran_size: int = 0,
 ) -> bytes:
-    """The 4096-byte BlobCompressionContextHeader (§6.4), without zran tables."""
+    """The 4096-byte BlobCompressionContextHeader (§6.4); zran tables follow 24-byte CI v2 entries."""
+    zran_offset = 24 * entries if zran_count else 0
     head = struct.pack(
-        "<IIIIQQQ",
+        "<IIIIQQQQQI",
         BLOB_META_MAGIC,
         features,
         COMPRESSION_CODE[ci_compressor],
@@ -188,6 +208,9 @@ def pack_blob_meta_header(
         ci_offset,
         ci_compressed_size,
         ci_uncompressed_size,
+        zran_offset,
+        zran_size,
+        zran_count,
     )
     return head.ljust(BLOB_META_HEADER_SIZE - 4, b"\0") + struct.pack("<I", BLOB_META_MAGIC)
 
@@ -200,6 +223,36 @@ def pack_ci_v1(
     uncomp = uncompressed_offset | ((usize >> 20) & 0xF) << 8 | (usize & 0xFFFFF) << 44
     comp = compressed_offset | ((csize >> 20) & 0xF) << 40 | (csize & 0xFFFFF) << 44
     return struct.pack("<QQ", uncomp, comp)
+
+
+def pack_ci_v2_zran(
+    uncompressed_offset: int,
+    uncompressed_size: int,
+    compressed_offset: int,
+    compressed_size: int,
+    context: int,
+    context_offset: int,
+) -> bytes:
+    """One 24-byte chunk-info v2 entry of a zran chunk: COMPRESSED | ZRAN (nydus-zran.md §5.2)."""
+    uncomp = uncompressed_offset >> 12 | (uncompressed_size - 1) << 32 | CI_COMPRESSED_ZRAN << 56
+    comp = compressed_offset | compressed_size << 40
+    return struct.pack("<QQQ", uncomp, comp, context << 32 | context_offset)
+
+
+def pack_zran_context(
+    in_offset: int,
+    out_offset: int,
+    dict_offset: int,
+    in_len: int,
+    out_len: int,
+    dict_size: int,
+    ctx_byte: int,
+    ctx_bits: int,
+) -> bytes:
+    """One 40-byte zran inflate context (nydus-zran.md §5.3)."""
+    return struct.pack(
+        "<QQQIIIBBH", in_offset, out_offset, dict_offset, in_len, out_len, dict_size, ctx_byte, ctx_bits, 0
+    )
 
 
 def gnu_tar_header(name: str, size: int) -> bytes:

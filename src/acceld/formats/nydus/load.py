@@ -14,6 +14,7 @@ from acceld.formats.driver import FormatError
 from acceld.formats.nydus.layout import (
     BLOB_ENTRY_SIZE,
     BLOB_INLINED_FS_META,
+    BLOB_ZRAN,
     BLOCK,
     CHUNK_RECORD_SIZE,
     DIRENT_SIZE,
@@ -64,7 +65,7 @@ class _Loader:
                 _, blob = BlobInfo.unpack(data[offset : offset + BLOB_ENTRY_SIZE])
             except ValueError as exc:
                 raise FormatError(str(exc)) from exc
-            if own_blob_id is not None and blob.blob_id == PLACEHOLDER_BLOB_ID:
+            if own_blob_id is not None and blob.blob_id in (PLACEHOLDER_BLOB_ID, own_blob_id):
                 blob = replace(blob, blob_id=own_blob_id, features=blob.features & ~BLOB_INLINED_FS_META)
             self.blobs.append(blob)
         self.chunk_records: dict[tuple[int, int], Chunk] = {}
@@ -74,8 +75,11 @@ class _Loader:
             )
             if blob_index >= len(self.blobs):
                 raise FormatError(f"chunk table entry names blob {blob_index}, beyond the blob table")
-            blob_id = self.blobs[blob_index].blob_id
-            self.chunk_records[(blob_index, index)] = Chunk(digest, blob_id, index, coff, csize, uoff, usize)
+            blob = self.blobs[blob_index]
+            zran = bool(blob.features & BLOB_ZRAN)
+            self.chunk_records[(blob_index, index)] = Chunk(
+                digest, blob.blob_id, index, coff, csize, uoff, usize, zran
+            )
         self.inodes: dict[int, Inode] = {}
 
     def inode(self, nid: int, depth: int = 0) -> Inode:

@@ -397,13 +397,18 @@ class ManifestLayer:
     annotations: Mapping[str, str]
 
 
-def check_image_layers(layers: Sequence[ManifestLayer]) -> RafsImage:
+def check_image_layers(
+    layers: Sequence[ManifestLayer], gzip_layers: Mapping[str, Path] | None = None
+) -> RafsImage:
     """Image-level rules of a Nydus image (spec §2, §3, §11.11), then every blob end to end.
 
     Blob layers: the Nydus blob media type and annotation, diff_id = digest = sha256 of the file,
     no leftover `containerd.io/uncompressed`. The last layer: the bootstrap layer annotations,
     a gzip tar of `image/image.boot` (+ `.blob.meta` files) whose diff_id is the sha256 of the tar.
     Every blob-table id is a blob layer; a blob layer outside the blob table carries no chunks.
+    A zran (OCI-ref) image's blob layers are ref blobs naming their gzip layer in the `nydus-ref`
+    annotation; `gzip_layers` supplies those layers (by hex digest), and each blob-table entry is
+    a gzip layer whose blob_meta_digest is the ref blob naming it (nydus-zran.md §3, §10).
     Returns the verified image.
     """
     if not layers:
@@ -415,15 +420,34 @@ def check_image_layers(layers: Sequence[ManifestLayer]) -> RafsImage:
     blobs = {layer.digest.removeprefix("sha256:"): layer.path for layer in blob_layers}
     if len(blobs) != len(blob_layers):
         raise NydusFormatError("a blob layer appears twice in the manifest")
-    image = RafsImage.from_bootstrap_layer(boot.path, blobs)
-    in_table = {entry.blob_id for entry in image.bootstrap.blobs}
-    missing = in_table - set(blobs)
-    if missing:
-        raise NydusFormatError(
-            f"blob {sorted(missing)[0]} of the bootstrap's blob table is not a manifest layer"
-        )
+    refs: dict[str, str] = {}  # gzip layer hex -> ref blob hex
+    files = dict(blobs)
+    for layer in blob_layers:
+        named = layer.annotations.get(_ANNOTATION + "nydus-ref")
+        if named is None:
+            continue
+        gzip_hex = named.removeprefix("sha256:")
+        path = (gzip_layers or {}).get(gzip_hex)
+        if path is None:
+            raise NydusFormatError(f"gzip layer {named} of ref blob {layer.digest} was not provided")
+        refs[gzip_hex] = layer.digest.removeprefix("sha256:")
+        files[gzip_hex] = path
+    image = RafsImage.from_bootstrap_layer(boot.path, files)
+    for entry in image.bootstrap.blobs:
+        if entry.blob_id in refs and entry.meta_digest.hex() != refs[entry.blob_id]:
+            raise NydusFormatError(
+                f"zran blob {entry.blob_id}: blob_meta_digest {entry.meta_digest.hex()} is not the ref blob "
+                f"{refs[entry.blob_id]} that names this gzip layer"
+            )
+        if entry.blob_id not in blobs and entry.blob_id not in refs:
+            raise NydusFormatError(
+                f"blob {entry.blob_id} of the bootstrap's blob table is not a manifest layer"
+            )
+    indexed = {entry.blob_id for entry in image.bootstrap.blobs} | {
+        refs[entry.blob_id] for entry in image.bootstrap.blobs if entry.blob_id in refs
+    }
     for blob_id, path in blobs.items():
-        if blob_id not in in_table:
+        if blob_id not in indexed:
             report = verify_blob(path)
             if report.chunks:
                 raise NydusFormatError(f"blob layer {blob_id} has chunk data but is not in the blob table")

@@ -296,7 +296,7 @@ class GzipLayer:
                         f"{self.where}: zran context {ctx.index} decodes to other bytes than the layer at "
                         f"uncompressed offset {ctx.out_offset}"
                     )
-            keep_from = pending[0].out_offset if pending else base + len(buffer)
+            keep_from = min(pending[0].out_offset, base + len(buffer)) if pending else base + len(buffer)
             if keep_from > base:
                 del buffer[: keep_from - base]
                 base = keep_from

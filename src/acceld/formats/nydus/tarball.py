@@ -63,10 +63,11 @@ def _xattrs(info: tarfile.TarInfo) -> dict[bytes, bytes]:
 
 
 class _LayerTree:
-    def __init__(self, store: ChunkStore, chunk_size: int) -> None:
+    def __init__(self, store: ChunkStore, chunk_size: int, sparse_files: bool) -> None:
         self.root = new_dir(implicit=True)
         self.store = store
         self.chunk_size = chunk_size
+        self.sparse_files = sparse_files
 
     def parent_of(self, parts: list[bytes], name: str) -> Inode:
         node = self.root
@@ -143,6 +144,11 @@ class _LayerTree:
         if -(-info.size // self.chunk_size) > MAX_CHUNKS_PER_BLOB:
             raise FormatError(f"{info.name}: file needs more than 2^24 chunks")
         if info.sparse is not None:
+            if not self.sparse_files:
+                raise FormatError(
+                    f"{info.name}: a sparse file's holes are not in the layer, so it cannot be referenced "
+                    "in place (convert to native Nydus instead)"
+                )
             self.read_sparse_content(reader, info, node)
             return
         remaining = info.size
@@ -221,9 +227,15 @@ class _TarReader:
             raise FormatError(f"bad tar: {exc}") from exc
 
 
-def tree_from_tar(stream: IO[bytes], store: ChunkStore, chunk_size: int) -> Inode:
-    """Read the whole tar stream sequentially and return the root of its tree."""
-    tree = _LayerTree(store, chunk_size)
+def tree_from_tar(
+    stream: IO[bytes], store: ChunkStore, chunk_size: int, *, sparse_files: bool = True
+) -> Inode:
+    """Read the whole tar stream sequentially and return the root of its tree.
+
+    Every chunk is handed to `store.add` right after the one `stream.read` that returned it, unless
+    it holds sparse-file holes; `sparse_files=False` refuses sparse files instead.
+    """
+    tree = _LayerTree(store, chunk_size, sparse_files)
     reader = _TarReader(stream)
     try:
         while (info := reader.next()) is not None:

@@ -23,10 +23,11 @@ class Chunk:
     compressed_size: int
     uncompressed_offset: int
     uncompressed_size: int
+    zran: bool = False  # lives in a gzip layer, read through a zran context (always "compressed")
 
     @property
     def compressed(self) -> bool:
-        return self.compressed_size != self.uncompressed_size
+        return self.zran or self.compressed_size != self.uncompressed_size
 
 
 @dataclass(eq=False, slots=True)

@@ -1,0 +1,379 @@
+"""The zran (OCI-ref) layer writer: a gzip layer in, its Nydus "ref" blob out (nydus-zran.md §4 to §6).
+
+One pass over the compressed layer: the checkpoint reader inflates it with `Z_BLOCK`, the tar
+parser reads through it, and every chunk of file data is placed in a zran context — a deflate block
+boundary before the chunk from which the chunk can be inflated alone. Contexts are cut as the
+reference does (§6.3); a chunk whose content already occurred in the layer reuses that chunk. No
+file data is written: the ref blob holds the blob meta (CI v2 ‖ contexts ‖ dictionaries, zstd),
+the chunk digests, the per-layer bootstrap and the TOC.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import IO
+
+from acceld.formats.checkpoints import Checkpoint, CheckpointingReader, WindowStore
+from acceld.formats.driver import FormatError
+from acceld.formats.nydus.bootstrap import BootstrapSettings, build_bootstrap
+from acceld.formats.nydus.codec import compress
+from acceld.formats.nydus.layout import (
+    BLOB_META_HEADER_SIZE,
+    BLOCK,
+    MAX_CHUNKS_PER_BLOB,
+    TAR_BLOCK,
+    TOC_ENTRY_SIZE,
+    ZRAN_BLOB_FEATURES,
+    BlobInfo,
+    align,
+    gnu_tar_header,
+    pack_blob_meta_header,
+    pack_ci_v2_zran,
+    pack_toc_entry,
+    pack_zran_context,
+)
+from acceld.formats.nydus.tarball import tree_from_tar
+from acceld.formats.nydus.tree import Chunk
+
+WINDOW = 32768
+MAX_CONTEXT_OUTPUT = 16 << 20  # nydusd refuses to inflate more per context
+MAX_CHUNK_COMPRESSED = (1 << 24) - 1  # CI v2 compressed size field
+DIGESTER = "sha256"  # forced for zran blobs, as by nydus-image
+
+
+@dataclass(frozen=True)
+class ZranBlobResult:
+    digest: str  # "sha256:<hex>" of the ref blob
+    size: int
+    chunk_count: int
+    context_count: int
+    gzip_size: int
+    toc_digest: bytes  # sha256 of the TOC entries without their tar header (nydus-snapshotter's rule)
+    toc_size: int  # TOC entries + tar header
+
+
+@dataclass(frozen=True)
+class _Boundary:
+    """A deflate block boundary with what a context starting there needs."""
+
+    checkpoint: Checkpoint
+    window: bytes
+    member: int
+
+
+@dataclass
+class _Context:
+    in_offset: int
+    out_offset: int
+    ctx_byte: int
+    ctx_bits: int
+    window: bytes
+    member: int
+    in_len: int = 0
+    out_len: int = 0
+
+    def pack(self, dict_offset: int) -> bytes:
+        return pack_zran_context(
+            self.in_offset,
+            self.out_offset,
+            dict_offset,
+            self.in_len,
+            self.out_len,
+            len(self.window),
+            self.ctx_byte,
+            self.ctx_bits,
+        )
+
+
+class _BoundaryTracker:
+    """The checkpoint policy: remember only the latest boundary (contexts are chosen per chunk)."""
+
+    def __init__(self) -> None:
+        self.latest: _Boundary | None = None
+        self.member = 0
+        self.member_out = 0  # uncompressed offset where the current gzip member starts
+
+    def __call__(self, boundary: Checkpoint, reader: CheckpointingReader) -> bool:
+        if boundary.member_start:
+            self.member += 1
+            self.member_out = boundary.uncompressed_offset
+        size = min(WINDOW, boundary.uncompressed_offset - self.member_out)
+        window = reader.window()[WINDOW - size :] if size else b""
+        self.latest = _Boundary(boundary, window, self.member)
+        return False
+
+
+class _TarSource:
+    """Full reads over the checkpoint reader, remembering where the latest read started."""
+
+    def __init__(self, reader: CheckpointingReader, tracker: _BoundaryTracker) -> None:
+        self.reader = reader
+        self.tracker = tracker
+        self.position = 0
+        self.read_start: tuple[int, int, _Boundary | None] = (0, 0, None)
+
+    def read(self, size: int) -> bytes:
+        self.read_start = (self.reader.compressed_offset, self.position, self.tracker.latest)
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        got = 0
+        while got < size:
+            n = self.reader.readinto(view[got:])
+            if not n:
+                break
+            got += n
+        view.release()
+        del buffer[got:]
+        self.position += got
+        return bytes(buffer)
+
+
+class _ZranChunks:
+    """Implements `tarball.ChunkStore`: one CI v2 entry per distinct chunk, contexts cut per §6.3."""
+
+    def __init__(self, source: _TarSource, blob_id: str, chunk_size: int) -> None:
+        self.source = source
+        self.blob_id = blob_id
+        self.chunk_size = chunk_size
+        self.min_comp = chunk_size // 2
+        self.max_comp = chunk_size
+        self.max_uncomp = 2 * chunk_size
+        self.contexts: list[_Context] = []
+        self.by_digest: dict[bytes, Chunk] = {}
+        self.ci = bytearray()
+        self.digests = bytearray()
+        self.uncompressed_end = 0
+
+    def add(self, data: bytes) -> Chunk:
+        in_start, out_start, boundary = self.source.read_start
+        if self.source.position - out_start != len(data):
+            raise AssertionError("zran chunk is not the data of the latest read")
+        digest = hashlib.sha256(data).digest()
+        existing = self.by_digest.get(digest)
+        if existing is not None:
+            return existing
+        if boundary is None:
+            raise FormatError("gzip layer has no deflate block boundary before its first file data")
+        number = self._context_for(in_start, out_start, boundary)
+        context = self.contexts[number]
+        in_end = self.source.reader.compressed_offset
+        out_end = out_start + len(data)
+        context.in_len = max(context.in_len, in_end - context.in_offset)
+        context.out_len = out_end - context.out_offset
+        if context.out_len > MAX_CONTEXT_OUTPUT or context.in_len >= 1 << 32:
+            raise FormatError(
+                f"zran context at gzip offset {context.in_offset} would inflate {context.out_len} bytes, "
+                "above the 16 MiB nydusd allows (use a smaller chunk size)"
+            )
+        compressed_size = max(1, in_end - in_start)
+        if compressed_size > MAX_CHUNK_COMPRESSED:
+            raise FormatError(
+                f"a chunk spans {compressed_size} gzip bytes, above 16 MiB (use a smaller chunk size)"
+            )
+        chunk = Chunk(
+            digest=digest,
+            blob_id=self.blob_id,
+            index=len(self.by_digest),
+            compressed_offset=in_start,
+            compressed_size=compressed_size,
+            uncompressed_offset=self.uncompressed_end,
+            uncompressed_size=len(data),
+            zran=True,
+        )
+        if chunk.index >= MAX_CHUNKS_PER_BLOB:
+            raise FormatError("layer needs more than 2^24 distinct chunks")
+        self.ci += pack_ci_v2_zran(
+            chunk.uncompressed_offset,
+            chunk.uncompressed_size,
+            chunk.compressed_offset,
+            chunk.compressed_size,
+            number,
+            out_start - context.out_offset,
+        )
+        self.digests += digest
+        self.uncompressed_end += align(len(data), BLOCK)
+        self.by_digest[digest] = chunk
+        return chunk
+
+    def _context_for(self, in_pos: int, out_pos: int, boundary: _Boundary) -> int:
+        """The context of a chunk starting at (in_pos, out_pos): the current one, or a new one at the
+        latest block boundary (nydus-zran.md §6.3)."""
+        if self.contexts:
+            current = self.contexts[-1]
+            first = boundary.checkpoint.compressed_offset == current.in_offset
+            comp = in_pos - current.in_offset
+            uncomp = out_pos - current.out_offset
+            keep = boundary.member == current.member and (
+                first
+                or not (
+                    comp >= self.max_comp // 2
+                    or uncomp + self.chunk_size >= self.max_uncomp
+                    or (comp > 2 * current.in_len and current.in_len > self.min_comp)
+                )
+            )
+            if keep:
+                return len(self.contexts) - 1
+        point = boundary.checkpoint
+        self.contexts.append(
+            _Context(
+                in_offset=point.compressed_offset,
+                out_offset=point.uncompressed_offset,
+                ctx_byte=point.previous_byte if point.bits else 0,
+                ctx_bits=point.bits,
+                window=boundary.window,
+                member=boundary.member,
+            )
+        )
+        return len(self.contexts) - 1
+
+    def meta(self) -> tuple[bytes, int]:
+        """The uncompressed blob meta (CI v2 ‖ context table ‖ dictionaries) and the zran table size."""
+        table = bytearray()
+        dictionaries = bytearray()
+        for context in self.contexts:
+            table += context.pack(len(dictionaries))
+            dictionaries += context.window
+        return bytes(self.ci) + bytes(table) + bytes(dictionaries), len(table) + len(dictionaries)
+
+
+class _HashingWriter:
+    def __init__(self, out: IO[bytes]) -> None:
+        self.out = out
+        self.sha256 = hashlib.sha256()
+        self.position = 0
+
+    def write(self, data: bytes) -> None:
+        self.out.write(data)
+        self.sha256.update(data)
+        self.position += len(data)
+
+
+def write_ref_blob(
+    gzip_layer: IO[bytes],
+    out: IO[bytes],
+    layer_digest: str,
+    chunk_size: int,
+    prefetch_patterns: tuple[str, ...] = ("/",),
+) -> ZranBlobResult:
+    """Index the gzip layer `gzip_layer` (whose digest is `layer_digest`) and write its ref blob to `out`."""
+    blob_id = layer_digest.removeprefix("sha256:")
+    layer_hash = hashlib.sha256()
+    tracker = _BoundaryTracker()
+    with WindowStore() as windows:
+        reader = CheckpointingReader(gzip_layer, tracker, windows, on_input=layer_hash.update)  # type: ignore[arg-type]
+        try:
+            source = _TarSource(reader, tracker)
+            chunks = _ZranChunks(source, blob_id, chunk_size)
+            root = tree_from_tar(source, chunks, chunk_size, sparse_files=False)  # type: ignore[arg-type]
+            reader.finish()
+        finally:
+            reader.close()
+    gzip_size = reader.compressed_offset
+    if "sha256:" + layer_hash.hexdigest() != layer_digest:
+        raise FormatError(f"gzip layer has digest sha256:{layer_hash.hexdigest()}, expected {layer_digest}")
+
+    writer = _HashingWriter(out)
+    toc: list[bytes] = []
+    blobs: list[BlobInfo] = []
+    count = len(chunks.by_digest)
+    if count:
+        meta, zran_size = chunks.meta()
+        packed = compress(meta, "zstd")
+        ci_compressor = "zstd" if packed is not None else "none"
+        stored = packed if packed is not None else meta
+        header = pack_blob_meta_header(
+            ZRAN_BLOB_FEATURES,
+            ci_compressor,
+            count,
+            0,
+            len(stored),
+            len(meta),
+            len(chunks.contexts),
+            zran_size,
+        )
+        writer.write(stored)
+        writer.write(header)
+        writer.write(gnu_tar_header("blob.meta", len(stored) + BLOB_META_HEADER_SIZE))
+        toc.append(
+            pack_toc_entry(
+                "blob.meta", ci_compressor, hashlib.sha256(meta).digest(), 0, len(stored), len(meta)
+            )
+        )
+        toc.append(
+            pack_toc_entry(
+                "blob.meta.header",
+                "none",
+                hashlib.sha256(header).digest(),
+                len(stored),
+                BLOB_META_HEADER_SIZE,
+                BLOB_META_HEADER_SIZE,
+            )
+        )
+        digests = bytes(chunks.digests)
+        digests_offset = writer.position
+        writer.write(digests)
+        writer.write(gnu_tar_header("blob.digest", len(digests)))
+        toc.append(
+            pack_toc_entry(
+                "blob.digest",
+                "none",
+                hashlib.sha256(digests).digest(),
+                digests_offset,
+                len(digests),
+                len(digests),
+            )
+        )
+        blobs.append(
+            BlobInfo(
+                blob_id=blob_id,
+                chunk_size=chunk_size,
+                chunk_count=count,
+                compressor="gzip",
+                digester=DIGESTER,
+                features=ZRAN_BLOB_FEATURES,
+                compressed_size=gzip_size,
+                uncompressed_size=chunks.uncompressed_end,
+                ci_compressor=ci_compressor,
+                ci_offset=0,
+                ci_compressed_size=len(stored),
+                ci_uncompressed_size=len(meta),
+            )
+        )
+    bootstrap = build_bootstrap(
+        root,
+        BootstrapSettings(
+            chunk_size=chunk_size,
+            compressor="gzip",
+            digester=DIGESTER,
+            blobs=blobs,
+            prefetch_patterns=prefetch_patterns,
+        ),
+    )
+    packed_boot = compress(bootstrap, "zstd")
+    boot_data = packed_boot if packed_boot is not None else bootstrap
+    boot_offset = writer.position
+    writer.write(boot_data)
+    writer.write(gnu_tar_header("image.boot", len(boot_data)))
+    toc.append(
+        pack_toc_entry(
+            "image.boot",
+            "zstd" if packed_boot is not None else "none",
+            hashlib.sha256(bootstrap).digest(),
+            boot_offset,
+            len(boot_data),
+            len(bootstrap),
+        )
+    )
+    toc_data = b"".join(toc)
+    writer.write(toc_data)
+    writer.write(gnu_tar_header("rafs.blob.toc", TOC_ENTRY_SIZE * len(toc)))
+    return ZranBlobResult(
+        digest="sha256:" + writer.sha256.hexdigest(),
+        size=writer.position,
+        chunk_count=count,
+        context_count=len(chunks.contexts),
+        gzip_size=gzip_size,
+        toc_digest=hashlib.sha256(toc_data).digest(),
+        toc_size=len(toc_data) + TAR_BLOCK,
+    )
