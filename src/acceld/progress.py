@@ -57,6 +57,17 @@ class NullProgress:
         pass
 
 
+FAILED = "failed"
+
+
+def _outcome_line(description: str, outcome: str, elapsed: float, done: int) -> str:
+    """`push 1a2b3c: uploaded (4.1 MB in 0.8s, 5.1 MB/s)`: the bytes moved and their average speed."""
+    if done and elapsed > 0:
+        rate = format_size(done / elapsed)
+        return f"{description}: {outcome} ({format_size(done)} in {elapsed:.1f}s, {rate}/s)"
+    return f"{description}: {outcome} ({elapsed:.1f}s)"
+
+
 class LogProgress:
     """One line per started and finished item, for logs and pipes."""
 
@@ -82,13 +93,15 @@ class LogProgress:
 
     def finish(self, key: str, outcome: str) -> None:
         description, started, done = self._items.pop(key)
-        elapsed = time.monotonic() - started
-        rate = f", {format_size(done / elapsed)}/s" if done and elapsed > 0 else ""
-        self.log(f"{description}: {outcome} in {elapsed:.1f}s{rate}")
+        self.log(_outcome_line(description, outcome, time.monotonic() - started, done))
 
 
 class RichProgress:
-    """A live bar per item on a terminal."""
+    """A live bar per item in flight on a terminal; each finished item leaves one plain line above the
+    bars (its outcome, size, time and average speed; failures in red), and a closing count.
+
+    Descriptions and outcomes are printed as text, never as rich markup: "[failed]" stays visible.
+    """
 
     def __init__(self, console: Console) -> None:
         from rich.progress import (
@@ -100,16 +113,19 @@ class RichProgress:
             TransferSpeedColumn,
         )
 
+        self._console = console
         self._progress = Progress(
-            TextColumn("{task.description}"),
+            TextColumn("{task.description}", markup=False),
             BarColumn(),
             DownloadColumn(),
             TransferSpeedColumn(),
             TimeRemainingColumn(),
             console=console,
-            transient=False,
+            transient=True,  # finished items are printed as lines; the live area only shows work
         )
-        self._tasks: dict[str, tuple[TaskID, str, int | None]] = {}
+        self._tasks: dict[str, tuple[TaskID, str, float, int]] = {}
+        self._finished = 0
+        self._failed = 0
 
     def __enter__(self) -> RichProgress:
         self._progress.start()
@@ -117,22 +133,35 @@ class RichProgress:
 
     def __exit__(self, *exc: object) -> None:
         self._progress.stop()
+        if self._failed:
+            summary = f"{self._failed} of {self._finished} transfers failed"
+            self._console.print(summary, style="red", markup=False, highlight=False)
 
     def log(self, message: str) -> None:
-        self._progress.console.log(message)
+        self._console.print(message, markup=False, highlight=False, soft_wrap=True)
 
     def start(self, key: str, description: str, total: int | None) -> None:
-        self._tasks[key] = (self._progress.add_task(description, total=total), description, total)
+        task = self._progress.add_task(description, total=total)
+        self._tasks[key] = (task, description, time.monotonic(), 0)
 
     def advance(self, key: str, amount: int) -> None:
-        self._progress.advance(self._tasks[key][0], amount)
+        task, description, started, done = self._tasks[key]
+        self._tasks[key] = (task, description, started, done + amount)
+        self._progress.advance(task, amount)
 
     def reset(self, key: str) -> None:
-        self._progress.reset(self._tasks[key][0])
+        task, description, started, _ = self._tasks[key]
+        self._tasks[key] = (task, description, started, 0)
+        self._progress.reset(task)
 
     def finish(self, key: str, outcome: str) -> None:
-        task, description, total = self._tasks.pop(key)
-        self._progress.update(task, description=f"{description} [{outcome}]", completed=total)
+        task, description, started, done = self._tasks.pop(key)
+        self._progress.remove_task(task)
+        self._finished += 1
+        failed = outcome == FAILED
+        self._failed += failed
+        line = _outcome_line(description, outcome, time.monotonic() - started, done)
+        self._console.print(line, style="red" if failed else None, markup=False, highlight=False)
 
 
 @contextmanager

@@ -74,6 +74,8 @@ class Pusher:
             except BaseException:
                 self._progress.finish(key, "failed")
                 raise
+            if result == "uploaded":  # the upload streams the file by itself: count it as sent once done
+                self._progress.advance(key, blob.size)
             self._progress.finish(key, _PUSH_OUTCOME[result])
         if self._cache is not None and isinstance(self._target, RegistryRepository):
             target = self._target
