@@ -12,7 +12,7 @@ from acceld.config import load_config
 from acceld.convert.api import ConversionRequest, ConversionResult, ConvertOptions, convert_image
 from acceld.convert.check import PlatformCheck, check_image
 from acceld.convert.drivers import DRIVER_CLASSES
-from acceld.convert.errors import ConvertError
+from acceld.convert.errors import ConvertError, NotApplicableError
 from acceld.progress import format_size, progress_reporter
 
 PlatformOption = Annotated[
@@ -111,7 +111,7 @@ def convert(
 ) -> None:
     """Convert an image (every platform of an index) into a lazy-pulling format and push it."""
 
-    async def main() -> ConversionResult:
+    async def main() -> ConversionResult | None:
         options: dict[str, Any] = {
             "chunk_size": parse_size(chunk_size) if chunk_size is not None else None,
             "compression_level": compression_level,
@@ -132,9 +132,15 @@ def convert(
             cache_dir=cache_dir, use_cache=not no_cache, plain_http=plain_http, insecure=insecure
         )
         with progress_reporter() as progress:
-            return await convert_image(request, load_config(config), progress, local)
+            try:
+                return await convert_image(request, load_config(config), progress, local)
+            except NotApplicableError as exc:
+                typer.echo(str(exc), err=True)
+                return None
 
     result = run(main())
+    if result is None:
+        return
     typer.echo(summary(result), err=True)
     typer.echo(f"{result.target}@{result.target_digest}" if "@" not in result.target else result.target)
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from acceld.errors import AcceldError
-from acceld.formats.driver import Driver
+from acceld.formats.driver import AnyDriver
 
 # name -> (module, class). Imported lazily so one missing format never breaks the others.
 DRIVER_CLASSES: dict[str, tuple[str, str]] = {
@@ -22,7 +22,7 @@ class UnknownDriverError(AcceldError):
     """The requested driver name or one of its options does not exist."""
 
 
-def make_driver(name: str, options: Mapping[str, Any]) -> Driver:
+def make_driver(name: str, options: Mapping[str, Any]) -> AnyDriver:
     """Build driver `name` with `options` passed as keyword arguments to its class.
 
     Options with value None are dropped, so callers can pass unset CLI flags through.
@@ -41,7 +41,7 @@ def make_driver(name: str, options: Mapping[str, Any]) -> Driver:
     if unknown:
         raise UnknownDriverError(f"driver {name!r} does not take option(s): {', '.join(unknown)}")
     try:
-        driver: Driver = driver_class(**kwargs)
+        driver: AnyDriver = driver_class(**kwargs)
     except TypeError as exc:
         raise UnknownDriverError(f"bad options for driver {name!r}: {exc}") from None
     except ValueError as exc:

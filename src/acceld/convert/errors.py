@@ -10,6 +10,13 @@ class ConvertError(AcceldError):
     """A conversion that cannot go on (bad request, driver failure, local I/O failure)."""
 
 
+class NotApplicableError(AcceldError):
+    """The driver has nothing to add to this image (e.g. no layer is large enough for SOCI).
+
+    Not a failure: nothing is pushed, the CLI exits 0 and the service records the task as skipped.
+    """
+
+
 class CorruptSourceLayerError(FormatError):
     """A source layer blob whose digest, compression or decompressed content is wrong."""
 

@@ -1,4 +1,5 @@
-"""Converting one source layer blob into one converted blob: the unit of work of a worker process."""
+"""The unit of work of a worker process: one source layer blob into one converted blob (layer
+drivers) or into one artifact blob (artifact drivers)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 from acceld.convert.errors import ConvertError, CorruptSourceLayerError
-from acceld.convert.streams import MeasuringWriter, SourceTarStream
+from acceld.convert.streams import MeasuringWriter, SourceTarStream, VerifiedBlob
 from acceld.errors import AcceldError
-from acceld.formats.driver import Driver, FormatError, LayerBlob, SourceLayer
+from acceld.formats.driver import ArtifactDriver, Driver, FormatError, LayerBlob, SkipLayer, SourceLayer
 from acceld.oci.mediatypes import layer_compression
 
 log = logging.getLogger(__name__)
@@ -82,5 +83,49 @@ def convert_layer_job(
         digest=out.digest,
         size=out.size,
         diff_id=output.diff_id,
+        annotations=dict(output.annotations),
+    )
+
+
+def artifact_layer_job(
+    driver: ArtifactDriver, job: LayerJob, report: Callable[[int], None] | None = None
+) -> LayerBlob | str:
+    """Build one layer's artifact from its compressed blob (digest verified); a str is the reason
+    the driver skipped the layer. Runs in a worker process; errors as for `convert_layer_job`."""
+    job.workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        with job.source_path.open("rb") as blob_file, job.output_path.open("wb") as out_file:
+            blob = VerifiedBlob(cast(BinaryIO, blob_file), job.layer, report)
+            out = MeasuringWriter(cast(BinaryIO, out_file))
+            try:
+                source = cast(BinaryIO, io.BufferedReader(blob, _TAR_BUFFER))
+                output = driver.build_artifact(source, cast(BinaryIO, out), job.layer, job.workdir)
+            except SkipLayer as skip:
+                blob.raise_if_corrupt()
+                job.output_path.unlink(missing_ok=True)
+                return str(skip)
+            except Exception as exc:
+                blob.raise_if_corrupt()
+                if isinstance(exc, FormatError) and not isinstance(exc, CorruptSourceLayerError):
+                    raise CorruptSourceLayerError(f"source layer {job.layer.digest}: {exc}") from None
+                raise
+            blob.finish()
+    except AcceldError:
+        raise
+    except OSError as exc:
+        raise ConvertError(f"layer {job.layer.digest}: local I/O failed: {exc}", transient=True) from None
+    except Exception as exc:
+        log.debug("driver %s failed on %s", driver.name, job.layer.digest, exc_info=True)
+        raise ConvertError(
+            f"layer {job.layer.digest}: {driver.name} driver failed: {type(exc).__name__}: {exc}"
+        ) from None
+    finally:
+        shutil.rmtree(job.workdir, ignore_errors=True)
+    return LayerBlob(
+        path=job.output_path,
+        media_type=output.media_type,
+        digest=out.digest,
+        size=out.size,
+        diff_id="",
         annotations=dict(output.annotations),
     )

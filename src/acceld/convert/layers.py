@@ -1,8 +1,10 @@
 """Turning every distinct source layer of a conversion into a converted blob on local disk.
 
-Per layer, in this order: already in the target format → passes through unchanged; in the
+Per layer, in this order: already in the target format → passes through unchanged (an artifact
+driver instead skips layers it rules out by their descriptor, without fetching them); in the
 layer cache → reused; otherwise fetched to a spool file (read in place from an OCI layout) and
-converted in a worker process. Layers shared by several platforms are handled once.
+converted in a worker process (artifact drivers: its artifact built, or skipped by content).
+Layers shared by several platforms are handled once.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from pathlib import Path
 
 from acceld.convert.cache import CacheKey, LayerCache
 from acceld.convert.errors import ConvertError, first_error
-from acceld.convert.layer_job import LayerJob, convert_layer_job
+from acceld.convert.layer_job import LayerJob, artifact_layer_job, convert_layer_job
 from acceld.convert.workers import ProcessRunner
-from acceld.formats.driver import Driver, LayerBlob, SourceLayer
+from acceld.formats.driver import AnyDriver, ArtifactDriver, LayerBlob, SourceLayer
 from acceld.oci.digest import digest_hex
 from acceld.oci.models import Descriptor
 from acceld.progress import ProgressReporter
@@ -31,13 +33,15 @@ class Outcome(enum.Enum):
     CONVERTED = "converted"
     CACHED = "cached"
     PASSED = "passed through"
+    SKIPPED = "skipped"
 
 
 @dataclass(frozen=True)
 class ConvertedLayer:
     source: SourceLayer
-    blob: LayerBlob
+    blob: LayerBlob | None  # None only when SKIPPED (artifact drivers)
     outcome: Outcome
+    reason: str = ""  # why it was skipped
 
 
 def short(digest: str) -> str:
@@ -49,7 +53,7 @@ class LayerConverter:
 
     def __init__(
         self,
-        driver: Driver,
+        driver: AnyDriver,
         source: ImageStore,
         workspace: Path,
         cache: LayerCache | None,
@@ -75,7 +79,11 @@ class LayerConverter:
         return {digest: task.result() for digest, task in tasks.items()}
 
     async def _convert(self, layer: SourceLayer) -> ConvertedLayer:
-        if self._driver.is_converted(layer):
+        if isinstance(self._driver, ArtifactDriver):
+            reason = self._driver.skip_reason(layer)
+            if reason is not None:
+                return self._skipped(layer, reason)
+        elif self._driver.is_converted(layer):
             path = await self._local_copy(layer)
             blob = LayerBlob(
                 path=path,
@@ -94,12 +102,18 @@ class LayerConverter:
                 self._progress.log(f"layer {short(layer.digest)}: cached as {short(cached.digest)}")
                 return ConvertedLayer(layer, cached, Outcome.CACHED)
         source_path = await self._local_copy(layer)
-        blob = await self._convert_file(layer, source_path)
+        result = await self._convert_file(layer, source_path)
+        if isinstance(result, str):
+            return self._skipped(layer, result)
         if self._cache is not None:
-            blob = await asyncio.to_thread(self._cache.store, key, blob)
-        return ConvertedLayer(layer, blob, Outcome.CONVERTED)
+            result = await asyncio.to_thread(self._cache.store, key, result)
+        return ConvertedLayer(layer, result, Outcome.CONVERTED)
 
-    async def _convert_file(self, layer: SourceLayer, source_path: Path) -> LayerBlob:
+    def _skipped(self, layer: SourceLayer, reason: str) -> ConvertedLayer:
+        self._progress.log(f"layer {short(layer.digest)}: skipped ({reason})")
+        return ConvertedLayer(layer, None, Outcome.SKIPPED, reason)
+
+    async def _convert_file(self, layer: SourceLayer, source_path: Path) -> LayerBlob | str:
         hex_digest = digest_hex(layer.digest)
         job = LayerJob(
             layer=layer,
@@ -109,17 +123,23 @@ class LayerConverter:
         )
         key = f"convert {layer.digest}"
         self._progress.start(key, f"convert {short(layer.digest)}", layer.size)
+        on_progress = lambda n: self._progress.advance(key, n)  # noqa: E731
         try:
-            blob = await self._runner.run(
-                convert_layer_job, self._driver, job, on_progress=lambda n: self._progress.advance(key, n)
-            )
+            blob: LayerBlob | str
+            if isinstance(self._driver, ArtifactDriver):
+                blob = await self._runner.run(artifact_layer_job, self._driver, job, on_progress=on_progress)
+            else:
+                blob = await self._runner.run(convert_layer_job, self._driver, job, on_progress=on_progress)
         except BaseException:
             self._progress.finish(key, "failed")
             raise
         finally:
             if source_path.parent == self._workspace:
                 source_path.unlink(missing_ok=True)
-        self._progress.finish(key, f"{self._driver.name} {short(blob.digest)}, {blob.size} bytes")
+        if isinstance(blob, str):
+            self._progress.finish(key, f"skipped ({blob})")
+        else:
+            self._progress.finish(key, f"{self._driver.name} {short(blob.digest)}, {blob.size} bytes")
         return blob
 
     async def _local_copy(self, layer: SourceLayer) -> Path:

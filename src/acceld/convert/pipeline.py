@@ -1,6 +1,9 @@
 """One conversion from start to finish: source → converted layers → config/manifest → push.
 
-Nothing is pushed before every layer of every selected platform is converted and every
+Both kinds of driver (`acceld.formats.driver`) run through here: a layer driver's blobs become
+converted configs/manifests/index built below; an artifact driver's per-layer artifacts go to its
+own image hook, which returns what to push (always into the source repository, where the layers
+are). Nothing is pushed before every layer of every selected platform is converted and every
 manifest is built, so a corrupt source layer leaves the target untouched.
 """
 
@@ -19,20 +22,20 @@ from acceld.convert.api import ConversionRequest, ConversionResult, ConvertOptio
 from acceld.convert.cache import LayerCache, default_cache_dir
 from acceld.convert.chunkdict import fetch_chunk_dict, is_image_reference
 from acceld.convert.drivers import make_driver
-from acceld.convert.errors import ConvertError
+from acceld.convert.errors import ConvertError, NotApplicableError
 from acceld.convert.formats import is_nydus_image
 from acceld.convert.image import converted_config, converted_index, converted_manifest, source_annotations
 from acceld.convert.layers import ConvertedLayer, LayerConverter, Outcome
 from acceld.convert.push import Pusher, PushPlan
 from acceld.convert.source import SourceImage, SourcePlan, load_source
-from acceld.convert.target import describe, resolve_target, store_ref
+from acceld.convert.target import Location, describe, resolve_target, store_ref
 from acceld.convert.workers import ProcessRunner
 from acceld.errors import AcceldError
-from acceld.formats.driver import Driver, LayerBlob
+from acceld.formats.driver import ArtifactDriver, Driver, LayerBlob, LayerResult, PlatformArtifacts
 from acceld.oci import mediatypes as mt
-from acceld.oci.digest import sha256_digest
+from acceld.oci.digest import digest_hex, sha256_digest
 from acceld.oci.models import Descriptor, RawManifest
-from acceld.oci.reference import parse_location
+from acceld.oci.reference import LayoutRef, Reference, parse_location
 from acceld.progress import NullProgress
 from acceld.registry.stores import Stores
 
@@ -65,31 +68,29 @@ async def run_conversion(
         async with Stores(config, plain_http=options.plain_http, insecure=options.insecure) as stores:
             driver = make_driver(request.driver, await _local_options(request, stores, workspace))
             target_location = resolve_target(source_location, request.target, driver.tag_suffix)
+            if isinstance(driver, ArtifactDriver):
+                _require_source_repository(source_location, target_location, driver.name)
             source = stores.open(source_location)
             plan = await load_source(source, store_ref(source, source_location), request.platforms)
             _refuse_unconvertible(plan)
             runner = ProcessRunner(options.workers)
             converter = LayerConverter(driver, source, workspace, cache, runner, progress)
             layers = await converter.convert_all(layer for image in plan.images for layer in image.layers)
-            images = [
-                await _build_image(driver, image, layers, str(source_location), workspace / f"finalize-{n}")
-                for n, image in enumerate(plan.images)
-            ]
-            root, children = _root_manifest(plan, images)
+            if isinstance(driver, ArtifactDriver):
+                push_plan, tagged = await _artifact_plan(driver, plan, layers, workspace / "image")
+                tag = target_location.tag if tagged else None
+            else:
+                push_plan = await _converted_plan(driver, plan, layers, str(source_location), workspace)
+                tag = target_location.tag
+            root = push_plan.root
             target = stores.open(target_location, create=True)
-            push_plan = PushPlan(
-                blobs=list({blob.digest: blob for image in images for blob in image.layers}.values()),
-                configs=[image.config for image in images],
-                children=children,
-                root=root,
-            )
-            await Pusher(target, source, cache, progress).push(push_plan, target_location.tag)
+            await Pusher(target, source, cache, progress).push(push_plan, tag)
     finally:
         await asyncio.to_thread(shutil.rmtree, workspace, True)
     return ConversionResult(
         source=request.source,
         source_digest=plan.root.digest,
-        target=describe(target_location, root.digest),
+        target=describe(target_location if tag else _untagged(target_location), root.digest),
         target_digest=root.digest,
         source_size=_size(
             [(layer.digest, layer.size) for image in plan.images for layer in image.layers]
@@ -115,6 +116,78 @@ async def _local_options(request: ConversionRequest, stores: Stores, workspace: 
     return options
 
 
+async def _converted_plan(
+    driver: Driver,
+    plan: SourcePlan,
+    layers: Mapping[str, ConvertedLayer],
+    source_reference: str,
+    workspace: Path,
+) -> PushPlan:
+    blobs = {digest: layer.blob for digest, layer in layers.items() if layer.blob is not None}
+    images = [
+        await _build_image(driver, image, blobs, source_reference, workspace / f"finalize-{n}")
+        for n, image in enumerate(plan.images)
+    ]
+    root, children = _root_manifest(plan, images)
+    return PushPlan(
+        blobs=list({blob.digest: blob for image in images for blob in image.layers}.values()),
+        configs=[image.config for image in images],
+        children=children,
+        root=root,
+    )
+
+
+async def _artifact_plan(
+    driver: ArtifactDriver, plan: SourcePlan, layers: Mapping[str, ConvertedLayer], workdir: Path
+) -> tuple[PushPlan, bool]:
+    """The artifact driver's image hook; the bool says whether the root is pushed with the tag."""
+    platforms = [
+        PlatformArtifacts(
+            entry=image.entry,
+            manifest=image.raw,
+            platform=image.platform,
+            layers=[
+                LayerResult(layer, layers[layer.digest].blob, layers[layer.digest].reason)
+                for layer in image.layers
+            ],
+        )
+        for image in plan.images
+    ]
+    workdir.mkdir()
+    try:
+        built = await asyncio.to_thread(driver.build_image, plan.root, platforms, workdir)
+    except AcceldError:
+        raise
+    except Exception as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+        raise ConvertError(f"{driver.name} driver failed to build the image: {problem}") from exc
+    if built is None:
+        skipped = {layer.source.digest: layer.reason for layer in layers.values() if layer.reason}
+        reasons = "; ".join(f"{digest_hex(d)[:12]}: {why}" for d, why in skipped.items())
+        raise NotApplicableError(f"{driver.name}: not applicable, no layer qualifies ({reasons})")
+    if built.root is None and not built.manifests:
+        raise ConvertError(f"{driver.name} driver built nothing to push")
+    root = built.root or built.manifests[-1]
+    children = list(built.manifests if built.root else built.manifests[:-1])
+    return PushPlan(blobs=list(built.blobs), configs=[], children=children, root=root), built.root is not None
+
+
+def _require_source_repository(source: Location, target: Location, driver: str) -> None:
+    """Artifacts refer to the source layers, which the snapshotter fetches from the same repository."""
+    if type(source) is not type(target) or _repository(source) != _repository(target):
+        raise ConvertError(f"{driver} artifacts must go to the source repository (where its layers are)")
+
+
+def _repository(location: Location) -> str:
+    return str(location.path.resolve()) if isinstance(location, LayoutRef) else location.name
+
+
+def _untagged(location: Location) -> Location:
+    if isinstance(location, LayoutRef):
+        return LayoutRef(location.path, None)
+    return Reference(location.registry, location.repository, None, None)
+
+
 def _refuse_unconvertible(plan: SourcePlan) -> None:
     """Images without layers have nothing to convert; Nydus blobs are not tar layers, so no driver
     converts them (nor rebuilds a bootstrap over them)."""
@@ -136,11 +209,11 @@ def _size(blobs: list[tuple[str, int]]) -> int:
 async def _build_image(
     driver: Driver,
     image: SourceImage,
-    layers: Mapping[str, ConvertedLayer],
+    blobs: Mapping[str, LayerBlob],
     source_reference: str,
     workdir: Path,
 ) -> ConvertedImage:
-    converted = [layers[layer.digest].blob for layer in image.layers]
+    converted = [blobs[layer.digest] for layer in image.layers]
     workdir.mkdir()
     try:
         additions = await asyncio.to_thread(driver.finalize, converted, workdir)

@@ -149,6 +149,45 @@ class SourceTarStream(io.RawIOBase):
         raise CorruptSourceLayerError(f"source layer {self._layer.digest}: {problem}")
 
 
+class VerifiedBlob(io.RawIOBase):
+    """A source layer blob as stored (compressed), its digest checked once it has been read.
+
+    `finish()` reads what the driver left unread and raises `CorruptSourceLayerError` on a
+    digest mismatch; `raise_if_corrupt()` does the same after a failure.
+    """
+
+    def __init__(
+        self, blob: BinaryIO, layer: SourceLayer, on_read: Callable[[int], None] | None = None
+    ) -> None:
+        self._layer = layer
+        self._reader = _HashingReader(blob, on_read)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        return self._reader.readinto(buffer)
+
+    def finish(self) -> None:
+        self._reader.drain()
+        self._check()
+
+    def raise_if_corrupt(self) -> None:
+        try:
+            self._reader.drain()
+        except OSError:
+            return
+        self._check()
+
+    def _check(self) -> None:
+        digest = "sha256:" + self._reader.hash.hexdigest()
+        if self._layer.digest.startswith("sha256:") and digest != self._layer.digest:
+            raise CorruptSourceLayerError(
+                f"source layer {self._layer.digest}: blob has digest {digest} "
+                f"({self._reader.size} bytes, manifest says {self._layer.size})"
+            )
+
+
 class MeasuringWriter(io.RawIOBase):
     """Writes through to a file and records sha256 and size of everything written."""
 

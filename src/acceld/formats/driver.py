@@ -1,8 +1,23 @@
 """The contract between the conversion pipeline and a format driver.
 
-A driver turns one source layer (its decompressed tar stream) into one converted layer and
-may add image-level parts (Nydus appends a bootstrap layer). Drivers are plain picklable
-objects: the pipeline runs `convert_layer` in worker processes.
+There are two kinds of driver, modelled on containerd's converter (a per-layer hook, then a
+manifest/index hook); the pipeline (`acceld.convert.pipeline`) is the same for both: fetch the
+source, run the layer hook of every distinct layer in worker processes (layer cache included),
+run the image hook, push.
+
+* `Driver` rewrites layers (eStargz, zstd:chunked, Nydus): `convert_layer` reads a source
+  layer's *decompressed tar* and writes a converted blob; `finalize` may add image-level layers
+  (Nydus's bootstrap); the pipeline builds the converted configs, manifests and index itself,
+  each with `subject` = its source.
+* `ArtifactDriver` leaves the layers alone and adds artifacts next to them (SOCI, Nydus zran):
+  `skip_reason` decides from the descriptor alone which layers get no artifact (not even
+  fetched); `build_artifact` reads a layer's *compressed blob* (the pipeline verifies its digest
+  as it is read) and writes one artifact blob, or raises `SkipLayer`; `build_image` then gets,
+  per selected platform, the source manifest and the per-layer results, and returns everything
+  to push (`ArtifactImage`: blobs, manifests by digest, the tagged root) — or None when no layer
+  qualified, which the pipeline reports as "not applicable" and pushes nothing.
+
+Drivers are plain picklable objects (options only): layer hooks run in worker processes.
 """
 
 from __future__ import annotations
@@ -10,9 +25,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 from acceld.errors import AcceldError
+from acceld.oci.models import Descriptor, RawManifest
 
 
 @dataclass(frozen=True)
@@ -89,6 +105,84 @@ class Driver(Protocol):
     def source_annotations(self, source_digest: str, source_reference: str) -> Mapping[str, str]:
         """Format-specific manifest annotations naming the source manifest (may be empty)."""
         ...
+
+
+class SkipLayer(Exception):
+    """Raised by `ArtifactDriver.build_artifact`: this layer gets no artifact (the reason says why)."""
+
+
+@dataclass(frozen=True)
+class ArtifactOutput:
+    """What an artifact driver reports about the artifact blob it wrote for one layer."""
+
+    media_type: str
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LayerResult:
+    """One source layer of a platform as the image hook sees it: its artifact, or why there is none."""
+
+    layer: SourceLayer
+    artifact: LayerBlob | None
+    skipped: str = ""
+
+
+@dataclass(frozen=True)
+class PlatformArtifacts:
+    """One selected platform: the source manifest (exact bytes), its entry and per-layer results."""
+
+    entry: Descriptor  # the source index entry (with platform), or the root manifest's descriptor
+    manifest: RawManifest
+    platform: str
+    layers: Sequence[LayerResult]
+
+
+@dataclass(frozen=True)
+class ArtifactImage:
+    """Everything an artifact driver pushes, in dependency order."""
+
+    blobs: Sequence[LayerBlob]  # artifact blobs and any other blobs (configs) the manifests name
+    manifests: Sequence[RawManifest]  # pushed by digest, in this order
+    root: RawManifest | None  # pushed last, with the target tag; None: the last manifest is the result
+
+
+@runtime_checkable
+class ArtifactDriver(Protocol):
+    """A driver that adds artifacts next to the unchanged source layers (see the module docstring)."""
+
+    name: str
+    tag_suffix: str
+
+    def options_key(self) -> str:
+        """A stable string of every option that changes the artifacts (cache and dedup key)."""
+        ...
+
+    def is_converted(self, layer: SourceLayer) -> bool:
+        """Always False: an artifact driver never changes layers (kept so callers treat both kinds alike)."""
+        ...
+
+    def skip_reason(self, layer: SourceLayer) -> str | None:
+        """Why `layer` gets no artifact, judged from its descriptor alone; None: build one."""
+        ...
+
+    def build_artifact(
+        self, blob: BinaryIO, out: BinaryIO, layer: SourceLayer, workdir: Path
+    ) -> ArtifactOutput:
+        """Read the compressed source blob from `blob`, write the artifact to `out` sequentially.
+
+        Raise `SkipLayer` when the content rules the layer out, `FormatError` for malformed input.
+        """
+        ...
+
+    def build_image(
+        self, source: RawManifest, platforms: Sequence[PlatformArtifacts], workdir: Path
+    ) -> ArtifactImage | None:
+        """The manifests/index to push for the source root `source`; None when nothing qualified."""
+        ...
+
+
+AnyDriver = Driver | ArtifactDriver
 
 
 class FormatError(AcceldError):

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from acceld.formats.driver import Driver, SourceLayer
+from acceld.formats.driver import AnyDriver, SourceLayer
 from acceld.oci import mediatypes as mt
 from acceld.oci.models import Manifest, RawManifest
 from acceld.registry.errors import NotFound
@@ -35,14 +35,14 @@ class SourceInfo:
     accelerated: str | None  # why the artifact must not be converted, None when it is a source image
 
 
-def manifest_marker(manifest: Manifest, drivers: Iterable[Driver] = ()) -> str | None:
+def manifest_marker(manifest: Manifest, drivers: Iterable[AnyDriver] = ()) -> str | None:
     """Why `manifest` is a converter's output (or another artifact about an image), None if it is not."""
     if manifest.subject is not None:
         return f"it refers to {manifest.subject.digest} (subject): an accessory, not a source image"
     return format_marker(manifest, drivers)
 
 
-def format_marker(manifest: Manifest, drivers: Iterable[Driver] = ()) -> str | None:
+def format_marker(manifest: Manifest, drivers: Iterable[AnyDriver] = ()) -> str | None:
     """Which lazy-pulling format marker `manifest` carries (annotations, media types), None if none."""
     for key in ACCELERATED_MANIFEST_ANNOTATIONS:
         if key in (manifest.annotations or {}):
@@ -71,7 +71,7 @@ def format_marker(manifest: Manifest, drivers: Iterable[Driver] = ()) -> str | N
     return None
 
 
-async def inspect_source(repo: RegistryRepository, ref: str, drivers: Iterable[Driver] = ()) -> SourceInfo:
+async def inspect_source(repo: RegistryRepository, ref: str, drivers: Iterable[AnyDriver] = ()) -> SourceInfo:
     """Fetch the manifest or index at `ref` and decide whether it is a convertible source.
 
     A converted index carries no `subject` itself, so an index is judged by its first child.

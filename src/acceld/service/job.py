@@ -19,8 +19,9 @@ from pydantic import BaseModel
 
 from acceld.config import AcceldConfig, RegistryConfig
 from acceld.convert.api import ConversionRequest, ConvertOptions, convert_image_sync, make_driver
+from acceld.convert.errors import NotApplicableError
 from acceld.errors import AcceldError
-from acceld.formats.driver import Driver
+from acceld.formats.driver import AnyDriver
 from acceld.registry.errors import NotFound
 from acceld.registry.repository import RegistryRepository
 from acceld.registry.stores import Stores
@@ -89,7 +90,10 @@ def _convert(spec: JobSpec) -> JobResult:
         platforms=spec.platforms or None,
     )
     options = ConvertOptions(cache_dir=spec.cache_dir)
-    result = convert_image_sync(request, AcceldConfig(registries=spec.registries), options)
+    try:
+        result = convert_image_sync(request, AcceldConfig(registries=spec.registries), options)
+    except NotApplicableError as exc:
+        return JobResult(status="skipped", source_digest=digest, reason=str(exc))
     return JobResult(
         status="succeeded",
         source_digest=result.source_digest,
@@ -103,7 +107,7 @@ def _convert(spec: JobSpec) -> JobResult:
     )
 
 
-async def _check_source(spec: JobSpec, driver: Driver) -> JobResult:
+async def _check_source(spec: JobSpec, driver: AnyDriver) -> JobResult:
     """Loop guard and multi-arch handling before converting; `succeeded` means: go ahead."""
     tag_suffix = driver.tag_suffix
     async with Stores(AcceldConfig(registries=spec.registries)) as stores:
@@ -174,7 +178,7 @@ async def _delete(spec: JobSpec) -> JobResult:
     )
 
 
-async def _referrers_of_format(repo: RegistryRepository, digest: str, driver: Driver) -> list[str]:
+async def _referrers_of_format(repo: RegistryRepository, digest: str, driver: AnyDriver) -> list[str]:
     found = []
     for desc in await repo.referrers(digest):
         try:

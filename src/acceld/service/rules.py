@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from acceld.convert.api import make_driver
-from acceld.formats.driver import Driver
+from acceld.formats.driver import AnyDriver
 from acceld.service.config import RuleConfig
 from acceld.service.harbor import Artifact
 
-DriverFactory = Callable[[str, Mapping[str, Any]], Driver]
+DriverFactory = Callable[[str, Mapping[str, Any]], AnyDriver]
 
 
 def compile_pattern(pattern: str) -> re.Pattern[str]:

@@ -146,6 +146,8 @@ class CheckpointingReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        if self.closed:
+            raise ValueError("read from a closed CheckpointingReader")
         want = len(buffer)
         while self._pending == self._out_pos and not self._eof and want:
             self._step(want)
