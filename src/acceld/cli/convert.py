@@ -83,6 +83,14 @@ PrefetchPatternsOption = Annotated[
 ChunkDictOption = Annotated[
     str | None, typer.Option("--chunk-dict", help="Converted Nydus image whose chunks are reused.")
 ]
+OciRefOption = Annotated[
+    bool,
+    typer.Option(
+        "--oci-ref",
+        help="Nydus zran image: index the source's gzip layers in place instead of copying them "
+        "(nydus; pushed to the source repository).",
+    ),
+]
 CacheDirOption = Annotated[
     Path | None,
     typer.Option("--cache-dir", help="Layer cache directory (default $ACCELD_CACHE_DIR or ~/.cache/acceld)."),
@@ -103,6 +111,7 @@ def convert(
     digester: DigesterOption = None,
     prefetch_patterns: PrefetchPatternsOption = None,
     chunk_dict: ChunkDictOption = None,
+    oci_ref: OciRefOption = False,
     cache_dir: CacheDirOption = None,
     no_cache: NoCacheOption = False,
     config: ConfigOption = None,
@@ -120,6 +129,7 @@ def convert(
             "digester": digester,
             "prefetch_patterns": tuple(prefetch_patterns) if prefetch_patterns else None,
             "chunk_dict": chunk_dict,
+            "oci_ref": True if oci_ref else None,
         }
         request = ConversionRequest(
             source=src,

@@ -23,6 +23,7 @@ from acceld.convert.formats import (
     ESTARGZ_METADATA_FILES,
     ESTARGZ_TOC,
     FORMATS,
+    NYDUS_REF,
     FormatReader,
     LayerFile,
     detect_format,
@@ -109,7 +110,12 @@ async def _check_one(
         verdict.source = original.raw.digest
         diff_ids = converted.config.rootfs.diff_ids
         files = [
-            LayerFile(await _local_blob(store, layer, work, verdict), layer, diff_id)
+            LayerFile(
+                await _local_blob(store, layer, work, verdict),
+                layer,
+                diff_id,
+                await _referenced_layer(store, layer, original, work, verdict),
+            )
             for layer, diff_id in zip(converted.manifest.layers, diff_ids, strict=True)
         ]
         try:
@@ -157,6 +163,22 @@ async def _find_source(
         raise ConvertError(f"{converted.raw.digest} has no subject: name its source with --source")
     plan = await load_source(store, subject.digest, None)
     return plan.images[0]
+
+
+async def _referenced_layer(
+    store: ImageStore, layer: Descriptor, original: SourceImage, work: Path, verdict: PlatformCheck
+) -> Path | None:
+    """The source layer a Nydus zran ref blob indexes, fetched from the converted image's repository
+    (where a runtime reads it); it must be a layer of the source image."""
+    named = (layer.annotations or {}).get(NYDUS_REF)
+    if named is None:
+        return None
+    source_layer = next((s for s in original.layers if s.digest == named), None)
+    if source_layer is None:
+        verdict.problems.append(f"ref blob {layer.digest} indexes {named}, which is not a source layer")
+        return None
+    desc = Descriptor(mediaType=source_layer.media_type, digest=named, size=source_layer.size)
+    return await _local_blob(store, desc, work, verdict)
 
 
 async def _local_blob(store: ImageStore, layer: Descriptor, work: Path, verdict: PlatformCheck) -> Path:

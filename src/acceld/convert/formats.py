@@ -19,6 +19,7 @@ from acceld.oci.models import Descriptor, Manifest
 
 NYDUS_BOOTSTRAP = "containerd.io/snapshot/nydus-bootstrap"
 NYDUS_BLOB = "containerd.io/snapshot/nydus-blob"
+NYDUS_REF = "containerd.io/snapshot/nydus-ref"  # a zran ref blob names the source gzip layer it indexes
 ESTARGZ_TOC = "containerd.io/snapshot/stargz/toc.digest"
 # Entries of an eStargz layer tar that are format metadata, not files of the image.
 ESTARGZ_METADATA_FILES = ("/stargz.index.json", "/.prefetch.landmark", "/.no.prefetch.landmark")
@@ -33,6 +34,7 @@ class LayerFile:
     path: Path
     descriptor: Descriptor
     diff_id: str
+    referenced: Path | None = None  # the source layer a Nydus zran ref blob reads its chunks from
 
 
 class FormatReader(Protocol):
@@ -50,9 +52,12 @@ class NydusReader:
         from acceld.formats.nydus.reader import RafsImage
 
         *blobs, bootstrap = layers
-        image = RafsImage.from_bootstrap_layer(
-            bootstrap.path, {digest_hex(blob.descriptor.digest): blob.path for blob in blobs}
-        )
+        files = {digest_hex(blob.descriptor.digest): blob.path for blob in blobs}
+        for blob in blobs:
+            named = (blob.descriptor.annotations or {}).get(NYDUS_REF)
+            if named is not None and blob.referenced is not None:
+                files[digest_hex(named)] = blob.referenced
+        image = RafsImage.from_bootstrap_layer(bootstrap.path, files)
         image.verify()
         return image.to_fstree()
 
