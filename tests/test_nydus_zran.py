@@ -20,10 +20,18 @@ import tarfile
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 import zstandard
+from harness.clients import acceld
+from harness.images import read_blob_json
+from harness.registry import RunningRegistry
 from harness.tars import write_edge_lower, write_edge_upper
+from harness.testimages import ImageSet
+from test_check import tagged
+from test_convert import _bad_gzip, push_source, registry_config
 from test_nydus_erofs import (
     _extraction_artifact,
     _loop_reason,
@@ -33,6 +41,8 @@ from test_nydus_erofs import (
     kernel_tree,
 )
 
+from acceld.convert.api import ConversionRequest, ConvertOptions, convert_image
+from acceld.errors import AcceldError
 from acceld.formats import fstree
 from acceld.formats.driver import FormatError, LayerBlob, SourceLayer
 from acceld.formats.nydus import NydusDriver
@@ -339,7 +349,7 @@ def test_kernel_mount_serves_the_source_tree(edge_tars: list[Path], tmp_path: Pa
 
 def test_non_gzip_layer_is_refused_naming_it(edge_tars: list[Path], tmp_path: Path) -> None:
     layer = SourceLayer("sha256:" + "1" * 64, "application/vnd.oci.image.layer.v1.tar+zstd", 10, "")
-    with pytest.raises(FormatError, match=f"source layer sha256:{'1' * 64} .*not gzip"):
+    with pytest.raises(FormatError, match=f"layer sha256:{'1' * 64} .*not gzip"):
         NydusDriver(oci_ref=True).convert_layer(io.BytesIO(b""), io.BytesIO(), layer, tmp_path)
 
 
@@ -370,3 +380,109 @@ def test_sparse_files_and_chunk_dicts_are_refused(tmp_path: Path) -> None:
     layer = gzip_layer(tar, tmp_path / "sparse.tar.gz")
     with pytest.raises(FormatError):
         NydusDriver(oci_ref=True).convert_layer(layer.open("rb"), io.BytesIO(), source_layer(layer), tmp_path)
+
+
+# ---- through the pipeline: layouts, registries, acceld check ----------------------------------------
+
+
+@pytest.fixture
+def layout(test_images: ImageSet, tmp_path: Path) -> Path:
+    copy = tmp_path / "layout"
+    shutil.copytree(test_images.layout, copy)
+    return copy
+
+
+def _manifest(layout: Path, tag: str) -> dict[str, Any]:
+    return read_blob_json(layout, tagged(layout, tag))
+
+
+@pytest.mark.parametrize("tag", ["whiteout", "busybox", "docker-amd64"])
+def test_cli_converts_in_place_and_check_passes(layout: Path, tmp_path: Path, tag: str) -> None:
+    converted = acceld("convert", f"oci:{layout}:{tag}", "-d", "nydus", "--oci-ref", cache=tmp_path / "cache")
+    assert converted.returncode == 0, converted.stderr[-2000:]
+    checked = acceld("check", f"oci:{layout}:{tag}-nydus-oci-ref", cache=tmp_path / "cache")
+    assert checked.returncode == 0, checked.stdout + checked.stderr[-2000:]
+    assert "OK" in checked.stdout
+    root = _manifest(layout, f"{tag}-nydus-oci-ref")
+    sources = _manifest(layout, tag)
+    pairs = (
+        [(m, s) for m, s in zip(root["manifests"], sources["manifests"], strict=True)]
+        if "manifests" in root
+        else [(None, None)]
+    )
+    for entry, source_entry in pairs:
+        manifest = root if entry is None else read_blob_json(layout, entry["digest"])
+        source = sources if source_entry is None else read_blob_json(layout, source_entry["digest"])
+        *refs, bootstrap = manifest["layers"]
+        assert [ref["annotations"]["containerd.io/snapshot/nydus-ref"] for ref in refs] == [
+            layer["digest"] for layer in source["layers"]
+        ]
+        assert all(ref["mediaType"] == "application/vnd.oci.image.layer.nydus.blob.v1" for ref in refs)
+        assert bootstrap["annotations"]["containerd.io/snapshot/nydus-bootstrap"] == "true"
+        assert manifest["subject"]["digest"] == (source_entry or {"digest": tagged(layout, tag)})["digest"]
+        assert sum(ref["size"] for ref in refs) < sum(layer["size"] for layer in source["layers"]) // 4
+
+
+def test_target_outside_the_source_repository_is_refused(layout: Path, tmp_path: Path) -> None:
+    result = acceld(
+        "convert",
+        f"oci:{layout}:whiteout",
+        f"oci:{tmp_path / 'other'}:x",
+        "-d",
+        "nydus",
+        "--oci-ref",
+        cache=tmp_path / "cache",
+    )
+    assert result.returncode != 0 and "source repository" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_non_gzip_source_is_refused_naming_the_layer(layout: Path, tmp_path: Path) -> None:
+    zstd = acceld("convert", f"oci:{layout}:busybox-amd64", "-d", "zstdchunked", cache=tmp_path / "cache")
+    assert zstd.returncode == 0, zstd.stderr
+    layer = _manifest(layout, "busybox-amd64-zstdchunked")["layers"][0]["digest"]
+    result = acceld(
+        "convert",
+        f"oci:{layout}:busybox-amd64-zstdchunked",
+        "-d",
+        "nydus",
+        "--oci-ref",
+        cache=tmp_path / "cache",
+    )
+    assert result.returncode != 0
+    assert f"source layer {layer}" in result.stderr and "not gzip" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "busybox-amd64-zstdchunked-nydus-oci-ref" not in (layout / "index.json").read_text()
+
+
+async def test_registry_round_trip_and_corrupt_layer(
+    layout: Path, registry_plain: RunningRegistry, tmp_path: Path
+) -> None:
+    push_source(layout, "whiteout", registry_plain, "zran/app:v1")
+    options = ConvertOptions(cache_dir=tmp_path / "cache")
+    config = registry_config(registry_plain)
+    request = ConversionRequest(
+        source=f"{registry_plain.host}/zran/app:v1", driver="nydus", options={"oci_ref": True}
+    )
+    result = await convert_image(request, config, options=options)
+    assert result.target == f"{registry_plain.host}/zran/app:v1-nydus-oci-ref"
+    assert result.target_size < result.source_size // 4  # metadata only: the gzip layers stay
+    checked = acceld("check", result.target, "--plain-http", cache=tmp_path / "cache")
+    assert checked.returncode == 0, checked.stdout + checked.stderr[-2000:]
+    # cached layers: the same conversion again converts nothing
+    again = await convert_image(request, config, options=options)
+    assert (again.target_digest, again.layers_converted) == (result.target_digest, 0)
+
+    _bad_gzip(layout)
+    push_source(layout, "broken", registry_plain, "zran/broken:v1")
+    with pytest.raises(AcceldError) as failure:
+        await convert_image(
+            ConversionRequest(
+                source=f"{registry_plain.host}/zran/broken:v1", driver="nydus", options={"oci_ref": True}
+            ),
+            config,
+            options=options,
+        )
+    assert "\n" not in str(failure.value) and "sha256:" in str(failure.value)
+    tags = httpx.get(f"{registry_plain.url}/v2/zran/broken/tags/list").json()["tags"]
+    assert tags == ["v1"]

@@ -50,7 +50,13 @@ def convert_layer_job(
     job.workdir.mkdir(parents=True, exist_ok=True)
     try:
         with job.source_path.open("rb") as blob, job.output_path.open("wb") as out_file:
-            source = SourceTarStream(cast(BinaryIO, blob), job.layer, report)
+            source: SourceTarStream | VerifiedBlob
+            if driver.reads_compressed:
+                source = VerifiedBlob(cast(BinaryIO, blob), job.layer, report)
+                raise_if_corrupt = source.raise_if_corrupt
+            else:
+                source = SourceTarStream(cast(BinaryIO, blob), job.layer, report)
+                raise_if_corrupt = source.raise_if_blob_corrupt
             tar = cast(BinaryIO, io.BufferedReader(source, _TAR_BUFFER))
             out = MeasuringWriter(cast(BinaryIO, out_file))
             try:
@@ -59,7 +65,7 @@ def convert_layer_job(
                 raise
             except Exception as exc:
                 # A damaged blob often trips the tar parser first: name the real cause.
-                source.raise_if_blob_corrupt()
+                raise_if_corrupt()
                 if isinstance(exc, FormatError):
                     raise FormatError(
                         f"source layer {job.layer.digest}{_unknown_type(job.layer)}: {exc}"

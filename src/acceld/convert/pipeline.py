@@ -34,6 +34,7 @@ from acceld.errors import AcceldError
 from acceld.formats.driver import ArtifactDriver, Driver, LayerBlob, LayerResult, PlatformArtifacts
 from acceld.oci import mediatypes as mt
 from acceld.oci.digest import digest_hex, sha256_digest
+from acceld.oci.mediatypes import layer_compression
 from acceld.oci.models import Descriptor, RawManifest
 from acceld.oci.reference import LayoutRef, Reference, parse_location
 from acceld.progress import NullProgress
@@ -68,11 +69,13 @@ async def run_conversion(
         async with Stores(config, plain_http=options.plain_http, insecure=options.insecure) as stores:
             driver = make_driver(request.driver, await _local_options(request, stores, workspace))
             target_location = resolve_target(source_location, request.target, driver.tag_suffix)
-            if isinstance(driver, ArtifactDriver):
+            if isinstance(driver, ArtifactDriver) or driver.reads_compressed:
                 _require_source_repository(source_location, target_location, driver.name)
             source = stores.open(source_location)
             plan = await load_source(source, store_ref(source, source_location), request.platforms)
             _refuse_unconvertible(plan)
+            if not isinstance(driver, ArtifactDriver) and driver.reads_compressed:
+                _require_gzip_layers(plan, driver.name)
             runner = ProcessRunner(options.workers)
             converter = LayerConverter(driver, source, workspace, cache, runner, progress)
             layers = await converter.convert_all(layer for image in plan.images for layer in image.layers)
@@ -200,6 +203,17 @@ def _refuse_unconvertible(plan: SourcePlan) -> None:
             raise ConvertError(
                 f"source {image.raw.digest} ({image.platform}) is already a Nydus image: convert its source"
             )
+
+
+def _require_gzip_layers(plan: SourcePlan, driver: str) -> None:
+    """A driver that indexes the stored layers in place (Nydus zran) can only index gzip ones."""
+    for image in plan.images:
+        for layer in image.layers:
+            if layer_compression(layer.media_type) != "gzip":
+                raise ConvertError(
+                    f"source layer {layer.digest} ({layer.media_type}) is not gzip: {driver} images that "
+                    "reference the source layers can only reference gzip layers"
+                )
 
 
 def _size(blobs: list[tuple[str, int]]) -> int:

@@ -81,6 +81,10 @@ class Driver(Protocol):
 
     name: str
     tag_suffix: str
+    # True: `convert_layer` reads the source layer's gzip blob as stored (digest verified), not its
+    # tar, and the result reads those layers in place (Nydus zran): only gzip layers qualify, and the
+    # image must be pushed to the source repository.
+    reads_compressed: bool
 
     def options_key(self) -> str:
         """A stable string of every option that changes the output (cache and dedup key)."""

@@ -43,6 +43,7 @@ class EstargzDriver:
 
     name = "estargz"
     tag_suffix = "-esgz"
+    reads_compressed = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prefetch_files", tuple(self.prefetch_files))

@@ -57,6 +57,7 @@ class NydusDriver:
     oci_ref: bool = False
     name: str = field(default="nydus", init=False)
     tag_suffix: str = field(default="-nydus", init=False)
+    reads_compressed: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         # service configs may hand a list; keep the driver hashable and its key stable
@@ -64,6 +65,7 @@ class NydusDriver:
         self.options  # noqa: B018 - validates the options early
         if self.oci_ref:
             object.__setattr__(self, "tag_suffix", "-nydus-oci-ref")
+            object.__setattr__(self, "reads_compressed", True)
             if self.chunk_dict is not None:
                 raise FormatError(
                     "oci_ref images cannot use a chunk dict: their chunks stay in the source layers"
@@ -103,7 +105,7 @@ class NydusDriver:
         """oci_ref: every source layer must be gzip, the only compression zran contexts index."""
         if self.oci_ref and layer_compression(layer.media_type) != "gzip":
             raise FormatError(
-                f"source layer {layer.digest} ({layer.media_type}) is not gzip: oci_ref images can only "
+                f"layer {layer.digest} ({layer.media_type}) is not gzip: oci_ref images can only "
                 "reference gzip layers (convert to native Nydus instead)"
             )
 

@@ -35,6 +35,7 @@ class ZstdChunkedDriver:
 
     name = "zstdchunked"
     tag_suffix = "-zstdchunked"
+    reads_compressed = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.compression_level <= 22:
