@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from acceld.errors import AcceldError
 
@@ -45,6 +45,13 @@ class RegistryConfig(BaseModel):
     password: str | None = None
     password_file: Path | None = None
     password_env: str | None = None
+    # Limits against slow or misbehaving registries (README "Limits"). Seconds unless noted.
+    connect_timeout: float = Field(default=10.0, gt=0)
+    request_timeout: float = Field(default=120.0, gt=0)  # a whole request and its body, blobs aside
+    blob_stall_timeout: float = Field(default=60.0, gt=0)  # blob transfers: see blob_min_speed
+    blob_min_speed: int = Field(default=1024, ge=0)  # bytes/s a blob transfer must average per stall window
+    max_retry_after: float = Field(default=30.0, ge=0)  # longest Retry-After wait honoured
+    max_listing_entries: int = Field(default=100_000, ge=1)  # tags or repositories in one listing
 
     @model_validator(mode="after")
     def _one_password_source(self) -> RegistryConfig:

@@ -1,17 +1,24 @@
-"""Registry authentication: challenge parsing, Basic, and Bearer tokens cached per scope set."""
+"""Registry authentication: challenge parsing, Basic, and Bearer tokens cached per scope set.
+
+A token realm must be acceptable to the registry's `OriginPolicy` (its own origin or https):
+the realm receives the robot password, so a registry cannot point it at another service over
+plain http. Token requests carrying a password in a form body never follow redirects.
+"""
 
 from __future__ import annotations
 
 import base64
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import httpx
 
 from acceld.registry.credentials import Credentials
 from acceld.registry.errors import AuthenticationError, PermissionDenied, RegistryError, RegistryUnreachable
+from acceld.registry.origin import OriginPolicy
 
 _PARAM_RE = re.compile(r'([A-Za-z_][\w-]*)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,]*)')
 _DEFAULT_TOKEN_LIFETIME = 60.0  # the token spec's default when expires_in is absent
@@ -43,6 +50,19 @@ def parse_challenge(header: str) -> Challenge | None:
     return Challenge(scheme.lower(), params)
 
 
+class BoundedSender(Protocol):
+    """`RegistryClient.send_bounded`: one request under the deadline, its body read with the cap."""
+
+    def __call__(
+        self,
+        request: httpx.Request,
+        *,
+        what: str,
+        auth: tuple[str, str] | None = None,
+        follow_redirects: bool = True,
+    ) -> Awaitable[httpx.Response]: ...
+
+
 def repository_scope(repository: str, *actions: str) -> str:
     return f"repository:{repository}:{','.join(actions)}"
 
@@ -54,10 +74,13 @@ def _scope_key(scopes: Sequence[str]) -> str:
 class Authenticator:
     """Produces the Authorization header for a request needing `scopes` on one registry host."""
 
-    def __init__(self, host: str, credentials: Credentials | None, http: httpx.AsyncClient) -> None:
+    def __init__(
+        self, host: str, credentials: Credentials | None, send: BoundedSender, origins: OriginPolicy
+    ) -> None:
         self.host = host
         self.credentials = credentials
-        self._http = http
+        self._send = send
+        self._origins = origins
         self.challenge: Challenge | None = None
         self._tokens: dict[str, tuple[str, float]] = {}
         self._refresh_token = credentials.identity_token if credentials else None
@@ -146,6 +169,15 @@ class Authenticator:
         realm = self.challenge.params.get("realm")
         if not realm:
             raise AuthenticationError(f"{self.host} sent a Bearer challenge without a realm")
+        try:
+            realm_ok = self._origins.may_receive_data(realm)
+        except httpx.InvalidURL:
+            realm_ok = False
+        if not realm_ok or httpx.URL(realm).scheme not in ("http", "https"):
+            raise AuthenticationError(
+                f"{self.host} names token service {realm[:200]!r}: refused, credentials go only to the "
+                "registry's origin or an https token service"
+            )
         service = self.challenge.params.get("service")
         creds = self.credentials
         try:
@@ -162,7 +194,8 @@ class Authenticator:
                 )
                 params += [("scope", s) for s in sorted(set(scopes))]
                 auth = (creds.username or "", creds.password or "") if creds and creds.has_password else None
-                response = await self._http.get(realm, params=params, auth=auth)
+                request = httpx.Request("GET", realm, params=params)
+                response = await self._send(request, what=f"token from {realm}", auth=auth)
                 if response.status_code in (404, 405) and auth is not None:
                     response = await self._post_token(
                         realm,
@@ -205,4 +238,5 @@ class Authenticator:
         form = {**grant, "client_id": _CLIENT_ID, "scope": " ".join(sorted(set(scopes)))}
         if service:
             form["service"] = service
-        return await self._http.post(realm, data=form)
+        request = httpx.Request("POST", realm, data=form)
+        return await self._send(request, what=f"token from {realm}", follow_redirects=False)

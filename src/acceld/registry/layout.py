@@ -150,9 +150,9 @@ class OCILayout:
                 index.manifests.append(manifest.descriptor())
             self._write_index(index)
 
-    async def list_tags(self) -> list[str]:
+    async def list_tags(self, limit: int | None = None) -> list[str]:
         names = [(m.annotations or {}).get(REF_NAME) for m in self.read_index().manifests]
-        return [n for n in names if n]
+        return [n for n in names if n][:limit]
 
     async def referrers(self, digest: str, artifact_type: str | None = None) -> list[Descriptor]:
         from acceld.registry.repository import referrer_descriptor

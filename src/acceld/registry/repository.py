@@ -20,6 +20,8 @@ from acceld.registry.auth import repository_scope
 from acceld.registry.background import BackgroundWorker, Coalescer
 from acceld.registry.client import BlobBody, RegistryClient
 from acceld.registry.errors import NotFound, RegistryError
+from acceld.registry.limits import TransferStalled, paced
+from acceld.registry.origin import describe, origin_of
 from acceld.registry.store import BlobSource, PutResult, exact_size, iter_source, rechunk, source_size
 
 MAX_MANIFEST_SIZE = 4 << 20
@@ -142,9 +144,14 @@ class RegistryRepository:
             expect=(200, 202),
         )
 
-    async def list_tags(self) -> list[str]:
+    async def list_tags(self, limit: int | None = None) -> list[str]:
         return await self.client.list_pages(
-            self._path("tags", "list"), "tags", scopes=self._pull, what="tag list", repository=self.location
+            self._path("tags", "list"),
+            "tags",
+            scopes=self._pull,
+            what="tag list",
+            repository=self.location,
+            limit=limit,
         )
 
     # -- referrers --------------------------------------------------------------------------
@@ -231,8 +238,15 @@ class RegistryRepository:
                 if response.status_code == 206 and not _range_starts_at(response, received):
                     await response.aclose()
                     raise RegistryError(f"{what} in {self.location}: resumed download at the wrong offset")
+                settings = self.client.settings
+                body = paced(
+                    response.aiter_raw(),
+                    settings.blob_stall_timeout,
+                    int(settings.blob_min_speed * settings.blob_stall_timeout),
+                    f"{what} in {self.location}",
+                )
                 try:
-                    async for chunk in response.aiter_raw():
+                    async for chunk in body:
                         if skip:
                             dropped = min(skip, len(chunk))
                             chunk, skip = chunk[dropped:], skip - dropped
@@ -244,12 +258,15 @@ class RegistryRepository:
                             await hasher.submit(partial(digester.update, piece))
                             yield piece
                     break
-                except httpx.TransportError as exc:
+                except (httpx.TransportError, TransferStalled) as exc:
                     attempt += 1
                     if attempt >= self.client.retry.attempts:
+                        if isinstance(exc, TransferStalled):
+                            raise
                         raise self.client.transport_error(exc, what, self.location) from None
                     await asyncio.sleep(self.client.retry.backoff(attempt - 1))
                 finally:
+                    await body.aclose()
                     await response.aclose()
             piece = pieces.flush()
             if piece is not None:
@@ -390,12 +407,24 @@ class RegistryRepository:
             )
 
     def _location(self, response: httpx.Response, previous: str | None = None) -> str:
+        """The upload URL a response names. One on another origin is used without credentials
+        (`RegistryClient.request` sends them only to the registry) and only over https (or
+        http on the host of a plain-http registry): the blob must not travel in cleartext."""
         location = response.headers.get("location")
         if not location:
             if previous:
                 return previous
             raise RegistryError(f"{self.location} answered an upload request without a Location header")
         try:
-            return str(response.url.join(location))
+            url = response.url.join(location)
+            acceptable = self.client.origins.may_receive_data(url)
         except httpx.InvalidURL:
-            raise RegistryError(f"{self.location} sent an invalid upload Location {location!r}") from None
+            raise RegistryError(
+                f"{self.location} sent an invalid upload Location {location[:200]!r}"
+            ) from None
+        if not acceptable:
+            raise RegistryError(
+                f"{self.location} sent an upload Location on {describe(origin_of(url))}: refused, "
+                "blobs go only to the registry's origin or over https"
+            )
+        return str(url)

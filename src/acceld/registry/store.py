@@ -13,7 +13,7 @@ on a registry (`RegistryRepository`) or an OCI image layout directory (`OCILayou
   file or an async iterator of chunks (`mount_from` names a repository on the same registry to
   mount from; layouts ignore it) and says whether it already existed, was mounted or uploaded.
   Wrap a stream that is verified at its source in `VerifiedStream` to avoid hashing it twice.
-* `list_tags()`; `location` is a human-readable name for messages.
+* `list_tags(limit=None)` (the first `limit` tags); `location` is a human-readable name for messages.
 
 `acceld.registry.stores.Stores` opens a store for a parsed `Reference` or `LayoutRef`.
 """
@@ -55,7 +55,7 @@ class ImageStore(Protocol):
 
     async def put_manifest(self, manifest: RawManifest, tag: str | None = None) -> None: ...
 
-    async def list_tags(self) -> list[str]: ...
+    async def list_tags(self, limit: int | None = None) -> list[str]: ...
 
     async def referrers(self, digest: str, artifact_type: str | None = None) -> list[Descriptor]: ...
 

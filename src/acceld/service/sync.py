@@ -79,12 +79,12 @@ async def _sync_repository(
     repo = client.repository(repository)
     report.repositories += 1
     try:
-        tags = await repo.list_tags()
+        tags = await repo.list_tags(limit=config.sync.max_tags_per_repository)
     except AcceldError as exc:
         report.errors.append(f"{host}/{repository}: {exc}")
         return
     new_tasks: list[NewTask] = []
-    for tag in tags[: config.sync.max_tags_per_repository]:
+    for tag in tags:
         if rules.is_converted_tag(tag):
             continue
         artifact = Artifact(host, repository, tag, None, f"{host}/{repository}:{tag}")
