@@ -187,7 +187,7 @@ async def _local_blob(store: ImageStore, layer: Descriptor, work: Path, verdict:
     if isinstance(store, OCILayout):
         path = store.blob_path(layer.digest)
         try:
-            digest, size = await asyncio.to_thread(file_digest, path)
+            digest, size = await asyncio.to_thread(file_digest, path, layer.digest.split(":", 1)[0])
         except OSError as exc:
             raise ConvertError(f"layer {layer.digest} in {store.location}: {exc.strerror}") from None
         if (digest, size) != (layer.digest, layer.size):

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from acceld.convert.errors import ConvertError
 from acceld.formats.driver import SourceLayer
 from acceld.oci import mediatypes as mt
+from acceld.oci.digest import InvalidDigest, validate_digest
 from acceld.oci.models import Descriptor, ImageConfig, Index, Manifest, RawManifest, parse_config
 from acceld.oci.platform import Platform
 from acceld.registry.store import ImageStore
@@ -117,6 +118,12 @@ async def _load_image(store: ImageStore, entry: Descriptor, raw: RawManifest) ->
             f"{store.location}: image {raw.digest} has {len(manifest.layers)} layers "
             f"but {len(diff_ids)} diff_ids in its config"
         )
+    for layer, diff_id in zip(manifest.layers, diff_ids, strict=True):
+        try:
+            validate_digest(layer.digest)
+            validate_digest(diff_id)
+        except InvalidDigest as exc:  # layers are verified with these: none may be skipped
+            raise ConvertError(f"{store.location}: image {raw.digest}: {exc}") from None
     layers = tuple(
         SourceLayer(
             digest=layer.digest,

@@ -2,7 +2,8 @@
 
 One pass over the blob: the compressed bytes are hashed on their way into the decompressor and
 the decompressed bytes on their way out to the driver, so the blob digest and the config's
-diff_id are both checked without reading anything twice.
+diff_id are both checked without reading anything twice — each with its own algorithm (sha256,
+sha512), always: a layer whose digests cannot be checked is refused.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from isal.igzip_lib import IsalError
 
 from acceld.convert.errors import CorruptSourceLayerError
 from acceld.formats.driver import SourceLayer
+from acceld.oci.digest import Digester, InvalidDigest
 from acceld.oci.mediatypes import layer_compression
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -38,11 +40,12 @@ _DECODE_ERRORS: tuple[type[BaseException], ...] = (
 class _HashingReader(io.RawIOBase):
     """Passes reads through, hashes every byte read and reports the amounts to `on_read`."""
 
-    def __init__(self, inner: BinaryIO, on_read: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self, inner: BinaryIO, digester: Digester, on_read: Callable[[int], None] | None = None
+    ) -> None:
         self._inner = inner
         self._on_read = on_read
-        self.hash = hashlib.sha256()
-        self.size = 0
+        self.digester = digester
 
     def readable(self) -> bool:
         return True
@@ -50,8 +53,7 @@ class _HashingReader(io.RawIOBase):
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         n = self._inner.readinto(buffer)  # type: ignore[attr-defined]
         if n:
-            self.hash.update(memoryview(buffer)[:n])
-            self.size += n
+            self.digester.update(memoryview(buffer)[:n])
             if self._on_read is not None:
                 self._on_read(n)
         return int(n or 0)
@@ -86,7 +88,12 @@ class SourceTarStream(io.RawIOBase):
         self, blob: BinaryIO, layer: SourceLayer, on_read: Callable[[int], None] | None = None
     ) -> None:
         self._layer = layer
-        self._compressed = _HashingReader(blob, on_read)
+        try:
+            blob_digester = Digester.for_digest(layer.digest)
+            self._tar_digester = Digester.for_digest(layer.diff_id)
+        except InvalidDigest as exc:
+            raise CorruptSourceLayerError(f"source layer {layer.digest}: {exc}") from None
+        self._compressed = _HashingReader(blob, blob_digester, on_read)
         buffered = io.BufferedReader(self._compressed, _READ_SIZE)
         self.compression = _compression_of(layer, buffered.peek(4)[:4])
         self._decoded: BinaryIO
@@ -98,8 +105,6 @@ class SourceTarStream(io.RawIOBase):
         else:
             self._decoded = cast(BinaryIO, buffered)
         self._buffered_compressed = buffered
-        self._tar_hash = hashlib.sha256()
-        self.tar_size = 0
 
     def readable(self) -> bool:
         return True
@@ -110,8 +115,7 @@ class SourceTarStream(io.RawIOBase):
         except _DECODE_ERRORS as exc:
             self._fail_with_digest_first(f"bad {self.compression} stream ({exc})")
         if n:
-            self._tar_hash.update(memoryview(buffer)[:n])
-            self.tar_size += n
+            self._tar_digester.update(memoryview(buffer)[:n])
         return n
 
     def finish(self) -> None:
@@ -121,19 +125,19 @@ class SourceTarStream(io.RawIOBase):
             pass
         self._compressed.drain()
         self._check_blob_digest()
-        diff_id = "sha256:" + self._tar_hash.hexdigest()
-        if self._layer.diff_id and diff_id != self._layer.diff_id:
+        diff_id = self._tar_digester.digest
+        if diff_id != self._layer.diff_id:
             raise CorruptSourceLayerError(
                 f"source layer {self._layer.digest}: uncompressed content has digest {diff_id}, "
                 f"config says {self._layer.diff_id}"
             )
 
     def _check_blob_digest(self) -> None:
-        digest = "sha256:" + self._compressed.hash.hexdigest()
-        if self._layer.digest.startswith("sha256:") and digest != self._layer.digest:
+        blob = self._compressed.digester
+        if blob.digest != self._layer.digest:
             raise CorruptSourceLayerError(
-                f"source layer {self._layer.digest}: blob has digest {digest} "
-                f"({self._compressed.size} bytes, manifest says {self._layer.size})"
+                f"source layer {self._layer.digest}: blob has digest {blob.digest} "
+                f"({blob.size} bytes, manifest says {self._layer.size})"
             )
 
     def raise_if_blob_corrupt(self) -> None:
