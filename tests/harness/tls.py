@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,8 +35,8 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def make_tls_files(directory: Path) -> TlsFiles:
-    """Write `certs/ca.crt`, `server.crt` and `server.key` (SAN IP:127.0.0.1, DNS:localhost) in directory."""
+def make_tls_files(directory: Path, ips: Sequence[str] = ("127.0.0.1",)) -> TlsFiles:
+    """Write `certs/ca.crt`, `server.crt` and `server.key` (SAN `ips`, DNS:localhost) in directory."""
     now = dt.datetime.now(dt.UTC)
     valid_from, valid_to = now - dt.timedelta(minutes=5), now + dt.timedelta(days=2)
 
@@ -78,7 +79,7 @@ def make_tls_files(directory: Path) -> TlsFiles:
         .not_valid_after(valid_to)
         .add_extension(
             x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")), x509.DNSName("localhost")]
+                [*(x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips), x509.DNSName("localhost")]
             ),
             critical=False,
         )

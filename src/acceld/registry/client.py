@@ -315,7 +315,7 @@ class RegistryClient:
         """
         where = repository or self.host
         cap = self.settings.max_listing_entries
-        max_pages = max(10, cap // 100)
+        max_pages = max(10, cap // 10)  # pages of ten names at least, unless the listing ends
         names: list[str] = []
         seen: set[str] = set()
         url: str | None = path
