@@ -64,6 +64,21 @@ class _HashingReader(io.RawIOBase):
             pass
 
 
+def _check_blob(layer: SourceLayer, blob: Digester) -> None:
+    if blob.digest != layer.digest:
+        raise CorruptSourceLayerError(
+            f"source layer {layer.digest}: blob has digest {blob.digest} "
+            f"({blob.size} bytes, manifest says {layer.size})"
+        )
+
+
+def _blob_digester(layer: SourceLayer) -> Digester:
+    try:
+        return Digester.for_digest(layer.digest)
+    except InvalidDigest as exc:
+        raise CorruptSourceLayerError(f"source layer {layer.digest}: {exc}") from None
+
+
 def _compression_of(layer: SourceLayer, head: bytes) -> str:
     declared = layer_compression(layer.media_type)
     if declared is None:
@@ -88,12 +103,11 @@ class SourceTarStream(io.RawIOBase):
         self, blob: BinaryIO, layer: SourceLayer, on_read: Callable[[int], None] | None = None
     ) -> None:
         self._layer = layer
+        self._compressed = _HashingReader(blob, _blob_digester(layer), on_read)
         try:
-            blob_digester = Digester.for_digest(layer.digest)
             self._tar_digester = Digester.for_digest(layer.diff_id)
         except InvalidDigest as exc:
-            raise CorruptSourceLayerError(f"source layer {layer.digest}: {exc}") from None
-        self._compressed = _HashingReader(blob, blob_digester, on_read)
+            raise CorruptSourceLayerError(f"source layer {layer.digest}: diff_id: {exc}") from None
         buffered = io.BufferedReader(self._compressed, _READ_SIZE)
         self.compression = _compression_of(layer, buffered.peek(4)[:4])
         self._decoded: BinaryIO
@@ -133,12 +147,7 @@ class SourceTarStream(io.RawIOBase):
             )
 
     def _check_blob_digest(self) -> None:
-        blob = self._compressed.digester
-        if blob.digest != self._layer.digest:
-            raise CorruptSourceLayerError(
-                f"source layer {self._layer.digest}: blob has digest {blob.digest} "
-                f"({blob.size} bytes, manifest says {self._layer.size})"
-            )
+        _check_blob(self._layer, self._compressed.digester)
 
     def raise_if_blob_corrupt(self) -> None:
         """After a failure: raise the digest mismatch if the blob is corrupt (the more useful message)."""
@@ -164,7 +173,7 @@ class VerifiedBlob(io.RawIOBase):
         self, blob: BinaryIO, layer: SourceLayer, on_read: Callable[[int], None] | None = None
     ) -> None:
         self._layer = layer
-        self._reader = _HashingReader(blob, on_read)
+        self._reader = _HashingReader(blob, _blob_digester(layer), on_read)
 
     def readable(self) -> bool:
         return True
@@ -184,12 +193,7 @@ class VerifiedBlob(io.RawIOBase):
         self._check()
 
     def _check(self) -> None:
-        digest = "sha256:" + self._reader.hash.hexdigest()
-        if self._layer.digest.startswith("sha256:") and digest != self._layer.digest:
-            raise CorruptSourceLayerError(
-                f"source layer {self._layer.digest}: blob has digest {digest} "
-                f"({self._reader.size} bytes, manifest says {self._layer.size})"
-            )
+        _check_blob(self._layer, self._reader.digester)
 
 
 class MeasuringWriter(io.RawIOBase):
