@@ -26,7 +26,7 @@ import httpx
 import pytest
 import zstandard
 from harness.clients import acceld
-from harness.images import read_blob_json
+from harness.images import LayoutImage, blob_path, read_blob_json
 from harness.registry import RunningRegistry
 from harness.tars import write_edge_lower, write_edge_upper
 from harness.testimages import ImageSet
@@ -486,3 +486,77 @@ async def test_registry_round_trip_and_corrupt_layer(
     assert "\n" not in str(failure.value) and "sha256:" in str(failure.value)
     tags = httpx.get(f"{registry_plain.url}/v2/zran/broken/tags/list").json()["tags"]
     assert tags == ["v1"]
+
+
+# ---- the debootstrap rootfs image (slow) ------------------------------------------------------------
+
+RootfsImage = tuple[LayoutImage, dict[str, Path]]
+
+
+@pytest.fixture(scope="module")
+def rootfs_zran(
+    rootfs_image: RootfsImage, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """The rootfs converted in place by the CLI: (layout copy, zran manifest, source manifest)."""
+    layout = tmp_path_factory.mktemp("rootfs-zran") / "layout"
+    shutil.copytree(rootfs_image[0].layout, layout)
+    tag = rootfs_image[0].tag
+    result = acceld(
+        "convert", f"oci:{layout}:{tag}", "-d", "nydus", "--oci-ref", "--no-cache", cache=layout.parent / "c"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return layout, _manifest(layout, tag + "-nydus-oci-ref"), _manifest(layout, tag)
+
+
+def _rootfs_parts(
+    layout: Path, manifest: dict[str, Any], workdir: Path
+) -> tuple[Path, list[LayerBlob], list[Path]]:
+    *refs, bootstrap = manifest["layers"]
+    boot = workdir / "image.boot"
+    with tarfile.open(blob_path(layout, bootstrap["digest"]), "r:gz") as archive:
+        member = archive.extractfile("image/image.boot")
+        assert member is not None
+        boot.write_bytes(member.read())
+    blobs = [
+        LayerBlob(
+            blob_path(layout, r["digest"]),
+            r["mediaType"],
+            r["digest"],
+            r["size"],
+            r["digest"],
+            r["annotations"],
+        )
+        for r in refs
+    ]
+    gzips = [blob_path(layout, r["annotations"]["containerd.io/snapshot/nydus-ref"]) for r in refs]
+    return boot, blobs, gzips
+
+
+@pytest.mark.slow
+def test_rootfs_checklist_and_acceld_check(
+    rootfs_zran: tuple[Path, dict[str, Any], dict[str, Any]], rootfs_image: RootfsImage, tmp_path: Path
+) -> None:
+    layout, manifest, source = rootfs_zran
+    _, blobs, gzips = _rootfs_parts(layout, manifest, tmp_path)
+    for blob, layer in zip(blobs, gzips, strict=True):
+        if "blob.meta" in _toc(blob.path.read_bytes()):
+            assert_checklist(blob.path, layer)
+    # the independent reader (every context re-inflated and compared with the layer, every chunk
+    # digest) and the tree comparison with the source, as `acceld check` runs them
+    checked = acceld("check", f"oci:{layout}:{rootfs_image[0].tag}-nydus-oci-ref", cache=tmp_path / "c")
+    assert checked.returncode == 0, checked.stdout + checked.stderr[-2000:]
+    added = sum(layer["size"] for layer in manifest["layers"])
+    assert added < sum(layer["size"] for layer in source["layers"]) // 5
+
+
+@pytest.mark.slow
+def test_rootfs_fsck_and_kernel_mount(
+    rootfs_zran: tuple[Path, dict[str, Any], dict[str, Any]], rootfs_image: RootfsImage, tmp_path: Path
+) -> None:
+    layout, manifest, _ = rootfs_zran
+    boot, blobs, gzips = _rootfs_parts(layout, manifest, tmp_path)
+    tars = [rootfs_image[1][name] for name in ("rootfs-lower", "rootfs-upper")]
+    devices = write_devices(boot, blobs, gzips, tmp_path)
+    check_with_fsck(boot, devices, tars, tmp_path)
+    if _loop_reason() is None:
+        assert fstree.diff_trees(expected_tree(tars), kernel_tree(boot, devices, tmp_path / "mnt")) == []
