@@ -47,6 +47,8 @@ from acceld.formats import fstree
 from acceld.formats.driver import FormatError, LayerBlob, SourceLayer
 from acceld.formats.nydus import NydusDriver
 from acceld.formats.nydus.reader import ManifestLayer, RafsImage, check_image_layers
+from acceld.service.config import ServiceConfig
+from acceld.service.rules import RuleSet
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "nydus"
 GZIP_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -560,3 +562,19 @@ def test_rootfs_fsck_and_kernel_mount(
     check_with_fsck(boot, devices, tars, tmp_path)
     if _loop_reason() is None:
         assert fstree.diff_trees(expected_tree(tars), kernel_tree(boot, devices, tmp_path / "mnt")) == []
+
+
+def test_rule_option_oci_ref_selects_the_zran_suffix(tmp_path: Path) -> None:
+    config = ServiceConfig.model_validate(
+        {
+            "data_dir": str(tmp_path),
+            "rules": [
+                {"name": "r", "drivers": [{"name": "nydus"}, {"name": "nydus", "options": {"oci_ref": True}}]}
+            ],
+        }
+    )
+    (rule,) = RuleSet(config.rules).rules
+    native, zran = rule.conversions
+    assert (native.tag_suffix, zran.tag_suffix) == ("-nydus", "-nydus-oci-ref")
+    assert native.options_key != zran.options_key
+    assert RuleSet(config.rules).is_converted_tag("v1-nydus-oci-ref")
