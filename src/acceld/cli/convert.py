@@ -91,6 +91,16 @@ OciRefOption = Annotated[
         "(nydus; pushed to the source repository).",
     ),
 ]
+SociVersionOption = Annotated[
+    str | None, typer.Option("--soci-version", help="SOCI index manifest version: v2 (default) or v1 (soci).")
+]
+MinLayerSizeOption = Annotated[
+    str | None,
+    typer.Option("--min-layer-size", help="Smallest layer that gets a zTOC (default 10M; soci)."),
+]
+SpanSizeOption = Annotated[
+    str | None, typer.Option("--span-size", help="Uncompressed bytes between checkpoints (default 4M; soci).")
+]
 CacheDirOption = Annotated[
     Path | None,
     typer.Option("--cache-dir", help="Layer cache directory (default $ACCELD_CACHE_DIR or ~/.cache/acceld)."),
@@ -112,6 +122,9 @@ def convert(
     prefetch_patterns: PrefetchPatternsOption = None,
     chunk_dict: ChunkDictOption = None,
     oci_ref: OciRefOption = False,
+    soci_version: SociVersionOption = None,
+    min_layer_size: MinLayerSizeOption = None,
+    span_size: SpanSizeOption = None,
     cache_dir: CacheDirOption = None,
     no_cache: NoCacheOption = False,
     config: ConfigOption = None,
@@ -130,6 +143,9 @@ def convert(
             "prefetch_patterns": tuple(prefetch_patterns) if prefetch_patterns else None,
             "chunk_dict": chunk_dict,
             "oci_ref": True if oci_ref else None,
+            "soci_version": soci_version,
+            "min_layer_size": parse_size(min_layer_size) if min_layer_size is not None else None,
+            "span_size": parse_size(span_size) if span_size is not None else None,
         }
         request = ConversionRequest(
             source=src,

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 from acceld.config import AcceldConfig
+from acceld.convert.check_soci import check_soci, find_soci_index
 from acceld.convert.errors import ConvertError
 from acceld.convert.formats import (
     ESTARGZ_METADATA_FILES,
@@ -35,7 +36,7 @@ from acceld.errors import AcceldError
 from acceld.formats.driver import SourceLayer
 from acceld.formats.fstree import FsTree, apply_layer_tar, diff_trees
 from acceld.oci.digest import digest_hex, file_digest
-from acceld.oci.models import Descriptor
+from acceld.oci.models import Descriptor, RawManifest
 from acceld.oci.platform import Platform
 from acceld.oci.reference import parse_location
 from acceld.registry.layout import OCILayout
@@ -85,11 +86,13 @@ async def check_image(
                 source_store = stores.open(source_location)
                 source_plan = await load_source(source_store, store_ref(source_store, source_location), None)
                 source_images = source_plan.images
+            root_subject = plan.root.subject()
             results = []
             for n, converted in enumerate(plan.images):
                 work = workspace / str(n)
                 work.mkdir()
-                results.append(await _check_one(store, converted, source_store, source_images, work))
+                check = await _check_one(store, converted, source_store, source_images, work, root_subject)
+                results.append(check)
             return results
     finally:
         await asyncio.to_thread(shutil.rmtree, workspace, True)
@@ -101,10 +104,18 @@ async def _check_one(
     source_store: ImageStore,
     source_images: Sequence[SourceImage] | None,
     work: Path,
+    root_subject: Descriptor | None = None,
 ) -> PlatformCheck:
     verdict = PlatformCheck(platform=converted.platform, digest=converted.raw.digest)
     try:
-        image_format = detect_format(converted.manifest)
+        try:
+            image_format = detect_format(converted.manifest)
+        except ConvertError:
+            soci = await find_soci_index(store, converted)
+            if soci is None:
+                raise
+            sources = (source_store, source_images, root_subject)
+            return await _check_soci_one(store, converted, soci, *sources, work)
         verdict.format = image_format
         original = await _find_source(source_store, converted, source_images)
         verdict.source = original.raw.digest
@@ -129,6 +140,32 @@ async def _check_one(
         return verdict
     verdict.paths = len(expected.paths())
     verdict.differences = compare_trees(expected, actual, FORMATS[image_format])
+    return verdict
+
+
+async def _check_soci_one(
+    store: ImageStore,
+    converted: SourceImage,
+    soci: tuple[str, RawManifest],
+    source_store: ImageStore,
+    source_images: Sequence[SourceImage] | None,
+    root_subject: Descriptor | None,
+    work: Path,
+) -> PlatformCheck:
+    """A SOCI image: v2 compares its layers with the source (`--source` or the index's subject);
+    a v1 index annotates the source image itself."""
+    version, index = soci
+    verdict = PlatformCheck(converted.platform, converted.raw.digest, format=f"soci {version}")
+    source: SourceImage | None = None
+    if version == "v2":
+        if source_images is None and root_subject is not None:
+            source_images = (await load_source(source_store, root_subject.digest, None)).images
+        if source_images is None:
+            verdict.problems.append("no source to compare with: the index has no subject, give --source")
+            return verdict
+        source = await _find_source(source_store, converted, source_images)
+    verdict.source = source.raw.digest if source else converted.raw.digest
+    verdict.problems, verdict.paths = await check_soci(store, converted, version, index, source, work)
     return verdict
 
 

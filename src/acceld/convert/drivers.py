@@ -14,6 +14,7 @@ from acceld.formats.driver import AnyDriver
 DRIVER_CLASSES: dict[str, tuple[str, str]] = {
     "estargz": ("acceld.formats.estargz", "EstargzDriver"),
     "nydus": ("acceld.formats.nydus", "NydusDriver"),
+    "soci": ("acceld.formats.soci", "SociDriver"),
     "zstdchunked": ("acceld.formats.zstdchunked", "ZstdChunkedDriver"),
 }
 

@@ -24,6 +24,7 @@ ACCELERATED_LAYER_ANNOTATIONS = (
 )
 ACCELERATED_MANIFEST_ANNOTATIONS = (
     "containerd.io/snapshot/nydus-source-digest",
+    "com.amazon.soci.index-digest",  # an image manifest that a SOCI v2 conversion annotated
     "io.goharbor.artifact.v1alpha1.acceleration.source.digest",
 )
 NYDUS_LAYER_PREFIX = "application/vnd.oci.image.layer.nydus."
