@@ -14,6 +14,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import acceld
@@ -88,7 +89,10 @@ def create_app(service: Service) -> FastAPI:
                 job.cancel()
             await service.pool.stop(service.config.workers.shutdown_grace_seconds)
 
-    app = FastAPI(
+    # /docs and /redoc with their scripts served from the package (air-gapped hosts reach no CDN);
+    # no validator badge (Swagger UI would send the document's URL to validator.swagger.io).
+    app = FastAPIOffline(
+        swagger_ui_parameters={"validatorUrl": None},
         title="acceld",
         version=acceld.__version__,
         description="Converts images pushed to Harbor into lazy-pulling formats.",
