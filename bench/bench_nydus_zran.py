@@ -67,28 +67,34 @@ def convert(kind: str, layout: Path, layers: list[dict[str, object]], out: Path)
     (out / "sizes.json").write_text(json.dumps({"added": added, "blobs": [b.size for b in blobs]}))
 
 
-def run_anchor(layout: Path, layers: list[dict[str, object]]) -> float:
+def _child(command: list[str]) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds (user + system) and peak RSS of one child process."""
     started = time.perf_counter()
-    for layer in layers:
-        path = layout / "blobs" / "sha256" / str(layer["digest"]).removeprefix("sha256:")
-        subprocess.run(["bash", "-c", f"gzip -dc '{path}' > /dev/null"], check=True)
-    return time.perf_counter() - started
-
-
-def run_conversion(kind: str) -> tuple[float, int, dict[str, object]]:
-    """Seconds, peak RSS (bytes) and output sizes of one conversion in a child process."""
-    out = WORK / kind
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    started = time.perf_counter()
-    child = subprocess.Popen([sys.executable, __file__, "--convert", kind, str(out)])
+    child = subprocess.Popen(command)
     _, status, usage = os.wait4(child.pid, 0)
     elapsed = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{kind} conversion failed")
+        raise SystemExit(f"{command} failed")
+    return elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024
+
+
+def run_anchor(layout: Path, layers: list[dict[str, object]]) -> tuple[float, float]:
+    paths = [
+        str(layout / "blobs" / "sha256" / str(layer["digest"]).removeprefix("sha256:")) for layer in layers
+    ]
+    wall, cpu, _ = _child(["bash", "-c", 'for p in "$@"; do gzip -dc "$p"; done > /dev/null', "-", *paths])
+    return wall, cpu
+
+
+def run_conversion(kind: str) -> tuple[float, float, int, dict[str, object]]:
+    """Wall and CPU seconds, peak RSS (bytes) and output sizes of one conversion in a child process."""
+    out = WORK / kind
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    wall, cpu, peak = _child([sys.executable, __file__, "--convert", kind, str(out)])
     sizes: dict[str, object] = json.loads((out / "sizes.json").read_text())
     shutil.rmtree(out)
-    return elapsed, usage.ru_maxrss * 1024, sizes
+    return wall, cpu, peak, sizes
 
 
 def main() -> None:
@@ -102,20 +108,28 @@ def main() -> None:
         return
     print(f"rootfs image: {len(layers)} gzip layers, {image_size / 1e6:.1f} MB (layers + config)")
     times: dict[str, list[float]] = {"gzip -dc": [], "zran": [], "native": []}
+    cpus: dict[str, list[float]] = {name: [] for name in times}
     peaks: dict[str, int] = {"zran": 0, "native": 0}
     added: dict[str, int] = {}
     for _ in range(args.runs):
-        times["gzip -dc"].append(run_anchor(layout, layers))
+        wall, cpu = run_anchor(layout, layers)
+        times["gzip -dc"].append(wall)
+        cpus["gzip -dc"].append(cpu)
         for kind in ("zran", "native"):
-            seconds, peak, sizes = run_conversion(kind)
-            times[kind].append(seconds)
+            wall, cpu, peak, sizes = run_conversion(kind)
+            times[kind].append(wall)
+            cpus[kind].append(cpu)
             peaks[kind] = max(peaks[kind], peak)
             added[kind] = int(str(sizes["added"]))
-        print("  ".join(f"{name} {values[-1]:.2f}s" for name, values in times.items()))
+        print("  ".join(f"{name} {times[name][-1]:.2f}s (cpu {cpus[name][-1]:.2f}s)" for name in times))
     anchor = statistics.median(times["gzip -dc"])
+    anchor_cpu = statistics.median(cpus["gzip -dc"])
     for name, values in times.items():
-        median = statistics.median(values)
-        line = f"{name:9s} median {median:6.2f}s ({median / anchor:.2f}x gzip -dc)"
+        median, cpu = statistics.median(values), statistics.median(cpus[name])
+        line = (
+            f"{name:9s} median {median:6.2f}s ({median / anchor:.2f}x gzip -dc), "
+            f"cpu {cpu:6.2f}s ({cpu / anchor_cpu:.2f}x)"
+        )
         if name in added:
             line += (
                 f", peak RSS {peaks[name] / 1e6:.0f} MB, adds {added[name] / 1e6:.2f} MB "
