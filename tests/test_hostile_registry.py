@@ -33,7 +33,7 @@ from service_helpers import acceld_command, service_config, write_config
 from acceld.config import RegistryConfig
 from acceld.oci.digest import sha256_digest
 from acceld.oci.models import Descriptor
-from acceld.registry import AuthenticationError, RegistryClient, RegistryError, RetryPolicy
+from acceld.registry import AuthenticationError, NotFound, RegistryClient, RegistryError, RetryPolicy
 from acceld.registry.client import retry_after
 from acceld.registry.limits import ResponseTooLarge, TransferStalled
 
@@ -163,6 +163,18 @@ async def test_upload_location_on_another_https_origin_gets_no_credentials(
     assert any(seen.authorization == ROBOT_BASIC for seen in registry.requests)
 
 
+async def test_blob_redirect_to_another_origin_drops_credentials(
+    hostile: HostileRegistry, other: Recorder
+) -> None:
+    hostile.scenario = "blob-redirect"
+    async with client(hostile) as c:
+        with pytest.raises(NotFound) as excinfo:  # the recorder has no such blob
+            await c.repository(REPOSITORY).get_blob_bytes(blob(hostile.image.config))
+    one_line(excinfo.value)
+    assert [seen.method for seen in other.requests] == ["GET"]
+    assert_no_credentials(other)
+
+
 def blob(data: bytes) -> Descriptor:
     return Descriptor(mediaType="application/octet-stream", digest=sha256_digest(data), size=len(data))
 
@@ -177,6 +189,12 @@ async def test_oversized_manifest_is_refused_while_reading(hostile: HostileRegis
         with pytest.raises(ResponseTooLarge) as excinfo:
             await c.repository(REPOSITORY).get_manifest("v1")
     assert f"larger than {4 << 20} bytes" in one_line(excinfo.value)
+
+
+async def test_a_big_blob_is_no_big_answer_to_head(hostile: HostileRegistry) -> None:
+    hostile.scenario = "big-blob"
+    async with client(hostile) as c:
+        assert await c.repository(REPOSITORY).has_blob(sha256_digest(hostile.image.layer))
 
 
 async def test_endless_token_answer_is_refused(hostile: HostileRegistry) -> None:
@@ -336,8 +354,8 @@ def test_cli_copy_refuses_a_foreign_upload_location(
 
 def test_cli_copy_from_a_dribbling_registry_stalls(hostile: HostileRegistry, tmp_path: Path) -> None:
     hostile.scenario = "slow-blob"
-    # Each blob: resumed a few times, then retried whole a few times; one second per stall here.
-    config = write_registry_config(tmp_path, hostile, blob_stall_timeout=1.0)
+    # Each blob: resumed a few times, then retried whole a few times; half a second per stall here.
+    config = write_registry_config(tmp_path, hostile, blob_stall_timeout=0.5)
     result = run_cli(
         tmp_path,
         "copy",

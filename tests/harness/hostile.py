@@ -53,6 +53,8 @@ SCENARIOS = (
     "link-self",  # the tag list's next page is itself
     "link-endless",  # a new next page forever
     "location-foreign",  # uploads continue on `other`
+    "blob-redirect",  # blob downloads redirected to `other` (as to a storage service)
+    "big-blob",  # HEAD of a blob declares 64 GiB (a real layer may be that big)
     "retry-after",  # the first manifest GET: 429 with `retry_after` as Retry-After
 )
 
@@ -321,6 +323,13 @@ class HostileRegistry(_Endpoint):
         data = self.image.blobs().get(digest)
         if data is None:
             handler.send(404, json_body={"errors": [{"code": "BLOB_UNKNOWN", "message": digest}]})
+        elif self.scenario == "big-blob" and handler.command == "HEAD":
+            handler.send_response(200)
+            handler.send_header("Content-Length", str(64 << 30))
+            handler.send_header("Docker-Content-Digest", digest)
+            handler.end_headers()
+        elif self.scenario == "blob-redirect":
+            handler.send(307, headers={"Location": f"{self.other}/storage/{digest}"})
         elif self.scenario == "slow-blob" and handler.command == "GET":
             handler.send_response(200)
             handler.send_header("Content-Length", str(len(data)))

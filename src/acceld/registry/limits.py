@@ -34,7 +34,8 @@ async def read_capped(response: httpx.Response, cap: int, what: str) -> bytes:
     The body then is `response.content`, as after `aread()`.
     """
     declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > cap:
+    has_body = response.request.method != "HEAD"  # a HEAD answer declares the size of what GET sends
+    if has_body and declared.isdigit() and int(declared) > cap:
         raise ResponseTooLarge(f"{what}: the registry's answer is larger than {cap} bytes")
     parts: list[bytes] = []
     size = 0
