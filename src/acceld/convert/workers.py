@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from acceld.convert.drivers import DRIVER_CLASSES
 from acceld.convert.errors import ConvertError
 from acceld.errors import AcceldError
+from acceld.lifeline import die_with_parent, exit_when_hung_up
 
 T = TypeVar("T")
 
@@ -30,6 +31,12 @@ _PROGRESS, _RESULT, _ERROR = "progress", "result", "error"
 
 
 def _child(conn: Connection, fn: Callable[..., Any], args: tuple[Any, ...], reports: bool) -> None:
+    # Gone as soon as the conversion's end of the pipe closes, however the conversion died (the fork
+    # server outlives it while a worker lives: workers hold its liveness pipe); killed with the fork
+    # server should that die first.
+    die_with_parent()
+    exit_when_hung_up(conn.fileno())
+
     def report(amount: int) -> None:
         conn.send((_PROGRESS, amount))
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import threading
 import traceback
 from pathlib import Path
 from typing import Any, Literal
@@ -22,12 +21,12 @@ from acceld.convert.api import ConversionRequest, ConvertOptions, convert_image_
 from acceld.convert.errors import NotApplicableError
 from acceld.errors import AcceldError
 from acceld.formats.driver import AnyDriver
+from acceld.lifeline import die_with_parent, exit_when_hung_up
 from acceld.registry.errors import NotFound
 from acceld.registry.repository import RegistryRepository
 from acceld.registry.stores import Stores
 from acceld.service import artifacts
 
-EXIT_PARENT_GONE = 70
 MAX_INDEX_SCAN_TAGS = 1000  # tags read when looking for the index of a digest-only push
 
 
@@ -190,16 +189,14 @@ async def _referrers_of_format(repo: RegistryRepository, digest: str, driver: An
     return found
 
 
-def _exit_when_parent_goes(stdin: Any) -> None:
-    stdin.read()  # returns at EOF: the worker pool closed the pipe or died
-    os._exit(EXIT_PARENT_GONE)
-
-
 def main() -> None:
     result_out = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not corrupt the result
     line = sys.stdin.readline()
-    threading.Thread(target=_exit_when_parent_goes, args=(sys.stdin,), daemon=True).start()
+    # The server holds stdin open: when it closes (the server died), this job and every process
+    # it started (its process group) go at once; the kernel kills it too should the server die.
+    die_with_parent()
+    exit_when_hung_up(sys.stdin.fileno(), whole_group=True)
     spec = JobSpec.model_validate_json(line)
     result = run(spec)
     result_out.write(result.model_dump_json() + "\n")

@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
+import signal
 import sys
 import time
 import uuid
@@ -77,8 +79,7 @@ class WorkerPool:
         _, pending = await asyncio.wait(self._slots, timeout=grace)
         for task_id, process in list(self._jobs.items()):
             self._killed_at_shutdown.add(task_id)
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
+            kill_job(process)
         if pending:
             await asyncio.wait(pending, timeout=10)
         self.started = False
@@ -158,7 +159,9 @@ class WorkerPool:
             *self._job_command(),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
-            start_new_session=True,  # terminal signals reach the server only; it decides about jobs
+            # Its own session and process group: terminal signals reach the server only, and
+            # killing the group kills the layer workers the job started along with it.
+            start_new_session=True,
         )
         self._jobs[task.id] = process
         assert process.stdin is not None and process.stdout is not None
@@ -177,11 +180,11 @@ class WorkerPool:
                     self.store.heartbeat, task.id, self.owner, self.settings.lease_seconds
                 )
                 if not still_ours:
-                    process.kill()
+                    kill_job(process)
                     await process.wait()
                     return None, True
                 if time.monotonic() > deadline:
-                    process.kill()
+                    kill_job(process)
                     await process.wait()
                     minutes = self.settings.job_timeout / 60
                     return JobResult(
@@ -193,9 +196,8 @@ class WorkerPool:
             return _parse_result(output.result(), process.returncode), False
         finally:
             self._jobs.pop(task.id, None)
+            kill_job(process)  # however the job ended, nothing it started outlives it
             if process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
                 await process.wait()
             with contextlib.suppress(Exception):
                 process.stdin.close()
@@ -240,6 +242,12 @@ class WorkerPool:
             reason=result.reason,
         )
         await asyncio.to_thread(self.store.complete, task.id, self.owner, outcome)
+
+
+def kill_job(process: asyncio.subprocess.Process) -> None:
+    """SIGKILL the job's process group: the job, its fork server and its layer workers."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def _parse_result(output: bytes, returncode: int | None) -> JobResult | None:
