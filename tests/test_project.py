@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 import jsonschema_rs  # schemathesis's validator
 import pytest
 
+import acceld.formats.driver as contract
 from acceld.service.harbor import CLOUDEVENTS_CONTENT_TYPE, PayloadError, example_payloads, parse_event
 from acceld.service.webhook import openapi_operation
 
@@ -87,3 +89,26 @@ def test_make_serve_stops_quietly(tmp_path: Path, stop: signal.Signals) -> None:
     assert "Application shutdown complete" in rest
     assert "Terminated" not in rest and "make:" not in rest and "Traceback" not in rest, rest
     assert process.returncode in (0, -stop)
+
+
+def test_architecture_doc_follows_the_driver_contract() -> None:
+    """docs/architecture.md names every method of both driver protocols and only existing tests."""
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    for protocol in (contract.Driver, contract.ArtifactDriver):
+        methods = [
+            name for name in vars(protocol) if not name.startswith("_") and callable(vars(protocol)[name])
+        ]
+        assert methods
+        for method in methods:
+            assert f"{method}(" in doc, f"docs/architecture.md does not describe {protocol.__name__}.{method}"
+    for test_file in re.findall(r"`(test_[a-z_*]+\.py)`", doc):
+        assert list((ROOT / "tests").glob(test_file)), f"docs/architecture.md names missing {test_file}"
+
+
+def test_contributing_commands_name_real_tests() -> None:
+    text = (ROOT / "CONTRIBUTING.md").read_text()
+    for path, name in re.findall(r"pytest -q (tests/[a-z_]+\.py)::([a-z_]+)", text):
+        assert f"def {name}(" in (ROOT / path).read_text()
+    for path in re.findall(r"pytest -q (tests/[a-z_]+\.py)", text):
+        assert (ROOT / path).is_file()
+    assert '-m "not slow"' in text
