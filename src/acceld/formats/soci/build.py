@@ -18,7 +18,7 @@ from typing import Any, BinaryIO, cast
 from acceld.formats.checkpoints import Checkpoint, CheckpointingReader, WindowStore, every
 from acceld.formats.soci.toc import read_toc
 from acceld.formats.soci.zinfo import gzip_zinfo_size, tar_span_count, tar_zinfo, write_gzip_zinfo
-from acceld.formats.soci.ztoc import GZIP, UNCOMPRESSED, VERSION, Ztoc, build_ztoc
+from acceld.formats.soci.ztoc import GZIP, UNCOMPRESSED, VERSION, Ztoc, ZtocWriter, build_ztoc
 
 _BUFFER = 1 << 20
 
@@ -63,10 +63,11 @@ def build_gzip_ztoc(blob: BinaryIO, out: BinaryIO, span_size: int, workdir: Path
         size += len(data)
         hashes.feed(data)
 
+    writer = ZtocWriter()
     with WindowStore(workdir) as windows:
         reader = CheckpointingReader(blob, hashes.policy, windows, on_input=on_input)
         buffered = io.BufferedReader(reader, _BUFFER)  # closing it (also when collected) ends the inflater
-        toc = read_toc(cast(BinaryIO, buffered))
+        toc = read_toc(cast(BinaryIO, buffered), writer.add)
         reader.finish()
         points = reader.checkpoints
         digests = hashes.finish()
@@ -79,7 +80,7 @@ def build_gzip_ztoc(blob: BinaryIO, out: BinaryIO, span_size: int, workdir: Path
             build_tool=build_tool,
             compressed_archive_size=size,
             uncompressed_archive_size=archive_size,
-            entries=toc.entries,
+            entries=(),  # already added to the writer
             algorithm=GZIP,
             max_span_id=len(points) - 1,
             span_digests=digests,
@@ -89,7 +90,7 @@ def build_gzip_ztoc(blob: BinaryIO, out: BinaryIO, span_size: int, workdir: Path
         def fill(target: memoryview) -> None:
             write_gzip_zinfo(target, span_size, points, windows)
 
-        out.write(build_ztoc(header, gzip_zinfo_size(len(points)), fill))
+        out.write(writer.finish(header, gzip_zinfo_size(len(points)), fill))
 
 
 class _FixedSpans(io.RawIOBase):

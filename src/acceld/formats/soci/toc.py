@@ -9,7 +9,9 @@ layer is then pulled normally.
 
 from __future__ import annotations
 
-import datetime
+import functools
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -49,9 +51,14 @@ class TarToc:
     archive_size: int = 0  # the reader's position after the end-of-archive marker (or the end)
 
 
+@functools.lru_cache(maxsize=4096)
+def _utc_seconds(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
 def format_time(seconds: int, nanos: int = 0) -> str:
     """Go's `time.MarshalText` of a UTC time: RFC 3339, fractional seconds without trailing zeros."""
-    stamp = datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    stamp = _utc_seconds(seconds)
     fraction = f".{nanos:09d}".rstrip("0") if nanos else ""
     return f"{stamp}{fraction}Z"
 
@@ -93,10 +100,12 @@ class _Reader:
             size -= len(piece)
 
 
-def read_toc(source: BinaryIO) -> TarToc:
-    """Scan an uncompressed tar stream once (it is read to its end-of-archive marker)."""
+def read_toc(source: BinaryIO, on_entry: Callable[[FileMetadata], None] | None = None) -> TarToc:
+    """Scan an uncompressed tar stream once (it is read to its end-of-archive marker). Entries go
+    to `on_entry` as they are found, else into the result's `entries`."""
     reader = _Reader(source)
     toc = TarToc()
+    add = on_entry or toc.entries.append
     pax: dict[str, bytes] = {}
     long_name = long_link = None
     while True:
@@ -131,7 +140,7 @@ def read_toc(source: BinaryIO) -> TarToc:
         if any(key.startswith("GNU.sparse.") for key in pax):
             raise SkipLayer(f"sparse file at byte {at} cannot be indexed")
         entry = _entry(block, typeflag, size, reader.position, pax, long_name, long_link)
-        toc.entries.append(entry)
+        add(entry)
         data_size = entry.uncompressed_size  # Go reads no data for header-only types, whatever the size field
         reader.skip(data_size + (-data_size % BLOCK), f"the data of {entry.name!r}")
         pax, long_name, long_link = {}, None, None

@@ -86,13 +86,42 @@ def _file(builder: flatbuffers.Builder, entry: FileMetadata) -> int:
     return int(builder.EndObject())
 
 
+class ZtocWriter:
+    """Builds a zTOC: file entries as the tar scan finds them, then the rest in `finish`."""
+
+    def __init__(self) -> None:
+        self._builder = flatbuffers.Builder(1 << 20)
+        self._files: list[int] = []
+
+    def add(self, entry: FileMetadata) -> None:
+        self._files.append(_file(self._builder, entry))
+
+    def finish(
+        self, header: Ztoc, checkpoints_size: int, fill_checkpoints: Callable[[memoryview], None]
+    ) -> memoryview:
+        """The serialised zTOC (`header.entries` and `header.checkpoints` are ignored). The
+        `checkpoints_size`-byte vector is written in place by `fill_checkpoints` (from the window
+        file), so it is never held twice."""
+        return _finish(self._builder, self._files, header, checkpoints_size, fill_checkpoints)
+
+
 def build_ztoc(
     header: Ztoc, checkpoints_size: int, fill_checkpoints: Callable[[memoryview], None]
 ) -> memoryview:
-    """The serialised zTOC. `header.checkpoints` is ignored: the `checkpoints_size`-byte vector is
-    written in place by `fill_checkpoints` (from the window file), so it is never held twice."""
-    estimate = checkpoints_size + 200 * len(header.entries) + 80 * len(header.span_digests) + 1024
-    builder = flatbuffers.Builder(estimate)
+    """The serialised zTOC of `header` (its `checkpoints` written by `fill_checkpoints`)."""
+    writer = ZtocWriter()
+    for entry in header.entries:
+        writer.add(entry)
+    return writer.finish(header, checkpoints_size, fill_checkpoints)
+
+
+def _finish(
+    builder: flatbuffers.Builder,
+    files: list[int],
+    header: Ztoc,
+    checkpoints_size: int,
+    fill_checkpoints: Callable[[memoryview], None],
+) -> memoryview:
     builder.StartVector(1, checkpoints_size, 1)
     builder.head = builder.Head() - checkpoints_size
     fill_checkpoints(memoryview(builder.Bytes)[builder.Head() : builder.Head() + checkpoints_size])
@@ -104,9 +133,9 @@ def build_ztoc(
     builder.PrependUOffsetTRelativeSlot(2, digests, 0)
     builder.PrependUOffsetTRelativeSlot(3, checkpoints, 0)
     compression = builder.EndObject()
-    files = _offsets(builder, [_file(builder, entry) for entry in header.entries])
+    files_vector = _offsets(builder, files)
     builder.StartObject(1)
-    builder.PrependUOffsetTRelativeSlot(0, files, 0)
+    builder.PrependUOffsetTRelativeSlot(0, files_vector, 0)
     toc = builder.EndObject()
     version, tool = builder.CreateString(header.version), builder.CreateString(_text(header.build_tool))
     builder.StartObject(6)
