@@ -45,11 +45,12 @@ def read_prefetch_list(path: Path) -> list[str]:
 
 
 def summary(result: ConversionResult) -> str:
-    return (
+    text = (
         f"{result.source} ({format_size(result.source_size)}) → {result.target} "
         f"({format_size(result.target_size)}) in {result.seconds:.1f}s: "
         f"{result.layers_converted} layer(s) converted, {result.layers_cached} from cache"
     )
+    return f"{text}; {result.untagged}" if result.untagged else text
 
 
 SourceArgument = Annotated[

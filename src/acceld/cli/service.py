@@ -146,6 +146,12 @@ def _when(value: str | None) -> str:
     return value[:19].replace("T", " ") if value else "-"
 
 
+def _shown_source(task: dict[str, Any]) -> str:
+    """The source, with the tag a digest was pushed as (tag tasks differ only in their tag)."""
+    tag = task.get("tag")
+    return f"{task['source']} ({tag})" if tag and "@" in task["source"] else str(task["source"])
+
+
 def _print_task(task: dict[str, Any]) -> None:
     fields = (
         "id",
@@ -153,6 +159,7 @@ def _print_task(task: dict[str, Any]) -> None:
         "status",
         "rule",
         "source",
+        "tag",
         "driver",
         "options",
         "platforms",
@@ -172,6 +179,8 @@ def _print_task(task: dict[str, Any]) -> None:
         "layers_converted",
         "layers_cached",
         "error",
+        "note",
+        "parent_id",
     )
     for name in fields:
         value = task.get(name)
@@ -210,13 +219,15 @@ def list_tasks(
         if as_json:
             typer.echo(json.dumps(page, indent=2))
             return
-        typer.echo(f"{'ID':<32}  {'STATUS':<9}  {'TRIES':>5}  {'CREATED':<19}  {'DRIVER':<11}  SOURCE")
+        typer.echo(
+            f"{'ID':<32}  {'KIND':<7}  {'STATUS':<9}  {'TRIES':>5}  {'CREATED':<19}  {'DRIVER':<11}  SOURCE"
+        )
         for task in page["items"]:
             typer.echo(
-                f"{task['id']:<32}  {task['status']:<9}  {task['attempts']:>5}  "
-                f"{_when(task['created']):<19}  {task['driver']:<11}  {task['source']}"
+                f"{task['id']:<32}  {task['kind']:<7}  {task['status']:<9}  {task['attempts']:>5}  "
+                f"{_when(task['created']):<19}  {task['driver']:<11}  {_shown_source(task)}"
             )
-            detail = task["error"] if task["status"] in ("failed", "skipped") else None
+            detail = task["error"] if task["status"] in ("failed", "skipped") else task.get("note")
             if detail:
                 typer.echo(f"{'':<34}{detail[:100]}")
         typer.echo(f"{len(page['items'])} of {page['total']} tasks (offset {page['offset']})")

@@ -55,6 +55,7 @@ class ConversionResult:
     seconds: float
     layers_converted: int
     layers_cached: int
+    untagged: str | None = None  # why the result was pushed without its tag (the source tag moved)
 
 
 @dataclass(frozen=True)

@@ -65,18 +65,25 @@ def converted_manifest(
         mediaType=mt.OCI_MANIFEST,
         config=config_descriptor,
         layers=[layer_descriptor(layer) for layer in layers],
-        subject=Descriptor(
-            mediaType=source_descriptor.media_type,
-            digest=source_descriptor.digest,
-            size=source_descriptor.size,
-        ),
+        subject=_subject(source_descriptor),
         annotations=merged or None,
     )
     return RawManifest.from_bytes(manifest.to_json(), mt.OCI_MANIFEST)
 
 
-def converted_index(source: Index, children: Sequence[tuple[Descriptor, RawManifest]]) -> RawManifest:
-    """An OCI index of the converted children; each keeps its source entry's platform and annotations."""
+def _subject(source: Descriptor) -> Descriptor:
+    """The `subject` naming a source manifest or index (without its platform or annotations)."""
+    return Descriptor(mediaType=source.media_type, digest=source.digest, size=source.size)
+
+
+def converted_index(
+    source: Index,
+    source_descriptor: Descriptor,
+    children: Sequence[tuple[Descriptor, RawManifest]],
+    annotations: Mapping[str, str],
+) -> RawManifest:
+    """An OCI index of the converted children whose `subject` is the source index; each child keeps
+    its source entry's platform and annotations (and names its source child as its own subject)."""
     manifests: list[Descriptor] = []
     for source_entry, converted in children:
         extra: dict[str, Any] = {}
@@ -85,10 +92,12 @@ def converted_index(source: Index, children: Sequence[tuple[Descriptor, RawManif
         if source_entry.annotations:
             extra["annotations"] = dict(source_entry.annotations)
         manifests.append(converted.descriptor(**extra))
+    merged = {**(source.annotations or {}), **annotations}
     index = Index(
         schemaVersion=2,
         mediaType=mt.OCI_INDEX,
         manifests=manifests,
-        annotations=dict(source.annotations) if source.annotations else None,
+        subject=_subject(source_descriptor),
+        annotations=merged or None,
     )
     return RawManifest.from_bytes(index.to_json(), mt.OCI_INDEX)

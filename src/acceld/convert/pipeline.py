@@ -38,6 +38,8 @@ from acceld.oci.mediatypes import layer_compression
 from acceld.oci.models import Descriptor, RawManifest
 from acceld.oci.reference import LayoutRef, Reference, parse_location
 from acceld.progress import NullProgress
+from acceld.registry.errors import NotFound
+from acceld.registry.store import ImageStore
 from acceld.registry.stores import Stores
 
 if TYPE_CHECKING:
@@ -87,7 +89,11 @@ async def run_conversion(
                 tag = target_location.tag
             root = push_plan.root
             target = stores.open(target_location, create=True)
-            await Pusher(target, source, cache, progress).push(push_plan, tag)
+            lock_dir = (options.cache_dir or default_cache_dir()) / "locks"
+            untagged = None
+            if tag is not None:
+                tag, untagged = await _target_tag(source, source_location, plan.root.digest, tag)
+            await Pusher(target, source, cache, progress, lock_dir).push(push_plan, tag)
     finally:
         await asyncio.to_thread(shutil.rmtree, workspace, True)
     return ConversionResult(
@@ -106,7 +112,28 @@ async def run_conversion(
         seconds=time.monotonic() - started,
         layers_converted=sum(1 for layer in layers.values() if layer.outcome is Outcome.CONVERTED),
         layers_cached=sum(1 for layer in layers.values() if layer.outcome is Outcome.CACHED),
+        untagged=untagged,
     )
+
+
+async def _target_tag(
+    source: ImageStore, source_location: Location, source_digest: str, tag: str
+) -> tuple[str | None, str | None]:
+    """The tag to push the result with, and why it is pushed untagged instead (None: it is not).
+
+    The source tag is read again just before the push: when it moved to another image meanwhile
+    (a newer push, or events delivered out of order), tagging this result would roll the converted
+    tag back to an older image, so the result is pushed by digest, reachable through `subject`.
+    """
+    if source_location.tag is None:
+        return tag, None
+    try:
+        current = (await source.resolve(source_location.tag)).digest
+    except NotFound:
+        return None, f"the source tag {source_location.tag} was deleted meanwhile: pushed untagged"
+    if current != source_digest:
+        return None, f"the source tag {source_location.tag} now points at {current}: pushed untagged"
+    return tag, None
 
 
 async def _local_options(request: ConversionRequest, stores: Stores, workspace: Path) -> dict[str, Any]:
@@ -131,7 +158,7 @@ async def _converted_plan(
         await _build_image(driver, image, blobs, source_reference, workspace / f"finalize-{n}")
         for n, image in enumerate(plan.images)
     ]
-    root, children = _root_manifest(plan, images)
+    root, children = _root_manifest(plan, images, driver)
     return PushPlan(
         blobs=list({blob.digest: blob for image in images for blob in image.layers}.values()),
         configs=[image.config for image in images],
@@ -250,9 +277,16 @@ async def _build_image(
     return ConvertedImage(image, all_layers, (config_desc, config_bytes), manifest)
 
 
-def _root_manifest(plan: SourcePlan, images: list[ConvertedImage]) -> tuple[RawManifest, list[RawManifest]]:
+def _root_manifest(
+    plan: SourcePlan, images: list[ConvertedImage], driver: Driver
+) -> tuple[RawManifest, list[RawManifest]]:
     if plan.index is None:
         return images[0].manifest, []
     children = [image.manifest for image in images]
-    index = converted_index(plan.index, [(image.source.entry, image.manifest) for image in images])
+    index = converted_index(
+        plan.index,
+        plan.root.descriptor(),
+        [(image.source.entry, image.manifest) for image in images],
+        source_annotations(driver.name, plan.root.digest),
+    )
     return index, children

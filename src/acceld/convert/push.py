@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from acceld.convert.cache import LayerCache
 from acceld.convert.errors import first_error
 from acceld.convert.layers import short
+from acceld.convert.locks import machine_lock
 from acceld.formats.driver import LayerBlob
 from acceld.oci.models import Descriptor, RawManifest
 from acceld.progress import ProgressReporter
@@ -36,9 +38,15 @@ class PushPlan:
 
 class Pusher:
     def __init__(
-        self, target: ImageStore, source: ImageStore, cache: LayerCache | None, progress: ProgressReporter
+        self,
+        target: ImageStore,
+        source: ImageStore,
+        cache: LayerCache | None,
+        progress: ProgressReporter,
+        lock_dir: Path | None = None,
     ) -> None:
         self._target = target
+        self._lock_dir = lock_dir
         self._progress = progress
         self._source = source
         self._cache = cache
@@ -56,8 +64,19 @@ class Pusher:
         except BaseExceptionGroup as failures:
             raise first_error(failures) from None
         for child in plan.children:
-            await self._target.put_manifest(child)
-        await self._target.put_manifest(plan.root, tag)
+            await self._put_manifest(child, None)
+        await self._put_manifest(plan.root, tag)
+
+    async def _put_manifest(self, manifest: RawManifest, tag: str | None) -> None:
+        """A manifest with a `subject` updates the subject's referrers (a fallback index on registries
+        without the API), so pushes naming one subject are serialised on this machine."""
+        subject = manifest.subject()
+        target = self._target
+        if subject is None or not isinstance(target, RegistryRepository):
+            await target.put_manifest(manifest, tag)
+            return
+        async with machine_lock(self._lock_dir, f"{target.client.host}/{target.name}@{subject.digest}"):
+            await target.put_manifest(manifest, tag)
 
     async def _push_bytes(self, desc: Descriptor, data: bytes) -> None:
         async with self._slots:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
@@ -27,6 +28,7 @@ from acceld.registry.store import BlobSource, PutResult, exact_size, iter_source
 MAX_MANIFEST_SIZE = 4 << 20
 MONOLITHIC_LIMIT = 8 << 20  # blobs up to this size go in the PUT that completes the upload
 _READ_SIZE = 4 << 20
+_FALLBACK_WRITES = 8  # writes of one referrers fallback index before giving up
 
 
 def _range_starts_at(response: httpx.Response, offset: int) -> bool:
@@ -183,15 +185,25 @@ class RegistryRepository:
         return manifests
 
     async def _add_to_fallback_index(self, subject: str, referrer: RawManifest) -> None:
+        """Add `referrer` to the fallback index of `subject`, then read it back: a concurrent writer
+        that read the index before this write may have replaced it, so the entry is added again
+        until it stays (callers serialise their own writers per subject; this covers the others)."""
         tag = fallback_tag(subject)
-        try:
-            index = (await self.get_manifest(tag)).index()
-        except NotFound:
-            index = Index(mediaType=mt.OCI_INDEX, manifests=[])
-        if any(m.digest == referrer.digest for m in index.manifests):
-            return
-        index.manifests.append(referrer_descriptor(referrer))
-        await self.put_manifest(RawManifest.from_bytes(index.to_json(), mt.OCI_INDEX), tag)
+        for attempt in range(_FALLBACK_WRITES + 1):
+            try:
+                index = (await self.get_manifest(tag)).index()
+            except NotFound:
+                index = Index(mediaType=mt.OCI_INDEX, manifests=[])
+            if any(m.digest == referrer.digest for m in index.manifests):
+                return
+            if attempt == _FALLBACK_WRITES:
+                break
+            index.manifests.append(referrer_descriptor(referrer))
+            await self.put_manifest(RawManifest.from_bytes(index.to_json(), mt.OCI_INDEX), tag)
+            await asyncio.sleep(random.uniform(0.05, 0.25) * (attempt + 1))  # let stale writers land
+        raise RegistryError(
+            f"{self.location}: the referrers index {tag} kept losing {referrer.digest} to concurrent writers"
+        )
 
     # -- blobs ------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from acceld.service.store import Task
 
 TaskStatus = Literal["queued", "running", "succeeded", "failed", "skipped", "cancelled"]
-TaskKind = Literal["convert", "delete"]
+TaskKind = Literal["convert", "delete", "tag"]
 
 
 class ErrorBody(BaseModel):
@@ -20,6 +20,7 @@ class ErrorBody(BaseModel):
 
 class AcceptedTask(BaseModel):
     id: str
+    kind: TaskKind = Field(description="tag: a further tag of an image whose conversion task exists")
     status: TaskStatus
     created: bool = Field(description="false when an earlier event already queued this conversion")
     source: str
@@ -67,12 +68,14 @@ class TaskView(BaseModel):
     layers_converted: int | None
     layers_cached: int | None
     error: str | None
+    parent_id: str | None = Field(description="tag tasks: the conversion task whose result they tag")
+    note: str | None = Field(description="what a succeeded task did differently (e.g. pushed untagged)")
 
     @classmethod
     def of(cls, task: Task) -> TaskView:
         return cls(
             id=task.id,
-            kind="delete" if task.kind == "delete" else "convert",
+            kind=task.kind,  # type: ignore[arg-type]  # the store only holds these kinds
             status=task.status,  # type: ignore[arg-type]
             rule=task.rule,
             source=task.source,
@@ -100,6 +103,8 @@ class TaskView(BaseModel):
             layers_converted=task.layers_converted,
             layers_cached=task.layers_cached,
             error=task.error,
+            parent_id=task.parent_id,
+            note=task.note,
         )
 
 

@@ -75,7 +75,8 @@ def format_marker(manifest: Manifest, drivers: Iterable[AnyDriver] = ()) -> str 
 async def inspect_source(repo: RegistryRepository, ref: str, drivers: Iterable[AnyDriver] = ()) -> SourceInfo:
     """Fetch the manifest or index at `ref` and decide whether it is a convertible source.
 
-    A converted index carries no `subject` itself, so an index is judged by its first child.
+    An index with a `subject` is an accessory; one without is judged by its first child (indexes
+    converted by acceld before it linked them, or by other converters).
     """
     drivers = list(drivers)
     raw = await repo.get_manifest(ref)
@@ -130,16 +131,16 @@ async def _index_lists(repo: RegistryRepository, tag: str, digest: str) -> bool:
 async def converted_counterpart(repo: RegistryRepository, source: RawManifest, target_tag: str) -> str | None:
     """The digest at `target_tag` when it is a conversion of `source`, else None.
 
-    A converted manifest names the source in `subject`; a converted index's children name the
-    source index's children.
+    A converted manifest or index names the source in `subject`; an index converted before acceld
+    linked indexes is recognised by its children naming the source index's children.
     """
     try:
         target = await repo.get_manifest(target_tag)
     except NotFound:
         return None
-    if target.is_manifest:
-        subject = target.manifest().subject
-        return target.digest if subject is not None and subject.digest == source.digest else None
+    subject = target.subject()
+    if subject is not None:
+        return target.digest if subject.digest == source.digest else None
     if target.is_index and source.is_index:
         source_children = {d.digest for d in source.index().manifests}
         converted = target.index().manifests

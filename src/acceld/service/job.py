@@ -8,6 +8,7 @@ The `JobResult` is written as JSON to the original stdout; everything else goes 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import traceback
@@ -22,6 +23,7 @@ from acceld.convert.errors import NotApplicableError
 from acceld.errors import AcceldError
 from acceld.formats.driver import AnyDriver
 from acceld.lifeline import die_with_parent, exit_when_hung_up
+from acceld.oci import mediatypes as mt
 from acceld.registry.errors import NotFound
 from acceld.registry.repository import RegistryRepository
 from acceld.registry.stores import Stores
@@ -31,7 +33,7 @@ MAX_INDEX_SCAN_TAGS = 1000  # tags read when looking for the index of a digest-o
 
 
 class JobSpec(BaseModel):
-    kind: Literal["convert", "delete"]
+    kind: Literal["convert", "delete", "tag"]
     registry: str
     repository: str
     tag: str | None
@@ -43,6 +45,7 @@ class JobSpec(BaseModel):
     cache_dir: Path | None = None
     known_targets: list[str] = []  # delete: digests of earlier results of this source
     recent_tags: list[str] = []  # digest-only convert: tags pushed to the repository lately, newest first
+    converted_digest: str | None = None  # tag: the result of the conversion this tag task points at
 
 
 class JobResult(BaseModel):
@@ -57,6 +60,7 @@ class JobResult(BaseModel):
     seconds: float | None = None
     layers_converted: int | None = None
     layers_cached: int | None = None
+    note: str | None = None
 
 
 def run(spec: JobSpec) -> JobResult:
@@ -64,6 +68,8 @@ def run(spec: JobSpec) -> JobResult:
     try:
         if spec.kind == "delete":
             return asyncio.run(_delete(spec))
+        if spec.kind == "tag":
+            return asyncio.run(_tag(spec))
         return _convert(spec)
     except AcceldError as exc:
         return JobResult(status="failed", transient=exc.transient, reason=str(exc))
@@ -77,7 +83,7 @@ def run(spec: JobSpec) -> JobResult:
 def _convert(spec: JobSpec) -> JobResult:
     driver = make_driver(spec.driver, spec.options)
     decision = asyncio.run(_check_source(spec, driver))
-    if decision.status != "succeeded":
+    if decision.status != "succeeded" or decision.target_digest is not None:
         return decision
     digest = decision.source_digest
     assert digest is not None
@@ -103,11 +109,13 @@ def _convert(spec: JobSpec) -> JobResult:
         seconds=result.seconds,
         layers_converted=result.layers_converted,
         layers_cached=result.layers_cached,
+        note=result.untagged,
     )
 
 
 async def _check_source(spec: JobSpec, driver: AnyDriver) -> JobResult:
-    """Loop guard and multi-arch handling before converting; `succeeded` means: go ahead."""
+    """Loop guard and multi-arch handling before converting; `succeeded` without a target means:
+    go ahead; with one: the converted tag already holds a conversion of this source."""
     tag_suffix = driver.tag_suffix
     async with Stores(AcceldConfig(registries=spec.registries)) as stores:
         repo = stores.client(spec.registry).repository(spec.repository)
@@ -137,17 +145,54 @@ async def _check_source(spec: JobSpec, driver: AnyDriver) -> JobResult:
             existing = await artifacts.converted_counterpart(repo, source.raw, spec.tag + tag_suffix)
             if existing is not None:
                 return JobResult(
-                    status="skipped",
+                    status="succeeded",
                     source_digest=digest,
                     target_digest=existing,
                     target=f"{spec.registry}/{spec.repository}:{spec.tag}{tag_suffix}",
-                    reason="already converted",
+                    note="already converted",
                 )
         return JobResult(status="succeeded", source_digest=digest)
 
 
+async def _tag(spec: JobSpec) -> JobResult:
+    """Point `<tag><suffix>` at the existing conversion of the digest the tag was pushed as (one
+    manifest PUT), unless the tag has moved on since: a converted tag never goes back to an older image."""
+    assert spec.tag is not None and spec.source_digest is not None and spec.converted_digest is not None
+    driver = make_driver(spec.driver, spec.options)
+    target_tag = spec.tag + driver.tag_suffix
+    async with Stores(AcceldConfig(registries=spec.registries)) as stores:
+        repo = stores.client(spec.registry).repository(spec.repository)
+        try:
+            current = (await repo.resolve(spec.tag)).digest
+        except NotFound:
+            current = None
+        if current != spec.source_digest:
+            where = f"now points at {current}" if current else "was deleted"
+            return JobResult(
+                status="skipped",
+                source_digest=spec.source_digest,
+                reason=f"not tagged {target_tag}: {spec.tag} {where}",
+            )
+        try:
+            converted = await repo.get_manifest(spec.converted_digest)
+        except NotFound:
+            return JobResult(
+                status="failed",
+                source_digest=spec.source_digest,
+                reason=f"the converted image {spec.converted_digest} no longer exists: convert again",
+            )
+        await repo.put_manifest(converted, target_tag)
+    return JobResult(
+        status="succeeded",
+        source_digest=spec.source_digest,
+        target=f"{spec.registry}/{spec.repository}:{target_tag}",
+        target_digest=converted.digest,
+    )
+
+
 async def _delete(spec: JobSpec) -> JobResult:
-    """Delete the converted images of a deleted source: known results, the suffixed tag, referrers."""
+    """Delete the converted images of a deleted source: known results, the suffixed tag, referrers.
+    A converted index goes with its children."""
     assert spec.source_digest is not None
     driver = make_driver(spec.driver, spec.options)
     async with Stores(AcceldConfig(registries=spec.registries)) as stores:
@@ -165,10 +210,16 @@ async def _delete(spec: JobSpec) -> JobResult:
         deleted = []
         for digest in sorted(targets):
             try:
+                raw = await repo.get_manifest(digest)
+                children = [d.digest for d in raw.index().manifests] if raw.is_index else []
                 await repo.delete_manifest(digest)
                 deleted.append(digest)
             except NotFound:
                 continue
+            for child in children:
+                with contextlib.suppress(NotFound):
+                    await repo.delete_manifest(child)
+                    deleted.append(child)
     return JobResult(
         status="succeeded",
         source_digest=spec.source_digest,
@@ -178,13 +229,21 @@ async def _delete(spec: JobSpec) -> JobResult:
 
 
 async def _referrers_of_format(repo: RegistryRepository, digest: str, driver: AnyDriver) -> list[str]:
+    """Referrers of `digest` that are this driver's output (an index is judged by its first child)."""
     found = []
     for desc in await repo.referrers(digest):
         try:
             raw = await repo.get_manifest(desc.digest)
+            if raw.is_index:
+                children = [d for d in raw.index().manifests if mt.is_manifest(d.media_type)]
+                if not children:
+                    continue
+                child = await repo.get_manifest(children[0].digest)
+            else:
+                child = raw
         except NotFound:
             continue
-        if raw.is_manifest and artifacts.format_marker(raw.manifest(), [driver]):
+        if child.is_manifest and artifacts.format_marker(child.manifest(), [driver]):
             found.append(desc.digest)
     return found
 

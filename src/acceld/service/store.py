@@ -5,10 +5,15 @@ is still claimable, so two workers (threads, processes or hosts) never run one t
 task whose lease expired (its server died) becomes claimable again. Deduplication is a unique
 column holding a hash of (registry, repository, source, driver, options); a task whose source
 was deleted releases its key (NULL), so a later push of the same digest converts again.
+
+Tags are a property of a push, not of a conversion: an event for a further tag of a digest that
+already has a conversion task gets a `tag` task instead (dedup key with the tag), which points the
+tag's converted counterpart at that conversion's result once it exists (one manifest PUT).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import threading
@@ -37,6 +42,7 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    inspect,
     or_,
     select,
     update,
@@ -51,7 +57,7 @@ from acceld.private import DIR_MODE, private_file
 Status = Literal["queued", "running", "succeeded", "failed", "skipped", "cancelled"]
 STATUSES: tuple[Status, ...] = ("queued", "running", "succeeded", "failed", "skipped", "cancelled")
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "skipped", "cancelled"})
-Kind = Literal["convert", "delete"]
+Kind = Literal["convert", "delete", "tag"]
 
 metadata = MetaData()
 tasks = Table(
@@ -88,9 +94,12 @@ tasks = Table(
     Column("layers_converted", Integer, nullable=True),
     Column("layers_cached", Integer, nullable=True),
     Column("error", Text, nullable=True),
+    Column("parent_id", String(32), nullable=True),  # tag task: the conversion it tags
+    Column("note", Text, nullable=True),  # what a succeeded task did differently (e.g. pushed untagged)
     Index("ix_tasks_claim", "status", "not_before"),
     Index("ix_tasks_created", "created_at"),
     Index("ix_tasks_source", "registry", "repository", "source_digest"),
+    Index("ix_tasks_parent", "parent_id"),
 )
 
 
@@ -120,8 +129,14 @@ class NewTask:
     @property
     def dedup_key(self) -> str:
         source = self.source_digest or f"tag:{self.tag}"
-        text = "\x00".join((self.kind, self.registry, self.repository, source, self.driver, self.options_key))
-        return hashlib.sha256(text.encode()).hexdigest()
+        parts = [self.kind, self.registry, self.repository, source, self.driver, self.options_key]
+        if self.kind == "tag":
+            parts.append(self.tag or "")
+        return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
+
+    def tagging(self) -> NewTask:
+        """The tag task giving an existing conversion of this digest the converted tag of this tag."""
+        return dataclasses.replace(self, kind="tag", not_before=0.0)
 
 
 @dataclass(frozen=True)
@@ -156,6 +171,8 @@ class Task:
     layers_converted: int | None
     layers_cached: int | None
     error: str | None
+    parent_id: str | None = None
+    note: str | None = None
     dedup_key: str | None = field(default=None, repr=False)
 
     @property
@@ -178,6 +195,16 @@ class Enqueued:
     task_id: str
     status: str
     created: bool
+    kind: str = "convert"
+
+
+@dataclass(frozen=True)
+class _Found:
+    id: str
+    kind: str
+    status: str
+    tag: str | None
+    created: bool
 
 
 @dataclass(frozen=True)
@@ -193,7 +220,8 @@ class Outcome:
     seconds: float | None = None
     layers_converted: int | None = None
     layers_cached: int | None = None
-    reason: str | None = None
+    reason: str | None = None  # why it was skipped
+    note: str | None = None  # succeeded, with a remark (pushed untagged, found already converted)
 
 
 @dataclass(frozen=True)
@@ -260,8 +288,22 @@ class TaskStore:
     def create_schema(self) -> None:
         try:
             metadata.create_all(self.engine)
+            self._add_missing_columns()
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot initialise the task database: {_one_line(exc)}") from None
+
+    def _add_missing_columns(self) -> None:
+        """A database made by an earlier version lacks the columns added since (all nullable)."""
+        present = {column["name"] for column in inspect(self.engine).get_columns(tasks.name)}
+        missing = [column for column in tasks.columns if column.name not in present]
+        if not missing:
+            return
+        with self.engine.begin() as conn:
+            for column in missing:
+                kind = column.type.compile(dialect=self.engine.dialect)
+                conn.exec_driver_sql(f"ALTER TABLE {tasks.name} ADD COLUMN {column.name} {kind}")
+            for index in tasks.indexes:
+                index.create(conn, checkfirst=True)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -294,6 +336,39 @@ class TaskStore:
     def _enqueue_flat(self, new_tasks: Sequence[NewTask], max_attempts: int, now: float) -> list[Enqueued]:
         if not new_tasks:
             return []
+        with self._write() as conn:
+            found = self._insert(conn, new_tasks, [None] * len(new_tasks), max_attempts, now)
+            # A further tag of a digest whose conversion task exists: a tag task, not a second conversion.
+            further = [
+                n
+                for n, (new, row) in enumerate(zip(new_tasks, found, strict=True))
+                if new.kind == "convert" and new.tag and not row.created and row.tag != new.tag
+            ]
+            if further:
+                tag_tasks = [new_tasks[n].tagging() for n in further]
+                parents: list[str | None] = [found[n].id for n in further]
+                tagged = self._insert(conn, tag_tasks, parents, max_attempts, now)
+                for n, row in zip(further, tagged, strict=True):
+                    found[n] = row
+            extra_events = Counter(row.id for row in found if not row.created)
+            by_increment: dict[int, list[str]] = {}
+            for task_id, increment in extra_events.items():
+                by_increment.setdefault(increment, []).append(task_id)
+            for increment, ids in by_increment.items():
+                conn.execute(
+                    update(tasks).where(tasks.c.id.in_(ids)).values(events=tasks.c.events + increment)
+                )
+        return [Enqueued(row.id, row.status, row.created, row.kind) for row in found]
+
+    def _insert(
+        self,
+        conn: Connection,
+        new_tasks: Sequence[NewTask],
+        parents: Sequence[str | None],
+        max_attempts: int,
+        now: float,
+    ) -> list[_Found]:
+        """Insert the tasks whose dedup key is new; per input, the task that stands for it."""
         keys = [t.dedup_key for t in new_tasks]
         rows = [
             {
@@ -316,47 +391,36 @@ class TaskStore:
                 "not_before": max(now, t.not_before),
                 "created_at": now,
                 "updated_at": now,
+                "parent_id": parent,
             }
-            for t in new_tasks
+            for t, parent in zip(new_tasks, parents, strict=True)
         ]
         insert = (sqlite.insert if self._dialect == "sqlite" else postgresql.insert)(tasks)
-        with self._write() as conn:
-            conn.execute(insert.on_conflict_do_nothing(index_elements=["dedup_key"]), rows)
-            found = {
-                r.dedup_key: r
-                for r in conn.execute(
-                    select(tasks.c.id, tasks.c.dedup_key, tasks.c.status).where(
-                        tasks.c.dedup_key.in_(set(keys))
-                    )
+        conn.execute(insert.on_conflict_do_nothing(index_elements=["dedup_key"]), rows)
+        existing = {
+            r.dedup_key: r
+            for r in conn.execute(
+                select(tasks.c.id, tasks.c.dedup_key, tasks.c.kind, tasks.c.status, tasks.c.tag).where(
+                    tasks.c.dedup_key.in_(set(keys))
                 )
-            }
-            fresh = {row["id"] for row in rows}
-            results: list[Enqueued] = []
-            extra_events: Counter[str] = Counter()
-            for key in keys:
-                task_id = found[key].id
-                created = task_id in fresh
-                fresh.discard(task_id)  # a key repeated in this batch is created once
-                if not created:
-                    extra_events[task_id] += 1
-                results.append(Enqueued(task_id, found[key].status, created))
-            by_increment: dict[int, list[str]] = {}
-            for task_id, increment in extra_events.items():
-                by_increment.setdefault(increment, []).append(task_id)
-            for increment, ids in by_increment.items():
-                conn.execute(
-                    update(tasks).where(tasks.c.id.in_(ids)).values(events=tasks.c.events + increment)
-                )
-        return results
+            )
+        }
+        fresh = {row["id"] for row in rows}
+        found: list[_Found] = []
+        for key in keys:
+            row = existing[key]
+            found.append(_Found(row.id, row.kind, row.status, row.tag, created=row.id in fresh))
+            fresh.discard(row.id)  # a key repeated in this batch is created once
+        return found
 
     def release_source(self, registry: str, repository: str, digest: str) -> list[Task]:
-        """The source was deleted: finished conversion tasks give up their dedup key (so a
+        """The source was deleted: finished conversion (and tag) tasks give up their dedup key (so a
         re-push converts again) and are returned, for deleting their results."""
         condition = and_(
             tasks.c.registry == registry,
             tasks.c.repository == repository,
             tasks.c.source_digest == digest,
-            tasks.c.kind == "convert",
+            tasks.c.kind.in_(("convert", "tag")),
             tasks.c.status.in_(TERMINAL),
         )
         with self._write() as conn:
@@ -414,6 +478,7 @@ class TaskStore:
         return result.rowcount == 1
 
     def complete(self, task_id: str, owner: str, outcome: Outcome) -> bool:
+        """Record the outcome; a conversion that succeeded makes its waiting tag tasks due now."""
         now = time.time()
         values: dict[str, Any] = {
             "status": outcome.status,
@@ -422,6 +487,7 @@ class TaskStore:
             "lease_owner": None,
             "lease_expires": None,
             "error": outcome.reason,
+            "note": outcome.note,
         }
         for name in (
             "source_digest",
@@ -436,7 +502,31 @@ class TaskStore:
             value = getattr(outcome, name)
             if value is not None:
                 values[name] = value
-        return self._finish_attempt(task_id, owner, values)
+        with self._write() as conn:
+            finished = self._finish(conn, task_id, owner, values)
+            if finished and outcome.status == "succeeded":
+                conn.execute(
+                    update(tasks)
+                    .where(tasks.c.parent_id == task_id, tasks.c.status.in_(("queued", "failed")))
+                    .values(status="queued", attempts=0, not_before=now, updated_at=now, finished_at=None)
+                )
+        return finished
+
+    def wait_for_parent(self, task_id: str, owner: str, not_before: float) -> bool:
+        """A tag task whose conversion is not finished: back to the queue without using an attempt
+        (the conversion's success makes it due at once; `not_before` is the fallback)."""
+        return self._finish_attempt(
+            task_id,
+            owner,
+            {
+                "status": "queued",
+                "attempts": tasks.c.attempts - 1,
+                "not_before": not_before,
+                "updated_at": time.time(),
+                "lease_owner": None,
+                "lease_expires": None,
+            },
+        )
 
     def fail(self, task_id: str, owner: str, reason: str) -> bool:
         now = time.time()
@@ -483,11 +573,15 @@ class TaskStore:
 
     def _finish_attempt(self, task_id: str, owner: str, values: dict[str, Any]) -> bool:
         with self._write() as conn:
-            result = conn.execute(
-                update(tasks)
-                .where(tasks.c.id == task_id, tasks.c.lease_owner == owner, tasks.c.status == "running")
-                .values(**values)
-            )
+            return self._finish(conn, task_id, owner, values)
+
+    @staticmethod
+    def _finish(conn: Connection, task_id: str, owner: str, values: dict[str, Any]) -> bool:
+        result = conn.execute(
+            update(tasks)
+            .where(tasks.c.id == task_id, tasks.c.lease_owner == owner, tasks.c.status == "running")
+            .values(**values)
+        )
         return result.rowcount == 1
 
     # -- management -----------------------------------------------------------------------------
@@ -550,12 +644,17 @@ class TaskStore:
             return Task.from_row(conn.execute(select(tasks).where(tasks.c.id == task_id)).one())
 
     def requeue_stale(self, task_id: str) -> bool:
-        """Reconcile found no conversion of this source: a failed or succeeded task runs again."""
+        """Reconcile found no converted tag for this source: a failed or succeeded task runs again,
+        and so does a tag task that was skipped (its tag pointed elsewhere then)."""
         now = time.time()
+        again = or_(
+            tasks.c.status.in_(("failed", "succeeded")),
+            and_(tasks.c.kind == "tag", tasks.c.status == "skipped"),
+        )
         with self._write() as conn:
             result = conn.execute(
                 update(tasks)
-                .where(tasks.c.id == task_id, tasks.c.status.in_(("failed", "succeeded")))
+                .where(tasks.c.id == task_id, again)
                 .values(
                     status="queued",
                     attempts=0,

@@ -3,7 +3,8 @@
 Repositories come from the rules when their patterns are literal names, else from the registry
 catalog (`/v2/_catalog`, when allowed). For each tag a rule accepts, the converted tag
 (`<tag><suffix>`) must exist and name the image as its source; if not, a task is queued (the
-dedup key merges it with any queued or running one; a failed or stale finished one is requeued).
+dedup key merges it with any queued or running one; a failed or stale finished one is requeued;
+a further tag of an image converted before becomes a tag task, one manifest PUT).
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ async def _sync_repository(
     for entry in enqueued:
         if entry.created:
             report.queued += 1
-        elif entry.status in ("failed", "succeeded") and await asyncio.to_thread(
+        elif entry.status in ("failed", "succeeded", "skipped") and await asyncio.to_thread(
             store.requeue_stale, entry.task_id
         ):
             report.requeued += 1

@@ -202,6 +202,7 @@ def webhook_route(service: Service) -> Route:
                 AcceptedTask.model_validate(
                     {
                         "id": e.task_id,
+                        "kind": e.kind,
                         "status": e.status,
                         "created": e.created,
                         "source": _source(t.registry, t.repository, t.source_digest, t.tag),

@@ -27,6 +27,7 @@ from acceld.service.metrics import ServiceMetrics
 from acceld.service.store import Outcome, StoreError, Task, TaskStore
 
 log = logging.getLogger("acceld.service")
+_PARENT_RECHECK_SECONDS = 30.0  # a tag task waiting for its conversion looks again at the latest then
 
 
 def backoff_delay(settings: WorkerSettings, attempts: int) -> float:
@@ -109,7 +110,7 @@ class WorkerPool:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=self.settings.poll_seconds)
 
-    async def _spec(self, task: Task) -> JobSpec:
+    async def _spec(self, task: Task, converted_digest: str | None = None) -> JobSpec:
         """The job's input, with what only the task store knows about the repository."""
         known_targets: list[str] = []
         recent_tags: list[str] = []
@@ -120,7 +121,7 @@ class WorkerPool:
         if task.kind == "convert" and task.tag is None:
             recent_tags = await asyncio.to_thread(self.store.recent_tags, task.registry, task.repository)
         return JobSpec(
-            kind="delete" if task.kind == "delete" else "convert",
+            kind=task.kind,  # type: ignore[arg-type]  # the store only holds the three kinds
             registry=task.registry,
             repository=task.repository,
             tag=task.tag,
@@ -132,10 +133,16 @@ class WorkerPool:
             cache_dir=self.cache_dir,
             known_targets=known_targets,
             recent_tags=recent_tags,
+            converted_digest=converted_digest,
         )
 
     async def _attempt(self, task: Task) -> None:
-        spec = await self._spec(task)
+        converted_digest = None
+        if task.kind == "tag":
+            converted_digest = await self._converted_digest(task)
+            if converted_digest is None:
+                return
+        spec = await self._spec(task, converted_digest)
         log.info(
             "task %s: attempt %d of %s %s (%s)", task.id, task.attempts, task.kind, task.source, task.driver
         )
@@ -152,6 +159,27 @@ class WorkerPool:
         if result is None:
             result = JobResult(status="failed", transient=True, reason="conversion process died")
         await self._record(task, result, elapsed)
+
+    async def _converted_digest(self, task: Task) -> str | None:
+        """The result a tag task points its tag at; None when the task was put back or ended here
+        because its conversion has not succeeded (yet)."""
+        parent = await asyncio.to_thread(self.store.get, task.parent_id) if task.parent_id else None
+        if parent is not None and parent.status in ("queued", "running"):
+            not_before = time.time() + max(self.settings.poll_seconds, _PARENT_RECHECK_SECONDS)
+            await asyncio.to_thread(self.store.wait_for_parent, task.id, self.owner, not_before)
+            return None
+        if parent is not None and parent.status == "succeeded" and parent.target_digest:
+            return parent.target_digest
+        if parent is None:
+            reason = "its conversion task no longer exists"
+            await asyncio.to_thread(self.store.fail, task.id, self.owner, reason)
+        elif parent.status == "skipped":
+            outcome = Outcome(status="skipped", reason=f"the conversion was skipped: {parent.error}")
+            await asyncio.to_thread(self.store.complete, task.id, self.owner, outcome)
+        else:
+            reason = f"the conversion {parent.status} (task {parent.id}): {parent.error}"
+            await asyncio.to_thread(self.store.fail, task.id, self.owner, reason)
+        return None
 
     async def _run_job(self, task: Task, spec: JobSpec) -> tuple[JobResult | None, bool]:
         """Run the job process with heartbeats; (result or None if it died, lease lost?)."""
@@ -240,6 +268,7 @@ class WorkerPool:
             layers_converted=result.layers_converted,
             layers_cached=result.layers_cached,
             reason=result.reason,
+            note=result.note,
         )
         await asyncio.to_thread(self.store.complete, task.id, self.owner, outcome)
 
