@@ -107,7 +107,8 @@ async def test_layout_index_converts_to_index_with_subject_per_child(
     source_index = test_images.busybox_index
     assert index["mediaType"] == OCI_INDEX
     assert index["subject"] == source_index.descriptor()
-    assert index["annotations"]["io.goharbor.artifact.v1alpha1.acceleration.source.digest"] == source_index.digest
+    source_annotation = "io.goharbor.artifact.v1alpha1.acceleration.source.digest"
+    assert index["annotations"][source_annotation] == source_index.digest
     sources = {(c["platform"]["architecture"]): c for c in test_images.busybox_index.read_json()["manifests"]}
     assert {c["platform"]["architecture"] for c in index["manifests"]} == {"amd64", "arm64"}
     for child in index["manifests"]:
