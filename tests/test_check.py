@@ -129,7 +129,26 @@ def test_check_through_registry(layout: Path, registry_plain: RunningRegistry, t
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
     missing_subject = acceld("check", target, "--plain-http", cache=tmp_path / "cache")
     assert missing_subject.returncode == 1
-    assert "not found" in missing_subject.stdout
+    assert "is not in" in missing_subject.stdout and "--source" in missing_subject.stdout
+
+
+def test_check_of_a_layout_result_finds_the_source_layout(layout: Path, tmp_path: Path) -> None:
+    """The README's `acceld convert oci:./layout:app oci:./out:app`: the result's subject is in ./layout."""
+    out = tmp_path / "out"
+    converted = acceld(
+        "convert", f"oci:{layout}:busybox", f"oci:{out}:app", "-d", "nydus", cache=tmp_path / "c"
+    )
+    assert converted.returncode == 0, converted.stderr[-2000:]
+    unnamed = acceld("check", f"oci:{out}:app", cache=tmp_path / "c")
+    assert unnamed.returncode == 1
+    assert f"is not in oci:{out}" in unnamed.stdout and "--source" in unnamed.stdout
+    named = acceld("check", f"oci:{out}:app", "--source", f"oci:{layout}", cache=tmp_path / "c")
+    assert named.returncode == 0, named.stdout + named.stderr[-2000:]
+    same = acceld(
+        "convert", f"oci:{layout}:busybox", f"oci:{layout}:app", "-d", "nydus", cache=tmp_path / "c"
+    )
+    assert same.returncode == 0, same.stderr[-2000:]
+    assert acceld("check", f"oci:{layout}:app", cache=tmp_path / "c").returncode == 0
 
 
 def test_estargz_mtime_rounding_is_tolerated_but_nothing_more() -> None:

@@ -187,23 +187,42 @@ async def test_zstdchunked_keeps_the_tar_and_diff_ids(
 
 
 async def test_layers_already_converted_pass_through(layout: Path, options: ConvertOptions) -> None:
+    """An image built on an eStargz base: the base layer passes through, the new one is converted;
+    an image whose every layer is eStargz already is refused."""
     await convert_image(
         ConversionRequest(source=f"oci:{layout}:whiteout", driver="estargz"), AcceldConfig(), options=options
     )
+    _, converted = layout_manifest(layout, "whiteout-esgz")
+    _, source = layout_manifest(layout, "whiteout")
+    mixed_config = read_blob_json(layout, converted["config"]["digest"])
+    source_config = read_blob_json(layout, source["config"]["digest"])
+    mixed_config["rootfs"]["diff_ids"][1] = source_config["rootfs"]["diff_ids"][1]
+    mixed = {
+        **converted,
+        "config": add_blob(layout, canonical_json(mixed_config), converted["config"]["mediaType"]),
+        "layers": [converted["layers"][0], source["layers"][1]],
+    }
+    del mixed["subject"], mixed["annotations"]
+    tag_in_index(layout, add_blob(layout, canonical_json(mixed), converted["mediaType"]), "mixed")
+
     again = await convert_image(
-        ConversionRequest(
-            source=f"oci:{layout}:whiteout-esgz", target=f"oci:{layout}:again", driver="estargz"
-        ),
+        ConversionRequest(source=f"oci:{layout}:mixed", target=f"oci:{layout}:again", driver="estargz"),
         AcceldConfig(),
         options=options,
     )
-    assert (again.layers_converted, again.layers_cached) == (0, 0)
-    _, first = layout_manifest(layout, "whiteout-esgz")
+    assert (again.layers_converted, again.layers_cached) == (0, 1)  # the upper layer was converted before
     _, second = layout_manifest(layout, "again")
-    assert second["layers"] == first["layers"]
+    assert second["layers"] == converted["layers"]
     assert second["subject"]["digest"] == again.source_digest
     config = read_blob_json(layout, second["config"]["digest"])
-    assert config["rootfs"] == read_blob_json(layout, first["config"]["digest"])["rootfs"]
+    assert config["rootfs"] == read_blob_json(layout, converted["config"]["digest"])["rootfs"]
+
+    with pytest.raises(AcceldError, match="already in the estargz format"):
+        await convert_image(
+            ConversionRequest(source=f"oci:{layout}:whiteout-esgz", driver="estargz"),
+            AcceldConfig(),
+            options=options,
+        )
 
 
 async def test_platform_filter_selects_children(layout: Path, options: ConvertOptions) -> None:

@@ -38,7 +38,8 @@ from acceld.formats.fstree import FsTree, apply_layer_tar, diff_trees
 from acceld.oci.digest import digest_hex, file_digest
 from acceld.oci.models import Descriptor, RawManifest
 from acceld.oci.platform import Platform
-from acceld.oci.reference import parse_location
+from acceld.oci.reference import LayoutRef, parse_location
+from acceld.registry.errors import NotFound
 from acceld.registry.layout import OCILayout
 from acceld.registry.store import ImageStore
 from acceld.registry.stores import Stores
@@ -84,8 +85,10 @@ async def check_image(
             if source is not None:
                 source_location = parse_location(source)
                 source_store = stores.open(source_location)
-                source_plan = await load_source(source_store, store_ref(source_store, source_location), None)
-                source_images = source_plan.images
+                # a layout named without a tag is where the `subject` is looked up
+                if not (isinstance(source_location, LayoutRef) and source_location.tag is None):
+                    source_ref = store_ref(source_store, source_location)
+                    source_images = (await load_source(source_store, source_ref, None)).images
             root_subject = plan.root.subject()
             results = []
             for n, converted in enumerate(plan.images):
@@ -198,7 +201,13 @@ async def _find_source(
     subject = converted.manifest.subject
     if subject is None:
         raise ConvertError(f"{converted.raw.digest} has no subject: name its source with --source")
-    plan = await load_source(store, subject.digest, None)
+    try:
+        plan = await load_source(store, subject.digest, None)
+    except NotFound:
+        raise ConvertError(
+            f"its source {subject.digest} (subject) is not in {store.location}: "
+            "name where it is with --source (e.g. --source oci:PATH)"
+        ) from None
     return plan.images[0]
 
 

@@ -15,6 +15,8 @@ from acceld.convert.errors import ConvertError, CorruptSourceLayerError
 from acceld.convert.streams import MeasuringWriter, SourceTarStream, VerifiedBlob
 from acceld.errors import AcceldError
 from acceld.formats.driver import ArtifactDriver, Driver, FormatError, LayerBlob, SkipLayer, SourceLayer
+from acceld.formats.estargz import TOC_DIGEST_ANNOTATION
+from acceld.formats.estargz.strip import without_estargz_metadata
 from acceld.oci.mediatypes import layer_compression
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,9 @@ def convert_layer_job(
                 source = SourceTarStream(cast(BinaryIO, blob), job.layer, report)
                 raise_if_corrupt = source.raise_if_blob_corrupt
             tar = cast(BinaryIO, io.BufferedReader(source, _TAR_BUFFER))
+            if not driver.reads_compressed and TOC_DIGEST_ANNOTATION in job.layer.annotations:
+                # an eStargz source: its TOC and landmark are not the image's files
+                tar = without_estargz_metadata(tar)
             out = MeasuringWriter(cast(BinaryIO, out_file))
             try:
                 output = driver.convert_layer(tar, cast(BinaryIO, out), job.layer, job.workdir)

@@ -31,7 +31,7 @@ from acceld.convert.source import SourceImage, SourcePlan, load_source
 from acceld.convert.target import Location, describe, resolve_target, store_ref
 from acceld.convert.workers import ProcessRunner
 from acceld.errors import AcceldError
-from acceld.formats.driver import ArtifactDriver, Driver, LayerBlob, LayerResult, PlatformArtifacts
+from acceld.formats.driver import AnyDriver, ArtifactDriver, Driver, LayerBlob, LayerResult, PlatformArtifacts
 from acceld.oci import mediatypes as mt
 from acceld.oci.digest import digest_hex, sha256_digest
 from acceld.oci.mediatypes import layer_compression
@@ -75,7 +75,7 @@ async def run_conversion(
                 _require_source_repository(source_location, target_location, driver.name)
             source = stores.open(source_location)
             plan = await load_source(source, store_ref(source, source_location), request.platforms)
-            _refuse_unconvertible(plan)
+            _refuse_unconvertible(plan, driver)
             if not isinstance(driver, ArtifactDriver) and driver.reads_compressed:
                 _require_gzip_layers(plan, driver.name)
             runner = ProcessRunner(options.workers)
@@ -218,9 +218,10 @@ def _untagged(location: Location) -> Location:
     return Reference(location.registry, location.repository, None, None)
 
 
-def _refuse_unconvertible(plan: SourcePlan) -> None:
+def _refuse_unconvertible(plan: SourcePlan, driver: AnyDriver) -> None:
     """Images without layers have nothing to convert; Nydus blobs are not tar layers, so no driver
-    converts them (nor rebuilds a bootstrap over them)."""
+    converts them (nor rebuilds a bootstrap over them); an image already in the driver's format
+    would only be copied under a second suffix."""
     for image in plan.images:
         if not image.layers:
             raise ConvertError(
@@ -229,6 +230,11 @@ def _refuse_unconvertible(plan: SourcePlan) -> None:
         if is_nydus_image(image.manifest):
             raise ConvertError(
                 f"source {image.raw.digest} ({image.platform}) is already a Nydus image: convert its source"
+            )
+        if all(driver.is_converted(layer) for layer in image.layers):
+            raise ConvertError(
+                f"source {image.raw.digest} ({image.platform}) is already in the {driver.name} format: "
+                "nothing to convert"
             )
 
 
