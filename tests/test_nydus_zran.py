@@ -578,3 +578,28 @@ def test_rule_option_oci_ref_selects_the_zran_suffix(tmp_path: Path) -> None:
     assert (native.tag_suffix, zran.tag_suffix) == ("-nydus", "-nydus-oci-ref")
     assert native.options_key != zran.options_key
     assert RuleSet(config.rules).is_converted_tag("v1-nydus-oci-ref")
+
+
+def test_every_sampled_ref_blob_byte_flip_is_a_format_error(edge_tars: list[Path], tmp_path: Path) -> None:
+    layers = [gzip_layer(t, t.with_suffix(".tar.gz"), members=2) for t in edge_tars]
+    blobs, bootstrap_layer, _ = convert(NydusDriver(oci_ref=True), layers, tmp_path)
+    ref = blobs[0].path
+    good = ref.read_bytes()
+    offsets = sorted(set(random.Random(7).sample(range(len(good)), 120)) | {0, len(good) - 1})
+    for offset in offsets:
+        ref.write_bytes(good[:offset] + bytes([good[offset] ^ 0x10]) + good[offset + 1 :])
+        with pytest.raises(FormatError):
+            RafsImage.from_bootstrap_layer(bootstrap_layer, reader_files(blobs, layers)).verify()
+    ref.write_bytes(good)
+    RafsImage.from_bootstrap_layer(bootstrap_layer, reader_files(blobs, layers)).verify()
+
+
+def test_a_flipped_gzip_layer_byte_is_a_format_error(edge_tars: list[Path], tmp_path: Path) -> None:
+    layers = [gzip_layer(t, t.with_suffix(".tar.gz")) for t in edge_tars]
+    blobs, bootstrap_layer, _ = convert(NydusDriver(oci_ref=True), layers, tmp_path)
+    files = reader_files(blobs, layers)
+    good = layers[0].read_bytes()
+    for offset in random.Random(3).sample(range(len(good)), 12):
+        layers[0].write_bytes(good[:offset] + bytes([good[offset] ^ 0x01]) + good[offset + 1 :])
+        with pytest.raises(FormatError):
+            RafsImage.from_bootstrap_layer(bootstrap_layer, files).verify()
