@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -616,3 +619,82 @@ async def test_referrers_api_and_upload_quirks_of_go_containerregistry(
         assert referrer.digest in [d.digest for d in found]
         # This registry ignores the artifactType filter (no OCI-Filters-Applied): acceld filters itself.
         assert await repo.referrers(subject.digest, "application/vnd.example.other") == []
+
+
+# -- Docker credential helpers ---------------------------------------------------------------------
+
+_HELPER = """#!{python}
+import json, sys
+secrets = json.loads({secrets!r})
+assert sys.argv[1:] == ["get"], sys.argv
+server = sys.stdin.read().strip()
+if server not in secrets:
+    print("credentials not found in native keychain")
+    sys.exit(1)
+username, secret = secrets[server]
+print(json.dumps({{"ServerURL": server, "Username": username, "Secret": secret}}))
+"""
+
+
+def credential_helper(bin_dir: Path, name: str, secrets: dict[str, tuple[str, str]]) -> None:
+    """A `docker-credential-NAME` program answering Docker's `get` protocol from `secrets`."""
+    bin_dir.mkdir(exist_ok=True)
+    program = bin_dir / f"docker-credential-{name}"
+    program.write_text(_HELPER.format(python=sys.executable, secrets=json.dumps(secrets)))
+    program.chmod(0o755)
+
+
+def helper_config(tmp_path: Path, config: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    directory = tmp_path / "helper-config"
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps(config))
+    monkeypatch.setenv("DOCKER_CONFIG", str(directory))
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+
+
+@pytest.mark.parametrize("where", ["credsStore", "credHelpers"])
+async def test_docker_credential_helpers(
+    registry_basic: RunningRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    host = registry_basic.host
+    credential_helper(tmp_path / "bin", "acceldtest", {host: ("alice", registry_basic.users["alice"])})
+    credential_helper(tmp_path / "bin", "empty", {})
+    config: dict[str, Any] = (
+        {"credsStore": "acceldtest"}
+        if where == "credsStore"
+        else {"credsStore": "empty", "credHelpers": {host: "acceldtest"}}  # the host's helper wins
+    )
+    helper_config(tmp_path, config, monkeypatch)
+    async with client(registry_basic) as c:
+        await push_image(c.repository("basic/helper"), where.lower())
+
+
+async def test_credential_helper_identity_token_and_failures(
+    registry_token: RunningRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tokens = token_server(registry_token)
+    refresh = tokens.issue_refresh_token("alice")
+    credential_helper(tmp_path / "bin", "tokens", {registry_token.host: ("<token>", refresh)})
+    helper_config(tmp_path, {"credHelpers": {registry_token.host: "tokens"}}, monkeypatch)
+    tokens.clear()
+    async with client(registry_token) as c:
+        await push_image(c.repository("token/helper"), "v1")
+    assert tokens.issued and all(t.account == "alice" for t in tokens.issued)
+
+    (tmp_path / "helper-config" / "config.json").write_text(json.dumps({"credsStore": "missing"}))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from acceld.cli import main; main()",
+            "inspect",
+            f"{registry_token.host}/x:y",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: Docker credential helper docker-credential-missing not found in PATH"
+    ]
