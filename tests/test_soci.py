@@ -144,6 +144,13 @@ def test_v2_from_an_index(registry_plain: RunningRegistry, test_images: ImageSet
         assert "subject" not in index
         assert _check_soci_index(index, manifest, "v2", reg.blob, SMALL_SPAN) == 1
     assert reg.manifest("1")[1] == source_digest  # the source tag still names the original
+    request = ConversionRequest(
+        source=f"{registry_plain.host}/soci/index:1",
+        driver="soci",
+        options={"min_layer_size": 0, "span_size": SMALL_SPAN},
+    )
+    again = convert_image_sync(request, config, ConvertOptions(use_cache=False))  # another machine
+    assert (again.target_digest, again.layers_converted, again.layers_cached) == (root_digest, 0, 2)
     checks = asyncio.run(check_image(f"{registry_plain.host}/soci/index:1-soci", config))
     assert [c.format for c in checks] == ["soci v2", "soci v2"] and all(c.ok for c in checks), checks
 
@@ -172,6 +179,9 @@ def test_v1_single_docker_manifest_and_reuse(
     assert _check_soci_index(index, json.loads(source_bytes), "v1", reg.blob, SMALL_SPAN) == 1
     second = _convert(source, config, tmp_path, **options)
     assert second.target_digest == first.target_digest and second.layers_cached == 1
+    request = ConversionRequest(source=source, driver="soci", options=options)
+    third = convert_image_sync(request, config, ConvertOptions(use_cache=False))  # found as a referrer
+    assert (third.target_digest, third.layers_converted, third.layers_cached) == (first.target_digest, 0, 1)
     assert [m["digest"] for m in reg.json("sha256-" + source_digest.split(":")[1])["manifests"]] == [
         first.target_digest
     ]

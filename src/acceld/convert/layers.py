@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +59,10 @@ class LayerConverter:
         cache: LayerCache | None,
         runner: ProcessRunner,
         progress: ProgressReporter,
+        existing: Mapping[str, Descriptor] | None = None,
     ) -> None:
+        """`existing`: artifacts already in the source repository (artifact drivers), by layer digest."""
+        self._existing = existing or {}
         self._driver = driver
         self._source = source
         self._workspace = workspace
@@ -83,6 +86,8 @@ class LayerConverter:
             reason = self._driver.skip_reason(layer)
             if reason is not None:
                 return self._skipped(layer, reason)
+            if layer.digest in self._existing:
+                return await self._reuse(layer, self._existing[layer.digest])
         elif self._driver.is_converted(layer):
             path = await self._local_copy(layer)
             blob = LayerBlob(
@@ -108,6 +113,22 @@ class LayerConverter:
         if self._cache is not None:
             result = await asyncio.to_thread(self._cache.store, key, result)
         return ConvertedLayer(layer, result, Outcome.CONVERTED)
+
+    async def _reuse(self, layer: SourceLayer, artifact: Descriptor) -> ConvertedLayer:
+        """An artifact pushed before: fetched (it is small), the layer itself is not."""
+        path = self._workspace / f"artifact-{digest_hex(artifact.digest)}"
+        await self._source.fetch_blob(artifact, path)
+        blob = LayerBlob(
+            path=path,
+            media_type=artifact.media_type,
+            digest=artifact.digest,
+            size=artifact.size,
+            diff_id="",
+            annotations=dict(artifact.annotations or {}),
+        )
+        reused = f"{self._driver.name} {short(artifact.digest)}"
+        self._progress.log(f"layer {short(layer.digest)}: reusing the {reused} already pushed")
+        return ConvertedLayer(layer, blob, Outcome.CACHED)
 
     def _skipped(self, layer: SourceLayer, reason: str) -> ConvertedLayer:
         self._progress.log(f"layer {short(layer.digest)}: skipped ({reason})")

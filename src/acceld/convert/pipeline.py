@@ -10,6 +10,7 @@ manifest is built, so a corrupt source layer leaves the target untouched.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import tempfile
 import time
@@ -35,7 +36,7 @@ from acceld.formats.driver import AnyDriver, ArtifactDriver, Driver, LayerBlob, 
 from acceld.oci import mediatypes as mt
 from acceld.oci.digest import digest_hex, sha256_digest
 from acceld.oci.mediatypes import layer_compression
-from acceld.oci.models import Descriptor, RawManifest
+from acceld.oci.models import Descriptor, InvalidManifest, RawManifest
 from acceld.oci.reference import LayoutRef, Reference, parse_location
 from acceld.progress import NullProgress
 from acceld.registry.errors import NotFound
@@ -79,7 +80,10 @@ async def run_conversion(
             if not isinstance(driver, ArtifactDriver) and driver.reads_compressed:
                 _require_gzip_layers(plan, driver.name)
             runner = ProcessRunner(options.workers)
-            converter = LayerConverter(driver, source, workspace, cache, runner, progress)
+            existing: Mapping[str, Descriptor] = {}
+            if isinstance(driver, ArtifactDriver):
+                existing = await _existing_artifacts(driver, source, target_location.tag, plan)
+            converter = LayerConverter(driver, source, workspace, cache, runner, progress, existing)
             layers = await converter.convert_all(layer for image in plan.images for layer in image.layers)
             if isinstance(driver, ArtifactDriver):
                 push_plan, tagged = await _artifact_plan(driver, plan, layers, workspace / "image")
@@ -200,6 +204,31 @@ async def _artifact_plan(
     root = built.root or built.manifests[-1]
     children = list(built.manifests if built.root else built.manifests[:-1])
     return PushPlan(blobs=list(built.blobs), configs=[], children=children, root=root), built.root is not None
+
+
+async def _existing_artifacts(
+    driver: ArtifactDriver, repository: ImageStore, tag: str | None, plan: SourcePlan
+) -> Mapping[str, Descriptor]:
+    """What the driver pushed to this repository before (the target tag's index entries and the
+    source manifests' referrers of its artifact types), as the driver recognises it."""
+    found: dict[str, Descriptor] = {}
+    if tag:
+        with contextlib.suppress(NotFound, InvalidManifest):
+            root = await repository.get_manifest(tag)
+            if root.is_index:
+                for entry in root.index().manifests:
+                    if entry.artifact_type in driver.artifact_types:
+                        found[entry.digest] = entry
+    for image in plan.images:
+        for artifact_type in driver.artifact_types:
+            with contextlib.suppress(AcceldError):
+                for entry in await repository.referrers(image.raw.digest, artifact_type):
+                    found[entry.digest] = entry
+    manifests = []
+    for digest in found:
+        with contextlib.suppress(NotFound, InvalidManifest):
+            manifests.append(await repository.get_manifest(digest))
+    return driver.existing_artifacts(manifests)
 
 
 def _require_source_repository(source: Location, target: Location, driver: str) -> None:

@@ -16,6 +16,7 @@ run the image hook, push.
   per selected platform, the source manifest and the per-layer results, and returns everything
   to push (`ArtifactImage`: blobs, manifests by digest, the tagged root) — or None when no layer
   qualified, which the pipeline reports as "not applicable" and pushes nothing.
+  `existing_artifacts` lets the pipeline reuse artifacts already in the target repository.
 
 Drivers are plain picklable objects (options only): layer hooks run in worker processes.
 """
@@ -162,8 +163,17 @@ class ArtifactDriver(Protocol):
         """A stable string of every option that changes the artifacts (cache and dedup key)."""
         ...
 
+    artifact_types: tuple[str, ...]  # artifactTypes of what it pushes (index entries, referrers)
+
     def is_converted(self, layer: SourceLayer) -> bool:
         """Always False: an artifact driver never changes layers (kept so callers treat both kinds alike)."""
+        ...
+
+    def existing_artifacts(self, manifests: Sequence[RawManifest]) -> Mapping[str, Descriptor]:
+        """Artifacts pushed before that this driver would build again (source layer digest →
+        artifact descriptor), read from `manifests`: what the pipeline found in the target
+        repository (entries of the target tag's index and referrers of every source manifest,
+        both of `artifact_types`). Those layers are neither fetched nor rebuilt."""
         ...
 
     def skip_reason(self, layer: SourceLayer) -> str | None:

@@ -64,6 +64,7 @@ class SociDriver:
     span_size: int | str = DEFAULT_SPAN_SIZE
     name: str = field(default="soci", init=False)
     tag_suffix: str = field(default="-soci", init=False)
+    artifact_types: tuple[str, ...] = field(default=(INDEX_V2, INDEX_V1), init=False)
 
     def __post_init__(self) -> None:
         if self.soci_version not in VERSIONS:
@@ -81,6 +82,26 @@ class SociDriver:
 
     def is_converted(self, layer: SourceLayer) -> bool:
         return False
+
+    def existing_artifacts(self, manifests: Sequence[RawManifest]) -> dict[str, Descriptor]:
+        """zTOCs of earlier SOCI indexes (v1 or v2) built with the same span size, by layer digest."""
+        found: dict[str, Descriptor] = {}
+        for raw in manifests:
+            if not raw.is_manifest:
+                continue
+            manifest = raw.manifest()
+            if manifest.config.media_type not in self.artifact_types:
+                continue
+            for ztoc in manifest.layers:
+                annotations = ztoc.annotations or {}
+                layer = annotations.get(LAYER_DIGEST_ANNOTATION)
+                if (
+                    ztoc.media_type == ZTOC_MEDIA_TYPE
+                    and layer
+                    and annotations.get(SPAN_SIZE_ANNOTATION) == str(self.span_size)
+                ):
+                    found.setdefault(layer, ztoc)
+        return found
 
     def skip_reason(self, layer: SourceLayer) -> str | None:
         compression = layer_compression(layer.media_type)
