@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 from acceld.formats.checkpoints import Checkpoint, CheckpointingReader, WindowStore, every
+from acceld.formats.driver import SkipLayer
 from acceld.formats.soci.toc import read_toc
 from acceld.formats.soci.zinfo import gzip_zinfo_size, tar_span_count, tar_zinfo, write_gzip_zinfo
 from acceld.formats.soci.ztoc import GZIP, UNCOMPRESSED, VERSION, Ztoc, ZtocWriter, build_ztoc
@@ -69,6 +70,8 @@ def build_gzip_ztoc(blob: BinaryIO, out: BinaryIO, span_size: int, workdir: Path
         buffered = io.BufferedReader(reader, _BUFFER)  # closing it (also when collected) ends the inflater
         toc = read_toc(cast(BinaryIO, buffered), writer.add)
         reader.finish()
+        if not writer.count:
+            raise SkipLayer("the layer has no files")
         points = reader.checkpoints
         digests = hashes.finish()
         archive_size = toc.archive_size
@@ -135,6 +138,8 @@ def build_tar_ztoc(blob: BinaryIO, out: BinaryIO, span_size: int, build_tool: st
     buffered = io.BufferedReader(spans, _BUFFER)
     toc = read_toc(cast(BinaryIO, buffered))
     digests = spans.finish()
+    if not toc.entries:
+        raise SkipLayer("the layer has no files")
     assert len(digests) == tar_span_count(spans.size, span_size)
     zinfo = tar_zinfo(span_size, spans.size)
     header = Ztoc(

@@ -96,6 +96,10 @@ class ZtocWriter:
     def add(self, entry: FileMetadata) -> None:
         self._files.append(_file(self._builder, entry))
 
+    @property
+    def count(self) -> int:
+        return len(self._files)
+
     def finish(
         self, header: Ztoc, checkpoints_size: int, fill_checkpoints: Callable[[memoryview], None]
     ) -> memoryview:
