@@ -26,7 +26,7 @@ import httpx
 import pytest
 import zstandard
 from harness.clients import acceld
-from harness.images import LayoutImage, blob_path, read_blob_json
+from harness.images import LayoutImage, add_blob, blob_path, canonical_json, read_blob_json, tag_in_index
 from harness.registry import RunningRegistry
 from harness.tars import write_edge_lower, write_edge_upper
 from harness.testimages import ImageSet
@@ -603,3 +603,18 @@ def test_a_flipped_gzip_layer_byte_is_a_format_error(edge_tars: list[Path], tmp_
         layers[0].write_bytes(good[:offset] + bytes([good[offset] ^ 0x01]) + good[offset + 1 :])
         with pytest.raises(FormatError):
             RafsImage.from_bootstrap_layer(bootstrap_layer, files).verify()
+
+
+def test_check_catches_ref_blobs_paired_with_the_wrong_gzip_layer(layout: Path, tmp_path: Path) -> None:
+    converted = acceld(
+        "convert", f"oci:{layout}:whiteout", "-d", "nydus", "--oci-ref", cache=tmp_path / "cache"
+    )
+    assert converted.returncode == 0, converted.stderr[-2000:]
+    manifest = _manifest(layout, "whiteout-nydus-oci-ref")
+    first, second = manifest["layers"][0]["annotations"], manifest["layers"][1]["annotations"]
+    key = "containerd.io/snapshot/nydus-ref"
+    first[key], second[key] = second[key], first[key]
+    tag_in_index(layout, add_blob(layout, canonical_json(manifest), manifest["mediaType"]), "tampered")
+    result = acceld("check", f"oci:{layout}:tampered", cache=tmp_path / "cache")
+    assert result.returncode == 1
+    assert "FAILED" in result.stdout and "ref blob" in result.stdout

@@ -49,14 +49,27 @@ class NydusReader:
     mtime_tolerance = 0
 
     def read_tree(self, layers: Sequence[LayerFile], workdir: Path) -> FsTree:
-        from acceld.formats.nydus.reader import RafsImage
+        from acceld.formats.nydus.reader import ManifestLayer, RafsImage, check_image_layers
 
         *blobs, bootstrap = layers
+        referenced = {
+            digest_hex(named): blob.referenced
+            for blob in blobs
+            if (named := (blob.descriptor.annotations or {}).get(NYDUS_REF)) and blob.referenced is not None
+        }
+        if referenced:  # zran: the image-level rules pair every ref blob with its gzip layer
+            manifest_layers = [
+                ManifestLayer(
+                    layer.path,
+                    layer.descriptor.media_type,
+                    layer.descriptor.digest,
+                    layer.diff_id,
+                    layer.descriptor.annotations or {},
+                )
+                for layer in layers
+            ]
+            return check_image_layers(manifest_layers, referenced).to_fstree()
         files = {digest_hex(blob.descriptor.digest): blob.path for blob in blobs}
-        for blob in blobs:
-            named = (blob.descriptor.annotations or {}).get(NYDUS_REF)
-            if named is not None and blob.referenced is not None:
-                files[digest_hex(named)] = blob.referenced
         image = RafsImage.from_bootstrap_layer(bootstrap.path, files)
         image.verify()
         return image.to_fstree()
