@@ -177,44 +177,71 @@ def _write_config(tmp_path: Path, registry: RunningRegistry) -> Path:
     return path
 
 
+CONVERSIONS = (  # driver options, tag suffix (None: untagged), what inspect calls the result's layers
+    (["--driver", "estargz"], "-esgz", "eStargz"),
+    (["--driver", "zstdchunked"], "-zstdchunked", "zstd:chunked"),
+    (["--driver", "nydus"], "-nydus", "Nydus blob"),
+    (["--driver", "nydus", "--oci-ref"], "-nydus-oci-ref", "Nydus zran blob"),
+    (["--driver", "soci", "--min-layer-size", "0"], "-soci", None),
+    (["--driver", "soci", "--min-layer-size", "0", "--soci-version", "v1"], None, None),
+)
+
+
 def test_inspect_shows_layer_formats_and_accessories(
     test_images: ImageSet, registry_plain: RunningRegistry, tmp_path: Path
 ) -> None:
     config = _write_config(tmp_path, registry_plain)
     source = f"{registry_plain.host}/cli/formats:v1"
-    env = {"ACCELD_CACHE_DIR": str(tmp_path / "cache")}
+    env = {**os.environ, "ACCELD_CACHE_DIR": str(tmp_path / "cache")}
     copied = subprocess.run(
         [ACCELD, "copy", test_images.busybox_amd64.ref, source, "--config", str(config)],
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, **env},
+        env=env,
     )
     assert copied.returncode == 0, copied.stderr
-    expected = {"estargz": "eStargz", "zstdchunked": "zstd:chunked", "nydus": "Nydus blob"}
-    for driver in expected:
+    for options, _, _ in CONVERSIONS:
         converted = subprocess.run(
-            [ACCELD, "convert", source, "--driver", driver, "--config", str(config)],
+            [ACCELD, "convert", source, *options, "--config", str(config)],
             capture_output=True,
             text=True,
             timeout=300,
-            env={**os.environ, **env},
+            env=env,
         )
         assert converted.returncode == 0, converted.stderr
+
     shown = run("inspect", source, "--config", str(config), columns=200)
     assert shown.returncode == 0, shown.stderr
     assert "Kind:       image" in shown.stdout
     layer_lines = shown.stdout.split("Layers:")[1].split("Accessories:")[0]
     assert " gzip " in layer_lines
     accessories = shown.stdout.split("Accessories: ")[1]
-    assert accessories.startswith("3\n"), shown.stdout
-    for kind in ("eStargz image", "zstd:chunked image", "Nydus image"):
-        assert kind in accessories
-    for driver, layer_kind in expected.items():
-        suffix = {"estargz": "-esgz", "zstdchunked": "-zstdchunked", "nydus": "-nydus"}[driver]
-        converted_view = run("inspect", source + suffix, "--config", str(config), columns=200)
-        assert converted_view.returncode == 0, converted_view.stderr
-        assert f" {layer_kind} " in converted_view.stdout
-        assert "Accessories: 0" in converted_view.stdout
-    nydus = run("inspect", source + "-nydus", "--config", str(config), columns=200).stdout
-    assert " Nydus bootstrap " in nydus
+    assert accessories.startswith(f"{len(CONVERSIONS)}\n"), shown.stdout
+    for kind in (
+        "eStargz image",
+        "zstd:chunked image",
+        "Nydus image",
+        "Nydus zran image",
+        "SOCI-enabled image index",
+        "SOCI index v1",
+    ):
+        assert kind in accessories, shown.stdout
+
+    for _, suffix, layer_kind in CONVERSIONS:
+        if layer_kind is None:
+            continue
+        view = run("inspect", source + suffix, "--config", str(config), columns=200)
+        assert view.returncode == 0, view.stderr
+        if layer_kind.startswith("Nydus"):
+            assert " Nydus bootstrap " in view.stdout, view.stdout
+        assert f" {layer_kind} " in view.stdout, view.stdout
+        assert "Accessories: 0" in view.stdout
+
+    soci = run("inspect", source + "-soci", "--config", str(config), columns=200)
+    assert soci.returncode == 0, soci.stderr
+    assert "Kind:       SOCI-enabled image index" in soci.stdout
+    soci_index = next(line.split()[1] for line in soci.stdout.splitlines() if "soci.index.v2" in line)
+    repository = source.rsplit(":", 1)[0]
+    ztocs = run("inspect", f"{repository}@{soci_index}", "--config", str(config), columns=200)
+    assert "Kind:       SOCI index v2" in ztocs.stdout and " SOCI zTOC " in ztocs.stdout, ztocs.stdout

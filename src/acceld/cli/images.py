@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from acceld.cli.app import ConfigOption, InsecureOption, PlainHttpOption, app, open_stores, run
-from acceld.convert.describe import image_kind, layer_format
+from acceld.convert.describe import image_kind, index_kind, layer_format
 from acceld.convert.target import store_ref
 from acceld.errors import AcceldError
 from acceld.oci import mediatypes as mt
@@ -54,23 +54,23 @@ async def _accessories(store: ImageStore, digest: str) -> list[str]:
     lines = [f"Accessories: {len(referrers)}"]
     for referrer in referrers:
         kind = referrer.artifact_type or referrer.media_type
-        if mt.is_manifest(referrer.media_type):
+        if mt.is_manifest(referrer.media_type) or mt.is_index(referrer.media_type):
             try:
-                kind = image_kind((await store.get_manifest(referrer.digest)).manifest())
+                found = await store.get_manifest(referrer.digest)
+                kind = index_kind(found.index()) if found.is_index else image_kind(found.manifest())
             except AcceldError as exc:
                 kind = f"{kind} (unreadable: {exc})"
-        elif mt.is_index(referrer.media_type):
-            kind = "index"
         lines.append(f"  {referrer.digest}  {format_size(referrer.size):>9}  {kind}")
     return lines
 
 
 def _index_summary(raw: RawManifest) -> list[str]:
-    entries = raw.index().manifests
-    lines = [f"Manifests:  {len(entries)}"]
-    for entry in entries:
+    index = raw.index()
+    lines = [f"Kind:       {index_kind(index)}", f"Manifests:  {len(index.manifests)}"]
+    for entry in index.manifests:
         platform = str(Platform.model_validate(entry.platform.to_json())) if entry.platform else "-"
-        lines.append(f"  {platform:<16} {entry.digest}  {entry.media_type}")
+        artifact = f"  {entry.artifact_type}" if entry.artifact_type else ""
+        lines.append(f"  {platform:<16} {entry.digest}  {entry.media_type}{artifact}")
     return lines
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from acceld.convert.formats import ESTARGZ_TOC, NYDUS_BLOB, NYDUS_BOOTSTRAP, ZSTD_CHUNKED_TOC
 from acceld.oci import mediatypes as mt
-from acceld.oci.models import Descriptor, Manifest
+from acceld.oci.models import Descriptor, Index, Manifest
 
 NYDUS_BLOB_MEDIA_TYPE = "application/vnd.oci.image.layer.nydus.blob.v1"
 NYDUS_REF = "containerd.io/snapshot/nydus-ref"  # zran: the gzip source layer a ref blob indexes
@@ -52,3 +52,10 @@ def image_kind(manifest: Manifest) -> str:
     if (manifest.annotations or {}).get(SOCI_INDEX_DIGEST):
         return "image with a SOCI index"
     return "image"
+
+
+def index_kind(index: Index) -> str:
+    """What an index is: a SOCI v2 image (image manifests plus their SOCI indexes) or a plain index."""
+    if any(entry.artifact_type in (SOCI_INDEX_V1, SOCI_INDEX_V2) for entry in index.manifests):
+        return "SOCI-enabled image index"
+    return f"index of {len(index.manifests)} manifests"
