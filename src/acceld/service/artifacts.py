@@ -27,6 +27,10 @@ ACCELERATED_MANIFEST_ANNOTATIONS = (
     "com.amazon.soci.index-digest",  # an image manifest that a SOCI v2 conversion annotated
     "io.goharbor.artifact.v1alpha1.acceleration.source.digest",
 )
+SOCI_INDEX_CONFIG_TYPES = (
+    "application/vnd.amazon.soci.index.v1+json",
+    "application/vnd.amazon.soci.index.v2+json",
+)
 NYDUS_LAYER_PREFIX = "application/vnd.oci.image.layer.nydus."
 
 
@@ -45,6 +49,8 @@ def manifest_marker(manifest: Manifest, drivers: Iterable[AnyDriver] = ()) -> st
 
 def format_marker(manifest: Manifest, drivers: Iterable[AnyDriver] = ()) -> str | None:
     """Which lazy-pulling format marker `manifest` carries (annotations, media types), None if none."""
+    if manifest.config.media_type in SOCI_INDEX_CONFIG_TYPES:
+        return f"it is a SOCI index ({manifest.config.media_type}), not an image"
     for key in ACCELERATED_MANIFEST_ANNOTATIONS:
         if key in (manifest.annotations or {}):
             return f"it is already accelerated (annotation {key})"
