@@ -118,6 +118,9 @@ class TaskPage(BaseModel):
 class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     detail: str | None = None
+    database: str | None = Field(
+        default=None, description="the task database: sqlite or postgresql (readiness only)"
+    )
 
 
 def _time(epoch: float) -> dt.datetime:

@@ -20,9 +20,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import acceld
 from acceld.service.api_models import ErrorBody, Health
 from acceld.service.management import ApiError, management_router
+from acceld.service.periodic import run_periodically
 from acceld.service.state import Service
-from acceld.service.store import StoreError
+from acceld.service.store import TASKS_CHANNEL, StoreError
 from acceld.service.sync import reconcile
+from acceld.service.wakeup import Listener
 from acceld.service.webhook import (
     WEBHOOK_PATH,
     WEBHOOK_SECURITY_SCHEME,
@@ -36,58 +38,69 @@ PURGE_INTERVAL = 3600.0
 _UNHEALTHY: dict[int | str, dict[str, Any]] = {503: {"model": Health, "description": "Not ready"}}
 
 
-async def _periodic_sync(service: Service, interval: float) -> None:
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            report = await reconcile(service.config, service.rules, service.store)
-        except Exception:  # the next round tries again; the service keeps serving
-            log.exception("periodic sync failed")
-            continue
-        if report.queued or report.requeued:
-            service.pool.wake()
+async def _sync(service: Service) -> None:
+    report = await reconcile(service.config, service.rules, service.store)
+    if report.queued or report.requeued:
+        service.pool.wake()
+    log.info(
+        "sync: %d images, %d queued, %d requeued, %d errors",
+        report.images,
+        report.queued,
+        report.requeued,
+        len(report.errors),
+    )
+
+
+async def _purge(service: Service) -> None:
+    retention_days = service.config.database.retention_days
+    before = time.time() - retention_days * 86400
+    purged = await asyncio.to_thread(service.store.purge_finished, before)
+    purged_deliveries = await asyncio.to_thread(service.store.purge_deliveries, before)
+    if purged or purged_deliveries:
         log.info(
-            "sync: %d images, %d queued, %d requeued, %d errors",
-            report.images,
-            report.queued,
-            report.requeued,
-            len(report.errors),
+            "purged %d tasks and %d notifications finished more than %g days ago",
+            purged,
+            purged_deliveries,
+            retention_days,
         )
 
 
-async def _purge_old_tasks(service: Service, retention_days: float) -> None:
-    while True:
-        try:
-            purged = await asyncio.to_thread(
-                service.store.purge_finished, time.time() - retention_days * 86400
-            )
-        except StoreError as exc:
-            log.warning("cannot purge old tasks: %s", exc)
-        else:
-            if purged:
-                log.info("purged %d tasks finished more than %g days ago", purged, retention_days)
-        await asyncio.sleep(PURGE_INTERVAL)
+def _listener(service: Service) -> Listener | None:
+    """PostgreSQL through psycopg: a LISTEN connection waking this replica's idle workers."""
+    engine = service.store.engine
+    if not service.store.shared or engine.dialect.driver != "psycopg":
+        return None
+    return Listener(engine.url, {TASKS_CHANNEL: service.pool.wake})
 
 
 def create_app(service: Service) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        listener = _listener(service)
+        if listener is not None:
+            listener.start()
+            service.pool.listening = lambda: listener.connected
         service.pool.start()
         background = []
-        if service.config.sync.interval_seconds > 0:
-            background.append(
-                asyncio.create_task(_periodic_sync(service, service.config.sync.interval_seconds))
+        interval = service.config.sync.interval_seconds
+        if interval > 0:
+            sync = run_periodically(
+                service.store, "sync", interval, lambda: _sync(service), first_delay=interval
             )
+            background.append(asyncio.create_task(sync))
         if service.config.database.retention_days > 0:
-            background.append(
-                asyncio.create_task(_purge_old_tasks(service, service.config.database.retention_days))
+            purge = run_periodically(
+                service.store, "purge", PURGE_INTERVAL, lambda: _purge(service), first_delay=0
             )
+            background.append(asyncio.create_task(purge))
         try:
             yield
         finally:
             for job in background:
                 job.cancel()
             await service.pool.stop(service.config.workers.shutdown_grace_seconds)
+            if listener is not None:
+                await listener.stop()
 
     # /docs and /redoc with their scripts served from the package (air-gapped hosts reach no CDN);
     # no validator badge (Swagger UI would send the document's URL to validator.swagger.io).
@@ -149,16 +162,18 @@ def create_app(service: Service) -> FastAPI:
     async def healthz() -> Health:
         return Health(status="ok")
 
+    database = service.store.engine.dialect.name
+
     async def readiness() -> JSONResponse:
         try:
             await asyncio.to_thread(service.store.ping)
         except StoreError as exc:
-            return JSONResponse(Health(status="unavailable", detail=str(exc)).model_dump(), status_code=503)
+            body = Health(status="unavailable", detail=str(exc), database=database)
+            return JSONResponse(body.model_dump(), status_code=503)
         if not service.pool.started:
-            return JSONResponse(
-                Health(status="unavailable", detail="workers not running").model_dump(), status_code=503
-            )
-        return JSONResponse(Health(status="ok").model_dump())
+            body = Health(status="unavailable", detail="workers not running", database=database)
+            return JSONResponse(body.model_dump(), status_code=503)
+        return JSONResponse(Health(status="ok", database=database).model_dump())
 
     app.add_api_route(
         "/readyz",
@@ -167,7 +182,7 @@ def create_app(service: Service) -> FastAPI:
         response_model=Health,
         responses=_UNHEALTHY,
         tags=["health"],
-        summary="Readiness: task store reachable, workers running",
+        summary="Readiness: task database reachable (named), workers running",
     )
     app.add_api_route(
         "/api/v1/health",

@@ -6,6 +6,14 @@ task whose lease expired (its server died) becomes claimable again. Deduplicatio
 column holding a hash of (registry, repository, source, driver, options); a task whose source
 was deleted releases its key (NULL), so a later push of the same digest converts again.
 
+Several servers may share one PostgreSQL database (replicas): a claim there is a row lock that
+skips rows other servers hold (`FOR UPDATE SKIP LOCKED`), new due work is announced with NOTIFY
+in the transaction that makes it due, and periodic jobs run once per interval fleet-wide (a
+schedule row updated only when due, under an advisory lock). SQLite serves one process.
+
+A task's end (succeeded, skipped, finally failed) writes its notifications into the outbox in
+the same transaction, so a notification is never lost nor sent for an end that was rolled back.
+
 Tags are a property of a push, not of a conversion: an event for a further tag of a digest that
 already has a conversion task gets a `tag` task instead (dedup key with the tag), which points the
 tag's converted counterpart at that conversion's result once it exists (one manifest PUT).
@@ -20,7 +28,8 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -101,6 +110,39 @@ tasks = Table(
     Index("ix_tasks_source", "registry", "repository", "source_digest"),
     Index("ix_tasks_parent", "parent_id"),
 )
+
+
+schedule = Table(
+    "schedule",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("next_run", Float, nullable=False),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("task_id", String(32), nullable=False),
+    Column("target", String(200), nullable=False),
+    Column("event_type", String(100), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("status", String(16), nullable=False),  # pending, delivered, failed
+    Column("attempts", Integer, nullable=False),
+    Column("not_before", Float, nullable=False),
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_expires", Float, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("delivered_at", Float, nullable=True),
+    Column("response_status", Integer, nullable=True),
+    Column("error", Text, nullable=True),
+    Index("ix_outbox_claim", "status", "not_before"),
+    Index("ix_outbox_task", "task_id"),
+)
+
+TASKS_CHANNEL = "acceld_tasks"  # NOTIFY: a task became due
+OUTBOX_CHANNEL = "acceld_outbox"  # NOTIFY: a notification is waiting
 
 
 class StoreError(AcceldError):
@@ -225,6 +267,38 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class OutboxEntry:
+    """A notification to deliver about a task's end (one per target)."""
+
+    target: str
+    event_type: str
+    body: str
+
+
+@dataclass(frozen=True)
+class Delivery:
+    id: str
+    task_id: str
+    target: str
+    event_type: str
+    body: str
+    status: str
+    attempts: int
+    not_before: float
+    lease_owner: str | None
+    lease_expires: float | None
+    created_at: float
+    updated_at: float
+    delivered_at: float | None
+    response_status: int | None
+    error: str | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> Delivery:
+        return cls(**dict(row._mapping))
+
+
+@dataclass(frozen=True)
 class TaskFilter:
     status: str | None = None
     registry: str | None = None
@@ -278,6 +352,13 @@ class TaskStore:
         # SQLite has one writer at a time and its busy handler sleeps in steps of up to 100 ms;
         # queueing this process's writers on a lock instead keeps the webhook latency low.
         self._write_lock = threading.Lock() if self._dialect == "sqlite" else None
+        # The notifications of a task's end (set by the service; none by default).
+        self.outbox_entries: Callable[[Task], list[OutboxEntry]] = lambda _task: []
+
+    @property
+    def shared(self) -> bool:
+        """True when several servers can share this database (PostgreSQL)."""
+        return self._dialect == "postgresql"
 
     @classmethod
     def open(cls, url: str, *, synchronous: str = "FULL") -> TaskStore:
@@ -287,21 +368,22 @@ class TaskStore:
 
     def create_schema(self) -> None:
         try:
-            metadata.create_all(self.engine)
-            self._add_missing_columns()
+            with self.engine.begin() as conn:
+                if self._dialect == "postgresql":  # replicas starting together create it once
+                    conn.execute(select(func.pg_advisory_xact_lock(_lock_key("schema"))))
+                metadata.create_all(conn)
+                self._add_missing_columns(conn)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot initialise the task database: {_one_line(exc)}") from None
 
-    def _add_missing_columns(self) -> None:
+    def _add_missing_columns(self, conn: Connection) -> None:
         """A database made by an earlier version lacks the columns added since (all nullable)."""
-        present = {column["name"] for column in inspect(self.engine).get_columns(tasks.name)}
+        present = {column["name"] for column in inspect(conn).get_columns(tasks.name)}
         missing = [column for column in tasks.columns if column.name not in present]
-        if not missing:
-            return
-        with self.engine.begin() as conn:
-            for column in missing:
-                kind = column.type.compile(dialect=self.engine.dialect)
-                conn.exec_driver_sql(f"ALTER TABLE {tasks.name} ADD COLUMN {column.name} {kind}")
+        for column in missing:
+            kind = column.type.compile(dialect=self.engine.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE {tasks.name} ADD COLUMN {column.name} {kind}")
+        if missing:
             for index in tasks.indexes:
                 index.create(conn, checkfirst=True)
 
@@ -358,6 +440,8 @@ class TaskStore:
                 conn.execute(
                     update(tasks).where(tasks.c.id.in_(ids)).values(events=tasks.c.events + increment)
                 )
+            if any(row.created for row in found):
+                self._notify(conn, TASKS_CHANNEL)
         return [Enqueued(row.id, row.status, row.created, row.kind) for row in found]
 
     def _insert(
@@ -437,34 +521,53 @@ class TaskStore:
             and_(tasks.c.status == "queued", tasks.c.not_before <= now),
             and_(tasks.c.status == "running", tasks.c.lease_expires < now),
         )
+        values = {
+            "status": "running",
+            "lease_owner": owner,
+            "lease_expires": now + lease_seconds,
+            "attempts": tasks.c.attempts + 1,
+            "started_at": now,
+            "updated_at": now,
+        }
+        oldest_first = (tasks.c.not_before, tasks.c.created_at)
         with self._write() as conn:
-            candidates = (
-                conn.execute(
+            if self._dialect == "postgresql":
+                # The row lock is the claim: other servers skip the row instead of waiting for it.
+                task_id = conn.execute(
                     select(tasks.c.id)
                     .where(claimable)
-                    .order_by(tasks.c.not_before, tasks.c.created_at)
-                    .limit(8)
-                )
+                    .order_by(*oldest_first)
+                    .limit(1)
+                    .with_for_update(skip_locked=True)
+                ).scalar_one_or_none()
+                if task_id is None:
+                    return None
+                conn.execute(update(tasks).where(tasks.c.id == task_id).values(**values))
+                return Task.from_row(conn.execute(select(tasks).where(tasks.c.id == task_id)).one())
+            candidates = (
+                conn.execute(select(tasks.c.id).where(claimable).order_by(*oldest_first).limit(8))
                 .scalars()
                 .all()
             )
-            for task_id in candidates:
+            for candidate in candidates:
                 claimed = conn.execute(
-                    update(tasks)
-                    .where(tasks.c.id == task_id, claimable)
-                    .values(
-                        status="running",
-                        lease_owner=owner,
-                        lease_expires=now + lease_seconds,
-                        attempts=tasks.c.attempts + 1,
-                        started_at=now,
-                        updated_at=now,
-                    )
+                    update(tasks).where(tasks.c.id == candidate, claimable).values(**values)
                 )
                 if claimed.rowcount == 1:
-                    row = conn.execute(select(tasks).where(tasks.c.id == task_id)).one()
-                    return Task.from_row(row)
+                    return Task.from_row(conn.execute(select(tasks).where(tasks.c.id == candidate)).one())
         return None
+
+    def next_due(self) -> float | None:
+        """When the next queued task becomes due or a running task's lease expires (epoch seconds)."""
+        with self._read() as conn:
+            queued = conn.execute(
+                select(func.min(tasks.c.not_before)).where(tasks.c.status == "queued")
+            ).scalar_one_or_none()
+            leased = conn.execute(
+                select(func.min(tasks.c.lease_expires)).where(tasks.c.status == "running")
+            ).scalar_one_or_none()
+        times = [float(t) for t in (queued, leased) if t is not None]
+        return min(times) if times else None
 
     def heartbeat(self, task_id: str, owner: str, lease_seconds: float) -> bool:
         """Extend the lease; False when the task is no longer ours (cancelled or taken over)."""
@@ -505,11 +608,15 @@ class TaskStore:
         with self._write() as conn:
             finished = self._finish(conn, task_id, owner, values)
             if finished and outcome.status == "succeeded":
-                conn.execute(
+                woken = conn.execute(
                     update(tasks)
                     .where(tasks.c.parent_id == task_id, tasks.c.status.in_(("queued", "failed")))
                     .values(status="queued", attempts=0, not_before=now, updated_at=now, finished_at=None)
                 )
+                if woken.rowcount:
+                    self._notify(conn, TASKS_CHANNEL)
+            if finished:
+                self._write_outbox(conn, task_id, now)
         return finished
 
     def wait_for_parent(self, task_id: str, owner: str, not_before: float) -> bool:
@@ -530,18 +637,49 @@ class TaskStore:
 
     def fail(self, task_id: str, owner: str, reason: str) -> bool:
         now = time.time()
-        return self._finish_attempt(
-            task_id,
-            owner,
-            {
-                "status": "failed",
-                "error": reason,
-                "finished_at": now,
-                "updated_at": now,
-                "lease_owner": None,
-                "lease_expires": None,
-            },
+        values = {
+            "status": "failed",
+            "error": reason,
+            "finished_at": now,
+            "updated_at": now,
+            "lease_owner": None,
+            "lease_expires": None,
+        }
+        with self._write() as conn:
+            finished = self._finish(conn, task_id, owner, values)
+            if finished:
+                self._write_outbox(conn, task_id, now)
+        return finished
+
+    def _write_outbox(self, conn: Connection, task_id: str, now: float) -> None:
+        task = Task.from_row(conn.execute(select(tasks).where(tasks.c.id == task_id)).one())
+        entries = self.outbox_entries(task)
+        if not entries:
+            return
+        conn.execute(
+            outbox.insert(),
+            [
+                {
+                    "id": uuid.uuid4().hex,
+                    "task_id": task_id,
+                    "target": entry.target,
+                    "event_type": entry.event_type,
+                    "body": entry.body,
+                    "status": "pending",
+                    "attempts": 0,
+                    "not_before": now,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for entry in entries
+            ],
         )
+        self._notify(conn, OUTBOX_CHANNEL)
+
+    def _notify(self, conn: Connection, channel: str) -> None:
+        """PostgreSQL: wake the listening servers when this transaction commits."""
+        if self._dialect == "postgresql":
+            conn.execute(select(func.pg_notify(channel, "")))
 
     def retry_later(self, task_id: str, owner: str, reason: str, not_before: float) -> bool:
         return self._finish_attempt(
@@ -621,6 +759,7 @@ class TaskStore:
             )
             if result.rowcount != 1:
                 return None
+            self._notify(conn, TASKS_CHANNEL)
             return Task.from_row(conn.execute(select(tasks).where(tasks.c.id == task_id)).one())
 
     def cancel(self, task_id: str) -> Task | None:
@@ -664,6 +803,8 @@ class TaskStore:
                     events=tasks.c.events + 1,
                 )
             )
+            if result.rowcount == 1:
+                self._notify(conn, TASKS_CHANNEL)
         return result.rowcount == 1
 
     def result_digests(self, registry: str, repository: str, digest: str, driver: str) -> list[str]:
@@ -707,6 +848,154 @@ class TaskStore:
                 delete(tasks).where(tasks.c.status.in_(TERMINAL), tasks.c.finished_at < before)
             )
         return int(result.rowcount)
+
+    def purge_deliveries(self, before: float) -> int:
+        """Delete delivered or abandoned notifications older than `before`; returns how many."""
+        with self._write() as conn:
+            result = conn.execute(
+                delete(outbox).where(outbox.c.status != "pending", outbox.c.updated_at < before)
+            )
+        return int(result.rowcount)
+
+    # -- fleet-wide periodic jobs ---------------------------------------------------------------
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[bool]:
+        """PostgreSQL: True for the one server holding the advisory lock `name` (held during the
+        block, released at its end or when this server's connection dies). SQLite: always True."""
+        if self._dialect != "postgresql":
+            yield True
+            return
+        key = _lock_key(name)
+        try:
+            conn = self.engine.connect()
+            got = bool(conn.execute(select(func.pg_try_advisory_lock(key))).scalar_one())
+            conn.commit()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"task database unavailable: {_one_line(exc)}") from None
+        try:
+            yield got
+        finally:
+            try:
+                if got:
+                    conn.execute(select(func.pg_advisory_unlock(key)))
+                    conn.commit()
+            except SQLAlchemyError:
+                conn.invalidate()  # closing the session releases the lock
+            finally:
+                conn.close()
+
+    def due(self, name: str, interval: float, *, first_run: float, now: float | None = None) -> bool:
+        """True for exactly one caller per `interval` fleet-wide: the job `name` should run now.
+        `first_run`: when a job never run before is first due."""
+        now = time.time() if now is None else now
+        insert = (sqlite.insert if self._dialect == "sqlite" else postgresql.insert)(schedule)
+        with self._write() as conn:
+            conn.execute(
+                insert.on_conflict_do_nothing(index_elements=["name"]),
+                [{"name": name, "next_run": first_run}],
+            )
+            result = conn.execute(
+                update(schedule)
+                .where(schedule.c.name == name, schedule.c.next_run <= now)
+                .values(next_run=now + interval)
+            )
+        return result.rowcount == 1
+
+    # -- notification outbox --------------------------------------------------------------------
+
+    def claim_delivery(self, owner: str, lease_seconds: float, now: float | None = None) -> Delivery | None:
+        """Take the next due notification (or one whose sender died) and lease it to `owner`."""
+        now = time.time() if now is None else now
+        claimable = and_(
+            outbox.c.status == "pending",
+            outbox.c.not_before <= now,
+            or_(outbox.c.lease_expires.is_(None), outbox.c.lease_expires < now),
+        )
+        values = {"lease_owner": owner, "lease_expires": now + lease_seconds, "updated_at": now}
+        with self._write() as conn:
+            query = select(outbox.c.id).where(claimable).order_by(outbox.c.not_before).limit(1)
+            if self._dialect == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            delivery_id = conn.execute(query).scalar_one_or_none()
+            if delivery_id is None:
+                return None
+            claimed = conn.execute(
+                update(outbox).where(outbox.c.id == delivery_id, claimable).values(**values)
+            )
+            if claimed.rowcount != 1:
+                return None
+            return Delivery.from_row(conn.execute(select(outbox).where(outbox.c.id == delivery_id)).one())
+
+    def delivered(self, delivery_id: str, owner: str, response_status: int) -> bool:
+        now = time.time()
+        values = {
+            "status": "delivered",
+            "attempts": outbox.c.attempts + 1,
+            "delivered_at": now,
+            "updated_at": now,
+            "response_status": response_status,
+            "error": None,
+            "lease_owner": None,
+            "lease_expires": None,
+        }
+        return self._finish_delivery(delivery_id, owner, values)
+
+    def delivery_failed(
+        self,
+        delivery_id: str,
+        owner: str,
+        error: str,
+        response_status: int | None,
+        not_before: float | None,
+    ) -> bool:
+        """An attempt failed: try again at `not_before`, or give up when it is None."""
+        values: dict[str, Any] = {
+            "attempts": outbox.c.attempts + 1,
+            "updated_at": time.time(),
+            "response_status": response_status,
+            "error": error,
+            "lease_owner": None,
+            "lease_expires": None,
+        }
+        if not_before is None:
+            values["status"] = "failed"
+        else:
+            values["not_before"] = not_before
+        return self._finish_delivery(delivery_id, owner, values)
+
+    def _finish_delivery(self, delivery_id: str, owner: str, values: dict[str, Any]) -> bool:
+        with self._write() as conn:
+            result = conn.execute(
+                update(outbox)
+                .where(outbox.c.id == delivery_id, outbox.c.lease_owner == owner)
+                .where(outbox.c.status == "pending")
+                .values(**values)
+            )
+        return result.rowcount == 1
+
+    def next_delivery_due(self) -> float | None:
+        with self._read() as conn:
+            due = conn.execute(
+                select(func.min(func.coalesce(outbox.c.lease_expires, outbox.c.not_before))).where(
+                    outbox.c.status == "pending"
+                )
+            ).scalar_one_or_none()
+        return float(due) if due is not None else None
+
+    def deliveries(self, task_id: str | None, limit: int, offset: int) -> tuple[list[Delivery], int]:
+        """Notifications (of one task, or all), newest first; the page and the total."""
+        where = and_(True, *([outbox.c.task_id == task_id] if task_id else []))
+        with self._read() as conn:
+            total = conn.execute(select(func.count()).select_from(outbox).where(where)).scalar_one()
+            rows = conn.execute(
+                select(outbox)
+                .where(where)
+                .order_by(outbox.c.created_at.desc(), outbox.c.id)
+                .limit(limit)
+                .offset(offset)
+            ).all()
+        return [Delivery.from_row(r) for r in rows], int(total)
 
     def counts_by_status(self) -> dict[str, int]:
         with self._read() as conn:
@@ -762,6 +1051,11 @@ class _Transaction:
                 self._lock.release()
         if isinstance(exc, SQLAlchemyError):
             raise StoreError(f"task database error: {_one_line(exc)}") from None
+
+
+def _lock_key(name: str) -> int:
+    """The 64-bit PostgreSQL advisory lock key of `name`."""
+    return int.from_bytes(hashlib.sha256(f"acceld:{name}".encode()).digest()[:8], "big", signed=True)
 
 
 def _one_line(exc: BaseException) -> str:

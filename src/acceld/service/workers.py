@@ -28,6 +28,26 @@ from acceld.service.store import Outcome, StoreError, Task, TaskStore
 
 log = logging.getLogger("acceld.service")
 _PARENT_RECHECK_SECONDS = 30.0  # a tag task waiting for its conversion looks again at the latest then
+SLOW_POLL_SECONDS = 30.0  # while NOTIFY wakes idle slots, they still look this often
+
+
+async def idle_wait(
+    wake: asyncio.Event, listening: bool, poll_seconds: float, next_due: Callable[[], float | None]
+) -> None:
+    """Wait for `wake`: at most `poll_seconds`, or, while LISTEN/NOTIFY announces new work, until
+    the next known due time (delayed retries, expiring leases) or the slow fallback poll."""
+    wake.clear()
+    timeout = poll_seconds
+    if listening:
+        try:
+            due = await asyncio.to_thread(next_due)
+        except StoreError:
+            due = None
+        timeout = max(poll_seconds, SLOW_POLL_SECONDS)
+        if due is not None:
+            timeout = min(timeout, max(due - time.time(), poll_seconds))
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(wake.wait(), timeout=timeout)
 
 
 def backoff_delay(settings: WorkerSettings, attempts: int) -> float:
@@ -59,6 +79,7 @@ class WorkerPool:
         self._jobs: dict[str, asyncio.subprocess.Process] = {}
         self._killed_at_shutdown: set[str] = set()
         self.started = False
+        self.listening: Callable[[], bool] = lambda: False  # LISTEN/NOTIFY connected
 
     def start(self) -> None:
         self._slots = [
@@ -106,9 +127,7 @@ class WorkerPool:
                 log.exception("task %s: attempt failed unexpectedly", task.id)
 
     async def _idle(self) -> None:
-        self._wake.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=self.settings.poll_seconds)
+        await idle_wait(self._wake, self.listening(), self.settings.poll_seconds, self.store.next_due)
 
     async def _spec(self, task: Task, converted_digest: str | None = None) -> JobSpec:
         """The job's input, with what only the task store knows about the repository."""
