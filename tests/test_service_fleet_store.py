@@ -16,8 +16,8 @@ from test_service_units import new_task
 from acceld.service.store import (
     OUTBOX_CHANNEL,
     TASKS_CHANNEL,
-    Outcome,
     OutboxEntry,
+    Outcome,
     Task,
     TaskStore,
 )
