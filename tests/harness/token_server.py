@@ -1,9 +1,11 @@
 """A Docker-registry token server for tests (distribution's `auth.token` protocol).
 
 Users: `alice` may pull/push/delete everywhere and list the catalog, `reader` may only pull,
-anonymous clients may pull `public/*`. Each requested scope is granted the intersection of the
-requested actions and the user's rights (possibly empty), as real token services do. Every
-issued token is recorded in `issued` so tests can assert which scopes a client asked for.
+`mirror` may pull everywhere but push and delete only outside `proxy/*` (a Harbor proxy-cache
+project refuses pushes), anonymous clients may pull `public/*`. Each requested scope is granted
+the intersection of the requested actions and the user's rights (possibly empty), as real token
+services do. Every issued token is recorded in `issued` so tests can assert which scopes a client
+asked for.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from cryptography.x509.oid import NameOID
 
 SERVICE = "test-registry"
 ISSUER = "test-issuer"
-USERS = {"alice": "s3cret", "reader": "r3ader"}
+USERS = {"alice": "s3cret", "reader": "r3ader", "mirror": "m1rror"}
 
 
 def rights(account: str | None, type_: str, name: str) -> set[str]:
@@ -41,6 +43,8 @@ def rights(account: str | None, type_: str, name: str) -> set[str]:
             return {"pull", "push", "delete", "*"}
         if account == "reader":
             return {"pull"}
+        if account == "mirror":
+            return {"pull"} if name.startswith("proxy/") else {"pull", "push", "delete"}
         if account is None and name.startswith("public/"):
             return {"pull"}
     if type_ == "registry" and name == "catalog" and account == "alice":

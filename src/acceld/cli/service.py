@@ -92,6 +92,32 @@ def sync(
         raise _fail(exc) from None
 
 
+@app.command()
+def prune(
+    config: ServiceConfigOption = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Delete them (default: only list them).")] = False,
+) -> None:
+    """List converted images whose source is gone, in the repositories the rules cover; --yes deletes."""
+    from acceld.service.prune import prune as find_orphans
+    from acceld.service.rules import RuleSet
+
+    async def main() -> None:
+        settings = load_service_config(config)
+        report = await find_orphans(settings, RuleSet(settings.rules), delete=yes)
+        for orphan in report.orphans:
+            where = f"{orphan.repository}:{orphan.tag}" if orphan.tag else orphan.repository
+            typer.echo(f"{where}@{orphan.digest}  (source {orphan.source} is gone)")
+        for problem in report.errors:
+            typer.echo(f"warning: {problem}", err=True)
+        verb = f"deleted {len(report.deleted)} manifest(s)" if yes else "dry run, --yes deletes them"
+        typer.echo(f"repositories: {report.repositories}  orphans: {len(report.orphans)}  {verb}")
+
+    try:
+        asyncio.run(main())
+    except AcceldError as exc:
+        raise _fail(exc) from None
+
+
 async def _drain(service: Any) -> None:
     service.pool.start()
     try:

@@ -40,6 +40,8 @@ class ConversionRequest:
     driver: str = "estargz"
     options: Mapping[str, Any] = field(default_factory=dict)
     platforms: Sequence[str] | None = None
+    # False: the result names its source in annotations, not `subject` (the target is another repository)
+    link_subject: bool = True
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,19 @@ _DOCKER_TO_OCI_LAYER = {
 # Harbor 2.6/2.7 link an acceleration result to its source through these (later versions use `subject`).
 HARBOR_DRIVER_ANNOTATION = "io.goharbor.artifact.v1alpha1.acceleration.driver.name"
 HARBOR_SOURCE_DIGEST_ANNOTATION = "io.goharbor.artifact.v1alpha1.acceleration.source.digest"
+# A result pushed outside its source repository cannot name it in `subject` (same repository only).
+SOURCE_REPOSITORY_ANNOTATION = "io.acceld.source.repository"
 
 
-def source_annotations(driver_name: str, source_digest: str) -> dict[str, str]:
-    """Manifest annotations that name the format and the source manifest, for every driver."""
-    return {HARBOR_DRIVER_ANNOTATION: driver_name, HARBOR_SOURCE_DIGEST_ANNOTATION: source_digest}
+def source_annotations(
+    driver_name: str, source_digest: str, source_repository: str | None = None
+) -> dict[str, str]:
+    """Manifest annotations that name the format and the source manifest, for every driver; and the
+    source repository (`registry/repository`) for a result that is not linked through `subject`."""
+    annotations = {HARBOR_DRIVER_ANNOTATION: driver_name, HARBOR_SOURCE_DIGEST_ANNOTATION: source_digest}
+    if source_repository is not None:
+        annotations[SOURCE_REPOSITORY_ANNOTATION] = source_repository
+    return annotations
 
 
 def oci_layer_media_type(media_type: str) -> str:
@@ -53,19 +61,20 @@ def converted_config(source: ImageConfig, layers: Sequence[LayerBlob], additions
 
 def converted_manifest(
     source: Manifest,
-    source_descriptor: Descriptor,
+    source_descriptor: Descriptor | None,
     config_descriptor: Descriptor,
     layers: Sequence[LayerBlob],
     annotations: Mapping[str, str],
 ) -> RawManifest:
-    """An OCI manifest of `layers` whose `subject` is the source manifest (without its platform)."""
+    """An OCI manifest of `layers` whose `subject` is the source manifest (without its platform);
+    none when `source_descriptor` is None (a result outside the source repository)."""
     merged = {**(source.annotations or {}), **annotations}
     manifest = Manifest(
         schemaVersion=2,
         mediaType=mt.OCI_MANIFEST,
         config=config_descriptor,
         layers=[layer_descriptor(layer) for layer in layers],
-        subject=_subject(source_descriptor),
+        subject=_subject(source_descriptor) if source_descriptor else None,
         annotations=merged or None,
     )
     return RawManifest.from_bytes(manifest.to_json(), mt.OCI_MANIFEST)
@@ -78,7 +87,7 @@ def _subject(source: Descriptor) -> Descriptor:
 
 def converted_index(
     source: Index,
-    source_descriptor: Descriptor,
+    source_descriptor: Descriptor | None,
     children: Sequence[tuple[Descriptor, RawManifest]],
     annotations: Mapping[str, str],
 ) -> RawManifest:
@@ -97,7 +106,7 @@ def converted_index(
         schemaVersion=2,
         mediaType=mt.OCI_INDEX,
         manifests=manifests,
-        subject=_subject(source_descriptor),
+        subject=_subject(source_descriptor) if source_descriptor else None,
         annotations=merged or None,
     )
     return RawManifest.from_bytes(index.to_json(), mt.OCI_INDEX)

@@ -89,7 +89,10 @@ async def run_conversion(
                 push_plan, tagged = await _artifact_plan(driver, plan, layers, workspace / "image")
                 tag = target_location.tag if tagged else None
             else:
-                push_plan = await _converted_plan(driver, plan, layers, str(source_location), workspace)
+                unlinked_from = None if request.link_subject else _repository(source_location)
+                push_plan = await _converted_plan(
+                    driver, plan, layers, str(source_location), workspace, unlinked_from
+                )
                 tag = target_location.tag
             root = push_plan.root
             target = stores.open(target_location, create=True)
@@ -156,13 +159,16 @@ async def _converted_plan(
     layers: Mapping[str, ConvertedLayer],
     source_reference: str,
     workspace: Path,
+    unlinked_from: str | None,
 ) -> PushPlan:
+    """The converted images; `unlinked_from` names the source repository in annotations instead of
+    linking each result to its source through `subject` (results outside the source repository)."""
     blobs = {digest: layer.blob for digest, layer in layers.items() if layer.blob is not None}
     images = [
-        await _build_image(driver, image, blobs, source_reference, workspace / f"finalize-{n}")
+        await _build_image(driver, image, blobs, source_reference, workspace / f"finalize-{n}", unlinked_from)
         for n, image in enumerate(plan.images)
     ]
-    root, children = _root_manifest(plan, images, driver)
+    root, children = _root_manifest(plan, images, driver, unlinked_from)
     return PushPlan(
         blobs=list({blob.digest: blob for image in images for blob in image.layers}.values()),
         configs=[image.config for image in images],
@@ -288,6 +294,7 @@ async def _build_image(
     blobs: Mapping[str, LayerBlob],
     source_reference: str,
     workdir: Path,
+    unlinked_from: str | None,
 ) -> ConvertedImage:
     converted = [blobs[layer.digest] for layer in image.layers]
     workdir.mkdir()
@@ -305,23 +312,24 @@ async def _build_image(
     )
     annotations = {
         **additions.manifest_annotations,
-        **source_annotations(driver.name, image.entry.digest),
+        **source_annotations(driver.name, image.entry.digest, unlinked_from),
         **driver.source_annotations(image.entry.digest, source_reference),
     }
-    manifest = converted_manifest(image.manifest, image.entry, config_desc, all_layers, annotations)
+    subject = image.entry if unlinked_from is None else None
+    manifest = converted_manifest(image.manifest, subject, config_desc, all_layers, annotations)
     return ConvertedImage(image, all_layers, (config_desc, config_bytes), manifest)
 
 
 def _root_manifest(
-    plan: SourcePlan, images: list[ConvertedImage], driver: Driver
+    plan: SourcePlan, images: list[ConvertedImage], driver: Driver, unlinked_from: str | None
 ) -> tuple[RawManifest, list[RawManifest]]:
     if plan.index is None:
         return images[0].manifest, []
     children = [image.manifest for image in images]
     index = converted_index(
         plan.index,
-        plan.root.descriptor(),
+        plan.root.descriptor() if unlinked_from is None else None,
         [(image.source.entry, image.manifest) for image in images],
-        source_annotations(driver.name, plan.root.digest),
+        source_annotations(driver.name, plan.root.digest, unlinked_from),
     )
     return index, children

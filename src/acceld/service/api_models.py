@@ -70,6 +70,7 @@ class TaskView(BaseModel):
     error: str | None
     parent_id: str | None = Field(description="tag tasks: the conversion task whose result they tag")
     note: str | None = Field(description="what a succeeded task did differently (e.g. pushed untagged)")
+    destination: str | None = Field(description="registry/repository of the results when a rule maps them")
 
     @classmethod
     def of(cls, task: Task) -> TaskView:
@@ -105,6 +106,7 @@ class TaskView(BaseModel):
             error=task.error,
             parent_id=task.parent_id,
             note=task.note,
+            destination=task.destination,
         )
 
 

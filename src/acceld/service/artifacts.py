@@ -8,11 +8,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from acceld.convert.image import HARBOR_SOURCE_DIGEST_ANNOTATION
 from acceld.formats.driver import AnyDriver, SourceLayer
 from acceld.oci import mediatypes as mt
 from acceld.oci.models import Manifest, RawManifest
 from acceld.registry.errors import NotFound
 from acceld.registry.repository import RegistryRepository
+from acceld.registry.stores import Stores
 
 # Annotations only converters write (formats/*.md; harbor-webhooks.md §6.5).
 ACCELERATED_LAYER_ANNOTATIONS = (
@@ -32,6 +34,14 @@ SOCI_INDEX_CONFIG_TYPES = (
     "application/vnd.amazon.soci.index.v2+json",
 )
 NYDUS_LAYER_PREFIX = "application/vnd.oci.image.layer.nydus."
+
+
+def source_digest_annotation(raw: RawManifest) -> str | None:
+    """The source digest a converted manifest or index names in its annotations, if any."""
+    if not (raw.is_manifest or raw.is_index):
+        return None
+    annotations = raw.parse().annotations or {}
+    return annotations.get(HARBOR_SOURCE_DIGEST_ANNOTATION)
 
 
 @dataclass(frozen=True)
@@ -134,10 +144,17 @@ async def _index_lists(repo: RegistryRepository, tag: str, digest: str) -> bool:
     return any(child.digest == digest for child in index.manifests)
 
 
+def destination_repository(stores: Stores, destination: str) -> RegistryRepository:
+    """The repository `registry/repository` a rule maps results to."""
+    registry, _, repository = destination.partition("/")
+    return stores.client(registry).repository(repository)
+
+
 async def converted_counterpart(repo: RegistryRepository, source: RawManifest, target_tag: str) -> str | None:
     """The digest at `target_tag` when it is a conversion of `source`, else None.
 
-    A converted manifest or index names the source in `subject`; an index converted before acceld
+    A converted manifest or index names the source in `subject` (in another repository, where
+    `subject` cannot be used, in the source digest annotation); an index converted before acceld
     linked indexes is recognised by its children naming the source index's children.
     """
     try:
@@ -147,6 +164,8 @@ async def converted_counterpart(repo: RegistryRepository, source: RawManifest, t
     subject = target.subject()
     if subject is not None:
         return target.digest if subject.digest == source.digest else None
+    if source_digest_annotation(target) == source.digest:
+        return target.digest
     if target.is_index and source.is_index:
         source_children = {d.digest for d in source.index().manifests}
         converted = target.index().manifests

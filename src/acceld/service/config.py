@@ -110,6 +110,31 @@ class DriverSpec(_Section):
     options: dict[str, Any] = {}
 
 
+TARGET_FIELDS = ("registry", "project", "repository", "name")
+
+
+class TargetConfig(_Section):
+    """Where a rule's results go instead of the source repository. Templates over the source's
+    `{registry}`, `{project}`, `{repository}` (the full path) and `{name}` (the path after the
+    project), e.g. `repository: "{project}-accel/{name}"`. Results outside the source repository
+    carry no `subject` (it must be in the same repository) but name their source in annotations."""
+
+    registry: str = "{registry}"
+    repository: str = "{repository}"
+
+    @field_validator("registry", "repository")
+    @classmethod
+    def _valid_template(cls, template: str) -> str:
+        try:
+            rendered = template.format(**dict.fromkeys(TARGET_FIELDS, "x"))
+        except (KeyError, IndexError, ValueError) as exc:
+            known = ", ".join(f"{{{name}}}" for name in TARGET_FIELDS)
+            raise ValueError(f"bad template {template!r} ({exc}); it may use {known}") from None
+        if not rendered:
+            raise ValueError("an empty template")
+        return template
+
+
 class RuleConfig(_Section):
     """Which pushes to convert and into what. Patterns are globs (`*` within a path segment,
     `**` across segments) or regular expressions written `re:<pattern>` (full match)."""
@@ -124,6 +149,7 @@ class RuleConfig(_Section):
     platforms: list[str] = []  # empty: every platform
     drivers: list[DriverSpec] = Field(min_length=1)
     delete_converted: bool = False  # DELETE_ARTIFACT deletes this rule's converted images
+    target: TargetConfig | None = None  # None: results go to the source repository
 
     @field_validator("projects", "repositories", "tags")
     @classmethod

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from acceld.service.harbor import Artifact, HarborEvent
-from acceld.service.rules import Conversion, RuleSet
+from acceld.service.rules import Rule, RuleSet
 from acceld.service.store import Kind, NewTask
 
 DELETE_EVENT = "DELETE_ARTIFACT"
@@ -41,7 +41,7 @@ def plan_event(
             plan.deleted_sources.append(artifact)
             rule = rules.for_deletion(artifact)
             if rule is not None:
-                plan.tasks.extend(_tasks(rule.name, rule.conversions, artifact, event, "delete", now))
+                plan.tasks.extend(_tasks(rule, artifact, event, "delete", now))
         return plan
     for artifact in event.artifacts:
         reason = _skip_reason(event, artifact, rules, own_operators)
@@ -52,7 +52,7 @@ def plan_event(
             else:
                 # A digest-only push is usually a child of a multi-arch push whose index follows.
                 not_before = now + child_grace_seconds if artifact.tag is None else now
-                plan.tasks.extend(_tasks(rule.name, rule.conversions, artifact, event, "convert", not_before))
+                plan.tasks.extend(_tasks(rule, artifact, event, "convert", not_before))
                 continue
         plan.ignored.append((artifact.resource_url, reason))
     return plan
@@ -67,17 +67,13 @@ def _skip_reason(event: HarborEvent, artifact: Artifact, rules: RuleSet, own: Co
 
 
 def _tasks(
-    rule: str,
-    conversions: Sequence[Conversion],
-    artifact: Artifact,
-    event: HarborEvent,
-    kind: Kind,
-    not_before: float,
+    rule: Rule, artifact: Artifact, event: HarborEvent, kind: Kind, not_before: float
 ) -> list[NewTask]:
+    destination = rule.destination(artifact.registry, artifact.repository)
     return [
         NewTask(
             kind=kind,
-            rule=rule,
+            rule=rule.name,
             registry=artifact.registry,
             repository=artifact.repository,
             tag=artifact.tag,
@@ -88,6 +84,7 @@ def _tasks(
             options_key=c.options_key,
             operator=event.operator,
             not_before=not_before,
+            destination=destination,
         )
-        for c in conversions
+        for c in rule.conversions
     ]

@@ -46,6 +46,16 @@ class JobSpec(BaseModel):
     known_targets: list[str] = []  # delete: digests of earlier results of this source
     recent_tags: list[str] = []  # digest-only convert: tags pushed to the repository lately, newest first
     converted_digest: str | None = None  # tag: the result of the conversion this tag task points at
+    destination: str | None = None  # `registry/repository` of the results when a rule maps them elsewhere
+
+    @property
+    def target_repository(self) -> str:
+        """Where the results are: the mapped repository, else the source repository."""
+        return self.destination or f"{self.registry}/{self.repository}"
+
+    def target_repo(self, stores: Stores) -> RegistryRepository:
+        registry, _, repository = self.target_repository.partition("/")
+        return stores.client(registry).repository(repository)
 
 
 class JobResult(BaseModel):
@@ -88,11 +98,16 @@ def _convert(spec: JobSpec) -> JobResult:
     digest = decision.source_digest
     assert digest is not None
     tag = f":{spec.tag}" if spec.tag else ""
+    target = None
+    if spec.destination:  # digest-only sources go there untagged, as into the source repository
+        target = spec.destination + (f":{spec.tag}{driver.tag_suffix}" if spec.tag else "")
     request = ConversionRequest(
         source=f"{spec.registry}/{spec.repository}{tag}@{digest}",
+        target=target,
         driver=spec.driver,
         options=spec.options,
         platforms=spec.platforms or None,
+        link_subject=spec.destination is None,
     )
     options = ConvertOptions(cache_dir=spec.cache_dir)
     try:
@@ -142,13 +157,14 @@ async def _check_source(spec: JobSpec, driver: AnyDriver) -> JobResult:
                     reason=f"part of the index {spec.repository}:{parent}, converted with it",
                 )
         if spec.tag:
-            existing = await artifacts.converted_counterpart(repo, source.raw, spec.tag + tag_suffix)
+            target_repo = spec.target_repo(stores)
+            existing = await artifacts.converted_counterpart(target_repo, source.raw, spec.tag + tag_suffix)
             if existing is not None:
                 return JobResult(
                     status="succeeded",
                     source_digest=digest,
                     target_digest=existing,
-                    target=f"{spec.registry}/{spec.repository}:{spec.tag}{tag_suffix}",
+                    target=f"{spec.target_repository}:{spec.tag}{tag_suffix}",
                     note="already converted",
                 )
         return JobResult(status="succeeded", source_digest=digest)
@@ -173,19 +189,20 @@ async def _tag(spec: JobSpec) -> JobResult:
                 source_digest=spec.source_digest,
                 reason=f"not tagged {target_tag}: {spec.tag} {where}",
             )
+        target_repo = spec.target_repo(stores)
         try:
-            converted = await repo.get_manifest(spec.converted_digest)
+            converted = await target_repo.get_manifest(spec.converted_digest)
         except NotFound:
             return JobResult(
                 status="failed",
                 source_digest=spec.source_digest,
                 reason=f"the converted image {spec.converted_digest} no longer exists: convert again",
             )
-        await repo.put_manifest(converted, target_tag)
+        await target_repo.put_manifest(converted, target_tag)
     return JobResult(
         status="succeeded",
         source_digest=spec.source_digest,
-        target=f"{spec.registry}/{spec.repository}:{target_tag}",
+        target=f"{spec.target_repository}:{target_tag}",
         target_digest=converted.digest,
     )
 
@@ -196,14 +213,16 @@ async def _delete(spec: JobSpec) -> JobResult:
     assert spec.source_digest is not None
     driver = make_driver(spec.driver, spec.options)
     async with Stores(AcceldConfig(registries=spec.registries)) as stores:
-        repo = stores.client(spec.registry).repository(spec.repository)
+        repo = spec.target_repo(stores)
         targets = set(spec.known_targets)
-        targets.update(await _referrers_of_format(repo, spec.source_digest, driver))
+        if spec.destination is None:  # results elsewhere are no referrers of the source
+            targets.update(await _referrers_of_format(repo, spec.source_digest, driver))
         if spec.tag:
             try:
                 target = await repo.get_manifest(spec.tag + driver.tag_suffix)
                 subject = target.subject()
-                if subject is not None and subject.digest == spec.source_digest:
+                named = subject.digest if subject else artifacts.source_digest_annotation(target)
+                if named == spec.source_digest:
                     targets.add(target.digest)
             except NotFound:
                 pass

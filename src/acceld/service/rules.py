@@ -63,6 +63,7 @@ class Rule:
         self.untagged = config.untagged
         self.events = frozenset(config.events)
         self.delete_converted = config.delete_converted
+        self.target = config.target
         platforms = tuple(sorted(set(config.platforms)))
         conversions = []
         for spec in config.drivers:
@@ -77,6 +78,15 @@ class Rule:
             return False
         project = repository.split("/", 1)[0]
         return _any_match(self.projects, project) and _any_match(self.repositories, repository)
+
+    def destination(self, registry: str, repository: str) -> str | None:
+        """`registry/repository` the results go to when the rule maps them elsewhere, else None."""
+        if self.target is None:
+            return None
+        project, _, name = repository.partition("/")
+        fields = {"registry": registry, "project": project, "repository": repository, "name": name}
+        mapped = f"{self.target.registry.format(**fields)}/{self.target.repository.format(**fields)}"
+        return None if mapped == f"{registry}/{repository}" else mapped
 
     def accepts_tag(self, tag: str | None) -> bool:
         return self.untagged if tag is None else _any_match(self.tags, tag)

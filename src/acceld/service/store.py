@@ -105,6 +105,7 @@ tasks = Table(
     Column("error", Text, nullable=True),
     Column("parent_id", String(32), nullable=True),  # tag task: the conversion it tags
     Column("note", Text, nullable=True),  # what a succeeded task did differently (e.g. pushed untagged)
+    Column("destination", String(512), nullable=True),  # registry/repository of the results, if mapped
     Index("ix_tasks_claim", "status", "not_before"),
     Index("ix_tasks_created", "created_at"),
     Index("ix_tasks_source", "registry", "repository", "source_digest"),
@@ -167,6 +168,7 @@ class NewTask:
     options_key: str
     operator: str = ""
     not_before: float = 0.0
+    destination: str | None = None  # `registry/repository` of the results when not the source's
 
     @property
     def dedup_key(self) -> str:
@@ -174,6 +176,8 @@ class NewTask:
         parts = [self.kind, self.registry, self.repository, source, self.driver, self.options_key]
         if self.kind == "tag":
             parts.append(self.tag or "")
+        if self.destination:
+            parts.append(f"to:{self.destination}")
         return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
 
     def tagging(self) -> NewTask:
@@ -215,6 +219,7 @@ class Task:
     error: str | None
     parent_id: str | None = None
     note: str | None = None
+    destination: str | None = None
     dedup_key: str | None = field(default=None, repr=False)
 
     @property
@@ -476,6 +481,7 @@ class TaskStore:
                 "created_at": now,
                 "updated_at": now,
                 "parent_id": parent,
+                "destination": t.destination,
             }
             for t, parent in zip(new_tasks, parents, strict=True)
         ]

@@ -15,9 +15,8 @@ import re
 from dataclasses import dataclass, field
 
 from acceld.errors import AcceldError
-from acceld.registry.client import RegistryClient
 from acceld.registry.stores import Stores
-from acceld.service.artifacts import converted_counterpart
+from acceld.service.artifacts import converted_counterpart, destination_repository
 from acceld.service.config import ServiceConfig
 from acceld.service.harbor import Artifact
 from acceld.service.rules import Rule, RuleSet
@@ -64,7 +63,7 @@ async def reconcile(config: ServiceConfig, rules: RuleSet, store: TaskStore) -> 
                 continue
             for repository in repositories:
                 if any(r.covers(host, repository) for r in host_rules):
-                    await _sync_repository(config, rules, store, client, host, repository, report)
+                    await _sync_repository(config, rules, store, stores, host, repository, report)
     return report
 
 
@@ -72,12 +71,12 @@ async def _sync_repository(
     config: ServiceConfig,
     rules: RuleSet,
     store: TaskStore,
-    client: RegistryClient,
+    stores: Stores,
     host: str,
     repository: str,
     report: SyncReport,
 ) -> None:
-    repo = client.repository(repository)
+    repo = stores.client(host).repository(repository)
     report.repositories += 1
     try:
         tags = await repo.list_tags(limit=config.sync.max_tags_per_repository)
@@ -92,11 +91,13 @@ async def _sync_repository(
         rule = rules.match("PUSH_ARTIFACT", artifact)
         if rule is None:
             continue
+        destination = rule.destination(host, repository)
+        target_repo = repo if destination is None else destination_repository(stores, destination)
         try:
             source = await repo.get_manifest(tag)
             report.images += 1
             for conversion in rule.conversions:
-                if await converted_counterpart(repo, source, tag + conversion.tag_suffix):
+                if await converted_counterpart(target_repo, source, tag + conversion.tag_suffix):
                     report.up_to_date += 1
                     continue
                 new_tasks.append(
@@ -112,6 +113,7 @@ async def _sync_repository(
                         platforms=conversion.platforms,
                         options_key=conversion.options_key,
                         operator=SYNC_OPERATOR,
+                        destination=destination,
                     )
                 )
         except AcceldError as exc:

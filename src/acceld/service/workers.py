@@ -153,6 +153,7 @@ class WorkerPool:
             known_targets=known_targets,
             recent_tags=recent_tags,
             converted_digest=converted_digest,
+            destination=task.destination,
         )
 
     async def _attempt(self, task: Task) -> None:
