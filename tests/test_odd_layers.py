@@ -17,12 +17,21 @@ import pytest
 from harness.images import blob_path, build_image, read_blob_json
 from harness.oddtars import CASES
 from test_nydus_erofs import check_with_fsck
+from test_nydus_zran import check_with_fsck as check_zran_with_fsck
+from test_nydus_zran import write_devices as write_zran_devices
 from typer.testing import CliRunner, Result
 
 from acceld.cli import app
+from acceld.formats.driver import LayerBlob
 
 REF_NAME = "org.opencontainers.image.ref.name"
-SUFFIXES = {"estargz": "-esgz", "nydus": "-nydus", "zstdchunked": "-zstdchunked"}
+SUFFIXES = {
+    "estargz": "-esgz",
+    "nydus": "-nydus",
+    "nydus-oci-ref": "-nydus-oci-ref",
+    "zstdchunked": "-zstdchunked",
+}
+DRIVER_ARGS = {"nydus-oci-ref": ["-d", "nydus", "--oci-ref"]}
 ESTARGZ_TOC = "containerd.io/snapshot/stargz/toc.digest"
 
 # (case, driver) -> the part of the one-line error the conversion must fail with, and why.
@@ -31,10 +40,11 @@ REFUSED: dict[tuple[str, str], str] = {
     # Nydus stores sparse files expanded (as runtimes extract them). eStargz and zstd:chunked keep
     # the tar's own bytes and their TOCs have no sparse map (the Go estargz builder and
     # containers/storage's compressor have no sparse support either).
+    # A zran image references the layer's own bytes too, and a sparse file's holes are not there.
     **{
         (sparse, d): "sparse"
         for sparse in ("gnu_tar_sparse_gnu", "gnu_tar_sparse_pax")
-        for d in ("estargz", "zstdchunked")
+        for d in ("estargz", "zstdchunked", "nydus-oci-ref")
     },
     # containers/storage's compressor has no TOC type for a 'g' entry and tar-split must keep every
     # byte of the layer; eStargz drops a comment-only global header (runtimes ignore it), nydus too.
@@ -47,6 +57,7 @@ REFUSED: dict[tuple[str, str], str] = {
     ("hardlink_chain_across_directories", "estargz"): "itself a hardlink",
     # RAFS keeps mtime as an unsigned 64-bit number (nydus-image reads it as u64).
     ("negative_mtime", "nydus"): "out of the range RAFS can store",
+    ("negative_mtime", "nydus-oci-ref"): "out of the range RAFS can store",
     # containers/storage refuses a tar-split with two entries for one path.
     ("duplicate_entries_in_one_layer", "zstdchunked"): "two entries",
 }
@@ -88,6 +99,22 @@ def verify_nydus(layout: Path, manifest: dict[str, object], tars: list[Path], wo
     check_with_fsck(boot, files, tars, workdir)
 
 
+def verify_nydus_zran(layout: Path, manifest: dict[str, object], tars: list[Path], workdir: Path) -> None:
+    """Devices sliced from the straight decompression of the gzip layers, then fsck.erofs."""
+    *refs, bootstrap = manifest["layers"]  # type: ignore[attr-defined]
+    with tarfile.open(blob_path(layout, bootstrap["digest"]), "r:gz") as archive:
+        member = archive.extractfile("image/image.boot")
+        assert member is not None
+        boot = workdir / "image.boot"
+        boot.write_bytes(member.read())
+    blobs = [
+        LayerBlob(blob_path(layout, r["digest"]), r["mediaType"], r["digest"], r["size"], r["digest"])
+        for r in refs
+    ]
+    gzips = [blob_path(layout, r["annotations"]["containerd.io/snapshot/nydus-ref"]) for r in refs]
+    check_zran_with_fsck(boot, write_zran_devices(boot, blobs, gzips, workdir), tars, workdir)
+
+
 def verify_zstdchunked(layout: Path, manifest: dict[str, object], tars: list[Path]) -> None:
     for layer, tar in zip(manifest["layers"], tars, strict=True):  # type: ignore[call-overload]
         out = subprocess.run(["zstd", "-dc", str(blob_path(layout, layer["digest"]))], capture_output=True)
@@ -106,7 +133,8 @@ def test_odd_layer(name: str, driver: str, tmp_path: Path, esgz: Path) -> None:
     layout = tmp_path / "layout"
     build_image(layout, tars, "odd")
     before = sorted(p.name for p in (layout / "blobs" / "sha256").iterdir())
-    converted = acceld("convert", f"oci:{layout}:odd", "-d", driver, "--no-cache", cache=tmp_path / "cache")
+    driver_args = DRIVER_ARGS.get(driver, ["-d", driver])
+    converted = acceld("convert", f"oci:{layout}:odd", *driver_args, "--no-cache", cache=tmp_path / "cache")
     refused = REFUSED.get((name, driver))
     if refused is not None:
         assert converted.exit_code != 0
@@ -126,6 +154,10 @@ def test_odd_layer(name: str, driver: str, tmp_path: Path, esgz: Path) -> None:
         work = tmp_path / "fsck"
         work.mkdir()
         verify_nydus(layout, manifest, tars, work)
+    elif driver == "nydus-oci-ref":
+        work = tmp_path / "fsck"
+        work.mkdir()
+        verify_nydus_zran(layout, manifest, tars, work)
     else:
         verify_zstdchunked(layout, manifest, tars)
     shutil.rmtree(tmp_path / "cache", ignore_errors=True)
