@@ -266,6 +266,26 @@ def test_corrupt_source_fails_with_one_line_and_pushes_nothing(
     assert (layout / "index.json").read_bytes() == before
 
 
+def test_platform_selection_leaves_other_entries(layout: Path, test_images: ImageSet, tmp_path: Path) -> None:
+    request = ConversionRequest(
+        source=f"oci:{layout}:{test_images.busybox_index.tag}",
+        driver="soci",
+        options={"min_layer_size": 0},
+        platforms=["linux/arm64"],
+    )
+    result = convert_image_sync(request, AcceldConfig(), ConvertOptions(cache_dir=tmp_path / "cache"))
+    root = read_blob_json(layout, result.target_digest)
+    source = {m["platform"]["architecture"]: m for m in test_images.busybox_index.read_json()["manifests"]}
+    images = {m["platform"]["architecture"]: m for m in root["manifests"] if "artifactType" not in m}
+    socis = [m for m in root["manifests"] if m.get("artifactType") == V2]
+    assert images["amd64"] == source["amd64"]  # not selected: untouched
+    assert images["arm64"]["digest"] != source["arm64"]["digest"]
+    assert [s["platform"]["architecture"] for s in socis] == ["arm64"]
+    run = subprocess.run([ACCELD, "check", f"oci:{layout}:{test_images.busybox_index.tag}-soci", "--platform",
+                          "linux/arm64"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0 and "every zTOC valid" in run.stdout, run.stdout + run.stderr
+
+
 def test_uncompressed_tar_layers(test_images: ImageSet, tmp_path: Path) -> None:
     layout = tmp_path / "plain"
     build_image(

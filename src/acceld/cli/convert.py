@@ -178,6 +178,8 @@ _SHOWN_DIFFERENCES = 20
 def report_lines(check: PlatformCheck) -> list[str]:
     """What `acceld check` prints about one platform."""
     head = f"{check.platform} {check.format} {check.digest}"
+    if check.ok and check.format.startswith("soci"):
+        return [f"{head}: OK, every zTOC valid, {check.paths} TOC entries match the layers of {check.source}"]
     if check.ok:
         return [f"{head}: OK, structure valid, {check.paths} paths identical to source {check.source}"]
     lines = [f"{head}: FAILED"]
