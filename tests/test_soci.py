@@ -313,6 +313,23 @@ def test_driver_options_from_rules() -> None:
         make_driver("soci", {"chunk_size": 1})
 
 
+@pytest.mark.parametrize(
+    ("media_type", "size", "reason"),
+    [
+        ("application/vnd.oci.image.layer.v1.tar+gzip", 10 << 20, None),
+        ("application/vnd.docker.image.rootfs.diff.tar.gzip", 10 << 20, None),
+        ("application/vnd.oci.image.layer.v1.tar", 10 << 20, None),
+        ("application/vnd.oci.image.layer.v1.tar+gzip", (10 << 20) - 1, "less than the minimum layer size"),
+        ("application/vnd.oci.image.layer.v1.tar+zstd", 10 << 20, "zstd-compressed layers cannot be indexed"),
+        ("application/vnd.docker.image.rootfs.foreign.diff.tar.gzip", 10 << 20, "non-distributable"),
+        ("application/vnd.example.weird", 10 << 20, "media type application/vnd.example.weird"),
+    ],
+)
+def test_which_layers_get_a_ztoc(media_type: str, size: int, reason: str | None) -> None:
+    found = SociDriver().skip_reason(SourceLayer("sha256:" + "0" * 64, media_type, size, ""))
+    assert found == reason if reason is None else reason in (found or "")
+
+
 def test_target_must_be_the_source_repository(layout: Path, test_images: ImageSet, tmp_path: Path) -> None:
     with pytest.raises(AcceldError, match="source repository"):
         request = ConversionRequest(

@@ -30,6 +30,7 @@ from acceld.formats.soci.index import (
     platform_of,
     v2_index,
 )
+from acceld.oci import mediatypes as mt
 from acceld.oci.digest import sha256_digest
 from acceld.oci.mediatypes import layer_compression
 from acceld.oci.models import Descriptor, RawManifest
@@ -38,6 +39,9 @@ DEFAULT_MIN_LAYER_SIZE = 10 << 20
 DEFAULT_SPAN_SIZE = 4 << 20
 VERSIONS = ("v1", "v2")
 BUILD_TOOL = f"acceld {__version__}"
+_NON_DISTRIBUTABLE = frozenset(
+    {mt.OCI_LAYER_NONDIST, mt.OCI_LAYER_NONDIST_GZIP, mt.OCI_LAYER_NONDIST_ZSTD, mt.DOCKER_FOREIGN_LAYER_GZIP}
+)
 
 
 def _size(text: str | int, what: str) -> int:
@@ -104,6 +108,8 @@ class SociDriver:
         return found
 
     def skip_reason(self, layer: SourceLayer) -> str | None:
+        if layer.media_type in _NON_DISTRIBUTABLE:
+            return "non-distributable layers are not indexed (the registry may not serve them)"
         compression = layer_compression(layer.media_type)
         if compression not in ("gzip", "none"):
             kind = f"{compression}-compressed" if compression else f"media type {layer.media_type}"
