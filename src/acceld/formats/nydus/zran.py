@@ -11,13 +11,17 @@ the chunk digests, the per-layer bootstrap and the TOC.
 from __future__ import annotations
 
 import hashlib
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO
+
+import zstandard
 
 from acceld.formats.checkpoints import Checkpoint, CheckpointingReader, WindowStore
 from acceld.formats.driver import FormatError
 from acceld.formats.nydus.bootstrap import BootstrapSettings, build_bootstrap
-from acceld.formats.nydus.codec import compress
+from acceld.formats.nydus.codec import ZSTD_LEVEL, compress
 from acceld.formats.nydus.layout import (
     BLOB_META_HEADER_SIZE,
     BLOCK,
@@ -34,9 +38,11 @@ from acceld.formats.nydus.layout import (
     pack_zran_context,
 )
 from acceld.formats.nydus.tarball import tree_from_tar
-from acceld.formats.nydus.tree import Chunk
+from acceld.formats.nydus.tree import Chunk, Inode
 
 WINDOW = 32768
+CONTEXT_SIZE = 40
+COPY_SIZE = 1 << 20
 MAX_CONTEXT_OUTPUT = 16 << 20  # nydusd refuses to inflate more per context
 MAX_CHUNK_COMPRESSED = (1 << 24) - 1  # CI v2 compressed size field
 DIGESTER = "sha256"  # forced for zran blobs, as by nydus-image
@@ -68,19 +74,20 @@ class _Context:
     out_offset: int
     ctx_byte: int
     ctx_bits: int
-    window: bytes
+    dict_offset: int  # of its window in the dictionary table
+    dict_size: int
     member: int
     in_len: int = 0
     out_len: int = 0
 
-    def pack(self, dict_offset: int) -> bytes:
+    def pack(self) -> bytes:
         return pack_zran_context(
             self.in_offset,
             self.out_offset,
-            dict_offset,
+            self.dict_offset,
             self.in_len,
             self.out_len,
-            len(self.window),
+            self.dict_size,
             self.ctx_byte,
             self.ctx_bits,
         )
@@ -132,8 +139,10 @@ class _TarSource:
 class _ZranChunks:
     """Implements `tarball.ChunkStore`: one CI v2 entry per distinct chunk, contexts cut per §6.3."""
 
-    def __init__(self, source: _TarSource, blob_id: str, chunk_size: int) -> None:
+    def __init__(self, source: _TarSource, blob_id: str, chunk_size: int, dictionaries: IO[bytes]) -> None:
         self.source = source
+        self.dictionaries = dictionaries  # the dictionary table, spooled (32 KiB per context)
+        self.dictionaries_size = 0
         self.blob_id = blob_id
         self.chunk_size = chunk_size
         self.min_comp = chunk_size // 2
@@ -221,20 +230,26 @@ class _ZranChunks:
                 out_offset=point.uncompressed_offset,
                 ctx_byte=point.previous_byte if point.bits else 0,
                 ctx_bits=point.bits,
-                window=boundary.window,
+                dict_offset=self.dictionaries_size,
+                dict_size=len(boundary.window),
                 member=boundary.member,
             )
         )
+        self.dictionaries.write(boundary.window)
+        self.dictionaries_size += len(boundary.window)
         return len(self.contexts) - 1
 
-    def meta(self) -> tuple[bytes, int]:
-        """The uncompressed blob meta (CI v2 ‖ context table ‖ dictionaries) and the zran table size."""
-        table = bytearray()
-        dictionaries = bytearray()
-        for context in self.contexts:
-            table += context.pack(len(dictionaries))
-            dictionaries += context.window
-        return bytes(self.ci) + bytes(table) + bytes(dictionaries), len(table) + len(dictionaries)
+    @property
+    def zran_size(self) -> int:
+        return CONTEXT_SIZE * len(self.contexts) + self.dictionaries_size
+
+    def meta_pieces(self) -> Iterator[bytes]:
+        """The uncompressed blob meta, piece by piece: CI v2 ‖ context table ‖ dictionaries."""
+        yield bytes(self.ci)
+        yield b"".join(context.pack() for context in self.contexts)
+        self.dictionaries.seek(0)
+        while piece := self.dictionaries.read(COPY_SIZE):
+            yield piece
 
 
 class _HashingWriter:
@@ -260,52 +275,75 @@ def write_ref_blob(
     blob_id = layer_digest.removeprefix("sha256:")
     layer_hash = hashlib.sha256()
     tracker = _BoundaryTracker()
-    with WindowStore() as windows:
-        reader = CheckpointingReader(gzip_layer, tracker, windows, on_input=layer_hash.update)  # type: ignore[arg-type]
-        try:
-            source = _TarSource(reader, tracker)
-            chunks = _ZranChunks(source, blob_id, chunk_size)
-            root = tree_from_tar(source, chunks, chunk_size, sparse_files=False)  # type: ignore[arg-type]
-            reader.finish()
-        finally:
-            reader.close()
-    gzip_size = reader.compressed_offset
-    if "sha256:" + layer_hash.hexdigest() != layer_digest:
-        raise FormatError(f"gzip layer has digest sha256:{layer_hash.hexdigest()}, expected {layer_digest}")
+    with tempfile.TemporaryFile() as dictionaries:
+        with WindowStore() as windows:
+            reader = CheckpointingReader(gzip_layer, tracker, windows, on_input=layer_hash.update)  # type: ignore[arg-type]
+            try:
+                source = _TarSource(reader, tracker)
+                chunks = _ZranChunks(source, blob_id, chunk_size, dictionaries)
+                root = tree_from_tar(source, chunks, chunk_size, sparse_files=False)  # type: ignore[arg-type]
+                reader.finish()
+            finally:
+                reader.close()
+        if "sha256:" + layer_hash.hexdigest() != layer_digest:
+            raise FormatError(
+                f"gzip layer has digest sha256:{layer_hash.hexdigest()}, expected {layer_digest}"
+            )
+        return _write_blob(out, chunks, root, reader.compressed_offset, prefetch_patterns)
 
+
+def _write_meta(writer: _HashingWriter, chunks: _ZranChunks) -> tuple[str, int, int, bytes]:
+    """Write the blob meta, zstd-compressed unless that does not make it smaller (spooled, never
+    whole in memory); returns (compressor, stored size, uncompressed size, sha256 of the latter)."""
+    raw_size = len(chunks.ci) + chunks.zran_size
+    digest = hashlib.sha256()
+    with tempfile.TemporaryFile() as packed:
+        compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+        with compressor.stream_writer(packed, size=raw_size, closefd=False) as stream:
+            for piece in chunks.meta_pieces():
+                digest.update(piece)
+                stream.write(piece)
+        packed_size = packed.tell()
+        if packed_size < raw_size:
+            packed.seek(0)
+            while piece := packed.read(COPY_SIZE):
+                writer.write(piece)
+            return "zstd", packed_size, raw_size, digest.digest()
+    for piece in chunks.meta_pieces():
+        writer.write(piece)
+    return "none", raw_size, raw_size, digest.digest()
+
+
+def _write_blob(
+    out: IO[bytes], chunks: _ZranChunks, root: Inode, gzip_size: int, prefetch_patterns: tuple[str, ...]
+) -> ZranBlobResult:
+    """blob.meta, blob.digest, image.boot and the TOC, each followed by its tar header (§4)."""
+    blob_id, chunk_size = chunks.blob_id, chunks.chunk_size
     writer = _HashingWriter(out)
     toc: list[bytes] = []
     blobs: list[BlobInfo] = []
     count = len(chunks.by_digest)
     if count:
-        meta, zran_size = chunks.meta()
-        packed = compress(meta, "zstd")
-        ci_compressor = "zstd" if packed is not None else "none"
-        stored = packed if packed is not None else meta
+        ci_compressor, stored_size, meta_size, meta_digest = _write_meta(writer, chunks)
         header = pack_blob_meta_header(
             ZRAN_BLOB_FEATURES,
             ci_compressor,
             count,
             0,
-            len(stored),
-            len(meta),
+            stored_size,
+            meta_size,
             len(chunks.contexts),
-            zran_size,
+            chunks.zran_size,
         )
-        writer.write(stored)
         writer.write(header)
-        writer.write(gnu_tar_header("blob.meta", len(stored) + BLOB_META_HEADER_SIZE))
-        toc.append(
-            pack_toc_entry(
-                "blob.meta", ci_compressor, hashlib.sha256(meta).digest(), 0, len(stored), len(meta)
-            )
-        )
+        writer.write(gnu_tar_header("blob.meta", stored_size + BLOB_META_HEADER_SIZE))
+        toc.append(pack_toc_entry("blob.meta", ci_compressor, meta_digest, 0, stored_size, meta_size))
         toc.append(
             pack_toc_entry(
                 "blob.meta.header",
                 "none",
                 hashlib.sha256(header).digest(),
-                len(stored),
+                stored_size,
                 BLOB_META_HEADER_SIZE,
                 BLOB_META_HEADER_SIZE,
             )
@@ -336,8 +374,8 @@ def write_ref_blob(
                 uncompressed_size=chunks.uncompressed_end,
                 ci_compressor=ci_compressor,
                 ci_offset=0,
-                ci_compressed_size=len(stored),
-                ci_uncompressed_size=len(meta),
+                ci_compressed_size=stored_size,
+                ci_uncompressed_size=meta_size,
             )
         )
     bootstrap = build_bootstrap(
