@@ -410,3 +410,68 @@ def create_database(url_template: str, name: str) -> str:
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     return url_template.format(database=name)
+
+
+# -- a receiver of completion notifications -----------------------------------------------------------
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+    status: int  # what the receiver answered
+
+
+@dataclass
+class NotificationReceiver:
+    """Records every POST; answers 500 to the first `fail_first`, and 503 while `refuse`."""
+
+    url: str = ""
+    fail_first: int = 0
+    refuse: bool = False
+    requests: list[Received] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def answer(self) -> int:
+        with self._lock:
+            if self.refuse:
+                return 503
+            if self.fail_first > 0:
+                self.fail_first -= 1
+                return 500
+            return 204
+
+    def accepted(self) -> list[Received]:
+        with self._lock:
+            return [r for r in self.requests if r.status < 300]
+
+
+@contextmanager
+def run_notification_receiver(fail_first: int = 0) -> Iterator[NotificationReceiver]:
+    receiver = NotificationReceiver(fail_first=fail_first)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            status = receiver.answer()
+            with receiver._lock:
+                receiver.requests.append(Received(dict(self.headers.items()), body, status))
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    receiver.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/acceld"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield receiver
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

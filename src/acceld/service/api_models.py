@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from acceld.service.store import Task
+from acceld.service.store import Delivery, Task
 
 TaskStatus = Literal["queued", "running", "succeeded", "failed", "skipped", "cancelled"]
 TaskKind = Literal["convert", "delete", "tag"]
@@ -112,6 +113,52 @@ class TaskView(BaseModel):
 
 class TaskPage(BaseModel):
     items: list[TaskView]
+    total: int
+    limit: int
+    offset: int
+
+
+DeliveryStatus = Literal["pending", "delivered", "failed"]
+
+
+class DeliveryView(BaseModel):
+    """One notification about a finished task, to one target."""
+
+    id: str
+    task_id: str
+    target: str = Field(description="the notification target's name")
+    type: str = Field(description="the CloudEvents type, io.acceld.conversion.<status>")
+    event_id: str = Field(description="the CloudEvents id (receivers deduplicate by it)")
+    status: DeliveryStatus
+    attempts: int
+    next_attempt: dt.datetime | None
+    created: dt.datetime
+    updated: dt.datetime
+    delivered: dt.datetime | None
+    response_status: int | None = Field(description="HTTP status of the last attempt")
+    error: str | None = Field(description="why the last attempt failed")
+
+    @classmethod
+    def of(cls, delivery: Delivery) -> DeliveryView:
+        return cls(
+            id=delivery.id,
+            task_id=delivery.task_id,
+            target=delivery.target,
+            type=delivery.event_type,
+            event_id=str(json.loads(delivery.body).get("id", "")),
+            status=delivery.status,  # type: ignore[arg-type]  # the store only holds these
+            attempts=delivery.attempts,
+            next_attempt=_time(delivery.not_before) if delivery.status == "pending" else None,
+            created=_time(delivery.created_at),
+            updated=_time(delivery.updated_at),
+            delivered=_optional_time(delivery.delivered_at),
+            response_status=delivery.response_status,
+            error=delivery.error,
+        )
+
+
+class DeliveryPage(BaseModel):
+    items: list[DeliveryView]
     total: int
     limit: int
     offset: int

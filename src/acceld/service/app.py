@@ -19,10 +19,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import acceld
 from acceld.service.api_models import ErrorBody, Health
-from acceld.service.management import ApiError, management_router
+from acceld.service.management import ApiError, management_router, notifications_router
 from acceld.service.periodic import run_periodically
 from acceld.service.state import Service
-from acceld.service.store import TASKS_CHANNEL, StoreError
+from acceld.service.store import OUTBOX_CHANNEL, TASKS_CHANNEL, StoreError
 from acceld.service.sync import reconcile
 from acceld.service.wakeup import Listener
 from acceld.service.webhook import (
@@ -70,7 +70,7 @@ def _listener(service: Service) -> Listener | None:
     engine = service.store.engine
     if not service.store.shared or engine.dialect.driver != "psycopg":
         return None
-    return Listener(engine.url, {TASKS_CHANNEL: service.pool.wake})
+    return Listener(engine.url, {TASKS_CHANNEL: service.pool.wake, OUTBOX_CHANNEL: service.notifier.wake})
 
 
 def create_app(service: Service) -> FastAPI:
@@ -80,7 +80,10 @@ def create_app(service: Service) -> FastAPI:
         if listener is not None:
             listener.start()
             service.pool.listening = lambda: listener.connected
+            service.notifier.listening = lambda: listener.connected
         service.pool.start()
+        if service.notifier.enabled:
+            service.notifier.start()
         background = []
         interval = service.config.sync.interval_seconds
         if interval > 0:
@@ -99,6 +102,7 @@ def create_app(service: Service) -> FastAPI:
             for job in background:
                 job.cancel()
             await service.pool.stop(service.config.workers.shutdown_grace_seconds)
+            await service.notifier.stop()
             if listener is not None:
                 await listener.stop()
 
@@ -114,6 +118,7 @@ def create_app(service: Service) -> FastAPI:
     )
     app.router.routes.insert(0, webhook_route(service))  # first: matched before any other route
     app.include_router(management_router(service))
+    app.include_router(notifications_router(service))
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -182,7 +187,7 @@ def create_app(service: Service) -> FastAPI:
         response_model=Health,
         responses=_UNHEALTHY,
         tags=["health"],
-        summary="Readiness: task database reachable (named), workers running",
+        summary="Readiness: task store reachable, workers running",
     )
     app.add_api_route(
         "/api/v1/health",

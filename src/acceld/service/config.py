@@ -105,6 +105,38 @@ class SyncSettings(_Section):
     max_tags_per_repository: int = Field(default=1000, ge=1)
 
 
+NotificationEvent = Literal["succeeded", "failed", "skipped"]
+
+
+class NotificationTarget(_Section):
+    """Where a CloudEvent about each finished task is POSTed (signed when a secret is set)."""
+
+    name: str = Field(min_length=1, max_length=200)
+    url: str = Field(pattern=r"^https?://[^\s]+$")
+    secret: str | None = None
+    secret_file: Path | None = None
+    secret_env: str | None = None
+    events: list[NotificationEvent] = ["succeeded", "failed", "skipped"]
+
+
+class NotificationSettings(_Section):
+    targets: list[NotificationTarget] = []
+    source: str = Field(default="/acceld", min_length=1)  # the CloudEvents `source` attribute
+    max_attempts: int = Field(default=12, ge=1)
+    backoff_initial: float = Field(default=5.0, gt=0)
+    backoff_max: float = Field(default=3600.0, gt=0)
+    timeout_seconds: float = Field(default=10.0, gt=0)
+    concurrency: int = Field(default=2, ge=1, le=32)
+
+    @field_validator("targets")
+    @classmethod
+    def _unique_names(cls, targets: list[NotificationTarget]) -> list[NotificationTarget]:
+        names = [t.name for t in targets]
+        if len(names) != len(set(names)):
+            raise ValueError("notification target names must be unique")
+        return targets
+
+
 class DriverSpec(_Section):
     name: str
     options: dict[str, Any] = {}
@@ -177,6 +209,7 @@ class ServiceConfig(AcceldConfig):
     webhook: WebhookSettings = WebhookSettings()
     workers: WorkerSettings = WorkerSettings()
     sync: SyncSettings = SyncSettings()
+    notifications: NotificationSettings = NotificationSettings()
     rules: list[RuleConfig] = Field(default_factory=_default_rules)
 
     @model_validator(mode="before")
@@ -244,6 +277,15 @@ class ServiceConfig(AcceldConfig):
             if value:
                 result[host] = value
         return result
+
+    def notification_secrets(self) -> dict[str, str | None]:
+        """target name → its signing secret (None: unsigned)."""
+        return {
+            t.name: read_secret(
+                f"notifications.targets.{t.name}.secret", t.secret, t.secret_file, t.secret_env
+            )
+            for t in self.notifications.targets
+        }
 
     def own_operators(self) -> frozenset[str]:
         """Operators whose events are acceld's own pushes (or configured to be ignored)."""

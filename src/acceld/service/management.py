@@ -1,4 +1,5 @@
-"""The management API (`/api/v1/tasks…`): list, show, retry and cancel tasks. Bearer token required."""
+"""The management API (`/api/v1/tasks…`, `/api/v1/notifications`): list, show, retry and cancel tasks;
+completion notifications and their delivery. Bearer token required."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from acceld.service.api_models import ErrorBody, TaskKind, TaskPage, TaskStatus, TaskView
+from acceld.service.api_models import (
+    DeliveryPage,
+    DeliveryView,
+    ErrorBody,
+    TaskKind,
+    TaskPage,
+    TaskStatus,
+    TaskView,
+)
 from acceld.service.state import Service
 from acceld.service.store import TaskFilter
 
@@ -122,6 +131,37 @@ def management_router(service: Service) -> APIRouter:
         if task is None:
             raise await _state_error(service, task_id, "only queued or running tasks can be cancelled")
         return TaskView.of(task)
+
+    return router
+
+
+def notifications_router(service: Service) -> APIRouter:
+    def authorized(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+        if credentials is None or not service.api_token_valid(credentials.credentials):
+            raise ApiError(401, "ERR_UNAUTHORIZED", "missing or wrong bearer token")
+
+    router = APIRouter(
+        prefix="/api/v1/notifications",
+        tags=["notifications"],
+        dependencies=[Depends(authorized)],
+        responses={**_UNAUTHORIZED, **_UNAVAILABLE},
+    )
+
+    @router.get(
+        "",
+        response_model=DeliveryPage,
+        summary="Completion notifications and their delivery, newest first",
+        operation_id="list_notifications",
+    )
+    async def list_notifications(
+        task_id: Annotated[str | None, Query(max_length=32)] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    ) -> DeliveryPage:
+        items, total = await asyncio.to_thread(service.store.deliveries, task_id, limit, offset)
+        return DeliveryPage(
+            items=[DeliveryView.of(d) for d in items], total=total, limit=limit, offset=offset
+        )
 
     return router
 

@@ -9,6 +9,7 @@ from acceld.private import private_dir
 from acceld.service.batcher import EnqueueBatcher
 from acceld.service.config import ServiceConfig
 from acceld.service.metrics import ServiceMetrics
+from acceld.service.notifications import Notifier
 from acceld.service.rules import RuleSet
 from acceld.service.store import STATUSES, StoreError, TaskStore
 from acceld.service.workers import WorkerPool
@@ -35,6 +36,10 @@ class Service:
         self.store = store or TaskStore.open(config.database_url())
         self.intake = EnqueueBatcher(self.store, config.workers.max_attempts)
         self.metrics = ServiceMetrics(self._task_counts)
+        self.notifier = Notifier(self.store, config.notifications, config.notification_secrets())
+        self.notifier.poll_seconds = config.workers.poll_seconds
+        if self.notifier.enabled:
+            self.store.outbox_entries = self.notifier.entries_for
         self.pool = WorkerPool(
             self.store,
             config.workers,
