@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from harness.container import build_context, limit_args, podman, python_base_rootfs
+from harness.container import PYTHON_BASE_RECIPE, build_context, limit_args, podman, python_base_rootfs
 from harness.registry import RunningRegistry
 from service_helpers import default_payload, post_event, resource, wait_finished, wait_for
 
@@ -27,7 +27,7 @@ import acceld
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-BASE_IMAGE = "localhost/acceld-test-base:pybase-v1"
+BASE_IMAGE = f"localhost/acceld-test-base:{PYTHON_BASE_RECIPE}"
 WEBHOOK_AUTH = "Bearer container-webhook-secret"
 API_TOKEN = "container-api-token"
 ACCELD = str(Path(sys.executable).parent / "acceld")
