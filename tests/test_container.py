@@ -60,6 +60,7 @@ def acceld_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield tag
     finally:
         podman("rmi", "-f", tag, check=False)
+        podman("image", "prune", "-f", check=False)  # the untagged build stage
 
 
 def _free_port() -> int:
