@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 from typing import IO
+
+import zstandard
 
 from acceld.formats.driver import FormatError
 from acceld.formats.nydus.codec import decompress
@@ -69,14 +72,62 @@ def read_blob_bootstrap(path: Path) -> bytes:
         return read_entry(handle, toc["image.boot"])
 
 
-def read_blob_meta_file(path: Path) -> bytes | None:
-    """The `<hex>.blob.meta` cache-file form of a blob's chunk-info (§3), None without chunk data."""
+def write_blob_meta_file(path: Path, target: Path) -> bool:
+    """Write the `<hex>.blob.meta` cache-file form of a blob's meta (§3) to `target`, streaming:
+    the uncompressed CI data (zran tables included) padded to 4 KiB, then the header. False when
+    the blob carries no chunk data."""
     with path.open("rb") as handle:
         toc = read_toc(handle, path.stat().st_size)
         if "blob.meta" not in toc or "blob.meta.header" not in toc:
-            return None
-        ci = read_entry(handle, toc["blob.meta"])
+            return False
         header = read_entry(handle, toc["blob.meta.header"])
-    if len(header) != BLOB_META_HEADER_SIZE:
-        raise FormatError(f"{path.name}: blob-meta header is not 4096 bytes")
-    return ci.ljust(align(len(ci), BLOCK), b"\0") + header
+        if len(header) != BLOB_META_HEADER_SIZE:
+            raise FormatError(f"{path.name}: blob-meta header is not 4096 bytes")
+        entry = toc["blob.meta"]
+        with target.open("wb") as out:
+            if entry.compressor == "zstd":
+                handle.seek(entry.offset)
+                limited = io.BufferedReader(_Limited(handle, entry.compressed_size))
+                try:
+                    with zstandard.ZstdDecompressor().stream_reader(
+                        limited, read_across_frames=False
+                    ) as reader:
+                        written = _copy(reader, out)
+                except zstandard.ZstdError as exc:
+                    raise FormatError(f"{path.name}: corrupt zstd blob meta: {exc}") from exc
+            else:
+                data = read_entry(handle, entry)
+                out.write(data)
+                written = len(data)
+            if written != entry.uncompressed_size:
+                raise FormatError(
+                    f"{path.name}: blob meta is {written} bytes, the TOC says {entry.uncompressed_size}"
+                )
+            out.write(bytes(align(written, BLOCK) - written))
+            out.write(header)
+    return True
+
+
+class _Limited(io.RawIOBase):
+    """The next `size` bytes of a file."""
+
+    def __init__(self, handle: IO[bytes], size: int) -> None:
+        self.handle = handle
+        self.left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.handle.read(min(len(buffer), self.left))
+        self.left -= len(data)
+        memoryview(buffer)[: len(data)] = data
+        return len(data)
+
+
+def _copy(source: IO[bytes], out: IO[bytes]) -> int:
+    copied = 0
+    while block := source.read(1 << 20):
+        out.write(block)
+        copied += len(block)
+    return copied

@@ -44,8 +44,8 @@ def _entry(name: str, size: int = 0, directory: bool = False) -> tarfile.TarInfo
     return info
 
 
-def write_bootstrap_layer(path: Path, bootstrap: bytes, blob_metas: Mapping[str, bytes]) -> WrittenLayer:
-    """Write the layer to `path`; `blob_metas` maps blob hex digests to their .blob.meta content."""
+def write_bootstrap_layer(path: Path, bootstrap: bytes, blob_metas: Mapping[str, Path]) -> WrittenLayer:
+    """Write the layer to `path`; `blob_metas` maps blob hex digests to their .blob.meta files."""
     # isal at its best level: about zlib -6 in size, several times faster for large bootstraps
     with (
         path.open("wb") as raw,
@@ -56,7 +56,8 @@ def write_bootstrap_layer(path: Path, bootstrap: bytes, blob_metas: Mapping[str,
             archive.addfile(_entry("image/", directory=True))
             archive.addfile(_entry("image/image.boot", len(bootstrap)), io.BytesIO(bootstrap))
             for blob_hex, meta in blob_metas.items():
-                archive.addfile(_entry(f"image/{blob_hex}.blob.meta", len(meta)), io.BytesIO(meta))
+                with meta.open("rb") as content:
+                    archive.addfile(_entry(f"image/{blob_hex}.blob.meta", meta.stat().st_size), content)
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         while block := handle.read(1 << 20):

@@ -11,7 +11,7 @@ from typing import BinaryIO
 from acceld import __version__
 from acceld.formats.driver import FormatError, ImageAdditions, LayerBlob, LayerOutput, SourceLayer
 from acceld.formats.nydus.blob import write_layer_blob
-from acceld.formats.nydus.blobfile import read_blob_bootstrap, read_blob_meta_file, read_toc_digest
+from acceld.formats.nydus.blobfile import read_blob_bootstrap, read_toc_digest, write_blob_meta_file
 from acceld.formats.nydus.bootstrap import BootstrapSettings, build_bootstrap
 from acceld.formats.nydus.bootstrap_layer import write_bootstrap_layer
 from acceld.formats.nydus.chunkdict import ChunkDict
@@ -170,8 +170,8 @@ class NydusDriver:
             dict_layers.append(_blob_layer(path, blob.blob_id))
         metas = {}
         for blob in merged.blobs:
-            meta = read_blob_meta_file(paths[blob.blob_id])
-            if meta is not None:
+            meta = workdir / f"{blob.blob_id}.blob.meta"
+            if write_blob_meta_file(paths[blob.blob_id], meta):
                 metas[blob.blob_id] = meta
         return self._additions(workdir, bootstrap, metas, dict_layers)
 
@@ -221,13 +221,13 @@ class NydusDriver:
         )
         metas = {}
         for blob in blobs:
-            meta = read_blob_meta_file(refs[blob.blob_id].path)
-            if meta is not None:
+            meta = workdir / f"{blob.blob_id}.blob.meta"
+            if write_blob_meta_file(refs[blob.blob_id].path, meta):
                 metas[blob.blob_id] = meta
         return self._additions(workdir, bootstrap, metas, [])
 
     def _additions(
-        self, workdir: Path, bootstrap: bytes, metas: Mapping[str, bytes], dict_layers: Sequence[LayerBlob]
+        self, workdir: Path, bootstrap: bytes, metas: Mapping[str, Path], dict_layers: Sequence[LayerBlob]
     ) -> ImageAdditions:
         written = write_bootstrap_layer(workdir / "nydus-bootstrap.tar.gz", bootstrap, metas)
         bootstrap_layer = LayerBlob(
