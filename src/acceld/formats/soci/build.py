@@ -19,7 +19,7 @@ from acceld.formats.checkpoints import Checkpoint, CheckpointingReader, WindowSt
 from acceld.formats.driver import SkipLayer
 from acceld.formats.soci.toc import read_toc
 from acceld.formats.soci.zinfo import gzip_zinfo_size, tar_span_count, tar_zinfo, write_gzip_zinfo
-from acceld.formats.soci.ztoc import GZIP, UNCOMPRESSED, VERSION, Ztoc, ZtocWriter, build_ztoc
+from acceld.formats.soci.ztoc import GZIP, UNCOMPRESSED, VERSION, Ztoc, ZtocWriter, write_ztoc
 
 _BUFFER = 1 << 20
 
@@ -90,10 +90,10 @@ def build_gzip_ztoc(blob: BinaryIO, out: BinaryIO, span_size: int, workdir: Path
             checkpoints=b"",
         )
 
-        def fill(target: memoryview) -> None:
+        def write_checkpoints(target: BinaryIO) -> None:
             write_gzip_zinfo(target, span_size, points, windows)
 
-        out.write(writer.finish(header, gzip_zinfo_size(len(points)), fill))
+        writer.finish(header, out, gzip_zinfo_size(len(points)), write_checkpoints)
 
 
 class _FixedSpans(io.RawIOBase):
@@ -151,10 +151,6 @@ def build_tar_ztoc(blob: BinaryIO, out: BinaryIO, span_size: int, build_tool: st
         algorithm=UNCOMPRESSED,
         max_span_id=len(digests) - 1,
         span_digests=digests,
-        checkpoints=b"",
+        checkpoints=zinfo,
     )
-
-    def fill(target: memoryview) -> None:
-        target[:] = zinfo
-
-    out.write(build_ztoc(header, len(zinfo), fill))
+    write_ztoc(header, out)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import flatbuffers
 from flatbuffers import number_types
@@ -36,16 +37,13 @@ def gzip_zinfo_size(count: int) -> int:
 
 
 def write_gzip_zinfo(
-    target: memoryview, span_size: int, points: Sequence[Checkpoint], windows: WindowStore
+    out: BinaryIO, span_size: int, points: Sequence[Checkpoint], windows: WindowStore
 ) -> None:
-    """Fill `target` (exactly `gzip_zinfo_size(len(points))` bytes) with the zinfo blob."""
-    HEADER.pack_into(target, 0, len(points), span_size)
-    at = HEADER.size
+    """Write the zinfo blob (`gzip_zinfo_size(len(points))` bytes), windows read one at a time."""
+    out.write(HEADER.pack(len(points), span_size))
     for number, point in enumerate(points):
-        POINT.pack_into(target, at, point.compressed_offset, point.uncompressed_offset, point.bits)
-        at += POINT.size
-        target[at : at + WINDOW_SIZE] = windows.get(number)
-        at += WINDOW_SIZE
+        out.write(POINT.pack(point.compressed_offset, point.uncompressed_offset, point.bits))
+        out.write(windows.get(number))
 
 
 def read_gzip_zinfo(blob: bytes) -> tuple[int, list[ZinfoPoint]]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import flatbuffers
 from flatbuffers import number_types
@@ -101,46 +101,58 @@ class ZtocWriter:
         return len(self._files)
 
     def finish(
-        self, header: Ztoc, checkpoints_size: int, fill_checkpoints: Callable[[memoryview], None]
-    ) -> memoryview:
-        """The serialised zTOC (`header.entries` and `header.checkpoints` are ignored). The
-        `checkpoints_size`-byte vector is written in place by `fill_checkpoints` (from the window
-        file), so it is never held twice."""
-        return _finish(self._builder, self._files, header, checkpoints_size, fill_checkpoints)
+        self,
+        header: Ztoc,
+        out: BinaryIO,
+        checkpoints_size: int,
+        write_checkpoints: Callable[[BinaryIO], object],
+    ) -> None:
+        """Write the zTOC to `out` (`header.entries` and `header.checkpoints` are ignored).
+
+        The `checkpoints` vector, the bulk of a zTOC (32 KiB per checkpoint), is not built in
+        memory: the builder's buffer ends with the tables, and the vector follows it in the file,
+        written by `write_checkpoints` (exactly `checkpoints_size` bytes, streamed from the window
+        file). Its uoffset, a forward offset like any other, is patched into CompressionInfo.
+        """
+        table = _finish(self._builder, self._files, header)
+        data = bytearray(self._builder.Output())
+        position = len(data) - table
+        vtable = position - int.from_bytes(data[position : position + 4], "little", signed=True)
+        slot = position + int.from_bytes(
+            data[vtable + 4 + 2 * _CHECKPOINTS_SLOT : vtable + 6 + 2 * _CHECKPOINTS_SLOT], "little"
+        )
+        vector = len(data)  # Finish aligned the buffer to at least 4 bytes
+        data[slot : slot + 4] = (vector - slot).to_bytes(4, "little")
+        out.write(data)
+        out.write(checkpoints_size.to_bytes(4, "little"))
+        write_checkpoints(out)
 
 
-def build_ztoc(
-    header: Ztoc, checkpoints_size: int, fill_checkpoints: Callable[[memoryview], None]
-) -> memoryview:
-    """The serialised zTOC of `header` (its `checkpoints` written by `fill_checkpoints`)."""
+def write_ztoc(header: Ztoc, out: BinaryIO) -> None:
+    """The zTOC of `header`, entries and checkpoints included."""
     writer = ZtocWriter()
     for entry in header.entries:
         writer.add(entry)
-    return writer.finish(header, checkpoints_size, fill_checkpoints)
+    writer.finish(header, out, len(header.checkpoints), lambda target: target.write(header.checkpoints))
 
 
-def _finish(
-    builder: flatbuffers.Builder,
-    files: list[int],
-    header: Ztoc,
-    checkpoints_size: int,
-    fill_checkpoints: Callable[[memoryview], None],
-) -> memoryview:
-    builder.StartVector(1, checkpoints_size, 1)
-    builder.head = builder.Head() - checkpoints_size
-    fill_checkpoints(memoryview(builder.Bytes)[builder.Head() : builder.Head() + checkpoints_size])
-    checkpoints = builder.EndVector()
+_CHECKPOINTS_SLOT = 3
+_PLACEHOLDER = 1  # a non-default value, so the builder writes the slot that is patched later
+
+
+def _finish(builder: flatbuffers.Builder, files: list[int], header: Ztoc) -> int:
+    """Every table but the checkpoint vector; returns CompressionInfo's offset from the end."""
+    files_vector = _offsets(builder, files)
+    builder.StartObject(1)
+    builder.PrependUOffsetTRelativeSlot(0, files_vector, 0)
+    toc = builder.EndObject()
     digests = _offsets(builder, [builder.CreateString(digest) for digest in header.span_digests])
     builder.StartObject(4)
     builder.PrependInt8Slot(0, header.algorithm, GZIP)
     builder.PrependInt32Slot(1, header.max_span_id, 0)
     builder.PrependUOffsetTRelativeSlot(2, digests, 0)
-    builder.PrependUOffsetTRelativeSlot(3, checkpoints, 0)
-    compression = builder.EndObject()
-    files_vector = _offsets(builder, files)
-    builder.StartObject(1)
-    builder.PrependUOffsetTRelativeSlot(0, files_vector, 0)
-    toc = builder.EndObject()
+    builder.PrependUint32Slot(_CHECKPOINTS_SLOT, _PLACEHOLDER, 0)
+    compression = int(builder.EndObject())
     version, tool = builder.CreateString(header.version), builder.CreateString(_text(header.build_tool))
     builder.StartObject(6)
     builder.PrependUOffsetTRelativeSlot(0, version, 0)
@@ -150,7 +162,7 @@ def _finish(
     builder.PrependUOffsetTRelativeSlot(4, toc, 0)
     builder.PrependUOffsetTRelativeSlot(5, compression, 0)
     builder.Finish(builder.EndObject())
-    return memoryview(builder.Bytes)[builder.Head() :]
+    return compression
 
 
 # -- reading -------------------------------------------------------------------------------------
