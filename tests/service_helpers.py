@@ -6,6 +6,7 @@ import http.client
 import json
 import os
 import re
+import resource as rlimits
 import signal
 import subprocess
 import sys
@@ -94,9 +95,20 @@ class ServiceProcess:
 
 @contextmanager
 def run_service(
-    config_file: Path, log: Path, env: dict[str, str] | None = None, umask: int = -1
+    config_file: Path,
+    log: Path,
+    env: dict[str, str] | None = None,
+    umask: int = -1,
+    open_files: int | None = None,
 ) -> Iterator[ServiceProcess]:
-    """Start `acceld serve --config FILE` (log written to `log`, truncated) and wait until it listens."""
+    """Start `acceld serve --config FILE` (log written to `log`, truncated) and wait until it listens;
+    `open_files`: the soft limit of open files it starts with."""
+
+    def limit_files() -> None:
+        if open_files is not None:
+            hard = rlimits.getrlimit(rlimits.RLIMIT_NOFILE)[1]
+            rlimits.setrlimit(rlimits.RLIMIT_NOFILE, (open_files, hard))
+
     with log.open("wb") as out:
         process = subprocess.Popen(
             acceld_command("serve", "--config", str(config_file)),
@@ -105,6 +117,7 @@ def run_service(
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
             umask=umask,
+            preexec_fn=limit_files if open_files is not None else None,
         )
     try:
         deadline = time.monotonic() + 60

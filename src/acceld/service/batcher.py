@@ -2,11 +2,14 @@
 
 Every caller still gets its answer only after its own tasks are committed; under load many
 events share one transaction (one fsync) instead of queueing for the database one by one.
+When a shared commit fails, each event is committed on its own, so only a failing one fails.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections.abc import Sequence
 
 from acceld.service.store import Enqueued, NewTask, TaskStore
@@ -38,11 +41,51 @@ class EnqueueBatcher:
                 results = await asyncio.to_thread(
                     self._store.enqueue_groups, [tasks for tasks, _ in batch], self._max_attempts
                 )
-            except Exception as exc:  # StoreError, or a bug: every waiting caller must hear of it
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
+            except Exception as exc:  # StoreError, or a bug
+                if len(batch) == 1:
+                    _settle(batch[0][1], exception=exc)
+                    continue
+                # One event must not fail the others: each commits on its own now.
+                for tasks, future in batch:
+                    try:
+                        _settle(
+                            future, await asyncio.to_thread(self._store.enqueue, tasks, self._max_attempts)
+                        )
+                    except Exception as own:
+                        _settle(future, exception=own)
                 continue
             for (_, future), result in zip(batch, results, strict=True):
-                if not future.done():
-                    future.set_result(result)
+                _settle(future, result)
+
+
+def _settle(
+    future: asyncio.Future[list[Enqueued]],
+    result: list[Enqueued] | None = None,
+    *,
+    exception: BaseException | None = None,
+) -> None:
+    if future.done():  # the caller went away (its request was cancelled)
+        return
+    if exception is not None:
+        future.set_exception(exception)
+    else:
+        assert result is not None
+        future.set_result(result)
+
+
+class QueueDepth:
+    """How many tasks are queued, read from the store at most once per `ttl` seconds (the intake asks
+    on every event)."""
+
+    def __init__(self, store: TaskStore, ttl: float = 1.0) -> None:
+        self._store = store
+        self._ttl = ttl
+        self._value = 0
+        self._read_at = -math.inf
+
+    async def current(self) -> int:
+        """Raises StoreError when the store cannot be read."""
+        if time.monotonic() - self._read_at >= self._ttl:
+            self._value = await asyncio.to_thread(self._store.queued_count)
+            self._read_at = time.monotonic()
+        return self._value

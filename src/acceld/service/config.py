@@ -51,6 +51,15 @@ class ServerSettings(_Section):
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     # Seconds uvicorn waits for open requests on SIGTERM before the worker pool stops.
     graceful_timeout: float = Field(default=10.0, gt=0)
+    # Slow or idle clients (slowloris): a request's line and headers must arrive within
+    # header_timeout, its body within body_timeout after them; idle keep-alive connections close
+    # after keep_alive_timeout; past max_connections the oldest connection without a request in
+    # progress is closed.
+    header_timeout: float = Field(default=10.0, gt=0)
+    body_timeout: float = Field(default=30.0, gt=0)
+    keep_alive_timeout: float = Field(default=5.0, ge=1)
+    max_header_bytes: int = Field(default=65536, ge=4096)
+    max_connections: int = Field(default=4096, ge=16)
 
 
 class DatabaseSettings(_Section):
@@ -83,6 +92,11 @@ class WebhookSettings(_Section):
     sources: dict[str, WebhookSource] = {}
     # Operators whose pushes are never converted, in addition to every configured registry username.
     ignore_operators: list[str] = []
+    # Harbor sends one resource per event; more is refused (400) before anything is queued.
+    max_resources_per_event: int = Field(default=100, ge=1)
+    # Past this many queued tasks new events are answered 429 with Retry-After (Harbor retries).
+    max_queued_tasks: int = Field(default=10000, ge=1)
+    retry_after_seconds: int = Field(default=60, ge=1)
 
 
 class WorkerSettings(_Section):

@@ -6,7 +6,7 @@ import hmac
 
 from acceld.config import ConfigError
 from acceld.private import private_dir
-from acceld.service.batcher import EnqueueBatcher
+from acceld.service.batcher import EnqueueBatcher, QueueDepth
 from acceld.service.config import ServiceConfig
 from acceld.service.metrics import ServiceMetrics
 from acceld.service.notifications import Notifier
@@ -35,6 +35,7 @@ class Service:
         self.own_operators = config.own_operators()
         self.store = store or TaskStore.open(config.database_url())
         self.intake = EnqueueBatcher(self.store, config.workers.max_attempts)
+        self.queue_depth = QueueDepth(self.store)
         self.metrics = ServiceMetrics(self._task_counts)
         self.notifier = Notifier(self.store, config.notifications, config.notification_secrets())
         self.notifier.poll_seconds = config.workers.poll_seconds

@@ -67,7 +67,7 @@ Status = Literal["queued", "running", "succeeded", "failed", "skipped", "cancell
 STATUSES: tuple[Status, ...] = ("queued", "running", "succeeded", "failed", "skipped", "cancelled")
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "skipped", "cancelled"})
 Kind = Literal["convert", "delete", "tag"]
-
+_MAX_BOUND_VALUES = 500
 metadata = MetaData()
 tasks = Table(
     "tasks",
@@ -442,9 +442,10 @@ class TaskStore:
             for task_id, increment in extra_events.items():
                 by_increment.setdefault(increment, []).append(task_id)
             for increment, ids in by_increment.items():
-                conn.execute(
-                    update(tasks).where(tasks.c.id.in_(ids)).values(events=tasks.c.events + increment)
-                )
+                for chunk in _chunks(ids):
+                    conn.execute(
+                        update(tasks).where(tasks.c.id.in_(chunk)).values(events=tasks.c.events + increment)
+                    )
             if any(row.created for row in found):
                 self._notify(conn, TASKS_CHANNEL)
         return [Enqueued(row.id, row.status, row.created, row.kind) for row in found]
@@ -489,9 +490,10 @@ class TaskStore:
         conn.execute(insert.on_conflict_do_nothing(index_elements=["dedup_key"]), rows)
         existing = {
             r.dedup_key: r
+            for chunk in _chunks(sorted(set(keys)))
             for r in conn.execute(
                 select(tasks.c.id, tasks.c.dedup_key, tasks.c.kind, tasks.c.status, tasks.c.tag).where(
-                    tasks.c.dedup_key.in_(set(keys))
+                    tasks.c.dedup_key.in_(chunk)
                 )
             )
         }
@@ -1003,6 +1005,11 @@ class TaskStore:
             ).all()
         return [Delivery.from_row(r) for r in rows], int(total)
 
+    def queued_count(self) -> int:
+        """Tasks waiting to run (the intake's queue depth)."""
+        with self._read() as conn:
+            return int(conn.execute(select(func.count()).where(tasks.c.status == "queued")).scalar_one())
+
     def counts_by_status(self) -> dict[str, int]:
         with self._read() as conn:
             rows = conn.execute(select(tasks.c.status, func.count()).group_by(tasks.c.status)).all()
@@ -1062,6 +1069,12 @@ class _Transaction:
 def _lock_key(name: str) -> int:
     """The 64-bit PostgreSQL advisory lock key of `name`."""
     return int.from_bytes(hashlib.sha256(f"acceld:{name}".encode()).digest()[:8], "big", signed=True)
+
+
+def _chunks(values: Sequence[str]) -> list[Sequence[str]]:
+    """`values` in pieces small enough for one statement's bound parameters (SQLite allows 32766,
+    older builds 999)."""
+    return [values[i : i + _MAX_BOUND_VALUES] for i in range(0, len(values), _MAX_BOUND_VALUES)]
 
 
 def _one_line(exc: BaseException) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.routing import Route
 
 from acceld.service.api_models import AcceptedTask, ErrorBody, IgnoredResource, WebhookReply
@@ -95,8 +95,13 @@ _RESPONSES = (
     (400, ErrorBody, "Malformed payload"),
     (401, ErrorBody, "Missing or wrong Authorization header"),
     (403, ErrorBody, "A resource is not on a configured source registry"),
-    (413, ErrorBody, "Body larger than server.max_body_bytes"),
+    (
+        413,
+        ErrorBody,
+        "Body larger than server.max_body_bytes, or more resources than webhook.max_resources_per_event",
+    ),
     (415, ErrorBody, "Content-Type is neither application/json nor application/cloudevents+json"),
+    (429, ErrorBody, "More than webhook.max_queued_tasks tasks queued: retry after Retry-After seconds"),
     (503, ErrorBody, "Task store unavailable; the event was not accepted (Harbor retries)"),
 )
 
@@ -123,8 +128,8 @@ def openapi_operation(schemas: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"code": code, "message": message}, status_code=status)
+def error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"code": code, "message": message}, status_code=status, headers=headers)
 
 
 async def _read_body(request: Request, limit: int) -> bytes | None:
@@ -143,9 +148,11 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
 def webhook_route(service: Service) -> Route:
     count = service.metrics.webhook_requests
 
-    def reject(outcome: str, status: int, code: str, message: str) -> JSONResponse:
+    def reject(
+        outcome: str, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> JSONResponse:
         count.labels(outcome).inc()
-        return error(status, code, message)
+        return error(status, code, message, headers)
 
     async def receive_webhook(request: Request) -> JSONResponse:
         authorization = request.headers.get("authorization", "")
@@ -160,13 +167,26 @@ def webhook_route(service: Service) -> Route:
                 f"content type must be {DEFAULT_CONTENT_TYPE} or {CLOUDEVENTS_CONTENT_TYPE}",
             )
         limit = service.config.server.max_body_bytes
-        body = await _read_body(request, limit)
+        try:
+            body = await _read_body(request, limit)
+        except ClientDisconnect:  # gone, or closed for sending too slowly (server.body_timeout)
+            count.labels("disconnected").inc()
+            return error(408, "ERR_TIMEOUT", "the request body did not arrive")
         if body is None:
             return reject("too_large", 413, "ERR_PAYLOAD_TOO_LARGE", f"body larger than {limit} bytes")
         try:
             event = parse_event(body, content_type)
         except PayloadError as exc:
             return reject("bad_request", 400, "ERR_ILLEGAL_PARAMETER", str(exc))
+        settings = service.config.webhook
+        if len(event.artifacts) > settings.max_resources_per_event:
+            return reject(
+                "too_large",
+                413,
+                "ERR_PAYLOAD_TOO_LARGE",
+                f"event lists {len(event.artifacts)} resources, more than "
+                f"webhook.max_resources_per_event ({settings.max_resources_per_event})",
+            )
         for artifact in event.artifacts:
             if artifact.registry not in service.webhook_sources:
                 return reject(
@@ -186,6 +206,14 @@ def webhook_route(service: Service) -> Route:
             event, service.rules, service.own_operators, service.config.workers.child_grace_seconds
         )
         try:
+            if plan.tasks and await service.queue_depth.current() >= settings.max_queued_tasks:
+                return reject(
+                    "queue_full",
+                    429,
+                    "ERR_TOO_MANY_REQUESTS",
+                    f"more than webhook.max_queued_tasks ({settings.max_queued_tasks}) tasks are queued",
+                    {"Retry-After": str(settings.retry_after_seconds)},
+                )
             for artifact in plan.deleted_sources:
                 assert artifact.digest is not None
                 await asyncio.to_thread(
