@@ -191,6 +191,14 @@ async def test_oversized_manifest_is_refused_while_reading(hostile: HostileRegis
     assert f"larger than {4 << 20} bytes" in one_line(excinfo.value)
 
 
+async def test_undecodable_answer_is_one_line(hostile: HostileRegistry) -> None:
+    hostile.scenario = "bad-encoding"
+    async with client(hostile) as c:
+        with pytest.raises(RegistryError) as excinfo:
+            await c.repository(REPOSITORY).get_manifest("v1")
+    assert "manifest v1" in one_line(excinfo.value)
+
+
 async def test_a_big_blob_is_no_big_answer_to_head(hostile: HostileRegistry) -> None:
     hostile.scenario = "big-blob"
     async with client(hostile) as c:

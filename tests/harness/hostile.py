@@ -47,6 +47,7 @@ SCENARIOS = (
     "endless-manifest",
     "huge-declared-manifest",  # Content-Length of 64 GiB
     "slow-manifest",  # one byte every 2 s
+    "bad-encoding",  # a manifest "gzip"-encoded that is no gzip
     "slow-headers",  # the status line, then a header byte every 2 s
     "slow-blob",  # blobs: one byte every `dribble_interval` s
     "link-foreign",  # the tag list's next page on `other`
@@ -310,6 +311,8 @@ class HostileRegistry(_Endpoint):
             handler.send_header("Content-Length", str(64 << 30))
             handler.end_headers()
             handler.endless()
+        elif scenario == "bad-encoding" and handler.command == "GET":
+            handler.send(200, b"\x1f\x8bnot gzip at all", {**headers, "Content-Encoding": "gzip"})
         elif scenario == "slow-manifest" and handler.command == "GET":
             handler.send_response(200)
             handler.send_header("Content-Type", OCI_MANIFEST)

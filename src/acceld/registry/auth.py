@@ -205,6 +205,8 @@ class Authenticator:
                     )
         except httpx.TransportError as exc:
             raise RegistryUnreachable(f"cannot reach token service {realm} of {self.host}: {exc}") from None
+        except httpx.RequestError as exc:  # an undecodable answer, too many redirects
+            raise RegistryError(f"token service {realm} of {self.host} failed: {exc}") from None
         if response.status_code in (401, 403):
             if creds is None:
                 raise self._missing_credentials(None)

@@ -54,7 +54,7 @@ async def read_error_body(response: httpx.Response, deadline: float) -> None:
     try:
         async with asyncio.timeout(deadline):
             await read_capped(response, MAX_ERROR_BODY, "error answer")
-    except (ResponseTooLarge, TimeoutError, httpx.TransportError):
+    except (ResponseTooLarge, TimeoutError, httpx.HTTPError):
         response._content = b""
     finally:
         await response.aclose()
