@@ -71,3 +71,13 @@ def test_service_data_directory_is_private(tmp_path: Path) -> None:
         assert assert_private_tree(data) >= 3
     finally:
         service.store.close()
+
+
+def test_shared_sticky_directories_are_left_alone(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    LayerCache(shared)  # e.g. --cache-dir /tmp: what acceld creates inside is private, /tmp is not touched
+    assert mode(shared) == 0o1777
+    assert mode(shared / "blobs") == 0o700 and mode(shared / "tmp") == 0o700
+    assert mode(shared / "index.sqlite") == 0o600

@@ -12,9 +12,11 @@ FILE_MODE = 0o600
 
 
 def private_dir(path: Path) -> Path:
-    """Create `path` (parents as usual) and make it 0700; an existing one of ours is tightened."""
+    """Create `path` (parents as usual) and make it 0700; an existing one of ours is tightened,
+    unless it is a shared directory (sticky bit, like /tmp) someone pointed acceld at."""
     path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
-    _tighten(path, DIR_MODE)
+    if not path.stat().st_mode & stat.S_ISVTX:
+        _tighten(path, DIR_MODE)
     return path
 
 
