@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from acceld.errors import AcceldError
+from acceld.formats.limits import DEFAULT_LIMITS, Limits
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -81,6 +82,18 @@ class AcceldConfig(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     registries: dict[str, RegistryConfig] = {}
+    limits: Limits = DEFAULT_LIMITS  # resource limits for untrusted images (README, Limits)
+
+    @field_validator("limits", mode="before")
+    @classmethod
+    def _limits(cls, value: Any) -> Limits:
+        if isinstance(value, Limits):
+            return value
+        if value is None:
+            return DEFAULT_LIMITS
+        if not isinstance(value, dict):
+            raise ValueError("expected a mapping of limit names to numbers")
+        return DEFAULT_LIMITS.with_overrides(value)
 
     def registry(self, host: str) -> RegistryConfig:
         """Settings for `host` (defaults when the host is not configured)."""

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from acceld.cli.app import ConfigOption, InsecureOption, PlainHttpOption, app, run
-from acceld.config import load_config
+from acceld.config import AcceldConfig, load_config
 from acceld.convert.api import ConversionRequest, ConversionResult, ConvertOptions, convert_image
 from acceld.convert.check import PlatformCheck, check_image
 from acceld.convert.drivers import DRIVER_CLASSES
@@ -33,6 +33,31 @@ def parse_size(text: str) -> int:
         return int(value, 0) * factor
     except ValueError:
         raise ConvertError(f"invalid size {text!r}: expected bytes, 0x…, or a K/M suffix") from None
+
+
+LimitOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--limit", help="Override a resource limit, KEY=VALUE (repeatable; e.g. max_layer_bytes=8GiB)."
+    ),
+]
+
+
+def with_limits(config: AcceldConfig, overrides: list[str] | None) -> AcceldConfig:
+    """`config` with the `--limit KEY=VALUE` overrides applied on top of its `limits:`."""
+    if not overrides:
+        return config
+    values: dict[str, str] = {}
+    for item in overrides:
+        key, equals, value = item.partition("=")
+        if not equals or not key.strip() or not value.strip():
+            raise ConvertError(f"--limit {item!r}: expected KEY=VALUE")
+        values[key.strip()] = value.strip()
+    try:
+        limits = config.limits.with_overrides(values)
+    except ValueError as exc:
+        raise ConvertError(f"--limit: {exc}") from None
+    return config.model_copy(update={"limits": limits})
 
 
 def read_prefetch_list(path: Path) -> list[str]:
@@ -128,6 +153,7 @@ def convert(
     span_size: SpanSizeOption = None,
     cache_dir: CacheDirOption = None,
     no_cache: NoCacheOption = False,
+    limit: LimitOption = None,
     config: ConfigOption = None,
     plain_http: PlainHttpOption = False,
     insecure: InsecureOption = False,
@@ -160,7 +186,8 @@ def convert(
         )
         with progress_reporter() as progress:
             try:
-                return await convert_image(request, load_config(config), progress, local)
+                config_with_limits = with_limits(load_config(config), limit)
+                return await convert_image(request, config_with_limits, progress, local)
             except NotApplicableError as exc:
                 typer.echo(str(exc), err=True)
                 return None
@@ -204,6 +231,7 @@ def check(
             "--platform", help="os/arch or os/arch/variant to check (repeatable; default: every platform)."
         ),
     ] = None,
+    limit: LimitOption = None,
     config: ConfigOption = None,
     plain_http: PlainHttpOption = False,
     insecure: InsecureOption = False,
@@ -216,7 +244,7 @@ def check(
     async def main() -> list[PlatformCheck]:
         return await check_image(
             image,
-            load_config(config),
+            with_limits(load_config(config), limit),
             source=source,
             platforms=platform or None,
             plain_http=plain_http,

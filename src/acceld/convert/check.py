@@ -35,6 +35,8 @@ from acceld.convert.target import store_ref
 from acceld.errors import AcceldError
 from acceld.formats.driver import SourceLayer
 from acceld.formats.fstree import FsTree, apply_layer_tar, diff_trees
+from acceld.formats.limits import LimitExceeded, Limits, check_layer_count
+from acceld.formats.targuard import PathError, TarGuard
 from acceld.oci.digest import digest_hex, file_digest
 from acceld.oci.models import Descriptor, RawManifest
 from acceld.oci.platform import Platform
@@ -94,7 +96,9 @@ async def check_image(
             for n, converted in enumerate(plan.images):
                 work = workspace / str(n)
                 work.mkdir()
-                check = await _check_one(store, converted, source_store, source_images, work, root_subject)
+                check = await _check_one(
+                    store, converted, source_store, source_images, work, config.limits, root_subject
+                )
                 results.append(check)
             return results
     finally:
@@ -107,6 +111,7 @@ async def _check_one(
     source_store: ImageStore,
     source_images: Sequence[SourceImage] | None,
     work: Path,
+    limits: Limits,
     root_subject: Descriptor | None = None,
 ) -> PlatformCheck:
     verdict = PlatformCheck(platform=converted.platform, digest=converted.raw.digest)
@@ -120,8 +125,11 @@ async def _check_one(
             sources = (source_store, source_images, root_subject)
             return await _check_soci_one(store, converted, soci, *sources, work)
         verdict.format = image_format
+        # a Nydus image adds its bootstrap layer to the source's
+        check_layer_count(limits, len(converted.manifest.layers) - 1, f"image {converted.raw.digest}")
         original = await _find_source(source_store, converted, source_images)
         verdict.source = original.raw.digest
+        check_layer_count(limits, len(original.layers), f"source image {original.raw.digest}")
         diff_ids = converted.config.rootfs.diff_ids
         files = [
             LayerFile(
@@ -133,11 +141,11 @@ async def _check_one(
             for layer, diff_id in zip(converted.manifest.layers, diff_ids, strict=True)
         ]
         try:
-            actual = await asyncio.to_thread(FORMATS[image_format].read_tree, files, work)
+            actual = await asyncio.to_thread(FORMATS[image_format].read_tree, files, work, limits)
         except AcceldError as exc:
             verdict.problems.append(f"{image_format}: {exc}")
             return verdict
-        expected = await _source_tree(source_store, original, work)
+        expected = await _source_tree(source_store, original, work, limits)
     except AcceldError as exc:
         verdict.problems.append(str(exc))
         return verdict
@@ -244,8 +252,9 @@ async def _local_blob(store: ImageStore, layer: Descriptor, work: Path, verdict:
     return path
 
 
-async def _source_tree(store: ImageStore, image: SourceImage, work: Path) -> FsTree:
+async def _source_tree(store: ImageStore, image: SourceImage, work: Path, limits: Limits) -> FsTree:
     tree = FsTree()
+    decompressed = 0
     for layer in image.layers:
         desc = Descriptor(mediaType=layer.media_type, digest=layer.digest, size=layer.size)
         if isinstance(store, OCILayout):
@@ -253,19 +262,30 @@ async def _source_tree(store: ImageStore, image: SourceImage, work: Path) -> FsT
         else:
             path = work / f"source-{digest_hex(layer.digest)}"
             await store.fetch_blob(desc, path)
-        await asyncio.to_thread(_apply_source_layer, tree, path, layer)
+        image_left = limits.max_image_bytes - decompressed
+        guard = (
+            TarGuard(limits, image_left, "max_image_bytes")
+            if image_left < limits.max_layer_bytes
+            else TarGuard(limits)
+        )
+        decompressed += await asyncio.to_thread(_apply_source_layer, tree, path, layer, guard)
     return tree
 
 
-def _apply_source_layer(tree: FsTree, path: Path, layer: SourceLayer) -> None:
+def _apply_source_layer(tree: FsTree, path: Path, layer: SourceLayer, guard: TarGuard) -> int:
+    """Apply one source layer to `tree`; its uncompressed size."""
     try:
         blob = path.open("rb")
     except OSError as exc:
         raise ConvertError(f"source layer {layer.digest}: {exc.strerror}") from None
     with blob:
-        stream = SourceTarStream(cast(BinaryIO, blob), layer)
-        apply_layer_tar(tree, cast(BinaryIO, io.BufferedReader(stream, _READ_SIZE)))
-        stream.finish()
+        stream = SourceTarStream(cast(BinaryIO, blob), layer, guard=guard)
+        try:
+            apply_layer_tar(tree, cast(BinaryIO, io.BufferedReader(stream, _READ_SIZE)))
+            stream.finish()
+        except (LimitExceeded, PathError) as exc:
+            raise type(exc)(f"source layer {layer.digest}: {exc}") from None
     if ESTARGZ_TOC in layer.annotations:  # an eStargz source's TOC and landmark are not its files
         for name in ESTARGZ_METADATA_FILES:
             tree.remove(name)
+    return stream.tar_size

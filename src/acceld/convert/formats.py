@@ -14,6 +14,7 @@ from typing import Protocol
 from acceld.convert.errors import ConvertError
 from acceld.formats.driver import FormatError
 from acceld.formats.fstree import FsTree
+from acceld.formats.limits import Limits
 from acceld.oci.digest import digest_hex
 from acceld.oci.models import Descriptor, Manifest
 
@@ -41,14 +42,14 @@ class FormatReader(Protocol):
     ignored_fields: tuple[str, ...]  # Node fields the format does not keep
     mtime_tolerance: int  # seconds an mtime may differ from the source's (rounding of the format)
 
-    def read_tree(self, layers: Sequence[LayerFile], workdir: Path) -> FsTree: ...
+    def read_tree(self, layers: Sequence[LayerFile], workdir: Path, limits: Limits) -> FsTree: ...
 
 
 class NydusReader:
     ignored_fields: tuple[str, ...] = ()
     mtime_tolerance = 0
 
-    def read_tree(self, layers: Sequence[LayerFile], workdir: Path) -> FsTree:
+    def read_tree(self, layers: Sequence[LayerFile], workdir: Path, limits: Limits) -> FsTree:
         from acceld.formats.nydus.reader import ManifestLayer, RafsImage, check_image_layers
 
         *blobs, bootstrap = layers
@@ -70,7 +71,7 @@ class NydusReader:
             ]
             return check_image_layers(manifest_layers, referenced).to_fstree()
         files = {digest_hex(blob.descriptor.digest): blob.path for blob in blobs}
-        image = RafsImage.from_bootstrap_layer(bootstrap.path, files)
+        image = RafsImage.from_bootstrap_layer(bootstrap.path, files, limits)
         image.verify()
         return image.to_fstree()
 
@@ -79,13 +80,13 @@ class ZstdChunkedReader:
     ignored_fields: tuple[str, ...] = ()
     mtime_tolerance = 0
 
-    def read_tree(self, layers: Sequence[LayerFile], workdir: Path) -> FsTree:
+    def read_tree(self, layers: Sequence[LayerFile], workdir: Path, limits: Limits) -> FsTree:
         from acceld.formats.zstdchunked.reader import ZstdChunkedReader as LayerReader
         from acceld.formats.zstdchunked.reader import tree_from_readers
 
         readers = []
         for layer in layers:
-            reader = LayerReader(layer.path, layer.descriptor.annotations or {})
+            reader = LayerReader(layer.path, layer.descriptor.annotations or {}, limits)
             reader.verify(diff_id=layer.diff_id)
             readers.append(reader)
         return tree_from_readers(readers)
@@ -96,14 +97,14 @@ class EstargzReader:
     # The TOC rounds modtime to the nearest second (as the Go writer does); trees floor it.
     mtime_tolerance = 1
 
-    def read_tree(self, layers: Sequence[LayerFile], workdir: Path) -> FsTree:
+    def read_tree(self, layers: Sequence[LayerFile], workdir: Path, limits: Limits) -> FsTree:
         from acceld.formats.estargz.reader import EstargzLayer
 
         tree = FsTree()
         for layer in layers:
             annotations = layer.descriptor.annotations or {}
             with layer.path.open("rb") as blob:
-                esgz = EstargzLayer(blob)
+                esgz = EstargzLayer(blob, limits)
                 report = esgz.verify(annotations.get(ESTARGZ_TOC))
                 where = f"layer {layer.descriptor.digest}"
                 _expect(report.diff_id, layer.diff_id, f"{where}: diff_id")

@@ -17,6 +17,8 @@ from acceld.errors import AcceldError
 from acceld.formats.driver import ArtifactDriver, Driver, FormatError, LayerBlob, SkipLayer, SourceLayer
 from acceld.formats.estargz import TOC_DIGEST_ANNOTATION
 from acceld.formats.estargz.strip import without_estargz_metadata
+from acceld.formats.limits import DEFAULT_LIMITS, LimitExceeded, Limits
+from acceld.formats.targuard import PathError, TarGuard
 from acceld.oci.mediatypes import layer_compression
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,15 @@ class LayerJob:
     source_path: Path
     output_path: Path
     workdir: Path
+    limits: Limits = DEFAULT_LIMITS
+    max_bytes: int | None = None  # uncompressed bytes this layer may have (None: limits.max_layer_bytes)
+    bytes_key: str = "max_layer_bytes"  # the limit `max_bytes` comes from
+
+
+@dataclass(frozen=True)
+class ConvertedJob:
+    blob: LayerBlob
+    tar_size: int  # uncompressed bytes of the source layer (0 for drivers reading it compressed)
 
 
 def _unknown_type(layer: SourceLayer) -> str:
@@ -41,7 +52,7 @@ def _unknown_type(layer: SourceLayer) -> str:
 
 def convert_layer_job(
     driver: Driver, job: LayerJob, report: Callable[[int], None] | None = None
-) -> LayerBlob:
+) -> ConvertedJob:
     """Decompress, verify and convert one layer. Runs in a worker process; everything is picklable.
 
     `report` hears the compressed source bytes consumed so far, piece by piece (progress).
@@ -57,7 +68,8 @@ def convert_layer_job(
                 source = VerifiedBlob(cast(BinaryIO, blob), job.layer, report)
                 raise_if_corrupt = source.raise_if_corrupt
             else:
-                source = SourceTarStream(cast(BinaryIO, blob), job.layer, report)
+                guard = TarGuard(job.limits, job.max_bytes, job.bytes_key)
+                source = SourceTarStream(cast(BinaryIO, blob), job.layer, report, guard)
                 raise_if_corrupt = source.raise_if_blob_corrupt
             tar = cast(BinaryIO, io.BufferedReader(source, _TAR_BUFFER))
             if not driver.reads_compressed and TOC_DIGEST_ANNOTATION in job.layer.annotations:
@@ -66,17 +78,19 @@ def convert_layer_job(
             out = MeasuringWriter(cast(BinaryIO, out_file))
             try:
                 output = driver.convert_layer(tar, cast(BinaryIO, out), job.layer, job.workdir)
+                source.finish()
             except CorruptSourceLayerError:
                 raise
             except Exception as exc:
                 # A damaged blob often trips the tar parser first: name the real cause.
                 raise_if_corrupt()
+                if isinstance(exc, LimitExceeded | PathError):
+                    raise type(exc)(f"source layer {job.layer.digest}: {exc}") from None
                 if isinstance(exc, FormatError):
                     raise FormatError(
                         f"source layer {job.layer.digest}{_unknown_type(job.layer)}: {exc}"
                     ) from None
                 raise
-            source.finish()
     except AcceldError:
         raise
     except OSError as exc:
@@ -88,7 +102,7 @@ def convert_layer_job(
         ) from None
     finally:
         shutil.rmtree(job.workdir, ignore_errors=True)
-    return LayerBlob(
+    converted = LayerBlob(
         path=job.output_path,
         media_type=output.media_type,
         digest=out.digest,
@@ -96,6 +110,7 @@ def convert_layer_job(
         diff_id=output.diff_id,
         annotations=dict(output.annotations),
     )
+    return ConvertedJob(converted, source.tar_size if isinstance(source, SourceTarStream) else 0)
 
 
 def artifact_layer_job(

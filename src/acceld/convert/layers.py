@@ -20,6 +20,7 @@ from acceld.convert.errors import ConvertError, first_error
 from acceld.convert.layer_job import LayerJob, artifact_layer_job, convert_layer_job
 from acceld.convert.workers import ProcessRunner
 from acceld.formats.driver import AnyDriver, ArtifactDriver, LayerBlob, SourceLayer
+from acceld.formats.limits import DEFAULT_LIMITS, Limits, exceeded
 from acceld.oci.digest import digest_hex
 from acceld.oci.models import Descriptor
 from acceld.progress import ProgressReporter
@@ -60,9 +61,12 @@ class LayerConverter:
         runner: ProcessRunner,
         progress: ProgressReporter,
         existing: Mapping[str, Descriptor] | None = None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         """`existing`: artifacts already in the source repository (artifact drivers), by layer digest."""
         self._existing = existing or {}
+        self._limits = limits
+        self._decompressed = 0  # uncompressed bytes of the layers converted so far (max_image_bytes)
         self._driver = driver
         self._source = source
         self._workspace = workspace
@@ -136,11 +140,16 @@ class LayerConverter:
 
     async def _convert_file(self, layer: SourceLayer, source_path: Path) -> LayerBlob | str:
         hex_digest = digest_hex(layer.digest)
+        image_left = self._limits.max_image_bytes - self._decompressed
+        by_image = image_left < self._limits.max_layer_bytes
         job = LayerJob(
             layer=layer,
             source_path=source_path,
             output_path=self._workspace / f"converted-{hex_digest}",
             workdir=self._workspace / f"work-{hex_digest}",
+            limits=self._limits,
+            max_bytes=image_left if by_image else self._limits.max_layer_bytes,
+            bytes_key="max_image_bytes" if by_image else "max_layer_bytes",
         )
         key = f"convert {layer.digest}"
         self._progress.start(key, f"convert {short(layer.digest)}", layer.size)
@@ -150,7 +159,9 @@ class LayerConverter:
             if isinstance(self._driver, ArtifactDriver):
                 blob = await self._runner.run(artifact_layer_job, self._driver, job, on_progress=on_progress)
             else:
-                blob = await self._runner.run(convert_layer_job, self._driver, job, on_progress=on_progress)
+                done = await self._runner.run(convert_layer_job, self._driver, job, on_progress=on_progress)
+                blob = done.blob
+                self._count_decompressed(done.tar_size)
         except BaseException:
             self._progress.finish(key, "failed")
             raise
@@ -162,6 +173,12 @@ class LayerConverter:
         else:
             self._progress.finish(key, f"{self._driver.name} {short(blob.digest)}, {blob.size} bytes")
         return blob
+
+    def _count_decompressed(self, size: int) -> None:
+        self._decompressed += size
+        if self._decompressed > self._limits.max_image_bytes:
+            what = f"the image's layers decompress to {self._decompressed:,} bytes"
+            raise exceeded(self._limits, "max_image_bytes", what)
 
     async def _local_copy(self, layer: SourceLayer) -> Path:
         """The source blob as a local file: in place for a layout (verified while converting),
@@ -186,4 +203,3 @@ class LayerConverter:
                 raise
             self._progress.finish(key, "done")
         return path
-

@@ -33,6 +33,7 @@ from acceld.convert.target import Location, describe, resolve_target, store_ref
 from acceld.convert.workers import ProcessRunner
 from acceld.errors import AcceldError
 from acceld.formats.driver import AnyDriver, ArtifactDriver, Driver, LayerBlob, LayerResult, PlatformArtifacts
+from acceld.formats.limits import check_layer_count
 from acceld.oci import mediatypes as mt
 from acceld.oci.digest import digest_hex, sha256_digest
 from acceld.oci.mediatypes import layer_compression
@@ -77,13 +78,18 @@ async def run_conversion(
             source = stores.open(source_location)
             plan = await load_source(source, store_ref(source, source_location), request.platforms)
             _refuse_unconvertible(plan, driver)
+            for image in plan.images:
+                what = f"source {image.raw.digest} ({image.platform})"
+                check_layer_count(config.limits, len(image.layers), what)
             if not isinstance(driver, ArtifactDriver) and driver.reads_compressed:
                 _require_gzip_layers(plan, driver.name)
             runner = ProcessRunner(options.workers)
             existing: Mapping[str, Descriptor] = {}
             if isinstance(driver, ArtifactDriver):
                 existing = await _existing_artifacts(driver, source, target_location.tag, plan)
-            converter = LayerConverter(driver, source, workspace, cache, runner, progress, existing)
+            converter = LayerConverter(
+                driver, source, workspace, cache, runner, progress, existing, config.limits
+            )
             layers = await converter.convert_all(layer for image in plan.images for layer in image.layers)
             if isinstance(driver, ArtifactDriver):
                 push_plan, tagged = await _artifact_plan(driver, plan, layers, workspace / "image")

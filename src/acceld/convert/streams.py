@@ -21,6 +21,7 @@ from isal.igzip_lib import IsalError
 
 from acceld.convert.errors import CorruptSourceLayerError
 from acceld.formats.driver import SourceLayer
+from acceld.formats.targuard import TarGuard
 from acceld.oci.digest import Digester, InvalidDigest
 from acceld.oci.mediatypes import layer_compression
 
@@ -96,13 +97,20 @@ class SourceTarStream(io.RawIOBase):
 
     Decoder failures raise `CorruptSourceLayerError` (a FormatError, so drivers pass it through);
     `finish()` reads whatever the driver left unread and checks blob digest, size and diff_id.
-    `on_read` hears how many compressed bytes were consumed (progress).
+    `on_read` hears how many compressed bytes were consumed (progress). `guard` sees every
+    uncompressed byte and stops the stream at the first limit or path rule it violates.
     """
 
     def __init__(
-        self, blob: BinaryIO, layer: SourceLayer, on_read: Callable[[int], None] | None = None
+        self,
+        blob: BinaryIO,
+        layer: SourceLayer,
+        on_read: Callable[[int], None] | None = None,
+        guard: TarGuard | None = None,
     ) -> None:
         self._layer = layer
+        self._guard = guard
+        self.tar_size = 0
         self._compressed = _HashingReader(blob, _blob_digester(layer), on_read)
         try:
             self._tar_digester = Digester.for_digest(layer.diff_id)
@@ -129,7 +137,11 @@ class SourceTarStream(io.RawIOBase):
         except _DECODE_ERRORS as exc:
             self._fail_with_digest_first(f"bad {self.compression} stream ({exc})")
         if n:
-            self._tar_digester.update(memoryview(buffer)[:n])
+            view = memoryview(buffer)[:n]
+            if self._guard is not None:
+                self._guard.feed(view)
+            self._tar_digester.update(view)
+            self.tar_size += n
         return n
 
     def finish(self) -> None:

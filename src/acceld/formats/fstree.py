@@ -16,6 +16,7 @@ import tarfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import IO
 
 from acceld.formats.driver import FormatError
@@ -26,9 +27,15 @@ _XATTR_PAX_PREFIX = "SCHILY.xattr."
 _READ_SIZE = 1 << 20
 
 
-@dataclass(frozen=True)
+_NO_XATTRS: Mapping[str, bytes] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
 class Node:
-    """One inode's attributes. `digest` is the sha256 hex of a regular file's content."""
+    """One inode's attributes. `digest` is the sha256 hex of a regular file's content.
+
+    Compact (slots, one shared empty xattr map): trees of a million paths are held in memory.
+    """
 
     kind: str  # "dir" | "reg" | "symlink" | "char" | "block" | "fifo"
     mode: int  # permission bits including setuid/setgid/sticky (0o7777)
@@ -38,8 +45,12 @@ class Node:
     digest: str = ""
     target: str = ""
     rdev: tuple[int, int] = (0, 0)
-    xattrs: Mapping[str, bytes] = field(default_factory=dict)
+    xattrs: Mapping[str, bytes] = field(default_factory=lambda: _NO_XATTRS)
     mtime: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.xattrs and self.xattrs is not _NO_XATTRS:
+            object.__setattr__(self, "xattrs", _NO_XATTRS)
 
 
 NODE_FIELDS = tuple(f.name for f in fields(Node))

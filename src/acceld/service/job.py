@@ -22,6 +22,7 @@ from acceld.convert.api import ConversionRequest, ConvertOptions, convert_image_
 from acceld.convert.errors import NotApplicableError
 from acceld.errors import AcceldError
 from acceld.formats.driver import AnyDriver
+from acceld.formats.limits import DEFAULT_LIMITS, Limits
 from acceld.lifeline import die_with_parent, exit_when_hung_up
 from acceld.oci import mediatypes as mt
 from acceld.registry.errors import NotFound
@@ -42,6 +43,7 @@ class JobSpec(BaseModel):
     options: dict[str, Any]
     platforms: list[str]
     registries: dict[str, RegistryConfig]
+    limits: Limits = DEFAULT_LIMITS
     cache_dir: Path | None = None
     known_targets: list[str] = []  # delete: digests of earlier results of this source
     recent_tags: list[str] = []  # digest-only convert: tags pushed to the repository lately, newest first
@@ -111,7 +113,8 @@ def _convert(spec: JobSpec) -> JobResult:
     )
     options = ConvertOptions(cache_dir=spec.cache_dir)
     try:
-        result = convert_image_sync(request, AcceldConfig(registries=spec.registries), options)
+        config = AcceldConfig(registries=spec.registries, limits=spec.limits)
+        result = convert_image_sync(request, config, options)
     except NotApplicableError as exc:
         return JobResult(status="skipped", source_digest=digest, reason=str(exc))
     return JobResult(

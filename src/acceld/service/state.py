@@ -47,6 +47,7 @@ class Service:
             config.registries,
             self.metrics,
             cache_dir=data_dir / "cache",
+            limits=config.limits,
         )
 
     def _task_counts(self) -> dict[str, int]:

@@ -21,6 +21,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from acceld.config import RegistryConfig
+from acceld.formats.limits import DEFAULT_LIMITS, Limits
 from acceld.service.config import WorkerSettings
 from acceld.service.job import JobResult, JobSpec
 from acceld.service.metrics import ServiceMetrics
@@ -65,7 +66,9 @@ class WorkerPool:
         metrics: ServiceMetrics,
         cache_dir: Path | None = None,
         job_command: Callable[[], list[str]] | None = None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
+        self.limits = limits
         self.store = store
         self.settings = settings
         self.registries = registries
@@ -149,6 +152,7 @@ class WorkerPool:
             options=task.options,
             platforms=list(task.platforms),
             registries=self.registries,
+            limits=self.limits,
             cache_dir=self.cache_dir,
             known_targets=known_targets,
             recent_tags=recent_tags,

@@ -30,6 +30,8 @@ from isal import isal_zlib
 
 from acceld.formats.driver import FormatError
 from acceld.formats.fstree import FsTree, Node, normalize
+from acceld.formats.limits import DEFAULT_LIMITS, Limits, exceeded
+from acceld.formats.targuard import TarGuard
 
 FOOTER_SIZE = 51
 LEGACY_FOOTER_SIZE = 47
@@ -73,13 +75,16 @@ class _Chunk:
     done: int = 0
 
 
-def _inflate_one_member(data: bytes, what: str) -> tuple[bytes, bytes]:
-    """Decompress exactly one gzip member; returns (content, bytes after the member)."""
+def _inflate_one_member(data: bytes, what: str, limits: Limits = DEFAULT_LIMITS) -> tuple[bytes, bytes]:
+    """Decompress exactly one gzip member, at most `limits.max_metadata_bytes` of it;
+    returns (content, bytes after the member)."""
     inflater = isal_zlib.decompressobj(31)
     try:
-        content = inflater.decompress(data)
+        content = inflater.decompress(data, limits.max_metadata_bytes + 1)
     except Exception as exc:  # isal_zlib.error
         raise FormatError(f"eStargz {what}: bad gzip data ({exc})") from None
+    if len(content) > limits.max_metadata_bytes:
+        raise exceeded(limits, "max_metadata_bytes", f"the eStargz {what} inflates to more bytes")
     if not inflater.eof:
         raise FormatError(f"eStargz {what}: gzip member is truncated")
     return content, inflater.unused_data
@@ -117,8 +122,9 @@ def _check_entries(entries: Any) -> list[dict[str, Any]]:
 class EstargzLayer:
     """An eStargz blob with its footer and TOC parsed. `blob` must be seekable."""
 
-    def __init__(self, blob: BinaryIO) -> None:
+    def __init__(self, blob: BinaryIO, limits: Limits = DEFAULT_LIMITS) -> None:
         self._blob = blob
+        self._limits = limits
         self.size = blob.seek(0, os.SEEK_END)
         blob.seek(max(0, self.size - FOOTER_SIZE))
         self.toc_offset, self.footer_size = _parse_footer(blob.read(FOOTER_SIZE))
@@ -126,7 +132,7 @@ class EstargzLayer:
         if not 0 <= self.toc_offset < toc_end or toc_end - self.toc_offset > _MAX_TOC_SIZE:
             raise FormatError(f"eStargz footer: TOC offset {self.toc_offset} is outside the blob")
         blob.seek(self.toc_offset)
-        toc_tar, rest = _inflate_one_member(blob.read(toc_end - self.toc_offset), "TOC")
+        toc_tar, rest = _inflate_one_member(blob.read(toc_end - self.toc_offset), "TOC", limits)
         if rest:
             raise FormatError("eStargz TOC: data between the TOC member and the footer")
         if len(toc_tar) < 512 or toc_tar[:100].rstrip(b"\0") != TOC_NAME.encode():
@@ -153,7 +159,7 @@ class EstargzLayer:
             raise FormatError(f"eStargz TOC digest is {self.toc_digest}, expected {expected_toc_digest}")
         chunks = _chunks(self.entries)
         self._blob.seek(0)
-        stream = _MemberStream(self._blob, self.size, chunks)
+        stream = _MemberStream(self._blob, self.size, chunks, TarGuard(self._limits))
         with io.BufferedReader(stream, _READ_SIZE) as buffered:
             _compare_tar(self.entries, buffered)
             while buffered.read(_READ_SIZE):
@@ -265,7 +271,8 @@ def _chunks(entries: list[dict[str, Any]]) -> list[_Chunk]:
 class _MemberStream(io.RawIOBase):
     """The blob decompressed member by member, checking chunk digests as the data flows by."""
 
-    def __init__(self, blob: BinaryIO, size: int, chunks: list[_Chunk]) -> None:
+    def __init__(self, blob: BinaryIO, size: int, chunks: list[_Chunk], guard: TarGuard) -> None:
+        self._guard = guard
         self._blob = blob
         self._size = size
         self._compressed_read = 0
@@ -316,6 +323,7 @@ class _MemberStream(io.RawIOBase):
             self._active.append(chunk)
 
     def _consume(self, data: bytes) -> None:
+        self._guard.feed(data)
         self.diff_hash.update(data)
         begin, end = self.position, self.position + len(data)
         self.position = end

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from acceld.formats.fstree import FsTree, Node
+from acceld.formats.limits import DEFAULT_LIMITS, Limits
 from acceld.formats.nydus.reader_blob import (
     MAX_BOOTSTRAP_SIZE,
     PLACEHOLDER_BLOB_ID,
@@ -55,6 +56,7 @@ from acceld.formats.nydus.reader_common import (
     UnsupportedNydusError,
 )
 from acceld.formats.nydus.reader_inodes import ChunkAddr, Inode
+from acceld.formats.targuard import TarGuard
 
 __all__ = [
     "BlobError",
@@ -94,12 +96,21 @@ class BootstrapLayer:
     blob_metas: dict[str, bytes]
 
 
-def open_bootstrap_layer(path: Path | str) -> BootstrapLayer:
+def _guard_bootstrap_layer(path: Path | str, limits: Limits) -> None:
+    """Apply the limits to the layer's tar before `tarfile` parses it (it reads headers whole)."""
+    guard = TarGuard(limits)
+    with gzip.open(path, "rb") as tar:
+        while block := tar.read(_READ_SIZE):
+            guard.feed(block)
+
+
+def open_bootstrap_layer(path: Path | str, limits: Limits = DEFAULT_LIMITS) -> BootstrapLayer:
     """Read a bootstrap layer (gzip tar); only `image/`, `image/image.boot` and blob metas may occur."""
     where = f"bootstrap layer {Path(path).name}"
     bootstrap: bytes | None = None
     metas: dict[str, bytes] = {}
     try:
+        _guard_bootstrap_layer(path, limits)
         with tarfile.open(path, mode="r:gz") as archive:
             for member in archive:
                 name = member.name.removeprefix("./").rstrip("/")
@@ -123,7 +134,7 @@ def open_bootstrap_layer(path: Path | str) -> BootstrapLayer:
                     raise NydusFormatError(f"{where}: more than one bootstrap ({member.name})")
                 else:
                     bootstrap = content
-    except (tarfile.TarError, OSError, EOFError) as exc:
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise NydusFormatError(f"{where}: not a readable gzip tar ({exc})") from exc
     if bootstrap is None:
         raise NydusFormatError(f"{where}: no image/image.boot entry")
@@ -159,10 +170,13 @@ class RafsImage:
 
     @classmethod
     def from_bootstrap_layer(
-        cls, layer_path: Path | str, blobs: Mapping[str, Path | str] | None = None
+        cls,
+        layer_path: Path | str,
+        blobs: Mapping[str, Path | str] | None = None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> RafsImage:
         """Open the image of a bootstrap layer; its `.blob.meta` files are checked against the blob table."""
-        layer = open_bootstrap_layer(layer_path)
+        layer = open_bootstrap_layer(layer_path, limits)
         image = cls(layer.bootstrap, blobs)
         image.check_blob_metas(layer.blob_metas)
         return image

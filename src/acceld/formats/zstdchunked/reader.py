@@ -21,6 +21,8 @@ from typing import Any, BinaryIO
 import zstandard
 
 from acceld.formats.fstree import FsTree, Node, normalize
+from acceld.formats.limits import DEFAULT_LIMITS, Limits, exceeded
+from acceld.formats.targuard import TarGuard
 from acceld.formats.zstdchunked.errors import invalid
 from acceld.formats.zstdchunked.reader_frames import frames
 from acceld.formats.zstdchunked.reader_tarsplit import (
@@ -73,8 +75,11 @@ def _parse_span(value: str, key: str, parts: int) -> tuple[int, ...]:
 class ZstdChunkedReader:
     """A zstd:chunked blob on disk, with its TOC and tar-split loaded and authenticated."""
 
-    def __init__(self, blob: Path, annotations: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, blob: Path, annotations: Mapping[str, str] | None = None, limits: Limits = DEFAULT_LIMITS
+    ) -> None:
         with _malformed():
+            self.limits = limits
             self.blob = blob
             self.size = blob.stat().st_size
             with blob.open("rb") as f:
@@ -141,6 +146,10 @@ class ZstdChunkedReader:
         return annotated_toc, annotated_tar_split
 
     def _part(self, f: BinaryIO, span: Span, what: str) -> bytes:
+        if span.uncompressed > self.limits.max_metadata_bytes:
+            raise exceeded(
+                self.limits, "max_metadata_bytes", f"the {what} declares {span.uncompressed:,} bytes"
+            )
         if span.compressed > MAX_TOC_SIZE or span.uncompressed > MAX_TOC_SIZE:
             raise invalid(f"{what} larger than 150 MiB; containers/storage would not pull it partially")
         if span.offset < 8 or span.offset + span.compressed > self.size:
@@ -153,10 +162,20 @@ class ZstdChunkedReader:
 
     @staticmethod
     def _decompress(data: bytes, span: Span, what: str) -> bytes:
+        """Decompressed with the declared size as the cap: one byte more proves the size wrong."""
         try:
-            plain = zstandard.ZstdDecompressor().decompressobj().decompress(data)
+            with zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=True) as reader:
+                plain = reader.read(span.uncompressed + 1)
+                while len(plain) <= span.uncompressed and (
+                    more := reader.read(span.uncompressed + 1 - len(plain))
+                ):
+                    plain += more
         except zstandard.ZstdError as exc:
             raise invalid(f"{what} does not decompress: {exc}") from None
+        if len(plain) > span.uncompressed:
+            raise invalid(
+                f"{what} is larger uncompressed than the {span.uncompressed} bytes its position says"
+            )
         if len(plain) != span.uncompressed:
             raise invalid(f"{what} is {len(plain)} bytes uncompressed, the position says {span.uncompressed}")
         return plain
@@ -289,6 +308,7 @@ class ZstdChunkedReader:
             assembler = TarSplitAssembler(self.tar_split)
             stream_digest = hashlib.sha256()
             tar_size = frame_count = 0
+            guard = TarGuard(self.limits)
             for start, end, pieces in frames(self.blob, self.toc_span.offset - 8):
                 frame_count += 1
                 for r in starting.pop(start, ()):
@@ -296,6 +316,7 @@ class ZstdChunkedReader:
                     if r.is_file:
                         toc_positions[r.what] = tar_size
                 for content in pieces:
+                    guard.feed(content)
                     for check in active:
                         check.feed(content)
                     stream_digest.update(content)

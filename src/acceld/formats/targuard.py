@@ -1,0 +1,229 @@
+"""One set of rules for every untrusted layer tar, whichever driver or reader consumes it.
+
+`TarGuard` watches the uncompressed tar bytes as they flow from the decompressor to a driver (or
+to `acceld check`) and stops the stream, with one line naming the limit, as soon as the layer
+exceeds a `Limits` value: uncompressed bytes, entries, the size of an extension header (PAX
+records, GNU long names; refused before their payload is read), the declared size of a sparse
+file. It also applies the path rule every format shares (`check_entry_path`): no `..`
+component, no NUL in a PAX path, and no entry below a symlink of the same layer — a runtime
+would write that entry outside the directory the layer names.
+
+Headers are parsed as Go's `archive/tar` reads them (the reference readers are Go programs).
+A header the guard cannot make sense of ends its watch: the driver's own parser then reports
+the damage in its own words.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from acceld.formats.driver import FormatError
+from acceld.formats.limits import Limits, exceeded
+from acceld.formats.tarfields import checksum_ok, cstring, parse_number, parse_pax_records
+
+_BLOCK = 512
+_ZERO_BLOCK = bytes(_BLOCK)
+_EXTENSIONS = frozenset(b"xgLK")
+_HEADER_ONLY = frozenset(b"123456")  # Go skips no payload for these, whatever their size field says
+_SYMLINK = ord("2")
+_HARDLINK = ord("1")
+_GNU_SPARSE = ord("S")
+_WHITEOUT = b".wh."
+
+
+class PathError(FormatError):
+    """A tar entry name no format may publish."""
+
+
+def clean_parts(name: bytes) -> list[bytes]:
+    """The components of a tar name without empty and `.` parts."""
+    return [part for part in name.split(b"/") if part not in (b"", b".")]
+
+
+def check_entry_path(name: bytes, what: str = "tar entry") -> list[bytes]:
+    """The path rule of every driver: the cleaned components of `name`, or PathError."""
+    parts = clean_parts(name)
+    if b".." in parts:
+        raise PathError(f"{what} {_show(name)} has a '..' component (it would escape the root)")
+    return parts
+
+
+def _show(name: bytes) -> str:
+    text = name.decode("utf-8", "backslashreplace")
+    return repr(text if len(text) <= 200 else text[:200] + "…")
+
+
+class TarGuard:
+    """Feed it every uncompressed byte of one layer in order (`feed`); it raises on the first violation.
+
+    `max_bytes`/`bytes_key` bound the stream (the per-layer limit, or what is left of the per-image one).
+    """
+
+    def __init__(
+        self, limits: Limits, max_bytes: int | None = None, bytes_key: str = "max_layer_bytes"
+    ) -> None:
+        self._limits = limits
+        self._max_bytes = limits.max_layer_bytes if max_bytes is None else max_bytes
+        self._bytes_key = bytes_key
+        self.total = 0
+        self.entries = 0
+        self._watching = True
+        self._skip = 0
+        self._want = _BLOCK
+        self._buffer = bytearray()
+        self._handler: Callable[[bytes], None] = self._header
+        self._pax: dict[str, bytes] = {}
+        self._long_name: bytes | None = None
+        self._long_link: bytes | None = None
+        self._symlinks: set[bytes] = set()
+
+    def feed(self, data: memoryview | bytes) -> None:
+        size = len(data)
+        self.total += size
+        if self.total > self._max_bytes:
+            raise exceeded(self._limits, self._bytes_key, f"decompressing {self.total:,} bytes")
+        offset = 0
+        while self._watching and offset < size:
+            if self._skip:
+                step = min(self._skip, size - offset)
+                self._skip -= step
+                offset += step
+                continue
+            step = min(self._want - len(self._buffer), size - offset)
+            self._buffer += data[offset : offset + step]
+            offset += step
+            if len(self._buffer) == self._want:
+                piece = bytes(self._buffer)
+                self._buffer.clear()
+                self._handler(piece)
+
+    def _expect(self, size: int, handler: Callable[[bytes], None], skip: int = 0) -> None:
+        self._skip, self._want, self._handler = skip, size, handler
+
+    def _next_header(self, skip: int = 0) -> None:
+        self._expect(_BLOCK, self._header, skip)
+
+    def _header(self, block: bytes) -> None:
+        if block == _ZERO_BLOCK:
+            self._watching = False  # end of archive (what follows is padding for every reader)
+            return
+        try:
+            if not checksum_ok(block):
+                raise FormatError("bad checksum")
+            size = parse_number(block[124:136], "size")
+        except FormatError:
+            self._watching = False
+            return
+        typeflag = block[156]
+        if typeflag in _EXTENSIONS:
+            if size > self._limits.max_header_bytes:
+                kind = "PAX header" if typeflag in b"xg" else "GNU long name/link header"
+                raise exceeded(self._limits, "max_header_bytes", f"a {kind} of {size:,} bytes")
+            if size < 0:
+                self._watching = False
+                return
+            if size == 0:
+                self._extension(typeflag, b"")
+            else:
+                self._expect(size, lambda payload: self._extension(typeflag, payload))
+            return
+        self._entry(block, size)
+
+    def _extension(self, typeflag: int, payload: bytes) -> None:
+        if typeflag == ord("x"):
+            try:
+                self._pax.update(parse_pax_records(payload))
+            except FormatError:
+                self._watching = False
+                return
+        elif typeflag == ord("L"):
+            self._long_name = cstring(payload)
+        elif typeflag == ord("K"):
+            self._long_link = cstring(payload)
+        self._next_header(-len(payload) % _BLOCK)
+
+    def _entry(self, block: bytes, size: int) -> None:
+        self.entries += 1
+        if self.entries > self._limits.max_layer_entries:
+            raise exceeded(self._limits, "max_layer_entries", f"the layer has {self.entries:,}+ entries")
+        typeflag = block[156]
+        name, link = self._names(block)
+        pax_size = self._pax.get("size")
+        if pax_size:
+            try:
+                size = int(pax_size)
+            except ValueError:
+                self._watching = False
+                return
+        self._check_sparse(block, typeflag, name)
+        parts = check_entry_path(name)
+        if typeflag == _HARDLINK:
+            check_entry_path(link, f"hardlink {_show(name)} to")
+        self._check_parents(name, parts)
+        self._track_symlinks(parts, typeflag)
+        self._pax, self._long_name, self._long_link = {}, None, None
+        payload = 0 if typeflag in _HEADER_ONLY else size
+        if payload < 0:
+            self._watching = False
+        elif typeflag == _GNU_SPARSE and block[482]:
+            self._expect(_BLOCK, lambda ext: self._sparse_extension(ext, payload))
+        else:
+            self._next_header(payload + -payload % _BLOCK)
+
+    def _sparse_extension(self, block: bytes, payload: int) -> None:
+        if block[504]:
+            self._expect(_BLOCK, lambda ext: self._sparse_extension(ext, payload))
+        else:
+            self._next_header(payload + -payload % _BLOCK)
+
+    def _names(self, block: bytes) -> tuple[bytes, bytes]:
+        name = cstring(block[0:100])
+        link = cstring(block[157:257])
+        if block[257:263] == b"ustar\0":
+            prefix_end = 476 if block[508:512] == b"tar\0" else 500
+            prefix = cstring(block[345:prefix_end])
+            if prefix:
+                name = prefix + b"/" + name
+        for key, value in (("path", self._pax.get("path")), ("linkpath", self._pax.get("linkpath"))):
+            if value and b"\0" in value:
+                raise PathError(f"PAX {key} {_show(value)} contains a NUL byte")
+        name = self._long_name or self._pax.get("path") or name
+        link = self._long_link or self._pax.get("linkpath") or link
+        return name, link
+
+    def _check_sparse(self, block: bytes, typeflag: int, name: bytes) -> None:
+        declared = 0
+        try:
+            if typeflag == _GNU_SPARSE:
+                declared = parse_number(block[483:495], "realsize")
+            for key in ("GNU.sparse.realsize", "GNU.sparse.size"):
+                if key in self._pax:
+                    declared = max(declared, int(self._pax[key]))
+        except (FormatError, ValueError):
+            return  # the driver reports the malformed field
+        if declared > self._limits.max_sparse_bytes:
+            raise exceeded(
+                self._limits, "max_sparse_bytes", f"sparse file {_show(name)} declares {declared:,} bytes"
+            )
+
+    def _check_parents(self, name: bytes, parts: list[bytes]) -> None:
+        if not self._symlinks:
+            return
+        for depth in range(1, len(parts)):
+            parent = b"/".join(parts[:depth])
+            if parent in self._symlinks:
+                raise PathError(
+                    f"tar entry {_show(name)} lies below the symlink {_show(parent)} of the same layer"
+                )
+
+    def _track_symlinks(self, parts: list[bytes], typeflag: int) -> None:
+        if not parts:
+            return
+        key = b"/".join(parts)
+        if typeflag == _SYMLINK:
+            self._symlinks.add(key)
+            return
+        if self._symlinks:
+            self._symlinks.discard(key)
+            if parts[-1].startswith(_WHITEOUT):
+                self._symlinks.discard(b"/".join([*parts[:-1], parts[-1][len(_WHITEOUT) :]]))
