@@ -442,11 +442,14 @@ class NotificationReceiver:
     url: str = ""
     fail_first: int = 0
     refuse: bool = False
+    redirect_to: str | None = None  # answer 307 with this Location
     requests: list[Received] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def answer(self) -> int:
         with self._lock:
+            if self.redirect_to:
+                return 307
             if self.refuse:
                 return 503
             if self.fail_first > 0:
@@ -475,6 +478,8 @@ def run_notification_receiver(fail_first: int = 0) -> Iterator[NotificationRecei
             with receiver._lock:
                 receiver.requests.append(Received(dict(self.headers.items()), body, status))
             self.send_response(status)
+            if status == 307 and receiver.redirect_to:
+                self.send_header("Location", receiver.redirect_to)
             self.send_header("Content-Length", "0")
             self.end_headers()
 

@@ -22,6 +22,7 @@ from service_helpers import (
     resource,
     run_notification_receiver,
     run_service,
+    run_trap_server,
     service_config,
     wait_finished,
     wait_for,
@@ -173,3 +174,24 @@ def test_event_filter_and_unsigned_targets(registry_plain: RunningRegistry, tmp_
     (received,) = failures.accepted()
     assert "X-Acceld-Signature" not in received.headers
     assert json.loads(received.body)["type"] == "io.acceld.conversion.failed"
+
+
+def test_redirects_are_not_followed(registry_plain: RunningRegistry, tmp_path: Path) -> None:
+    missing = "sha256:" + hashlib.sha256(b"redirected").hexdigest()
+    with run_trap_server() as (trap, hits), run_notification_receiver() as receiver:
+        receiver.redirect_to = f"http://{trap}/elsewhere"
+        config = notifying_config(tmp_path / "data", registry_plain, receiver.url)
+        with (
+            run_service(write_config(tmp_path / "acceld.yml", config), tmp_path / "serve.log") as service,
+            service.api() as api,
+        ):
+            res = [resource(registry_plain.host, "library/notify-redirect", missing, "v1")]
+            task_id = post_event(service.url, default_payload("PUSH_ARTIFACT", res)).json()["tasks"][0]["id"]
+            wait_finished(api, task_id)
+            wait_for(
+                lambda: any(d["attempts"] >= 2 for d in deliveries(api, task_id)), what="two attempts"
+            )
+            (view,) = deliveries(api, task_id)
+    assert view["status"] == "pending" and view["response_status"] == 307
+    assert "redirects are not followed" in view["error"]
+    assert not hits  # neither the body nor its signature went to the redirect's target
