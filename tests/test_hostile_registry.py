@@ -221,6 +221,16 @@ async def test_slow_answer_ends_at_the_request_deadline(hostile: HostileRegistry
     assert "within 3 s" in one_line(excinfo.value) and "request_timeout" in str(excinfo.value)
 
 
+async def test_slow_answer_to_an_upload_ends_at_its_deadline(hostile: HostileRegistry) -> None:
+    """An upload's deadline is request_timeout plus its size at blob_min_speed: 3 + 5000/1024 s."""
+    hostile.scenario = "slow-upload-answer"
+    data = os.urandom(5000)
+    async with client(hostile) as c:
+        with pytest.raises(RegistryError) as excinfo:
+            await c.repository(REPOSITORY).put_blob(blob(data), data)
+    assert "within 8 s" in one_line(excinfo.value)
+
+
 async def test_dribbled_blob_fails_as_stalled(hostile: HostileRegistry) -> None:
     hostile.scenario = "slow-blob"
     layer = hostile.image.layer

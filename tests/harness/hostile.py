@@ -56,6 +56,7 @@ SCENARIOS = (
     "location-foreign",  # uploads continue on `other`
     "blob-redirect",  # blob downloads redirected to `other` (as to a storage service)
     "big-blob",  # HEAD of a blob declares 64 GiB (a real layer may be that big)
+    "slow-upload-answer",  # the PUT completing an upload is answered one header byte every 2 s
     "retry-after",  # the first manifest GET: 429 with `retry_after` as Retry-After
 )
 
@@ -347,6 +348,9 @@ class HostileRegistry(_Endpoint):
             handler.send(202, headers={"Location": f"{self.other}/v2/{REPOSITORY}/blobs/uploads/stolen"})
         elif handler.command == "POST":
             handler.send(202, headers={"Location": f"/v2/{REPOSITORY}/blobs/uploads/1"})
+        elif handler.command == "PUT" and self.scenario == "slow-upload-answer":
+            handler.wfile.write(b"HTTP/1.0 201 Created\r\n")
+            handler.dribble(b"Docker-Content-Digest: sha256:0\r\n\r\n", 2.0)
         elif handler.command == "PATCH":
             handler.send(202, headers={"Location": path})
         else:

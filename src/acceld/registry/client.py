@@ -5,7 +5,8 @@ Authorization header for the scopes an operation needs — only on the registry'
 (`acceld.registry.origin`) —, re-authenticates once on 401, retries idempotent requests on
 429/5xx/connection errors with exponential backoff and full jitter (honouring Retry-After, up to
 `max_retry_after`), and turns failures into one-line `RegistryError`s. Every request has a
-deadline (`request_timeout`) and every body but a blob's a byte cap (`acceld.registry.limits`).
+deadline (`request_timeout`, longer by what a request body needs at `blob_min_speed`) and every
+answer but a blob a byte cap (`acceld.registry.limits`).
 Repository-level operations live in `acceld.registry.repository`.
 """
 
@@ -220,20 +221,24 @@ class RegistryClient:
         what: str,
         repository: str | None = None,
         stream: bool = False,
-        deadline: bool = True,
         auth: tuple[str, str] | None = None,
         follow_redirects: bool = True,
     ) -> httpx.Response:
-        """Send `request` within `request_timeout` and read its body with the response cap.
+        """Send `request` within its deadline and read its body with the response cap.
 
-        With `stream` the deadline covers the answer's headers and the caller reads (and
-        closes) the body. `deadline=False` is for a streamed request body (a blob upload): its
-        pace is bounded by the per-operation write timeout instead.
+        The deadline is `request_timeout`, plus the time a request body (a blob upload) takes
+        at `blob_min_speed`. With `stream` it covers the answer's headers and the caller reads
+        (and closes) the body.
         """
-        seconds = self.settings.request_timeout
+        settings = self.settings
+        body_size = int(request.headers.get("content-length") or 0)
+        seconds: float | None = settings.request_timeout
+        if body_size:
+            min_speed = settings.blob_min_speed
+            seconds = settings.request_timeout + body_size / min_speed if min_speed else None
         where = f" in {repository}" if repository else ""
         try:
-            async with asyncio.timeout(seconds if deadline else None):
+            async with asyncio.timeout(seconds):
                 response = await self._http.send(
                     request, stream=True, auth=auth, follow_redirects=follow_redirects
                 )
@@ -243,8 +248,10 @@ class RegistryClient:
                     finally:
                         await response.aclose()
         except TimeoutError:
+            if seconds is None:
+                raise
             raise RegistryUnreachable(
-                f"{what}{where}: no complete answer from {request.url.host} within {seconds:g} s "
+                f"{what}{where}: no complete answer from {request.url.host} within {seconds:.0f} s "
                 "(registry setting request_timeout)",
                 repository=repository,
             ) from None
@@ -271,7 +278,7 @@ class RegistryClient:
                     method, url, headers=headers, params=params, content=content
                 )
                 response = await self.send_bounded(
-                    request, what=what, repository=repository, stream=stream, deadline=replayable
+                    request, what=what, repository=repository, stream=stream
                 )
             except httpx.TransportError as exc:
                 if (
