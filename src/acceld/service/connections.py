@@ -17,6 +17,7 @@ An expired deadline closes the connection (there is nobody to answer who is not 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import resource
 from dataclasses import dataclass
@@ -60,14 +61,16 @@ def connection_cap(configured: int, fd_limit: int) -> int:
 def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol with the deadlines and the connection cap of `limits`."""
 
+    arrivals = itertools.count()
+
     class GuardedProtocol(HttpToolsProtocol):
         _deadline: asyncio.TimerHandle | None = None
-        _opened = 0.0
+        _opened = 0  # arrival order (the loop's clock repeats within one iteration)
         _header_bytes = 0
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            self._opened = self.loop.time()
+            self._opened = next(arrivals)
             self._start_deadline(limits.header_timeout)
             self._enforce_connection_cap()
 
