@@ -116,6 +116,25 @@ def test_convert_refuses(case: str, driver: str, hostile: Path, tmp_path: Path) 
     assert _blobs(hostile) == before
 
 
+# Drivers that read the compressed layer themselves (gzip or plain tar layers only).
+COMPRESSED_READERS = {"soci": ("-d", "soci", "--min-layer-size", "0"), "zran": ("-d", "nydus", "--oci-ref")}
+GZIP_CASES = [case for case in CASES if not case.startswith(("zstd_", "huge_pax", "huge_gnu"))]
+
+
+@pytest.mark.parametrize("reader", COMPRESSED_READERS)
+@pytest.mark.parametrize("case", GZIP_CASES)
+def test_compressed_readers_refuse(case: str, reader: str, hostile: Path, tmp_path: Path) -> None:
+    """SOCI and Nydus zran inflate the layer themselves; the same limits and path rule hold."""
+    extra, expected = CASES[case]
+    layout = tmp_path / "layout"
+    shutil.copytree(hostile, layout)
+    before = _blobs(layout)
+    result = _run(["convert", f"oci:{layout}:{_tag(case)}", *COMPRESSED_READERS[reader], *extra], tmp_path)
+    _one_error(result, expected)
+    _bounded(result, f"convert {case} {reader}")
+    assert _blobs(layout) == before
+
+
 @pytest.mark.parametrize("driver", DRIVERS)
 @pytest.mark.parametrize("case", CASES)
 def test_check_refuses(case: str, driver: str, hostile: Path, converted: Path, tmp_path: Path) -> None:

@@ -64,11 +64,11 @@ def convert_layer_job(
     try:
         with job.source_path.open("rb") as blob, job.output_path.open("wb") as out_file:
             source: SourceTarStream | VerifiedBlob
+            guard = TarGuard(job.limits, job.max_bytes, job.bytes_key)
             if driver.reads_compressed:
-                source = VerifiedBlob(cast(BinaryIO, blob), job.layer, report)
+                source = VerifiedBlob(cast(BinaryIO, blob), job.layer, report, guard)
                 raise_if_corrupt = source.raise_if_corrupt
             else:
-                guard = TarGuard(job.limits, job.max_bytes, job.bytes_key)
                 source = SourceTarStream(cast(BinaryIO, blob), job.layer, report, guard)
                 raise_if_corrupt = source.raise_if_blob_corrupt
             tar = cast(BinaryIO, io.BufferedReader(source, _TAR_BUFFER))
@@ -121,7 +121,8 @@ def artifact_layer_job(
     job.workdir.mkdir(parents=True, exist_ok=True)
     try:
         with job.source_path.open("rb") as blob_file, job.output_path.open("wb") as out_file:
-            blob = VerifiedBlob(cast(BinaryIO, blob_file), job.layer, report)
+            guard = TarGuard(job.limits, job.max_bytes, job.bytes_key)
+            blob = VerifiedBlob(cast(BinaryIO, blob_file), job.layer, report, guard)
             out = MeasuringWriter(cast(BinaryIO, out_file))
             try:
                 source = cast(BinaryIO, io.BufferedReader(blob, _TAR_BUFFER))
@@ -132,6 +133,8 @@ def artifact_layer_job(
                 return str(skip)
             except Exception as exc:
                 blob.raise_if_corrupt()
+                if isinstance(exc, LimitExceeded | PathError):
+                    raise type(exc)(f"source layer {job.layer.digest}: {exc}") from None
                 if isinstance(exc, FormatError) and not isinstance(exc, CorruptSourceLayerError):
                     raise CorruptSourceLayerError(f"source layer {job.layer.digest}: {exc}") from None
                 raise

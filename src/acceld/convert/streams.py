@@ -13,10 +13,11 @@ import io
 import zlib
 from collections.abc import Callable
 from gzip import BadGzipFile
-from typing import BinaryIO, NoReturn, cast
+from typing import Any, BinaryIO, NoReturn, cast
 
 import isal.igzip
 import zstandard
+from isal import isal_zlib
 from isal.igzip_lib import IsalError
 
 from acceld.convert.errors import CorruptSourceLayerError
@@ -174,24 +175,79 @@ class SourceTarStream(io.RawIOBase):
         raise CorruptSourceLayerError(f"source layer {self._layer.digest}: {problem}")
 
 
+class _ShadowInflater:
+    """Inflates the gzip (or passes the plain tar) bytes a driver reads compressed, for a TarGuard.
+
+    Output is produced in bounded pieces, so a bomb stops at the guard's limit. Anything that is not
+    gzip or tar (zstd, garbage after the last member) ends the watch: the driver reports it.
+    """
+
+    def __init__(self, guard: TarGuard, layer: SourceLayer) -> None:
+        self._guard = guard
+        self._kind = layer_compression(layer.media_type)
+        self._inflater: Any = None
+        self._stopped = False
+
+    def feed(self, data: memoryview) -> None:
+        if self._stopped or not data:
+            return
+        if self._kind is None:  # unknown media type: trust the magic bytes, as SourceTarStream does
+            self._kind = "gzip" if bytes(data[:2]) == _GZIP_MAGIC else "none"
+        if self._kind == "none":
+            self._guard.feed(data)
+        elif self._kind == "gzip":
+            self._inflate(bytes(data))
+        else:
+            self._stopped = True
+
+    def _inflate(self, pending: bytes) -> None:
+        while pending and not self._stopped:
+            if self._inflater is None:
+                if not pending.startswith(_GZIP_MAGIC[: len(pending)]):
+                    self._stopped = True  # padding or garbage after the last member
+                    return
+                self._inflater = isal_zlib.decompressobj(31)
+            try:
+                out = self._inflater.decompress(pending, _READ_SIZE)
+            except Exception:  # isal_zlib.error: the driver reports the damage in its own words
+                self._stopped = True
+                return
+            self._guard.feed(out)
+            if self._inflater.eof:
+                pending = self._inflater.unused_data
+                self._inflater = None
+            else:
+                pending = self._inflater.unconsumed_tail
+
+
 class VerifiedBlob(io.RawIOBase):
     """A source layer blob as stored (compressed), its digest checked once it has been read.
 
     `finish()` reads what the driver left unread and raises `CorruptSourceLayerError` on a
-    digest mismatch; `raise_if_corrupt()` does the same after a failure.
+    digest mismatch; `raise_if_corrupt()` does the same after a failure. With a `guard`, the
+    layer's tar is inflated alongside (drivers that read the compressed blob themselves still
+    get the limits and the path rule).
     """
 
     def __init__(
-        self, blob: BinaryIO, layer: SourceLayer, on_read: Callable[[int], None] | None = None
+        self,
+        blob: BinaryIO,
+        layer: SourceLayer,
+        on_read: Callable[[int], None] | None = None,
+        guard: TarGuard | None = None,
     ) -> None:
         self._layer = layer
         self._reader = _HashingReader(blob, _blob_digester(layer), on_read)
+        self._shadow = _ShadowInflater(guard, layer) if guard is not None else None
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        return self._reader.readinto(buffer)
+        n = self._reader.readinto(buffer)
+        if n and self._shadow is not None:
+            self._shadow.feed(memoryview(buffer)[:n])
+        return n
 
     def finish(self) -> None:
         self._reader.drain()
