@@ -24,7 +24,7 @@ _HEADER_ONLY_TYPES = frozenset(b"12345")  # hardlink, symlink, char, block, dir:
 _ZERO_BLOCK = bytes(BLOCK)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class GoTime:
     """A Go time.Time as a Unix timestamp (seconds and nanoseconds, 0 <= nsec < 1e9)."""
 

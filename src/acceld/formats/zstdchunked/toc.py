@@ -22,7 +22,7 @@ _TYPES = {
 }
 
 
-@dataclass
+@dataclass(slots=True)
 class TocEntry:
     """One TOC entry; attributes mirror minimal.FileMetadata, zero values are omitted in JSON."""
 
