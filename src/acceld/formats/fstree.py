@@ -177,13 +177,16 @@ def tarinfo_xattrs(info: tarfile.TarInfo) -> dict[str, bytes]:
     }
 
 
+_EMPTY_DIGEST = hashlib.sha256().hexdigest()
+
+
 def _hash_stream(stream: IO[bytes]) -> tuple[int, str]:
     digest = hashlib.sha256()
     size = 0
     while block := stream.read(_READ_SIZE):
         digest.update(block)
         size += len(block)
-    return size, digest.hexdigest()
+    return size, digest.hexdigest() if size else _EMPTY_DIGEST  # one string for every empty file
 
 
 def _node_from_tarinfo(info: tarfile.TarInfo, content: IO[bytes] | None) -> Node:
@@ -204,7 +207,7 @@ def _node_from_tarinfo(info: tarfile.TarInfo, content: IO[bytes] | None) -> Node
     if info.isfifo():
         return replace(base, kind="fifo")
     if info.isreg():
-        size, digest = _hash_stream(content) if content is not None else (0, hashlib.sha256().hexdigest())
+        size, digest = _hash_stream(content) if content is not None else (0, _EMPTY_DIGEST)
         return replace(base, kind="reg", size=size, digest=digest)
     raise FormatError(f"{info.name}: unsupported tar entry type {info.type!r}")
 
