@@ -98,6 +98,9 @@ def test_one_signed_event_per_finished_task_after_two_500s(
                 what="both notifications delivered",
             )
             views = {task_id: deliveries(api, task_id)[0] for task_id in ids}
+            metrics = httpx.get(f"{service.url}/metrics").text
+        assert 'acceld_notifications_total{outcome="delivered"} 2.0' in metrics
+        assert 'acceld_notifications_total{outcome="retry"} 2.0' in metrics
         by_task = accepted_by_task(receiver)
         assert len(receiver.requests) == 4  # two refused, then one per task
     assert sorted(by_task) == sorted(ids) and all(len(events) == 1 for events in by_task.values())

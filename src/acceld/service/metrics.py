@@ -52,6 +52,12 @@ class ServiceMetrics:
             buckets=_SIZE_BUCKETS,
             registry=self.registry,
         )
+        self.notifications = Counter(
+            "acceld_notifications",
+            "Completion notification delivery attempts by outcome (delivered, retry, failed)",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.registry.register(_TaskCounts(task_counts))
 
     def render(self) -> bytes:

@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 
 from acceld.service.config import NotificationSettings, NotificationTarget
+from acceld.service.metrics import ServiceMetrics
 from acceld.service.store import Delivery, OutboxEntry, StoreError, Task, TaskStore
 from acceld.service.workers import idle_wait
 
@@ -82,9 +83,14 @@ class Notifier:
     """Builds the outbox entries of a task's end, and sends them."""
 
     def __init__(
-        self, store: TaskStore, settings: NotificationSettings, secrets: dict[str, str | None]
+        self,
+        store: TaskStore,
+        settings: NotificationSettings,
+        secrets: dict[str, str | None],
+        metrics: ServiceMetrics,
     ) -> None:
         self.store = store
+        self.metrics = metrics
         self.settings = settings
         self.targets: dict[str, NotificationTarget] = {t.name: t for t in settings.targets}
         self._secrets = secrets
@@ -181,6 +187,7 @@ class Notifier:
         if error is None:
             assert status is not None
             await asyncio.to_thread(self.store.delivered, delivery.id, self.owner, status)
+            self.metrics.notifications.labels("delivered").inc()
             return
         attempts = delivery.attempts + 1
         not_before = None
@@ -195,6 +202,7 @@ class Notifier:
                 error,
                 attempts,
             )
+        self.metrics.notifications.labels("failed" if not_before is None else "retry").inc()
         await asyncio.to_thread(
             self.store.delivery_failed, delivery.id, self.owner, error, status, not_before
         )

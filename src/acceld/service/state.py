@@ -37,7 +37,8 @@ class Service:
         self.intake = EnqueueBatcher(self.store, config.workers.max_attempts)
         self.queue_depth = QueueDepth(self.store)
         self.metrics = ServiceMetrics(self._task_counts)
-        self.notifier = Notifier(self.store, config.notifications, config.notification_secrets())
+        secrets = config.notification_secrets()
+        self.notifier = Notifier(self.store, config.notifications, secrets, self.metrics)
         self.notifier.poll_seconds = config.workers.poll_seconds
         if self.notifier.enabled:
             self.store.outbox_entries = self.notifier.entries_for
