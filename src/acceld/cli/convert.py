@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from acceld.cli.app import ConfigOption, InsecureOption, PlainHttpOption, app, run
 from acceld.config import AcceldConfig, load_config
 from acceld.convert.api import ConversionRequest, ConversionResult, ConvertOptions, convert_image
-from acceld.convert.check import PlatformCheck, check_image
 from acceld.convert.drivers import DRIVER_CLASSES
 from acceld.convert.errors import ConvertError, NotApplicableError
 from acceld.progress import format_size, progress_reporter
+
+if TYPE_CHECKING:
+    from acceld.convert.check import PlatformCheck
 
 PlatformOption = Annotated[
     list[str] | None,
@@ -240,6 +242,9 @@ def check(
 
     Exit code 0 only when every platform passes both checks.
     """
+
+    # imported here: the checkers (SOCI's flatbuffers, numpy) cost every other command start-up time
+    from acceld.convert.check import check_image
 
     async def main() -> list[PlatformCheck]:
         return await check_image(

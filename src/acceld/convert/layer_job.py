@@ -69,7 +69,7 @@ def convert_layer_job(
                 source = VerifiedBlob(cast(BinaryIO, blob), job.layer, report, guard)
                 raise_if_corrupt = source.raise_if_corrupt
             else:
-                source = SourceTarStream(cast(BinaryIO, blob), job.layer, report, guard)
+                source = SourceTarStream(cast(BinaryIO, blob), job.layer, report, guard, threaded=True)
                 raise_if_corrupt = source.raise_if_blob_corrupt
             tar = cast(BinaryIO, io.BufferedReader(source, _TAR_BUFFER))
             if not driver.reads_compressed and TOC_DIGEST_ANNOTATION in job.layer.annotations:
@@ -91,6 +91,8 @@ def convert_layer_job(
                         f"source layer {job.layer.digest}{_unknown_type(job.layer)}: {exc}"
                     ) from None
                 raise
+            finally:
+                source.close()  # stops its inflating thread on every path
     except AcceldError:
         raise
     except OSError as exc:

@@ -72,6 +72,7 @@ async def run_conversion(
     try:
         async with Stores(config, plain_http=options.plain_http, insecure=options.insecure) as stores:
             driver = make_driver(request.driver, await _local_options(request, stores, workspace))
+            runner = ProcessRunner(options.workers, preload=[type(driver).__module__])
             target_location = resolve_target(source_location, request.target, driver.tag_suffix)
             if isinstance(driver, ArtifactDriver) or driver.reads_compressed:
                 _require_source_repository(source_location, target_location, driver.name)
@@ -83,7 +84,6 @@ async def run_conversion(
                 check_layer_count(config.limits, len(image.layers), what)
             if not isinstance(driver, ArtifactDriver) and driver.reads_compressed:
                 _require_gzip_layers(plan, driver.name)
-            runner = ProcessRunner(options.workers)
             existing: Mapping[str, Descriptor] = {}
             if isinstance(driver, ArtifactDriver):
                 existing = await _existing_artifacts(driver, source, target_location.tag, plan)

@@ -16,6 +16,7 @@ from gzip import BadGzipFile
 from typing import Any, BinaryIO, NoReturn, cast
 
 import isal.igzip
+import isal.igzip_threaded
 import zstandard
 from isal import isal_zlib
 from isal.igzip_lib import IsalError
@@ -100,6 +101,10 @@ class SourceTarStream(io.RawIOBase):
     `finish()` reads whatever the driver left unread and checks blob digest, size and diff_id.
     `on_read` hears how many compressed bytes were consumed (progress). `guard` sees every
     uncompressed byte and stops the stream at the first limit or path rule it violates.
+
+    With `threaded`, a gzip blob is read, hashed and inflated by a background thread (one core
+    of a layer worker parses and hashes the tar while the other inflates); `on_read` is then called
+    from that thread, and `close()` must be called, as it stops it.
     """
 
     def __init__(
@@ -108,6 +113,8 @@ class SourceTarStream(io.RawIOBase):
         layer: SourceLayer,
         on_read: Callable[[int], None] | None = None,
         guard: TarGuard | None = None,
+        *,
+        threaded: bool = False,
     ) -> None:
         self._layer = layer
         self._guard = guard
@@ -120,7 +127,9 @@ class SourceTarStream(io.RawIOBase):
         buffered = io.BufferedReader(self._compressed, _READ_SIZE)
         self.compression = _compression_of(layer, buffered.peek(4)[:4])
         self._decoded: BinaryIO
-        if self.compression == "gzip":
+        if self.compression == "gzip" and threaded:
+            self._decoded = cast(BinaryIO, isal.igzip_threaded.open(buffered, "rb", threads=1))  # type: ignore[no-untyped-call]
+        elif self.compression == "gzip":
             self._decoded = cast(BinaryIO, isal.igzip.IGzipFile(fileobj=buffered, mode="rb"))  # type: ignore[no-untyped-call]
         elif self.compression == "zstd":
             reader = zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True)
@@ -128,6 +137,7 @@ class SourceTarStream(io.RawIOBase):
         else:
             self._decoded = cast(BinaryIO, buffered)
         self._buffered_compressed = buffered
+        self._threaded = threaded and self.compression == "gzip"
 
     def readable(self) -> bool:
         return True
@@ -145,11 +155,21 @@ class SourceTarStream(io.RawIOBase):
             self.tar_size += n
         return n
 
+    def close(self) -> None:
+        self._stop_thread()
+        super().close()
+
+    def _stop_thread(self) -> None:
+        """Stop the background inflating thread: no other thread may read the blob after this."""
+        if self._threaded:
+            self._decoded.close()
+
     def finish(self) -> None:
         """Consume the rest of the blob and verify digest, size and diff_id."""
         buffer = bytearray(_READ_SIZE)
         while self.readinto(buffer):
             pass
+        self._stop_thread()
         self._compressed.drain()
         self._check_blob_digest()
         diff_id = self._tar_digester.digest
@@ -165,6 +185,7 @@ class SourceTarStream(io.RawIOBase):
     def raise_if_blob_corrupt(self) -> None:
         """After a failure: raise the digest mismatch if the blob is corrupt (the more useful message)."""
         try:
+            self._stop_thread()
             self._compressed.drain()
         except OSError:
             return

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from multiprocessing import forkserver
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
@@ -24,8 +25,8 @@ from acceld.lifeline import die_with_parent, exit_when_hung_up
 T = TypeVar("T")
 
 _CONTEXT = multiprocessing.get_context("forkserver")
-_PRELOAD = ["acceld.convert.layer_job", *(module for module, _ in DRIVER_CLASSES.values())]
-_CONTEXT.set_forkserver_preload(_PRELOAD)
+_JOB_MODULE = "acceld.convert.layer_job"
+_CONTEXT.set_forkserver_preload([_JOB_MODULE, *(module for module, _ in DRIVER_CLASSES.values())])
 # Messages from a child: any number of progress reports, then one result or error.
 _PROGRESS, _RESULT, _ERROR = "progress", "result", "error"
 
@@ -55,10 +56,18 @@ def default_workers() -> int:
 
 
 class ProcessRunner:
-    """Runs calls in child processes, at most `limit` at once."""
+    """Runs calls in child processes, at most `limit` at once.
 
-    def __init__(self, limit: int | None = None) -> None:
+    With `preload`, a fork server not yet running imports only those modules (and the layer job)
+    instead of every driver's, and starts now: its interpreter start-up and imports then overlap
+    the caller's reading of the source instead of delaying the first layer.
+    """
+
+    def __init__(self, limit: int | None = None, preload: Sequence[str] | None = None) -> None:
         self._slots = asyncio.Semaphore(limit or default_workers())
+        if preload is not None:
+            _CONTEXT.set_forkserver_preload([_JOB_MODULE, *preload])
+            forkserver.ensure_running()
 
     async def run(
         self, fn: Callable[..., T], *args: Any, on_progress: Callable[[int], None] | None = None

@@ -26,10 +26,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, runtime_checkable
 
 from acceld.errors import AcceldError
-from acceld.oci.models import Descriptor, RawManifest
+
+if TYPE_CHECKING:
+    from acceld.oci.models import Descriptor, RawManifest
 
 
 @dataclass(frozen=True)
