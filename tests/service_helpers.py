@@ -443,6 +443,8 @@ class NotificationReceiver:
     fail_first: int = 0
     refuse: bool = False
     redirect_to: str | None = None  # answer 307 with this Location
+    delay: float = 0.0  # seconds before answering
+    arrivals: int = 0  # requests received, answered or not
     requests: list[Received] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -474,6 +476,9 @@ def run_notification_receiver(fail_first: int = 0) -> Iterator[NotificationRecei
 
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            with receiver._lock:
+                receiver.arrivals += 1
+            time.sleep(receiver.delay)
             status = receiver.answer()
             with receiver._lock:
                 receiver.requests.append(Received(dict(self.headers.items()), body, status))

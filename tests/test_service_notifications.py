@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -198,3 +199,22 @@ def test_redirects_are_not_followed(registry_plain: RunningRegistry, tmp_path: P
     assert view["status"] == "pending" and view["response_status"] == 307
     assert "redirects are not followed" in view["error"]
     assert not hits  # neither the body nor its signature went to the redirect's target
+
+
+def test_sigterm_lets_a_delivery_under_way_finish(registry_plain: RunningRegistry, tmp_path: Path) -> None:
+    missing = "sha256:" + hashlib.sha256(b"slow receiver").hexdigest()
+    with run_notification_receiver() as receiver:
+        receiver.delay = 3.0
+        config = notifying_config(tmp_path / "data", registry_plain, receiver.url)
+        config_file = write_config(tmp_path / "acceld.yml", config)
+        with run_service(config_file, tmp_path / "serve-1.log") as service, service.api() as api:
+            res = [resource(registry_plain.host, "library/notify-sigterm", missing, "v1")]
+            task_id = post_event(service.url, default_payload("PUSH_ARTIFACT", res)).json()["tasks"][0]["id"]
+            wait_finished(api, task_id)
+            wait_for(lambda: receiver.arrivals, what="the delivery to start")
+            assert not receiver.requests  # not answered yet
+            assert service.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises the signal
+        with run_service(config_file, tmp_path / "serve-2.log") as service, service.api() as api:
+            (view,) = deliveries(api, task_id)
+    assert (view["status"], view["attempts"]) == ("delivered", 1)
+    assert len(receiver.requests) == 1

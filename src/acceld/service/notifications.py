@@ -97,6 +97,7 @@ class Notifier:
         self.owner = uuid.uuid4().hex
         self._wake = asyncio.Event()
         self._slots: list[asyncio.Task[None]] = []
+        self._stopping = False
         self._client: httpx.AsyncClient | None = None
         self.listening: Callable[[], bool] = lambda: False
         self.poll_seconds = 1.0
@@ -128,6 +129,12 @@ class Notifier:
         ]
 
     async def stop(self) -> None:
+        """Stop claiming; a delivery under way gets its HTTP timeout to finish (else it is sent again
+        by another sender once its lease expires)."""
+        self._stopping = True
+        self._wake.set()
+        if self._slots:
+            await asyncio.wait(self._slots, timeout=self.settings.timeout_seconds + 1)
         for slot in self._slots:
             slot.cancel()
         for slot in self._slots:
@@ -141,13 +148,15 @@ class Notifier:
         return self.settings.timeout_seconds * 3 + 10
 
     async def _slot(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 delivery = await asyncio.to_thread(self.store.claim_delivery, self.owner, self.lease_seconds)
             except StoreError as exc:
                 log.warning("cannot claim notifications: %s", exc)
                 delivery = None
             if delivery is None:
+                if self._stopping:
+                    break
                 await idle_wait(self._wake, self.listening(), self.poll_seconds, self.store.next_delivery_due)
                 continue
             try:
