@@ -190,7 +190,7 @@ def test_no_conversion_process_outlives_its_job(
     digest, blob_size = slow_image
     workers = {"lease_seconds": 3, "max_attempts": 1, "shutdown_grace_seconds": 0, "job_timeout": 3600}
     if ending == "job_timeout":
-        workers["job_timeout"] = 25
+        workers["job_timeout"] = 45  # time enough to reach the layer worker on a busy machine
     config = service_config(
         tmp_path / "data", {registry_plain.host: {"plain_http": True}}, workers=workers, rules=[SLOW_RULE]
     )
@@ -202,7 +202,7 @@ def test_no_conversion_process_outlives_its_job(
         task_id = reply.json()["tasks"][0]["id"]
         wait_for(
             lambda: any(read_all_of(pid, blob_size) for pid in layer_workers(mark)),
-            timeout=120,
+            timeout=300,
             what="a layer worker that has read its source",
         )
         server = {service.process.pid}
