@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import signal
 import tarfile
@@ -43,7 +44,7 @@ from service_helpers import (
 )
 
 MARK = "ACCELD_TEST_PROCESS_MARK"
-REPOSITORY = "slow/app"
+REPOSITORY = "slow/{ending}"  # one per case: a conversion that finished cannot make another skip
 # zstd level 19 over incompressible data: a layer worker is busy for a minute or more.
 SLOW_RULE = {"name": "slow", "drivers": [{"name": "zstdchunked", "options": {"compression_level": 19}}]}
 
@@ -79,13 +80,13 @@ class _Hashing(io.RawIOBase):
 
 
 @pytest.fixture(scope="module")
-def slow_image(registry_plain: RunningRegistry, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, int]:
-    """An image whose layer takes a layer worker minutes: 96 MiB repeating a random 512 KiB block, as
-    a zstd blob smaller than the worker's 1 MiB read size. The worker reads its whole source (and
-    reports progress) at once, then compresses incompressible chunks at zstd level 19 for minutes
+def slow_image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, int]:
+    """An image whose layer keeps a layer worker busy for a minute or more: 1 GiB repeating a
+    random 512 KiB block, as a zstd blob smaller than the worker's 1 MiB read size. The worker reads
+    its whole source (and reports progress) at once, then compresses chunks at zstd level 19
     without another word."""
     work = tmp_path_factory.mktemp("slow-image")
-    size = 96 << 20
+    size = 1 << 30
     blob = work / "layer.tar.zst"
     with blob.open("wb") as out, zstandard.ZstdCompressor(level=3).stream_writer(out, closefd=False) as zst:
         tar_stream = _Hashing(cast(BinaryIO, zst))
@@ -109,10 +110,8 @@ def slow_image(registry_plain: RunningRegistry, tmp_path_factory: pytest.TempPat
     }
     descriptor = add_blob(layout, canonical_json(manifest), OCI_MANIFEST)
     tag_in_index(layout, descriptor, "v1")
-    skopeo_copy(
-        f"oci:{layout}:v1", f"docker://{registry_plain.host}/{REPOSITORY}:v1", dest_registry=registry_plain
-    )
-    return descriptor["digest"], layer["size"]
+    assert layer["size"] < 1 << 20  # read whole by the worker's first read
+    return layout, descriptor["digest"], layer["size"]
 
 
 def marked_processes(mark: str) -> dict[int, tuple[int, str]]:
@@ -183,18 +182,24 @@ def mark() -> Iterator[str]:
 def test_no_conversion_process_outlives_its_job(
     ending: str,
     mark: str,
-    slow_image: tuple[str, int],
+    slow_image: tuple[Path, str, int],
     registry_plain: RunningRegistry,
     tmp_path: Path,
 ) -> None:
-    digest, blob_size = slow_image
+    layout, digest, blob_size = slow_image
+    repository = REPOSITORY.format(ending=ending)
+    skopeo_copy(
+        f"oci:{layout}:v1", f"docker://{registry_plain.host}/{repository}:v1", dest_registry=registry_plain
+    )
     workers = {"lease_seconds": 3, "max_attempts": 1, "shutdown_grace_seconds": 0, "job_timeout": 3600}
     if ending == "job_timeout":
-        workers["job_timeout"] = 45  # time enough to reach the layer worker on a busy machine
+        # Short: the conversion never finishes first. On a busy machine an attempt may time out
+        # before its layer worker is seen; the next attempt then shows one.
+        workers["job_timeout"], workers["max_attempts"] = 20, 2
     config = service_config(
         tmp_path / "data", {registry_plain.host: {"plain_http": True}}, workers=workers, rules=[SLOW_RULE]
     )
-    event = default_payload("PUSH_ARTIFACT", [resource(registry_plain.host, REPOSITORY, digest, "v1")])
+    event = default_payload("PUSH_ARTIFACT", [resource(registry_plain.host, repository, digest, "v1")])
     config_file = write_config(tmp_path / "acceld.yml", config)
     with run_service(config_file, tmp_path / "serve.log", env={MARK: mark}) as service, service.api() as api:
         reply = post_event(service.url, event)
@@ -208,7 +213,7 @@ def test_no_conversion_process_outlives_its_job(
         server = {service.process.pid}
         if ending == "job_timeout":
             task = wait_finished(api, task_id, timeout=120)
-            assert task["status"] == "failed" and "timed out" in task["error"], task
+            assert task["status"] == "failed" and "timed out" in task["error"], json.dumps(task)
         elif ending == "cancel":
             assert api.post(f"/api/v1/tasks/{task_id}/cancel").status_code == 200
         elif ending == "job_kill_9":
