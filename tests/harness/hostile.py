@@ -20,8 +20,10 @@ import gzip
 import hashlib
 import json
 import os
+import signal
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -398,20 +400,36 @@ class Measured:
     max_rss_mib: float
 
 
+# Linux charges a child the high-water RSS of the memory it had when it called exec; subprocess
+# starts children with vfork, whose memory is the test process's own (hundreds of MB late in a
+# run). A small forking wrapper makes the measured command start from the wrapper's few MB.
+_MEASURE = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as out:
+    out.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status) & 0xFF)
+"""
+
+
 def run_measured(command: list[str], env: Mapping[str, str], timeout: float, scratch: Path) -> Measured:
     """Run `command` to its end; its exit code, output and peak RSS (from wait4, this child only)."""
-    out, err = scratch / "stdout", scratch / "stderr"
+    out, err, rss = scratch / "stdout", scratch / "stderr", scratch / "max-rss-kib"
     with out.open("wb") as stdout, err.open("wb") as stderr:
-        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=dict(env))
-    deadline = time.monotonic() + timeout
-    while True:
-        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.monotonic() > deadline:
-            process.kill()
-            process.wait()
-            raise AssertionError(f"{command} did not end within {timeout} s")
-        time.sleep(0.05)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return Measured(process.returncode, out.read_text(), err.read_text(), usage.ru_maxrss / 1024)
+        process = subprocess.Popen(
+            [sys.executable, "-c", _MEASURE, str(rss), *command],
+            stdout=stdout,
+            stderr=stderr,
+            env=dict(env),
+            start_new_session=True,
+        )
+    try:
+        returncode = process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise AssertionError(f"{command} did not end within {timeout} s") from None
+    return Measured(returncode, out.read_text(), err.read_text(), int(rss.read_text()) / 1024)
