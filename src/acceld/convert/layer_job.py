@@ -3,10 +3,11 @@ drivers) or into one artifact blob (artifact drivers)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
@@ -50,6 +51,26 @@ def _unknown_type(layer: SourceLayer) -> str:
     return "" if layer_compression(layer.media_type) else f" (unknown layer media type {layer.media_type})"
 
 
+@contextlib.contextmanager
+def _worker_errors(driver_name: str, job: LayerJob) -> Iterator[None]:
+    """The job's scratch directory for its duration; every error leaves as an AcceldError subclass
+    (unexpected ones as ConvertError, their traceback logged at debug level)."""
+    job.workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except AcceldError:
+        raise
+    except OSError as exc:
+        raise ConvertError(f"layer {job.layer.digest}: local I/O failed: {exc}", transient=True) from None
+    except Exception as exc:
+        log.debug("driver %s failed on %s", driver_name, job.layer.digest, exc_info=True)
+        raise ConvertError(
+            f"layer {job.layer.digest}: {driver_name} driver failed: {type(exc).__name__}: {exc}"
+        ) from None
+    finally:
+        shutil.rmtree(job.workdir, ignore_errors=True)
+
+
 def convert_layer_job(
     driver: Driver, job: LayerJob, report: Callable[[int], None] | None = None
 ) -> ConvertedJob:
@@ -60,50 +81,41 @@ def convert_layer_job(
     Raises AcceldError subclasses only: unexpected driver exceptions become ConvertError with the
     traceback logged at debug level.
     """
-    job.workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        with job.source_path.open("rb") as blob, job.output_path.open("wb") as out_file:
-            source: SourceTarStream | VerifiedBlob
-            guard = TarGuard(job.limits, job.max_bytes, job.bytes_key)
-            if driver.reads_compressed:
-                source = VerifiedBlob(cast(BinaryIO, blob), job.layer, report, guard)
-                raise_if_corrupt = source.raise_if_corrupt
-            else:
-                source = SourceTarStream(cast(BinaryIO, blob), job.layer, report, guard, threaded=True)
-                raise_if_corrupt = source.raise_if_blob_corrupt
-            tar = cast(BinaryIO, io.BufferedReader(source, _TAR_BUFFER))
-            if not driver.reads_compressed and TOC_DIGEST_ANNOTATION in job.layer.annotations:
-                # an eStargz source: its TOC and landmark are not the image's files
-                tar = without_estargz_metadata(tar)
-            out = MeasuringWriter(cast(BinaryIO, out_file))
-            try:
-                output = driver.convert_layer(tar, cast(BinaryIO, out), job.layer, job.workdir)
-                source.finish()
-            except CorruptSourceLayerError:
-                raise
-            except Exception as exc:
-                # A damaged blob often trips the tar parser first: name the real cause.
-                raise_if_corrupt()
-                if isinstance(exc, LimitExceeded | PathError):
-                    raise type(exc)(f"source layer {job.layer.digest}: {exc}") from None
-                if isinstance(exc, FormatError):
-                    raise FormatError(
-                        f"source layer {job.layer.digest}{_unknown_type(job.layer)}: {exc}"
-                    ) from None
-                raise
-            finally:
-                source.close()  # stops its inflating thread on every path
-    except AcceldError:
-        raise
-    except OSError as exc:
-        raise ConvertError(f"layer {job.layer.digest}: local I/O failed: {exc}", transient=True) from None
-    except Exception as exc:
-        log.debug("driver %s failed on %s", driver.name, job.layer.digest, exc_info=True)
-        raise ConvertError(
-            f"layer {job.layer.digest}: {driver.name} driver failed: {type(exc).__name__}: {exc}"
-        ) from None
-    finally:
-        shutil.rmtree(job.workdir, ignore_errors=True)
+    with (
+        _worker_errors(driver.name, job),
+        job.source_path.open("rb") as blob,
+        job.output_path.open("wb") as out_file,
+    ):
+        source: SourceTarStream | VerifiedBlob
+        guard = TarGuard(job.limits, job.max_bytes, job.bytes_key)
+        if driver.reads_compressed:
+            source = VerifiedBlob(cast(BinaryIO, blob), job.layer, report, guard)
+            raise_if_corrupt = source.raise_if_corrupt
+        else:
+            source = SourceTarStream(cast(BinaryIO, blob), job.layer, report, guard, threaded=True)
+            raise_if_corrupt = source.raise_if_blob_corrupt
+        tar = cast(BinaryIO, io.BufferedReader(source, _TAR_BUFFER))
+        if not driver.reads_compressed and TOC_DIGEST_ANNOTATION in job.layer.annotations:
+            # an eStargz source: its TOC and landmark are not the image's files
+            tar = without_estargz_metadata(tar)
+        out = MeasuringWriter(cast(BinaryIO, out_file))
+        try:
+            output = driver.convert_layer(tar, cast(BinaryIO, out), job.layer, job.workdir)
+            source.finish()
+        except CorruptSourceLayerError:
+            raise
+        except Exception as exc:
+            # A damaged blob often trips the tar parser first: name the real cause.
+            raise_if_corrupt()
+            if isinstance(exc, LimitExceeded | PathError):
+                raise type(exc)(f"source layer {job.layer.digest}: {exc}") from None
+            if isinstance(exc, FormatError):
+                raise FormatError(
+                    f"source layer {job.layer.digest}{_unknown_type(job.layer)}: {exc}"
+                ) from None
+            raise
+        finally:
+            source.close()  # stops its inflating thread on every path
     converted = LayerBlob(
         path=job.output_path,
         media_type=output.media_type,
@@ -120,38 +132,29 @@ def artifact_layer_job(
 ) -> LayerBlob | str:
     """Build one layer's artifact from its compressed blob (digest verified); a str is the reason
     the driver skipped the layer. Runs in a worker process; errors as for `convert_layer_job`."""
-    job.workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        with job.source_path.open("rb") as blob_file, job.output_path.open("wb") as out_file:
-            guard = TarGuard(job.limits, job.max_bytes, job.bytes_key)
-            blob = VerifiedBlob(cast(BinaryIO, blob_file), job.layer, report, guard)
-            out = MeasuringWriter(cast(BinaryIO, out_file))
-            try:
-                source = cast(BinaryIO, io.BufferedReader(blob, _TAR_BUFFER))
-                output = driver.build_artifact(source, cast(BinaryIO, out), job.layer, job.workdir)
-            except SkipLayer as skip:
-                blob.raise_if_corrupt()
-                job.output_path.unlink(missing_ok=True)
-                return str(skip)
-            except Exception as exc:
-                blob.raise_if_corrupt()
-                if isinstance(exc, LimitExceeded | PathError):
-                    raise type(exc)(f"source layer {job.layer.digest}: {exc}") from None
-                if isinstance(exc, FormatError) and not isinstance(exc, CorruptSourceLayerError):
-                    raise CorruptSourceLayerError(f"source layer {job.layer.digest}: {exc}") from None
-                raise
-            blob.finish()
-    except AcceldError:
-        raise
-    except OSError as exc:
-        raise ConvertError(f"layer {job.layer.digest}: local I/O failed: {exc}", transient=True) from None
-    except Exception as exc:
-        log.debug("driver %s failed on %s", driver.name, job.layer.digest, exc_info=True)
-        raise ConvertError(
-            f"layer {job.layer.digest}: {driver.name} driver failed: {type(exc).__name__}: {exc}"
-        ) from None
-    finally:
-        shutil.rmtree(job.workdir, ignore_errors=True)
+    with (
+        _worker_errors(driver.name, job),
+        job.source_path.open("rb") as blob_file,
+        job.output_path.open("wb") as out_file,
+    ):
+        guard = TarGuard(job.limits, job.max_bytes, job.bytes_key)
+        blob = VerifiedBlob(cast(BinaryIO, blob_file), job.layer, report, guard)
+        out = MeasuringWriter(cast(BinaryIO, out_file))
+        try:
+            source = cast(BinaryIO, io.BufferedReader(blob, _TAR_BUFFER))
+            output = driver.build_artifact(source, cast(BinaryIO, out), job.layer, job.workdir)
+        except SkipLayer as skip:
+            blob.raise_if_corrupt()
+            job.output_path.unlink(missing_ok=True)
+            return str(skip)
+        except Exception as exc:
+            blob.raise_if_corrupt()
+            if isinstance(exc, LimitExceeded | PathError):
+                raise type(exc)(f"source layer {job.layer.digest}: {exc}") from None
+            if isinstance(exc, FormatError) and not isinstance(exc, CorruptSourceLayerError):
+                raise CorruptSourceLayerError(f"source layer {job.layer.digest}: {exc}") from None
+            raise
+        blob.finish()
     return LayerBlob(
         path=job.output_path,
         media_type=output.media_type,
