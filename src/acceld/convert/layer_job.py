@@ -94,13 +94,15 @@ def convert_layer_job(
         else:
             source = SourceTarStream(cast(BinaryIO, blob), job.layer, report, guard, threaded=True)
             raise_if_corrupt = source.raise_if_blob_corrupt
+        # `tar` stays referenced until the end: a BufferedReader that is collected closes `source`
         tar = cast(BinaryIO, io.BufferedReader(source, _TAR_BUFFER))
+        files = tar
         if not driver.reads_compressed and TOC_DIGEST_ANNOTATION in job.layer.annotations:
             # an eStargz source: its TOC and landmark are not the image's files
-            tar = without_estargz_metadata(tar)
+            files = without_estargz_metadata(tar)
         out = MeasuringWriter(cast(BinaryIO, out_file))
         try:
-            output = driver.convert_layer(tar, cast(BinaryIO, out), job.layer, job.workdir)
+            output = driver.convert_layer(files, cast(BinaryIO, out), job.layer, job.workdir)
             source.finish()
         except CorruptSourceLayerError:
             raise

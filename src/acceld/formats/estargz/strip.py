@@ -50,7 +50,9 @@ def _filtered(tar: BinaryIO) -> Iterator[bytes]:
                 return  # truncated: the reader of this stream names the damage
             padded -= len(piece)
             yield piece
-    yield header  # the end-of-archive block (or a short read) and whatever follows it
+    yield header  # the end-of-archive block and what follows it, or the last bytes before the end
+    if len(header) < _BLOCK:
+        return  # the stream has ended: read no further (a source may close itself at its end)
     while rest := tar.read(_COPY_SIZE):
         yield rest
 
