@@ -56,8 +56,7 @@ class JobSpec(BaseModel):
         return self.destination or f"{self.registry}/{self.repository}"
 
     def target_repo(self, stores: Stores) -> RegistryRepository:
-        registry, _, repository = self.target_repository.partition("/")
-        return stores.client(registry).repository(repository)
+        return artifacts.destination_repository(stores, self.target_repository)
 
 
 class JobResult(BaseModel):
