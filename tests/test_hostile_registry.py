@@ -215,17 +215,21 @@ async def test_endless_token_answer_is_refused(hostile: HostileRegistry) -> None
 @pytest.mark.parametrize("scenario", ["slow-manifest", "slow-headers"])
 async def test_slow_answer_ends_at_the_request_deadline(hostile: HostileRegistry, scenario: str) -> None:
     hostile.scenario = scenario
-    async with client(hostile) as c:
+    async with client(hostile, blob_stall_timeout=30.0) as c:  # only the deadline ends it
         with pytest.raises(RegistryError) as excinfo:
             await c.repository(REPOSITORY).get_manifest("v1")
     assert "within 3 s" in one_line(excinfo.value) and "request_timeout" in str(excinfo.value)
 
 
 async def test_slow_answer_to_an_upload_ends_at_its_deadline(hostile: HostileRegistry) -> None:
-    """An upload's deadline is request_timeout plus its size at blob_min_speed: 3 + 5000/1024 s."""
+    """An upload's deadline is request_timeout plus its size at blob_min_speed: 3 + 5000/1024 s.
+
+    The stall timeout is raised so that only the deadline can end the dribbled answer (a byte every
+    2 s against a 2 s stall timeout races on a loaded machine).
+    """
     hostile.scenario = "slow-upload-answer"
     data = os.urandom(5000)
-    async with client(hostile) as c:
+    async with client(hostile, blob_stall_timeout=30.0) as c:
         with pytest.raises(RegistryError) as excinfo:
             await c.repository(REPOSITORY).put_blob(blob(data), data)
     assert "within 8 s" in one_line(excinfo.value)
