@@ -347,7 +347,7 @@ def test_cli_inspect_ends_with_one_line(
     hostile: HostileRegistry, other: Recorder, tmp_path: Path, scenario: str, message: str
 ) -> None:
     hostile.scenario = scenario
-    config = write_registry_config(tmp_path, hostile)
+    config = write_registry_config(tmp_path, hostile, blob_stall_timeout=30.0)  # deadlines, not stalls
     result = run_cli(tmp_path, "inspect", f"{hostile.host}/{REPOSITORY}:v1", "--config", str(config))
     assert message in result.stderr
     assert other.requests == []
