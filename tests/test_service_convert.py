@@ -456,6 +456,45 @@ def test_sync_drain_converts_without_a_server(
     )
 
 
+def test_sync_finds_untagged_soci_v1_results_through_referrers(
+    registry_plain: RunningRegistry, test_images: ImageSet, tmp_path: Path
+) -> None:
+    """A SOCI v1 index has no tag: sync and the job find it as a referrer of the source manifest
+    (of each platform's manifest for an index) and leave the image alone."""
+    options = {"soci_version": "v1", "min_layer_size": 0, "span_size": "64K"}
+    rules = [
+        {"name": "soci", "repositories": ["sociv1/**"], "drivers": [{"name": "soci", "options": options}]}
+    ]
+    config_file = write_config(
+        tmp_path / "acceld.yml",
+        service_config(tmp_path / "data", {registry_plain.host: {"plain_http": True}}, rules=rules),
+    )
+    push(test_images.busybox_amd64, registry_plain, "sociv1/one:v1")
+    push(test_images.busybox_index, registry_plain, "sociv1/two:v2")
+
+    def sync(*args: str) -> str:
+        result = subprocess.run(
+            acceld_command("sync", *args, "--config", str(config_file)),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    drained = sync("--drain")
+    assert "queued: 2" in drained and "succeeded: 2" in drained, drained
+    referrers = get_manifest(registry_plain, "sociv1/one", "sha256-" + test_images.busybox_amd64.digest[7:])
+    (entry,) = referrers.json()["manifests"]
+    assert entry["artifactType"] == "application/vnd.amazon.soci.index.v1+json"
+    assert get_manifest(registry_plain, "sociv1/one", entry["digest"]).json()["subject"] == source_entry(
+        test_images.busybox_amd64.descriptor()
+    )
+    assert get_manifest(registry_plain, "sociv1/one", "v1-soci").status_code == 404  # v1: no tag
+    again = sync()
+    assert "up to date: 2  queued: 0  requeued: 0" in again, again
+
+
 def test_cancelling_a_running_task_stops_its_process(
     registry_plain: RunningRegistry, test_images: ImageSet, tmp_path: Path
 ) -> None:

@@ -167,6 +167,12 @@ class ArtifactDriver(Protocol):
 
     artifact_types: tuple[str, ...]  # artifactTypes of what it pushes (index entries, referrers)
 
+    @property
+    def referrer_result_types(self) -> tuple[str, ...]:
+        """artifactTypes of a result pushed without a tag, found only as a referrer of the source
+        manifests (empty when the result has the target tag)."""
+        ...
+
     def is_converted(self, layer: SourceLayer) -> bool:
         """Always False: an artifact driver never changes layers (kept so callers treat both kinds alike)."""
         ...

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from acceld.convert.image import HARBOR_SOURCE_DIGEST_ANNOTATION
-from acceld.formats.driver import AnyDriver, SourceLayer
+from acceld.formats.driver import AnyDriver, ArtifactDriver, SourceLayer
 from acceld.oci import mediatypes as mt
 from acceld.oci.models import Manifest, RawManifest
 from acceld.registry.errors import NotFound
@@ -34,6 +34,23 @@ SOCI_INDEX_CONFIG_TYPES = (
     "application/vnd.amazon.soci.index.v2+json",
 )
 NYDUS_LAYER_PREFIX = "application/vnd.oci.image.layer.nydus."
+
+
+def made_by(manifest: Manifest, driver: AnyDriver) -> bool:
+    """Whether `manifest` is `driver`'s output: an artifact of its types (SOCI index), or an image
+    in a lazy-pulling format that is no other driver's artifact."""
+    if isinstance(driver, ArtifactDriver):
+        return manifest.config.media_type in driver.artifact_types or (
+            manifest.artifact_type in driver.artifact_types
+        )
+    if manifest.config.media_type in SOCI_INDEX_CONFIG_TYPES:
+        return False
+    return format_marker(manifest, [driver]) is not None
+
+
+def referrer_result_types(driver: AnyDriver) -> tuple[str, ...]:
+    """artifactTypes of `driver`'s results that have no tag and are found as referrers (SOCI v1)."""
+    return driver.referrer_result_types if isinstance(driver, ArtifactDriver) else ()
 
 
 def source_digest_annotation(raw: RawManifest) -> str | None:
@@ -174,4 +191,21 @@ async def converted_counterpart(repo: RegistryRepository, source: RawManifest, t
         child = await repo.get_manifest(converted[0].digest)
         subject = child.manifest().subject if child.is_manifest else None
         return target.digest if subject is not None and subject.digest in source_children else None
+    return None
+
+
+async def referrer_result(repo: RegistryRepository, source: RawManifest, types: Sequence[str]) -> str | None:
+    """The digest of an untagged result of one of `types` (SOCI v1 index) that refers to `source`,
+    or for an index to one of its manifests (each platform's result refers to its own manifest);
+    None when there is none (or `types` is empty: the driver's results are tagged)."""
+    if not types:
+        return None
+    if source.is_index:
+        subjects = [d.digest for d in source.index().manifests if mt.is_manifest(d.media_type)]
+    else:
+        subjects = [source.digest]
+    for subject in subjects:
+        for artifact_type in types:
+            for referrer in await repo.referrers(subject, artifact_type):
+                return referrer.digest
     return None

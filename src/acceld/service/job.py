@@ -158,8 +158,8 @@ async def _check_source(spec: JobSpec, driver: AnyDriver) -> JobResult:
                     source_digest=digest,
                     reason=f"part of the index {spec.repository}:{parent}, converted with it",
                 )
+        target_repo = spec.target_repo(stores)
         if spec.tag:
-            target_repo = spec.target_repo(stores)
             existing = await artifacts.converted_counterpart(target_repo, source.raw, spec.tag + tag_suffix)
             if existing is not None:
                 return JobResult(
@@ -169,6 +169,16 @@ async def _check_source(spec: JobSpec, driver: AnyDriver) -> JobResult:
                     target=f"{spec.target_repository}:{spec.tag}{tag_suffix}",
                     note="already converted",
                 )
+        types = artifacts.referrer_result_types(driver)
+        existing = await artifacts.referrer_result(target_repo, source.raw, types)
+        if existing is not None:
+            return JobResult(
+                status="succeeded",
+                source_digest=digest,
+                target_digest=existing,
+                target=f"{spec.target_repository}@{existing}",
+                note="already converted",
+            )
         return JobResult(status="succeeded", source_digest=digest)
 
 
@@ -264,7 +274,7 @@ async def _referrers_of_format(repo: RegistryRepository, digest: str, driver: An
                 child = raw
         except NotFound:
             continue
-        if child.is_manifest and artifacts.format_marker(child.manifest(), [driver]):
+        if child.is_manifest and artifacts.made_by(child.manifest(), driver):
             found.append(desc.digest)
     return found
 

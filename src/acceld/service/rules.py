@@ -9,6 +9,7 @@ from typing import Any
 
 from acceld.convert.api import make_driver
 from acceld.formats.driver import AnyDriver
+from acceld.service.artifacts import referrer_result_types
 from acceld.service.config import RuleConfig
 from acceld.service.harbor import Artifact
 
@@ -50,6 +51,7 @@ class Conversion:
     platforms: tuple[str, ...]
     tag_suffix: str
     options_key: str  # everything that changes the output besides the source: part of the dedup key
+    referrer_types: tuple[str, ...] = ()  # artifactTypes of untagged results found as referrers (SOCI v1)
 
 
 class Rule:
@@ -69,7 +71,16 @@ class Rule:
         for spec in config.drivers:
             driver = driver_factory(spec.name, spec.options)
             key = driver.options_key() + (f";platforms={','.join(platforms)}" if platforms else "")
-            conversions.append(Conversion(spec.name, dict(spec.options), platforms, driver.tag_suffix, key))
+            conversions.append(
+                Conversion(
+                    spec.name,
+                    dict(spec.options),
+                    platforms,
+                    driver.tag_suffix,
+                    key,
+                    referrer_result_types(driver),
+                )
+            )
         self.conversions: tuple[Conversion, ...] = tuple(conversions)
 
     def covers(self, registry: str, repository: str) -> bool:

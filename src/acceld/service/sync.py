@@ -2,7 +2,8 @@
 
 Repositories come from the rules when their patterns are literal names, else from the registry
 catalog (`/v2/_catalog`, when allowed). For each tag a rule accepts, the converted tag
-(`<tag><suffix>`) must exist and name the image as its source; if not, a task is queued (the
+(`<tag><suffix>`) must exist and name the image as its source (a result without a tag, SOCI v1,
+must refer to the image or its manifests through the referrers API); if not, a task is queued (the
 dedup key merges it with any queued or running one; a failed or stale finished one is requeued;
 a further tag of an image converted before becomes a tag task, one manifest PUT).
 """
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 
 from acceld.errors import AcceldError
 from acceld.registry.stores import Stores
-from acceld.service.artifacts import converted_counterpart, destination_repository
+from acceld.service.artifacts import converted_counterpart, destination_repository, referrer_result
 from acceld.service.config import ServiceConfig
 from acceld.service.harbor import Artifact
 from acceld.service.rules import Rule, RuleSet
@@ -97,7 +98,9 @@ async def _sync_repository(
             source = await repo.get_manifest(tag)
             report.images += 1
             for conversion in rule.conversions:
-                if await converted_counterpart(target_repo, source, tag + conversion.tag_suffix):
+                if await converted_counterpart(
+                    target_repo, source, tag + conversion.tag_suffix
+                ) or await referrer_result(target_repo, source, conversion.referrer_types):
                     report.up_to_date += 1
                     continue
                 new_tasks.append(

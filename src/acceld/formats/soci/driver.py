@@ -84,6 +84,10 @@ class SociDriver:
         # the zTOC depends on the span size only; the version and threshold shape the index, not the zTOC
         return f"soci ztoc 0.9 span_size={self.span_size}"
 
+    @property
+    def referrer_result_types(self) -> tuple[str, ...]:
+        return (INDEX_V1,) if self.soci_version == "v1" else ()
+
     def is_converted(self, layer: SourceLayer) -> bool:
         return False
 
