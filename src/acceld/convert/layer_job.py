@@ -140,11 +140,12 @@ def artifact_layer_job(
         job.output_path.open("wb") as out_file,
     ):
         guard = TarGuard(job.limits, job.max_bytes, job.bytes_key)
-        blob = VerifiedBlob(cast(BinaryIO, blob_file), job.layer, report, guard)
+        blob = VerifiedBlob(cast(BinaryIO, blob_file), job.layer, report)
         out = MeasuringWriter(cast(BinaryIO, out_file))
         try:
             source = cast(BinaryIO, io.BufferedReader(blob, _TAR_BUFFER))
-            output = driver.build_artifact(source, cast(BinaryIO, out), job.layer, job.workdir)
+            # the driver decodes the layer itself and hands the guard its tar (no second inflate)
+            output = driver.build_artifact(source, cast(BinaryIO, out), job.layer, job.workdir, guard.feed)
         except SkipLayer as skip:
             blob.raise_if_corrupt()
             job.output_path.unlink(missing_ok=True)

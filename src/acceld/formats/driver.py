@@ -12,7 +12,8 @@ run the image hook, push.
 * `ArtifactDriver` leaves the layers alone and adds artifacts next to them (SOCI, Nydus zran):
   `skip_reason` decides from the descriptor alone which layers get no artifact (not even
   fetched); `build_artifact` reads a layer's *compressed blob* (the pipeline verifies its digest
-  as it is read) and writes one artifact blob, or raises `SkipLayer`; `build_image` then gets,
+  as it is read), hands every tar byte it decodes to the pipeline's `on_tar` (limits and path
+  rule) and writes one artifact blob, or raises `SkipLayer`; `build_image` then gets,
   per selected platform, the source manifest and the per-layer results, and returns everything
   to push (`ArtifactImage`: blobs, manifests by digest, the tagged root) — or None when no layer
   qualified, which the pipeline reports as "not applicable" and pushes nothing.
@@ -23,7 +24,7 @@ Drivers are plain picklable objects (options only): layer hooks run in worker pr
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, runtime_checkable
@@ -189,10 +190,17 @@ class ArtifactDriver(Protocol):
         ...
 
     def build_artifact(
-        self, blob: BinaryIO, out: BinaryIO, layer: SourceLayer, workdir: Path
+        self,
+        blob: BinaryIO,
+        out: BinaryIO,
+        layer: SourceLayer,
+        workdir: Path,
+        on_tar: Callable[[memoryview], None] | None = None,
     ) -> ArtifactOutput:
         """Read the compressed source blob from `blob`, write the artifact to `out` sequentially.
 
+        `on_tar` hears every byte of the layer's tar in order as it is decoded (the whole layer,
+        unless an error or `SkipLayer` ends the build); exceptions it raises end the build.
         Raise `SkipLayer` when the content rules the layer out, `FormatError` for malformed input.
         """
         ...

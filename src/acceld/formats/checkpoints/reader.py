@@ -10,7 +10,8 @@ go to a `WindowStore` (a temporary file), so memory stays flat however large the
 
 The reader never decodes ahead of what is asked: after a read returned, every boundary up to the
 stream position has been offered to `policy`, and none beyond it. `on_input` sees every byte of
-the blob exactly once, in order (member headers, trailers and trailing zero padding included).
+the blob exactly once, in order (member headers, trailers and trailing zero padding included);
+`on_output` every decompressed byte as a read returns it.
 """
 
 from __future__ import annotations
@@ -114,11 +115,13 @@ class CheckpointingReader(io.RawIOBase):
         policy: Policy,
         windows: WindowStore,
         on_input: Callable[[memoryview], None] | None = None,
+        on_output: Callable[[memoryview], None] | None = None,
     ) -> None:
         self._source = source
         self._policy = policy
         self._windows = windows
         self._on_input = on_input
+        self._on_output = on_output
         self.checkpoints: list[Checkpoint] = []
         self._in = ctypes.create_string_buffer(_INPUT_SIZE)
         self._in_view = memoryview(self._in).cast("B")
@@ -152,8 +155,11 @@ class CheckpointingReader(io.RawIOBase):
         while self._pending == self._out_pos and not self._eof and want:
             self._step(want)
         n = min(want, self._out_pos - self._pending)
-        memoryview(buffer).cast("B")[:n] = self._hist_view[self._pending : self._pending + n]
+        output = self._hist_view[self._pending : self._pending + n]
+        memoryview(buffer).cast("B")[:n] = output
         self._pending += n
+        if self._on_output is not None and n:
+            self._on_output(output)
         return n
 
     def window(self) -> bytes:

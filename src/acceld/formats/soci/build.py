@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
@@ -55,7 +56,14 @@ class _SpanHashes:
         return self.digests
 
 
-def build_gzip_ztoc(blob: BinaryIO, out: BinaryIO, span_size: int, workdir: Path, build_tool: str) -> None:
+def build_gzip_ztoc(
+    blob: BinaryIO,
+    out: BinaryIO,
+    span_size: int,
+    workdir: Path,
+    build_tool: str,
+    on_tar: Callable[[memoryview], None] | None = None,
+) -> None:
     hashes = _SpanHashes(span_size)
     size = 0
 
@@ -66,7 +74,7 @@ def build_gzip_ztoc(blob: BinaryIO, out: BinaryIO, span_size: int, workdir: Path
 
     writer = ZtocWriter()
     with WindowStore(workdir) as windows:
-        reader = CheckpointingReader(blob, hashes.policy, windows, on_input=on_input)
+        reader = CheckpointingReader(blob, hashes.policy, windows, on_input=on_input, on_output=on_tar)
         buffered = io.BufferedReader(reader, _BUFFER)  # closing it (also when collected) ends the inflater
         toc = read_toc(cast(BinaryIO, buffered), writer.add)
         reader.finish()
@@ -99,8 +107,9 @@ def build_gzip_ztoc(blob: BinaryIO, out: BinaryIO, span_size: int, workdir: Path
 class _FixedSpans(io.RawIOBase):
     """Passes a stream through and hashes it in fixed slices of `span_size` bytes."""
 
-    def __init__(self, inner: BinaryIO, span_size: int) -> None:
+    def __init__(self, inner: BinaryIO, span_size: int, on_tar: Callable[[memoryview], None] | None) -> None:
         self._inner = inner
+        self._on_tar = on_tar
         self._span_size = span_size
         self._hash = hashlib.sha256()
         self._filled = 0
@@ -113,6 +122,8 @@ class _FixedSpans(io.RawIOBase):
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         n = int(self._inner.readinto(buffer) or 0)  # type: ignore[attr-defined]
         view = memoryview(buffer).cast("B")[:n]
+        if self._on_tar is not None and n:
+            self._on_tar(view)
         while view:
             take = min(len(view), self._span_size - self._filled)
             self._hash.update(view[:take])
@@ -133,8 +144,14 @@ class _FixedSpans(io.RawIOBase):
         return self.digests
 
 
-def build_tar_ztoc(blob: BinaryIO, out: BinaryIO, span_size: int, build_tool: str) -> None:
-    spans = _FixedSpans(blob, span_size)
+def build_tar_ztoc(
+    blob: BinaryIO,
+    out: BinaryIO,
+    span_size: int,
+    build_tool: str,
+    on_tar: Callable[[memoryview], None] | None = None,
+) -> None:
+    spans = _FixedSpans(blob, span_size, on_tar)
     buffered = io.BufferedReader(spans, _BUFFER)
     toc = read_toc(cast(BinaryIO, buffered))
     digests = spans.finish()

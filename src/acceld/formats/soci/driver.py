@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -123,13 +123,18 @@ class SociDriver:
         return None
 
     def build_artifact(
-        self, blob: BinaryIO, out: BinaryIO, layer: SourceLayer, workdir: Path
+        self,
+        blob: BinaryIO,
+        out: BinaryIO,
+        layer: SourceLayer,
+        workdir: Path,
+        on_tar: Callable[[memoryview], None] | None = None,
     ) -> ArtifactOutput:
         span = int(self.span_size)
         if layer_compression(layer.media_type) == "gzip":
-            build_gzip_ztoc(blob, out, span, workdir, BUILD_TOOL)
+            build_gzip_ztoc(blob, out, span, workdir, BUILD_TOOL, on_tar)
         else:
-            build_tar_ztoc(blob, out, span, BUILD_TOOL)
+            build_tar_ztoc(blob, out, span, BUILD_TOOL, on_tar)
         return ArtifactOutput(
             media_type=ZTOC_MEDIA_TYPE,
             annotations={
