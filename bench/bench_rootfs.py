@@ -231,7 +231,7 @@ def blob_sizes(layout: Path) -> int:
     return sum(path.stat().st_size for path in layers_of(layout))
 
 
-def acceld_convert(src: Path, driver: str) -> tuple[Measure, int]:
+def acceld_convert(src: Path, driver: str, keep: bool = False) -> tuple[Measure, int]:
     out = WORK / f"out-{driver}"
     shutil.rmtree(out, ignore_errors=True)
     env = {**os.environ, "ACCELD_CACHE_DIR": str(WORK / "unused-cache")}
@@ -239,7 +239,8 @@ def acceld_convert(src: Path, driver: str) -> tuple[Measure, int]:
         [str(ACCELD), "convert", f"oci:{src}:rootfs", f"oci:{out}:conv", "-d", driver, "--no-cache"], env
     )
     size = blob_sizes(out)
-    shutil.rmtree(out)
+    if not keep:
+        shutil.rmtree(out)
     return result, size
 
 
@@ -302,8 +303,8 @@ def startup(src: Path, runs: int) -> None:
         print(f"acceld {command[0]}: median {wall:.3f}s wall, {cpu:.3f}s CPU (load {os.getloadavg()[0]:.1f})")
 
 
-def many_files(count: int) -> None:
-    """A layer of `count` small files: peak RSS and time of `acceld convert` for each driver."""
+def many_files(count: int, drivers: list[str], check: bool) -> None:
+    """A layer of `count` small files: peak RSS and time of `acceld convert` (and `check`) per driver."""
     layout = CACHE / f"many-files-{count}"
     if not (layout / "index.json").exists():
         sys.path.insert(0, str(ROOT / "tests"))
@@ -319,13 +320,22 @@ def many_files(count: int) -> None:
                 tar.addfile(info, io.BytesIO(body))
         write_layout(layout, [tar_path], "rootfs")
         tar_path.unlink()
-    for driver in ("estargz", "nydus", "zstdchunked"):
-        result, size = acceld_convert(layout, driver)
+    for driver in drivers:
+        result, size = acceld_convert(layout, driver, keep=check)
         print(
             f"{count} files {driver}: {result.wall:.1f}s wall, {result.cpu:.1f}s CPU, "
             f"peak tree PSS {result.peak_rss / 1e6:.0f} MB, output {size / 1e6:.1f} MB",
             flush=True,
         )
+        if check:
+            out = WORK / f"out-{driver}"
+            result = measure([str(ACCELD), "check", f"oci:{out}:conv", "--source", f"oci:{layout}:rootfs"])
+            print(
+                f"{count} files {driver} check: {result.wall:.1f}s wall, {result.cpu:.1f}s CPU, "
+                f"peak tree PSS {result.peak_rss / 1e6:.0f} MB",
+                flush=True,
+            )
+            shutil.rmtree(out)
 
 
 def main() -> None:
@@ -334,10 +344,11 @@ def main() -> None:
     parser.add_argument("--only", default="estargz,nydus,zstdchunked")
     parser.add_argument("--startup", action="store_true", help="also time CLI start-up")
     parser.add_argument("--many-files", type=int, help="only: one layer of this many small files")
+    parser.add_argument("--check", action="store_true", help="with --many-files: also time `acceld check`")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     if args.many_files:
-        many_files(args.many_files)
+        many_files(args.many_files, args.only.split(","), args.check)
         return
     src = build_image()
     layers = layers_of(src)

@@ -8,11 +8,12 @@ at every chunk, headers and padding staying in the member before.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from acceld.formats.estargz.gzip_members import ustar_file_header
-from acceld.formats.estargz.order import Item, Landmark
+from acceld.formats.estargz.order import Items, Landmark
 from acceld.formats.estargz.tarscan import BLOCK, TYPE_REG
 from acceld.formats.estargz.toc import LANDMARK_CONTENT
 
@@ -46,7 +47,7 @@ class Member:
         self.size += segment[1] if isinstance(segment, tuple) else len(segment)
 
 
-def stream_events(items: Sequence[Item], chunk_size: int) -> Iterator[Segment | ChunkStart]:
+def stream_events(items: Items, chunk_size: int) -> Iterator[Segment | ChunkStart]:
     """The uncompressed stream in order, with a marker before every chunk."""
     for index, item in enumerate(items):
         if isinstance(item, Landmark):
@@ -65,10 +66,19 @@ def stream_events(items: Sequence[Item], chunk_size: int) -> Iterator[Segment | 
             yield (item.data_offset + item.size, padding)
 
 
-def chunk_count(item: Item, chunk_size: int) -> int:
-    if isinstance(item, Landmark):
-        return 1
-    return -(-item.size // chunk_size) if item.typeflag == TYPE_REG else 0
+class Placements:
+    """Where each chunk landed: (member offset, innerOffset), recorded in stream order."""
+
+    def __init__(self) -> None:
+        self._offsets = array("Q")
+        self._inner_offsets = array("Q")
+
+    def add(self, offset: int, inner_offset: int) -> None:
+        self._offsets.append(offset)
+        self._inner_offsets.append(inner_offset)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return zip(self._offsets, self._inner_offsets, strict=True)
 
 
 def plain_members(events: Iterator[Segment | ChunkStart]) -> Iterator[Member]:

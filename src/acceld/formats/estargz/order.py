@@ -7,15 +7,19 @@ after its parent directories and, for a hardlink, after its target; then comes t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from acceld.formats.driver import FormatError
+from acceld.formats.estargz.entrystore import EntryStore
 from acceld.formats.estargz.tarscan import TYPE_LINK, TarEntry
 
 PREFETCH_LANDMARK = ".prefetch.landmark"
 NO_PREFETCH_LANDMARK = ".no.prefetch.landmark"
 TOC_TAR_NAME = "stargz.index.json"
+_METADATA_NAMES = (PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK, TOC_TAR_NAME)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,76 +46,138 @@ def clean_name(name: str) -> str:
     return "/".join(parts)
 
 
-class _Entries:
-    """Entries in order with lookup by cleaned name (one live entry per name)."""
-
-    def __init__(self) -> None:
-        self.by_name: dict[str, TarEntry] = {}
-        self.ordered: list[TarEntry | None] = []
-        self._slot: dict[str, int] = {}
-
-    def add(self, entry: TarEntry) -> None:
-        key = clean_name(entry.name)
-        self.remove(key)
-        self.by_name[key] = entry
-        self._slot[key] = len(self.ordered)
-        self.ordered.append(entry)
-
-    def remove(self, key: str) -> None:
-        if key in self.by_name:
-            del self.by_name[key]
-            self.ordered[self._slot.pop(key)] = None
-
-    def live(self) -> list[TarEntry]:
-        return [entry for entry in self.ordered if entry is not None]
+def name_key(name: str) -> int:
+    """The key `EntryStore` files an entry under: equal for names that clean to the same path."""
+    return hash(clean_name(name))
 
 
-def arrange(entries: Sequence[TarEntry], prioritized: Sequence[str]) -> tuple[list[Item], list[str]]:
+class Items:
+    """The blob's items in order: the store's entries by index, the landmark at index -1."""
+
+    def __init__(self, store: EntryStore, order: array[int], landmark: Landmark) -> None:
+        self._store = store
+        self._order = order
+        self.landmark = landmark
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def __getitem__(self, position: int) -> Item:
+        index = self._order[position]
+        return self.landmark if index < 0 else self._store[index]
+
+    def __iter__(self) -> Iterator[Item]:
+        for index in self._order:
+            yield self.landmark if index < 0 else self._store[index]
+
+    def is_landmark(self, position: int) -> bool:
+        return self._order[position] < 0
+
+
+def _live_entries(store: EntryStore) -> bytearray:
+    """1 for each entry that goes into the blob: not eStargz metadata, not replaced by a later one.
+
+    Only the entries whose key is shared (the same name, or a hash collision) are read back.
+    """
+    live = bytearray(b"\x01") * len(store)
+    suspect_keys = {name_key(name) for name in _METADATA_NAMES}
+    ordered = sorted(store.keys)
+    suspect_keys.update(key for key, following in itertools.pairwise(ordered) if key == following)
+    del ordered
+    latest: dict[str, int] = {}
+    for index, key in enumerate(store.keys):
+        if key not in suspect_keys:
+            continue
+        name = clean_name(store[index].name)
+        if name in _METADATA_NAMES:
+            live[index] = 0
+            continue
+        replaced = latest.get(name)
+        if replaced is not None:
+            live[replaced] = 0
+        latest[name] = index
+    return live
+
+
+class _NameIndex:
+    """The live entry of a cleaned name, for the few names that prefetching looks up."""
+
+    def __init__(self, store: EntryStore, live: bytearray) -> None:
+        self.store = store
+        self._live = live
+        self._found: dict[str, int | None] = {}
+
+    def prepare(self, names: set[str]) -> None:
+        """Look up all of `names` in one pass over the keys."""
+        keys = {hash(name) for name in names}
+        for name in names:
+            self._found.setdefault(name, None)
+        for index, key in enumerate(self.store.keys):
+            if key in keys and self._live[index]:
+                name = clean_name(self.store[index].name)
+                if name in names:
+                    self._found[name] = index
+
+    def get(self, name: str) -> int | None:
+        if name not in self._found:
+            self.prepare({name})
+        return self._found[name]
+
+
+def _with_parents(path: str) -> set[str]:
+    names = {""}
+    key = clean_name(path)
+    while key:
+        names.add(key)
+        key = key.rpartition("/")[0]
+    return names
+
+
+def arrange(store: EntryStore, prioritized: Sequence[str]) -> tuple[Items, list[str]]:
     """The blob's entry order and the prioritised paths that are not in the layer."""
-    remaining = _Entries()
-    for entry in entries:
-        if clean_name(entry.name) not in (PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK, TOC_TAR_NAME):
-            remaining.add(entry)
-    moved = _Entries()
+    live = _live_entries(store)
+    moved: dict[int, None] = {}  # the prioritised entries in order (a dict as an ordered set)
     missed: list[str] = []
-    for path in prioritized:
-        try:
-            found = _move(path, remaining, moved, set())
-        except RecursionError:
-            raise FormatError(f"prefetch file {path!r}: path or hardlink chain too deep") from None
-        if not found:
-            missed.append(path)
+    if prioritized:
+        index = _NameIndex(store, live)
+        index.prepare(set().union(*map(_with_parents, prioritized)))
+        for path in prioritized:
+            try:
+                found = _move(path, index, moved, set())
+            except RecursionError:
+                raise FormatError(f"prefetch file {path!r}: path or hardlink chain too deep") from None
+            if not found:
+                missed.append(path)
     landmark = Landmark(PREFETCH_LANDMARK if prioritized else NO_PREFETCH_LANDMARK)
-    return [*moved.live(), landmark, *remaining.live()], missed
+    order = array("q", moved)
+    order.append(-1)
+    order.extend(index for index, flag in enumerate(live) if flag and index not in moved)
+    return Items(store, order, landmark), missed
 
 
-def _move(name: str, source: _Entries, target: _Entries, links_followed: set[str]) -> bool:
+def _move(name: str, index: _NameIndex, moved: dict[int, None], links_followed: set[str]) -> bool:
     """Move `name` with its parents (and hardlink target) first; False when it is not there.
 
     Parents moved before a missing ancestor is found stay moved, as in the reference (which
     recurses forever on a hardlink loop; that is an error here).
     """
     key = clean_name(name)
+    found = index.get(key)
     if key == "":
-        root = source.by_name.get("")
-        if root is not None:
-            source.remove("")
-            target.add(root)
+        if found is not None:
+            moved.setdefault(found)
         return True
-    if key not in source.by_name and key not in target.by_name:
+    if found is None:
         return False
-    parent = key.rpartition("/")[0]
-    if not _move(parent, source, target, links_followed):
+    if not _move(key.rpartition("/")[0], index, moved, links_followed):
         return False
-    entry = source.by_name.get(key)
-    if entry is not None and entry.typeflag == TYPE_LINK:
-        if key in links_followed:
-            raise FormatError(f"hardlink loop through {entry.name!r}")
-        links_followed.add(key)
-        if not _move(entry.linkname, source, target, links_followed):
-            return False
-    entry = source.by_name.get(key)
-    if entry is not None:
-        source.remove(key)
-        target.add(entry)
+    if found not in moved:
+        entry = index.store[found]
+        if entry.typeflag == TYPE_LINK:
+            if key in links_followed:
+                raise FormatError(f"hardlink loop through {entry.name!r}")
+            links_followed.add(key)
+            if not _move(entry.linkname, index, moved, links_followed):
+                return False
+        moved.setdefault(found)
     return True

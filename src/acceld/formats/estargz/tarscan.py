@@ -11,6 +11,7 @@ whole payload and of every chunk.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -178,11 +179,10 @@ def _apply_pax(header: _Header, xattrs: dict[str, bytes], pax: dict[str, bytes])
             raise FormatError(f"bad tar: PAX record {key}={value!r}") from None
 
 
-def scan_tar(source: BinaryIO, spool: BinaryIO, chunk_size: int) -> list[TarEntry]:
-    """Copy `source` (an uncompressed tar) to `spool` and return its entries in tar order."""
+def scan_tar(source: BinaryIO, spool: BinaryIO, chunk_size: int) -> Iterator[TarEntry]:
+    """Copy `source` (an uncompressed tar) to `spool` and yield its entries in tar order."""
     reader = _Spooler(source, spool)
-    entries: list[TarEntry] = []
-    types: dict[str, str] = {}  # the type flag of each name so far
+    links: set[str] = set()  # the names whose latest entry so far is a hardlink
     pending = _Pending()
     while True:
         block_start = reader.position
@@ -208,18 +208,20 @@ def scan_tar(source: BinaryIO, spool: BinaryIO, chunk_size: int) -> list[TarEntr
             _read_extension(reader, pending, header.typeflag, header.size, block_start)
             continue
         entry = _finish_entry(reader, pending, header, chunk_size)
-        if entry.typeflag == TYPE_LINK and types.get(_clean(entry.linkname)) == TYPE_LINK:
-            # readers look the target up among the TOC's files (the reference verifier does not follow chains)
-            raise FormatError(
-                f"hardlink {entry.name!r} points to {entry.linkname!r}, itself a hardlink: "
-                "eStargz needs every hardlink to name the file it shares"
-            )
-        types[_clean(entry.name)] = entry.typeflag
-        entries.append(entry)
+        if entry.typeflag == TYPE_LINK:
+            if _clean(entry.linkname) in links:
+                # readers look the target up among the TOC's files (the reference verifier follows no chains)
+                raise FormatError(
+                    f"hardlink {entry.name!r} points to {entry.linkname!r}, itself a hardlink: "
+                    "eStargz needs every hardlink to name the file it shares"
+                )
+            links.add(_clean(entry.name))
+        elif links:
+            links.discard(_clean(entry.name))
+        yield entry
         pending = _Pending()
     if pending.start >= 0:
         raise FormatError("truncated tar: extension header without a following entry")
-    return entries
 
 
 def _skip_global_header(reader: _Spooler, size: int, at: int) -> None:

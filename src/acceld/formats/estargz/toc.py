@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -125,14 +125,15 @@ def _name_if_changed(last: dict[int, str], owner: int, name: str) -> str:
 
 
 def toc_entries(
-    items: Sequence[Item], placements: list[list[tuple[int, int]]], chunk_size: int
+    items: Iterable[Item], placements: Iterable[tuple[int, int]], chunk_size: int
 ) -> Iterator[TocEntry]:
-    """TOC entries in blob order; `placements[i][k]` is (offset, innerOffset) of chunk k of item i."""
+    """TOC entries in blob order; `placements` are (offset, innerOffset) of every chunk in blob order."""
     user_names: dict[int, str] = {}
     group_names: dict[int, str] = {}
-    for index, item in enumerate(items):
+    placed = iter(placements)
+    for item in items:
         if isinstance(item, Landmark):
-            offset, inner = placements[index][0]
+            offset, inner = next(placed)
             yield TocEntry(
                 name=item.name,
                 type="reg",
@@ -147,10 +148,9 @@ def toc_entries(
         if item.typeflag != TYPE_REG or item.size == 0:
             yield entry
             continue
-        for number, (offset, inner) in enumerate(placements[index]):
-            start = number * chunk_size
+        for number, start in enumerate(range(0, item.size, chunk_size)):
             chunk = entry if number == 0 else TocEntry(name=item.name, type="chunk", chunk_offset=start)
-            chunk.offset, chunk.inner_offset = offset, inner
+            chunk.offset, chunk.inner_offset = next(placed)
             chunk.chunk_size = chunk_size if item.size - start >= chunk_size else 0
             chunk.chunk_digest = "sha256:" + item.chunk_digest(number).hex()
             yield chunk

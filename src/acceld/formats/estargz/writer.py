@@ -21,13 +21,14 @@ import hashlib
 import os
 import tempfile
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from acceld.formats.driver import FormatError
+from acceld.formats.estargz.entrystore import EntryStore
 from acceld.formats.estargz.gzip_members import (
     MAX_LEVEL,
     MIN_LEVEL,
@@ -39,12 +40,12 @@ from acceld.formats.estargz.gzip_members import (
 from acceld.formats.estargz.layout import (
     ChunkStart,
     Member,
+    Placements,
     Segment,
-    chunk_count,
     plain_members,
     stream_events,
 )
-from acceld.formats.estargz.order import TOC_TAR_NAME, Item, Landmark, arrange
+from acceld.formats.estargz.order import TOC_TAR_NAME, Items, arrange, name_key
 from acceld.formats.estargz.source import open_layer_tar
 from acceld.formats.estargz.tarscan import BLOCK, TarEntry, scan_tar
 from acceld.formats.estargz.toc import TocEntry, toc_entries, toc_json_pieces
@@ -95,7 +96,7 @@ class EstargzResult:
 class _Output:
     """The blob being written: compressed offset, chunk placements and the diff_id hash."""
 
-    def __init__(self, out: BinaryIO, placements: list[list[tuple[int, int]]]) -> None:
+    def __init__(self, out: BinaryIO, placements: Placements) -> None:
         self.out = out
         self.offset = 0
         self.uncompressed = 0
@@ -103,7 +104,8 @@ class _Output:
         self.placements = placements
 
     def place(self, start: ChunkStart, member_offset: int, inner_offset: int) -> None:
-        self.placements[start.item][start.chunk] = (member_offset, inner_offset)
+        """Record where `start` landed; chunks are placed in stream order."""
+        self.placements.add(member_offset, inner_offset)
 
     def raw(self, data: bytes | memoryview) -> None:
         self.diff_hash.update(data)
@@ -212,7 +214,7 @@ def _write_parallel(fd: int, members: Iterator[Member], options: WriterOptions, 
 def _write_min_chunk(
     fd: int,
     events: Iterator[Segment | ChunkStart],
-    items: Sequence[Item],
+    items: Items,
     options: WriterOptions,
     output: _Output,
 ) -> None:
@@ -223,7 +225,7 @@ def _write_min_chunk(
     for event in events:
         if isinstance(event, ChunkStart):
             output.write(member.flush())
-            landmark = isinstance(items[event.item], Landmark)
+            landmark = items.is_landmark(event.item)
             if member.uncompressed and (landmark or output.offset - member_offset >= options.min_chunk_size):
                 output.write(member.close())
                 member = StreamingMember(level)
@@ -268,39 +270,52 @@ def _write_toc(entries: Iterator[TocEntry], level: int, output: _Output, workdir
     return "sha256:" + digest.hexdigest()
 
 
-def _require_utf8(entries: Sequence[TarEntry]) -> None:
-    for entry in entries:
-        for what, text in (("name", entry.name), ("link target", entry.linkname)):
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:
-                raise FormatError(
-                    f"tar entry {entry.name!r}: the {what} is not valid UTF-8; the eStargz TOC (JSON) "
-                    "would show it with U+FFFD to lazy-pulling readers"
-                ) from None
+def _utf8_problem(entry: TarEntry) -> FormatError | None:
+    for what, text in (("name", entry.name), ("link target", entry.linkname)):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return FormatError(
+                f"tar entry {entry.name!r}: the {what} is not valid UTF-8; the eStargz TOC (JSON) "
+                "would show it with U+FFFD to lazy-pulling readers"
+            )
+    return None
+
+
+def _index_layer(tar: BinaryIO, spool: BinaryIO, store: EntryStore, options: WriterOptions) -> None:
+    """Spool the tar and file its entries in `store`; a name that is not UTF-8 is reported only
+    once the whole tar has been read (damage of the tar itself is reported first)."""
+    problem: FormatError | None = None
+    for entry in scan_tar(tar, spool, options.chunk_size):
+        if options.utf8_names and problem is None:
+            problem = _utf8_problem(entry)
+        store.append(entry, name_key(entry.name))
+    if problem is not None:
+        raise problem
+    store.seal()
 
 
 def write_estargz(source: BinaryIO, out: BinaryIO, workdir: Path, options: WriterOptions) -> EstargzResult:
     """Convert the layer tar in `source` (plain, gzip or zstd) into an eStargz blob written to `out`."""
     tar = open_layer_tar(source)
-    with tempfile.TemporaryFile(dir=workdir, prefix="estargz-spool-") as spool:
+    with (
+        EntryStore(workdir) as store,
+        tempfile.TemporaryFile(dir=workdir, prefix="estargz-spool-") as spool,
+    ):
         with open(spool.fileno(), "wb", buffering=_READ_PIECE, closefd=False) as spool_writer:
-            entries = scan_tar(tar, spool_writer, options.chunk_size)
-        if options.utf8_names:
-            _require_utf8(entries)
+            _index_layer(tar, spool_writer, store, options)
         while tar.read(_READ_PIECE):
             pass  # read past the tar's end so that gzip checksums and trailing garbage are checked
-        items, missed = arrange(entries, options.prefetch_files)
-        del entries
-        placements = [[(0, 0)] * chunk_count(item, options.chunk_size) for item in items]
+        items, missed = arrange(store, options.prefetch_files)
+        placements = Placements()
         output = _Output(out, placements)
         events = stream_events(items, options.chunk_size)
         if options.min_chunk_size > 0:
             _write_min_chunk(spool.fileno(), events, items, options, output)
         else:
             _write_parallel(spool.fileno(), plain_members(events), options, output)
-    entries_json = toc_entries(items, placements, options.chunk_size)
-    toc_digest = _write_toc(entries_json, options.compression_level, output, workdir)
+        entries_json = toc_entries(items, placements, options.chunk_size)
+        toc_digest = _write_toc(entries_json, options.compression_level, output, workdir)
     return EstargzResult(
         toc_digest=toc_digest,
         diff_id="sha256:" + output.diff_hash.hexdigest(),
