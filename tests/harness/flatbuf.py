@@ -6,6 +6,8 @@ Layout: the buffer starts with a uoffset (u32) to the root table. A table starts
 u16 per field (offset of the field inside the table, 0 = absent). Strings and vectors are reached
 through a uoffset stored in the field (relative to the field's own position) and start with a
 u32 length; a vector of tables holds uoffsets (relative to each element's position).
+Alignment is checked as a strict verifier does: scalars at a multiple of their size, tables,
+strings and vectors at a multiple of 4.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import struct
 
 class FlatTable:
     def __init__(self, buf: bytes, pos: int) -> None:
+        assert pos % 4 == 0, f"table at {pos} is not 4-aligned"
         self.buf = buf
         self.pos = pos
         vtable = pos - struct.unpack_from("<i", buf, pos)[0]
@@ -33,11 +36,17 @@ class FlatTable:
         return self.pos + offset if offset else None
 
     def _target(self, at: int) -> int:
-        return at + struct.unpack_from("<I", self.buf, at)[0]
+        assert at % 4 == 0, f"uoffset at {at} is not 4-aligned"
+        target = at + struct.unpack_from("<I", self.buf, at)[0]
+        assert target % 4 == 0, f"object at {target} is not 4-aligned"
+        return target
 
     def scalar(self, slot: int, fmt: str, default: int = 0) -> int:
         at = self._field(slot)
-        return default if at is None else int(struct.unpack_from("<" + fmt, self.buf, at)[0])
+        if at is None:
+            return default
+        assert at % struct.calcsize(fmt) == 0, f"scalar at {at} is not aligned"
+        return int(struct.unpack_from("<" + fmt, self.buf, at)[0])
 
     def _string_at(self, at: int) -> str:
         start = self._target(at)

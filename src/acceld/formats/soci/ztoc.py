@@ -1,4 +1,4 @@
-"""The zTOC flatbuffer (soci's `ztoc.fbs`): writing it with the `flatbuffers` builder, reading it back.
+"""The zTOC flatbuffer (soci's `ztoc.fbs`): writing it (`flatwriter`), reading it back (`flatbuffers`).
 
 Tables and field ids: Ztoc {0 version, 1 build_tool_identifier, 2 compressed_archive_size,
 3 uncompressed_archive_size, 4 toc, 5 compression_info}; TOC {0 metadata}; FileMetadata {0 name,
@@ -14,11 +14,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-import flatbuffers
 from flatbuffers import number_types
 from flatbuffers.table import Table
 
 from acceld.formats.driver import FormatError
+from acceld.formats.soci.flatwriter import BYTE, INT, LONG, OFFSET, UINT, Field, FlatWriter
 from acceld.formats.soci.toc import FileMetadata
 
 VERSION = "0.9"
@@ -43,58 +43,51 @@ def _text(value: str) -> bytes:
     return value.encode("utf-8", "surrogateescape")
 
 
-def _offsets(builder: flatbuffers.Builder, offsets: Sequence[int]) -> int:
-    builder.StartVector(4, len(offsets), 4)
-    for offset in reversed(offsets):
-        builder.PrependUOffsetTRelative(offset)
-    return int(builder.EndVector())
-
-
-def _file(builder: flatbuffers.Builder, entry: FileMetadata) -> int:
-    texts = (entry.name, entry.type, entry.linkname, entry.uname, entry.gname, entry.mod_time)
-    # repeated values (types, owners, times, empty strings) are written once and shared
-    name, kind, linkname, uname, gname, mod_time = [builder.CreateSharedString(_text(t)) for t in texts]
-    xattrs = 0
-    if entry.xattrs:
-        tables = []
-        for key, value in entry.xattrs:
-            key_at, value_at = (
-                builder.CreateSharedString(_text(key)),
-                builder.CreateSharedString(_text(value)),
-            )
-            builder.StartObject(2)
-            builder.PrependUOffsetTRelativeSlot(0, key_at, 0)
-            builder.PrependUOffsetTRelativeSlot(1, value_at, 0)
-            tables.append(builder.EndObject())
-        xattrs = _offsets(builder, tables)
-    builder.StartObject(14)
-    builder.PrependUOffsetTRelativeSlot(0, name, 0)
-    builder.PrependUOffsetTRelativeSlot(1, kind, 0)
-    builder.PrependInt64Slot(2, entry.uncompressed_offset, 0)
-    builder.PrependInt64Slot(3, entry.uncompressed_size, 0)
-    builder.PrependUOffsetTRelativeSlot(4, linkname, 0)
-    builder.PrependInt64Slot(5, entry.mode, 0)
-    builder.PrependUint32Slot(6, entry.uid, 0)
-    builder.PrependUint32Slot(7, entry.gid, 0)
-    builder.PrependUOffsetTRelativeSlot(8, uname, 0)
-    builder.PrependUOffsetTRelativeSlot(9, gname, 0)
-    builder.PrependUOffsetTRelativeSlot(10, mod_time, 0)
-    builder.PrependInt64Slot(11, entry.devmajor, 0)
-    builder.PrependInt64Slot(12, entry.devminor, 0)
-    if xattrs:
-        builder.PrependUOffsetTRelativeSlot(13, xattrs, 0)
-    return int(builder.EndObject())
-
-
 class ZtocWriter:
-    """Builds a zTOC: file entries as the tar scan finds them, then the rest in `finish`."""
+    """Builds a zTOC: file entries as the tar scan finds them, then the rest in `finish`.
+
+    Memory: the encoded tables (≈ 150 bytes per entry) and the strings written once and shared
+    (types, owners, times, link targets, PAX records; names are not shared).
+    """
 
     def __init__(self) -> None:
-        self._builder = flatbuffers.Builder(1 << 20)
+        self._writer = FlatWriter()
+        self._checkpoints = self._writer.trailing_vector()
         self._files: list[int] = []
+        self._shared: dict[str, int] = {}
+
+    def _shared_string(self, value: str) -> int:
+        at = self._shared.get(value)
+        if at is None:
+            at = self._shared[value] = self._writer.string(_text(value))
+        return at
 
     def add(self, entry: FileMetadata) -> None:
-        self._files.append(_file(self._builder, entry))
+        writer, shared = self._writer, self._shared_string
+        fields: list[Field] = [
+            (0, OFFSET, writer.string(_text(entry.name))),
+            (1, OFFSET, shared(entry.type)),
+            (4, OFFSET, shared(entry.linkname)),
+            (8, OFFSET, shared(entry.uname)),
+            (9, OFFSET, shared(entry.gname)),
+            (10, OFFSET, shared(entry.mod_time)),
+        ]
+        if entry.xattrs:
+            pairs = [(shared(key), shared(value)) for key, value in entry.xattrs]
+            tables = [writer.table([(0, OFFSET, key), (1, OFFSET, value)]) for key, value in pairs]
+            fields.append((13, OFFSET, writer.offsets(tables)))
+        for slot, kind, value in (
+            (2, LONG, entry.uncompressed_offset),
+            (3, LONG, entry.uncompressed_size),
+            (5, LONG, entry.mode),
+            (6, UINT, entry.uid),
+            (7, UINT, entry.gid),
+            (11, LONG, entry.devmajor),
+            (12, LONG, entry.devminor),
+        ):
+            if value:  # scalars at their default are left out, as flatbuffers writers do
+                fields.append((slot, kind, value))
+        self._files.append(writer.table(fields))
 
     @property
     def count(self) -> int:
@@ -110,21 +103,29 @@ class ZtocWriter:
         """Write the zTOC to `out` (`header.entries` and `header.checkpoints` are ignored).
 
         The `checkpoints` vector, the bulk of a zTOC (32 KiB per checkpoint), is not built in
-        memory: the builder's buffer ends with the tables, and the vector follows it in the file,
-        written by `write_checkpoints` (exactly `checkpoints_size` bytes, streamed from the window
-        file). Its uoffset, a forward offset like any other, is patched into CompressionInfo.
+        memory: its bytes follow the buffer in the file, written by `write_checkpoints` (exactly
+        `checkpoints_size` bytes, streamed from the window file).
         """
-        table = _finish(self._builder, self._files, header)
-        data = bytearray(self._builder.Output())
-        position = len(data) - table
-        vtable = position - int.from_bytes(data[position : position + 4], "little", signed=True)
-        slot = position + int.from_bytes(
-            data[vtable + 4 + 2 * _CHECKPOINTS_SLOT : vtable + 6 + 2 * _CHECKPOINTS_SLOT], "little"
-        )
-        vector = len(data)  # Finish aligned the buffer to at least 4 bytes
-        data[slot : slot + 4] = (vector - slot).to_bytes(4, "little")
-        out.write(data)
-        out.write(checkpoints_size.to_bytes(4, "little"))
+        writer = self._writer
+        toc = writer.table([(0, OFFSET, writer.offsets(self._files))])
+        digests = writer.offsets([writer.string(_text(digest)) for digest in header.span_digests])
+        info: list[Field] = []
+        if header.algorithm != GZIP:
+            info.append((0, BYTE, header.algorithm))
+        if header.max_span_id:
+            info.append((1, INT, header.max_span_id))
+        info += [(2, OFFSET, digests), (3, OFFSET, self._checkpoints)]
+        compression = writer.table(info)
+        root: list[Field] = [
+            (0, OFFSET, writer.string(_text(header.version))),
+            (1, OFFSET, writer.string(_text(header.build_tool))),
+        ]
+        if header.compressed_archive_size:
+            root.append((2, LONG, header.compressed_archive_size))
+        if header.uncompressed_archive_size:
+            root.append((3, LONG, header.uncompressed_archive_size))
+        root += [(4, OFFSET, toc), (5, OFFSET, compression)]
+        out.write(writer.finish(writer.table(root), checkpoints_size))
         write_checkpoints(out)
 
 
@@ -134,35 +135,6 @@ def write_ztoc(header: Ztoc, out: BinaryIO) -> None:
     for entry in header.entries:
         writer.add(entry)
     writer.finish(header, out, len(header.checkpoints), lambda target: target.write(header.checkpoints))
-
-
-_CHECKPOINTS_SLOT = 3
-_PLACEHOLDER = 1  # a non-default value, so the builder writes the slot that is patched later
-
-
-def _finish(builder: flatbuffers.Builder, files: list[int], header: Ztoc) -> int:
-    """Every table but the checkpoint vector; returns CompressionInfo's offset from the end."""
-    files_vector = _offsets(builder, files)
-    builder.StartObject(1)
-    builder.PrependUOffsetTRelativeSlot(0, files_vector, 0)
-    toc = builder.EndObject()
-    digests = _offsets(builder, [builder.CreateString(digest) for digest in header.span_digests])
-    builder.StartObject(4)
-    builder.PrependInt8Slot(0, header.algorithm, GZIP)
-    builder.PrependInt32Slot(1, header.max_span_id, 0)
-    builder.PrependUOffsetTRelativeSlot(2, digests, 0)
-    builder.PrependUint32Slot(_CHECKPOINTS_SLOT, _PLACEHOLDER, 0)
-    compression = int(builder.EndObject())
-    version, tool = builder.CreateString(header.version), builder.CreateString(_text(header.build_tool))
-    builder.StartObject(6)
-    builder.PrependUOffsetTRelativeSlot(0, version, 0)
-    builder.PrependUOffsetTRelativeSlot(1, tool, 0)
-    builder.PrependInt64Slot(2, header.compressed_archive_size, 0)
-    builder.PrependInt64Slot(3, header.uncompressed_archive_size, 0)
-    builder.PrependUOffsetTRelativeSlot(4, toc, 0)
-    builder.PrependUOffsetTRelativeSlot(5, compression, 0)
-    builder.Finish(builder.EndObject())
-    return compression
 
 
 # -- reading -------------------------------------------------------------------------------------
