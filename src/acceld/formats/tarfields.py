@@ -7,9 +7,12 @@ or the historic signed byte sum, PAX records `"<len> <key>=<value>\\n"`.
 
 from __future__ import annotations
 
+import functools
+
 from acceld.formats.driver import FormatError
 
 _HIGH_BYTES = bytes(range(128, 256))
+_SPACES_SUM = 8 * ord(" ")  # the checksum field as the sum counts it
 
 
 def decode(raw: bytes) -> str:
@@ -25,6 +28,11 @@ def cstring(raw: bytes) -> bytes:
 
 def parse_number(raw: bytes, what: str) -> int:
     """A numeric header field: octal text, or base-256 (two's complement) when the top bit is set."""
+    return _parse_number(bytes(raw), what)  # bytes() of bytes is the same object, no copy
+
+
+@functools.lru_cache(maxsize=4096)  # headers repeat their modes, owners, times and zero fields
+def _parse_number(raw: bytes, what: str) -> int:
     if raw and raw[0] & 0x80:
         negative = bool(raw[0] & 0x40)
         value = 0
@@ -51,11 +59,12 @@ def checksum_ok(block: bytes) -> bool:
 
     A checksum field that is not a number raises FormatError naming it (`chksum`, as Go does).
     """
-    stored = parse_number(block[148:156], "chksum")
+    field = block[148:156]
+    stored = parse_number(field, "chksum")
+    if stored == sum(block) - sum(field) + _SPACES_SUM:
+        return True
     patched = block[:148] + b" " * 8 + block[156:]
     unsigned = sum(patched)
-    if stored == unsigned:
-        return True
     high_bytes = len(patched) - len(patched.translate(None, _HIGH_BYTES))
     return stored == unsigned - 256 * high_bytes
 
