@@ -23,7 +23,8 @@ from acceld.formats.checkpoints import inflate_from
 from acceld.formats.driver import FormatError
 from acceld.formats.soci.toc import BLOCK, FileMetadata
 from acceld.formats.soci.zinfo import read_gzip_zinfo, read_tar_zinfo, tar_span_count
-from acceld.formats.soci.ztoc import GZIP, UNCOMPRESSED, VERSION, Ztoc, read_ztoc
+from acceld.formats.soci.ztoc import GZIP, UNCOMPRESSED, VERSION, Ztoc
+from acceld.formats.soci.ztoc_reader import read_ztoc
 
 _TAR_TYPES = {
     tarfile.REGTYPE: "reg",

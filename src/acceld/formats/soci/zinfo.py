@@ -12,11 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
-import flatbuffers
-from flatbuffers import number_types
-
 from acceld.formats.checkpoints import WINDOW_SIZE, Checkpoint, WindowStore
 from acceld.formats.driver import FormatError
+from acceld.formats.soci.flatwriter import INT, LONG, Field, FlatWriter
 
 HEADER = struct.Struct("<iq")
 POINT = struct.Struct("<qqB")
@@ -69,17 +67,15 @@ def read_gzip_zinfo(blob: bytes) -> tuple[int, list[ZinfoPoint]]:
 
 
 def tar_zinfo(span_size: int, size: int) -> bytes:
-    builder = flatbuffers.Builder(64)
-    builder.StartObject(3)
-    builder.PrependInt32Slot(0, TAR_ZINFO_VERSION, 0)
-    builder.PrependInt64Slot(1, span_size, 0)
-    builder.PrependInt64Slot(2, size, 0)
-    builder.Finish(builder.EndObject())
-    return bytes(builder.Output())
+    writer = FlatWriter()
+    candidates: list[Field] = [(0, INT, TAR_ZINFO_VERSION), (1, LONG, span_size), (2, LONG, size)]
+    fields = [field for field in candidates if field[2]]  # scalars at their default are left out
+    return bytes(writer.finish(writer.table(fields)))
 
 
 def read_tar_zinfo(blob: bytes) -> tuple[int, int, int]:
     """(version, span_size, size) of a tar zinfo flatbuffer."""
+    from flatbuffers import number_types  # only `acceld check` reads: workers need not import it
     from flatbuffers.table import Table
 
     try:
