@@ -13,7 +13,7 @@ from pathlib import Path
 
 from acceld.convert.source import SourceImage
 from acceld.errors import AcceldError
-from acceld.formats.soci.index import (
+from acceld.formats.soci.names import (
     EMPTY_CONFIG,
     INDEX_DIGEST_ANNOTATION,
     INDEX_V1,
@@ -110,4 +110,3 @@ async def _check_ztoc(
         verify_ztoc, data, layer_path, layer.size, compression, int(span) if span else None
     )
     return report.entries
-

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from acceld import __version__
 from acceld.formats.driver import (
@@ -16,7 +16,7 @@ from acceld.formats.driver import (
     SourceLayer,
 )
 from acceld.formats.soci.build import build_gzip_ztoc, build_tar_ztoc
-from acceld.formats.soci.index import (
+from acceld.formats.soci.names import (
     EMPTY_CONFIG,
     INDEX_V1,
     INDEX_V2,
@@ -24,16 +24,13 @@ from acceld.formats.soci.index import (
     LAYER_MEDIA_TYPE_ANNOTATION,
     SPAN_SIZE_ANNOTATION,
     ZTOC_MEDIA_TYPE,
-    Rewritten,
-    annotated_manifest,
-    index_manifest,
-    platform_of,
-    v2_index,
 )
 from acceld.oci import mediatypes as mt
 from acceld.oci.digest import sha256_digest
 from acceld.oci.mediatypes import layer_compression
-from acceld.oci.models import Descriptor, RawManifest
+
+if TYPE_CHECKING:
+    from acceld.oci.models import Descriptor, RawManifest
 
 DEFAULT_MIN_LAYER_SIZE = 10 << 20
 DEFAULT_SPAN_SIZE = 4 << 20
@@ -147,6 +144,16 @@ class SociDriver:
     def build_image(
         self, source: RawManifest, platforms: Sequence[PlatformArtifacts], workdir: Path
     ) -> ArtifactImage | None:
+        # the image hook runs in the conversion's process, where the OCI models are loaded anyway
+        from acceld.formats.soci.index import (
+            Rewritten,
+            annotated_manifest,
+            index_manifest,
+            platform_of,
+            v2_index,
+        )
+        from acceld.oci.models import Descriptor
+
         ztocs = {
             p.manifest.digest: [r.artifact for r in p.layers if r.artifact is not None] for p in platforms
         }
@@ -185,4 +192,6 @@ class SociDriver:
 
 
 def _descriptor(blob: LayerBlob) -> Descriptor:
+    from acceld.oci.models import Descriptor
+
     return Descriptor(mediaType=blob.media_type, digest=blob.digest, size=blob.size)

@@ -9,20 +9,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from acceld.formats.driver import LayerBlob, PlatformArtifacts
+from acceld.formats.soci.names import (
+    BUILD_TOOL_ANNOTATION,
+    IMAGE_MANIFEST_DIGEST_ANNOTATION,
+    INDEX_DIGEST_ANNOTATION,
+    INDEX_V2,
+    ZTOC_MEDIA_TYPE,
+)
 from acceld.oci import mediatypes as mt
 from acceld.oci.models import Descriptor, Manifest, RawManifest
 from acceld.oci.platform import Platform
-
-INDEX_V1 = "application/vnd.amazon.soci.index.v1+json"
-INDEX_V2 = "application/vnd.amazon.soci.index.v2+json"
-ZTOC_MEDIA_TYPE = "application/octet-stream"
-EMPTY_CONFIG = b"{}"
-BUILD_TOOL_ANNOTATION = "com.amazon.soci.build-tool-identifier"
-LAYER_DIGEST_ANNOTATION = "com.amazon.soci.image-layer-digest"
-LAYER_MEDIA_TYPE_ANNOTATION = "com.amazon.soci.image-layer-mediaType"
-SPAN_SIZE_ANNOTATION = "com.amazon.soci.span-size"
-INDEX_DIGEST_ANNOTATION = "com.amazon.soci.index-digest"
-IMAGE_MANIFEST_DIGEST_ANNOTATION = "com.amazon.soci.image-manifest-digest"
 
 
 def _compact(value: dict[str, Any]) -> bytes:
