@@ -20,6 +20,7 @@ from typing import BinaryIO
 import zstandard
 
 BATCH_BYTES = 2 << 20
+BATCH_ITEMS = 1024  # frames and marks per batch: a batch of tiny frames holds one mark each
 STREAM_THRESHOLD = 8 << 20
 _ZEROS = bytes(1 << 20)
 
@@ -129,7 +130,7 @@ class FrameSink:
         self._batch.append(self._open)
         self._batch_size += self._open.size
         self._open = _Frame()
-        if self._batch_size >= BATCH_BYTES:
+        if self._batch_size >= BATCH_BYTES or len(self._batch) >= BATCH_ITEMS:
             self._submit()
 
     def flush(self) -> None:

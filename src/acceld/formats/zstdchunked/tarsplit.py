@@ -18,6 +18,8 @@ import zstandard
 
 from acceld.formats.driver import FormatError
 from acceld.formats.zstdchunked import gojson
+from acceld.formats.zstdchunked.names import NameLog
+from acceld.formats.zstdchunked.spool import create_spool
 
 FILE_TYPE = 1
 SEGMENT_TYPE = 2
@@ -33,11 +35,11 @@ class TarSplitWriter:
 
     def __init__(self, path: Path, level: int) -> None:
         self.path = path
-        self._file = path.open("wb")
+        self._file = create_spool(path)
         self._compressor = zstandard.ZstdCompressor(level=level).compressobj()
         self._digest = hashlib.sha256()
         self._position = 0
-        self._seen: set[str] = set()
+        self._names = NameLog(path.with_name(path.name + ".names"), _go_clean)
         self.uncompressed_size = 0
         self.compressed_size = 0
 
@@ -48,6 +50,8 @@ class TarSplitWriter:
         self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._file.close()
+        self._names.close()
+        self._names.path.unlink(missing_ok=True)
 
     def segment(self, raw: bytes | bytearray) -> None:
         if raw:
@@ -56,10 +60,7 @@ class TarSplitWriter:
             )
 
     def file(self, name: str, size: int, crc64: int | None) -> None:
-        cleaned = _go_clean(name)
-        if cleaned in self._seen:
-            raise FormatError(f"layer tar has two entries for {name!r}; tar-split cannot represent that")
-        self._seen.add(cleaned)
+        self._names.add(name)
         raw_name = name.encode("utf-8", "surrogateescape")
         try:
             raw_name.decode("utf-8")
@@ -86,6 +87,9 @@ class TarSplitWriter:
 
     def finish(self) -> str:
         """Close the zstd frame; returns the sha256 digest of the compressed bytes."""
+        duplicate = self._names.first_duplicate()
+        if duplicate is not None:
+            raise FormatError(f"layer tar has two entries for {duplicate!r}; tar-split cannot represent that")
         self._emit(self._compressor.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH))
         self._file.close()
         return "sha256:" + self._digest.hexdigest()

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Self
 
 from acceld.formats.driver import FormatError
 from acceld.formats.zstdchunked import gojson
+from acceld.formats.zstdchunked.spool import create_spool
 from acceld.formats.zstdchunked.tarheaders import GoTime, TarHeader
 
 TOC_VERSION = 1
@@ -122,12 +125,34 @@ class TocEntry:
         return "{" + ",".join(parts) + "}"
 
 
-def toc_json(entries: list[TocEntry], tar_split_digest: str) -> bytes:
-    """The TOC document: version, entries (in tar order), tarSplitDigest."""
-    body = ",".join(entry.to_json() for entry in entries)
-    return (
-        f'{{"version":{TOC_VERSION},"entries":[{body}],"tarSplitDigest":{gojson.string(tar_split_digest)}}}'
-    ).encode()
+class TocWriter:
+    """Writes the TOC document (version, entries in tar order, tarSplitDigest) to a spool file,
+    entry by entry, so that no layer's TOC is held in memory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = create_spool(path)
+        self.size = 0
+        self._separator = b""
+        self._write(f'{{"version":{TOC_VERSION},"entries":['.encode())
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._file.close()
+
+    def add(self, entry: TocEntry) -> None:
+        self._write(self._separator + entry.to_json().encode())
+        self._separator = b","
+
+    def finish(self, tar_split_digest: str) -> None:
+        self._write(f'],"tarSplitDigest":{gojson.string(tar_split_digest)}}}'.encode())
+        self._file.close()
+
+    def _write(self, data: bytes) -> None:
+        self._file.write(data)
+        self.size += len(data)
 
 
 def _is_utf8(text: str) -> bool:

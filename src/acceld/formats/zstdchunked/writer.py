@@ -25,9 +25,10 @@ import zstandard
 from acceld.formats.driver import FormatError
 from acceld.formats.zstdchunked.chunker import WINDOW, Chunker, Piece, Zeros, split_points
 from acceld.formats.zstdchunked.frames import FrameSink, Mark
+from acceld.formats.zstdchunked.spool import create_spool
 from acceld.formats.zstdchunked.tarheaders import TarHeader, TarHeaderReader
 from acceld.formats.zstdchunked.tarsplit import TarSplitWriter
-from acceld.formats.zstdchunked.toc import CHUNK_TYPE_ZEROS, TocEntry, toc_json
+from acceld.formats.zstdchunked.toc import CHUNK_TYPE_ZEROS, TocEntry, TocWriter
 
 MANIFEST_CHECKSUM_KEY = "io.github.containers.zstd-chunked.manifest-checksum"
 MANIFEST_POSITION_KEY = "io.github.containers.zstd-chunked.manifest-position"
@@ -41,8 +42,11 @@ _TRAILER_SEGMENT = 1 << 20  # tar-split stores data after the end-of-archive mar
 _EMPTY_CRC = 0  # CRC-64 of no bytes
 _OFFLOAD_SPLITS = 256 << 10  # smaller blocks are not worth a trip through the pool
 _HASH_BACKLOG = 8
-_GROUP_BYTES = 1 << 20  # small files per split-point task
-_DEFER_BYTES = 16 << 20  # small files queued before they are written
+_GROUP_BYTES = 1 << 20  # small files per split-point task ...
+_GROUP_FILES = 1024  # ... (tiny files: by count)
+_DEFER_BYTES = 16 << 20  # small files queued before they are written ...
+_DEFER_FILES = 4096  # ... (tiny files: by count, as each holds its header and TOC entry)
+_MANIFEST_IN_ONE_PIECE = 16 << 20  # TOCs up to this size are compressed in memory (as they always were)
 _GATHER_READS = 1 << 20
 
 
@@ -64,28 +68,36 @@ class _Chunk:
 
 @dataclass
 class _PendingFile:
-    """A file whose TOC offsets are known only after its frames are written."""
+    """A file whose TOC offsets are known only after its frames are written, and whose digest
+    only after its last hash update (`hashed`) ran."""
 
     entry: TocEntry
     start: Mark
     end: Mark
+    digest: Any
+    hashed: Future[None] | None = None
     chunks: list[_Chunk] = field(default_factory=list)
 
-    def resolve(self) -> Iterator[TocEntry]:
+    def ready(self) -> bool:
+        return self.end.offset >= 0
+
+    def resolve(self) -> list[TocEntry]:
+        """The file's TOC entry, followed by one per further chunk when it has several."""
+        if self.hashed is not None:
+            self.hashed.result()
+        self.entry.digest = "sha256:" + self.digest.hexdigest()
         self.entry.offset = self.start.offset
         self.entry.end_offset = self.end.offset
-        yield self.entry
         if len(self.chunks) < 2:
-            return
-        for index, chunk in enumerate(self.chunks):
-            target = self.entry if index == 0 else TocEntry(type="chunk", name=self.entry.name)
+            return [self.entry]
+        entries = [self.entry] + [TocEntry(type="chunk", name=self.entry.name) for _ in self.chunks[1:]]
+        for target, chunk in zip(entries, self.chunks, strict=True):
             target.offset = chunk.start.offset
             target.chunk_offset = chunk.offset_in_file
             target.chunk_size = chunk.size
             target.chunk_digest = chunk.start.digest
             target.chunk_type = CHUNK_TYPE_ZEROS if chunk.zeros else ""
-            if index:
-                yield target
+        return entries
 
 
 class _BackgroundHashing:
@@ -98,10 +110,13 @@ class _BackgroundHashing:
         self._executor = single_thread  # one worker: updates of one hash must stay in order
         self._pending: deque[Future[None]] = deque()
 
-    def update(self, digest: Any, data: bytes) -> None:
-        self._pending.append(self._executor.submit(digest.update, data))
+    def update(self, digest: Any, data: bytes) -> Future[None]:
+        """Queue `digest.update(data)`; the future is done when it ran."""
+        update = self._executor.submit(digest.update, data)
+        self._pending.append(update)
         while len(self._pending) > _HASH_BACKLOG:
             self._pending.popleft().result()
+        return update
 
     def wait(self) -> None:
         while self._pending:
@@ -174,6 +189,7 @@ class _LayerWriter:
         tar: BinaryIO,
         sink: FrameSink,
         tar_split: TarSplitWriter,
+        toc: TocWriter,
         rollsum_pool: Executor,
         hash_thread: Executor,
         lookahead: int,
@@ -181,12 +197,12 @@ class _LayerWriter:
         self._pool = rollsum_pool
         self._lookahead = lookahead
         self._hashing = _BackgroundHashing(hash_thread)
-        self._file_digests: list[tuple[TocEntry, Any]] = []
         self._source = _HashingReader(tar, self._hashing)
         self._reader = TarHeaderReader(self._source)
         self._sink = sink
         self._tar_split = tar_split
-        self._files: list[_PendingFile | TocEntry] = []
+        self._toc = toc
+        self._unresolved: deque[_PendingFile | TocEntry] = deque()
         self._deferred: deque[_Deferred] = deque()
         self._deferred_size = 0
         self._group = _SplitGroup()
@@ -210,9 +226,8 @@ class _LayerWriter:
             self._raw(rest)
         self._sink.end_frame()
         self._sink.flush()
-        self._diff_id = "sha256:" + self._source.hexdigest()  # also waits for the file digests
-        for entry, digest in self._file_digests:
-            entry.digest = "sha256:" + digest.hexdigest()
+        self._diff_id = "sha256:" + self._source.hexdigest()
+        self._write_resolved()
 
     def _entry(
         self, raw: bytes, header: TarHeader, blocks: Iterable[tuple[bytes, np.ndarray]] | None
@@ -222,9 +237,10 @@ class _LayerWriter:
         if blocks is not None:
             crc: int | None = self._payload(entry, blocks)
         else:
-            self._files.append(entry)
+            self._unresolved.append(entry)
             crc = _EMPTY_CRC if header.size > 0 else None  # tar-split sums only non-zero sizes
         self._tar_split.file(header.name, header.size, crc)
+        self._write_resolved()
 
     def _defer(self, raw: bytes, header: TarHeader, content: bytes) -> None:
         """Queue a file that fits one block; its split points are computed with others' in the pool."""
@@ -232,9 +248,9 @@ class _LayerWriter:
         self._group.contents.append(content)
         self._group.size += len(content)
         self._deferred_size += len(content)
-        if self._group.size >= _GROUP_BYTES:
+        if self._group.size >= _GROUP_BYTES or len(self._group.contents) >= _GROUP_FILES:
             self._submit_group()
-        if self._deferred_size >= _DEFER_BYTES:
+        if self._deferred_size >= _DEFER_BYTES or len(self._deferred) >= _DEFER_FILES:
             self._drain()
 
     def _submit_group(self) -> None:
@@ -252,14 +268,18 @@ class _LayerWriter:
             self._entry(item.raw, item.header, [(item.content, splits)])
         self._deferred_size = 0
 
-    def entries(self) -> list[TocEntry]:
-        result: list[TocEntry] = []
-        for item in self._files:
+    def _write_resolved(self) -> None:
+        """Write the TOC entries, in order, whose files' frames are written."""
+        while self._unresolved:
+            item = self._unresolved[0]
             if isinstance(item, TocEntry):
-                result.append(item)
+                self._toc.add(item)
+            elif item.ready():
+                for entry in item.resolve():
+                    self._toc.add(entry)
             else:
-                result.extend(item.resolve())
-        return result
+                return
+            self._unresolved.popleft()
 
     def diff_id(self) -> str:
         return self._diff_id
@@ -271,15 +291,13 @@ class _LayerWriter:
 
     def _payload(self, entry: TocEntry, blocks: Iterable[tuple[bytes, np.ndarray]]) -> int:
         self._sink.end_frame()
-        pending = _PendingFile(entry=entry, start=self._sink.mark(), end=Mark())
-        self._files.append(pending)
+        pending = _PendingFile(entry=entry, start=self._sink.mark(), end=Mark(), digest=hashlib.sha256())
+        self._unresolved.append(pending)
         frames = _ChunkFrames(self._sink, pending)
         chunker = Chunker()
-        file_digest = hashlib.sha256()
         crc: int | None = None
-        self._file_digests.append((entry, file_digest))
         for block, splits in blocks:
-            self._hashing.update(file_digest, block)
+            pending.hashed = self._hashing.update(pending.digest, block)
             crc = fastcrc.crc64.go_iso(block, crc)
             for piece in chunker.feed(block, splits):
                 frames.add(piece)
@@ -348,7 +366,10 @@ class _ChunkFrames:
 def write_zstd_chunked(
     tar: BinaryIO, out: BinaryIO, workdir: Path, *, level: int = 3, workers: int = 2
 ) -> ChunkedLayer:
-    """Convert the tar stream `tar` into a zstd:chunked blob written sequentially to `out`."""
+    """Convert the tar stream `tar` into a zstd:chunked blob written sequentially to `out`.
+
+    The TOC and tar-split are spooled to files in `workdir` (removed again) as they are produced.
+    """
     with (
         ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="zstdchunked") as pool,
         ThreadPoolExecutor(
@@ -356,28 +377,29 @@ def write_zstd_chunked(
         ) as rollsum_pool,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="zstdchunked-sha256") as hash_thread,
         TarSplitWriter(workdir / "tar-split.json.zst", level) as tar_split,
+        TocWriter(workdir / "toc.json") as toc,
     ):
         sink = FrameSink(out, pool, level, max_pending=2 * max(1, workers) + 2)
-        layer = _LayerWriter(tar, sink, tar_split, rollsum_pool, hash_thread, lookahead=max(1, workers) + 1)
+        layer = _LayerWriter(
+            tar, sink, tar_split, toc, rollsum_pool, hash_thread, lookahead=max(1, workers) + 1
+        )
         layer.run()
-        tar_split_digest = tar_split.finish()
-        manifest = toc_json(layer.entries(), tar_split_digest)
-        compressed_manifest = zstandard.ZstdCompressor(level=level).compress(manifest)
+        toc.finish(tar_split.finish())
+        manifest = _compress_manifest(toc.path, toc.size, workdir / "toc.json.zst", level)
+        toc.path.unlink()
 
         position = sink.position
         manifest_offset = position + _SKIPPABLE_HEADER
-        out.write(_skippable_frame(len(compressed_manifest)))
-        out.write(compressed_manifest)
-        tar_split_offset = manifest_offset + len(compressed_manifest) + _SKIPPABLE_HEADER
+        out.write(_skippable_frame(manifest.compressed_size))
+        _move_into(manifest.path, out)
+        tar_split_offset = manifest_offset + manifest.compressed_size + _SKIPPABLE_HEADER
         out.write(_skippable_frame(tar_split.compressed_size))
-        with tar_split.path.open("rb") as spooled:
-            shutil.copyfileobj(spooled, out, 1 << 20)
-        tar_split.path.unlink()
+        _move_into(tar_split.path, out)
         footer = struct.pack(
             "<7Q",
             manifest_offset,
-            len(compressed_manifest),
-            len(manifest),
+            manifest.compressed_size,
+            toc.size,
             MANIFEST_TYPE_CRFS,
             tar_split_offset,
             tar_split.compressed_size,
@@ -388,12 +410,50 @@ def write_zstd_chunked(
     return ChunkedLayer(
         diff_id=layer.diff_id(),
         annotations={
-            MANIFEST_CHECKSUM_KEY: "sha256:" + hashlib.sha256(compressed_manifest).hexdigest(),
+            MANIFEST_CHECKSUM_KEY: manifest.digest,
             MANIFEST_POSITION_KEY: (
-                f"{manifest_offset}:{len(compressed_manifest)}:{len(manifest)}:{MANIFEST_TYPE_CRFS}"
+                f"{manifest_offset}:{manifest.compressed_size}:{toc.size}:{MANIFEST_TYPE_CRFS}"
             ),
             TARSPLIT_POSITION_KEY: (
                 f"{tar_split_offset}:{tar_split.compressed_size}:{tar_split.uncompressed_size}"
             ),
         },
     )
+
+
+@dataclass(frozen=True)
+class _CompressedManifest:
+    path: Path
+    compressed_size: int
+    digest: str
+
+
+def _compress_manifest(source: Path, size: int, target: Path, level: int) -> _CompressedManifest:
+    """Compress the spooled TOC into one zstd frame at `target`: small TOCs in one piece, larger
+    ones streamed (with their size pledged, so the frame header still carries it)."""
+    compressor = zstandard.ZstdCompressor(level=level)
+    digest = hashlib.sha256()
+    written = 0
+    with source.open("rb") as plain, create_spool(target) as spool:
+
+        def emit(data: bytes) -> None:
+            nonlocal written
+            spool.write(data)
+            digest.update(data)
+            written += len(data)
+
+        if size <= _MANIFEST_IN_ONE_PIECE:
+            emit(compressor.compress(plain.read()))
+        else:
+            stream = compressor.compressobj(size=size)
+            while block := plain.read(_READ_BLOCK):
+                emit(stream.compress(block))
+            emit(stream.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH))
+    return _CompressedManifest(target, written, "sha256:" + digest.hexdigest())
+
+
+def _move_into(spooled: Path, out: BinaryIO) -> None:
+    """Append a spool file to `out` and remove it."""
+    with spooled.open("rb") as source:
+        shutil.copyfileobj(source, out, 1 << 20)
+    spooled.unlink()
