@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from acceld.formats.driver import FormatError
-from acceld.formats.nydus.bootstrap import BootstrapSettings, build_bootstrap
+from acceld.formats.nydus.bootstrap import Bootstrap, BootstrapSettings, store_bootstrap
 from acceld.formats.nydus.chunkdict import ChunkDict
 from acceld.formats.nydus.codec import chunk_digest, compress, make_compressor
 from acceld.formats.nydus.layout import (
@@ -251,7 +251,7 @@ def write_layer_blob(
     if chunk_dict is not None:
         blobs += [chunk_dict.blobs[blob_id] for blob_id in chunks.dict_blob_ids]
 
-    bootstrap = build_bootstrap(
+    bootstrap = Bootstrap(
         root,
         BootstrapSettings(
             chunk_size=options.chunk_size,
@@ -261,19 +261,11 @@ def write_layer_blob(
             prefetch_patterns=options.prefetch_patterns,
         ),
     )
-    packed_boot = compress(bootstrap, "zstd")
     boot_offset = writer.position
-    writer.write(packed_boot if packed_boot is not None else bootstrap)
-    writer.write(gnu_tar_header("image.boot", len(packed_boot or bootstrap)))
+    boot_compressor, boot_stored, boot_digest = store_bootstrap(bootstrap, writer)
+    writer.write(gnu_tar_header("image.boot", boot_stored))
     toc.append(
-        pack_toc_entry(
-            "image.boot",
-            "zstd" if packed_boot is not None else "none",
-            hashlib.sha256(bootstrap).digest(),
-            boot_offset,
-            len(packed_boot or bootstrap),
-            len(bootstrap),
-        )
+        pack_toc_entry("image.boot", boot_compressor, boot_digest, boot_offset, boot_stored, bootstrap.size)
     )
     writer.write(b"".join(toc))
     writer.write(gnu_tar_header("rafs.blob.toc", TOC_ENTRY_SIZE * len(toc)))

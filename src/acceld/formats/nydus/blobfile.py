@@ -63,13 +63,31 @@ def read_entry(handle: IO[bytes], entry: TocEntry) -> bytes:
     return decompress(data, entry.compressor, entry.uncompressed_size)
 
 
-def read_blob_bootstrap(path: Path) -> bytes:
-    """The per-layer bootstrap (`image.boot`) stored inside a Nydus blob."""
+def extract_blob_bootstrap(path: Path, target: IO[bytes]) -> None:
+    """Write the per-layer bootstrap (`image.boot`) stored inside a Nydus blob to `target`."""
     with path.open("rb") as handle:
         toc = read_toc(handle, path.stat().st_size)
         if "image.boot" not in toc:
             raise FormatError(f"{path.name}: nydus blob has no image.boot")
-        return read_entry(handle, toc["image.boot"])
+        _extract(handle, toc["image.boot"], target, path.name)
+
+
+def _extract(handle: IO[bytes], entry: TocEntry, out: IO[bytes], name: str) -> None:
+    """Stream one TOC entry's uncompressed data (zstd or stored) to `out`."""
+    if entry.compressor == "zstd":
+        handle.seek(entry.offset)
+        limited = io.BufferedReader(_Limited(handle, entry.compressed_size))
+        try:
+            with zstandard.ZstdDecompressor().stream_reader(limited, read_across_frames=False) as reader:
+                written = _copy(reader, out)
+        except zstandard.ZstdError as exc:
+            raise FormatError(f"{name}: corrupt zstd {entry.name}: {exc}") from exc
+    else:
+        data = read_entry(handle, entry)
+        out.write(data)
+        written = len(data)
+    if written != entry.uncompressed_size:
+        raise FormatError(f"{name}: {entry.name} is {written} bytes, the TOC says {entry.uncompressed_size}")
 
 
 def write_blob_meta_file(path: Path, target: Path) -> bool:
@@ -85,24 +103,8 @@ def write_blob_meta_file(path: Path, target: Path) -> bool:
             raise FormatError(f"{path.name}: blob-meta header is not 4096 bytes")
         entry = toc["blob.meta"]
         with target.open("wb") as out:
-            if entry.compressor == "zstd":
-                handle.seek(entry.offset)
-                limited = io.BufferedReader(_Limited(handle, entry.compressed_size))
-                try:
-                    with zstandard.ZstdDecompressor().stream_reader(
-                        limited, read_across_frames=False
-                    ) as reader:
-                        written = _copy(reader, out)
-                except zstandard.ZstdError as exc:
-                    raise FormatError(f"{path.name}: corrupt zstd blob meta: {exc}") from exc
-            else:
-                data = read_entry(handle, entry)
-                out.write(data)
-                written = len(data)
-            if written != entry.uncompressed_size:
-                raise FormatError(
-                    f"{path.name}: blob meta is {written} bytes, the TOC says {entry.uncompressed_size}"
-                )
+            _extract(handle, entry, out, path.name)
+            written = entry.uncompressed_size
             out.write(bytes(align(written, BLOCK) - written))
             out.write(header)
     return True

@@ -44,8 +44,9 @@ def _entry(name: str, size: int = 0, directory: bool = False) -> tarfile.TarInfo
     return info
 
 
-def write_bootstrap_layer(path: Path, bootstrap: bytes, blob_metas: Mapping[str, Path]) -> WrittenLayer:
-    """Write the layer to `path`; `blob_metas` maps blob hex digests to their .blob.meta files."""
+def write_bootstrap_layer(path: Path, bootstrap: Path, blob_metas: Mapping[str, Path]) -> WrittenLayer:
+    """Write the layer to `path` from the bootstrap file `bootstrap`; `blob_metas` maps blob hex
+    digests to their .blob.meta files."""
     # isal at its best level: about zlib -6 in size, several times faster for large bootstraps
     with (
         path.open("wb") as raw,
@@ -54,7 +55,8 @@ def write_bootstrap_layer(path: Path, bootstrap: bytes, blob_metas: Mapping[str,
         sink = _HashingSink(zipped)
         with tarfile.open(fileobj=sink, mode="w|", format=tarfile.USTAR_FORMAT) as archive:
             archive.addfile(_entry("image/", directory=True))
-            archive.addfile(_entry("image/image.boot", len(bootstrap)), io.BytesIO(bootstrap))
+            with bootstrap.open("rb") as content:
+                archive.addfile(_entry("image/image.boot", bootstrap.stat().st_size), content)
             for blob_hex, meta in blob_metas.items():
                 with meta.open("rb") as content:
                     archive.addfile(_entry(f"image/{blob_hex}.blob.meta", meta.stat().st_size), content)

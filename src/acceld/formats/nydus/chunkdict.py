@@ -7,6 +7,7 @@ images can carry the blobs they reference.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,7 @@ class ChunkDict:
     def load(cls, path: Path) -> ChunkDict:
         if not path.is_file():
             raise FormatError(f"chunk dict {path} does not exist")
-        loaded = load_bootstrap(read_bootstrap_file(path))
+        loaded = load_bootstrap(io.BytesIO(read_bootstrap_file(path)))
         chunks: dict[bytes, Chunk] = {}
         for _, inode in walk(loaded.root):
             for chunk in inode.chunks:

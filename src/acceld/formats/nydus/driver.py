@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -11,12 +12,12 @@ from typing import BinaryIO
 from acceld import __version__
 from acceld.formats.driver import FormatError, ImageAdditions, LayerBlob, LayerOutput, SourceLayer
 from acceld.formats.nydus.blob import write_layer_blob
-from acceld.formats.nydus.blobfile import read_blob_bootstrap, read_toc_digest, write_blob_meta_file
-from acceld.formats.nydus.bootstrap import BootstrapSettings, build_bootstrap
+from acceld.formats.nydus.blobfile import extract_blob_bootstrap, read_toc_digest, write_blob_meta_file
+from acceld.formats.nydus.bootstrap import Bootstrap, BootstrapSettings
 from acceld.formats.nydus.bootstrap_layer import write_bootstrap_layer
 from acceld.formats.nydus.chunkdict import ChunkDict
 from acceld.formats.nydus.layout import BLOB_INLINED_FS_META
-from acceld.formats.nydus.load import load_bootstrap
+from acceld.formats.nydus.load import LoadedBootstrap, load_bootstrap
 from acceld.formats.nydus.merge import LayerBootstrap, merge_layers
 from acceld.formats.nydus.options import DEFAULT_CHUNK_SIZE, NydusOptions
 from acceld.formats.nydus.zran import write_ref_blob
@@ -139,13 +140,12 @@ class NydusDriver:
             )
         merged = merge_layers(
             [
-                LayerBootstrap(
-                    _hex(layer.digest), load_bootstrap(read_blob_bootstrap(layer.path), _hex(layer.digest))
-                )
+                LayerBootstrap(blob_id, _load_layer_bootstrap(layer.path, blob_id, workdir))
                 for layer in blob_layers
+                for blob_id in [_hex(layer.digest)]
             ]
         )
-        bootstrap = build_bootstrap(
+        bootstrap = Bootstrap(
             merged.root,
             BootstrapSettings(
                 chunk_size=merged.chunk_size,
@@ -188,9 +188,7 @@ class NydusDriver:
                 )
             gzip_hex = _hex(gzip_digest)
             refs[gzip_hex] = layer
-            per_layer.append(
-                LayerBootstrap(gzip_hex, load_bootstrap(read_blob_bootstrap(layer.path), gzip_hex))
-            )
+            per_layer.append(LayerBootstrap(gzip_hex, _load_layer_bootstrap(layer.path, gzip_hex, workdir)))
         merged = merge_layers(per_layer)
         blobs = []
         for blob in merged.blobs:
@@ -208,7 +206,7 @@ class NydusDriver:
                     meta_size=ref.size,
                 )
             )
-        bootstrap = build_bootstrap(
+        bootstrap = Bootstrap(
             merged.root,
             BootstrapSettings(
                 chunk_size=merged.chunk_size,
@@ -227,9 +225,14 @@ class NydusDriver:
         return self._additions(workdir, bootstrap, metas, [])
 
     def _additions(
-        self, workdir: Path, bootstrap: bytes, metas: Mapping[str, Path], dict_layers: Sequence[LayerBlob]
+        self, workdir: Path, bootstrap: Bootstrap, metas: Mapping[str, Path], dict_layers: Sequence[LayerBlob]
     ) -> ImageAdditions:
-        written = write_bootstrap_layer(workdir / "nydus-bootstrap.tar.gz", bootstrap, metas)
+        boot_path = workdir / "image.boot"
+        with boot_path.open("wb") as boot_file:
+            bootstrap.write(boot_file)
+        del bootstrap
+        written = write_bootstrap_layer(workdir / "nydus-bootstrap.tar.gz", boot_path, metas)
+        boot_path.unlink()
         bootstrap_layer = LayerBlob(
             path=workdir / "nydus-bootstrap.tar.gz",
             media_type=BOOTSTRAP_MEDIA_TYPE,
@@ -256,6 +259,13 @@ def _hex(digest: str) -> str:
     if algorithm != "sha256" or len(value) != 64:
         raise FormatError(f"unexpected blob digest {digest!r}")
     return value
+
+
+def _load_layer_bootstrap(blob: Path, blob_id: str, workdir: Path) -> LoadedBootstrap:
+    """A layer blob's bootstrap, through a temp file: it can be larger than the memory it loads into."""
+    with tempfile.TemporaryFile(dir=workdir) as boot:
+        extract_blob_bootstrap(blob, boot)
+        return load_bootstrap(boot, blob_id)
 
 
 def _blob_layer(path: Path, blob_id: str) -> LayerBlob:

@@ -6,9 +6,12 @@ not the strict validator: it checks only what it relies on.
 
 from __future__ import annotations
 
+import io
 import stat
 import struct
+from collections import OrderedDict
 from dataclasses import dataclass, replace
+from typing import IO, Any
 
 from acceld.formats.driver import FormatError
 from acceld.formats.nydus.layout import (
@@ -49,15 +52,55 @@ def _flag_name(flags: int, table: dict[str, int], what: str) -> str:
     return names[0]
 
 
+class _Pages:
+    """Random reads of a bootstrap file through a few cached 64 KiB pages: the loader walks it
+    roughly in file order and never needs it whole."""
+
+    PAGE = 1 << 16
+    KEPT = 64
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.handle = handle
+        self.size = handle.seek(0, io.SEEK_END)
+        self.pages: OrderedDict[int, bytes] = OrderedDict()
+
+    def page(self, number: int) -> bytes:
+        page = self.pages.get(number)
+        if page is None:
+            self.handle.seek(number * self.PAGE)
+            page = self.pages[number] = self.handle.read(self.PAGE)
+            if len(self.pages) > self.KEPT:
+                self.pages.popitem(last=False)
+        return page
+
+    def __getitem__(self, where: slice) -> bytes:
+        start, stop = where.start, min(where.stop, self.size)
+        if start >= stop:
+            return b""
+        first, last = start // self.PAGE, (stop - 1) // self.PAGE
+        if first == last:
+            base = first * self.PAGE
+            return self.page(first)[start - base : stop - base]
+        joined = b"".join(self.page(number) for number in range(first, last + 1))
+        return joined[start - first * self.PAGE : stop - first * self.PAGE]
+
+    def unpack(self, fmt: str, offset: int) -> tuple[Any, ...]:
+        size = struct.calcsize(fmt)
+        raw = self[offset : offset + size]
+        if len(raw) != size:
+            raise FormatError(f"truncated or corrupt RAFS v6 bootstrap: nothing at offset {offset}")
+        return struct.unpack(fmt, raw)
+
+
 class _Loader:
-    def __init__(self, data: bytes, own_blob_id: str | None) -> None:
-        self.data = data
-        if len(data) < 2 * BLOCK or struct.unpack_from("<I", data, SB_OFFSET)[0] != EROFS_MAGIC:
+    def __init__(self, handle: IO[bytes], own_blob_id: str | None) -> None:
+        data = self.data = _Pages(handle)
+        if data.size < 2 * BLOCK or data.unpack("<I", SB_OFFSET)[0] != EROFS_MAGIC:
             raise FormatError("not a RAFS v6 bootstrap (no EROFS superblock)")
-        self.root_nid = struct.unpack_from("<H", data, SB_OFFSET + 14)[0]
-        self.meta_addr = struct.unpack_from("<I", data, SB_OFFSET + 40)[0] * BLOCK
-        (self.flags, blob_off, blob_size, self.chunk_size, chunk_off, chunk_size) = struct.unpack_from(
-            "<QQIIQQ", data, EXT_SB_OFFSET
+        self.root_nid = data.unpack("<H", SB_OFFSET + 14)[0]
+        self.meta_addr = data.unpack("<I", SB_OFFSET + 40)[0] * BLOCK
+        (self.flags, blob_off, blob_size, self.chunk_size, chunk_off, chunk_size) = data.unpack(
+            "<QQIIQQ", EXT_SB_OFFSET
         )
         self.blobs: list[BlobInfo] = []
         for offset in range(blob_off, blob_off + blob_size, BLOB_ENTRY_SIZE):
@@ -70,8 +113,8 @@ class _Loader:
             self.blobs.append(blob)
         self.chunk_records: dict[tuple[int, int], Chunk] = {}
         for offset in range(chunk_off, chunk_off + chunk_size, CHUNK_RECORD_SIZE):
-            digest, blob_index, _flags, csize, usize, coff, uoff, _foff, index = struct.unpack_from(
-                "<32sIIIIQQQI", data, offset
+            digest, blob_index, _flags, csize, usize, coff, uoff, _foff, index = data.unpack(
+                "<32sIIIIQQQI", offset
             )
             if blob_index >= len(self.blobs):
                 raise FormatError(f"chunk table entry names blob {blob_index}, beyond the blob table")
@@ -89,14 +132,14 @@ class _Loader:
         if depth > 4096:
             raise FormatError("bootstrap directory tree is too deep or cyclic")
         pos = self.meta_addr + 32 * nid
-        i_format, icount, mode = struct.unpack_from("<HHH", self.data, pos)
+        i_format, icount, mode = self.data.unpack("<HHH", pos)
         if i_format & INODE_EXTENDED:
-            _, _, _, _, size, i_u, _ino, uid, gid, mtime, nsec, _nlink = struct.unpack_from(
-                "<HHHHQIIIIQII", self.data, pos
+            _, _, _, _, size, i_u, _ino, uid, gid, mtime, nsec, _nlink = self.data.unpack(
+                "<HHHHQIIIIQII", pos
             )
             inode_size = 64
         else:
-            _, _, _, _nlink, size, _, i_u, _ino, uid, gid = struct.unpack_from("<HHHHIIIIHH", self.data, pos)
+            _, _, _, _nlink, size, _, i_u, _ino, uid, gid = self.data.unpack("<HHHHIIIIHH", pos)
             mtime, nsec, inode_size = 0, 0, 32
         xattr_size = 12 + 4 * (icount - 1) if icount else 0
         node = Inode(mode=mode, uid=uid, gid=gid, mtime=mtime, size=size)
@@ -122,12 +165,12 @@ class _Loader:
     def xattrs(self, start: int, size: int) -> dict[bytes, bytes]:
         if not size:
             return {}
-        if self.data[start + 4]:
+        if self.data[start + 4 : start + 5] != b"\0":
             raise FormatError("shared xattrs are not supported")
         result: dict[bytes, bytes] = {}
         pos, end = start + 12, start + size
         while pos < end:
-            name_len, index, value_size = struct.unpack_from("<BBH", self.data, pos)
+            name_len, index, value_size = self.data.unpack("<BBH", pos)
             prefix = XATTR_PREFIX_OF_INDEX.get(index)
             if prefix is None:
                 raise FormatError(f"unknown xattr prefix index {index}")
@@ -146,7 +189,7 @@ class _Loader:
         pos = (body - self.meta_addr + 7) // 8 * 8 + self.meta_addr
         result = []
         for _ in range(-(-size // self.chunk_size)):
-            lo, hi = struct.unpack_from("<HH", self.data, pos)
+            lo, hi = self.data.unpack("<HH", pos)
             pos += 8
             blob_index, index = (hi & 0xFF) - 1, lo | (hi >> 8) << 16
             chunk = self.chunk_records.get((blob_index, index))
@@ -168,11 +211,11 @@ class _Loader:
         return entries
 
 
-def load_bootstrap(data: bytes, own_blob_id: str | None = None) -> LoadedBootstrap:
-    """Parse `data`; with `own_blob_id`, a per-layer bootstrap's placeholder blob becomes that blob
-    (with INLINED_FS_META dropped, as in a merged bootstrap)."""
+def load_bootstrap(handle: IO[bytes], own_blob_id: str | None = None) -> LoadedBootstrap:
+    """Parse the bootstrap file `handle`; with `own_blob_id`, a per-layer bootstrap's placeholder
+    blob becomes that blob (with INLINED_FS_META dropped, as in a merged bootstrap)."""
     try:
-        loader = _Loader(data, own_blob_id)
+        loader = _Loader(handle, own_blob_id)
         root = loader.inode(loader.root_nid)
         compressor = _flag_name(loader.flags, FLAG_COMPRESSION, "compressor")
         digester = _flag_name(loader.flags, FLAG_HASH, "digester")

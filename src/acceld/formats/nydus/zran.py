@@ -20,8 +20,8 @@ import zstandard
 
 from acceld.formats.checkpoints import Checkpoint, CheckpointingReader, WindowStore
 from acceld.formats.driver import FormatError
-from acceld.formats.nydus.bootstrap import BootstrapSettings, build_bootstrap
-from acceld.formats.nydus.codec import ZSTD_LEVEL, compress
+from acceld.formats.nydus.bootstrap import Bootstrap, BootstrapSettings, store_bootstrap
+from acceld.formats.nydus.codec import ZSTD_LEVEL
 from acceld.formats.nydus.layout import (
     BLOB_META_HEADER_SIZE,
     BLOCK,
@@ -378,7 +378,7 @@ def _write_blob(
                 ci_uncompressed_size=meta_size,
             )
         )
-    bootstrap = build_bootstrap(
+    bootstrap = Bootstrap(
         root,
         BootstrapSettings(
             chunk_size=chunk_size,
@@ -388,20 +388,11 @@ def _write_blob(
             prefetch_patterns=prefetch_patterns,
         ),
     )
-    packed_boot = compress(bootstrap, "zstd")
-    boot_data = packed_boot if packed_boot is not None else bootstrap
     boot_offset = writer.position
-    writer.write(boot_data)
-    writer.write(gnu_tar_header("image.boot", len(boot_data)))
+    boot_compressor, boot_stored, boot_digest = store_bootstrap(bootstrap, writer)
+    writer.write(gnu_tar_header("image.boot", boot_stored))
     toc.append(
-        pack_toc_entry(
-            "image.boot",
-            "zstd" if packed_boot is not None else "none",
-            hashlib.sha256(bootstrap).digest(),
-            boot_offset,
-            len(boot_data),
-            len(bootstrap),
-        )
+        pack_toc_entry("image.boot", boot_compressor, boot_digest, boot_offset, boot_stored, bootstrap.size)
     )
     toc_data = b"".join(toc)
     writer.write(toc_data)
