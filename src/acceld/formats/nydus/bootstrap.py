@@ -279,7 +279,8 @@ class Bootstrap:
             target = lookup(root, pattern)
             if target is not None and self.nid(target) not in prefetch:
                 prefetch.append(self.nid(target))
-        struct.pack_into(f"<{len(prefetch)}I", header, prefetch_offset, *prefetch)
+        if prefetch:
+            struct.pack_into(f"<{len(prefetch)}I", header, prefetch_offset, *prefetch)
 
         position = self.size
         for index, blob in enumerate(blobs):
