@@ -159,7 +159,8 @@ class _ChunkWriter:
             if id(node) in seen:
                 continue
             seen.add(id(node))
-            node.chunks = [self.resolved[c.index] for c in node.chunks]
+            if node.chunks:
+                node.chunks = tuple([self.resolved[c.index] for c in node.chunks])
             stack.extend(node.children.values())
 
     def close(self) -> None:

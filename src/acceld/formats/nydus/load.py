@@ -28,12 +28,13 @@ from acceld.formats.nydus.layout import (
     INODE_EXTENDED,
     LAYOUT_CHUNK_BASED,
     LAYOUT_FLAT_INLINE,
+    MAX_CHUNKS_PER_BLOB,
     PLACEHOLDER_BLOB_ID,
     SB_OFFSET,
     XATTR_PREFIX_OF_INDEX,
     BlobInfo,
 )
-from acceld.formats.nydus.tree import Chunk, Inode
+from acceld.formats.nydus.tree import NO_XATTRS, Chunk, Inode
 
 
 @dataclass
@@ -111,16 +112,18 @@ class _Loader:
             if own_blob_id is not None and blob.blob_id in (PLACEHOLDER_BLOB_ID, own_blob_id):
                 blob = replace(blob, blob_id=own_blob_id, features=blob.features & ~BLOB_INLINED_FS_META)
             self.blobs.append(blob)
-        self.chunk_records: dict[tuple[int, int], Chunk] = {}
+        self.chunk_records: dict[int, Chunk] = {}  # by blob index << 24 | CI index
         for offset in range(chunk_off, chunk_off + chunk_size, CHUNK_RECORD_SIZE):
             digest, blob_index, _flags, csize, usize, coff, uoff, _foff, index = data.unpack(
                 "<32sIIIIQQQI", offset
             )
             if blob_index >= len(self.blobs):
                 raise FormatError(f"chunk table entry names blob {blob_index}, beyond the blob table")
+            if index >= MAX_CHUNKS_PER_BLOB:
+                continue  # no inode's chunk index can name it
             blob = self.blobs[blob_index]
             zran = bool(blob.features & BLOB_ZRAN)
-            self.chunk_records[(blob_index, index)] = Chunk(
+            self.chunk_records[blob_index << 24 | index] = Chunk(
                 digest, blob.blob_id, index, coff, csize, uoff, usize, zran
             )
         self.inodes: dict[int, Inode] = {}
@@ -153,6 +156,7 @@ class _Loader:
                 raise FormatError(f"nid {nid}: regular file is not chunk based")
             node.chunks = self.chunks(body, size)
         elif stat.S_ISDIR(mode):
+            node.children = {}
             for name, child_nid in self.dirents(self.content(layout, size, i_u, body)):
                 if name not in (b".", b".."):
                     node.children[name] = self.inode(child_nid, depth + 1)
@@ -164,7 +168,7 @@ class _Loader:
 
     def xattrs(self, start: int, size: int) -> dict[bytes, bytes]:
         if not size:
-            return {}
+            return NO_XATTRS
         if self.data[start + 4 : start + 5] != b"\0":
             raise FormatError("shared xattrs are not supported")
         result: dict[bytes, bytes] = {}
@@ -185,18 +189,18 @@ class _Loader:
             return self.data[i_u * BLOCK : i_u * BLOCK + full] + self.data[body : body + size % BLOCK]
         return self.data[i_u * BLOCK : i_u * BLOCK + size]
 
-    def chunks(self, body: int, size: int) -> list[Chunk]:
+    def chunks(self, body: int, size: int) -> tuple[Chunk, ...]:
         pos = (body - self.meta_addr + 7) // 8 * 8 + self.meta_addr
         result = []
         for _ in range(-(-size // self.chunk_size)):
             lo, hi = self.data.unpack("<HH", pos)
             pos += 8
             blob_index, index = (hi & 0xFF) - 1, lo | (hi >> 8) << 16
-            chunk = self.chunk_records.get((blob_index, index))
+            chunk = self.chunk_records.get(blob_index << 24 | index)
             if chunk is None:
                 raise FormatError(f"chunk {index} of blob {blob_index} is missing from the chunk table")
             result.append(chunk)
-        return result
+        return tuple(result)
 
     @staticmethod
     def dirents(data: bytes) -> list[tuple[bytes, int]]:

@@ -13,7 +13,7 @@ from acceld.formats.driver import FormatError
 from acceld.formats.nydus.layout import PLACEHOLDER_BLOB_ID, BlobInfo
 from acceld.formats.nydus.load import LoadedBootstrap
 from acceld.formats.nydus.tarball import OPAQUE_MARKER
-from acceld.formats.nydus.tree import Inode, new_dir, walk
+from acceld.formats.nydus.tree import NO_XATTRS, Inode, new_dir, walk
 
 WHITEOUT_PREFIX = b".wh."
 
@@ -35,7 +35,7 @@ class MergedImage:
 
 def _adopt_attributes(target: Inode, source: Inode) -> None:
     target.mode, target.uid, target.gid = source.mode, source.uid, source.gid
-    target.mtime, target.xattrs, target.implicit = source.mtime, dict(source.xattrs), False
+    target.mtime, target.xattrs, target.implicit = source.mtime, dict(source.xattrs) or NO_XATTRS, False
 
 
 def _apply_dir(lower: Inode, upper: Inode) -> None:

@@ -11,7 +11,7 @@ from typing import IO, Protocol, cast
 
 from acceld.formats.driver import FormatError
 from acceld.formats.nydus.layout import MAX_CHUNKS_PER_BLOB, xattr_name_index
-from acceld.formats.nydus.tree import Chunk, Inode, encode_rdev, new_dir
+from acceld.formats.nydus.tree import NO_XATTRS, Chunk, Inode, encode_rdev, new_dir
 
 OPAQUE_MARKER = b".wh..wh..opq"
 _SKIPPED_TOP_LEVEL = {b"stargz.index.json", b".prefetch.landmark", b".no.prefetch.landmark"}
@@ -45,6 +45,8 @@ def _split(name: str) -> list[bytes]:
 
 
 def _xattrs(info: tarfile.TarInfo) -> dict[bytes, bytes]:
+    if not info.pax_headers:
+        return NO_XATTRS
     xattrs: dict[bytes, bytes] = {}
     for key, value in info.pax_headers.items():
         if not key.startswith(_XATTR_PAX_PREFIX):
@@ -59,7 +61,7 @@ def _xattrs(info: tarfile.TarInfo) -> dict[bytes, bytes]:
         if len(name) > MAX_XATTR_NAME or len(raw) > MAX_XATTR_VALUE:
             raise FormatError(f"{info.name}: xattr {name!r} is too large")
         xattrs[name] = raw
-    return xattrs
+    return xattrs or NO_XATTRS
 
 
 class _LayerTree:
@@ -122,6 +124,7 @@ class _LayerTree:
         node = Inode(mode=perm, uid=info.uid, gid=info.gid, mtime=int(info.mtime), xattrs=_xattrs(info))
         if info.isdir():
             node.mode |= stat.S_IFDIR
+            node.children = {}
         elif info.isreg():
             node.mode |= stat.S_IFREG
             self.read_content(reader, info, node)
@@ -152,18 +155,21 @@ class _LayerTree:
             self.read_sparse_content(reader, info, node)
             return
         remaining = info.size
+        chunks = []
         while remaining:
             data = reader.read(min(self.chunk_size, remaining))
             if not data:
                 raise FormatError(f"{info.name}: tar stream ends inside the file")
-            node.chunks.append(self.store.add(data))
+            chunks.append(self.store.add(data))
             remaining -= len(data)
+        node.chunks = tuple(chunks)
         node.size = info.size
 
     def read_sparse_content(self, reader: _TarReader, info: tarfile.TarInfo, node: Inode) -> None:
         """A GNU sparse file (old GNU or PAX map, parsed by tarfile) stored with its holes as zeros,
         as Go's archive/tar, and so every runtime, extracts it."""
         pending = bytearray()
+        chunks = []
         at = 0
         # tarfile keeps the old GNU header's unused (0, 0) slots; empty segments carry nothing
         sparse_map = cast(list[tuple[int, int]], info.sparse)  # typeshed says bytes; tarfile stores pairs
@@ -183,10 +189,11 @@ class _LayerTree:
                     length -= len(piece)
                 pending += piece
                 while len(pending) >= self.chunk_size:
-                    node.chunks.append(self.store.add(bytes(pending[: self.chunk_size])))
+                    chunks.append(self.store.add(bytes(pending[: self.chunk_size])))
                     del pending[: self.chunk_size]
         if pending:
-            node.chunks.append(self.store.add(bytes(pending)))
+            chunks.append(self.store.add(bytes(pending)))
+        node.chunks = tuple(chunks)
         node.size = info.size
 
 

@@ -8,26 +8,92 @@ bootstraps can be merged before blob indexes are assigned.
 from __future__ import annotations
 
 import stat
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 
-@dataclass(frozen=True, slots=True)
 class Chunk:
-    """Where one chunk of file data lives (a CI entry of a blob) and what it contains."""
+    """Where one chunk of file data lives (a CI entry of a blob) and what it contains.
 
-    digest: bytes
-    blob_id: str
-    index: int  # CI index within the blob
-    compressed_offset: int
-    compressed_size: int
-    uncompressed_offset: int
-    uncompressed_size: int
-    zran: bool = False  # lives in a gzip layer, read through a zran context (always "compressed")
+    Its fields are packed in one bytes object: a layer of a million small files has a million chunks.
+    """
+
+    __slots__ = ("_record", "blob_id")
+    _RECORD = struct.Struct("<32sIQQIQ?")
+
+    def __init__(
+        self,
+        digest: bytes,
+        blob_id: str,
+        index: int,  # CI index within the blob
+        compressed_offset: int,
+        compressed_size: int,
+        uncompressed_offset: int,
+        uncompressed_size: int,
+        zran: bool = False,  # lives in a gzip layer, read through a zran context (always "compressed")
+    ) -> None:
+        self.blob_id = blob_id
+        self._record = self._RECORD.pack(
+            digest, index, compressed_offset, compressed_size, uncompressed_size, uncompressed_offset, zran
+        )
+
+    @property
+    def digest(self) -> bytes:
+        return self._record[:32]
+
+    @property
+    def index(self) -> int:
+        return int.from_bytes(self._record[32:36], "little")
+
+    @property
+    def compressed_offset(self) -> int:
+        return int.from_bytes(self._record[36:44], "little")
+
+    @property
+    def compressed_size(self) -> int:
+        return int.from_bytes(self._record[44:52], "little")
+
+    @property
+    def uncompressed_size(self) -> int:
+        return int.from_bytes(self._record[52:56], "little")
+
+    @property
+    def uncompressed_offset(self) -> int:
+        return int.from_bytes(self._record[56:64], "little")
+
+    @property
+    def zran(self) -> bool:
+        return self._record[64] != 0
 
     @property
     def compressed(self) -> bool:
         return self.zran or self.compressed_size != self.uncompressed_size
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Chunk) and (self.blob_id, self._record) == (other.blob_id, other._record)
+
+    def __hash__(self) -> int:
+        return hash((self.blob_id, self._record))
+
+    def __repr__(self) -> str:
+        return (
+            f"Chunk(digest={self.digest.hex()}, blob_id={self.blob_id!r}, index={self.index}, "
+            f"compressed={self.compressed_offset}+{self.compressed_size}, "
+            f"uncompressed={self.uncompressed_offset}+{self.uncompressed_size}, zran={self.zran})"
+        )
+
+
+class _Sealed(dict[Any, Any]):
+    """The one empty mapping shared by every inode without children or xattrs: writing to it is a bug."""
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        raise TypeError("the shared empty mapping of an inode is read-only")
+
+
+NO_CHILDREN: dict[bytes, Inode] = _Sealed()
+NO_XATTRS: dict[bytes, bytes] = _Sealed()
 
 
 @dataclass(eq=False, slots=True)
@@ -42,9 +108,10 @@ class Inode:
     size: int = 0
     rdev: int = 0  # encoded as glibc makedev, truncated to 32 bits
     target: bytes = b""
-    xattrs: dict[bytes, bytes] = field(default_factory=dict)
-    chunks: list[Chunk] = field(default_factory=list)
-    children: dict[bytes, Inode] = field(default_factory=dict)
+    # the shared empty containers unless set: most inodes have no xattrs, files no children
+    xattrs: dict[bytes, bytes] = field(default_factory=lambda: NO_XATTRS)
+    chunks: tuple[Chunk, ...] = ()
+    children: dict[bytes, Inode] = field(default_factory=lambda: NO_CHILDREN)
 
     @property
     def is_dir(self) -> bool:
@@ -60,7 +127,7 @@ class Inode:
 
 
 def new_dir(*, implicit: bool = False) -> Inode:
-    return Inode(mode=stat.S_IFDIR | 0o755, implicit=implicit)
+    return Inode(mode=stat.S_IFDIR | 0o755, implicit=implicit, children={})
 
 
 def encode_rdev(major: int, minor: int) -> int:
