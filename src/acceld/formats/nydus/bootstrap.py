@@ -12,6 +12,7 @@ import io
 import stat
 import struct
 import tempfile
+from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -60,7 +61,7 @@ from acceld.formats.nydus.layout import (
     align,
     xattr_name_index,
 )
-from acceld.formats.nydus.tree import Inode, lookup
+from acceld.formats.nydus.tree import Chunk, Inode, lookup
 
 _FILE_TYPES = {
     stat.S_IFREG: FT_REG,
@@ -113,38 +114,20 @@ def dirent_blocks(names: Sequence[bytes]) -> list[list[bytes]]:
     return blocks
 
 
-class _Record:
-    """Layout facts about one inode, filled in over the passes of `build_bootstrap`."""
+class _Shape:
+    """Layout facts of an inode that is not a plain regular file or device: a directory, a
+    symlink, or any inode with xattrs. Plain files (most of a layer) need none of them."""
 
-    __slots__ = (
-        "blocks",
-        "data_block",
-        "ino",
-        "inode",
-        "layout",
-        "nlink",
-        "plain_blocks",
-        "position",
-        "size",
-        "tail",
-        "xattrs",
-    )
+    __slots__ = ("blocks", "data_block", "layout", "plain_blocks", "size", "tail", "xattrs")
 
-    def __init__(self, inode: Inode, ino: int) -> None:
-        self.inode = inode
-        self.ino = ino
-        self.nlink = 0
+    def __init__(self, inode: Inode) -> None:
         self.xattrs = pack_xattrs(inode.xattrs)
         self.blocks: Sequence[list[bytes]] = ()  # a directory's dirent names, block by block
         self.size = inode.size
         self.layout = LAYOUT_FLAT_PLAIN
         self.plain_blocks = 0
         self.tail = 0
-        self.position = 0
         self.data_block = 0
-
-    def plan(self) -> None:
-        inode = self.inode
         if inode.is_reg:
             self.layout = LAYOUT_CHUNK_BASED
             return
@@ -163,49 +146,68 @@ class _Record:
         else:
             self.plain_blocks = -(-self.size // BLOCK)
 
-    @property
-    def head_size(self) -> int:
-        """Bytes that must stay within one block: inode, xattrs and an inline tail."""
-        return INODE_SIZE + len(self.xattrs) + self.tail
 
-    @property
-    def record_size(self) -> int:
-        if self.layout == LAYOUT_CHUNK_BASED:
-            return align(INODE_SIZE + len(self.xattrs), 8) + 8 * len(self.inode.chunks)
-        return self.head_size
+def _needs_shape(inode: Inode) -> bool:
+    return bool(inode.xattrs) or inode.is_dir or inode.is_symlink
 
 
-def _number_and_order(root: Inode) -> tuple[list[_Record], dict[int, _Record], dict[int, Inode], int]:
-    """i_ino numbering (§5.6) and the placement order; returns records, by id, parents, s_inos."""
-    records = {id(root): _Record(root, 1)}
-    parents = {id(root): root}
-    order = [records[id(root)]]
-    counter = 1
+def _head_size(shape: _Shape | None) -> int:
+    """Bytes that must stay within one block: inode, xattrs and an inline tail."""
+    return INODE_SIZE if shape is None else INODE_SIZE + len(shape.xattrs) + shape.tail
 
-    def visit(directory: Inode) -> None:
-        nonlocal counter
+
+def _record_size(inode: Inode, shape: _Shape | None) -> int:
+    if inode.is_reg:
+        xattrs = 0 if shape is None else len(shape.xattrs)
+        return align(INODE_SIZE + xattrs, 8) + 8 * len(inode.chunks)
+    return _head_size(shape)
+
+
+class _Order:
+    """i_ino numbering (§5.6) and the placement order, in parallel arrays: `inodes[i]` has
+    `ino[i]` and `nlink[i]`, and `inodes[i].serial == i`."""
+
+    def __init__(self, root: Inode) -> None:
+        root.serial = 0
+        self.inodes = [root]
+        self.ino = array("Q", [1])
+        self.nlink = array("I", [0])
+        self.parents = {id(root): root}  # directories only
+        self.counter = 1
+        self._visit(root)
+        for serial, inode in enumerate(self.inodes):
+            if inode.is_dir:
+                self.nlink[serial] = 2 + sum(1 for c in inode.children.values() if c.is_dir)
+
+    def placed(self, inode: Inode) -> bool:
+        serial = inode.serial
+        return 0 <= serial < len(self.inodes) and self.inodes[serial] is inode
+
+    def _place(self, inode: Inode, ino: int) -> None:
+        inode.serial = len(self.inodes)
+        self.inodes.append(inode)
+        self.ino.append(ino)
+        self.nlink.append(0)
+
+    def _visit(self, directory: Inode) -> None:
         names = sorted(directory.children)
+        dir_inos: dict[int, int] = {}
         for name in names:
             child = directory.children[name]
-            counter += 1
-            record = records.get(id(child))
-            if record is None:
-                record = records[id(child)] = _Record(child, counter)
-                if not child.is_dir:
-                    order.append(record)
-            record.nlink += 1
+            self.counter += 1
+            if self.placed(child):
+                self.nlink[child.serial] += 1
+            elif child.is_dir:
+                dir_inos.setdefault(id(child), self.counter)
+            else:
+                self._place(child, self.counter)
+                self.nlink[child.serial] = 1
         for name in names:
             child = directory.children[name]
-            if child.is_dir:
-                parents[id(child)] = directory
-                order.append(records[id(child)])
-                visit(child)
-
-    visit(root)
-    for record in order:
-        if record.inode.is_dir:
-            record.nlink = 2 + sum(1 for c in record.inode.children.values() if c.is_dir)
-    return order, records, parents, counter
+            if child.is_dir and not self.placed(child):
+                self.parents[id(child)] = directory
+                self._place(child, dir_inos[id(child)])
+                self._visit(child)
 
 
 class Writable(Protocol):
@@ -220,10 +222,10 @@ class Bootstrap:
         blobs = list(settings.blobs)
         self.blob_index = {blob.blob_id: i for i, blob in enumerate(blobs)}
         self.chunk_bits = settings.chunk_size.bit_length() - 1
-        order, records, parents, s_inos = _number_and_order(root)
-        self.order, self.records, self.parents = order, records, parents
-        for record in order:
-            record.plan()
+        order = self.order = _Order(root)
+        inodes = order.inodes
+        shapes = {serial: _Shape(inode) for serial, inode in enumerate(inodes) if _needs_shape(inode)}
+        self.shapes = shapes
 
         blob_table_offset = align(DEVICE_TABLE_OFFSET + DEVICE_SLOT_SIZE * len(blobs), BLOCK)
         blob_table_size = BLOB_ENTRY_SIZE * len(blobs)
@@ -232,32 +234,42 @@ class Bootstrap:
         # the prefetch table needs nids, which need meta_addr: reserve room for every pattern
         self.meta_addr = meta_addr = align(prefetch_offset + 4 * prefetch_count_max, BLOCK) if blobs else 0
 
+        self.positions = positions = array("Q")
         cursor = meta_addr + BLOCK
-        for record in order:
+        for serial, inode in enumerate(inodes):
+            shape = shapes.get(serial)
+            head_size = _head_size(shape)
             cursor = align(cursor, 32)
-            if record.head_size <= BLOCK and cursor % BLOCK + record.head_size > BLOCK:
+            if head_size <= BLOCK and cursor % BLOCK + head_size > BLOCK:
                 cursor = align(cursor, BLOCK)
-            record.position = cursor
-            cursor += record.record_size
-        self.inodes_end = cursor
+            positions.append(cursor)
+            cursor += _record_size(inode, shape)
         block_cursor = align(cursor, BLOCK)
-        for record in order:
-            if record.plain_blocks:
-                record.data_block = block_cursor // BLOCK
-                block_cursor += record.plain_blocks * BLOCK
+        for shape in shapes.values():  # in serial order: dicts keep insertion order
+            if shape.plain_blocks:
+                shape.data_block = block_cursor // BLOCK
+                block_cursor += shape.plain_blocks * BLOCK
 
         if self.nid(root) != ROOT_NID:
             raise AssertionError("root inode must be nid 128")
 
-        chunk_rows: dict[tuple[bytes, int], bytes] = {}
-        for record in order:
-            for number, chunk in enumerate(record.inode.chunks):
-                key = (chunk.digest, self.blob_index[chunk.blob_id])
-                if key not in chunk_rows:
-                    chunk_rows[key] = struct.pack(
-                        "<32sIIIIQQQII",
+        # sortable rows: digest, blob index (big endian), first-use sequence, then the record's rest
+        seen: set[Chunk] = set()
+        rows: list[bytes] = []
+        for inode in inodes:
+            for number, chunk in enumerate(inode.chunks):
+                if chunk in seen:
+                    continue
+                seen.add(chunk)
+                rows.append(
+                    struct.pack(
+                        ">32sII",
                         chunk.digest,
-                        key[1],
+                        self.blob_index[chunk.blob_id],
+                        len(rows),
+                    )
+                    + struct.pack(
+                        "<IIIQQQII",
                         CHUNK_COMPRESSED if chunk.compressed else 0,
                         chunk.compressed_size,
                         chunk.uncompressed_size,
@@ -267,9 +279,13 @@ class Bootstrap:
                         chunk.index,
                         0,
                     )
+                )
+        del seen
+        rows.sort()
+        # one row per (digest, blob): the first use of it wins, as its file offset says
+        self.chunk_rows = [row for i, row in enumerate(rows) if not i or rows[i - 1][:36] != row[:36]]
+        del rows
         self.chunk_table_offset = align(block_cursor, BLOCK)
-        self.chunk_rows = [chunk_rows[key] for key in sorted(chunk_rows)]
-        del chunk_rows
         chunk_table_size = CHUNK_RECORD_SIZE * len(self.chunk_rows)
         self.size = align(self.chunk_table_offset + chunk_table_size, BLOCK)
 
@@ -298,7 +314,7 @@ class Bootstrap:
             entry = blob_table_offset + BLOB_ENTRY_SIZE * index
             header[entry : entry + BLOB_ENTRY_SIZE] = blob.pack(index)
 
-        has_xattr = settings.always_has_xattr or any(r.inode.xattrs for r in order)
+        has_xattr = settings.always_has_xattr or any(shape.xattrs for shape in shapes.values())
         flags = (
             FLAG_COMPRESSION[settings.compressor]
             | FLAG_HASH[settings.digester]
@@ -315,7 +331,7 @@ class Bootstrap:
             12,
             0,
             ROOT_NID,
-            s_inos,
+            order.counter,
             0,
             0,
             sum(blob.uncompressed_size // BLOCK for blob in blobs),
@@ -342,7 +358,7 @@ class Bootstrap:
         self.superblock = superblock, extended
 
     def nid(self, inode: Inode) -> int:
-        return (self.records[id(inode)].position - self.meta_addr) // 32
+        return (self.positions[inode.serial] - self.meta_addr) // 32
 
     def write(self, out: Writable) -> None:
         """The whole bootstrap, in one sequential pass: `size` bytes."""
@@ -359,16 +375,16 @@ class Bootstrap:
             sink.write(superblock)
             sink.skip_to(EXT_SB_OFFSET)
             sink.write(extended)
-        for record in self.order:
-            sink.skip_to(record.position)
-            sink.write(self._inode_bytes(record))
-        for record in self.order:
-            if record.plain_blocks:
-                sink.skip_to(record.data_block * BLOCK)
-                sink.write(self._content(record)[: record.plain_blocks * BLOCK])
+        for serial, inode in enumerate(self.order.inodes):
+            sink.skip_to(self.positions[serial])
+            sink.write(self._inode_bytes(serial, inode))
+        for serial, shape in self.shapes.items():
+            if shape.plain_blocks:
+                sink.skip_to(shape.data_block * BLOCK)
+                sink.write(self._content(self.order.inodes[serial], shape)[: shape.plain_blocks * BLOCK])
         sink.skip_to(self.chunk_table_offset)
         for row in self.chunk_rows:
-            sink.write(row)
+            sink.write(row[:32] + struct.pack("<I", int.from_bytes(row[32:36], "big")) + row[40:])
         sink.skip_to(self.size)
         sink.flush()
 
@@ -377,36 +393,41 @@ class Bootstrap:
         self.write(buffer)
         return buffer.getvalue()
 
-    def _content(self, record: _Record) -> bytes:
-        if record.inode.is_dir:
-            return _dirent_data(record, self.parents, self.nid)
-        return record.inode.target
+    def _content(self, inode: Inode, shape: _Shape) -> bytes:
+        if inode.is_dir:
+            return _dirent_data(inode, shape, self.order.parents, self.nid)
+        return inode.target
 
-    def _inode_bytes(self, record: _Record) -> bytes:
-        inode = record.inode
+    def _inode_bytes(self, serial: int, inode: Inode) -> bytes:
+        shape = self.shapes.get(serial)
+        xattrs = b"" if shape is None else shape.xattrs
         if inode.is_reg:
             i_u = CHUNK_FORMAT_INDEXES | (self.chunk_bits - 12)
-        elif inode.is_dir or inode.is_symlink:
-            i_u = record.data_block
+        elif shape is not None and (inode.is_dir or inode.is_symlink):
+            i_u = shape.data_block
         else:
             i_u = inode.rdev
-        icount = (len(record.xattrs) - 12) // 4 + 1 if record.xattrs else 0
+        icount = (len(xattrs) - 12) // 4 + 1 if xattrs else 0
+        if shape is not None:
+            layout, size = shape.layout, shape.size
+        else:
+            layout, size = (LAYOUT_CHUNK_BASED, inode.size) if inode.is_reg else (LAYOUT_FLAT_PLAIN, 0)
         head = struct.pack(
             "<HHHHQIIIIQII",
-            INODE_EXTENDED | record.layout << 1,
+            INODE_EXTENDED | layout << 1,
             icount,
             inode.mode,
             0,
-            record.size,
+            size,
             i_u,
-            record.ino,
+            self.order.ino[serial],
             inode.uid,
             inode.gid,
             inode.mtime,
             1 if inode.implicit else 0,
-            record.nlink,
+            self.order.nlink[serial],
         )
-        body = head + bytes(INODE_SIZE - len(head)) + record.xattrs
+        body = head + bytes(INODE_SIZE - len(head)) + xattrs
         if inode.is_reg:
             if not inode.chunks:
                 return body
@@ -421,8 +442,8 @@ class Bootstrap:
                 )
                 for chunk in inode.chunks
             )
-        if record.layout == LAYOUT_FLAT_INLINE:
-            body += self._content(record)[record.plain_blocks * BLOCK :]
+        if shape is not None and shape.layout == LAYOUT_FLAT_INLINE:
+            body += self._content(inode, shape)[shape.plain_blocks * BLOCK :]
         return body
 
 
@@ -450,11 +471,12 @@ class _Sink:
         self.buffer = bytearray()
 
 
-def _dirent_data(record: _Record, parents: dict[int, Inode], nid: Callable[[Inode], int]) -> bytes:
-    directory = record.inode
+def _dirent_data(
+    directory: Inode, shape: _Shape, parents: dict[int, Inode], nid: Callable[[Inode], int]
+) -> bytes:
     targets = {b".": directory, b"..": parents[id(directory)], **directory.children}
     out = bytearray()
-    for number, names in enumerate(record.blocks):
+    for number, names in enumerate(shape.blocks):
         block = bytearray()
         name_offset = DIRENT_SIZE * len(names)
         name_bytes = b"".join(names)
@@ -464,7 +486,7 @@ def _dirent_data(record: _Record, parents: dict[int, Inode], nid: Callable[[Inod
             block += struct.pack("<QHBB", nid(target), name_offset, file_type, 0)
             name_offset += len(name)
         block += name_bytes
-        if number < len(record.blocks) - 1:
+        if number < len(shape.blocks) - 1:
             block += b"\0" * (BLOCK - len(block))
         out += block
     return bytes(out)

@@ -112,6 +112,7 @@ class Inode:
     xattrs: dict[bytes, bytes] = field(default_factory=lambda: NO_XATTRS)
     chunks: tuple[Chunk, ...] = ()
     children: dict[bytes, Inode] = field(default_factory=lambda: NO_CHILDREN)
+    serial: int = -1  # scratch: this inode's place in the bootstrap being laid out
 
     @property
     def is_dir(self) -> bool:
