@@ -95,9 +95,15 @@ class _ChunkWriter:
         self.digests = bytearray()
         self.uncompressed_end = 0
         self.stored = 0
+        self.count = 0  # distinct chunks, known after `finish`
 
     def add(self, data: bytes) -> Chunk:
         skip: Collection[bytes] = self.chunk_dict.chunks if self.chunk_dict is not None else ()
+        if len(data) < _INLINE_BELOW and not self.pending:
+            # nothing in flight: its place in the blob is known now, and no placeholder is kept
+            # (a layer of a million small files would hold a million of them)
+            digest, packed = _digest_and_compress(data, self.options, skip)
+            return self._resolve(digest, packed, data)
         if len(data) < _INLINE_BELOW:
             # a worker round trip costs more than the work (and GIL hand-offs) for small files
             done: Future[tuple[bytes, bytes | None]] = Future()
@@ -112,7 +118,9 @@ class _ChunkWriter:
 
     def _resolve_one(self) -> None:
         future, data = self.pending.popleft()
-        digest, packed = future.result()
+        self._resolve(*future.result(), data)
+
+    def _resolve(self, digest: bytes, packed: bytes | None, data: bytes) -> Chunk:
         chunk = self.by_digest.get(digest)
         if chunk is None and self.chunk_dict is not None:
             chunk = self.chunk_dict.find(digest, len(data))
@@ -143,6 +151,7 @@ class _ChunkWriter:
             self.digests += digest
             self.by_digest[digest] = chunk
         self.resolved.append(chunk)
+        return chunk
 
     def finish(self, root: Inode) -> None:
         try:
@@ -150,8 +159,10 @@ class _ChunkWriter:
                 self._resolve_one()
         finally:
             self.close()
-        if len(self.by_digest) > 1 << 24:
+        self.count = len(self.by_digest)
+        if self.count > 1 << 24:
             raise FormatError("layer needs more than 2^24 distinct chunks")
+        self.by_digest.clear()
         stack = [root]
         seen: set[int] = set()
         while stack:
@@ -159,9 +170,10 @@ class _ChunkWriter:
             if id(node) in seen:
                 continue
             seen.add(id(node))
-            if node.chunks:
+            if any(chunk.blob_id == _PENDING for chunk in node.chunks):
                 node.chunks = tuple([self.resolved[c.index] for c in node.chunks])
             stack.extend(node.children.values())
+        self.resolved.clear()
 
     def close(self) -> None:
         for future, _ in self.pending:
@@ -186,7 +198,7 @@ def write_layer_blob(
 
     toc: list[bytes] = []
     blobs: list[BlobInfo] = []
-    count = len(chunks.by_digest)
+    count = chunks.count
     if count:
         writer.write(gnu_tar_header("image.blob", chunks.stored))
         toc.append(

@@ -23,6 +23,7 @@ MAX_SYMLINK_TARGET = 0xFFFF
 MAX_NAME = 255  # EROFS_NAME_LEN
 MAX_XATTR_NAME = 255
 MAX_XATTR_VALUE = 0xFFFF  # e_value_size is a u16
+_MAX_SHARED_INTS = 1 << 16
 
 
 class ChunkStore(Protocol):
@@ -70,6 +71,7 @@ class _LayerTree:
         self.store = store
         self.chunk_size = chunk_size
         self.sparse_files = sparse_files
+        self.ints: dict[int, int] = {}
 
     def parent_of(self, parts: list[bytes], name: str) -> Inode:
         node = self.root
@@ -121,7 +123,9 @@ class _LayerTree:
         perm = info.mode & 0o7777
         if not (0 <= info.uid < 1 << 32 and 0 <= info.gid < 1 << 32 and 0 <= info.mtime < 1 << 63):
             raise FormatError(f"{info.name}: uid, gid or mtime out of the range RAFS can store")
-        node = Inode(mode=perm, uid=info.uid, gid=info.gid, mtime=int(info.mtime), xattrs=_xattrs(info))
+        node = Inode(
+            mode=perm, uid=info.uid, gid=info.gid, mtime=self.shared(int(info.mtime)), xattrs=_xattrs(info)
+        )
         if info.isdir():
             node.mode |= stat.S_IFDIR
             node.children = {}
@@ -141,7 +145,14 @@ class _LayerTree:
             node.mode |= stat.S_IFIFO
         else:
             raise FormatError(f"{info.name}: unsupported tar entry type {info.type!r}")
+        node.mode = self.shared(node.mode)
         return node
+
+    def shared(self, value: int) -> int:
+        """One int object per distinct mode or mtime (while there are few): 32 bytes an entry less."""
+        if len(self.ints) < _MAX_SHARED_INTS:
+            return self.ints.setdefault(value, value)
+        return self.ints.get(value, value)
 
     def read_content(self, reader: _TarReader, info: tarfile.TarInfo, node: Inode) -> None:
         if -(-info.size // self.chunk_size) > MAX_CHUNKS_PER_BLOB:
