@@ -18,6 +18,7 @@ from harness.tars import write_edge_lower, write_edge_upper
 from acceld.formats.driver import FormatError, SourceLayer
 from acceld.formats.estargz import TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION, EstargzDriver
 from acceld.formats.estargz.reader import open_estargz, tree_from_estargz_layers
+from acceld.formats.estargz.tocstream import JsonText, TocEntries, parse_toc
 from acceld.formats.fstree import FsTree, diff_trees, tree_from_layers
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "estargz"
@@ -143,8 +144,9 @@ def _entry(toc: dict[str, Any], name: str, kind: str = "reg") -> dict[str, Any]:
 
 
 def _damaged(blob: bytes) -> dict[str, tuple[bytes, str | None, str]]:
-    offset_of_multi = json.loads(open_estargz(io.BytesIO(blob)).toc_json)
-    multi = _entry(offset_of_multi, "data/multi-chunk")["offset"]
+    multi = next(e for e in open_estargz(io.BytesIO(blob)).entries if e["name"] == "data/multi-chunk")[
+        "offset"
+    ]
     flipped = bytearray(blob)
     flipped[multi + 5000] ^= 0xFF
 
@@ -221,4 +223,71 @@ def test_size_mismatch_in_unchunked_file_is_found_in_the_tar(converted: dict[str
     blob = converted["blobs"]["lower"].read_bytes()
     damaged, digest = rewrite_toc(blob, grow)
     with pytest.raises(FormatError):
+        verify(damaged, digest)
+
+
+# --- the streamed TOC ---------------------------------------------------------------------------------
+
+
+def _entries_of(toc_json: str, piece: int) -> list[dict[str, Any]]:
+    data = toc_json.encode()
+    entries = TocEntries(None)
+    try:
+        pieces = (data[at : at + piece] for at in range(0, len(data), piece))
+        parse_toc(JsonText(pieces), entries)
+        entries.seal()
+        return list(entries)
+    finally:
+        entries.close()
+
+
+@pytest.mark.parametrize("piece", [1, 7, 1 << 20])
+def test_streamed_toc_equals_json_loads_whatever_the_layout(piece: int) -> None:
+    toc = {
+        "entries": [
+            {"name": "a", "type": "dir", "mode": 493, "xattrs": {"user.x": "eA=="}},
+            {"name": 'a/\u00e9\\"\U0001f600\udc80', "type": "reg", "size": 123456789, "offset": 10**12},
+        ],
+        "version": 1,
+        "extra": [1.5, None, True, {"nested": []}],
+    }
+    for text in (
+        json.dumps(toc, indent="\t"),
+        json.dumps(toc, separators=(",", ":")),
+        " \n" + json.dumps(toc, indent=1) + "\n\n",
+    ):
+        assert _entries_of(text, piece) == json.loads(text)["entries"] == toc["entries"]
+    assert _entries_of('{"entries": []}', piece) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[]", "not a JSON object"),
+        ('{"version": 1}', "`entries` is not a list of objects"),
+        ('{"entries": {}}', "`entries` is not a list of objects"),
+        ('{"entries": [1]}', "`entries` is not a list of objects"),
+        ('{"entries": [{"name": "a", "type": "socket"}]}', "bad entry"),
+        ('{"entries": [], "entries": []}', "appears twice"),
+        ('{"entries": [{"name": "a", "type": "dir"}', "not valid JSON"),
+        ('{"entries": [{"name": "a", "type": "dir"}]} x', "not valid JSON"),
+        ('{"entries": [{"name": "a" "type": "dir"}]}', "not valid JSON"),
+        ('{"entries": [], "version": 12', "not valid JSON"),
+    ],
+)
+def test_streamed_toc_errors(text: str, message: str) -> None:
+    for piece in (1, 1 << 20):
+        with pytest.raises(FormatError, match=re.escape(message)):
+            _entries_of(text, piece)
+
+
+def test_chunks_out_of_blob_order_are_still_checked(converted: dict[str, Any]) -> None:
+    """A TOC whose offsets do not grow (no writer makes one) takes the in-memory sorted path."""
+
+    def swap_offsets_of(toc: dict[str, Any]) -> None:
+        regular = [e for e in toc["entries"] if e["type"] == "reg" and e.get("size")]
+        regular[0]["offset"], regular[1]["offset"] = regular[1]["offset"], regular[0]["offset"]
+
+    damaged, digest = rewrite_toc(converted["blobs"]["small"].read_bytes(), swap_offsets_of)
+    with pytest.raises(FormatError, match=r"is corrupt|not the start"):
         verify(damaged, digest)

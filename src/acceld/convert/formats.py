@@ -103,8 +103,7 @@ class EstargzReader:
         tree = FsTree()
         for layer in layers:
             annotations = layer.descriptor.annotations or {}
-            with layer.path.open("rb") as blob:
-                esgz = EstargzLayer(blob, limits)
+            with layer.path.open("rb") as blob, EstargzLayer(blob, limits, workdir) as esgz:
                 report = esgz.verify(annotations.get(ESTARGZ_TOC))
                 where = f"layer {layer.descriptor.digest}"
                 _expect(report.diff_id, layer.diff_id, f"{where}: diff_id")

@@ -15,32 +15,30 @@ import base64
 import calendar
 import hashlib
 import io
-import json
 import os
 import posixpath
 import re
 import tarfile
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from isal import isal_zlib
 
 from acceld.formats.driver import FormatError
+from acceld.formats.estargz.tocstream import TOC_NAME, read_toc
 from acceld.formats.fstree import FsTree, Node, normalize
 from acceld.formats.limits import DEFAULT_LIMITS, Limits, exceeded
 from acceld.formats.targuard import TarGuard
 
 FOOTER_SIZE = 51
 LEGACY_FOOTER_SIZE = 47
-TOC_NAME = "stargz.index.json"
 LANDMARK_NAMES = frozenset({".prefetch.landmark", ".no.prefetch.landmark"})
 _READ_SIZE = 1 << 20
 _MAX_TOC_SIZE = 1 << 30
-_NODE_KINDS = {"reg", "dir", "symlink", "char", "block", "fifo"}
-_ENTRY_TYPES = _NODE_KINDS | {"hardlink", "chunk"}
 _TAR_TYPES = {
     tarfile.REGTYPE: "reg",
     tarfile.AREGTYPE: "reg",
@@ -110,19 +108,15 @@ def _parse_footer(tail: bytes) -> tuple[int, int]:
     raise FormatError("not an eStargz blob: no eStargz footer at the end")
 
 
-def _check_entries(entries: Any) -> list[dict[str, Any]]:
-    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise FormatError("eStargz TOC: `entries` is not a list of objects")
-    for entry in entries:
-        if not isinstance(entry.get("name"), str) or entry.get("type") not in _ENTRY_TYPES:
-            raise FormatError(f"eStargz TOC: bad entry {json.dumps(entry)[:200]}")
-    return entries
-
-
 class EstargzLayer:
-    """An eStargz blob with its footer and TOC parsed. `blob` must be seekable."""
+    """An eStargz blob with its footer and TOC parsed. `blob` must be seekable.
 
-    def __init__(self, blob: BinaryIO, limits: Limits = DEFAULT_LIMITS) -> None:
+    The TOC's entries are kept in a temp file in `directory` (default: the system's) until `close`.
+    """
+
+    def __init__(
+        self, blob: BinaryIO, limits: Limits = DEFAULT_LIMITS, directory: Path | None = None
+    ) -> None:
         self._blob = blob
         self._limits = limits
         self.size = blob.seek(0, os.SEEK_END)
@@ -131,33 +125,26 @@ class EstargzLayer:
         toc_end = self.size - self.footer_size
         if not 0 <= self.toc_offset < toc_end or toc_end - self.toc_offset > _MAX_TOC_SIZE:
             raise FormatError(f"eStargz footer: TOC offset {self.toc_offset} is outside the blob")
-        blob.seek(self.toc_offset)
-        toc_tar, rest = _inflate_one_member(blob.read(toc_end - self.toc_offset), "TOC", limits)
-        if rest:
-            raise FormatError("eStargz TOC: data between the TOC member and the footer")
-        if len(toc_tar) < 512 or toc_tar[:100].rstrip(b"\0") != TOC_NAME.encode():
-            raise FormatError(f"eStargz TOC: the TOC member does not start with a {TOC_NAME} tar header")
-        try:
-            json_size = int(toc_tar[124:136].strip(b" \0"), 8)
-        except ValueError:
-            raise FormatError("eStargz TOC: bad size in the TOC tar header") from None
-        self.toc_json = toc_tar[512 : 512 + json_size]
-        if len(self.toc_json) != json_size or toc_tar[512 + json_size :].strip(b"\0"):
-            raise FormatError("eStargz TOC: TOC JSON is truncated or followed by data")
-        self.toc_digest = "sha256:" + hashlib.sha256(self.toc_json).hexdigest()
-        try:
-            toc = json.loads(self.toc_json)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise FormatError(f"eStargz TOC: not valid JSON ({exc})") from None
-        if not isinstance(toc, dict):
-            raise FormatError("eStargz TOC: not a JSON object")
-        self.entries = _check_entries(toc.get("entries"))
+        self.toc_digest, self.entries = read_toc(blob, self.toc_offset, toc_end, limits, directory)
+
+    def close(self) -> None:
+        self.entries.close()
+
+    def __enter__(self) -> EstargzLayer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def verify(self, expected_toc_digest: str | None = None) -> VerifyReport:
         """Check the whole blob (see the module docstring); raises `FormatError` on the first problem."""
         if expected_toc_digest is not None and expected_toc_digest != self.toc_digest:
             raise FormatError(f"eStargz TOC digest is {self.toc_digest}, expected {expected_toc_digest}")
-        chunks = _chunks(self.entries)
+        missing = _missing_link_targets(self.entries)
+        count, in_blob_order = _check_chunks(_chunks(self.entries, missing))
+        chunks: Iterator[_Chunk] = _chunks(self.entries, missing)
+        if not in_blob_order:  # not as writers lay it out: sort in memory
+            chunks = iter(sorted(chunks, key=lambda c: (c.offset, c.inner_offset)))
         self._blob.seek(0)
         stream = _MemberStream(self._blob, self.size, chunks, TarGuard(self._limits))
         with io.BufferedReader(stream, _READ_SIZE) as buffered:
@@ -170,7 +157,7 @@ class EstargzLayer:
             diff_id="sha256:" + stream.diff_hash.hexdigest(),
             uncompressed_size=stream.position,
             entries=len(self.entries),
-            chunks=len(chunks),
+            chunks=count,
         )
 
     def apply_to(self, tree: FsTree) -> None:
@@ -204,7 +191,8 @@ def tree_from_estargz_layers(blobs: Iterable[BinaryIO]) -> FsTree:
     """The filesystem of an image made of these eStargz layers (bottom first), from their TOCs."""
     tree = FsTree()
     for blob in blobs:
-        open_estargz(blob).apply_to(tree)
+        with open_estargz(blob) as layer:
+            layer.apply_to(tree)
     return tree
 
 
@@ -231,27 +219,52 @@ def _node(entry: dict[str, Any]) -> Node:
     )
 
 
-def _chunks(entries: list[dict[str, Any]]) -> list[_Chunk]:
-    """Every data chunk with its length; checks that each file's chunks cover it exactly."""
-    chunks: list[_Chunk] = []
-    names = {normalize(e["name"]) for e in entries if e["type"] != "chunk"}
-    index = 0
-    while index < len(entries):
-        entry = entries[index]
-        index += 1
-        if entry["type"] == "hardlink" and normalize(entry.get("linkName", "")) not in names:
+def _missing_link_targets(entries: Iterable[dict[str, Any]]) -> set[str]:
+    """The hardlink targets that are not entries of the TOC (every name must be a clean path)."""
+    targets: set[str] = set()
+    for entry in entries:
+        if entry["type"] != "chunk":
+            normalize(entry["name"])
+        if entry["type"] == "hardlink":
+            targets.add(normalize(entry.get("linkName", "")))
+    if targets:
+        for entry in entries:
+            if entry["type"] != "chunk":
+                targets.discard(normalize(entry["name"]))
+    return targets
+
+
+def _check_chunks(chunks: Iterator[_Chunk]) -> tuple[int, bool]:
+    """How many chunks there are, and whether they come in blob order (by offset, innerOffset)."""
+    count, ordered, last = 0, True, (-1, -1)
+    for chunk in chunks:
+        count += 1
+        key = (chunk.offset, chunk.inner_offset)
+        ordered = ordered and key >= last
+        last = key
+    return count, ordered
+
+
+def _chunks(entries: Iterable[dict[str, Any]], missing_targets: set[str]) -> Iterator[_Chunk]:
+    """Every data chunk with its length, in TOC order; checks that each file's chunks cover it exactly."""
+    following = iter(entries)
+    entry = next(following, None)
+    while entry is not None:
+        after = next(following, None)
+        if entry["type"] == "hardlink" and normalize(entry.get("linkName", "")) in missing_targets:
             raise FormatError(f"eStargz TOC: hardlink {entry['name']!r} points to a missing entry")
         if entry["type"] == "chunk":
             raise FormatError(f"eStargz TOC: chunk entry {entry['name']!r} does not follow its file")
         size = int(entry.get("size", 0))
         if entry["type"] != "reg" or size == 0:
+            entry = after
             continue
         if not _DIGEST.fullmatch(str(entry.get("digest", ""))):
             raise FormatError(f"eStargz TOC: {entry['name']!r} has no valid digest")
         parts = [entry]
-        while index < len(entries) and entries[index]["type"] == "chunk":
-            parts.append(entries[index])
-            index += 1
+        while after is not None and after["type"] == "chunk":
+            parts.append(after)
+            after = next(following, None)
         for number, part in enumerate(parts):
             begin = int(part.get("chunkOffset", 0))
             end = int(parts[number + 1].get("chunkOffset", 0)) if number + 1 < len(parts) else size
@@ -264,14 +277,15 @@ def _chunks(entries: list[dict[str, Any]]) -> list[_Chunk]:
             if not _DIGEST.fullmatch(digest):
                 raise FormatError(f"eStargz TOC: chunk of {entry['name']!r} has no valid chunkDigest")
             offset, inner = int(part.get("offset", 0)), int(part.get("innerOffset", 0))
-            chunks.append(_Chunk(entry["name"], offset, inner, end - begin, digest))
-    return chunks
+            yield _Chunk(entry["name"], offset, inner, end - begin, digest)
+        entry = after
 
 
 class _MemberStream(io.RawIOBase):
     """The blob decompressed member by member, checking chunk digests as the data flows by."""
 
-    def __init__(self, blob: BinaryIO, size: int, chunks: list[_Chunk], guard: TarGuard) -> None:
+    def __init__(self, blob: BinaryIO, size: int, chunks: Iterator[_Chunk], guard: TarGuard) -> None:
+        """`chunks` come in blob order (by offset, then innerOffset)."""
         self._guard = guard
         self._blob = blob
         self._size = size
@@ -280,9 +294,8 @@ class _MemberStream(io.RawIOBase):
         self._inflater: Any = None
         self.position = 0
         self.diff_hash = hashlib.sha256()
-        self._waiting: dict[int, list[_Chunk]] = {}
-        for chunk in sorted(chunks, key=lambda c: (c.offset, c.inner_offset)):
-            self._waiting.setdefault(chunk.offset, []).append(chunk)
+        self._chunks = chunks
+        self._waiting = next(chunks, None)  # the next chunk whose member has not been reached
         self._active: deque[_Chunk] = deque()
 
     def readable(self) -> bool:
@@ -318,9 +331,13 @@ class _MemberStream(io.RawIOBase):
 
     def _start_member(self, offset: int) -> None:
         self._inflater = isal_zlib.decompressobj(31)
-        for chunk in self._waiting.pop(offset, []):
+        while self._waiting is not None and self._waiting.offset <= offset:
+            chunk = self._waiting
+            if chunk.offset < offset:
+                break  # reported by finish(), after the data is checked
             chunk.start = self.position + chunk.inner_offset
             self._active.append(chunk)
+            self._waiting = next(self._chunks, None)
 
     def _consume(self, data: bytes) -> None:
         self._guard.feed(data)
@@ -343,8 +360,8 @@ class _MemberStream(io.RawIOBase):
                 )
 
     def finish(self) -> None:
-        if self._waiting:
-            offset = min(self._waiting)
+        if self._waiting is not None:
+            offset = self._waiting.offset
             raise FormatError(f"eStargz TOC: offset {offset} is not the start of a gzip member")
         if self._active:
             raise FormatError(
@@ -365,25 +382,23 @@ def _same_name(toc_name: str, tar_name: str) -> bool:
         return toc_name.strip("/") == tar_name.strip("/")
 
 
-def _compare_tar(entries: list[dict[str, Any]], stream: BinaryIO) -> None:
-    expected = [e for e in entries if e["type"] != "chunk"]
-    position = 0
+def _compare_tar(entries: Iterable[dict[str, Any]], stream: BinaryIO) -> None:
+    expected = (e for e in entries if e["type"] != "chunk")
     try:
         with tarfile.open(fileobj=stream, mode="r|") as archive:
-            for info in archive:
-                if position == len(expected):
+            while (info := archive.next()) is not None:
+                vars(archive)["members"].clear()  # TarFile keeps every TarInfo read: a million here
+                entry = next(expected, None)
+                if entry is None:
                     if info.name != TOC_NAME:
                         raise FormatError(f"eStargz blob: tar entry {info.name!r} is not in the TOC")
-                    position += 1
-                    continue
-                if position > len(expected):
-                    raise FormatError("eStargz blob: tar entries after the TOC entry")
-                _compare_entry(expected[position], info, archive)
-                position += 1
+                    if archive.next() is not None:
+                        raise FormatError("eStargz blob: tar entries after the TOC entry")
+                    return
+                _compare_entry(entry, info, archive)
     except tarfile.TarError as exc:
         raise FormatError(f"eStargz blob: the decompressed stream is not a valid tar ({exc})") from None
-    if position != len(expected) + 1:
-        raise FormatError("eStargz blob: the tar has fewer entries than the TOC")
+    raise FormatError("eStargz blob: the tar has fewer entries than the TOC")
 
 
 def _compare_entry(entry: dict[str, Any], info: tarfile.TarInfo, archive: tarfile.TarFile) -> None:

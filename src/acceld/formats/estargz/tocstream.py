@@ -1,0 +1,267 @@
+"""An eStargz TOC read as a stream: the TOC member inflated piece by piece, its JSON parsed one entry
+at a time, and the entries kept in a temp file, so that a TOC of a million entries never sits in
+memory as one document or as a million dicts.
+
+The JSON grammar is the standard library's (`raw_decode` per value); only the top-level object
+and the `entries` array are walked here.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import io
+import itertools
+import json
+import marshal
+import os
+import struct
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from isal import isal_zlib
+
+from acceld.formats.driver import FormatError
+from acceld.formats.limits import Limits, exceeded
+
+TOC_NAME = "stargz.index.json"
+_PIECE = 1 << 20
+_BLOCK = 512
+_WHITESPACE = " \t\n\r"
+_DECODER = json.JSONDecoder()
+_LENGTH = struct.Struct("<I")
+ENTRY_TYPES = frozenset({"reg", "dir", "symlink", "char", "block", "fifo", "hardlink", "chunk"})
+
+
+class TocEntries:
+    """The TOC's entries (dicts as JSON decodes them), kept in a temp file; iterable many times."""
+
+    def __init__(self, directory: Path | None) -> None:
+        # closed by close()
+        self._file = tempfile.TemporaryFile(dir=directory, prefix="estargz-toc-")  # noqa: SIM115
+        self._writer: BinaryIO | None = open(  # noqa: SIM115
+            self._file.fileno(), "wb", buffering=_PIECE, closefd=False
+        )
+        self._count = 0
+
+    def append(self, entry: dict[str, Any]) -> None:
+        assert self._writer is not None
+        record = marshal.dumps(entry)
+        self._writer.write(_LENGTH.pack(len(record)))
+        self._writer.write(record)
+        self._count += 1
+
+    def seal(self) -> None:
+        assert self._writer is not None
+        self._writer.close()
+        self._writer = None
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        with io.BufferedReader(_PositionalReader(self._file.fileno()), _PIECE) as reader:
+            for _ in range(self._count):
+                (length,) = _LENGTH.unpack(reader.read(_LENGTH.size))
+                entry: dict[str, Any] = marshal.loads(reader.read(length))
+                yield entry
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._file.close()
+
+
+class _PositionalReader(io.RawIOBase):
+    """Reads a file descriptor from the start with its own position, so that several iterations
+    over one file can run at once."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = os.pread(self._fd, len(buffer), self._position)
+        buffer[: len(data)] = data
+        self._position += len(data)
+        return len(data)
+
+
+def read_toc(
+    blob: BinaryIO, start: int, end: int, limits: Limits, directory: Path | None = None
+) -> tuple[str, TocEntries]:
+    """The TOC digest and entries of the TOC member at blob[start:end] (nothing may follow it)."""
+    digest = hashlib.sha256()
+    entries = TocEntries(directory)
+    try:
+        parse_toc(JsonText(_toc_json(_inflated(blob, start, end, limits), limits, digest)), entries)
+        entries.seal()
+    except BaseException:
+        entries.close()
+        raise
+    return "sha256:" + digest.hexdigest(), entries
+
+
+def _inflated(blob: BinaryIO, start: int, end: int, limits: Limits) -> Iterator[bytes]:
+    """The content of the one gzip member at blob[start:end], at most `max_metadata_bytes` of it."""
+    inflater = isal_zlib.decompressobj(31)
+    blob.seek(start)
+    left = end - start
+    total = 0
+    pending = b""
+    while not inflater.eof:
+        if not pending:
+            pending = blob.read(min(_PIECE, left))
+            left -= len(pending)
+            if not pending:
+                raise FormatError("eStargz TOC: gzip member is truncated")
+        try:
+            content = inflater.decompress(pending, _PIECE)
+        except Exception as exc:  # isal_zlib.error
+            raise FormatError(f"eStargz TOC: bad gzip data ({exc})") from None
+        pending = inflater.unconsumed_tail
+        total += len(content)
+        if total > limits.max_metadata_bytes:
+            raise exceeded(limits, "max_metadata_bytes", "the eStargz TOC inflates to more bytes")
+        if content:
+            yield content
+    if inflater.unused_data or pending or left:
+        raise FormatError("eStargz TOC: data between the TOC member and the footer")
+
+
+def _toc_json(member: Iterator[bytes], limits: Limits, digest: Any) -> Iterator[bytes]:
+    """The JSON file of the TOC member's tar (checked: the tar holds that one file and zeros)."""
+    header = b""
+    for piece in member:
+        header += piece
+        if len(header) >= _BLOCK:
+            break
+    rest, header = header[_BLOCK:], header[:_BLOCK]
+    if len(header) < _BLOCK or header[:100].rstrip(b"\0") != TOC_NAME.encode():
+        raise FormatError(f"eStargz TOC: the TOC member does not start with a {TOC_NAME} tar header")
+    try:
+        json_left = int(header[124:136].strip(b" \0"), 8)
+    except ValueError:
+        raise FormatError("eStargz TOC: bad size in the TOC tar header") from None
+    if json_left > limits.max_metadata_bytes:
+        raise exceeded(limits, "max_metadata_bytes", "the eStargz TOC inflates to more bytes")
+    for piece in itertools.chain((rest,), member):
+        text, tail = piece[:json_left], piece[json_left:]
+        json_left -= len(text)
+        if text:
+            digest.update(text)
+            yield text
+        if tail.strip(b"\0"):
+            raise FormatError("eStargz TOC: TOC JSON is truncated or followed by data")
+    if json_left:
+        raise FormatError("eStargz TOC: TOC JSON is truncated or followed by data")
+
+
+class JsonText:
+    """UTF-8 JSON text arriving in pieces, consumed from the front."""
+
+    def __init__(self, pieces: Iterator[bytes]) -> None:
+        self._pieces = pieces
+        self._decoder = codecs.getincrementaldecoder("utf-8-sig")("surrogatepass")
+        self._text = ""
+        self._at = 0
+        self._ended = False
+
+    def _more(self, at_least: int = 1) -> bool:
+        """Read until `at_least` more characters are buffered; False when the text has ended."""
+        wanted = len(self._text) - self._at + at_least
+        self._text = self._text[self._at :]
+        self._at = 0
+        while len(self._text) < wanted:
+            piece = next(self._pieces, None)
+            try:
+                self._text += self._decoder.decode(piece or b"", final=piece is None)
+            except UnicodeDecodeError as exc:
+                raise FormatError(f"eStargz TOC: not valid JSON ({exc})") from None
+            if piece is None:
+                self._ended = True
+                return len(self._text) >= wanted
+        return True
+
+    def peek(self) -> str:
+        """The next character that is not white space ("" at the end)."""
+        while True:
+            while self._at < len(self._text) and self._text[self._at] in _WHITESPACE:
+                self._at += 1
+            if self._at < len(self._text):
+                return self._text[self._at]
+            if not self._more():
+                return ""
+
+    def take(self, expected: str) -> None:
+        if self.peek() != expected:
+            raise FormatError(f"eStargz TOC: not valid JSON (expected {expected!r})")
+        self._at += 1
+
+    def value(self) -> Any:
+        """The next JSON value; reads more text while the buffered text does not hold all of it."""
+        self.peek()
+        while True:
+            try:
+                value, end = _DECODER.raw_decode(self._text, self._at)
+            except ValueError as exc:
+                if self._ended:
+                    raise FormatError(f"eStargz TOC: not valid JSON ({exc})") from None
+            else:
+                if end < len(self._text) or self._ended:  # a number at the end may go on
+                    self._at = end
+                    return value
+            self._more(max(_PIECE, len(self._text) - self._at))
+
+
+def parse_toc(text: JsonText, entries: TocEntries) -> None:
+    if text.peek() != "{":
+        raise FormatError("eStargz TOC: not a JSON object")
+    text.take("{")
+    seen_entries = False
+    while text.peek() != "}":
+        if text.peek() != '"':
+            raise FormatError("eStargz TOC: not valid JSON (expected a key)")
+        key = text.value()
+        text.take(":")
+        if key != "entries":
+            text.value()
+        elif seen_entries:
+            raise FormatError("eStargz TOC: `entries` appears twice")
+        else:
+            seen_entries = True
+            _parse_entries(text, entries)
+        if text.peek() != ",":
+            break
+        text.take(",")
+    text.take("}")
+    if text.peek():
+        raise FormatError("eStargz TOC: not valid JSON (data after the TOC object)")
+    if not seen_entries:
+        raise FormatError("eStargz TOC: `entries` is not a list of objects")
+
+
+def _parse_entries(text: JsonText, entries: TocEntries) -> None:
+    if text.peek() != "[":
+        text.value()
+        raise FormatError("eStargz TOC: `entries` is not a list of objects")
+    text.take("[")
+    if text.peek() == "]":
+        text.take("]")
+        return
+    while True:
+        entry = text.value()
+        if not isinstance(entry, dict):
+            raise FormatError("eStargz TOC: `entries` is not a list of objects")
+        if not isinstance(entry.get("name"), str) or entry.get("type") not in ENTRY_TYPES:
+            raise FormatError(f"eStargz TOC: bad entry {json.dumps(entry)[:200]}")
+        entries.append(entry)
+        if text.peek() != ",":
+            break
+        text.take(",")
+    text.take("]")
