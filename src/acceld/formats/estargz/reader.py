@@ -38,6 +38,7 @@ FOOTER_SIZE = 51
 LEGACY_FOOTER_SIZE = 47
 LANDMARK_NAMES = frozenset({".prefetch.landmark", ".no.prefetch.landmark"})
 _READ_SIZE = 1 << 20
+_MAX_SHARED = 1 << 16  # distinct values shared between nodes (mtimes may all differ)
 _MAX_TOC_SIZE = 1 << 30
 _TAR_TYPES = {
     tarfile.REGTYPE: "reg",
@@ -164,7 +165,10 @@ class EstargzLayer:
         """Add this layer's files to `tree` (on top of lower layers), honouring OCI whiteouts."""
         added: set[str] = set()
         hardlinks: list[tuple[str, str]] = []
+        shared: dict[object, Any] = {}
         for entry in self.entries:
+            if len(shared) > _MAX_SHARED:
+                shared.clear()
             if entry["type"] == "chunk":
                 continue
             path = normalize(entry["name"])
@@ -177,7 +181,7 @@ class EstargzLayer:
                 hardlinks.append((path, entry.get("linkName", "")))
                 added.add(path)
             else:
-                tree.add(path, _node(entry))
+                tree.add(path, _node(entry, shared))
                 added.add(path)
         for path, target in hardlinks:  # the TOC does not promise that targets come first
             tree.link(path, target)
@@ -203,19 +207,27 @@ def _modtime(value: str) -> int:
         raise FormatError(f"eStargz TOC: bad modtime {value!r}") from None
 
 
-def _node(entry: dict[str, Any]) -> Node:
+_NO_RDEV = (0, 0)
+
+
+def _node(entry: dict[str, Any], shared: dict[object, Any]) -> Node:
+    """The entry's `Node`; values many nodes have (kinds, modes, mtimes, ids) are one object each
+    through `shared`, as a tree of a million nodes would otherwise hold a million copies."""
+    kind = entry["type"]
     xattrs = {name: base64.b64decode(value) for name, value in (entry.get("xattrs") or {}).items()}
+    rdev = (int(entry.get("devMajor", 0)), int(entry.get("devMinor", 0)))
+    mtime = _modtime(entry["modtime"]) if entry.get("modtime") else 0
     return Node(
-        kind=entry["type"],
-        mode=int(entry.get("mode", 0)) & 0o7777,
-        uid=int(entry.get("uid", 0)),
-        gid=int(entry.get("gid", 0)),
+        kind=shared.setdefault(kind, kind),
+        mode=shared.setdefault(("mode", mode := int(entry.get("mode", 0)) & 0o7777), mode),
+        uid=shared.setdefault(("id", uid := int(entry.get("uid", 0))), uid),
+        gid=shared.setdefault(("id", gid := int(entry.get("gid", 0))), gid),
         size=int(entry.get("size", 0)),
-        digest=str(entry.get("digest", "")).removeprefix("sha256:") if entry["type"] == "reg" else "",
-        target=str(entry.get("linkName", "")) if entry["type"] == "symlink" else "",
-        rdev=(int(entry.get("devMajor", 0)), int(entry.get("devMinor", 0))),
+        digest=str(entry.get("digest", "")).removeprefix("sha256:") if kind == "reg" else "",
+        target=str(entry.get("linkName", "")) if kind == "symlink" else "",
+        rdev=_NO_RDEV if rdev == _NO_RDEV else rdev,
         xattrs=xattrs,
-        mtime=_modtime(entry["modtime"]) if entry.get("modtime") else 0,
+        mtime=shared.setdefault(("mtime", mtime), mtime),
     )
 
 
