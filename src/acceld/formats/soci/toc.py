@@ -74,6 +74,7 @@ class _Reader:
     def __init__(self, source: BinaryIO) -> None:
         self._source = source
         self.position = 0
+        self._scratch: memoryview | None = None  # file data is skipped into it, never kept
 
     def read(self, size: int) -> bytes:
         data = self._source.read(size)
@@ -92,11 +93,14 @@ class _Reader:
         return data
 
     def skip(self, size: int, what: str) -> None:
+        if self._scratch is None:
+            self._scratch = memoryview(bytearray(_SKIP_PIECE))
         while size:
-            piece = self.read(min(size, _SKIP_PIECE))
-            if not piece:
+            n = self._source.readinto(self._scratch[: min(size, _SKIP_PIECE)])  # type: ignore[attr-defined]
+            if not n:
                 raise FormatError(f"truncated tar: the stream ends inside {what} at byte {self.position}")
-            size -= len(piece)
+            self.position += n
+            size -= n
 
 
 def read_toc(source: BinaryIO, on_entry: Callable[[FileMetadata], None] | None = None) -> TarToc:
