@@ -265,6 +265,7 @@ def test_duplicate_paths_are_refused_like_tar_split_does(tmp_path: Path) -> None
     tar.write_bytes(gzip.decompress((FIXTURES / "estargz" / "edge.tar.gz").read_bytes()))
     with pytest.raises(FormatError, match=r"two entries for 'a/x\.txt'"):
         convert(tar, tmp_path)
+    assert list((tmp_path / "work").iterdir()) == [], "a failed conversion leaves no spool files"
     dotted = tmp_path / "dotted.tar"
     with tarfile.open(dotted, "w") as archive:
         archive.addfile(tarfile.TarInfo("./a"))

@@ -31,7 +31,7 @@ def _go_clean(name: str) -> str:
 
 
 class TarSplitWriter:
-    """Streams tar-split lines through one zstd frame into `path`."""
+    """Streams tar-split lines through one zstd frame into `path` (removed on exit)."""
 
     def __init__(self, path: Path, level: int) -> None:
         self.path = path
@@ -50,6 +50,7 @@ class TarSplitWriter:
         self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._file.close()
+        self.path.unlink(missing_ok=True)
         self._names.close()
         self._names.path.unlink(missing_ok=True)
 

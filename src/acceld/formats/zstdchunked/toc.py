@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
+
+import zstandard
 
 from acceld.formats.driver import FormatError
 from acceld.formats.zstdchunked import gojson
@@ -12,6 +15,8 @@ from acceld.formats.zstdchunked.spool import create_spool
 from acceld.formats.zstdchunked.tarheaders import GoTime, TarHeader
 
 TOC_VERSION = 1
+_COMPRESS_IN_ONE_PIECE = 16 << 20
+_READ_BLOCK = 4 << 20
 CHUNK_TYPE_ZEROS = "zeros"
 
 _TYPES = {
@@ -125,12 +130,20 @@ class TocEntry:
         return "{" + ",".join(parts) + "}"
 
 
+@dataclass(frozen=True)
+class CompressedToc:
+    path: Path
+    size: int
+    digest: str
+
+
 class TocWriter:
     """Writes the TOC document (version, entries in tar order, tarSplitDigest) to a spool file,
-    entry by entry, so that no layer's TOC is held in memory."""
+    entry by entry, so that no layer's TOC is held in memory; spool files go on exit."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._compressed_path = path.with_name(path.name + ".zst")
         self._file = create_spool(path)
         self.size = 0
         self._separator = b""
@@ -141,6 +154,8 @@ class TocWriter:
 
     def __exit__(self, *exc: object) -> None:
         self._file.close()
+        self.path.unlink(missing_ok=True)
+        self._compressed_path.unlink(missing_ok=True)
 
     def add(self, entry: TocEntry) -> None:
         self._write(self._separator + entry.to_json().encode())
@@ -149,6 +164,30 @@ class TocWriter:
     def finish(self, tar_split_digest: str) -> None:
         self._write(f'],"tarSplitDigest":{gojson.string(tar_split_digest)}}}'.encode())
         self._file.close()
+
+    def compress(self, level: int) -> CompressedToc:
+        """The finished TOC in one zstd frame in a spool file: a small TOC compressed in one piece
+        (as it always was), a larger one streamed with its size pledged (so the frame header
+        still carries it)."""
+        compressor = zstandard.ZstdCompressor(level=level)
+        digest = hashlib.sha256()
+        written = 0
+        with self.path.open("rb") as plain, create_spool(self._compressed_path) as spool:
+
+            def emit(data: bytes) -> None:
+                nonlocal written
+                spool.write(data)
+                digest.update(data)
+                written += len(data)
+
+            if self.size <= _COMPRESS_IN_ONE_PIECE:
+                emit(compressor.compress(plain.read()))
+            else:
+                stream = compressor.compressobj(size=self.size)
+                while block := plain.read(_READ_BLOCK):
+                    emit(stream.compress(block))
+                emit(stream.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH))
+        return CompressedToc(self._compressed_path, written, "sha256:" + digest.hexdigest())
 
     def _write(self, data: bytes) -> None:
         self._file.write(data)

@@ -20,12 +20,10 @@ from typing import Any, BinaryIO
 
 import fastcrc
 import numpy as np
-import zstandard
 
 from acceld.formats.driver import FormatError
 from acceld.formats.zstdchunked.chunker import WINDOW, Chunker, Piece, Zeros, split_points
 from acceld.formats.zstdchunked.frames import FrameSink, Mark
-from acceld.formats.zstdchunked.spool import create_spool
 from acceld.formats.zstdchunked.tarheaders import TarHeader, TarHeaderReader
 from acceld.formats.zstdchunked.tarsplit import TarSplitWriter
 from acceld.formats.zstdchunked.toc import CHUNK_TYPE_ZEROS, TocEntry, TocWriter
@@ -46,7 +44,6 @@ _GROUP_BYTES = 1 << 20  # small files per split-point task ...
 _GROUP_FILES = 1024  # ... (tiny files: by count)
 _DEFER_BYTES = 16 << 20  # small files queued before they are written ...
 _DEFER_FILES = 4096  # ... (tiny files: by count, as each holds its header and TOC entry)
-_MANIFEST_IN_ONE_PIECE = 16 << 20  # TOCs up to this size are compressed in memory (as they always were)
 _GATHER_READS = 1 << 20
 
 
@@ -368,7 +365,7 @@ def write_zstd_chunked(
 ) -> ChunkedLayer:
     """Convert the tar stream `tar` into a zstd:chunked blob written sequentially to `out`.
 
-    The TOC and tar-split are spooled to files in `workdir` (removed again) as they are produced.
+    The TOC and tar-split are spooled to files in `workdir` as they are produced (and removed).
     """
     with (
         ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="zstdchunked") as pool,
@@ -385,20 +382,19 @@ def write_zstd_chunked(
         )
         layer.run()
         toc.finish(tar_split.finish())
-        manifest = _compress_manifest(toc.path, toc.size, workdir / "toc.json.zst", level)
-        toc.path.unlink()
+        manifest = toc.compress(level)
 
         position = sink.position
         manifest_offset = position + _SKIPPABLE_HEADER
-        out.write(_skippable_frame(manifest.compressed_size))
-        _move_into(manifest.path, out)
-        tar_split_offset = manifest_offset + manifest.compressed_size + _SKIPPABLE_HEADER
+        out.write(_skippable_frame(manifest.size))
+        _copy_into(manifest.path, out)
+        tar_split_offset = manifest_offset + manifest.size + _SKIPPABLE_HEADER
         out.write(_skippable_frame(tar_split.compressed_size))
-        _move_into(tar_split.path, out)
+        _copy_into(tar_split.path, out)
         footer = struct.pack(
             "<7Q",
             manifest_offset,
-            manifest.compressed_size,
+            manifest.size,
             toc.size,
             MANIFEST_TYPE_CRFS,
             tar_split_offset,
@@ -411,9 +407,7 @@ def write_zstd_chunked(
         diff_id=layer.diff_id(),
         annotations={
             MANIFEST_CHECKSUM_KEY: manifest.digest,
-            MANIFEST_POSITION_KEY: (
-                f"{manifest_offset}:{manifest.compressed_size}:{toc.size}:{MANIFEST_TYPE_CRFS}"
-            ),
+            MANIFEST_POSITION_KEY: (f"{manifest_offset}:{manifest.size}:{toc.size}:{MANIFEST_TYPE_CRFS}"),
             TARSPLIT_POSITION_KEY: (
                 f"{tar_split_offset}:{tar_split.compressed_size}:{tar_split.uncompressed_size}"
             ),
@@ -421,39 +415,6 @@ def write_zstd_chunked(
     )
 
 
-@dataclass(frozen=True)
-class _CompressedManifest:
-    path: Path
-    compressed_size: int
-    digest: str
-
-
-def _compress_manifest(source: Path, size: int, target: Path, level: int) -> _CompressedManifest:
-    """Compress the spooled TOC into one zstd frame at `target`: small TOCs in one piece, larger
-    ones streamed (with their size pledged, so the frame header still carries it)."""
-    compressor = zstandard.ZstdCompressor(level=level)
-    digest = hashlib.sha256()
-    written = 0
-    with source.open("rb") as plain, create_spool(target) as spool:
-
-        def emit(data: bytes) -> None:
-            nonlocal written
-            spool.write(data)
-            digest.update(data)
-            written += len(data)
-
-        if size <= _MANIFEST_IN_ONE_PIECE:
-            emit(compressor.compress(plain.read()))
-        else:
-            stream = compressor.compressobj(size=size)
-            while block := plain.read(_READ_BLOCK):
-                emit(stream.compress(block))
-            emit(stream.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH))
-    return _CompressedManifest(target, written, "sha256:" + digest.hexdigest())
-
-
-def _move_into(spooled: Path, out: BinaryIO) -> None:
-    """Append a spool file to `out` and remove it."""
+def _copy_into(spooled: Path, out: BinaryIO) -> None:
     with spooled.open("rb") as source:
         shutil.copyfileobj(source, out, 1 << 20)
-    spooled.unlink()
