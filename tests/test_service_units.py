@@ -266,6 +266,20 @@ def test_first_matching_rule_decides(tmp_path: Path) -> None:
     assert rules.is_converted_tag("sha256-" + "ab" * 32) and not rules.is_converted_tag("v1")
 
 
+def test_options_that_shape_only_the_image_keep_conversions_apart(tmp_path: Path) -> None:
+    """SOCI v1 and v2 (and another layer threshold) share every zTOC but are separate results."""
+    drivers = [
+        {"name": "soci", "options": {"soci_version": "v1"}},
+        {"name": "soci"},
+        {"name": "soci", "options": {"min_layer_size": "1M"}},
+    ]
+    config = ServiceConfig.model_validate(
+        {"data_dir": str(tmp_path), "rules": [{"name": "all", "drivers": drivers}]}
+    )
+    (rule,) = RuleSet(config.rules).rules
+    assert len({c.options_key for c in rule.conversions}) == 3
+
+
 def test_intake_plan() -> None:
     config = ServiceConfig.model_validate(
         {"rules": [{"name": "r", "drivers": [{"name": "estargz"}], "delete_converted": True}]}

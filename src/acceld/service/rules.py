@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -70,7 +71,13 @@ class Rule:
         conversions = []
         for spec in config.drivers:
             driver = driver_factory(spec.name, spec.options)
-            key = driver.options_key() + (f";platforms={','.join(platforms)}" if platforms else "")
+            # the driver's layer key, plus the rule's own options: some (SOCI's version and layer
+            # threshold) shape the image without changing a layer
+            key = driver.options_key()
+            if spec.options:
+                key += ";options=" + json.dumps(dict(spec.options), sort_keys=True, default=str)
+            if platforms:
+                key += f";platforms={','.join(platforms)}"
             conversions.append(
                 Conversion(
                     spec.name,
