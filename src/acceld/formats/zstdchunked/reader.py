@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import struct
 from collections.abc import Iterable, Iterator, Mapping
@@ -24,7 +25,7 @@ from acceld.formats.fstree import FsTree, Node, normalize
 from acceld.formats.limits import DEFAULT_LIMITS, Limits, exceeded
 from acceld.formats.targuard import TarGuard
 from acceld.formats.zstdchunked.errors import invalid
-from acceld.formats.zstdchunked.reader_frames import frames
+from acceld.formats.zstdchunked.reader_frames import BoundedReader, frames
 from acceld.formats.zstdchunked.reader_tarsplit import (
     TAR_TYPES,
     TarSplitAssembler,
@@ -43,6 +44,7 @@ _SKIPPABLE = b"\x50\x2a\x4d\x18"
 _FOOTER_FRAME = _SKIPPABLE + struct.pack("<I", 64)
 _FOOTER_MAGIC = b"GNUlInUx"
 _LEGACY_MAGIC = b"GnUlInUx"
+_READ = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -87,17 +89,16 @@ class ZstdChunkedReader:
                 if annotations is not None:
                     toc_span, tar_split_span = self._check_annotations(annotations, toc_span, tar_split_span)
                 compressed_toc = self._part(f, toc_span, "TOC")
-                compressed_tar_split = self._part(f, tar_split_span, "tar-split")
+                self._part_header(f, tar_split_span, "tar-split")
+                tar_split_digest = _span_digest(f, tar_split_span)
             if annotations is not None:
                 digest = "sha256:" + hashlib.sha256(compressed_toc).hexdigest()
                 if digest != annotations[CHECKSUM_KEY]:
                     raise invalid(f"TOC digest {digest} does not match the manifest-checksum annotation")
             self.toc_span, self.tar_split_span = toc_span, tar_split_span
             self.toc: dict[str, Any] = self._load_toc(compressed_toc, toc_span)
-            tar_split_digest = "sha256:" + hashlib.sha256(compressed_tar_split).hexdigest()
             if self.toc.get("tarSplitDigest") != tar_split_digest:
                 raise invalid("tarSplitDigest in the TOC does not match the tar-split")
-            self.tar_split = self._load_tar_split(compressed_tar_split, tar_split_span)
             self.entries: list[dict[str, Any]] = self.toc["entries"]
             self._check_entries()
             self._check_toc_matches_tar_split()
@@ -146,6 +147,11 @@ class ZstdChunkedReader:
         return annotated_toc, annotated_tar_split
 
     def _part(self, f: BinaryIO, span: Span, what: str) -> bytes:
+        self._part_header(f, span, what)
+        return f.read(span.compressed)
+
+    def _part_header(self, f: BinaryIO, span: Span, what: str) -> None:
+        """Check the part's declared sizes and its skippable frame header (`f` is left at its start)."""
         if span.uncompressed > self.limits.max_metadata_bytes:
             raise exceeded(
                 self.limits, "max_metadata_bytes", f"the {what} declares {span.uncompressed:,} bytes"
@@ -158,7 +164,6 @@ class ZstdChunkedReader:
         header = f.read(8)
         if header != _SKIPPABLE + struct.pack("<I", span.compressed):
             raise invalid(f"{what} is not stored in a skippable frame of its length")
-        return f.read(span.compressed)
 
     @staticmethod
     def _decompress(data: bytes, span: Span, what: str) -> bytes:
@@ -189,12 +194,28 @@ class ZstdChunkedReader:
             raise invalid("TOC is not a version 1 manifest with entries")
         return toc
 
-    def _load_tar_split(self, data: bytes, span: Span) -> list[dict[str, Any]]:
-        lines = self._decompress(data, span, "tar-split").splitlines()
-        try:
-            return [json.loads(line) for line in lines]
-        except json.JSONDecodeError as exc:
-            raise invalid(f"tar-split line is not JSON: {exc}") from None
+    def _tar_split_lines(self) -> Iterator[dict[str, Any]]:
+        """The tar-split's JSON lines, decompressed from the blob piece by piece on every call (a
+        layer of a million files has a gigabyte of them)."""
+        span = self.tar_split_span
+        with self.blob.open("rb") as f:
+            f.seek(span.offset)
+            compressed = io.BufferedReader(BoundedReader(f, span.compressed), _READ)
+            reader = zstandard.ZstdDecompressor().stream_reader(compressed, read_across_frames=True)
+            size, rest = 0, b""
+            while piece := _read_tar_split(reader):
+                size += len(piece)
+                if size > span.uncompressed:
+                    declared = span.uncompressed
+                    raise invalid(f"tar-split is larger uncompressed than the {declared} bytes declared")
+                *lines, rest = (rest + piece).split(b"\n")
+                yield from map(_tar_split_line, lines)
+            if size != span.uncompressed:
+                raise invalid(
+                    f"tar-split is {size} bytes uncompressed, the position says {span.uncompressed}"
+                )
+            if rest:
+                yield _tar_split_line(rest)
 
     def _check_entries(self) -> None:
         names: set[str] = set()
@@ -240,7 +261,7 @@ class ZstdChunkedReader:
 
     def _check_toc_matches_tar_split(self) -> None:
         pending = {e["name"]: e for e in self.entries if e["type"] != "chunk"}
-        for info, block in tar_split_headers(self.tar_split):
+        for info, block in tar_split_headers(self._tar_split_lines()):
             name = toc_name(info, pending)
             entry = pending.pop(name, None)
             if entry is None:
@@ -305,7 +326,7 @@ class ZstdChunkedReader:
                 starting.setdefault(r.start, []).append(r)
             active: list[_RangeCheck] = []
             toc_positions: dict[str, int] = {}
-            assembler = TarSplitAssembler(self.tar_split)
+            assembler = TarSplitAssembler(self._tar_split_lines())
             stream_digest = hashlib.sha256()
             tar_size = frame_count = 0
             guard = TarGuard(self.limits)
@@ -430,6 +451,31 @@ class _RangeCheck:
             raise invalid(f"{self.range.what}: {self._size} bytes, the TOC says {self.range.size}")
         if "sha256:" + self._hash.hexdigest() != self.range.digest:
             raise invalid(f"{self.range.what}: content digest does not match the TOC")
+
+
+def _span_digest(f: BinaryIO, span: Span) -> str:
+    """sha256 of a part's compressed bytes, read from `f` (positioned at its start) in pieces."""
+    digest = hashlib.sha256()
+    left = span.compressed
+    while left and (data := f.read(min(left, _READ))):
+        digest.update(data)
+        left -= len(data)
+    return "sha256:" + digest.hexdigest()
+
+
+def _read_tar_split(reader: zstandard.ZstdDecompressionReader) -> bytes:
+    try:
+        return reader.read(_READ)
+    except zstandard.ZstdError as exc:
+        raise invalid(f"tar-split does not decompress: {exc}") from None
+
+
+def _tar_split_line(line: bytes) -> dict[str, Any]:
+    try:
+        parsed: dict[str, Any] = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise invalid(f"tar-split line is not JSON: {exc}") from None
+    return parsed
 
 
 def _read_exact(stream: BinaryIO, size: int) -> bytes:

@@ -27,7 +27,7 @@ def frames(blob: Path, end_of_data: int) -> Iterator[tuple[int, int, Iterator[by
         while start < end_of_data:
             end = _frame_end(f, start, end_of_data)
             f.seek(start)
-            frame = io.BufferedReader(_Bounded(f, end - start), _READ)
+            frame = io.BufferedReader(BoundedReader(f, end - start), _READ)
             yield start, end, _pieces(zstandard.ZstdDecompressor().stream_reader(frame), start)
             start = end
 
@@ -60,7 +60,7 @@ def _frame_end(f: BinaryIO, start: int, limit: int) -> int:
     return position
 
 
-class _Bounded(io.RawIOBase):
+class BoundedReader(io.RawIOBase):
     """The next `size` bytes of `f`, as a stream of their own."""
 
     def __init__(self, f: BinaryIO, size: int) -> None:

@@ -78,7 +78,7 @@ def tar_split_headers(lines: Iterable[Mapping[str, Any]]) -> Iterator[tuple[tarf
 class TarSplitAssembler:
     """Checks the decompressed stream against tar-split segments and file CRC-64s, in order."""
 
-    def __init__(self, lines: list[dict[str, Any]]) -> None:
+    def __init__(self, lines: Iterable[dict[str, Any]]) -> None:
         self._lines = iter(lines)
         self._segment = b""  # rest of the current segment still to match
         self._file_left = 0
