@@ -187,11 +187,10 @@ def compare_trees(expected: FsTree, actual: FsTree, reader: FormatReader) -> lis
         return diff_trees(expected, actual, ignore_fields=ignored)
     differences = diff_trees(expected, actual, ignore_fields=ignored | {"mtime"})
     if "mtime" not in ignored:
-        want, have = expected.nodes, actual.nodes
         differences += [
-            f"{path}: mtime {node.mtime} != {have[path].mtime}"
-            for path, node in want.items()
-            if path in have and abs(node.mtime - have[path].mtime) > reader.mtime_tolerance
+            f"{path}: mtime {expected[path].mtime} != {actual[path].mtime}"
+            for path in expected.paths()
+            if path in actual and abs(expected[path].mtime - actual[path].mtime) > reader.mtime_tolerance
         ]
     return differences
 

@@ -82,10 +82,13 @@ class FsTree:
 
     def hardlink_groups(self) -> set[frozenset[str]]:
         """Groups of two or more paths that share one inode."""
+        ordered = sorted(self._inode_of.values())  # no set per inode: a tree may hold a million
+        shared = {ino for ino, following in itertools.pairwise(ordered) if ino == following}
         by_inode: dict[int, set[str]] = {}
         for path, ino in self._inode_of.items():
-            by_inode.setdefault(ino, set()).add(path)
-        return {frozenset(group) for group in by_inode.values() if len(group) > 1}
+            if ino in shared:
+                by_inode.setdefault(ino, set()).add(path)
+        return {frozenset(group) for group in by_inode.values()}
 
     def add(self, path: str, node: Node) -> None:
         """Create or replace `path`. A directory replacing a directory keeps its children."""
@@ -223,7 +226,8 @@ def apply_layer_tar(tree: FsTree, stream: IO[bytes]) -> None:
         return  # a zero-length layer is empty, as Go's archive/tar (and so every runtime) reads it
     try:
         with tarfile.open(fileobj=_Prefixed(first, stream), mode="r|") as archive:
-            for info in archive:
+            while (info := archive.next()) is not None:
+                vars(archive)["members"].clear()  # TarFile keeps every TarInfo it read otherwise
                 _apply_entry(tree, archive, info, added_here)
     except tarfile.TarError as exc:
         raise FormatError(f"bad tar: {exc}") from exc
@@ -323,14 +327,13 @@ def diff_trees(expected: FsTree, actual: FsTree, *, ignore_fields: Iterable[str]
     if unknown:
         raise ValueError(f"unknown Node fields: {sorted(unknown)}")
     differences: list[str] = []
-    want, have = expected.nodes, actual.nodes
-    differences += [f"missing: {path}" for path in want if path not in have]
-    differences += [f"unexpected: {path}" for path in have if path not in want]
-    for path in want:
-        if path not in have:
+    differences += [f"missing: {path}" for path in expected.paths() if path not in actual]
+    differences += [f"unexpected: {path}" for path in actual.paths() if path not in expected]
+    for path in expected.paths():  # sorted names, not a sorted copy of the whole tree
+        if path not in actual:
             continue
         for name in NODE_FIELDS:
-            left, right = getattr(want[path], name), getattr(have[path], name)
+            left, right = getattr(expected[path], name), getattr(actual[path], name)
             if name not in ignored and left != right:
                 differences.append(f"{path}: {name} {left!r} != {right!r}")
     want_links, have_links = expected.hardlink_groups(), actual.hardlink_groups()
