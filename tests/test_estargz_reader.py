@@ -9,6 +9,7 @@ import json
 import re
 import tarfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,10 @@ from harness.tars import write_edge_lower, write_edge_upper
 
 from acceld.formats.driver import FormatError, SourceLayer
 from acceld.formats.estargz import TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION, EstargzDriver
-from acceld.formats.estargz.reader import open_estargz, tree_from_estargz_layers
+from acceld.formats.estargz.reader import EstargzLayer, open_estargz, tree_from_estargz_layers
 from acceld.formats.estargz.tocstream import JsonText, TocEntries, parse_toc
 from acceld.formats.fstree import FsTree, diff_trees, tree_from_layers
+from acceld.formats.limits import DEFAULT_LIMITS, LimitExceeded
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "estargz"
 SMALL_CHUNK = 64 << 10
@@ -291,3 +293,20 @@ def test_chunks_out_of_blob_order_are_still_checked(converted: dict[str, Any]) -
     damaged, digest = rewrite_toc(converted["blobs"]["small"].read_bytes(), swap_offsets_of)
     with pytest.raises(FormatError, match=r"is corrupt|not the start"):
         verify(damaged, digest)
+
+
+def test_a_layer_at_the_entry_limit_verifies(tmp_path: Path) -> None:
+    """The landmark and the TOC are the format's entries: they do not count against the layer's limit."""
+    source = tmp_path / "layer.tar"
+    with tarfile.open(source, "w") as tar:
+        for number in range(5):
+            tar.addfile(tarfile.TarInfo(f"f{number}"))
+    convert(source, tmp_path / "layer.esgz")
+    for limit, fails in ((5, False), (4, True)):
+        limits = replace(DEFAULT_LIMITS, max_layer_entries=limit)
+        with (tmp_path / "layer.esgz").open("rb") as blob, EstargzLayer(blob, limits) as layer:
+            if fails:
+                with pytest.raises(LimitExceeded):
+                    layer.verify()
+            else:
+                assert layer.verify().entries == 5 + 1

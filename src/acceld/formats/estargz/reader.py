@@ -22,7 +22,7 @@ import tarfile
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -147,7 +147,10 @@ class EstargzLayer:
         if not in_blob_order:  # not as writers lay it out: sort in memory
             chunks = iter(sorted(chunks, key=lambda c: (c.offset, c.inner_offset)))
         self._blob.seek(0)
-        stream = _MemberStream(self._blob, self.size, chunks, TarGuard(self._limits))
+        # the blob's tar holds the layer's entries plus the landmark and the TOC
+        entries_limit = self._limits.max_layer_entries + 2
+        guard = TarGuard(replace(self._limits, max_layer_entries=entries_limit))
+        stream = _MemberStream(self._blob, self.size, chunks, guard)
         with io.BufferedReader(stream, _READ_SIZE) as buffered:
             _compare_tar(self.entries, buffered)
             while buffered.read(_READ_SIZE):
