@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import struct
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ _FOOTER_FRAME = _SKIPPABLE + struct.pack("<I", 64)
 _FOOTER_MAGIC = b"GNUlInUx"
 _LEGACY_MAGIC = b"GnUlInUx"
 _READ = 1 << 20
+_REPEATED_VALUES = ("type", "modtime", "accesstime", "changetime", "chunkType")
 
 
 @dataclass(frozen=True)
@@ -187,7 +189,7 @@ class ZstdChunkedReader:
 
     def _load_toc(self, data: bytes, span: Span) -> dict[str, Any]:
         try:
-            toc = json.loads(self._decompress(data, span, "TOC"))
+            toc = json.loads(self._decompress(data, span, "TOC"), object_hook=_shared_values)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise invalid(f"TOC is not JSON: {exc}") from None
         if not isinstance(toc, dict) or toc.get("version") != 1 or not isinstance(toc.get("entries"), list):
@@ -426,7 +428,7 @@ def tree_from_readers(layers: Iterable[ZstdChunkedReader]) -> FsTree:
     return tree
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Range:
     start: int
     end: int
@@ -476,6 +478,15 @@ def _tar_split_line(line: bytes) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise invalid(f"tar-split line is not JSON: {exc}") from None
     return parsed
+
+
+def _shared_values(entry: dict[str, Any]) -> dict[str, Any]:
+    """A TOC object with its often repeated string values interned (a TOC may list a million files)."""
+    for key in _REPEATED_VALUES:
+        value = entry.get(key)
+        if type(value) is str:
+            entry[key] = sys.intern(value)
+    return entry
 
 
 def _read_exact(stream: BinaryIO, size: int) -> bytes:

@@ -376,7 +376,7 @@ def write_zstd_chunked(
         TarSplitWriter(workdir / "tar-split.json.zst", level) as tar_split,
         TocWriter(workdir / "toc.json") as toc,
     ):
-        sink = FrameSink(out, pool, level, max_pending=2 * max(1, workers) + 2)
+        sink = FrameSink(out, pool, level, max_pending=max(1, workers) + 1)
         layer = _LayerWriter(
             tar, sink, tar_split, toc, rollsum_pool, hash_thread, lookahead=max(1, workers) + 1
         )
