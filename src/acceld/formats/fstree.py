@@ -13,7 +13,7 @@ import itertools
 import os
 import stat
 import tarfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -90,20 +90,24 @@ class FsTree:
                 by_inode.setdefault(ino, set()).add(path)
         return {frozenset(group) for group in by_inode.values()}
 
-    def add(self, path: str, node: Node) -> None:
-        """Create or replace `path`. A directory replacing a directory keeps its children."""
+    def add(self, path: str, node: Node, layer: Container[str] | None = None) -> None:
+        """Create or replace `path`. A directory replacing a directory keeps its children.
+
+        `layer` holds the paths the current layer has added so far: a missing parent directory
+        then replaces a lower layer's non-directory (see `_ensure_parents`).
+        """
         path = normalize(path)
         existing = self._inode_of.get(path)
         if existing is not None and not (node.kind == "dir" and self._inodes[existing].kind == "dir"):
             self.remove(path)
             existing = None
-        self._ensure_parents(path)
+        self._ensure_parents(path, layer)
         ino = existing if existing is not None else next(self._next_inode)
         self._inode_of[path] = ino
         self._inodes[ino] = node
 
-    def link(self, path: str, target: str) -> None:
-        """Make `path` another name of `target`'s inode."""
+    def link(self, path: str, target: str, layer: Container[str] | None = None) -> None:
+        """Make `path` another name of `target`'s inode (`layer` as for `add`)."""
         path, target = normalize(path), normalize(target)
         ino = self._inode_of.get(target)
         if ino is None:
@@ -112,7 +116,7 @@ class FsTree:
             raise FormatError(f"hardlink {path} would replace its own target {target}")
         if path in self._inode_of:
             self.remove(path)
-        self._ensure_parents(path)
+        self._ensure_parents(path, layer)
         self._inode_of[path] = ino
 
     def remove(self, path: str) -> None:
@@ -151,14 +155,23 @@ class FsTree:
         if ino is not None and ino not in self._inode_of.values():
             del self._inodes[ino]
 
-    def _ensure_parents(self, path: str) -> None:
+    def _ensure_parents(self, path: str, layer: Container[str] | None) -> None:
+        """Create the missing parent directories of `path`.
+
+        Runtimes unpack each layer onto an empty directory and stack the layers (overlayfs): a
+        directory a layer implies hides a lower layer's non-directory of that name, whatever a
+        lower symlink points to. Within one layer a non-directory parent is an error.
+        """
         parent = os.path.dirname(path)
         missing: list[str] = []
         while parent not in self._inode_of:
             missing.append(parent)
             parent = os.path.dirname(parent)
         if self._inodes[self._inode_of[parent]].kind != "dir":
-            raise FormatError(f"{path}: parent {parent} is not a directory")
+            if layer is None or parent in layer:
+                raise FormatError(f"{path}: parent {parent} is not a directory")
+            self.remove(parent)
+            missing.append(parent)
         for directory in reversed(missing):
             self._inode_of[directory] = ino = next(self._next_inode)
             self._inodes[ino] = Node(kind="dir", mode=0o755)
@@ -256,10 +269,10 @@ def _apply_entry(tree: FsTree, archive: tarfile.TarFile, info: tarfile.TarInfo, 
     if tree.apply_whiteout(path, added_here):
         return
     if info.islnk():
-        tree.link(path, info.linkname)
+        tree.link(path, info.linkname, added_here)
     else:
         content = archive.extractfile(info) if info.isreg() else None
-        tree.add(path, _node_from_tarinfo(info, content))
+        tree.add(path, _node_from_tarinfo(info, content), added_here)
     added_here.add(path)
 
 

@@ -5,8 +5,10 @@ to `acceld check`) and stops the stream, with one line naming the limit, as soon
 exceeds a `Limits` value: uncompressed bytes, entries, the size of an extension header (PAX
 records, GNU long names; refused before their payload is read), the declared size of a sparse
 file. It also applies the path rule every format shares (`check_entry_path`): no `..`
-component, no NUL in a PAX path, and no entry below a symlink of the same layer — a runtime
-would write that entry outside the directory the layer names.
+component, no NUL in a PAX path, no entry below a symlink of the same layer — a runtime
+would write that entry outside the directory the layer names — and no hardlink to anything but
+a non-directory earlier in the same layer: runtimes unpack each layer onto an empty directory,
+so a link to a lower layer's file (or to nothing) cannot be made.
 
 Headers are parsed as Go's `archive/tar` reads them (the reference readers are Go programs).
 A header the guard cannot make sense of ends its watch: the driver's own parser then reports
@@ -29,6 +31,8 @@ _SYMLINK = ord("2")
 _HARDLINK = ord("1")
 _GNU_SPARSE = ord("S")
 _WHITEOUT = b".wh."
+_DIRECTORY = ord("5")
+_HASH_MASK = (1 << 64) - 1
 
 
 class PathError(FormatError):
@@ -76,6 +80,7 @@ class TarGuard:
         self._long_name: bytes | None = None
         self._long_link: bytes | None = None
         self._symlinks: set[bytes] = set()
+        self._non_directories = _NameSet()
 
     def feed(self, data: memoryview | bytes) -> None:
         size = len(data)
@@ -158,8 +163,15 @@ class TarGuard:
         self._check_sparse(block, typeflag, name)
         parts = check_entry_path(name)
         if typeflag == _HARDLINK:
-            check_entry_path(link, f"hardlink {_show(name)} to")
+            target = check_entry_path(link, f"hardlink {_show(name)} to")
+            if b"/".join(target) not in self._non_directories:
+                raise PathError(
+                    f"hardlink {_show(name)} points to {_show(link)}, which is not a file earlier in "
+                    "the same layer (runtimes unpack every layer on its own)"
+                )
         self._check_parents(name, parts)
+        if typeflag != _DIRECTORY:
+            self._non_directories.add(b"/".join(parts))
         self._track_symlinks(parts, typeflag)
         self._pax, self._long_name, self._long_link = {}, None, None
         payload = 0 if typeflag in _HEADER_ONLY else size
@@ -227,3 +239,32 @@ class TarGuard:
             self._symlinks.discard(key)
             if parts[-1].startswith(_WHITEOUT):
                 self._symlinks.discard(b"/".join([*parts[:-1], parts[-1][len(_WHITEOUT) :]]))
+
+
+class _NameSet:
+    """A set of names kept as 8-byte hashes (about 10 bytes a name, not the ~100 of a set of bytes)
+    so that a layer of a million entries stays small. A hash collision can only make a missing
+    hardlink target look present; the driver's or the reader's own check then reports it."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[int, bytearray] = {}
+
+    def add(self, name: bytes) -> None:
+        key = hash(name) & _HASH_MASK
+        bucket = self._buckets.get(key >> 48)
+        if bucket is None:
+            bucket = self._buckets[key >> 48] = bytearray()
+        bucket += key.to_bytes(8, "little")
+
+    def __contains__(self, name: bytes) -> bool:
+        key = hash(name) & _HASH_MASK
+        bucket = self._buckets.get(key >> 48)
+        if bucket is None:
+            return False
+        needle = key.to_bytes(8, "little")
+        found = bucket.find(needle)
+        while found >= 0:
+            if found % 8 == 0:
+                return True
+            found = bucket.find(needle, found + 1)
+        return False

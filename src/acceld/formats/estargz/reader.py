@@ -184,10 +184,10 @@ class EstargzLayer:
                 hardlinks.append((path, entry.get("linkName", "")))
                 added.add(path)
             else:
-                tree.add(path, _node(entry, shared))
+                tree.add(path, _node(entry, shared), added)
                 added.add(path)
         for path, target in hardlinks:  # the TOC does not promise that targets come first
-            tree.link(path, target)
+            tree.link(path, target, added)
 
 
 def open_estargz(blob: BinaryIO) -> EstargzLayer:

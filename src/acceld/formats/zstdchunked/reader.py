@@ -400,9 +400,9 @@ class ZstdChunkedReader:
                 if tree.apply_whiteout(path, added_here):
                     continue
                 if entry["type"] == "hardlink":
-                    tree.link(path, entry.get("linkName", ""))
+                    tree.link(path, entry.get("linkName", ""), added_here)
                 else:
-                    tree.add(path, _node(entry))
+                    tree.add(path, _node(entry), added_here)
                 added_here.add(path)
 
     def to_fstree(self) -> FsTree:
