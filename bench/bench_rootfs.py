@@ -2,6 +2,7 @@
 
 Usage: .venv/bin/python bench/bench_rootfs.py [--runs 3] [--only estargz,nydus,zstdchunked] [--startup]
        .venv/bin/python bench/bench_rootfs.py --many-files 1000000   # one layer of N small files
+       .venv/bin/python bench/bench_rootfs.py --many-layers 256      # N layers of one tiny file each
 
 The image (built once into .cache/bench/rootfs-py-v1, needs the test suite's cached images): the
 debootstrap bookworm minbase layer of `load_rootfs_image`, a layer adding python3.11 (the entries of
@@ -338,6 +339,54 @@ def many_files(count: int, drivers: list[str], check: bool) -> None:
             shutil.rmtree(out)
 
 
+MANY_LAYER_DRIVERS = {
+    "estargz": ("-d", "estargz"),
+    "nydus": ("-d", "nydus"),
+    "zstdchunked": ("-d", "zstdchunked"),
+    "soci": ("-d", "soci", "--min-layer-size", "0"),
+    "nydus-zran": ("-d", "nydus", "--oci-ref"),
+}
+
+
+def many_layers(count: int, drivers: list[str], runs: int) -> None:
+    """An image of `count` gzip layers of one tiny file each: time per layer of `acceld convert`."""
+    layout = CACHE / f"many-layers-{count}"
+    if not (layout / "index.json").exists():
+        sys.path.insert(0, str(ROOT / "tests"))
+        from harness.images import build_image as write_layout
+
+        tars = CACHE / f"many-layers-{count}-tars"
+        tars.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for number in range(count):
+            path = tars / f"layer{number:05d}.tar"
+            with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+                info = tarfile.TarInfo(f"f{number:05d}")
+                body = b"layer %d\n" % number
+                info.size, info.mtime = len(body), 1_700_000_000
+                tar.addfile(info, io.BytesIO(body))
+            paths.append(path)
+        write_layout(layout, paths, "rootfs")
+        shutil.rmtree(tars)
+    env = {**os.environ, "ACCELD_CACHE_DIR": str(WORK / "unused-cache")}
+    for driver in drivers:
+        results = []
+        for _ in range(runs):
+            src = WORK / "many-layers-src"  # SOCI and Nydus zran write beside the source: a fresh copy
+            shutil.rmtree(src, ignore_errors=True)
+            shutil.copytree(layout, src)
+            command = [str(ACCELD), "convert", f"oci:{src}:rootfs", *MANY_LAYER_DRIVERS[driver], "--no-cache"]
+            results.append(measure([*command, "--limit", f"max_layers={count}"], env))
+        wall = statistics.median(m.wall for m in results)
+        cpu = statistics.median(m.cpu for m in results)
+        print(
+            f"{count} layers {driver:12s} median of {runs}: {wall:6.2f}s wall ({wall / count * 1000:5.1f} ms "
+            f"a layer), {cpu:6.2f}s CPU, peak tree PSS {max(m.peak_rss for m in results) / 1e6:.0f} MB "
+            f"(load {os.getloadavg()[0]:.1f})",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -345,8 +394,13 @@ def main() -> None:
     parser.add_argument("--startup", action="store_true", help="also time CLI start-up")
     parser.add_argument("--many-files", type=int, help="only: one layer of this many small files")
     parser.add_argument("--check", action="store_true", help="with --many-files: also time `acceld check`")
+    parser.add_argument("--many-layers", type=int, help="only: an image of this many tiny layers")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
+    if args.many_layers:
+        only = args.only.split(",") if args.only != parser.get_default("only") else list(MANY_LAYER_DRIVERS)
+        many_layers(args.many_layers, only, args.runs)
+        return
     if args.many_files:
         many_files(args.many_files, args.only.split(","), args.check)
         return

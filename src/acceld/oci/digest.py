@@ -10,6 +10,7 @@ from acceld.errors import AcceldError
 
 _HEX_LENGTH = {"sha256": 64, "sha512": 128}
 _DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
+_LOWER_HEX = re.compile(r"[0-9a-f]+")
 
 
 class InvalidDigest(AcceldError):
@@ -28,7 +29,7 @@ def validate_digest(digest: str) -> str:
     expected = _HEX_LENGTH.get(algorithm)
     if expected is None:
         raise InvalidDigest(f"unsupported digest algorithm in {digest!r}")
-    if len(hex_part) != expected or not all(c in "0123456789abcdef" for c in hex_part):
+    if len(hex_part) != expected or not _LOWER_HEX.fullmatch(hex_part):
         raise InvalidDigest(f"invalid {algorithm} digest {digest!r}")
     return digest
 
