@@ -132,19 +132,23 @@ class FsTree:
     def apply_whiteout(self, path: str, added_in_layer: set[str]) -> bool:
         """Apply `path` if it is an OCI whiteout or opaque marker of a layer; False for a real entry.
 
-        Whiteouts only hide lower layers: paths in `added_in_layer` (this layer's entries so far)
-        survive an opaque marker.
+        Whiteouts only hide lower layers: paths in `added_in_layer` (this layer's entries so far,
+        updated here) survive them. Like any entry, a whiteout implies its parent directories
+        (runtimes create them to hold it): they exist even if they hold nothing else.
         """
         directory, base = os.path.split(path)
+        if base != OPAQUE_MARKER and not base.startswith(WHITEOUT_PREFIX):
+            return False
+        added_in_layer.update(self._ensure_parents(path, added_in_layer))
         if base == OPAQUE_MARKER:
             for child in self.children_recursive(directory):
                 if child not in added_in_layer:
                     self.remove(child)
             return True
-        if base.startswith(WHITEOUT_PREFIX):
-            self.remove(os.path.join(directory, base[len(WHITEOUT_PREFIX) :]))
-            return True
-        return False
+        hidden = os.path.join(directory, base[len(WHITEOUT_PREFIX) :])
+        if hidden not in added_in_layer:
+            self.remove(hidden)
+        return True
 
     def children_recursive(self, path: str) -> list[str]:
         prefix = "/" if path == "/" else path + "/"
@@ -155,8 +159,8 @@ class FsTree:
         if ino is not None and ino not in self._inode_of.values():
             del self._inodes[ino]
 
-    def _ensure_parents(self, path: str, layer: Container[str] | None) -> None:
-        """Create the missing parent directories of `path`.
+    def _ensure_parents(self, path: str, layer: Container[str] | None) -> list[str]:
+        """Create the missing parent directories of `path`; the directories created.
 
         Runtimes unpack each layer onto an empty directory and stack the layers (overlayfs): a
         directory a layer implies hides a lower layer's non-directory of that name, whatever a
@@ -175,6 +179,7 @@ class FsTree:
         for directory in reversed(missing):
             self._inode_of[directory] = ino = next(self._next_inode)
             self._inodes[ino] = Node(kind="dir", mode=0o755)
+        return missing
 
 
 def normalize(path: str) -> str:

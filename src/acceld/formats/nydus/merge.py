@@ -56,9 +56,8 @@ def _apply_dir(lower: Inode, upper: Inode) -> None:
                 continue
             created = new_dir(implicit=True)
             _apply_dir(created, child)
-            # a directory implied only by whiteouts below it does not exist for an OCI runtime
-            if created.children or not created.implicit:
-                lower.children[name] = created
+            # even a directory implied only by whiteouts below it exists: runtimes create it to hold them
+            lower.children[name] = created
         else:
             lower.children[name] = child
 
