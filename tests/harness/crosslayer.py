@@ -2,9 +2,9 @@
 
 The lower layer has `usr/lib/y` and a symlink `lib` to `usr/lib` (relative, absolute or escaping
 the root with `..`); the upper layer writes `lib/x` (with and without a `lib/` entry), whites out
-`lib/y`, or hardlinks `z` to `lib/y`. Under containerd's overlay snapshotter every layer is
-unpacked onto an empty directory and the layers are stacked, so the upper layer never follows
-the lower symlink: an upper directory `lib` hides it.
+`lib/y` (or makes `lib` opaque), or hardlinks `z` to `lib/y`. Under containerd's overlay
+snapshotter every layer is unpacked onto an empty directory and the layers are stacked, so the
+upper layer never follows the lower symlink: an upper directory `lib` hides it.
 """
 
 from __future__ import annotations
@@ -47,6 +47,11 @@ def _whiteout_below() -> Iterator[bytes]:
     yield _end()
 
 
+def _opaque_below() -> Iterator[bytes]:
+    yield header(b"lib/.wh..wh..opq")
+    yield _end()
+
+
 def _hardlink_below() -> Iterator[bytes]:
     yield header(b"z", b"1", linkname=b"lib/y")
     yield _end()
@@ -56,6 +61,7 @@ UPPERS: dict[str, Callable[[], Iterator[bytes]]] = {
     "file": _file_below,
     "dir": _dir_and_file_below,
     "whiteout": _whiteout_below,
+    "opaque": _opaque_below,
     "hardlink": _hardlink_below,
 }
 
