@@ -26,7 +26,11 @@ T = TypeVar("T")
 
 _CONTEXT = multiprocessing.get_context("forkserver")
 _JOB_MODULE = "acceld.convert.layer_job"
-_CONTEXT.set_forkserver_preload([_JOB_MODULE, *(module for module, _ in DRIVER_CLASSES.values())])
+# What every child needs before its job, imported once by the fork server instead of by each child:
+# the main script (multiprocessing runs it again in a child whose fork server has not), this module
+# (a child's entry `_child` is here, and with it asyncio) and the layer job.
+_PRELOAD = ("__main__", __name__, _JOB_MODULE)
+_CONTEXT.set_forkserver_preload([*_PRELOAD, *(module for module, _ in DRIVER_CLASSES.values())])
 # Messages from a child: any number of progress reports, then one result or error.
 _PROGRESS, _RESULT, _ERROR = "progress", "result", "error"
 
@@ -58,7 +62,7 @@ def default_workers() -> int:
 class ProcessRunner:
     """Runs calls in child processes, at most `limit` at once.
 
-    With `preload`, a fork server not yet running imports only those modules (and the layer job)
+    With `preload`, a fork server not yet running imports only those modules (and `_PRELOAD`)
     instead of every driver's, and starts now: its interpreter start-up and imports then overlap
     the caller's reading of the source instead of delaying the first layer.
     """
@@ -66,7 +70,7 @@ class ProcessRunner:
     def __init__(self, limit: int | None = None, preload: Sequence[str] | None = None) -> None:
         self._slots = asyncio.Semaphore(limit or default_workers())
         if preload is not None:
-            _CONTEXT.set_forkserver_preload([_JOB_MODULE, *preload])
+            _CONTEXT.set_forkserver_preload([*_PRELOAD, *preload])
             forkserver.ensure_running()
 
     async def run(
