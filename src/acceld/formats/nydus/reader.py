@@ -304,10 +304,6 @@ class RafsImage:
         records: dict[int, dict[int, ChunkRecord]] = {}
         for rec in self.bootstrap.chunk_table:
             records.setdefault(rec.blob_index, {})[rec.ci_index] = rec
-        addresses: dict[int, list[tuple[Inode, int, ChunkAddr]]] = {}
-        for inode in self.bootstrap.inodes.values():
-            for i, addr in enumerate(inode.chunks):
-                addresses.setdefault(addr.blob_index, []).append((inode, i, addr))
         reports = []
         for entry in self.bootstrap.blobs:
             path, gzip = self._blob_files(entry)
@@ -325,10 +321,17 @@ class RafsImage:
                 )
             blob = self.blob(entry.index)
             self._check_against_blob(
-                entry, blob, records.get(entry.index, {}).values(), addresses.get(entry.index, [])
+                entry, blob, records.get(entry.index, {}).values(), self._addresses(entry.index)
             )
             reports.append(report)
         return reports
+
+    def _addresses(self, blob_index: int) -> Iterator[tuple[Inode, int, ChunkAddr]]:
+        """(inode, chunk number, address) of every chunk address into one blob, generated: not kept."""
+        for inode in self.bootstrap.inodes.values():
+            for i, addr in enumerate(inode.chunks):
+                if addr.blob_index == blob_index:
+                    yield inode, i, addr
 
     def _check_zran_ids(self, entry: BlobEntry, report: BlobReport, gzip: Path, check_blob_ids: bool) -> None:
         """The entry's id is the gzip layer's sha256, its blob_meta_digest/size the ref blob's."""

@@ -9,10 +9,10 @@ decoded, and every chunk can be decompressed and checked against its digest. Vio
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Final
+from typing import BinaryIO, Final, overload
 
 from acceld.formats.nydus.reader_bootstrap import (
     CHUNK_HAS_CRC32,
@@ -105,7 +105,7 @@ class BlobMetaHeader:
     zran_count: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ChunkInfo:
     """One chunk-info (CI) entry of the blob meta, v1 or v2, decoded."""
 
@@ -128,7 +128,7 @@ class BlobReport:
     parts: list[Part]
     toc: list[TocEntry]
     header: BlobMetaHeader | None
-    chunks: list[ChunkInfo]
+    chunks: Sequence[ChunkInfo]
     chunk_digests: list[bytes] = field(default_factory=list)  # computed from the data, CI order
     bootstrap: bytes | None = None  # the inline image.boot, uncompressed
 
@@ -157,7 +157,57 @@ def parse_blob_meta_header(raw: bytes, where: str) -> BlobMetaHeader:
     )
 
 
-def parse_chunk_infos(raw: bytes, header: BlobMetaHeader, where: str) -> list[ChunkInfo]:
+class ChunkInfos(Sequence[ChunkInfo]):
+    """The CI array, decoded entry by entry on access: a blob may have a million chunks."""
+
+    def __init__(self, raw: bytes, v2: bool, count: int, where: str) -> None:
+        self.raw, self.v2, self.entries, self.where = raw, v2, count, where
+
+    def __len__(self) -> int:
+        return self.entries
+
+    @overload
+    def __getitem__(self, index: int) -> ChunkInfo: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[ChunkInfo]: ...
+
+    def __getitem__(self, index: int | slice) -> ChunkInfo | list[ChunkInfo]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self.entries))]
+        if index < 0:
+            index += self.entries
+        if not 0 <= index < self.entries:
+            raise IndexError(index)
+        return (_decode_ci_v2 if self.v2 else _decode_ci_v1)(self.raw, index, self.where)
+
+
+class Digests(Sequence[bytes]):
+    """The blob.digest array, sliced on access."""
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+
+    def __len__(self) -> int:
+        return len(self.raw) // DIGEST_SIZE
+
+    @overload
+    def __getitem__(self, index: int) -> bytes: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[bytes]: ...
+
+    def __getitem__(self, index: int | slice) -> bytes | list[bytes]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self.raw[index * DIGEST_SIZE : (index + 1) * DIGEST_SIZE]
+
+
+def parse_chunk_infos(raw: bytes, header: BlobMetaHeader, where: str) -> ChunkInfos:
     """Decode the uncompressed CI array; entries must be sorted by 4K-aligned, non-overlapping uoff."""
     v2 = bool(header.features & FEATURE_CHUNK_INFO_V2)
     width = 24 if v2 else 16
@@ -169,7 +219,7 @@ def parse_chunk_infos(raw: bytes, header: BlobMetaHeader, where: str) -> list[Ch
         )
     if not header.features & (FEATURE_ZRAN | FEATURE_BATCH) and len(raw) != count * width:
         raise BlobError(f"{where}: CI array is {len(raw)} bytes, expected {count} x {width}")
-    infos = [(_decode_ci_v2 if v2 else _decode_ci_v1)(raw, i, where) for i in range(count)]
+    infos = ChunkInfos(raw, v2, count, where)
     previous_end = 0
     for info in infos:
         if info.uncompressed_offset % BLOCK_SIZE:
@@ -222,7 +272,7 @@ def _decode_ci_v2(raw: bytes, i: int, where: str) -> ChunkInfo:
 
 def parse_blob_meta_file(
     data: bytes, where: str = "blob.meta file"
-) -> tuple[BlobMetaHeader, bytes, list[ChunkInfo]]:
+) -> tuple[BlobMetaHeader, bytes, Sequence[ChunkInfo]]:
     """A `<blob-id>.blob.meta` cache file: uncompressed CI data, zero padding to 4K, then the header."""
     if len(data) < BLOB_META_HEADER_SIZE or len(data) % BLOCK_SIZE:
         raise BlobError(f"{where}: size {len(data)} is not a positive multiple of 4096")
@@ -408,7 +458,7 @@ class NydusBlob:
                     f"{entry.compressed_size} without compression"
                 )
 
-    def _read_blob_meta(self) -> tuple[BlobMetaHeader | None, bytes, list[ChunkInfo]]:
+    def _read_blob_meta(self) -> tuple[BlobMetaHeader | None, bytes, Sequence[ChunkInfo]]:
         part = self.parts_by_name.get(BLOB_META)
         if part is None:
             return None, b"", []
@@ -457,7 +507,7 @@ class NydusBlob:
         raw = decompress(header.ci_compressor, compressed, header.ci_uncompressed_size, f"{where} CI array")
         return header, raw, parse_chunk_infos(raw, header, where)
 
-    def _read_digest_array(self) -> list[bytes]:
+    def _read_digest_array(self) -> Sequence[bytes]:
         part = self.parts_by_name.get(BLOB_DIGEST)
         if part is None:
             return []
@@ -466,8 +516,7 @@ class NydusBlob:
             raise BlobError(
                 f"{self.where}: blob.digest is {part.size} bytes, expected 32 x {count} CI entries"
             )
-        raw = self._read(part.offset, part.size)
-        return [raw[i * DIGEST_SIZE : (i + 1) * DIGEST_SIZE] for i in range(count)]
+        return Digests(self._read(part.offset, part.size))
 
     def inline_bootstrap(self) -> bytes | None:
         """The uncompressed per-layer bootstrap (`image.boot`), or None when the blob has none."""

@@ -113,7 +113,7 @@ class Device:
     mapped_blkaddr: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ChunkRecord:
     """One 80-byte chunk-table entry (`RafsV5ChunkInfo`)."""
 

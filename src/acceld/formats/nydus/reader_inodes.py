@@ -57,7 +57,7 @@ class BlobLimits(Protocol):
     def uncompressed_size(self) -> int: ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ChunkAddr:
     """One 8-byte chunk address of a chunk-based inode, decoded."""
 
@@ -66,7 +66,11 @@ class ChunkAddr:
     blk_addr: int  # uncompressed offset / 4096 within that blob
 
 
-@dataclass
+_NO_XATTRS: dict[str, bytes] = {}
+_NO_ENTRIES: list[tuple[bytes, int, int]] = []
+
+
+@dataclass(slots=True)
 class Inode:
     nid: int
     offset: int
@@ -81,10 +85,11 @@ class Inode:
     mtime_nsec: int
     nlink: int
     i_u: int
-    xattrs: dict[str, bytes] = field(default_factory=dict)
+    # set by the parser when present; until then shared empties (a layer may have a million files)
+    xattrs: dict[str, bytes] = field(default_factory=lambda: _NO_XATTRS)
     chunks: tuple[ChunkAddr, ...] = ()
     target: bytes = b""
-    entries: list[tuple[bytes, int, int]] = field(default_factory=list)  # (name, nid, file type)
+    entries: list[tuple[bytes, int, int]] = field(default_factory=lambda: _NO_ENTRIES)  # (name, nid, type)
 
     @property
     def kind(self) -> int:
