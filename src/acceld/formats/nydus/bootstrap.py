@@ -253,40 +253,22 @@ class Bootstrap:
         if self.nid(root) != ROOT_NID:
             raise AssertionError("root inode must be nid 128")
 
-        # sortable rows: digest, blob index (big endian), first-use sequence, then the record's rest
+        # the chunk table's rows are built while writing: here only which chunks, in which order
         seen: set[Chunk] = set()
-        rows: list[bytes] = []
+        first_used: list[Chunk] = []
+        self.file_offsets: dict[Chunk, int] = {}  # only of chunks first used past a file's first chunk
         for inode in inodes:
             for number, chunk in enumerate(inode.chunks):
-                if chunk in seen:
-                    continue
-                seen.add(chunk)
-                rows.append(
-                    struct.pack(
-                        ">32sII",
-                        chunk.digest,
-                        self.blob_index[chunk.blob_id],
-                        len(rows),
-                    )
-                    + struct.pack(
-                        "<IIIQQQII",
-                        CHUNK_COMPRESSED if chunk.compressed else 0,
-                        chunk.compressed_size,
-                        chunk.uncompressed_size,
-                        chunk.compressed_offset,
-                        chunk.uncompressed_offset,
-                        number * settings.chunk_size,
-                        chunk.index,
-                        0,
-                    )
-                )
+                if chunk not in seen:
+                    seen.add(chunk)
+                    first_used.append(chunk)
+                    if number:
+                        self.file_offsets[chunk] = number * settings.chunk_size
         del seen
-        rows.sort()
-        # one row per (digest, blob): the first use of it wins, as its file offset says
-        self.chunk_rows = [row for i, row in enumerate(rows) if not i or rows[i - 1][:36] != row[:36]]
-        del rows
+        self.chunk_table = _table_order(first_used, self.blob_index)
+        del first_used
         self.chunk_table_offset = align(block_cursor, BLOCK)
-        chunk_table_size = CHUNK_RECORD_SIZE * len(self.chunk_rows)
+        chunk_table_size = CHUNK_RECORD_SIZE * len(self.chunk_table)
         self.size = align(self.chunk_table_offset + chunk_table_size, BLOCK)
 
         header = self.header = bytearray(meta_addr)
@@ -383,8 +365,22 @@ class Bootstrap:
                 sink.skip_to(shape.data_block * BLOCK)
                 sink.write(self._content(self.order.inodes[serial], shape)[: shape.plain_blocks * BLOCK])
         sink.skip_to(self.chunk_table_offset)
-        for row in self.chunk_rows:
-            sink.write(row[:32] + struct.pack("<I", int.from_bytes(row[32:36], "big")) + row[40:])
+        for chunk in self.chunk_table:
+            sink.write(
+                struct.pack(
+                    "<32sIIIIQQQII",
+                    chunk.digest,
+                    self.blob_index[chunk.blob_id],
+                    CHUNK_COMPRESSED if chunk.compressed else 0,
+                    chunk.compressed_size,
+                    chunk.uncompressed_size,
+                    chunk.compressed_offset,
+                    chunk.uncompressed_offset,
+                    self.file_offsets.get(chunk, 0),
+                    chunk.index,
+                    0,
+                )
+            )
         sink.skip_to(self.size)
         sink.flush()
 
@@ -445,6 +441,31 @@ class Bootstrap:
         if shape is not None and shape.layout == LAYOUT_FLAT_INLINE:
             body += self._content(inode, shape)[shape.plain_blocks * BLOCK :]
         return body
+
+
+def _table_order(first_used: list[Chunk], blob_index: dict[str, int]) -> list[Chunk]:
+    """Chunk table order (§5.9): by digest, then blob index; of chunks with the same digest and
+    blob the first used stays. Sorting by the packed record (digest first) allocates no keys."""
+    ordered = sorted(first_used, key=lambda chunk: chunk.packed)
+    table: list[Chunk] = []
+    use_order: dict[int, int] | None = None
+    start = 0
+    while start < len(ordered):
+        digest = ordered[start].digest
+        end = start + 1
+        while end < len(ordered) and ordered[end].digest == digest:
+            end += 1
+        if end - start == 1:
+            table.append(ordered[start])
+        else:  # the same data in several blobs (or twice in one): rare, resolve by blob and use order
+            if use_order is None:
+                use_order = {id(chunk): number for number, chunk in enumerate(first_used)}
+            run = sorted(ordered[start:end], key=lambda c: (blob_index[c.blob_id], use_order[id(c)]))
+            for number, chunk in enumerate(run):
+                if not number or blob_index[chunk.blob_id] != blob_index[run[number - 1].blob_id]:
+                    table.append(chunk)
+        start = end
+    return table
 
 
 class _Sink:

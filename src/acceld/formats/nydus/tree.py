@@ -40,6 +40,11 @@ class Chunk:
         )
 
     @property
+    def packed(self) -> bytes:
+        """The fields packed, digest first: sorting chunks by it sorts them by digest."""
+        return self._record
+
+    @property
     def digest(self) -> bytes:
         return self._record[:32]
 
