@@ -36,6 +36,8 @@ from acceld.formats.nydus.layout import (
 )
 from acceld.formats.nydus.tree import NO_XATTRS, Chunk, Inode
 
+_MAX_SHARED_INTS = 1 << 16
+
 
 @dataclass
 class LoadedBootstrap:
@@ -58,7 +60,7 @@ class _Pages:
     roughly in file order and never needs it whole."""
 
     PAGE = 1 << 16
-    KEPT = 64
+    KEPT = 16
 
     def __init__(self, handle: IO[bytes]) -> None:
         self.handle = handle
@@ -127,6 +129,13 @@ class _Loader:
                 digest, blob.blob_id, index, coff, csize, uoff, usize, zran
             )
         self.inodes: dict[int, Inode] = {}
+        self.ints: dict[int, int] = {}
+
+    def shared(self, value: int) -> int:
+        """One int object per distinct mode, owner or mtime (while there are few)."""
+        if len(self.ints) < _MAX_SHARED_INTS:
+            return self.ints.setdefault(value, value)
+        return self.ints.get(value, value)
 
     def inode(self, nid: int, depth: int = 0) -> Inode:
         known = self.inodes.get(nid)
@@ -137,17 +146,19 @@ class _Loader:
         pos = self.meta_addr + 32 * nid
         i_format, icount, mode = self.data.unpack("<HHH", pos)
         if i_format & INODE_EXTENDED:
-            _, _, _, _, size, i_u, _ino, uid, gid, mtime, nsec, _nlink = self.data.unpack(
+            _, _, _, _, size, i_u, _ino, uid, gid, mtime, nsec, nlink = self.data.unpack(
                 "<HHHHQIIIIQII", pos
             )
             inode_size = 64
         else:
-            _, _, _, _nlink, size, _, i_u, _ino, uid, gid = self.data.unpack("<HHHHIIIIHH", pos)
+            _, _, _, nlink, size, _, i_u, _ino, uid, gid = self.data.unpack("<HHHHIIIIHH", pos)
             mtime, nsec, inode_size = 0, 0, 32
         xattr_size = 12 + 4 * (icount - 1) if icount else 0
-        node = Inode(mode=mode, uid=uid, gid=gid, mtime=mtime, size=size)
+        shared = self.shared
+        node = Inode(mode=shared(mode), uid=shared(uid), gid=shared(gid), mtime=shared(mtime), size=size)
         node.implicit = stat.S_ISDIR(mode) and nsec == 1
-        self.inodes[nid] = node
+        if nlink != 1 or stat.S_ISDIR(mode):
+            self.inodes[nid] = node  # hardlinks share one inode; a file of one name needs no lookup
         node.xattrs = self.xattrs(pos + inode_size, xattr_size)
         body = pos + inode_size + xattr_size
         layout = (i_format >> 1) & 0x7

@@ -1,0 +1,69 @@
+"""Memory bound of the Nydus writer on a layer of many small files (the 1 M-entry goal, scaled down).
+
+Python memory traced while converting a layer and merging its bootstrap, per tar entry. The
+writer used to peak at ~1.9 KB per entry here (a tree of Python objects plus whole bootstraps in
+memory); a layer of a million files needed 2.2 GB. No timing is asserted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+
+from acceld.formats.driver import LayerBlob, SourceLayer
+from acceld.formats.nydus import NydusDriver
+from acceld.formats.nydus.reader import RafsImage
+
+ENTRIES = 20_000
+PER_ENTRY_LIMIT = 1000  # bytes of traced Python memory per entry, peak of each phase (now ~700-800)
+SOURCE = SourceLayer("sha256:" + "0" * 64, "application/vnd.oci.image.layer.v1.tar", 0, "sha256:" + "0" * 64)
+
+
+def _many_files_tar(path: Path) -> None:
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as archive:
+        for number in range(ENTRIES):
+            info = tarfile.TarInfo(f"d{number // 1000:03d}/f{number % 1000:03d}")
+            body = b"%d\n" % number
+            info.size = len(body)
+            info.mtime = 1_700_000_000
+            archive.addfile(info, io.BytesIO(body))
+
+
+def _peak_per_entry(action: Callable[[], object]) -> float:
+    tracemalloc.start()
+    try:
+        action()
+        return tracemalloc.get_traced_memory()[1] / ENTRIES
+    finally:
+        tracemalloc.stop()
+
+
+def test_many_small_files_convert_within_a_per_entry_memory_bound(tmp_path: Path) -> None:
+    tar = tmp_path / "layer.tar"
+    _many_files_tar(tar)
+    driver = NydusDriver()
+    blob = tmp_path / "layer.blob"
+    outputs = []
+
+    def convert() -> None:
+        with tar.open("rb") as source, blob.open("wb") as out:
+            outputs.append(driver.convert_layer(source, out, SOURCE, tmp_path))
+
+    convert_peak = _peak_per_entry(convert)
+    digest = "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest()
+    layer = LayerBlob(blob, outputs[0].media_type, digest, blob.stat().st_size, outputs[0].diff_id)
+    additions = []
+    finalize_peak = _peak_per_entry(lambda: additions.append(driver.finalize([layer], tmp_path)))
+
+    # the result is a whole, valid image: every file is there
+    (bootstrap_layer,) = additions[0].extra_layers
+    image = RafsImage.from_bootstrap_layer(bootstrap_layer.path, {digest.removeprefix("sha256:"): blob})
+    assert sum(1 for path, _ in image.list_tree() if "/f" in path) == ENTRIES
+    assert b"".join(image.read_file("/d019/f999")) == b"19999\n"
+
+    assert convert_peak < PER_ENTRY_LIMIT, f"convert_layer: {convert_peak:.0f} B per entry"
+    assert finalize_peak < PER_ENTRY_LIMIT, f"finalize: {finalize_peak:.0f} B per entry"
