@@ -34,7 +34,7 @@ from acceld.formats.nydus.layout import (
 )
 from acceld.formats.nydus.options import NydusOptions
 from acceld.formats.nydus.tarball import tree_from_tar
-from acceld.formats.nydus.tree import Chunk, Inode
+from acceld.formats.nydus.tree import Chunk, Inode, chunks_of
 
 _WINDOW_BYTES = 24 << 20
 _WORKERS = 2
@@ -171,7 +171,7 @@ class _ChunkWriter:
                 continue
             seen.add(id(node))
             if any(chunk.blob_id == _PENDING for chunk in node.chunks):
-                node.chunks = tuple([self.resolved[c.index] for c in node.chunks])
+                node.chunks = chunks_of([self.resolved[c.index] for c in node.chunks])
             stack.extend(node.children.values())
         self.resolved.clear()
 

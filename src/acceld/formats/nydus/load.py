@@ -34,7 +34,7 @@ from acceld.formats.nydus.layout import (
     XATTR_PREFIX_OF_INDEX,
     BlobInfo,
 )
-from acceld.formats.nydus.tree import NO_XATTRS, Chunk, Inode
+from acceld.formats.nydus.tree import NO_XATTRS, Chunk, Chunks, Inode, chunks_of
 
 _MAX_SHARED_INTS = 1 << 16
 
@@ -200,7 +200,7 @@ class _Loader:
             return self.data[i_u * BLOCK : i_u * BLOCK + full] + self.data[body : body + size % BLOCK]
         return self.data[i_u * BLOCK : i_u * BLOCK + size]
 
-    def chunks(self, body: int, size: int) -> tuple[Chunk, ...]:
+    def chunks(self, body: int, size: int) -> Chunks:
         pos = (body - self.meta_addr + 7) // 8 * 8 + self.meta_addr
         result = []
         for _ in range(-(-size // self.chunk_size)):
@@ -211,7 +211,7 @@ class _Loader:
             if chunk is None:
                 raise FormatError(f"chunk {index} of blob {blob_index} is missing from the chunk table")
             result.append(chunk)
-        return tuple(result)
+        return chunks_of(result)
 
     @staticmethod
     def dirents(data: bytes) -> list[tuple[bytes, int]]:

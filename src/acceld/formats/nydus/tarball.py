@@ -11,7 +11,7 @@ from typing import IO, Protocol, cast
 
 from acceld.formats.driver import FormatError
 from acceld.formats.nydus.layout import MAX_CHUNKS_PER_BLOB, xattr_name_index
-from acceld.formats.nydus.tree import NO_XATTRS, Chunk, Inode, encode_rdev, new_dir
+from acceld.formats.nydus.tree import NO_XATTRS, Chunk, Inode, chunks_of, encode_rdev, new_dir
 
 OPAQUE_MARKER = b".wh..wh..opq"
 _SKIPPED_TOP_LEVEL = {b"stargz.index.json", b".prefetch.landmark", b".no.prefetch.landmark"}
@@ -173,7 +173,7 @@ class _LayerTree:
                 raise FormatError(f"{info.name}: tar stream ends inside the file")
             chunks.append(self.store.add(data))
             remaining -= len(data)
-        node.chunks = tuple(chunks)
+        node.chunks = chunks_of(chunks)
         node.size = info.size
 
     def read_sparse_content(self, reader: _TarReader, info: tarfile.TarInfo, node: Inode) -> None:
@@ -204,7 +204,7 @@ class _LayerTree:
                     del pending[: self.chunk_size]
         if pending:
             chunks.append(self.store.add(bytes(pending)))
-        node.chunks = tuple(chunks)
+        node.chunks = chunks_of(chunks)
         node.size = info.size
 
 

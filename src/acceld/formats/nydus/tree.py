@@ -18,6 +18,8 @@ class Chunk:
     """Where one chunk of file data lives (a CI entry of a blob) and what it contains.
 
     Its fields are packed in one bytes object: a layer of a million small files has a million chunks.
+    A chunk is also the sequence of its one chunk, so a one-chunk file's inode holds the chunk itself
+    as its `chunks` instead of a 1-tuple (48 bytes an entry less).
     """
 
     __slots__ = ("_record", "blob_id")
@@ -76,6 +78,12 @@ class Chunk:
     def compressed(self) -> bool:
         return self.zran or self.compressed_size != self.uncompressed_size
 
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self) -> Iterator[Chunk]:
+        yield self
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Chunk) and (self.blob_id, self._record) == (other.blob_id, other._record)
 
@@ -88,6 +96,13 @@ class Chunk:
             f"compressed={self.compressed_offset}+{self.compressed_size}, "
             f"uncompressed={self.uncompressed_offset}+{self.uncompressed_size}, zran={self.zran})"
         )
+
+
+Chunks = tuple[Chunk, ...] | Chunk  # a file's chunks in order; a lone chunk stands for itself
+
+
+def chunks_of(chunks: list[Chunk]) -> Chunks:
+    return chunks[0] if len(chunks) == 1 else tuple(chunks)
 
 
 class _Sealed(dict[Any, Any]):
@@ -115,7 +130,7 @@ class Inode:
     target: bytes = b""
     # the shared empty containers unless set: most inodes have no xattrs, files no children
     xattrs: dict[bytes, bytes] = field(default_factory=lambda: NO_XATTRS)
-    chunks: tuple[Chunk, ...] = ()
+    chunks: Chunks = ()
     children: dict[bytes, Inode] = field(default_factory=lambda: NO_CHILDREN)
     serial: int = -1  # scratch: this inode's place in the bootstrap being laid out
 
