@@ -13,8 +13,9 @@ import stat
 import struct
 import tempfile
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import Protocol
 
 import zstandard
@@ -254,19 +255,8 @@ class Bootstrap:
             raise AssertionError("root inode must be nid 128")
 
         # the chunk table's rows are built while writing: here only which chunks, in which order
-        seen: set[Chunk] = set()
-        first_used: list[Chunk] = []
-        self.file_offsets: dict[Chunk, int] = {}  # only of chunks first used past a file's first chunk
-        for inode in inodes:
-            for number, chunk in enumerate(inode.chunks):
-                if chunk not in seen:
-                    seen.add(chunk)
-                    first_used.append(chunk)
-                    if number:
-                        self.file_offsets[chunk] = number * settings.chunk_size
-        del seen
-        self.chunk_table = _table_order(first_used, self.blob_index)
-        del first_used
+        self.file_offsets = _file_offsets(inodes, settings.chunk_size)
+        self.chunk_table = _table_order(inodes, self.blob_index)
         self.chunk_table_offset = align(block_cursor, BLOCK)
         chunk_table_size = CHUNK_RECORD_SIZE * len(self.chunk_table)
         self.size = align(self.chunk_table_offset + chunk_table_size, BLOCK)
@@ -443,29 +433,58 @@ class Bootstrap:
         return body
 
 
-def _table_order(first_used: list[Chunk], blob_index: dict[str, int]) -> list[Chunk]:
+def _file_offsets(inodes: list[Inode], chunk_size: int) -> dict[Chunk, int]:
+    """Where in its file each chunk is first used, of chunks first used past a file's first chunk
+    (every other's is 0): only chunks of files of several chunks need to be tracked."""
+    later = {chunk for inode in inodes if len(inode.chunks) > 1 for chunk in islice(inode.chunks, 1, None)}
+    offsets: dict[Chunk, int] = {}
+    if not later:
+        return offsets
+    decided: set[Chunk] = set()
+    for inode in inodes:
+        for number, chunk in enumerate(inode.chunks):
+            if chunk in later and chunk not in decided:
+                decided.add(chunk)
+                if number:
+                    offsets[chunk] = number * chunk_size
+    return offsets
+
+
+def _table_order(inodes: list[Inode], blob_index: dict[str, int]) -> list[Chunk]:
     """Chunk table order (§5.9): by digest, then blob index; of chunks with the same digest and
-    blob the first used stays. Sorting by the packed record (digest first) allocates no keys."""
-    ordered = sorted(first_used, key=lambda chunk: chunk.packed)
+    blob the first used stays. Every use is sorted, stably, by the packed record (digest first,
+    no keys allocated): each digest's uses stay in use order, and no set of all chunks is held."""
+    ordered = sorted((chunk for inode in inodes for chunk in inode.chunks), key=lambda chunk: chunk.packed)
+    # the same data in several blobs (or twice in one) is rare: resolved by blob and first use
+    contested = {chunk for run in _digest_runs(ordered) if len(run) > 1 for chunk in run}
+    first_use: dict[Chunk, int] = {}
+    if contested:
+        uses = (chunk for inode in inodes for chunk in inode.chunks)
+        for number, chunk in enumerate(uses):
+            if chunk in contested:
+                first_use.setdefault(chunk, number)
     table: list[Chunk] = []
-    use_order: dict[int, int] | None = None
+    for run in _digest_runs(ordered):
+        if len(run) == 1:
+            table.append(run[0])
+            continue
+        run.sort(key=lambda c: (blob_index[c.blob_id], first_use[c]))
+        for number, chunk in enumerate(run):
+            if not number or blob_index[chunk.blob_id] != blob_index[run[number - 1].blob_id]:
+                table.append(chunk)
+    return table
+
+
+def _digest_runs(ordered: list[Chunk]) -> Iterator[list[Chunk]]:
+    """The distinct chunks of each digest (first use of each kept), from chunks sorted by digest."""
     start = 0
     while start < len(ordered):
         digest = ordered[start].digest
         end = start + 1
         while end < len(ordered) and ordered[end].digest == digest:
             end += 1
-        if end - start == 1:
-            table.append(ordered[start])
-        else:  # the same data in several blobs (or twice in one): rare, resolve by blob and use order
-            if use_order is None:
-                use_order = {id(chunk): number for number, chunk in enumerate(first_used)}
-            run = sorted(ordered[start:end], key=lambda c: (blob_index[c.blob_id], use_order[id(c)]))
-            for number, chunk in enumerate(run):
-                if not number or blob_index[chunk.blob_id] != blob_index[run[number - 1].blob_id]:
-                    table.append(chunk)
+        yield [ordered[start]] if end - start == 1 else list(dict.fromkeys(ordered[start:end]))
         start = end
-    return table
 
 
 class _Sink:
