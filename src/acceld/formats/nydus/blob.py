@@ -19,6 +19,7 @@ from acceld.formats.driver import FormatError
 from acceld.formats.nydus.bootstrap import Bootstrap, BootstrapSettings, store_bootstrap
 from acceld.formats.nydus.chunkdict import ChunkDict
 from acceld.formats.nydus.codec import chunk_digest, compress, make_compressor
+from acceld.formats.nydus.digestindex import DigestIndex
 from acceld.formats.nydus.layout import (
     BLOB_META_HEADER_SIZE,
     BLOCK,
@@ -89,10 +90,11 @@ class _ChunkWriter:
         self.pending: deque[tuple[Future[tuple[bytes, bytes | None]], bytes]] = deque()
         self.window = max(_WORKERS + 1, _WINDOW_BYTES // options.chunk_size)
         self.resolved: list[Chunk] = []
-        self.by_digest: dict[bytes, Chunk] = {}
+        self.index = DigestIndex()  # the digests of this blob's chunks, by CI index
+        self.distinct: list[Chunk] = []  # by CI index
         self.dict_blob_ids: dict[str, None] = {}
         self.ci = bytearray()
-        self.digests = bytearray()
+        self.digests = self.index.digests
         self.uncompressed_end = 0
         self.stored = 0
         self.count = 0  # distinct chunks, known after `finish`
@@ -121,7 +123,8 @@ class _ChunkWriter:
         self._resolve(*future.result(), data)
 
     def _resolve(self, digest: bytes, packed: bytes | None, data: bytes) -> Chunk:
-        chunk = self.by_digest.get(digest)
+        number = self.index.find(digest)
+        chunk = self.distinct[number] if number >= 0 else None
         if chunk is None and self.chunk_dict is not None:
             chunk = self.chunk_dict.find(digest, len(data))
             if chunk is not None:
@@ -133,7 +136,7 @@ class _ChunkWriter:
             chunk = Chunk(
                 digest=digest,
                 blob_id=PLACEHOLDER_BLOB_ID,
-                index=len(self.by_digest),
+                index=len(self.distinct),
                 compressed_offset=self.out.position,
                 compressed_size=len(stored),
                 uncompressed_offset=self.uncompressed_end,
@@ -148,8 +151,8 @@ class _ChunkWriter:
                 chunk.compressed_offset,
                 chunk.compressed_size,
             )
-            self.digests += digest
-            self.by_digest[digest] = chunk
+            self.index.add(digest)
+            self.distinct.append(chunk)
         self.resolved.append(chunk)
         return chunk
 
@@ -159,10 +162,11 @@ class _ChunkWriter:
                 self._resolve_one()
         finally:
             self.close()
-        self.count = len(self.by_digest)
+        self.count = len(self.distinct)
         if self.count > 1 << 24:
             raise FormatError("layer needs more than 2^24 distinct chunks")
-        self.by_digest.clear()
+        self.index.release()
+        self.distinct.clear()
         stack = [root]
         seen: set[int] = set()
         while stack:
