@@ -22,6 +22,7 @@ from acceld.formats.checkpoints import Checkpoint, CheckpointingReader, WindowSt
 from acceld.formats.driver import FormatError
 from acceld.formats.nydus.bootstrap import Bootstrap, BootstrapSettings, store_bootstrap
 from acceld.formats.nydus.codec import ZSTD_LEVEL
+from acceld.formats.nydus.digestindex import DigestIndex
 from acceld.formats.nydus.layout import (
     BLOB_META_HEADER_SIZE,
     BLOCK,
@@ -149,9 +150,10 @@ class _ZranChunks:
         self.max_comp = chunk_size
         self.max_uncomp = 2 * chunk_size
         self.contexts: list[_Context] = []
-        self.by_digest: dict[bytes, Chunk] = {}
+        self.index = DigestIndex()  # the digests of this blob's chunks, by CI index
+        self.distinct: list[Chunk] = []  # by CI index
         self.ci = bytearray()
-        self.digests = bytearray()
+        self.digests = self.index.digests
         self.uncompressed_end = 0
 
     def add(self, data: bytes) -> Chunk:
@@ -159,9 +161,9 @@ class _ZranChunks:
         if self.source.position - out_start != len(data):
             raise AssertionError("zran chunk is not the data of the latest read")
         digest = hashlib.sha256(data).digest()
-        existing = self.by_digest.get(digest)
-        if existing is not None:
-            return existing
+        existing = self.index.find(digest)
+        if existing >= 0:
+            return self.distinct[existing]
         if boundary is None:
             raise FormatError("gzip layer has no deflate block boundary before its first file data")
         number = self._context_for(in_start, out_start, boundary)
@@ -183,7 +185,7 @@ class _ZranChunks:
         chunk = Chunk(
             digest=digest,
             blob_id=self.blob_id,
-            index=len(self.by_digest),
+            index=len(self.distinct),
             compressed_offset=in_start,
             compressed_size=compressed_size,
             uncompressed_offset=self.uncompressed_end,
@@ -200,9 +202,9 @@ class _ZranChunks:
             number,
             out_start - context.out_offset,
         )
-        self.digests += digest
+        self.index.add(digest)
         self.uncompressed_end += align(len(data), BLOCK)
-        self.by_digest[digest] = chunk
+        self.distinct.append(chunk)
         return chunk
 
     def _context_for(self, in_pos: int, out_pos: int, boundary: _Boundary) -> int:
@@ -322,7 +324,7 @@ def _write_blob(
     writer = _HashingWriter(out)
     toc: list[bytes] = []
     blobs: list[BlobInfo] = []
-    count = len(chunks.by_digest)
+    count = len(chunks.distinct)
     if count:
         ci_compressor, stored_size, meta_size, meta_digest = _write_meta(writer, chunks)
         header = pack_blob_meta_header(
