@@ -117,3 +117,29 @@ def test_bad_tar_and_escaping_paths_are_format_errors(tmp_path: Path) -> None:
         archive.addfile(info)
     with pytest.raises(FormatError, match="own target"):
         tree_from_layers([self_replacing.open("rb")])
+
+
+def _tar(path: Path, names: list[str]) -> Path:
+    with tarfile.open(path, "w") as archive:
+        for name in names:
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.DIRTYPE if name.endswith("/") else tarfile.REGTYPE
+            archive.addfile(info, io.BytesIO(b""))
+    return path
+
+
+@pytest.mark.parametrize("markers", [["a/.wh..wh..opq", ".wh.a"], [".wh.a", "a/.wh..wh..opq"]])
+def test_a_whiteout_never_hides_the_directory_its_layer_marks_opaque(
+    tmp_path: Path, markers: list[str]
+) -> None:
+    """Whiteouts hide lower layers only: the layer holds `a` (its opaque marker is in it), in either order."""
+    lower = _tar(tmp_path / "lower.tar", ["a/", "a/old"])
+    upper = _tar(tmp_path / "upper.tar", markers)
+    handles = _open_all(lower, upper)
+    try:
+        tree = tree_from_layers(handles)
+    finally:
+        for handle in handles:
+            handle.close()
+    nodes = tree.nodes
+    assert nodes["/a"].kind == "dir" and "/a/old" not in nodes

@@ -584,7 +584,22 @@ _OP = st.tuples(
 
 
 def _layer_tar(path: Path, ops: list[tuple[str, str]], number: int) -> Path:
-    """Whiteouts and opaque markers first (as image builders write them), then the other entries."""
+    """Whiteouts and opaque markers first (as image builders write them), then the other entries.
+
+    No layer both whites out a directory and holds a marker inside it: which attributes that
+    directory has then (the lower one's, or those of the directory the marker implies) depends on
+    the order of the two markers in runtimes too.
+    """
+    marker_dirs = {
+        name if kind == "opaque" else name.rpartition("/")[0]
+        for kind, name in ops
+        if kind in ("whiteout", "opaque")
+    }
+    ops = [
+        (kind, name)
+        for kind, name in ops
+        if kind != "whiteout" or not any(d == name or d.startswith(name + "/") for d in marker_dirs)
+    ]
     ordered = [op for op in ops if op[0] in ("whiteout", "opaque")] + [
         op for op in ops if op[0] not in ("whiteout", "opaque")
     ]

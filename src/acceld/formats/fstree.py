@@ -139,7 +139,13 @@ class FsTree:
         directory, base = os.path.split(path)
         if base != OPAQUE_MARKER and not base.startswith(WHITEOUT_PREFIX):
             return False
-        added_in_layer.update(self._ensure_parents(path, added_in_layer))
+        self._ensure_parents(path, added_in_layer)
+        # the layer holds the marker's directories, so a whiteout of one of them in the same layer
+        # (before or after the marker) does not hide it
+        parent = directory
+        while parent != "/":
+            added_in_layer.add(parent)
+            parent = os.path.dirname(parent)
         if base == OPAQUE_MARKER:
             for child in self.children_recursive(directory):
                 if child not in added_in_layer:
