@@ -310,15 +310,9 @@ def many_files(count: int, drivers: list[str], check: bool) -> None:
     if not (layout / "index.json").exists():
         sys.path.insert(0, str(ROOT / "tests"))
         from harness.images import build_image as write_layout
+        from harness.tars import write_small_files
 
-        tar_path = CACHE / f"many-files-{count}.tar"
-        with tarfile.open(tar_path, "w", format=tarfile.GNU_FORMAT) as tar:
-            for number in range(count):
-                info = tarfile.TarInfo(f"d{number // 1000:04d}/f{number % 1000:03d}")
-                body = b"%d\n" % number
-                info.size = len(body)
-                info.mtime = 1_700_000_000
-                tar.addfile(info, io.BytesIO(body))
+        tar_path = write_small_files(CACHE / f"many-files-{count}.tar", count)
         write_layout(layout, [tar_path], "rootfs")
         tar_path.unlink()
     for driver in drivers:

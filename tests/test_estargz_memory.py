@@ -14,6 +14,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from harness.tars import write_small_files
 
 SMALL, LARGE = 10_000, 80_000
 MAX_BYTES_PER_ENTRY = 250
@@ -38,16 +39,6 @@ print(next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if 
 """
 
 
-def _layer(path: Path, count: int) -> Path:
-    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
-        for number in range(count):
-            info = tarfile.TarInfo(f"d{number // 1000:04d}/f{number % 1000:03d}")
-            info.size = 0
-            info.mtime = 1_700_000_000
-            tar.addfile(info)
-    return path
-
-
 def _peak(step: str, tar: Path, blob: Path, count: int) -> int:
     result = subprocess.run(
         [sys.executable, "-c", _STEP, step, str(tar), str(blob), str(count)],
@@ -64,7 +55,9 @@ def _peak(step: str, tar: Path, blob: Path, count: int) -> int:
 def test_memory_per_entry_is_bounded(step: str, tmp_path: Path) -> None:
     peaks = {}
     for count in (SMALL, LARGE):
-        tar = _layer(tmp_path / f"{count}.tar", count)
+        tar = write_small_files(
+            tmp_path / f"{count}.tar", count, body=lambda _: b"", tar_format=tarfile.PAX_FORMAT
+        )
         blob = tmp_path / f"{count}.esgz"
         if step == "verify":
             _peak("convert", tar, blob, count)

@@ -6,13 +6,12 @@ process to ~400 MB; with them spooled it stays near the interpreter's own ~70 MB
 
 from __future__ import annotations
 
-import io
 import struct
 import sys
-import tarfile
 from pathlib import Path
 
 from harness.peaks import run_with_peaks
+from harness.tars import write_small_files
 
 FILES = 100_000
 MAX_RSS = 130 << 20  # the interpreter with numpy and zstandard imported: ~60 MB
@@ -25,20 +24,10 @@ with open(sys.argv[1], "rb") as tar, open(sys.argv[2], "wb") as out:
 """
 
 
-def _many_tiny_files(path: Path) -> None:
-    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
-        body = b"x\n"
-        for number in range(FILES):
-            info = tarfile.TarInfo(f"d{number // 1000:03d}/f{number % 1000:03d}")
-            info.size = len(body)
-            info.mtime = 1_700_000_000
-            tar.addfile(info, io.BytesIO(body))
-
-
 def test_many_tiny_files_convert_in_bounded_memory(tmp_path: Path) -> None:
     tar, blob, work = tmp_path / "many.tar", tmp_path / "many.zst", tmp_path / "work"
     work.mkdir()
-    _many_tiny_files(tar)
+    write_small_files(tar, FILES, body=lambda _: b"x\n")
     peaks = run_with_peaks(
         [sys.executable, "-c", _CONVERT, str(tar), str(blob), str(work)], env={}, timeout=600
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 MTIME = 1_700_000_000
@@ -143,4 +144,20 @@ def write_edge_upper(path: Path) -> Path:
         t.add("replace-me/.wh.old", mode=0)
         t.add("replace-me/new", data=b"new\n")
         t.add("etc/hostname", data=b"edge-upper\n", mtime=MTIME + 60)
+    return path
+
+
+def write_small_files(
+    path: Path,
+    count: int,
+    body: Callable[[int], bytes] = lambda number: b"%d\n" % number,
+    tar_format: int = tarfile.GNU_FORMAT,
+) -> Path:
+    """A layer of `count` small files `dNNNN/fNNN`, a thousand per directory (implied, no entries)."""
+    with tarfile.open(path, "w", format=tar_format) as archive:
+        for number in range(count):
+            info = tarfile.TarInfo(f"d{number // 1000:04d}/f{number % 1000:03d}")
+            data = body(number)
+            info.size, info.mtime = len(data), MTIME
+            archive.addfile(info, io.BytesIO(data))
     return path
