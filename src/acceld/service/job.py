@@ -162,24 +162,24 @@ async def _check_source(spec: JobSpec, driver: AnyDriver) -> JobResult:
         if spec.tag:
             existing = await artifacts.converted_counterpart(target_repo, source.raw, spec.tag + tag_suffix)
             if existing is not None:
-                return JobResult(
-                    status="succeeded",
-                    source_digest=digest,
-                    target_digest=existing,
-                    target=f"{spec.target_repository}:{spec.tag}{tag_suffix}",
-                    note="already converted",
+                return _already_converted(
+                    digest, existing, f"{spec.target_repository}:{spec.tag}{tag_suffix}"
                 )
         types = artifacts.referrer_result_types(driver)
         existing = await artifacts.referrer_result(target_repo, source.raw, types)
         if existing is not None:
-            return JobResult(
-                status="succeeded",
-                source_digest=digest,
-                target_digest=existing,
-                target=f"{spec.target_repository}@{existing}",
-                note="already converted",
-            )
+            return _already_converted(digest, existing, f"{spec.target_repository}@{existing}")
         return JobResult(status="succeeded", source_digest=digest)
+
+
+def _already_converted(source_digest: str, target_digest: str, target: str) -> JobResult:
+    return JobResult(
+        status="succeeded",
+        source_digest=source_digest,
+        target_digest=target_digest,
+        target=target,
+        note="already converted",
+    )
 
 
 async def _tag(spec: JobSpec) -> JobResult:
