@@ -19,7 +19,8 @@ from harness.tars import write_edge_lower, write_edge_upper
 from acceld.formats.driver import FormatError, SourceLayer
 from acceld.formats.estargz import TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION, EstargzDriver
 from acceld.formats.estargz.reader import EstargzLayer, open_estargz, tree_from_estargz_layers
-from acceld.formats.estargz.tocstream import JsonText, TocEntries, parse_toc
+from acceld.formats.estargz.records import RecordFile
+from acceld.formats.estargz.tocstream import JsonText, parse_toc
 from acceld.formats.fstree import FsTree, diff_trees, tree_from_layers
 from acceld.formats.limits import DEFAULT_LIMITS, LimitExceeded
 
@@ -233,7 +234,7 @@ def test_size_mismatch_in_unchunked_file_is_found_in_the_tar(converted: dict[str
 
 def _entries_of(toc_json: str, piece: int) -> list[dict[str, Any]]:
     data = toc_json.encode()
-    entries = TocEntries(None)
+    entries = RecordFile(None, "test-toc-")
     try:
         pieces = (data[at : at + piece] for at in range(0, len(data), piece))
         parse_toc(JsonText(pieces), entries)

@@ -10,13 +10,8 @@ from __future__ import annotations
 
 import codecs
 import hashlib
-import io
 import itertools
 import json
-import marshal
-import os
-import struct
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -24,6 +19,7 @@ from typing import Any, BinaryIO
 from isal import isal_zlib
 
 from acceld.formats.driver import FormatError
+from acceld.formats.estargz.records import RecordFile
 from acceld.formats.limits import Limits, exceeded
 
 TOC_NAME = "stargz.index.json"
@@ -31,73 +27,15 @@ _PIECE = 1 << 20
 _BLOCK = 512
 _WHITESPACE = " \t\n\r"
 _DECODER = json.JSONDecoder()
-_LENGTH = struct.Struct("<I")
 ENTRY_TYPES = frozenset({"reg", "dir", "symlink", "char", "block", "fifo", "hardlink", "chunk"})
-
-
-class TocEntries:
-    """The TOC's entries (dicts as JSON decodes them), kept in a temp file; iterable many times."""
-
-    def __init__(self, directory: Path | None) -> None:
-        # closed by close()
-        self._file = tempfile.TemporaryFile(dir=directory, prefix="estargz-toc-")  # noqa: SIM115
-        self._writer: BinaryIO | None = open(  # noqa: SIM115
-            self._file.fileno(), "wb", buffering=_PIECE, closefd=False
-        )
-        self._count = 0
-
-    def append(self, entry: dict[str, Any]) -> None:
-        assert self._writer is not None
-        record = marshal.dumps(entry)
-        self._writer.write(_LENGTH.pack(len(record)))
-        self._writer.write(record)
-        self._count += 1
-
-    def seal(self) -> None:
-        assert self._writer is not None
-        self._writer.close()
-        self._writer = None
-
-    def __len__(self) -> int:
-        return self._count
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        with io.BufferedReader(_PositionalReader(self._file.fileno()), _PIECE) as reader:
-            for _ in range(self._count):
-                (length,) = _LENGTH.unpack(reader.read(_LENGTH.size))
-                entry: dict[str, Any] = marshal.loads(reader.read(length))
-                yield entry
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        self._file.close()
-
-
-class _PositionalReader(io.RawIOBase):
-    """Reads a file descriptor from the start with its own position, so that several iterations
-    over one file can run at once."""
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._position = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        data = os.pread(self._fd, len(buffer), self._position)
-        buffer[: len(data)] = data
-        self._position += len(data)
-        return len(data)
 
 
 def read_toc(
     blob: BinaryIO, start: int, end: int, limits: Limits, directory: Path | None = None
-) -> tuple[str, TocEntries]:
+) -> tuple[str, RecordFile]:
     """The TOC digest and entries of the TOC member at blob[start:end] (nothing may follow it)."""
     digest = hashlib.sha256()
-    entries = TocEntries(directory)
+    entries = RecordFile(directory, "estargz-toc-")
     try:
         parse_toc(JsonText(_toc_json(_inflated(blob, start, end, limits), limits, digest)), entries)
         entries.seal()
@@ -219,7 +157,7 @@ class JsonText:
             self._more(max(_PIECE, len(self._text) - self._at))
 
 
-def parse_toc(text: JsonText, entries: TocEntries) -> None:
+def parse_toc(text: JsonText, entries: RecordFile) -> None:
     if text.peek() != "{":
         raise FormatError("eStargz TOC: not a JSON object")
     text.take("{")
@@ -246,7 +184,7 @@ def parse_toc(text: JsonText, entries: TocEntries) -> None:
         raise FormatError("eStargz TOC: `entries` is not a list of objects")
 
 
-def _parse_entries(text: JsonText, entries: TocEntries) -> None:
+def _parse_entries(text: JsonText, entries: RecordFile) -> None:
     if text.peek() != "[":
         text.value()
         raise FormatError("eStargz TOC: `entries` is not a list of objects")
