@@ -55,10 +55,6 @@ class TarEntry:
     def chunk_digest(self, number: int) -> bytes:
         return self.chunk_digests[number] if self.chunk_digests else self.digest
 
-    @property
-    def padded_end(self) -> int:
-        return self.data_offset + self.size + (-self.size % BLOCK)
-
 
 def _parse_pax_time(value: str) -> int:
     """PAX `sec[.frac]` as nanoseconds (fraction truncated to 9 digits, as Go does)."""
