@@ -43,6 +43,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Row,
     String,
     Table,
     Text,
@@ -59,6 +60,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.sql.elements import ColumnElement
 
 from acceld.errors import AcceldError
 from acceld.private import DIR_MODE, private_file
@@ -742,17 +744,8 @@ class TaskStore:
         conditions = [
             getattr(tasks.c, name) == value for name, value in vars(filters).items() if value is not None
         ]
-        where = and_(True, *conditions)
-        with self._read() as conn:
-            total = conn.execute(select(func.count()).select_from(tasks).where(where)).scalar_one()
-            rows = conn.execute(
-                select(tasks)
-                .where(where)
-                .order_by(tasks.c.created_at.desc(), tasks.c.id)
-                .limit(limit)
-                .offset(offset)
-            ).all()
-        return [Task.from_row(r) for r in rows], int(total)
+        rows, total = self._newest_first(tasks, and_(True, *conditions), limit, offset)
+        return [Task.from_row(r) for r in rows], total
 
     def retry(self, task_id: str) -> Task | None:
         """Queue a failed or cancelled task again with a fresh attempt budget; None if not allowed."""
@@ -994,16 +987,23 @@ class TaskStore:
     def deliveries(self, task_id: str | None, limit: int, offset: int) -> tuple[list[Delivery], int]:
         """Notifications (of one task, or all), newest first; the page and the total."""
         where = and_(True, *([outbox.c.task_id == task_id] if task_id else []))
+        rows, total = self._newest_first(outbox, where, limit, offset)
+        return [Delivery.from_row(r) for r in rows], total
+
+    def _newest_first(
+        self, table: Table, where: ColumnElement[bool], limit: int, offset: int
+    ) -> tuple[Sequence[Row[Any]], int]:
+        """One page of `table`'s matching rows, newest first, and how many match in all."""
         with self._read() as conn:
-            total = conn.execute(select(func.count()).select_from(outbox).where(where)).scalar_one()
+            total = conn.execute(select(func.count()).select_from(table).where(where)).scalar_one()
             rows = conn.execute(
-                select(outbox)
+                select(table)
                 .where(where)
-                .order_by(outbox.c.created_at.desc(), outbox.c.id)
+                .order_by(table.c.created_at.desc(), table.c.id)
                 .limit(limit)
                 .offset(offset)
             ).all()
-        return [Delivery.from_row(r) for r in rows], int(total)
+        return rows, int(total)
 
     def queued_count(self) -> int:
         """Tasks waiting to run (the intake's queue depth)."""
