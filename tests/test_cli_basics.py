@@ -245,3 +245,29 @@ def test_inspect_shows_layer_formats_and_accessories(
     repository = source.rsplit(":", 1)[0]
     ztocs = run("inspect", f"{repository}@{soci_index}", "--config", str(config), columns=200)
     assert "Kind:       SOCI index v2" in ztocs.stdout and " SOCI zTOC " in ztocs.stdout, ztocs.stdout
+
+
+_IMPORTED_AFTER_CONVERT = """
+import sys
+from acceld.cli import main
+sys.argv = ["acceld", "convert", *sys.argv[1:]]
+try:
+    main()
+finally:
+    print("http modules:", *sorted(name for name in ("httpx", "h11", "anyio") if name in sys.modules))
+"""
+
+
+def test_converting_between_layouts_never_loads_the_http_client(
+    test_images: ImageSet, tmp_path: Path
+) -> None:
+    """httpx (with the CLI it brings along) costs ~0.12 s of CPU per process: only a registry needs it."""
+    source, target = f"oci:{test_images.layout}:busybox-amd64", f"oci:{tmp_path / 'out'}:conv"
+    result = subprocess.run(
+        [sys.executable, "-c", _IMPORTED_AFTER_CONVERT, source, target, "-d", "estargz"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "http modules:", result.stdout

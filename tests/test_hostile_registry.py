@@ -33,8 +33,8 @@ from service_helpers import acceld_command, service_config, write_config
 from acceld.config import RegistryConfig
 from acceld.oci.digest import sha256_digest
 from acceld.oci.models import Descriptor
-from acceld.registry import AuthenticationError, NotFound, RegistryClient, RegistryError, RetryPolicy
-from acceld.registry.client import retry_after
+from acceld.registry.client import RegistryClient, RetryPolicy, retry_after
+from acceld.registry.errors import AuthenticationError, NotFound, RegistryError
 from acceld.registry.limits import ResponseTooLarge, TransferStalled
 
 pytestmark = pytest.mark.timeout(120)

@@ -15,9 +15,9 @@ from acceld.oci import mediatypes as mt
 from acceld.oci.digest import DigestMismatch, sha256_digest
 from acceld.oci.models import Descriptor, RawManifest
 from acceld.oci.platform import Platform
-from acceld.registry import LayoutError, NotFound, OCILayout
 from acceld.registry.copy import PlatformNotFound, copy_image
-from acceld.registry.layout import REF_NAME
+from acceld.registry.errors import NotFound
+from acceld.registry.layout import REF_NAME, LayoutError, OCILayout
 
 
 def blob(data: bytes, media_type: str) -> Descriptor:

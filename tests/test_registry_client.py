@@ -22,20 +22,18 @@ from acceld.config import RegistryConfig
 from acceld.oci import mediatypes as mt
 from acceld.oci.digest import DigestMismatch, sha256_digest
 from acceld.oci.models import Descriptor, RawManifest
-from acceld.registry import (
+from acceld.registry.auth import parse_challenge, repository_scope
+from acceld.registry.client import RegistryClient, RetryPolicy
+from acceld.registry.copy import copy_image
+from acceld.registry.errors import (
     AuthenticationError,
     NotFound,
     PermissionDenied,
-    RegistryClient,
     RegistryError,
     RegistryUnreachable,
-    RetryPolicy,
-    fallback_tag,
 )
-from acceld.registry.auth import parse_challenge, repository_scope
-from acceld.registry.copy import copy_image
 from acceld.registry.layout import OCILayout
-from acceld.registry.repository import RegistryRepository
+from acceld.registry.repository import RegistryRepository, fallback_tag
 
 FAST_RETRY = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05)
 

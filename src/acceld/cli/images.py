@@ -17,7 +17,6 @@ from acceld.oci.models import ImageConfig, RawManifest, parse_config
 from acceld.oci.platform import Platform
 from acceld.oci.reference import LayoutRef, Reference, parse_location
 from acceld.progress import format_size, progress_reporter
-from acceld.registry.copy import copy_image
 from acceld.registry.store import ImageStore
 from acceld.registry.stores import Stores
 
@@ -123,6 +122,8 @@ async def _copy(
         else:
             dst_tag = dst.tag or src.tag or "latest"
         with progress_reporter() as progress:
+            from acceld.registry.copy import copy_image  # httpx: only `copy` needs it here
+
             result = await copy_image(
                 src_store,
                 store_ref(src_store, src),

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 import typer
 
 from acceld.cli.app import FullSummaryGroup, app
@@ -154,6 +153,8 @@ class _Api:
         self.headers = {"Authorization": f"Bearer {token}"}
 
     def call(self, method: str, path: str, params: dict[str, Any] | None = None) -> Any:
+        import httpx  # loaded by the API commands only: every other command starts faster
+
         try:
             response = httpx.request(method, self.url + path, params=params, headers=self.headers, timeout=30)
         except httpx.HTTPError as exc:

@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from acceld.convert.cache import LayerCache
 from acceld.convert.errors import first_error
@@ -19,8 +20,11 @@ from acceld.convert.locks import machine_lock
 from acceld.formats.driver import LayerBlob
 from acceld.oci.models import Descriptor, RawManifest
 from acceld.progress import ProgressReporter
-from acceld.registry.repository import RegistryRepository
+from acceld.registry.layout import OCILayout
 from acceld.registry.store import ImageStore
+
+if TYPE_CHECKING:  # not imported at run time: converting between layouts never loads httpx
+    from acceld.registry.repository import RegistryRepository
 
 _PARALLEL_PUSHES = 4
 _PUSH_OUTCOME = {"exists": "already there", "mounted": "mounted", "uploaded": "uploaded"}
@@ -46,9 +50,10 @@ class Pusher:
         lock_dir: Path | None = None,
     ) -> None:
         self._target = target
+        self._registry_target = _registry(target)
         self._lock_dir = lock_dir
         self._progress = progress
-        self._source = source
+        self._registry_source = _registry(source)
         self._cache = cache
         self._slots = asyncio.Semaphore(_PARALLEL_PUSHES)
 
@@ -71,9 +76,9 @@ class Pusher:
         """A manifest with a `subject` updates the subject's referrers (a fallback index on registries
         without the API), so pushes naming one subject are serialised on this machine."""
         subject = manifest.subject()
-        target = self._target
-        if subject is None or not isinstance(target, RegistryRepository):
-            await target.put_manifest(manifest, tag)
+        target = self._registry_target
+        if subject is None or target is None:
+            await self._target.put_manifest(manifest, tag)
             return
         async with machine_lock(self._lock_dir, f"{target.client.host}/{target.name}@{subject.digest}"):
             await target.put_manifest(manifest, tag)
@@ -96,19 +101,24 @@ class Pusher:
             if result == "uploaded":  # the upload streams the file by itself: count it as sent once done
                 self._progress.advance(key, blob.size)
             self._progress.finish(key, _PUSH_OUTCOME[result])
-        if self._cache is not None and isinstance(self._target, RegistryRepository):
-            target = self._target
+        target = self._registry_target
+        if self._cache is not None and target is not None:
             await asyncio.to_thread(self._cache.record_location, blob.digest, target.client.host, target.name)
 
     def _mount_source(self, digest: str) -> str | None:
         """A repository on the target's registry that is known to hold `digest`, if any."""
-        target = self._target
-        if not isinstance(target, RegistryRepository):
+        target = self._registry_target
+        if target is None:
             return None
         candidates: list[str] = []
         if self._cache is not None:
             candidates += self._cache.locations(digest, target.client.host)
-        source = self._source
-        if isinstance(source, RegistryRepository) and source.client.host == target.client.host:
+        source = self._registry_source
+        if source is not None and source.client.host == target.client.host:
             candidates.append(source.name)
         return next((name for name in candidates if name != target.name), None)
+
+
+def _registry(store: ImageStore) -> RegistryRepository | None:
+    """The store as a registry repository, None for an OCI layout (the other kind of store)."""
+    return None if isinstance(store, OCILayout) else cast("RegistryRepository", store)

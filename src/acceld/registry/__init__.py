@@ -1,32 +1,5 @@
-"""Registry client (OCI distribution API over httpx) and OCI image layouts behind one store protocol."""
+"""Registry client (OCI distribution API over httpx) and OCI image layouts behind one store protocol.
 
-from acceld.registry.client import RegistryClient, RetryPolicy
-from acceld.registry.errors import (
-    AuthenticationError,
-    NotFound,
-    PermissionDenied,
-    RegistryError,
-    RegistryUnreachable,
-)
-from acceld.registry.layout import LayoutError, OCILayout
-from acceld.registry.repository import RegistryRepository, fallback_tag
-from acceld.registry.store import BlobSource, ImageStore, PutResult
-from acceld.registry.stores import Stores
-
-__all__ = [
-    "AuthenticationError",
-    "BlobSource",
-    "ImageStore",
-    "LayoutError",
-    "NotFound",
-    "OCILayout",
-    "PermissionDenied",
-    "PutResult",
-    "RegistryClient",
-    "RegistryError",
-    "RegistryRepository",
-    "RegistryUnreachable",
-    "RetryPolicy",
-    "Stores",
-    "fallback_tag",
-]
+Import from the modules (`client`, `layout`, `stores`, `errors`, …): this package imports nothing,
+so opening a layout never loads httpx.
+"""

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
-
-import httpx
+from typing import TYPE_CHECKING
 
 from acceld.errors import AcceldError
+
+if TYPE_CHECKING:
+    import httpx
 
 
 class RegistryError(AcceldError):

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from acceld.config import AcceldConfig, RegistryConfig
 from acceld.oci.reference import LayoutRef, Reference, api_host
-from acceld.registry.client import RegistryClient
 from acceld.registry.layout import OCILayout
-from acceld.registry.repository import RegistryRepository
 from acceld.registry.store import ImageStore
+
+if TYPE_CHECKING:  # httpx is imported only when a registry is used: layouts start faster without it
+    from acceld.registry.client import RegistryClient
+    from acceld.registry.repository import RegistryRepository
 
 
 class Stores:
@@ -44,6 +48,8 @@ class Stores:
     def client(self, registry: str) -> RegistryClient:
         """The client for a registry named as in references and the config (`docker.io` included)."""
         if registry not in self._clients:
+            from acceld.registry.client import RegistryClient
+
             self._clients[registry] = RegistryClient(api_host(registry), self.settings(registry))
         return self._clients[registry]
 
