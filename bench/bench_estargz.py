@@ -95,7 +95,7 @@ def generate_layer(size_mb: int) -> Path:
 
 def convert_only(tar: Path, output: Path, level: int, workers: int | None) -> None:
     """Child-process body: the driver's writer on the plain tar, as the pipeline runs it."""
-    from acceld.formats.estargz import WriterOptions, write_estargz
+    from acceld.formats.estargz.writer import WriterOptions, write_estargz
 
     options = WriterOptions(compression_level=level, workers=workers or os.cpu_count() or 1)
     with tar.open("rb") as source, output.open("wb") as out:

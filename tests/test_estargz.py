@@ -21,16 +21,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from acceld.formats.driver import FormatError, SourceLayer
-from acceld.formats.estargz import (
-    LAYER_MEDIA_TYPE,
-    TOC_DIGEST_ANNOTATION,
-    UNCOMPRESSED_SIZE_ANNOTATION,
-    EstargzDriver,
-    WriterOptions,
-    tree_from_estargz_layers,
-    write_estargz,
-)
+from acceld.formats.estargz.annotations import TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION
+from acceld.formats.estargz.driver import LAYER_MEDIA_TYPE, EstargzDriver
 from acceld.formats.estargz.order import clean_name
+from acceld.formats.estargz.reader import tree_from_estargz_layers
+from acceld.formats.estargz.writer import WriterOptions, write_estargz
 from acceld.formats.fstree import FsTree, diff_trees, tree_from_layers
 
 ROOT = Path(__file__).resolve().parents[1]

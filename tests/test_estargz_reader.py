@@ -17,7 +17,8 @@ import pytest
 from harness.tars import write_edge_lower, write_edge_upper
 
 from acceld.formats.driver import FormatError, SourceLayer
-from acceld.formats.estargz import TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION, EstargzDriver
+from acceld.formats.estargz.annotations import TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION
+from acceld.formats.estargz.driver import EstargzDriver
 from acceld.formats.estargz.reader import EstargzLayer, open_estargz, tree_from_estargz_layers
 from acceld.formats.estargz.records import RecordFile
 from acceld.formats.estargz.tocstream import JsonText, parse_toc

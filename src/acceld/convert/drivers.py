@@ -12,7 +12,7 @@ from acceld.formats.driver import AnyDriver
 
 # name -> (module, class). Imported lazily so one missing format never breaks the others.
 DRIVER_CLASSES: dict[str, tuple[str, str]] = {
-    "estargz": ("acceld.formats.estargz", "EstargzDriver"),
+    "estargz": ("acceld.formats.estargz.driver", "EstargzDriver"),
     "nydus": ("acceld.formats.nydus", "NydusDriver"),
     "soci": ("acceld.formats.soci", "SociDriver"),
     "zstdchunked": ("acceld.formats.zstdchunked", "ZstdChunkedDriver"),

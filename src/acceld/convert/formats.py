@@ -13,6 +13,7 @@ from typing import Protocol
 
 from acceld.convert.errors import ConvertError
 from acceld.formats.driver import FormatError
+from acceld.formats.estargz.annotations import TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION
 from acceld.formats.fstree import FsTree
 from acceld.formats.limits import Limits
 from acceld.oci.digest import digest_hex
@@ -21,10 +22,10 @@ from acceld.oci.models import Descriptor, Manifest
 NYDUS_BOOTSTRAP = "containerd.io/snapshot/nydus-bootstrap"
 NYDUS_BLOB = "containerd.io/snapshot/nydus-blob"
 NYDUS_REF = "containerd.io/snapshot/nydus-ref"  # a zran ref blob names the source gzip layer it indexes
-ESTARGZ_TOC = "containerd.io/snapshot/stargz/toc.digest"
+ESTARGZ_TOC = TOC_DIGEST_ANNOTATION
 # Entries of an eStargz layer tar that are format metadata, not files of the image.
 ESTARGZ_METADATA_FILES = ("/stargz.index.json", "/.prefetch.landmark", "/.no.prefetch.landmark")
-ESTARGZ_UNCOMPRESSED_SIZE = "io.containers.estargz.uncompressed-size"
+ESTARGZ_UNCOMPRESSED_SIZE = UNCOMPRESSED_SIZE_ANNOTATION
 ZSTD_CHUNKED_TOC = "io.github.containers.zstd-chunked.manifest-checksum"
 
 

@@ -16,7 +16,7 @@ from acceld.convert.errors import ConvertError, CorruptSourceLayerError
 from acceld.convert.streams import MeasuringWriter, SourceTarStream, VerifiedBlob
 from acceld.errors import AcceldError
 from acceld.formats.driver import ArtifactDriver, Driver, FormatError, LayerBlob, SkipLayer, SourceLayer
-from acceld.formats.estargz import TOC_DIGEST_ANNOTATION
+from acceld.formats.estargz.annotations import TOC_DIGEST_ANNOTATION
 from acceld.formats.estargz.strip import without_estargz_metadata
 from acceld.formats.limits import DEFAULT_LIMITS, LimitExceeded, Limits
 from acceld.formats.targuard import PathError, TarGuard

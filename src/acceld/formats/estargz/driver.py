@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from acceld.formats.driver import ImageAdditions, LayerBlob, LayerOutput, SourceLayer
+from acceld.formats.estargz.annotations import TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION
 from acceld.formats.estargz.writer import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_COMPRESSION_LEVEL,
@@ -18,8 +19,6 @@ from acceld.formats.estargz.writer import (
 )
 
 LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
-TOC_DIGEST_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
-UNCOMPRESSED_SIZE_ANNOTATION = "io.containers.estargz.uncompressed-size"
 
 
 @dataclass(frozen=True)
