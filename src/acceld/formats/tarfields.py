@@ -71,7 +71,12 @@ def checksum_ok(block: bytes) -> bool:
 
 def parse_pax_records(payload: bytes) -> dict[str, bytes]:
     """The records of a PAX extended header (`x` or `g`), later keys overriding earlier ones."""
-    records: dict[str, bytes] = {}
+    return dict(pax_record_list(payload))
+
+
+def pax_record_list(payload: bytes) -> list[tuple[str, bytes]]:
+    """The records of a PAX extended header in their order, repeated keys included."""
+    records: list[tuple[str, bytes]] = []
     position = 0
     while position < len(payload):
         space = payload.find(b" ", position)
@@ -87,6 +92,6 @@ def parse_pax_records(payload: bytes) -> dict[str, bytes]:
         key, equals, value = payload[space + 1 : end - 1].partition(b"=")
         if not equals or not key or b"\0" in key:
             raise FormatError("bad tar header: malformed PAX record")
-        records[decode(key)] = value
+        records.append((decode(key), value))
         position = end
     return records

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 from acceld.formats.estargz.gzip_members import ustar_file_header
 from acceld.formats.estargz.order import Items, Landmark
-from acceld.formats.estargz.tarscan import BLOCK, TYPE_REG
 from acceld.formats.estargz.toc import LANDMARK_CONTENT
+from acceld.formats.tarreader import BLOCK, TYPE_REG
 
 LANDMARK_PAYLOAD = LANDMARK_CONTENT + bytes(BLOCK - len(LANDMARK_CONTENT))
 

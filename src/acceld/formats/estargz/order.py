@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from acceld.formats.driver import FormatError
 from acceld.formats.estargz.entrystore import EntryStore
-from acceld.formats.estargz.tarscan import TYPE_LINK, TarEntry
+from acceld.formats.estargz.tarscan import TarEntry
+from acceld.formats.tarreader import TYPE_LINK
 
 PREFETCH_LANDMARK = ".prefetch.landmark"
 NO_PREFETCH_LANDMARK = ".no.prefetch.landmark"

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from acceld.formats.estargz.order import Item, Landmark
-from acceld.formats.estargz.tarscan import TYPE_REG, TarEntry
+from acceld.formats.estargz.tarscan import TarEntry
+from acceld.formats.tarreader import TYPE_REG
 
 LANDMARK_CONTENT = b"\x0f"
 _LANDMARK_DIGEST = "sha256:" + hashlib.sha256(LANDMARK_CONTENT).hexdigest()

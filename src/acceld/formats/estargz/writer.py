@@ -47,8 +47,9 @@ from acceld.formats.estargz.layout import (
 )
 from acceld.formats.estargz.order import TOC_TAR_NAME, Items, arrange, name_key
 from acceld.formats.estargz.source import open_layer_tar
-from acceld.formats.estargz.tarscan import BLOCK, TarEntry, scan_tar
+from acceld.formats.estargz.tarscan import TarEntry, scan_tar
 from acceld.formats.estargz.toc import TocEntry, toc_entries, toc_json_pieces
+from acceld.formats.tarreader import BLOCK
 
 DEFAULT_CHUNK_SIZE = 4 << 20
 DEFAULT_COMPRESSION_LEVEL = 9

@@ -6,19 +6,27 @@ Whiteout entries are kept as ordinary empty files here; only the merge applies t
 from __future__ import annotations
 
 import stat
-import tarfile
-from typing import IO, Protocol, cast
+from typing import IO, Protocol
 
 from acceld.formats.driver import FormatError
 from acceld.formats.nydus.layout import MAX_CHUNKS_PER_BLOB, xattr_name_index
 from acceld.formats.nydus.tree import NO_XATTRS, Chunk, Inode, chunks_of, encode_rdev, new_dir
+from acceld.formats.tarreader import (
+    TYPE_BLOCK,
+    TYPE_CHAR,
+    TYPE_DIR,
+    TYPE_FIFO,
+    TYPE_GNU_SPARSE,
+    TYPE_LINK,
+    TYPE_REG,
+    TYPE_SYMLINK,
+    Header,
+    HeaderReader,
+)
 
 OPAQUE_MARKER = b".wh..wh..opq"
 _SKIPPED_TOP_LEVEL = {b"stargz.index.json", b".prefetch.landmark", b".no.prefetch.landmark"}
-_XATTR_PAX_PREFIX = "SCHILY.xattr."
-# tarfile's end-of-archive signals (not in the type stubs)
-_EOF_HEADER: type[Exception] = tarfile.EOFHeaderError  # type: ignore[attr-defined]
-_EMPTY_HEADER: type[Exception] = tarfile.EmptyHeaderError  # type: ignore[attr-defined]
+_TYPE_CONTIGUOUS = "7"
 MAX_SYMLINK_TARGET = 0xFFFF
 MAX_NAME = 255  # EROFS_NAME_LEN
 MAX_XATTR_NAME = 255
@@ -45,15 +53,12 @@ def _split(name: str) -> list[bytes]:
     return parts
 
 
-def _xattrs(info: tarfile.TarInfo) -> dict[bytes, bytes]:
-    if not info.pax_headers:
+def _xattrs(info: Header) -> dict[bytes, bytes]:
+    if not info.xattrs:
         return NO_XATTRS
     xattrs: dict[bytes, bytes] = {}
-    for key, value in info.pax_headers.items():
-        if not key.startswith(_XATTR_PAX_PREFIX):
-            continue
-        name = _encode(key[len(_XATTR_PAX_PREFIX) :])
-        raw = _encode(value)
+    for key, raw in info.xattrs.items():
+        name = _encode(key)
         if xattr_name_index(name) is None:
             raise FormatError(
                 f"{info.name}: invalid xattr key {name!r} (only user., trusted., security. "
@@ -90,13 +95,13 @@ class _LayerTree:
             node = node.children.get(part) if node is not None else None
         return node
 
-    def add(self, reader: _TarReader, info: tarfile.TarInfo) -> None:
+    def add(self, reader: _TarReader, info: Header) -> None:
         parts = _split(info.name)
         if len(parts) == 1 and parts[0] in _SKIPPED_TOP_LEVEL:
             return
-        if info.type == tarfile.CONTTYPE:
+        if info.typeflag == _TYPE_CONTIGUOUS:
             raise FormatError(f"{info.name}: contiguous tar entries are not supported")
-        if info.islnk():
+        if info.typeflag == TYPE_LINK:
             target = self.lookup(info.linkname)
             if target is None or target.is_dir:
                 raise FormatError(
@@ -119,32 +124,32 @@ class _LayerTree:
                 node.children[OPAQUE_MARKER] = Inode(mode=stat.S_IFREG)
         parent.children[parts[-1]] = node
 
-    def inode(self, reader: _TarReader, info: tarfile.TarInfo) -> Inode:
+    def inode(self, reader: _TarReader, info: Header) -> Inode:
         perm = info.mode & 0o7777
-        if not (0 <= info.uid < 1 << 32 and 0 <= info.gid < 1 << 32 and 0 <= info.mtime < 1 << 63):
+        mtime = info.mtime_ns // 1_000_000_000
+        if not (0 <= info.uid < 1 << 32 and 0 <= info.gid < 1 << 32 and 0 <= mtime < 1 << 63):
             raise FormatError(f"{info.name}: uid, gid or mtime out of the range RAFS can store")
-        node = Inode(
-            mode=perm, uid=info.uid, gid=info.gid, mtime=self.shared(int(info.mtime)), xattrs=_xattrs(info)
-        )
-        if info.isdir():
+        node = Inode(mode=perm, uid=info.uid, gid=info.gid, mtime=self.shared(mtime), xattrs=_xattrs(info))
+        typeflag = info.typeflag
+        if typeflag == TYPE_DIR:
             node.mode |= stat.S_IFDIR
             node.children = {}
-        elif info.isreg():
+        elif typeflag in (TYPE_REG, TYPE_GNU_SPARSE):
             node.mode |= stat.S_IFREG
             self.read_content(reader, info, node)
-        elif info.issym():
+        elif typeflag == TYPE_SYMLINK:
             node.mode |= stat.S_IFLNK
             node.target = _encode(info.linkname)
             if len(node.target) > MAX_SYMLINK_TARGET:
                 raise FormatError(f"{info.name}: symlink target longer than {MAX_SYMLINK_TARGET} bytes")
             node.size = len(node.target)
-        elif info.ischr() or info.isblk():
-            node.mode |= stat.S_IFCHR if info.ischr() else stat.S_IFBLK
+        elif typeflag in (TYPE_CHAR, TYPE_BLOCK):
+            node.mode |= stat.S_IFCHR if typeflag == TYPE_CHAR else stat.S_IFBLK
             node.rdev = encode_rdev(info.devmajor, info.devminor)
-        elif info.isfifo():
+        elif typeflag == TYPE_FIFO:
             node.mode |= stat.S_IFIFO
         else:
-            raise FormatError(f"{info.name}: unsupported tar entry type {info.type!r}")
+            raise FormatError(f"{info.name}: unsupported tar entry type {typeflag.encode('latin-1')!r}")
         node.mode = self.shared(node.mode)
         return node
 
@@ -154,7 +159,7 @@ class _LayerTree:
             return self.ints.setdefault(value, value)
         return self.ints.get(value, value)
 
-    def read_content(self, reader: _TarReader, info: tarfile.TarInfo, node: Inode) -> None:
+    def read_content(self, reader: _TarReader, info: Header, node: Inode) -> None:
         if -(-info.size // self.chunk_size) > MAX_CHUNKS_PER_BLOB:
             raise FormatError(f"{info.name}: file needs more than 2^24 chunks")
         if info.sparse is not None:
@@ -176,15 +181,14 @@ class _LayerTree:
         node.chunks = chunks_of(chunks)
         node.size = info.size
 
-    def read_sparse_content(self, reader: _TarReader, info: tarfile.TarInfo, node: Inode) -> None:
-        """A GNU sparse file (old GNU or PAX map, parsed by tarfile) stored with its holes as zeros,
-        as Go's archive/tar, and so every runtime, extracts it."""
+    def read_sparse_content(self, reader: _TarReader, info: Header, node: Inode) -> None:
+        """A GNU sparse file (old GNU or PAX map) stored with its holes as zeros, as Go's
+        archive/tar, and so every runtime, extracts it."""
         pending = bytearray()
         chunks = []
         at = 0
-        # tarfile keeps the old GNU header's unused (0, 0) slots; empty segments carry nothing
-        sparse_map = cast(list[tuple[int, int]], info.sparse)  # typeshed says bytes; tarfile stores pairs
-        segments = [(offset, length) for offset, length in sparse_map if length]
+        # empty segments (an old GNU map's last entry, which marks the size) carry nothing
+        segments = [(offset, length) for offset, length in info.sparse or () if length]
         for offset, length in [*segments, (info.size, 0)]:
             if offset < at or offset + length > info.size:
                 raise FormatError(f"{info.name}: bad sparse map")
@@ -209,40 +213,16 @@ class _LayerTree:
 
 
 class _TarReader:
-    """A forward-only tar reader: `tarfile` parses the headers, file data is read straight from the stream.
-
-    It stands in for the `TarFile` that `TarInfo.fromtarfile` expects (GNU long names, PAX records
-    and global headers are handled there); tarfile's own stream mode copies every byte several times.
-    """
-
-    encoding = "utf-8"
-    errors = "surrogateescape"
+    """The tar stream with the position `HeaderReader` needs; file data is read straight from it."""
 
     def __init__(self, stream: IO[bytes]) -> None:
         self.stream = stream
-        self.fileobj = self
         self.position = 0
-        self.offset = 0  # where the next header starts, maintained by tarfile
-        self.pax_headers: dict[str, str] = {}
 
     def read(self, size: int) -> bytes:
         data = self.stream.read(size)
         self.position += len(data)
         return data
-
-    def tell(self) -> int:
-        return self.position
-
-    def next(self) -> tarfile.TarInfo | None:
-        while self.position < self.offset:
-            if not self.read(min(self.offset - self.position, 1 << 20)):
-                raise FormatError("bad tar: stream ends inside an entry")
-        try:
-            return tarfile.TarInfo.fromtarfile(self)  # type: ignore[arg-type]
-        except (_EOF_HEADER, _EMPTY_HEADER):
-            return None  # a zero-length stream is an empty layer, as Go's archive/tar reads it
-        except tarfile.HeaderError as exc:
-            raise FormatError(f"bad tar: {exc}") from exc
 
 
 def tree_from_tar(
@@ -255,9 +235,7 @@ def tree_from_tar(
     """
     tree = _LayerTree(store, chunk_size, sparse_files)
     reader = _TarReader(stream)
-    try:
-        while (info := reader.next()) is not None:
-            tree.add(reader, info)
-    except (tarfile.TarError, EOFError, UnicodeError) as exc:
-        raise FormatError(f"bad tar: {exc}") from exc
+    headers = HeaderReader(reader, sparse=True, strict_globals=False)
+    while (info := headers.next()) is not None:
+        tree.add(reader, info)
     return tree.root
