@@ -381,7 +381,7 @@ def _replace_toc(
 
 def test_driver_contract() -> None:
     driver = ZstdChunkedDriver()
-    assert (driver.name, driver.tag_suffix, driver.compression_level) == ("zstdchunked", "-zstdchunked", 3)
+    assert (driver.name, driver.tag_suffix, driver.compression_level) == ("zstdchunked", "-zstdchunked", 7)
     assert driver.options_key() == ZstdChunkedDriver(workers=1).options_key()
     assert driver.options_key() != ZstdChunkedDriver(compression_level=10).options_key()
     converted = SourceLayer(

@@ -18,7 +18,9 @@ from acceld.formats.zstdchunked.writer import (
 )
 
 LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+zstd"
-DEFAULT_COMPRESSION_LEVEL = 3
+# Level 7: on real root filesystems (many frames of a few KiB) the output is no larger than
+# containers/storage's own (level 10 of its Go zstd encoder); level 3 was ~4 % larger.
+DEFAULT_COMPRESSION_LEVEL = 7
 _ANNOTATIONS = (MANIFEST_CHECKSUM_KEY, MANIFEST_POSITION_KEY, TARSPLIT_POSITION_KEY)
 
 

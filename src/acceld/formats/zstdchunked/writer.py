@@ -361,7 +361,7 @@ class _ChunkFrames:
 
 
 def write_zstd_chunked(
-    tar: BinaryIO, out: BinaryIO, workdir: Path, *, level: int = 3, workers: int = 2
+    tar: BinaryIO, out: BinaryIO, workdir: Path, *, level: int = 7, workers: int = 2
 ) -> ChunkedLayer:
     """Convert the tar stream `tar` into a zstd:chunked blob written sequentially to `out`.
 
