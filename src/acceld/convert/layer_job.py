@@ -97,12 +97,17 @@ def convert_layer_job(
         # `tar` stays referenced until the end: a BufferedReader that is collected closes `source`
         tar = cast(BinaryIO, io.BufferedReader(source, _TAR_BUFFER))
         files = tar
+        # the stream checks the tar's digest against the diff_id at `finish`, so the driver may trust it
+        tar_sha256 = None
+        if not driver.reads_compressed and job.layer.diff_id.startswith("sha256:"):
+            tar_sha256 = job.layer.diff_id
         if not driver.reads_compressed and TOC_DIGEST_ANNOTATION in job.layer.annotations:
             # an eStargz source: its TOC and landmark are not the image's files
             files = without_estargz_metadata(tar)
+            tar_sha256 = None
         out = MeasuringWriter(cast(BinaryIO, out_file))
         try:
-            output = driver.convert_layer(files, cast(BinaryIO, out), job.layer, job.workdir)
+            output = driver.convert_layer(files, cast(BinaryIO, out), job.layer, job.workdir, tar_sha256)
             source.finish()
         except CorruptSourceLayerError:
             raise

@@ -98,10 +98,14 @@ class Driver(Protocol):
         """True when the source layer is already in this format and passes through unchanged."""
         ...
 
-    def convert_layer(self, tar: BinaryIO, out: BinaryIO, layer: SourceLayer, workdir: Path) -> LayerOutput:
+    def convert_layer(
+        self, tar: BinaryIO, out: BinaryIO, layer: SourceLayer, workdir: Path, tar_sha256: str | None = None
+    ) -> LayerOutput:
         """Read the decompressed tar from `tar`, write the converted blob to `out` sequentially.
 
         `workdir` is a private scratch directory (spool files there, never in memory).
+        `tar_sha256`, when given, is the sha256 digest of `tar`'s bytes, which the caller verifies
+        as they are read: a driver whose diff_id is that digest need not hash the tar again.
         Raise `FormatError` for malformed input.
         """
         ...

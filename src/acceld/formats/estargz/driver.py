@@ -72,7 +72,9 @@ class EstargzDriver:
     def is_converted(self, layer: SourceLayer) -> bool:
         return TOC_DIGEST_ANNOTATION in layer.annotations
 
-    def convert_layer(self, tar: BinaryIO, out: BinaryIO, layer: SourceLayer, workdir: Path) -> LayerOutput:
+    def convert_layer(
+        self, tar: BinaryIO, out: BinaryIO, layer: SourceLayer, workdir: Path, tar_sha256: str | None = None
+    ) -> LayerOutput:
         result = write_estargz(tar, out, workdir, self.writer_options())
         return LayerOutput(
             media_type=LAYER_MEDIA_TYPE,

@@ -110,7 +110,9 @@ class NydusDriver:
                 "reference gzip layers (convert to native Nydus instead)"
             )
 
-    def convert_layer(self, tar: BinaryIO, out: BinaryIO, layer: SourceLayer, workdir: Path) -> LayerOutput:
+    def convert_layer(
+        self, tar: BinaryIO, out: BinaryIO, layer: SourceLayer, workdir: Path, tar_sha256: str | None = None
+    ) -> LayerOutput:
         if self.oci_ref:
             return self.convert_gzip_layer(tar, out, layer)
         result = write_layer_blob(tar, out, self.options, self._chunk_dict())

@@ -52,9 +52,16 @@ class ZstdChunkedDriver:
     def is_converted(self, layer: SourceLayer) -> bool:
         return all(key in layer.annotations for key in _ANNOTATIONS)
 
-    def convert_layer(self, tar: BinaryIO, out: BinaryIO, layer: SourceLayer, workdir: Path) -> LayerOutput:
+    def convert_layer(
+        self, tar: BinaryIO, out: BinaryIO, layer: SourceLayer, workdir: Path, tar_sha256: str | None = None
+    ) -> LayerOutput:
         result = write_zstd_chunked(
-            tar, out, workdir, level=self.compression_level, workers=self.workers or os.cpu_count() or 1
+            tar,
+            out,
+            workdir,
+            level=self.compression_level,
+            workers=self.workers or os.cpu_count() or 1,
+            tar_sha256=tar_sha256,
         )
         return LayerOutput(
             media_type=LAYER_MEDIA_TYPE, diff_id=result.diff_id, annotations=result.annotations

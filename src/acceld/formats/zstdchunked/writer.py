@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import fastcrc
 import numpy as np
@@ -24,7 +24,7 @@ import numpy as np
 from acceld.formats.driver import FormatError
 from acceld.formats.zstdchunked.chunker import WINDOW, Chunker, Piece, Zeros, split_points
 from acceld.formats.zstdchunked.frames import FrameSink, Mark
-from acceld.formats.zstdchunked.tarheaders import TarHeader, TarHeaderReader
+from acceld.formats.zstdchunked.tarheaders import Readable, TarHeader, TarHeaderReader
 from acceld.formats.zstdchunked.tarsplit import TarSplitWriter
 from acceld.formats.zstdchunked.toc import CHUNK_TYPE_ZEROS, TocEntry, TocWriter
 
@@ -66,12 +66,13 @@ class _Chunk:
 @dataclass
 class _PendingFile:
     """A file whose TOC offsets are known only after its frames are written, and whose digest
-    only after its last hash update (`hashed`) ran."""
+    only after its last hash update (`hashed`) ran — or, without `digest`, from its only chunk's
+    frame (the same bytes)."""
 
     entry: TocEntry
     start: Mark
     end: Mark
-    digest: Any
+    digest: Any = None
     hashed: Future[None] | None = None
     chunks: list[_Chunk] = field(default_factory=list)
 
@@ -82,7 +83,10 @@ class _PendingFile:
         """The file's TOC entry, followed by one per further chunk when it has several."""
         if self.hashed is not None:
             self.hashed.result()
-        self.entry.digest = "sha256:" + self.digest.hexdigest()
+        if self.digest is None:
+            self.entry.digest = self.chunks[0].start.digest
+        else:
+            self.entry.digest = "sha256:" + self.digest.hexdigest()
         self.entry.offset = self.start.offset
         self.entry.end_offset = self.end.offset
         if len(self.chunks) < 2:
@@ -190,11 +194,14 @@ class _LayerWriter:
         rollsum_pool: Executor,
         hash_thread: Executor,
         lookahead: int,
+        tar_sha256: str | None,
     ) -> None:
         self._pool = rollsum_pool
         self._lookahead = lookahead
         self._hashing = _BackgroundHashing(hash_thread)
-        self._source = _HashingReader(tar, self._hashing)
+        self._tar_sha256 = tar_sha256
+        self._hashed_source = None if tar_sha256 else _HashingReader(tar, self._hashing)
+        self._source: Readable = self._hashed_source or tar
         self._reader = TarHeaderReader(self._source)
         self._sink = sink
         self._tar_split = tar_split
@@ -223,16 +230,21 @@ class _LayerWriter:
             self._raw(rest)
         self._sink.end_frame()
         self._sink.flush()
-        self._diff_id = "sha256:" + self._source.hexdigest()
+        self._diff_id = self._tar_sha256 or "sha256:" + cast(_HashingReader, self._hashed_source).hexdigest()
         self._write_resolved()
 
     def _entry(
-        self, raw: bytes, header: TarHeader, blocks: Iterable[tuple[bytes, np.ndarray]] | None
+        self,
+        raw: bytes,
+        header: TarHeader,
+        blocks: Iterable[tuple[bytes, np.ndarray]] | None,
+        whole: bytes | None = None,
     ) -> None:
+        """`whole`: the file's content when `blocks` is that one block."""
         self._raw(raw)
         entry = TocEntry.from_header(header)
         if blocks is not None:
-            crc: int | None = self._payload(entry, blocks)
+            crc: int | None = self._payload(entry, blocks, whole)
         else:
             self._unresolved.append(entry)
             crc = _EMPTY_CRC if header.size > 0 else None  # tar-split sums only non-zero sizes
@@ -262,7 +274,7 @@ class _LayerWriter:
             item = self._deferred.popleft()
             assert item.group.future is not None
             splits = item.group.future.result()[item.index]
-            self._entry(item.raw, item.header, [(item.content, splits)])
+            self._entry(item.raw, item.header, [(item.content, splits)], whole=item.content)
         self._deferred_size = 0
 
     def _write_resolved(self) -> None:
@@ -286,20 +298,30 @@ class _LayerWriter:
             self._sink.write(bytes(raw))
             self._tar_split.segment(raw)
 
-    def _payload(self, entry: TocEntry, blocks: Iterable[tuple[bytes, np.ndarray]]) -> int:
+    def _payload(
+        self, entry: TocEntry, blocks: Iterable[tuple[bytes, np.ndarray]], whole: bytes | None
+    ) -> int:
+        """Write a file's frames. A file of one chunk takes its digest from that chunk's frame;
+        a `whole` file (content in hand) is hashed only when it turns out to have several."""
         self._sink.end_frame()
-        pending = _PendingFile(entry=entry, start=self._sink.mark(), end=Mark(), digest=hashlib.sha256())
+        pending = _PendingFile(entry=entry, start=self._sink.mark(), end=Mark())
+        if whole is None:
+            pending.digest = hashlib.sha256()
         self._unresolved.append(pending)
         frames = _ChunkFrames(self._sink, pending)
         chunker = Chunker()
         crc: int | None = None
         for block, splits in blocks:
-            pending.hashed = self._hashing.update(pending.digest, block)
+            if pending.digest is not None:
+                pending.hashed = self._hashing.update(pending.digest, block)
             crc = fastcrc.crc64.go_iso(block, crc)
             for piece in chunker.feed(block, splits):
                 frames.add(piece)
         for piece in chunker.finish():
             frames.add(piece)
+        if whole is not None and len(pending.chunks) > 1:
+            pending.digest = hashlib.sha256()
+            pending.hashed = self._hashing.update(pending.digest, whole)
         pending.end = self._sink.mark()
         return crc if crc is not None else _EMPTY_CRC
 
@@ -361,9 +383,18 @@ class _ChunkFrames:
 
 
 def write_zstd_chunked(
-    tar: BinaryIO, out: BinaryIO, workdir: Path, *, level: int = 7, workers: int = 2
+    tar: BinaryIO,
+    out: BinaryIO,
+    workdir: Path,
+    *,
+    level: int = 7,
+    workers: int = 2,
+    tar_sha256: str | None = None,
 ) -> ChunkedLayer:
     """Convert the tar stream `tar` into a zstd:chunked blob written sequentially to `out`.
+
+    `tar_sha256`: the digest of `tar`'s bytes when the caller verifies it, reported as the diff_id
+    instead of hashing the tar again.
 
     The TOC and tar-split are spooled to files in `workdir` as they are produced (and removed).
     """
@@ -378,7 +409,7 @@ def write_zstd_chunked(
     ):
         sink = FrameSink(out, pool, level, max_pending=max(1, workers) + 1)
         layer = _LayerWriter(
-            tar, sink, tar_split, toc, rollsum_pool, hash_thread, lookahead=max(1, workers) + 1
+            tar, sink, tar_split, toc, rollsum_pool, hash_thread, max(1, workers) + 1, tar_sha256
         )
         layer.run()
         toc.finish(tar_split.finish())
