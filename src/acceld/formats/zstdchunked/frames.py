@@ -166,9 +166,11 @@ class FrameSink:
     def _write_front(self) -> None:
         front = self._queue.popleft()
         output = front.result() if isinstance(front, Future) else front
+        position = self.position
         for mark, data in output:
             if mark is not None:
-                mark.offset = self.position
-            if data:
-                self._out.write(data)
-                self.position += len(data)
+                mark.offset = position
+            position += len(data)
+        # one write per batch: a batch holds up to BATCH_ITEMS frames
+        self._out.write(output[0][1] if len(output) == 1 else b"".join(data for _, data in output))
+        self.position = position
