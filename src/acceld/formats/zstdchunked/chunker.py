@@ -77,6 +77,12 @@ def _weighted_windows(x: np.ndarray) -> np.ndarray:
     return weighted
 
 
+def is_one_chunk(data: bytes, splits: np.ndarray) -> bool:
+    """Whether a whole file's content (with its split points) is a single data chunk: no split
+    point before its last byte and no zero run long enough to be a chunk of its own."""
+    return (not len(splits) or int(splits[0]) >= len(data) - 1) and _HOLE_NEEDLE not in data
+
+
 class Chunker:
     """Turns the content of one file, fed in blocks, into Data and Zeros pieces in order.
 

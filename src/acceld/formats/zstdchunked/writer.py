@@ -22,7 +22,7 @@ import fastcrc
 import numpy as np
 
 from acceld.formats.driver import FormatError
-from acceld.formats.zstdchunked.chunker import WINDOW, Chunker, Piece, Zeros, split_points
+from acceld.formats.zstdchunked.chunker import WINDOW, Chunker, Piece, Zeros, is_one_chunk, split_points
 from acceld.formats.zstdchunked.frames import FrameSink, Mark
 from acceld.formats.zstdchunked.tarheaders import Readable, TarHeader, TarHeaderReader
 from acceld.formats.zstdchunked.tarsplit import TarSplitWriter
@@ -238,13 +238,16 @@ class _LayerWriter:
         raw: bytes,
         header: TarHeader,
         blocks: Iterable[tuple[bytes, np.ndarray]] | None,
-        whole: bytes | None = None,
+        whole: tuple[bytes, np.ndarray] | None = None,
     ) -> None:
-        """`whole`: the file's content when `blocks` is that one block."""
+        """The content comes as `blocks` (with their split points) or `whole` (one block in hand)."""
         self._raw(raw)
         entry = TocEntry.from_header(header)
-        if blocks is not None:
-            crc: int | None = self._payload(entry, blocks, whole)
+        crc: int | None
+        if whole is not None:
+            crc = self._whole_payload(entry, *whole)
+        elif blocks is not None:
+            crc = self._payload(entry, blocks, None)
         else:
             self._unresolved.append(entry)
             crc = _EMPTY_CRC if header.size > 0 else None  # tar-split sums only non-zero sizes
@@ -274,7 +277,7 @@ class _LayerWriter:
             item = self._deferred.popleft()
             assert item.group.future is not None
             splits = item.group.future.result()[item.index]
-            self._entry(item.raw, item.header, [(item.content, splits)], whole=item.content)
+            self._entry(item.raw, item.header, None, whole=(item.content, splits))
         self._deferred_size = 0
 
     def _write_resolved(self) -> None:
@@ -298,6 +301,19 @@ class _LayerWriter:
             self._sink.write(bytes(raw))
             self._tar_split.segment(raw)
 
+    def _whole_payload(self, entry: TocEntry, content: bytes, splits: np.ndarray) -> int:
+        """Write the frames of a file whose content is in hand; most are one chunk, one frame."""
+        if not is_one_chunk(content, splits):
+            return self._payload(entry, [(content, splits)], content)
+        self._sink.end_frame()
+        pending = _PendingFile(entry=entry, start=self._sink.mark(), end=Mark())
+        self._unresolved.append(pending)
+        pending.chunks.append(_Chunk(start=pending.start, offset_in_file=0, size=len(content)))
+        self._sink.write(content)
+        self._sink.end_frame(digest_into=pending.start)
+        pending.end = self._sink.mark()
+        return int(fastcrc.crc64.go_iso(content))
+
     def _payload(
         self, entry: TocEntry, blocks: Iterable[tuple[bytes, np.ndarray]], whole: bytes | None
     ) -> int:
@@ -305,9 +321,9 @@ class _LayerWriter:
         a `whole` file (content in hand) is hashed only when it turns out to have several."""
         self._sink.end_frame()
         pending = _PendingFile(entry=entry, start=self._sink.mark(), end=Mark())
+        self._unresolved.append(pending)
         if whole is None:
             pending.digest = hashlib.sha256()
-        self._unresolved.append(pending)
         frames = _ChunkFrames(self._sink, pending)
         chunker = Chunker()
         crc: int | None = None
