@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from acceld.formats.zstdchunked.chunker import Chunker, Data, Zeros, split_points
+from acceld.formats.zstdchunked.chunker import Chunker, Data, Zeros, is_one_chunk, split_points
 
 
 def _go_model(content: bytes) -> list[tuple[str, int]]:
@@ -129,3 +129,29 @@ def test_split_points_need_the_previous_window() -> None:
     cut = 123_457
     tail = split_points(data[cut - 64 : cut], data[cut:]).tolist()
     assert [i for i in whole if i >= cut] == [i + cut for i in tail]
+
+
+def test_one_chunk_shortcut_agrees_with_the_go_model() -> None:
+    """`is_one_chunk` (the writer's shortcut for small files) says yes exactly when the model gives
+    one data chunk: no split before the last byte, no zero run of 1024 bytes."""
+    rng = random.Random(11)
+    contents = [
+        b"x",
+        bytes(1023),
+        bytes(1024),
+        b"a" + bytes(1024) + b"b",
+        b"a" * 5000 + bytes(1023),
+        *(rng.randbytes(rng.randint(1, 200_000)) for _ in range(40)),
+        *(_content(rng) for _ in range(20)),
+    ]
+    # content whose only split point is its last byte is still one chunk
+    data = rng.randbytes(300_000)
+    first = int(split_points(bytes(64), data)[0])
+    contents.append(data[: first + 1])
+    seen = set()
+    for content in contents:
+        expected = _go_model(content)
+        one = is_one_chunk(content, split_points(bytes(64), content))
+        assert one == (len(expected) == 1 and expected[0][0] == "data"), len(content)
+        seen.add(one)
+    assert seen == {True, False}
