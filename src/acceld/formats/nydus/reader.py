@@ -1,7 +1,7 @@
 """Independent RAFS v6 (Nydus) reader: list a tree, read files, verify an image, build an FsTree.
 
     image = RafsImage(bootstrap_bytes_or_path, {blob_id: blob_path, ...})
-    image.list_tree()            # [(path, Inode)], parents before children
+    image.list_tree()            # iterator of (path, Inode), parents before children
     image.read_file("/etc/os-release")   # iterator of decompressed, digest-checked chunks
     image.to_fstree()            # acceld.formats.fstree.FsTree, for `acceld check`
     image.verify()               # every blob end to end + chunk table <-> blob meta agreement
@@ -19,18 +19,18 @@ from __future__ import annotations
 import gzip
 import hashlib
 import re
+import shutil
 import stat
 import tarfile
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import IO, Any, Final
 
 from acceld.formats.fstree import FsTree, Node
 from acceld.formats.limits import DEFAULT_LIMITS, Limits
 from acceld.formats.nydus.reader_blob import (
-    MAX_BOOTSTRAP_SIZE,
     PLACEHOLDER_BLOB_ID,
     BlobReport,
     NydusBlob,
@@ -50,12 +50,17 @@ from acceld.formats.nydus.reader_common import (
     BLOCK_SIZE,
     FEATURE_INLINED_FS_META,
     FEATURE_ZRAN,
+    MAX_BOOTSTRAP_SIZE,
     BlobError,
     BootstrapError,
+    Mapped,
     NydusFormatError,
     UnsupportedNydusError,
+    map_file,
+    map_path,
+    spool_file,
 )
-from acceld.formats.nydus.reader_inodes import ChunkAddr, Inode
+from acceld.formats.nydus.reader_inodes import Inode
 from acceld.formats.targuard import TarGuard
 
 __all__ = [
@@ -90,10 +95,11 @@ _BOOTSTRAP_NAMES: Final = ("image/image.boot", "image.boot")  # the second is th
 
 @dataclass(frozen=True)
 class BootstrapLayer:
-    """Content of a Nydus bootstrap layer: the bootstrap and the `.blob.meta` files by blob id."""
+    """Content of a Nydus bootstrap layer: the bootstrap and the `.blob.meta` files by blob id, each
+    spooled to an anonymous temp file and mapped (a 1 M-file bootstrap is ~200 MB)."""
 
-    bootstrap: bytes
-    blob_metas: dict[str, bytes]
+    bootstrap: Mapped
+    blob_metas: dict[str, Mapped]
 
 
 def _guard_bootstrap_layer(path: Path | str, limits: Limits) -> None:
@@ -104,11 +110,13 @@ def _guard_bootstrap_layer(path: Path | str, limits: Limits) -> None:
             guard.feed(block)
 
 
-def open_bootstrap_layer(path: Path | str, limits: Limits = DEFAULT_LIMITS) -> BootstrapLayer:
+def open_bootstrap_layer(
+    path: Path | str, limits: Limits = DEFAULT_LIMITS, workdir: Path | None = None
+) -> BootstrapLayer:
     """Read a bootstrap layer (gzip tar); only `image/`, `image/image.boot` and blob metas may occur."""
     where = f"bootstrap layer {Path(path).name}"
-    bootstrap: bytes | None = None
-    metas: dict[str, bytes] = {}
+    bootstrap: Mapped | None = None
+    metas: dict[str, Mapped] = {}
     try:
         _guard_bootstrap_layer(path, limits)
         with tarfile.open(path, mode="r:gz") as archive:
@@ -125,7 +133,7 @@ def open_bootstrap_layer(path: Path | str, limits: Limits = DEFAULT_LIMITS) -> B
                     raise NydusFormatError(f"{where}: {member.name} is {member.size} bytes, above 1 GiB")
                 handle = archive.extractfile(member)
                 assert handle is not None  # regular member
-                content = handle.read()
+                content = _spool_member(handle, workdir)
                 if meta is not None:
                     if meta.group(1) in metas:
                         raise NydusFormatError(f"{where}: {member.name} appears twice")
@@ -141,16 +149,25 @@ def open_bootstrap_layer(path: Path | str, limits: Limits = DEFAULT_LIMITS) -> B
     return BootstrapLayer(bootstrap=bootstrap, blob_metas=metas)
 
 
-class RafsImage:
-    """A RAFS v6 bootstrap plus the blob files it references (blob id → path)."""
+def _spool_member(handle: IO[bytes], workdir: Path | None) -> Mapped:
+    with spool_file(workdir) as out:
+        shutil.copyfileobj(handle, out, _READ_SIZE)
+        return map_file(out)
 
-    def __init__(self, bootstrap: bytes | Path | str, blobs: Mapping[str, Path | str] | None = None) -> None:
-        raw = bootstrap if isinstance(bootstrap, bytes) else _read_bootstrap_file(Path(bootstrap))
+
+class RafsImage:
+    """A RAFS v6 bootstrap plus the blob files it references (blob id → path).
+
+    The bootstrap is read through a mapping of its file (or from bytes); the tree is read from it
+    again whenever it is walked, so memory does not grow with the number of files.
+    """
+
+    def __init__(self, bootstrap: Mapped | Path | str, blobs: Mapping[str, Path | str] | None = None) -> None:
+        raw = _read_bootstrap_file(Path(bootstrap)) if isinstance(bootstrap, (Path, str)) else bootstrap
         self.bootstrap: RafsBootstrap = parse_bootstrap(raw)
         self.blob_paths: dict[str, Path] = {blob_id: Path(p) for blob_id, p in (blobs or {}).items()}
-        self.blob_metas: dict[str, bytes] = {}
+        self.blob_metas: dict[str, Mapped] = {}
         self._blobs: dict[int, NydusBlob] = {}
-        self._records: dict[tuple[int, int], ChunkRecord] = self.bootstrap.chunk_records_by_address()
         self._inline_index: int | None = None  # the blob whose inline bootstrap this is (`from_blob`)
 
     @classmethod
@@ -174,18 +191,21 @@ class RafsImage:
         layer_path: Path | str,
         blobs: Mapping[str, Path | str] | None = None,
         limits: Limits = DEFAULT_LIMITS,
+        workdir: Path | None = None,
     ) -> RafsImage:
-        """Open the image of a bootstrap layer; its `.blob.meta` files are checked against the blob table."""
-        layer = open_bootstrap_layer(layer_path, limits)
+        """Open the image of a bootstrap layer; its `.blob.meta` files are checked against the blob table.
+
+        The bootstrap and blob metas are spooled to anonymous temp files in `workdir`."""
+        layer = open_bootstrap_layer(layer_path, limits, workdir)
         image = cls(layer.bootstrap, blobs)
         image.check_blob_metas(layer.blob_metas)
         return image
 
     # -- tree -----------------------------------------------------------------------------
 
-    def list_tree(self) -> list[tuple[str, Inode]]:
-        """Every path with its inode, parents before children."""
-        return [(path, self.bootstrap.inodes[nid]) for path, nid in self.bootstrap.paths.items()]
+    def list_tree(self) -> Iterator[tuple[str, Inode]]:
+        """Every path with its inode, parents before children (read one at a time)."""
+        return self.bootstrap.walk()
 
     def inode(self, path: str) -> Inode:
         return self.bootstrap.inode(path)
@@ -211,7 +231,7 @@ class RafsImage:
                     f"{info.uncompressed_size}, the inode expects {addr.blk_addr * BLOCK_SIZE}/{piece}"
                 )
             data = blob.read_chunk(addr.ci_index, entry.compressor)
-            record = self._records.get((addr.blob_index, addr.ci_index))
+            record = self.bootstrap.chunk_table.find(addr.blob_index, addr.ci_index)
             check_chunk_data(blob, info, data, entry.digester, record, where)
             yield data
 
@@ -246,18 +266,18 @@ class RafsImage:
     def to_fstree(self, *, content: bool = True) -> FsTree:
         """The image's tree; `content=False` skips reading blobs (regular files get no digest)."""
         tree = FsTree()
+        # the bootstrap check made i_nlink count a file's names: only files with several are remembered
         first_path: dict[int, str] = {}
-        digests: dict[int, str] = {}
         for path, inode in self.list_tree():
-            if inode.kind != stat.S_IFDIR and inode.ino in first_path:
+            linked = inode.kind != stat.S_IFDIR and inode.nlink > 1
+            if linked and inode.ino in first_path:
                 tree.link(path, first_path[inode.ino])
                 continue
-            if inode.kind != stat.S_IFDIR:
+            if linked:
                 first_path[inode.ino] = path
             digest = ""
             if inode.kind == stat.S_IFREG and content:
-                digest = digests.get(inode.ino) or self._content_digest(inode, path)
-                digests[inode.ino] = digest
+                digest = self._content_digest(inode, path)
             tree.add(path, _node(inode, digest))
         return tree
 
@@ -269,7 +289,7 @@ class RafsImage:
 
     # -- verification ---------------------------------------------------------------------
 
-    def check_blob_metas(self, blob_metas: Mapping[str, bytes]) -> None:
+    def check_blob_metas(self, blob_metas: Mapping[str, Mapped]) -> None:
         """`.blob.meta` files of a bootstrap layer: one per known blob, matching its blob-table entry."""
         entries = {entry.blob_id: entry for entry in self.bootstrap.blobs}
         for blob_id, data in blob_metas.items():
@@ -301,13 +321,12 @@ class RafsImage:
         `check_blob_ids` requires sha256(blob file) == blob id (the layer digest); the 2023 upstream
         fixture `be7d77…` breaks that rule, so its test turns it off.
         """
-        records: dict[int, dict[int, ChunkRecord]] = {}
-        for rec in self.bootstrap.chunk_table:
-            records.setdefault(rec.blob_index, {})[rec.ci_index] = rec
+        table = self.bootstrap.chunk_table
         reports = []
         for entry in self.bootstrap.blobs:
             path, gzip = self._blob_files(entry)
-            report = verify_blob(path, entry, chunk_records=records.get(entry.index, {}), gzip=gzip)
+            records = table.of_blob(entry.index)
+            report = verify_blob(path, entry, chunk_records=records, gzip=gzip)
             blob_id: str | None = entry.blob_id
             if gzip is not None:
                 self._check_zran_ids(entry, report, gzip, check_blob_ids)
@@ -319,19 +338,27 @@ class RafsImage:
                 raise BlobError(
                     f"blob {path.name}: sha256 {report.sha256} differs from its blob id {blob_id}"
                 )
-            blob = self.blob(entry.index)
-            self._check_against_blob(
-                entry, blob, records.get(entry.index, {}).values(), self._addresses(entry.index)
-            )
+            self._check_against_blob(entry, self.blob(entry.index), records.values())
             reports.append(report)
+        if not len(table):
+            # with a chunk table, the bootstrap check matched every address with its entry, and the
+            # entries were just matched with the CI arrays
+            self._check_addresses()
         return reports
 
-    def _addresses(self, blob_index: int) -> Iterator[tuple[Inode, int, ChunkAddr]]:
-        """(inode, chunk number, address) of every chunk address into one blob, generated: not kept."""
-        for inode in self.bootstrap.inodes.values():
+    def _check_addresses(self) -> None:
+        """Every chunk address agrees with the CI entry it names (a bootstrap without chunk table)."""
+        chunk_size = self.bootstrap.chunk_size
+        for _, inode in self.list_tree():
             for i, addr in enumerate(inode.chunks):
-                if addr.blob_index == blob_index:
-                    yield inode, i, addr
+                info = self.blob(addr.blob_index).chunk(addr.ci_index)
+                piece = min(chunk_size, inode.size - i * chunk_size)
+                if (info.uncompressed_offset, info.uncompressed_size) != (addr.blk_addr * BLOCK_SIZE, piece):
+                    raise BlobError(
+                        f"inode nid {inode.nid} chunk {i}: c_blk_addr {addr.blk_addr} x 4096 / size {piece} "
+                        f"!= CI entry {addr.ci_index} uncompressed offset/size {info.uncompressed_offset}/"
+                        f"{info.uncompressed_size}"
+                    )
 
     def _check_zran_ids(self, entry: BlobEntry, report: BlobReport, gzip: Path, check_blob_ids: bool) -> None:
         """The entry's id is the gzip layer's sha256, its blob_meta_digest/size the ref blob's."""
@@ -349,14 +376,8 @@ class RafsImage:
                     f"gzip layer {gzip.name}: sha256 {found} differs from its blob id {entry.blob_id}"
                 )
 
-    def _check_against_blob(
-        self,
-        entry: BlobEntry,
-        blob: NydusBlob,
-        records: Iterable[ChunkRecord],
-        addresses: Iterable[tuple[Inode, int, ChunkAddr]],
-    ) -> None:
-        """Chunk table entries, chunk addresses and `.blob.meta` files agree with the blob's CI array."""
+    def _check_against_blob(self, entry: BlobEntry, blob: NydusBlob, records: Iterable[ChunkRecord]) -> None:
+        """Chunk table entries and `.blob.meta` files agree with the blob's CI array."""
         for rec in records:
             info = blob.chunk(rec.ci_index)
             found = (
@@ -377,16 +398,6 @@ class RafsImage:
                 raise BlobError(
                     f"chunk table entry for blob {entry.index} CI index {rec.ci_index}: "
                     f"(uoff, usize, coff, csize, compressed) {found} != blob CI entry {wanted}"
-                )
-        chunk_size = self.bootstrap.chunk_size
-        for inode, i, addr in addresses:
-            info = blob.chunk(addr.ci_index)
-            piece = min(chunk_size, inode.size - i * chunk_size)
-            if (info.uncompressed_offset, info.uncompressed_size) != (addr.blk_addr * BLOCK_SIZE, piece):
-                raise BlobError(
-                    f"inode nid {inode.nid} chunk {i}: c_blk_addr {addr.blk_addr} x 4096 / size {piece} "
-                    f"!= CI entry {addr.ci_index} uncompressed offset/size {info.uncompressed_offset}/"
-                    f"{info.uncompressed_size}"
                 )
         meta = self.blob_metas.get(entry.blob_id)
         if meta is not None:
@@ -530,9 +541,9 @@ def _check_bootstrap_layer(layer: ManifestLayer) -> None:
         )
 
 
-def _read_bootstrap_file(path: Path) -> bytes:
+def _read_bootstrap_file(path: Path) -> Mapped:
     try:
-        return path.read_bytes()
+        return map_path(path)
     except OSError as exc:
         raise BootstrapError(f"cannot read bootstrap {path}: {exc.strerror}") from exc
 

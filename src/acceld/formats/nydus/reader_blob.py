@@ -35,15 +35,20 @@ from acceld.formats.nydus.reader_common import (
     FEATURE_INLINED_FS_META,
     FEATURE_SEPARATE,
     FEATURE_ZRAN,
+    MAX_BOOTSTRAP_SIZE,
     TAR_HEADER_SIZE,
     BlobError,
+    Buffer,
+    Mapped,
     UnsupportedNydusError,
     align,
     chunk_digest,
     crc32c,
     cstring,
     decompress,
+    decompress_to_map,
     parse_tar_header,
+    release_pages,
     u32,
     u64,
 )
@@ -60,9 +65,9 @@ BLOB_META_HEADER_SIZE: Final = 4096
 TOC_ENTRY_SIZE: Final = 128
 DIGEST_SIZE: Final = 32
 CI_HAS_CRC32: Final = 0x10
-MAX_BOOTSTRAP_SIZE: Final = 1 << 30  # refuse to inflate a larger image.boot (untrusted input)
 PLACEHOLDER_BLOB_ID: Final = "x" * 64
 _READ_SIZE: Final = 1 << 20
+_HASH_PIECE: Final = 16 << 20
 
 IMAGE_BLOB, BLOB_META, BLOB_META_HEADER = "image.blob", "blob.meta", "blob.meta.header"
 BLOB_DIGEST, IMAGE_BOOT, BLOB_TOC = "blob.digest", "image.boot", "rafs.blob.toc"
@@ -129,8 +134,8 @@ class BlobReport:
     toc: list[TocEntry]
     header: BlobMetaHeader | None
     chunks: Sequence[ChunkInfo]
-    chunk_digests: list[bytes] = field(default_factory=list)  # computed from the data, CI order
-    bootstrap: bytes | None = None  # the inline image.boot, uncompressed
+    chunk_digests: Sequence[bytes] = field(default_factory=list)  # computed from the data, CI order
+    bootstrap: Mapped | None = None  # the inline image.boot, uncompressed (mapped)
 
 
 def parse_blob_meta_header(raw: bytes, where: str) -> BlobMetaHeader:
@@ -160,7 +165,7 @@ def parse_blob_meta_header(raw: bytes, where: str) -> BlobMetaHeader:
 class ChunkInfos(Sequence[ChunkInfo]):
     """The CI array, decoded entry by entry on access: a blob may have a million chunks."""
 
-    def __init__(self, raw: bytes, v2: bool, count: int, where: str) -> None:
+    def __init__(self, raw: Buffer, v2: bool, count: int, where: str) -> None:
         self.raw, self.v2, self.entries, self.where = raw, v2, count, where
 
     def __len__(self) -> int:
@@ -183,9 +188,9 @@ class ChunkInfos(Sequence[ChunkInfo]):
 
 
 class Digests(Sequence[bytes]):
-    """The blob.digest array, sliced on access."""
+    """A digest array (blob.digest, or digests computed while verifying), sliced on access."""
 
-    def __init__(self, raw: bytes) -> None:
+    def __init__(self, raw: Buffer) -> None:
         self.raw = raw
 
     def __len__(self) -> int:
@@ -204,10 +209,10 @@ class Digests(Sequence[bytes]):
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(index)
-        return self.raw[index * DIGEST_SIZE : (index + 1) * DIGEST_SIZE]
+        return bytes(self.raw[index * DIGEST_SIZE : (index + 1) * DIGEST_SIZE])
 
 
-def parse_chunk_infos(raw: bytes, header: BlobMetaHeader, where: str) -> ChunkInfos:
+def parse_chunk_infos(raw: Buffer, header: BlobMetaHeader, where: str) -> ChunkInfos:
     """Decode the uncompressed CI array; entries must be sorted by 4K-aligned, non-overlapping uoff."""
     v2 = bool(header.features & FEATURE_CHUNK_INFO_V2)
     width = 24 if v2 else 16
@@ -237,7 +242,7 @@ def parse_chunk_infos(raw: bytes, header: BlobMetaHeader, where: str) -> ChunkIn
     return infos
 
 
-def _decode_ci_v1(raw: bytes, i: int, where: str) -> ChunkInfo:
+def _decode_ci_v1(raw: Buffer, i: int, where: str) -> ChunkInfo:
     uncomp, comp = u64(raw, 16 * i), u64(raw, 16 * i + 8)
     if uncomp & 0xFF:
         raise BlobError(f"{where}: CI v1 entry {i} has non-zero reserved bits 0..7 ({uncomp & 0xFF:#x})")
@@ -253,7 +258,7 @@ def _decode_ci_v1(raw: bytes, i: int, where: str) -> ChunkInfo:
     )
 
 
-def _decode_ci_v2(raw: bytes, i: int, where: str) -> ChunkInfo:
+def _decode_ci_v2(raw: Buffer, i: int, where: str) -> ChunkInfo:
     uncomp, comp, data = u64(raw, 24 * i), u64(raw, 24 * i + 8), u64(raw, 24 * i + 16)
     flags = uncomp >> 56
     if flags & ~0x1F:
@@ -271,12 +276,12 @@ def _decode_ci_v2(raw: bytes, i: int, where: str) -> ChunkInfo:
 
 
 def parse_blob_meta_file(
-    data: bytes, where: str = "blob.meta file"
-) -> tuple[BlobMetaHeader, bytes, Sequence[ChunkInfo]]:
+    data: Buffer, where: str = "blob.meta file"
+) -> tuple[BlobMetaHeader, Buffer, Sequence[ChunkInfo]]:
     """A `<blob-id>.blob.meta` cache file: uncompressed CI data, zero padding to 4K, then the header."""
     if len(data) < BLOB_META_HEADER_SIZE or len(data) % BLOCK_SIZE:
         raise BlobError(f"{where}: size {len(data)} is not a positive multiple of 4096")
-    header = parse_blob_meta_header(data[-BLOB_META_HEADER_SIZE:], where)
+    header = parse_blob_meta_header(bytes(data[len(data) - BLOB_META_HEADER_SIZE :]), where)
     expected = align(header.ci_uncompressed_size, BLOCK_SIZE) + BLOB_META_HEADER_SIZE
     if len(data) != expected:
         raise BlobError(
@@ -284,8 +289,8 @@ def parse_blob_meta_file(
             f"{header.ci_uncompressed_size}, 4096) "
             f"+ 4096 = {expected}"
         )
-    ci = data[: header.ci_uncompressed_size]
-    if any(data[header.ci_uncompressed_size : -BLOB_META_HEADER_SIZE]):
+    ci = memoryview(data)[: header.ci_uncompressed_size]  # a view: a CI array may be tens of MB
+    if any(data[header.ci_uncompressed_size : len(data) - BLOB_META_HEADER_SIZE]):
         raise BlobError(f"{where}: padding between the CI data and the header is not zero")
     return header, ci, parse_chunk_infos(ci, header, where)
 
@@ -518,18 +523,21 @@ class NydusBlob:
             )
         return Digests(self._read(part.offset, part.size))
 
-    def inline_bootstrap(self) -> bytes | None:
-        """The uncompressed per-layer bootstrap (`image.boot`), or None when the blob has none."""
+    def inline_bootstrap(self, workdir: Path | None = None) -> Mapped | None:
+        """The uncompressed per-layer bootstrap (`image.boot`) in a mapped temp file, or None."""
         part = self.parts_by_name.get(IMAGE_BOOT)
         if part is None:
             return None
         entry = next((e for e in self.toc if e.name == IMAGE_BOOT), None)
-        raw = self._read(part.offset, part.size)
-        if entry is None:
-            return raw  # the pre-TOC format stores it uncompressed
-        if entry.uncompressed_size > MAX_BOOTSTRAP_SIZE:
-            raise BlobError(f"{self.where}: image.boot claims {entry.uncompressed_size} bytes, above 1 GiB")
-        return decompress(entry.compressor, raw, entry.uncompressed_size, f"{self.where} image.boot")
+        # the pre-TOC format stores it uncompressed
+        compressor, size = (
+            (COMPRESSOR_NONE, part.size) if entry is None else (entry.compressor, entry.uncompressed_size)
+        )
+        if size > MAX_BOOTSTRAP_SIZE:
+            raise BlobError(f"{self.where}: image.boot claims {size} bytes, above 1 GiB")
+        with open(self.path, "rb") as handle:
+            handle.seek(part.offset)
+            return decompress_to_map(compressor, handle, part.size, size, f"{self.where} image.boot", workdir)
 
     # -- chunks ---------------------------------------------------------------------------
 
@@ -623,16 +631,16 @@ def verify_blob(
     bootstrap_raw = blob.inline_bootstrap()
     inline = parse_bootstrap(bootstrap_raw) if bootstrap_raw is not None else None
     own = select_blob_entry(inline, blob) if inline is not None else None
-    inline_records = {}
+    inline_records: Mapping[int, ChunkRecord] = {}
     if inline is not None and own is not None:
-        inline_records = {rec.ci_index: rec for rec in inline.chunk_table if rec.blob_index == own.index}
+        inline_records = inline.chunk_table.of_blob(own.index)
     if entry is None:
         if inline is None:
             raise BlobError(f"{blob.where}: no inline bootstrap; pass the blob-table entry that describes it")
         entry = own
         if chunk_records is None:
             chunk_records = inline_records
-    digests: list[bytes] = []
+    digests: Sequence[bytes] = []
     if entry is not None:
         _check_entry(blob, entry)
         digests = _check_chunks(blob, entry, chunk_records or {})
@@ -738,7 +746,7 @@ def _check_zran_entry(blob: NydusBlob, entry: BlobEntry, where: str) -> None:
             raise BlobError(f"{where}: blob_toc_size {entry.toc_size}, expected 128 x {len(blob.toc)} + 512")
 
 
-def _check_toc_digests(blob: NydusBlob, bootstrap_raw: bytes | None, entry: BlobEntry | None) -> str:
+def _check_toc_digests(blob: NydusBlob, bootstrap_raw: Mapped | None, entry: BlobEntry | None) -> str:
     """Recompute every TOC digest and blob_toc_digest; returns the sha256 of the whole blob."""
     whole = hashlib.sha256()
     image_blob = hashlib.sha256()
@@ -756,13 +764,12 @@ def _check_toc_digests(blob: NydusBlob, bootstrap_raw: bytes | None, entry: Blob
     if blob.header is not None:
         meta = blob.parts_by_name[BLOB_META]
         header_raw = blob._read(meta.offset + meta.size - BLOB_META_HEADER_SIZE, BLOB_META_HEADER_SIZE)
-    digest_part = blob.parts_by_name.get(BLOB_DIGEST)
     actual = {
         IMAGE_BLOB: image_blob.digest(),
         BLOB_META: hashlib.sha256(blob.ci_raw).digest(),
         BLOB_META_HEADER: hashlib.sha256(header_raw).digest(),
-        BLOB_DIGEST: hashlib.sha256(b"".join(blob.digests)).digest() if digest_part else b"",
-        IMAGE_BOOT: hashlib.sha256(bootstrap_raw or b"").digest(),
+        BLOB_DIGEST: _sha256(blob.digests.raw) if isinstance(blob.digests, Digests) else b"",
+        IMAGE_BOOT: _sha256(bootstrap_raw or b""),
     }
     for toc_entry in blob.toc:
         if toc_entry.digest != actual[toc_entry.name]:
@@ -783,8 +790,18 @@ def _check_toc_digests(blob: NydusBlob, bootstrap_raw: bytes | None, entry: Blob
     return whole.hexdigest()
 
 
-def _check_chunks(blob: NydusBlob, entry: BlobEntry, records: Mapping[int, ChunkRecord]) -> list[bytes]:
-    digests: list[bytes] = []
+def _sha256(data: Buffer) -> bytes:
+    """sha256 of a buffer, a piece at a time: a mapping's pages are dropped as it is read."""
+    sha = hashlib.sha256()
+    view = memoryview(data)
+    for start in range(0, len(view), _HASH_PIECE):
+        sha.update(view[start : start + _HASH_PIECE])
+        release_pages(data)
+    return sha.digest()
+
+
+def _check_chunks(blob: NydusBlob, entry: BlobEntry, records: Mapping[int, ChunkRecord]) -> Digests:
+    digests = bytearray()
     with open(blob.path, "rb") as handle:
         for info in blob.chunks:
             data = blob.read_chunk(info.index, entry.compressor, handle)
@@ -794,8 +811,8 @@ def _check_chunks(blob: NydusBlob, entry: BlobEntry, records: Mapping[int, Chunk
                     f"{info.uncompressed_size} bytes, above the chunk size"
                 )
             where = f"{blob.where}: chunk {info.index} (compressed offset {info.compressed_offset})"
-            digests.append(check_chunk_data(blob, info, data, entry.digester, records.get(info.index), where))
-    return digests
+            digests += check_chunk_data(blob, info, data, entry.digester, records.get(info.index), where)
+    return Digests(digests)
 
 
 def check_chunk_data(

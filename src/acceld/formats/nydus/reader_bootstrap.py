@@ -2,16 +2,31 @@
 
 `parse_bootstrap(data)` checks every bootstrap rule of the format document (superblocks, device
 and blob tables, inodes, directory entries, xattrs, chunk addresses, chunk and prefetch tables)
-and returns a `RafsBootstrap` with the whole tree. Any violation raises `BootstrapError` naming
-the structure, its offset or nid, and the expected versus found value.
+and returns a `RafsBootstrap` that reads the tree from `data` again when asked (a bootstrap may
+hold a million files: no inode, path or chunk record is kept as an object). Any violation raises
+`BootstrapError` naming the structure, its offset or nid, and the expected versus found value.
 """
 
 from __future__ import annotations
 
-import itertools
+import bisect
+import struct
+from array import array
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, overload
 
+import numpy as np
+
+from acceld.formats.nydus.reader_claims import (
+    BLOB_TABLE_CLAIM,
+    CHUNK_TABLE_CLAIM,
+    DEVICE_TABLE_CLAIM,
+    PREFETCH_TABLE_CLAIM,
+    SUPERBLOCK_REST_CLAIM,
+    SUPERBLOCKS_CLAIM,
+    Claims,
+)
 from acceld.formats.nydus.reader_common import (
     BLOCK_SIZE,
     COMPRESSOR_NAMES,
@@ -24,7 +39,9 @@ from acceld.formats.nydus.reader_common import (
     FEATURE_IS_CHUNKDICT_GENERATED,
     FEATURE_ZRAN,
     KNOWN_BLOB_FEATURES,
+    MAX_BOOTSTRAP_SIZE,
     BootstrapError,
+    Mapped,
     UnsupportedNydusError,
     align,
     cstring,
@@ -32,7 +49,7 @@ from acceld.formats.nydus.reader_common import (
     u32,
     u64,
 )
-from acceld.formats.nydus.reader_inodes import Inode, InodeTree
+from acceld.formats.nydus.reader_inodes import ChunkAddr, Inode, InodeTree
 
 EROFS_MAGIC: Final = 0xE0F5E1E2
 RAFS_V5_MAGIC: Final = b"SFAR"  # u32 0x52414653 at offset 0
@@ -78,6 +95,8 @@ CHUNK_HOLE: Final = 0x2
 CHUNK_ENCRYPTED: Final = 0x4
 CHUNK_BATCH: Final = 0x8
 CHUNK_HAS_CRC32: Final = 0x10
+_CHUNK_RECORD: Final = struct.Struct("<32sIIIIQQQII")
+_POSITION_BITS: Final = 24  # a chunk table of a bootstrap <= 1 GiB has < 2^24 entries of 80 bytes
 
 
 @dataclass(frozen=True)
@@ -129,23 +148,96 @@ class ChunkRecord:
     crc32: int
 
 
-@dataclass
-class RafsBootstrap:
-    """A validated RAFS v6 bootstrap: tables and the whole tree (paths → nids)."""
+class ChunkTable(Sequence[ChunkRecord]):
+    """The chunk table, read from the bootstrap by position; found by (blob, CI index) through one
+    sorted array of (blob << 24 | CI index) << 24 | position."""
 
-    size: int
-    flags: int
-    chunk_size: int
-    root_nid: int
-    inode_count: int
-    meta_blkaddr: int
-    build_time: int
-    blobs: list[BlobEntry]
-    devices: list[Device]
-    chunk_table: list[ChunkRecord]
-    prefetch_nids: list[int]
-    inodes: dict[int, Inode]
-    paths: dict[str, int]  # absolute path → nid, in tree-walk order
+    def __init__(self, data: Mapped, offset: int, keys: array[int]) -> None:
+        self.data, self.offset, self.keys = data, offset, keys
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @overload
+    def __getitem__(self, index: int) -> ChunkRecord: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[ChunkRecord]: ...
+
+    def __getitem__(self, index: int | slice) -> ChunkRecord | list[ChunkRecord]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return _decode_record(self.data, self.offset + index * CHUNK_RECORD_SIZE)
+
+    def find(self, blob_index: int, ci_index: int) -> ChunkRecord | None:
+        prefix = (blob_index << 24 | ci_index) << _POSITION_BITS
+        at = bisect.bisect_left(self.keys, prefix)
+        if at == len(self.keys) or self.keys[at] >> _POSITION_BITS != prefix >> _POSITION_BITS:
+            return None
+        return self[self.keys[at] & (1 << _POSITION_BITS) - 1]
+
+    def of_blob(self, blob_index: int) -> BlobRecords:
+        return BlobRecords(self, blob_index)
+
+
+class BlobRecords(Mapping[int, ChunkRecord]):
+    """The chunk-table entries of one blob by CI index (in CI order), read on access."""
+
+    def __init__(self, table: ChunkTable, blob_index: int) -> None:
+        self.table, self.blob_index = table, blob_index
+        first = blob_index << 24 + _POSITION_BITS
+        self.lo = bisect.bisect_left(table.keys, first)
+        self.hi = bisect.bisect_left(table.keys, first + (1 << 24 + _POSITION_BITS))
+
+    def __len__(self) -> int:
+        return self.hi - self.lo
+
+    def __iter__(self) -> Iterator[int]:
+        for at in range(self.lo, self.hi):
+            yield self.table.keys[at] >> _POSITION_BITS & 0xFF_FFFF
+
+    def __getitem__(self, ci_index: int) -> ChunkRecord:
+        record = self.table.find(self.blob_index, ci_index)
+        if record is None:
+            raise KeyError(ci_index)
+        return record
+
+    def values(self) -> Iterator[ChunkRecord]:  # type: ignore[override]
+        mask = (1 << _POSITION_BITS) - 1
+        for at in range(self.lo, self.hi):
+            yield self.table[self.table.keys[at] & mask]
+
+
+class RafsBootstrap:
+    """A validated RAFS v6 bootstrap: its tables, and its tree read again from `data` on demand."""
+
+    def __init__(
+        self,
+        data: Mapped,
+        flags: int,
+        chunk_size: int,
+        superblock: dict[str, int],
+        blobs: list[BlobEntry],
+        devices: list[Device],
+        chunk_table: ChunkTable,
+        prefetch: tuple[int, int],
+    ) -> None:
+        self.data = data
+        self.size = len(data)
+        self.flags = flags
+        self.chunk_size = chunk_size
+        self.root_nid = superblock["root_nid"]
+        self.inode_count = superblock["inos"]
+        self.meta_blkaddr = superblock["meta_blkaddr"]
+        self.build_time = superblock["build_time"]
+        self.blobs = blobs
+        self.devices = devices
+        self.chunk_table = chunk_table
+        self._prefetch = prefetch
 
     @property
     def compressor(self) -> int:
@@ -155,29 +247,41 @@ class RafsBootstrap:
     def digester(self) -> int:
         return HASH_FLAGS[_single_flag(self.flags, HASH_FLAGS)]
 
-    def inode(self, path: str) -> Inode:
-        nid = self.paths.get(path)
-        if nid is None:
-            raise BootstrapError(f"no such path in the bootstrap: {path}")
-        return self.inodes[nid]
+    @property
+    def prefetch_nids(self) -> list[int]:
+        offset, size = self._prefetch
+        return [u32(self.data, offset + 4 * i) for i in range(size // 4)]
 
-    def chunk_records_by_address(self) -> dict[tuple[int, int], ChunkRecord]:
-        return {(rec.blob_index, rec.ci_index): rec for rec in self.chunk_table}
+    def _tree(self) -> InodeTree:
+        return InodeTree(
+            self.data, self.meta_blkaddr * BLOCK_SIZE, self.chunk_size, self.blobs, self.build_time
+        )
+
+    def walk(self) -> Iterator[tuple[str, Inode]]:
+        """Every path with its inode (read again, one at a time), parents before children."""
+        return self._tree().walk(self.root_nid)
+
+    def inode(self, path: str) -> Inode:
+        return self._tree().find(self.root_nid, path)
 
 
 def _single_flag(flags: int, group: dict[int, int]) -> int:
     return next(bit for bit in group if flags & bit)
 
 
-def parse_bootstrap(data: bytes) -> RafsBootstrap:
+def parse_bootstrap(data: Mapped) -> RafsBootstrap:
     """Validate a whole RAFS v6 bootstrap and return its model (raises BootstrapError)."""
     return _BootstrapParser(data).parse()
 
 
+def _decode_record(data: Mapped, off: int) -> ChunkRecord:
+    return ChunkRecord(*_CHUNK_RECORD.unpack_from(data, off))
+
+
 class _BootstrapParser:
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: Mapped) -> None:
         self.data = data
-        self.ranges: list[tuple[int, int, str]] = []  # [start, end) of every structure, for overlap checks
+        self.claims = Claims()  # [start, end) of every structure, for overlap checks
 
     # -- superblocks and tables ---------------------------------------------------------------
 
@@ -198,6 +302,8 @@ class _BootstrapParser:
             )
         if len(data) % BLOCK_SIZE:
             raise BootstrapError(f"bootstrap size {len(data)} is not a multiple of 4096")
+        if len(data) > MAX_BOOTSTRAP_SIZE:
+            raise BootstrapError(f"bootstrap is {len(data)} bytes, above 1 GiB")
         sb = self._superblock()
         flags = u64(data, EXT_SUPERBLOCK_OFFSET)
         self._check_flags(flags)
@@ -210,7 +316,7 @@ class _BootstrapParser:
         self._check_ext_reserved()
         self.chunk_size = chunk_size
         extra_devices = sb["extra_devices"]
-        self._claim(0, EXT_SUPERBLOCK_OFFSET + 256, "superblocks")
+        self.claims.add(0, EXT_SUPERBLOCK_OFFSET + 256, SUPERBLOCKS_CLAIM)
         devices = self._devices(extra_devices)
         blobs = self._blob_table(chunk_size, flags)
         if len(blobs) != extra_devices:
@@ -230,39 +336,31 @@ class _BootstrapParser:
                 f"but {'every' if all_inlined else 'not every'} blob has the INLINED_CHUNK_DIGEST feature"
             )
         chunk_table = self._chunk_table(blobs)
-        prefetch_offset, prefetch_size = self._prefetch_table_location()
+        prefetch = self._prefetch_table_location()
         root_nid = sb["root_nid"]
+        self.chunk_table = chunk_table
         tree = InodeTree(
-            data, sb["meta_blkaddr"] * BLOCK_SIZE, chunk_size, blobs, sb["build_time"], self._claim
+            data,
+            sb["meta_blkaddr"] * BLOCK_SIZE,
+            chunk_size,
+            blobs,
+            sb["build_time"],
+            self.claims,
+            self._check_chunk if len(chunk_table) else None,
         )
-        paths = tree.walk(root_nid)
-        tree.check_links(paths, root_nid)
-        self.inodes = tree.inodes
-        self._check_chunks(chunk_table)
-        if any(inode.xattrs for inode in self.inodes.values()) and not flags & FLAG_HAS_XATTR:
+        names = sum(1 for _ in tree.walk(root_nid))
+        tree.check_links()
+        if tree.has_xattrs and not flags & FLAG_HAS_XATTR:
             raise BootstrapError("inodes carry xattrs but s_flags lacks HAS_XATTR (0x20)")
-        if sb["inos"] != len(paths):
+        if sb["inos"] != names:
             raise BootstrapError(
-                f"superblock s_inos is {sb['inos']}, expected "
-                f"{len(paths)} (tree entries incl. hardlink names)"
+                f"superblock s_inos is {sb['inos']}, expected {names} (tree entries incl. hardlink names)"
             )
-        prefetch = self._prefetch_nids(prefetch_offset, prefetch_size)
-        self._check_overlaps()
-        return RafsBootstrap(
-            size=len(data),
-            flags=flags,
-            chunk_size=chunk_size,
-            root_nid=root_nid,
-            inode_count=sb["inos"],
-            meta_blkaddr=sb["meta_blkaddr"],
-            build_time=sb["build_time"],
-            blobs=blobs,
-            devices=devices,
-            chunk_table=chunk_table,
-            prefetch_nids=prefetch,
-            inodes=self.inodes,
-            paths=paths,
-        )
+        self._check_prefetch_nids(*prefetch, tree)
+        del tree
+        bootstrap = RafsBootstrap(data, flags, chunk_size, sb, blobs, devices, chunk_table, prefetch)
+        self.claims.check(lambda nid: _describe_inode(bootstrap, nid))
+        return bootstrap
 
     def _superblock(self) -> dict[str, int]:
         data, base = self.data, SUPERBLOCK_OFFSET
@@ -341,9 +439,9 @@ class _BootstrapParser:
             raise BootstrapError(
                 f"device table ({count} slots) ends at {end}, past the bootstrap end {len(data)}"
             )
-        self._claim(DEVICE_TABLE_OFFSET, end, "device table")
+        self.claims.add(DEVICE_TABLE_OFFSET, end, DEVICE_TABLE_CLAIM)
         if end < BLOCK_SIZE:
-            self._claim(end, BLOCK_SIZE, "the rest of the superblock block")
+            self.claims.add(end, BLOCK_SIZE, SUPERBLOCK_REST_CLAIM)
         devices = []
         seen: set[str] = set()
         for i in range(count):
@@ -371,7 +469,7 @@ class _BootstrapParser:
             raise BootstrapError(
                 f"blob table {offset:#x}+{size:#x} runs past the bootstrap end {len(data):#x}"
             )
-        self._claim(offset, offset + size, "blob table")
+        self.claims.add(offset, offset + size, BLOB_TABLE_CLAIM)
         blobs = []
         for i in range(size // BLOB_ENTRY_SIZE):
             blobs.append(self._blob_entry(offset + i * BLOB_ENTRY_SIZE, i, chunk_size, flags))
@@ -465,11 +563,12 @@ class _BootstrapParser:
                     )
                 position = (dev.mapped_blkaddr + dev.blocks) * BLOCK_SIZE
 
-    def _chunk_table(self, blobs: list[BlobEntry]) -> list[ChunkRecord]:
+    def _chunk_table(self, blobs: list[BlobEntry]) -> ChunkTable:
         data, base = self.data, EXT_SUPERBLOCK_OFFSET
         offset, size = u64(data, base + 24), u64(data, base + 32)
+        keys: array[int] = array("Q")
         if size == 0:
-            return []
+            return ChunkTable(data, 0, keys)
         if (
             offset % BLOCK_SIZE
             or offset < BLOCK_SIZE
@@ -480,34 +579,27 @@ class _BootstrapParser:
                 f"chunk table offset {offset:#x} / size {size:#x}: expected a 4K-aligned offset >= 4096, a "
                 f"multiple of 80 bytes, inside the {len(data):#x}-byte bootstrap"
             )
-        self._claim(offset, offset + size, "chunk table")
+        self.claims.add(offset, offset + size, CHUNK_TABLE_CLAIM)
         # Current builders sort entries by digest; 2022 builders used hash-map order: order is not checked.
-        records: list[ChunkRecord] = []
-        seen: set[tuple[int, int]] = set()
         for i in range(size // CHUNK_RECORD_SIZE):
             off = offset + i * CHUNK_RECORD_SIZE
-            rec = ChunkRecord(
-                digest=bytes(data[off : off + 32]),
-                blob_index=u32(data, off + 32),
-                flags=u32(data, off + 36),
-                compressed_size=u32(data, off + 40),
-                uncompressed_size=u32(data, off + 44),
-                compressed_offset=u64(data, off + 48),
-                uncompressed_offset=u64(data, off + 56),
-                file_offset=u64(data, off + 64),
-                ci_index=u32(data, off + 72),
-                crc32=u32(data, off + 76),
-            )
+            rec = _decode_record(data, off)
             _check_chunk_record(rec, i, off, blobs, self.chunk_size)
-            key = (rec.blob_index, rec.ci_index)
-            if key in seen:
-                raise BootstrapError(
-                    f"chunk table entry {i} (offset {off:#x}) repeats "
-                    f"blob {rec.blob_index} CI index {rec.ci_index}"
-                )
-            seen.add(key)
-            records.append(rec)
-        return records
+            keys.append((rec.blob_index << 24 | rec.ci_index) << _POSITION_BITS | i)
+        view = np.frombuffer(keys, dtype=np.uint64)
+        view.sort()
+        blob_ci = view >> np.uint64(_POSITION_BITS)
+        repeats = np.nonzero(blob_ci[1:] == blob_ci[:-1])[0]
+        del blob_ci
+        if len(repeats):
+            i = int(min(view[repeats + 1] & np.uint64((1 << _POSITION_BITS) - 1)))
+            rec = _decode_record(data, offset + i * CHUNK_RECORD_SIZE)
+            raise BootstrapError(
+                f"chunk table entry {i} (offset {offset + i * CHUNK_RECORD_SIZE:#x}) repeats "
+                f"blob {rec.blob_index} CI index {rec.ci_index}"
+            )
+        del view, repeats
+        return ChunkTable(data, offset, keys)
 
     def _prefetch_table_location(self) -> tuple[int, int]:
         data, base = self.data, EXT_SUPERBLOCK_OFFSET
@@ -518,54 +610,43 @@ class _BootstrapParser:
             return 0, 0
         if offset < BLOCK_SIZE or offset + size > len(data):
             raise BootstrapError(f"prefetch table {offset:#x}+{size:#x} is outside 4096..{len(data):#x}")
-        self._claim(offset, offset + size, "prefetch table")
+        self.claims.add(offset, offset + size, PREFETCH_TABLE_CLAIM)
         return offset, size
 
-    def _prefetch_nids(self, offset: int, size: int) -> list[int]:
-        nids = [u32(self.data, offset + 4 * i) for i in range(size // 4)]
-        for i, nid in enumerate(nids):
-            if nid not in self.inodes:
+    def _check_prefetch_nids(self, offset: int, size: int, tree: InodeTree) -> None:
+        for i in range(size // 4):
+            nid = u32(self.data, offset + 4 * i)
+            if not tree.reached(nid):
                 raise BootstrapError(
                     f"prefetch table entry {i} (offset {offset + 4 * i:#x}) names nid {nid}, "
                     "which is not an inode of the tree"
                 )
-        return nids
 
-    def _check_chunks(self, chunk_table: list[ChunkRecord]) -> None:
-        """Every chunk address agrees with the chunk table entry of its (blob, CI index)."""
-        if not chunk_table:
-            return
-        records = {(rec.blob_index, rec.ci_index): rec for rec in chunk_table}
-        for inode in self.inodes.values():
-            for i, addr in enumerate(inode.chunks):
-                rec = records.get((addr.blob_index, addr.ci_index))
-                where = f"inode nid {inode.nid} chunk {i}"
-                if rec is None:
-                    raise BootstrapError(
-                        f"{where}: blob {addr.blob_index} CI index {addr.ci_index} has no chunk table entry"
-                    )
-                if rec.uncompressed_offset != addr.blk_addr * BLOCK_SIZE:
-                    raise BootstrapError(
-                        f"{where}: c_blk_addr {addr.blk_addr} x 4096 != chunk table uncompressed_offset "
-                        f"{rec.uncompressed_offset}"
-                    )
-                piece = min(self.chunk_size, inode.size - i * self.chunk_size)
-                if rec.uncompressed_size != piece:
-                    raise BootstrapError(
-                        f"{where}: chunk table uncompressed_size {rec.uncompressed_size}, expected {piece} "
-                        f"(file size {inode.size})"
-                    )
+    def _check_chunk(self, inode: Inode, i: int, addr: ChunkAddr) -> None:
+        """A chunk address agrees with the chunk table entry of its (blob, CI index)."""
+        rec = self.chunk_table.find(addr.blob_index, addr.ci_index)
+        where = f"inode nid {inode.nid} chunk {i}"
+        if rec is None:
+            raise BootstrapError(
+                f"{where}: blob {addr.blob_index} CI index {addr.ci_index} has no chunk table entry"
+            )
+        if rec.uncompressed_offset != addr.blk_addr * BLOCK_SIZE:
+            raise BootstrapError(
+                f"{where}: c_blk_addr {addr.blk_addr} x 4096 != chunk table uncompressed_offset "
+                f"{rec.uncompressed_offset}"
+            )
+        piece = min(self.chunk_size, inode.size - i * self.chunk_size)
+        if rec.uncompressed_size != piece:
+            raise BootstrapError(
+                f"{where}: chunk table uncompressed_size {rec.uncompressed_size}, expected {piece} "
+                f"(file size {inode.size})"
+            )
 
-    # -- overlap bookkeeping ------------------------------------------------------------------
 
-    def _claim(self, start: int, end: int, what: str) -> None:
-        self.ranges.append((start, end, what))
-
-    def _check_overlaps(self) -> None:
-        ordered = sorted(self.ranges)
-        for (s1, e1, w1), (s2, e2, w2) in itertools.pairwise(ordered):
-            if s2 < e1:
-                raise BootstrapError(f"{w1} [{s1:#x}, {e1:#x}) overlaps {w2} [{s2:#x}, {e2:#x})")
+def _describe_inode(bootstrap: RafsBootstrap, nid: int) -> str:
+    """How the walk names an inode in messages (its first path; only needed to report an overlap)."""
+    path = next((path for path, inode in bootstrap.walk() if inode.nid == nid), "?")
+    return f"inode nid {nid} ({path}, offset {bootstrap.meta_blkaddr * BLOCK_SIZE + nid * 32:#x})"
 
 
 def _blob_id(raw: bytes, where: str) -> str:

@@ -7,8 +7,12 @@ catches writer bugs, so it re-derives every rule from the format document.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import struct
-from typing import Final
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, Final, TypeAlias
 
 import blake3
 import fastcrc
@@ -36,6 +40,14 @@ class UnsupportedNydusError(NydusFormatError):
 
 BLOCK_SIZE: Final = 4096
 TAR_HEADER_SIZE: Final = 512
+MAX_BOOTSTRAP_SIZE: Final = 1 << 30  # refuse to inflate a larger image.boot (untrusted input)
+_SPOOL_PIECE: Final = 1 << 20
+_ZSTD_STEP: Final = 512
+
+# Bootstraps are read through a file mapping (a 1 M-file bootstrap is ~200 MB) or, for small inputs
+# and tests, from bytes: both slice to bytes and work with struct.unpack_from.
+Mapped: TypeAlias = bytes | mmap.mmap
+Buffer: TypeAlias = bytes | bytearray | memoryview | mmap.mmap  # what the u16/u32/u64 readers take
 
 # compression_algo / ci_compressor codes of the blob table and blob-meta header
 COMPRESSOR_NONE: Final = 0
@@ -66,23 +78,117 @@ def align(value: int, alignment: int) -> int:
     return (value + alignment - 1) // alignment * alignment
 
 
-def u8(buf: bytes, off: int) -> int:
+def u8(buf: Buffer, off: int) -> int:
     return buf[off]
 
 
-def u16(buf: bytes, off: int) -> int:
+def u16(buf: Buffer, off: int) -> int:
     value: int = struct.unpack_from("<H", buf, off)[0]
     return value
 
 
-def u32(buf: bytes, off: int) -> int:
+def u32(buf: Buffer, off: int) -> int:
     value: int = struct.unpack_from("<I", buf, off)[0]
     return value
 
 
-def u64(buf: bytes, off: int) -> int:
+def u64(buf: Buffer, off: int) -> int:
     value: int = struct.unpack_from("<Q", buf, off)[0]
     return value
+
+
+def map_file(handle: BinaryIO) -> Mapped:
+    """A read-only mapping of an open file (bytes when empty: an empty file cannot be mapped)."""
+    handle.seek(0, 2)
+    if handle.tell() == 0:
+        return b""
+    return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+def map_path(path: Path) -> Mapped:
+    with path.open("rb") as handle:
+        return map_file(handle)
+
+
+def release_pages(data: Buffer) -> None:
+    """Drop the pages of a mapping from this process (they stay in the page cache): bounded RSS."""
+    if isinstance(data, mmap.mmap) and not data.closed:
+        data.madvise(mmap.MADV_DONTNEED)
+
+
+def spool_file(workdir: Path | None = None) -> BinaryIO:
+    """An anonymous temp file (0600, gone when closed or when the process dies) for spooled metadata."""
+    return tempfile.TemporaryFile(dir=workdir)
+
+
+def decompress_to_map(
+    algo: int, source: BinaryIO, compressed_size: int, size: int, what: str, workdir: Path | None = None
+) -> Mapped:
+    """`decompress` of the next `compressed_size` bytes of `source`, into a mapped temp file.
+
+    none and zstd are streamed (zstd never produces more than `size` bytes plus one step's output);
+    lz4_block has no streaming form and is decompressed in memory.
+    """
+    if algo not in (COMPRESSOR_NONE, COMPRESSOR_ZSTD):
+        return decompress(algo, _read_exact(source, compressed_size, what), size, what)
+    with spool_file(workdir) as out:
+        if algo == COMPRESSOR_ZSTD:
+            _zstd_stream(source, compressed_size, size, out, what)
+        else:
+            for piece in _pieces(source, compressed_size, what):
+                out.write(piece)
+            if compressed_size != size:
+                raise BlobError(f"{what}: decompressed to {compressed_size} bytes, expected {size}")
+        return map_file(out)
+
+
+def _read_exact(source: BinaryIO, count: int, what: str) -> bytes:
+    data = source.read(count)
+    if len(data) != count:
+        raise BlobError(f"{what}: short read ({len(data)} of {count} bytes)")
+    return data
+
+
+def _pieces(source: BinaryIO, count: int, what: str) -> Iterator[bytes]:
+    while count:
+        piece = _read_exact(source, min(count, _SPOOL_PIECE), what)
+        count -= len(piece)
+        yield piece
+
+
+def _zstd_stream(source: BinaryIO, compressed_size: int, size: int, out: BinaryIO, what: str) -> None:
+    """`_zstd_exact` for a frame read from `source` and written to `out` piece by piece.
+
+    The input goes in small steps so that one step can never inflate far (a block holds <= 128 KiB).
+    """
+    decoder = zstandard.ZstdDecompressor().decompressobj()
+    written, unused, first = 0, 0, True
+    try:
+        for piece in _pieces(source, compressed_size, what):
+            if first:
+                declared = zstandard.get_frame_parameters(piece).content_size
+                if declared not in (zstandard.CONTENTSIZE_UNKNOWN, size):
+                    raise BlobError(f"{what}: zstd frame holds {declared} bytes, expected {size}")
+                first = False
+            view = memoryview(piece)
+            for start in range(0, len(view), _ZSTD_STEP):
+                if decoder.eof:
+                    unused += len(view) - start
+                    break
+                produced = decoder.decompress(view[start : start + _ZSTD_STEP])
+                written += len(produced)
+                if written > size:
+                    raise BlobError(f"{what}: zstd frame holds more than {size} bytes, expected {size}")
+                out.write(produced)
+    except zstandard.ZstdError as exc:
+        raise BlobError(f"{what}: zstd data does not decompress ({exc})") from exc
+    if not decoder.eof:
+        raise BlobError(f"{what}: zstd frame is truncated")
+    unused += len(decoder.unused_data)
+    if unused:
+        raise BlobError(f"{what}: {unused} trailing bytes after the zstd frame")
+    if written != size:
+        raise BlobError(f"{what}: decompressed to {written} bytes, expected {size}")
 
 
 def cstring(raw: bytes) -> bytes:

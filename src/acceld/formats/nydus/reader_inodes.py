@@ -9,11 +9,24 @@ from __future__ import annotations
 
 import itertools
 import stat
+import struct
+from array import array
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-from acceld.formats.nydus.reader_common import BLOCK_SIZE, BootstrapError, align, u16, u32, u64
+import numpy as np
+
+from acceld.formats.nydus.reader_claims import INODE_BLOCKS_CLAIM, INODE_CLAIM, Claims
+from acceld.formats.nydus.reader_common import (
+    BLOCK_SIZE,
+    BootstrapError,
+    Mapped,
+    align,
+    release_pages,
+    u16,
+    u64,
+)
 
 INODE_SLOT: Final = 32
 COMPACT_INODE_SIZE: Final = 32
@@ -26,6 +39,9 @@ LAYOUT_FLAT_PLAIN: Final = 0
 LAYOUT_FLAT_INLINE: Final = 2
 LAYOUT_CHUNK_BASED: Final = 4
 CHUNK_FORMAT_INDEXES: Final = 0x20
+_EXTENDED: Final = struct.Struct("<QIIIIQII")  # i_size, i_u, i_ino, uid, gid, mtime, mtime_nsec, i_nlink
+_COMPACT: Final = struct.Struct("<HIxxxxIIHH")  # i_nlink, i_size, (reserved), i_u, i_ino, uid, gid
+_CHUNK_ADDR: Final = struct.Struct("<HHI")
 
 XATTR_PREFIXES: Final = {
     1: b"user.",
@@ -102,116 +118,198 @@ class Inode:
         return (dev >> 8) & 0xFFF, (dev & 0xFF) | ((dev >> 12) & 0xFFF00)
 
 
+ChunkCheck = Callable[["Inode", int, ChunkAddr], None]
+_RELEASE_EVERY: Final = 8192  # inodes parsed between drops of the bootstrap mapping's pages
+
+
 class InodeTree:
-    """Parses inodes on demand while walking the tree; `claim` records every byte range used."""
+    """Parses inodes on demand while walking the tree; nothing is kept per inode.
+
+    A checking tree (`claims` given) claims every byte range it parses, checks chunk addresses
+    with `check_chunk`, refuses a directory reachable twice and records one 8-byte key per name
+    for `check_links`. Other trees only read (a bootstrap already checked).
+    """
 
     def __init__(
         self,
-        data: bytes,
+        data: Mapped,
         meta_addr: int,
         chunk_size: int,
         blobs: Sequence[BlobLimits],
         compact_mtime: int,
-        claim: Callable[[int, int, str], None],
+        claims: Claims | None = None,
+        check_chunk: ChunkCheck | None = None,
     ) -> None:
         self.data = data
         self.meta_addr = meta_addr
         self.chunk_size = chunk_size
         self.blobs = blobs
         self.compact_mtime = compact_mtime  # compact inodes have no mtime: the superblock build time
-        self.claim = claim
-        self.inodes: dict[int, Inode] = {}
+        self.claims = claims
+        self.check_chunk = check_chunk
+        self.seen = bytearray((len(data) - meta_addr) // INODE_SLOT // 8 + 1 if len(data) > meta_addr else 1)
+        self.names = array("Q")  # ino << 32 | nid << 2 | directory << 1 | (i_nlink == 1), one per name
+        self.has_xattrs = False
+        self.parsed = 0
 
-    def walk(self, root_nid: int) -> dict[str, int]:
-        root = self._inode(root_nid, "/")
+    def walk(self, root_nid: int) -> Iterator[tuple[str, Inode]]:
+        """Every path with its inode, parents before children, each directory's entries in dirent order."""
+        root = self._reach(root_nid, "/")
         if root.kind != stat.S_IFDIR:
             raise BootstrapError(f"root nid {root_nid} is not a directory (mode {root.mode:#o})")
-        paths: dict[str, int] = {"/": root_nid}
-        visited_dirs = {root_nid}
-        stack: list[tuple[str, Inode, int]] = [("/", root, root_nid)]
-        while stack:
-            path, directory, parent_nid = stack.pop()
-            subdirs: list[tuple[str, Inode, int]] = []
-            for name, nid, ftype in directory.entries:
-                if name in (b".", b"..") and ftype != FILE_TYPES[stat.S_IFDIR]:
-                    raise BootstrapError(
-                        f"directory {path} (nid {directory.nid}): {name!r} has file type {ftype}"
-                    )
-                if name == b".":
-                    if nid != directory.nid:
-                        raise BootstrapError(
-                            f"directory {path} (nid {directory.nid}): '.' points to nid {nid}"
-                        )
-                    continue
-                if name == b"..":
-                    if nid != parent_nid:
-                        raise BootstrapError(
-                            f"directory {path} (nid {directory.nid}): '..' points to nid {nid}, "
-                            f"expected the parent nid {parent_nid}"
-                        )
-                    continue
-                child_path = (path if path != "/" else "") + "/" + name.decode("utf-8", "surrogateescape")
-                child = self._inode(nid, child_path)
-                if FILE_TYPES.get(child.kind) != ftype:
-                    raise BootstrapError(
-                        f"dirent {child_path}: file type {ftype} does "
-                        f"not match the inode mode {child.mode:#o}"
-                    )
-                paths[child_path] = nid
-                if child.kind == stat.S_IFDIR:
-                    if nid in visited_dirs:
-                        raise BootstrapError(
-                            f"directory nid {nid} is reachable twice (again as {child_path})"
-                        )
-                    visited_dirs.add(nid)
-                    subdirs.append((child_path, child, directory.nid))
-            expected_nlink = 2 + len(subdirs)
-            if directory.nlink != expected_nlink:
-                raise BootstrapError(
-                    f"directory {path} (nid {directory.nid}) has i_nlink {directory.nlink}, expected "
-                    f"{expected_nlink} (2 + subdirectories)"
-                )
-            stack.extend(reversed(subdirs))
-        return paths
+        if root.ino:  # old builders wrote i_ino 0 for the root
+            self._name(root)
+        yield "/", root
+        frames: list[_Frame] = []
+        path, nid, parent_nid = "/", root_nid, root_nid
+        while True:
+            frame = _Frame(path, nid)
+            yield from self._list(frame, parent_nid)
+            frames.append(frame)
+            while frames and not frames[-1].pending():
+                frames.pop()
+            if not frames:
+                return
+            parent = frames[-1]
+            name, nid = parent.next()
+            path, parent_nid = (parent.path if parent.path != "/" else "") + "/" + name, parent.nid
 
-    def check_links(self, paths: dict[str, int], root_nid: int) -> None:
+    def _list(self, frame: _Frame, parent_nid: int) -> Iterator[tuple[str, Inode]]:
+        """The entries of one directory; its subdirectories are noted in `frame` for later."""
+        path = frame.path
+        directory = self._parse(frame.nid, path, claim=False, entries=True)
+        prefix = path if path != "/" else ""
+        for name, nid, ftype in directory.entries:
+            if name in (b".", b"..") and ftype != FILE_TYPES[stat.S_IFDIR]:
+                raise BootstrapError(
+                    f"directory {path} (nid {directory.nid}): {name!r} has file type {ftype}"
+                )
+            if name == b".":
+                if nid != directory.nid:
+                    raise BootstrapError(f"directory {path} (nid {directory.nid}): '.' points to nid {nid}")
+                continue
+            if name == b"..":
+                if nid != parent_nid:
+                    raise BootstrapError(
+                        f"directory {path} (nid {directory.nid}): '..' points to nid {nid}, "
+                        f"expected the parent nid {parent_nid}"
+                    )
+                continue
+            child_path = prefix + "/" + name.decode("utf-8", "surrogateescape")
+            child = self._reach(nid, child_path)
+            if FILE_TYPES.get(child.kind) != ftype:
+                raise BootstrapError(
+                    f"dirent {child_path}: file type {ftype} does not match the inode mode {child.mode:#o}"
+                )
+            if self.claims is not None:
+                self._name(child)
+            if child.kind == stat.S_IFDIR:
+                frame.add(name, nid)
+            yield child_path, child
+        expected_nlink = 2 + len(frame.nids)
+        if directory.nlink != expected_nlink:
+            raise BootstrapError(
+                f"directory {path} (nid {directory.nid}) has i_nlink {directory.nlink}, expected "
+                f"{expected_nlink} (2 + subdirectories)"
+            )
+
+    def find(self, root_nid: int, path: str) -> Inode:
+        """The inode of an absolute path, found through the directory entries."""
+        parts = path.split("/")[1:] if path != "/" else []
+        if not path.startswith("/") or any(part in ("", ".", "..") for part in parts):
+            raise BootstrapError(f"no such path in the bootstrap: {path}")
+        inode = self._parse(root_nid, "/", claim=False, entries=bool(parts))
+        for depth, part in enumerate(parts):
+            name = part.encode("utf-8", "surrogateescape")
+            nid = next((nid for entry, nid, _ in inode.entries if entry == name), None)
+            if nid is None or (depth + 1 < len(parts) and inode.kind != stat.S_IFDIR):
+                raise BootstrapError(f"no such path in the bootstrap: {path}")
+            inode = self._parse(nid, path, claim=False, entries=depth + 1 < len(parts))
+        return inode
+
+    def load(self, nid: int) -> Inode:
+        """One inode of a checked tree, with its data."""
+        return self._parse(nid, "", claim=False, entries=True)
+
+    def _name(self, inode: Inode) -> None:
+        directory = inode.kind == stat.S_IFDIR
+        self.names.append(inode.ino << 32 | inode.nid << 2 | directory << 1 | (inode.nlink == 1))
+
+    def check_links(self) -> None:
         """i_ino identifies a file: one nid per i_ino, or (2022 builders) identical copies sharing one.
 
-        i_nlink of a non-directory must count every name of that file.
+        i_nlink of a non-directory must count every name of that file. Only names whose i_ino is
+        shared or whose i_nlink is not 1 are looked at one by one.
         """
-        names: dict[int, int] = {}
-        for nid in paths.values():
-            names[nid] = names.get(nid, 0) + 1
-        nids_of_ino: dict[int, list[int]] = {}
-        for nid in names:
-            if nid == root_nid and self.inodes[nid].ino == 0:
-                continue  # old builders wrote i_ino 0 for the root
-            nids_of_ino.setdefault(self.inodes[nid].ino, []).append(nid)
-        for ino, nids in nids_of_ino.items():
-            first = self.inodes[nids[0]]
-            for nid in nids[1:]:
-                other = self.inodes[nid]
-                if first.kind == stat.S_IFDIR or not _same_file(first, other):
-                    raise BootstrapError(
-                        f"nids {first.nid} and {nid} share i_ino {ino} but are different files"
-                    )
-            total = sum(names[nid] for nid in nids)
-            for nid in nids:
-                inode = self.inodes[nid]
-                if inode.kind != stat.S_IFDIR and inode.nlink != total:
-                    raise BootstrapError(
-                        f"nid {nid} (i_ino {ino}) has i_nlink {inode.nlink} but the file has {total} names"
-                    )
+        keys = np.frombuffer(self.names, dtype=np.uint64)
+        keys = np.sort(keys)
+        inos = keys >> np.uint64(32)
+        shared = np.zeros(len(keys), dtype=bool)
+        if len(keys) > 1:
+            same = inos[1:] == inos[:-1]
+            shared[1:] |= same
+            shared[:-1] |= same
+        del inos
+        plain = (keys & np.uint64(3)) != 0  # a directory, or a file of one link
+        suspects = np.nonzero(shared | ~plain)[0]
+        del shared, plain
+        groups: dict[int, list[int]] = {}
+        for index in suspects:
+            key = int(keys[index])
+            groups.setdefault(key >> 32, []).append((key >> 2) & 0x3FFF_FFFF)
+        for ino, names in groups.items():
+            self._check_link_group(ino, names)
 
-    def _inode(self, nid: int, path: str) -> Inode:
-        cached = self.inodes.get(nid)
-        if cached is not None:
-            return cached
-        data = self.data
+    def _check_link_group(self, ino: int, names: list[int]) -> None:
+        nids = sorted(set(names))
+        first = self.load(nids[0])
+        for nid in nids[1:]:
+            other = self.load(nid)
+            if first.kind == stat.S_IFDIR or not _same_file(first, other):
+                raise BootstrapError(f"nids {first.nid} and {nid} share i_ino {ino} but are different files")
+        total = len(names)
+        for nid in nids:
+            inode = self.load(nid)
+            if inode.kind != stat.S_IFDIR and inode.nlink != total:
+                raise BootstrapError(
+                    f"nid {nid} (i_ino {ino}) has i_nlink {inode.nlink} but the file has {total} names"
+                )
+
+    def reached(self, nid: int) -> bool:
+        """Whether the checking walk reached `nid`."""
+        return 0 <= nid < len(self.seen) * 8 and bool(self.seen[nid >> 3] & 1 << (nid & 7))
+
+    def _reach(self, nid: int, path: str) -> Inode:
+        """The inode of a name met while walking; a checking tree parses (claims) each nid only once."""
+        if self.claims is None:
+            return self._parse(nid, path, claim=False, entries=False)
+        self._offset(nid, path)
+        if self.reached(nid):
+            inode = self._parse(nid, path, claim=False, entries=False)
+            if inode.kind == stat.S_IFDIR:
+                raise BootstrapError(f"directory nid {nid} is reachable twice (again as {path})")
+            return inode
+        self.seen[nid >> 3] |= 1 << (nid & 7)
+        return self._parse(nid, path, claim=True, entries=False)
+
+    def _offset(self, nid: int, path: str) -> int:
         offset = self.meta_addr + nid * INODE_SLOT
+        if offset + COMPACT_INODE_SIZE > len(self.data):
+            raise BootstrapError(
+                f"inode nid {nid} ({path}, offset {offset:#x}) lies past the bootstrap end "
+                f"{len(self.data):#x}"
+            )
+        return offset
+
+    def _parse(self, nid: int, path: str, *, claim: bool, entries: bool) -> Inode:
+        """Parse one inode; `claim` also claims its bytes and checks its chunks (first reach), `entries`
+        reads a directory's entries."""
+        self.parsed += 1
+        if self.parsed % _RELEASE_EVERY == 0:
+            release_pages(self.data)
+        data = self.data
+        offset = self._offset(nid, path)
         where = f"inode nid {nid} ({path}, offset {offset:#x})"
-        if offset + COMPACT_INODE_SIZE > len(data):
-            raise BootstrapError(f"{where} lies past the bootstrap end {len(data):#x}")
         i_format = u16(data, offset)
         if i_format & ~0xF:
             raise BootstrapError(f"{where}: i_format {i_format:#x} has unknown bits")
@@ -223,17 +321,9 @@ class InodeTree:
         icount = u16(data, offset + 2)
         mode = u16(data, offset + 4)
         if extended:
-            size, i_u, ino = u64(data, offset + 8), u32(data, offset + 16), u32(data, offset + 20)
-            uid, gid = u32(data, offset + 24), u32(data, offset + 28)
-            mtime, mtime_nsec, nlink = u64(data, offset + 32), u32(data, offset + 40), u32(data, offset + 44)
+            size, i_u, ino, uid, gid, mtime, mtime_nsec, nlink = _EXTENDED.unpack_from(data, offset + 8)
         else:
-            nlink, size, i_u, ino = (
-                u16(data, offset + 6),
-                u32(data, offset + 8),
-                u32(data, offset + 16),
-                u32(data, offset + 20),
-            )
-            uid, gid = u16(data, offset + 24), u16(data, offset + 26)
+            nlink, size, i_u, ino, uid, gid = _COMPACT.unpack_from(data, offset + 6)
             mtime, mtime_nsec = self.compact_mtime, 0
         if nlink == 0:
             raise BootstrapError(f"{where}: i_nlink is 0")
@@ -258,12 +348,13 @@ class InodeTree:
             raise BootstrapError(f"{where}: {xattr_size} bytes of xattrs run past the bootstrap end")
         if icount:
             inode.xattrs = _parse_xattrs(data[offset + isize : body_end], where)
-        end = self._inode_data(inode, body_end, where)
-        self.claim(offset, end, where)
-        self.inodes[nid] = inode
+            self.has_xattrs = True
+        end = self._inode_data(inode, body_end, where, claim, entries)
+        if claim and self.claims is not None:
+            self.claims.add(offset, end, INODE_CLAIM, nid)
         return inode
 
-    def _inode_data(self, inode: Inode, body_end: int, where: str) -> int:
+    def _inode_data(self, inode: Inode, body_end: int, where: str, claim: bool, entries: bool) -> int:
         """Parse the type-specific data of `inode`; returns the end of its inline part."""
         kind, layout, size = inode.kind, inode.layout, inode.size
         if kind == stat.S_IFREG:
@@ -271,7 +362,7 @@ class InodeTree:
                 raise BootstrapError(
                     f"{where}: regular file has data layout {layout}, expected 4 (CHUNK_BASED)"
                 )
-            return self._chunk_addresses(inode, body_end, where)
+            return self._chunk_addresses(inode, body_end, where, claim)
         if kind in (stat.S_IFDIR, stat.S_IFLNK):
             if layout not in (LAYOUT_FLAT_PLAIN, LAYOUT_FLAT_INLINE):
                 raise BootstrapError(
@@ -281,11 +372,11 @@ class InodeTree:
                 raise BootstrapError(
                     f"{where}: {'directory' if kind == stat.S_IFDIR else 'symlink'} has i_size 0"
                 )
-            content, end = self._flat_data(inode, body_end, where)
+            pieces, end = self._flat_data(inode, body_end, where, claim)
             if kind == stat.S_IFLNK:
-                inode.target = b"".join(content)
-            else:
-                inode.entries = _parse_dirents(content, size, where)
+                inode.target = b"".join(self.data[start:stop] for start, stop in pieces)
+            elif entries:
+                inode.entries = _parse_dirents([self.data[start:stop] for start, stop in pieces], size, where)
             return end
         if kind in (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK):
             if layout != LAYOUT_FLAT_PLAIN or size != 0:
@@ -295,8 +386,10 @@ class InodeTree:
             return body_end
         raise BootstrapError(f"{where}: i_mode {inode.mode:#o} has no valid file type")
 
-    def _flat_data(self, inode: Inode, body_end: int, where: str) -> tuple[list[bytes], int]:
-        """The data blocks of a FLAT_PLAIN / FLAT_INLINE inode (last one cut to i_size)."""
+    def _flat_data(
+        self, inode: Inode, body_end: int, where: str, claim: bool
+    ) -> tuple[list[tuple[int, int]], int]:
+        """The byte ranges of a FLAT_PLAIN / FLAT_INLINE inode's data (the last one cut to i_size)."""
         data, size = self.data, inode.size
         nblocks = -(-size // BLOCK_SIZE)
         tail = size % BLOCK_SIZE
@@ -304,7 +397,7 @@ class InodeTree:
         if inline and tail == 0:
             raise BootstrapError(f"{where}: FLAT_INLINE with i_size {size}, a multiple of 4096 (no tail)")
         plain_blocks = nblocks - 1 if inline else nblocks
-        blocks: list[bytes] = []
+        pieces: list[tuple[int, int]] = []
         if plain_blocks:
             start = inode.i_u * BLOCK_SIZE
             stop = start + plain_blocks * BLOCK_SIZE
@@ -313,23 +406,24 @@ class InodeTree:
                     f"{where}: data blocks {inode.i_u}..{inode.i_u + plain_blocks - 1} "
                     "lie outside the bootstrap"
                 )
-            self.claim(start, stop, f"{where} data blocks")
+            if claim and self.claims is not None:
+                self.claims.add(start, stop, INODE_BLOCKS_CLAIM, inode.nid)
             for k in range(plain_blocks):
-                block = data[start + k * BLOCK_SIZE : start + (k + 1) * BLOCK_SIZE]
                 last = k == nblocks - 1
-                blocks.append(block[: tail or BLOCK_SIZE] if last else block)
+                block = start + k * BLOCK_SIZE
+                pieces.append((block, block + (tail or BLOCK_SIZE) if last else block + BLOCK_SIZE))
         if not inline:
-            return blocks, body_end
+            return pieces, body_end
         if body_end // BLOCK_SIZE != (body_end + tail - 1) // BLOCK_SIZE:
             raise BootstrapError(
                 f"{where}: inline tail of {tail} bytes at {body_end:#x} crosses a 4096-byte block boundary"
             )
         if body_end + tail > len(data):
             raise BootstrapError(f"{where}: inline tail runs past the bootstrap end")
-        blocks.append(data[body_end : body_end + tail])
-        return blocks, body_end + tail
+        pieces.append((body_end, body_end + tail))
+        return pieces, body_end + tail
 
-    def _chunk_addresses(self, inode: Inode, body_end: int, where: str) -> int:
+    def _chunk_addresses(self, inode: Inode, body_end: int, where: str, claim: bool) -> int:
         data, chunk_size = self.data, self.chunk_size
         i_u = inode.i_u
         chunk_bits = (i_u & 0x1F) + 12
@@ -348,26 +442,11 @@ class InodeTree:
         addrs = []
         for i in range(count):
             off = start + i * CHUNK_ADDR_SIZE
-            lo, hi, blk = u16(data, off), u16(data, off + 2), u32(data, off + 4)
+            lo, hi, blk = _CHUNK_ADDR.unpack_from(data, off)
             device_id = hi & 0xFF
             addr = ChunkAddr(blob_index=device_id - 1, ci_index=((hi >> 8) << 16) | lo, blk_addr=blk)
-            cwhere = f"{where} chunk {i} (offset {off:#x})"
-            if not 1 <= device_id <= len(self.blobs):
-                raise BootstrapError(f"{cwhere}: device id {device_id}, expected 1..{len(self.blobs)}")
-            blob = self.blobs[addr.blob_index]
-            if blk == EROFS_NULL_ADDR:
-                raise BootstrapError(f"{cwhere}: hole (EROFS_NULL_ADDR); RAFS files have no holes")
-            if addr.ci_index >= blob.chunk_count:
-                raise BootstrapError(
-                    f"{cwhere}: CI index {addr.ci_index} >= chunk_count "
-                    f"{blob.chunk_count} of blob {addr.blob_index}"
-                )
-            piece = min(chunk_size, inode.size - i * chunk_size)
-            if blk * BLOCK_SIZE + piece > blob.uncompressed_size:
-                raise BootstrapError(
-                    f"{cwhere}: block {blk} + {piece} bytes exceeds blob {addr.blob_index} uncompressed_size "
-                    f"{blob.uncompressed_size}"
-                )
+            if claim:
+                self._check_address(inode, i, addr, f"{where} chunk {i} (offset {off:#x})")
             addrs.append(addr)
         if 1 << chunk_bits > chunk_size:
             # nydus-image's page-cache layout: one chunk of next_pow2(size) for contiguous files.
@@ -378,7 +457,55 @@ class InodeTree:
                 )
             _check_contiguous(addrs, chunk_size, where)
         inode.chunks = tuple(addrs)
+        if claim and self.check_chunk is not None:
+            for i, addr in enumerate(addrs):
+                self.check_chunk(inode, i, addr)
         return end
+
+    def _check_address(self, inode: Inode, i: int, addr: ChunkAddr, cwhere: str) -> None:
+        device_id = addr.blob_index + 1
+        if not 1 <= device_id <= len(self.blobs):
+            raise BootstrapError(f"{cwhere}: device id {device_id}, expected 1..{len(self.blobs)}")
+        blob = self.blobs[addr.blob_index]
+        if addr.blk_addr == EROFS_NULL_ADDR:
+            raise BootstrapError(f"{cwhere}: hole (EROFS_NULL_ADDR); RAFS files have no holes")
+        if addr.ci_index >= blob.chunk_count:
+            raise BootstrapError(
+                f"{cwhere}: CI index {addr.ci_index} >= chunk_count "
+                f"{blob.chunk_count} of blob {addr.blob_index}"
+            )
+        piece = min(self.chunk_size, inode.size - i * self.chunk_size)
+        if addr.blk_addr * BLOCK_SIZE + piece > blob.uncompressed_size:
+            raise BootstrapError(
+                f"{cwhere}: block {addr.blk_addr} + {piece} bytes exceeds blob {addr.blob_index} "
+                f"uncompressed_size {blob.uncompressed_size}"
+            )
+
+
+class _Frame:
+    """A directory being walked: its subdirectories still to visit (nids, names in one bytes string)."""
+
+    __slots__ = ("cursor", "name_pos", "names", "nid", "nids", "path")
+
+    def __init__(self, path: str, nid: int) -> None:
+        self.path, self.nid = path, nid
+        self.nids = array("Q")
+        self.names = bytearray()  # NUL-terminated names (a name holds no NUL)
+        self.cursor = self.name_pos = 0
+
+    def add(self, name: bytes, nid: int) -> None:
+        self.nids.append(nid)
+        self.names += name + b"\0"
+
+    def pending(self) -> bool:
+        return self.cursor < len(self.nids)
+
+    def next(self) -> tuple[str, int]:
+        end = self.names.index(0, self.name_pos)
+        name = self.names[self.name_pos : end].decode("utf-8", "surrogateescape")
+        nid = self.nids[self.cursor]
+        self.name_pos, self.cursor = end + 1, self.cursor + 1
+        return name, nid
 
 
 def _same_file(a: Inode, b: Inode) -> bool:
