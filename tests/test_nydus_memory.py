@@ -1,8 +1,10 @@
-"""Memory bound of the Nydus writer on a layer of many small files (the 1 M-entry goal, scaled down).
+"""Memory bounds of the Nydus writer and reader on a layer of many small files (the 1 M-entry goal,
+scaled down).
 
 Python memory traced while converting a layer and merging its bootstrap, per tar entry. The
 writer used to peak at ~1.9 KB per entry here (a tree of Python objects plus whole bootstraps in
-memory); a layer of a million files needed 2.2 GB. No timing is asserted.
+memory); a layer of a million files needed 2.2 GB. The reader `acceld check` uses held the whole
+bootstrap, every inode, path and claimed byte range: ~2.8 KB per entry. No timing is asserted.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from harness.tars import write_small_files
 
 from acceld.formats.driver import LayerBlob, SourceLayer
@@ -20,6 +23,7 @@ from acceld.formats.nydus.reader import RafsImage
 
 ENTRIES = 20_000
 PER_ENTRY_LIMIT = 700  # bytes of traced Python memory per entry, peak of each phase (now ~530-630)
+READER_LIMIT = 300  # the reader's open + verify + walk (now ~150 here; a fixed part is spread on 20 k)
 SOURCE = SourceLayer("sha256:" + "0" * 64, "application/vnd.oci.image.layer.v1.tar", 0, "sha256:" + "0" * 64)
 
 
@@ -57,3 +61,36 @@ def test_many_small_files_convert_within_a_per_entry_memory_bound(tmp_path: Path
 
     assert convert_peak < PER_ENTRY_LIMIT, f"convert_layer: {convert_peak:.0f} B per entry"
     assert finalize_peak < PER_ENTRY_LIMIT, f"finalize: {finalize_peak:.0f} B per entry"
+
+
+@pytest.fixture(scope="module")
+def small_files_image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Path]]:
+    """The bootstrap layer and blob of a converted 20 000-file layer, built once."""
+    root = tmp_path_factory.mktemp("nydus-small-files")
+    tar = write_small_files(root / "layer.tar", ENTRIES)
+    driver = NydusDriver()
+    blob = root / "layer.blob"
+    with tar.open("rb") as source, blob.open("wb") as out:
+        output = driver.convert_layer(source, out, SOURCE, root)
+    digest = "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest()
+    layer = LayerBlob(blob, output.media_type, digest, blob.stat().st_size, output.diff_id)
+    (bootstrap_layer,) = driver.finalize([layer], root).extra_layers
+    return bootstrap_layer.path, {digest.removeprefix("sha256:"): blob}
+
+
+def test_reader_checks_many_small_files_within_a_per_entry_memory_bound(
+    small_files_image: tuple[Path, dict[str, Path]], tmp_path: Path
+) -> None:
+    """Open, verify and walk the image as `acceld check` does (without building its FsTree)."""
+    bootstrap_layer, blobs = small_files_image
+    found = []
+
+    def check() -> None:
+        image = RafsImage.from_bootstrap_layer(bootstrap_layer, blobs, workdir=tmp_path)
+        image.verify()
+        found.append(sum(1 for path, _ in image.list_tree() if "/f" in path))
+        found.append(b"".join(image.read_file("/d0019/f999")))
+
+    peak = _peak_per_entry(check)
+    assert found == [ENTRIES, b"19999\n"]
+    assert peak < READER_LIMIT, f"reader: {peak:.0f} B per entry"

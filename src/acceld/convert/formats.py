@@ -72,7 +72,7 @@ class NydusReader:
             ]
             return check_image_layers(manifest_layers, referenced).to_fstree()
         files = {digest_hex(blob.descriptor.digest): blob.path for blob in blobs}
-        image = RafsImage.from_bootstrap_layer(bootstrap.path, files, limits)
+        image = RafsImage.from_bootstrap_layer(bootstrap.path, files, limits, workdir)
         image.verify()
         return image.to_fstree()
 
