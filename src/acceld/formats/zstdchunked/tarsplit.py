@@ -23,6 +23,7 @@ from acceld.formats.zstdchunked.spool import create_spool
 
 FILE_TYPE = 1
 SEGMENT_TYPE = 2
+_BATCH_CHARS = 1 << 16  # lines are compressed in batches of about this many characters
 
 
 def _go_clean(name: str) -> str:
@@ -40,6 +41,8 @@ class TarSplitWriter:
         self._digest = hashlib.sha256()
         self._position = 0
         self._names = NameLog(path.with_name(path.name + ".names"), _go_clean)
+        self._lines: list[str] = []
+        self._batched = 0
         self.uncompressed_size = 0
         self.compressed_size = 0
 
@@ -75,10 +78,20 @@ class TarSplitWriter:
         )
 
     def _line(self, text: str) -> None:
-        data = text.encode() + b"\n"
-        self.uncompressed_size += len(data)
+        self._lines.append(text)
+        self._batched += len(text)
         self._position += 1
-        self._emit(self._compressor.compress(data))
+        if self._batched >= _BATCH_CHARS:
+            self._compress_lines()
+
+    def _compress_lines(self) -> None:
+        if self._lines:
+            self._lines.append("")
+            data = "\n".join(self._lines).encode()
+            self._lines.clear()
+            self._batched = 0
+            self.uncompressed_size += len(data)
+            self._emit(self._compressor.compress(data))
 
     def _emit(self, data: bytes) -> None:
         if data:
@@ -91,6 +104,7 @@ class TarSplitWriter:
         duplicate = self._names.first_duplicate()
         if duplicate is not None:
             raise FormatError(f"layer tar has two entries for {duplicate!r}; tar-split cannot represent that")
+        self._compress_lines()
         self._emit(self._compressor.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH))
         self._file.close()
         return "sha256:" + self._digest.hexdigest()
