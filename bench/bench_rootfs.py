@@ -304,7 +304,7 @@ def startup(src: Path, runs: int) -> None:
         print(f"acceld {command[0]}: median {wall:.3f}s wall, {cpu:.3f}s CPU (load {os.getloadavg()[0]:.1f})")
 
 
-def many_files(count: int, drivers: list[str], check: bool) -> None:
+def many_files(count: int, drivers: list[str], check: bool, check_limits: list[str]) -> None:
     """A layer of `count` small files: peak RSS and time of `acceld convert` (and `check`) per driver."""
     layout = CACHE / f"many-files-{count}"
     if not (layout / "index.json").exists():
@@ -324,7 +324,9 @@ def many_files(count: int, drivers: list[str], check: bool) -> None:
         )
         if check:
             out = WORK / f"out-{driver}"
-            result = measure([str(ACCELD), "check", f"oci:{out}:conv", "--source", f"oci:{layout}:rootfs"])
+            limits = [arg for limit in check_limits for arg in ("--limit", limit)]
+            command = [str(ACCELD), "check", f"oci:{out}:conv", "--source", f"oci:{layout}:rootfs", *limits]
+            result = measure(command)
             print(
                 f"{count} files {driver} check: {result.wall:.1f}s wall, {result.cpu:.1f}s CPU, "
                 f"peak tree PSS {result.peak_rss / 1e6:.0f} MB",
@@ -388,6 +390,9 @@ def main() -> None:
     parser.add_argument("--startup", action="store_true", help="also time CLI start-up")
     parser.add_argument("--many-files", type=int, help="only: one layer of this many small files")
     parser.add_argument("--check", action="store_true", help="with --many-files: also time `acceld check`")
+    parser.add_argument(
+        "--check-limit", action="append", default=[], help="KEY=VALUE: --limit of `acceld check`"
+    )
     parser.add_argument("--many-layers", type=int, help="only: an image of this many tiny layers")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
@@ -396,7 +401,7 @@ def main() -> None:
         many_layers(args.many_layers, only, args.runs)
         return
     if args.many_files:
-        many_files(args.many_files, args.only.split(","), args.check)
+        many_files(args.many_files, args.only.split(","), args.check, args.check_limit)
         return
     src = build_image()
     layers = layers_of(src)

@@ -145,12 +145,15 @@ async def _check_one(
         except AcceldError as exc:
             verdict.problems.append(f"{image_format}: {exc}")
             return verdict
-        expected = await _source_tree(source_store, original, work, limits)
+        with actual:
+            expected = await _source_tree(source_store, original, work, limits)
+            with expected:
+                verdict.paths = len(expected)
+                verdict.differences = await asyncio.to_thread(
+                    compare_trees, expected, actual, FORMATS[image_format]
+                )
     except AcceldError as exc:
         verdict.problems.append(str(exc))
-        return verdict
-    verdict.paths = len(expected.paths())
-    verdict.differences = compare_trees(expected, actual, FORMATS[image_format])
     return verdict
 
 
@@ -182,17 +185,9 @@ async def _check_soci_one(
 
 def compare_trees(expected: FsTree, actual: FsTree, reader: FormatReader) -> list[str]:
     """`diff_trees`, with mtimes compared within the format's rounding tolerance."""
-    ignored = set(reader.ignored_fields)
-    if not reader.mtime_tolerance:
-        return diff_trees(expected, actual, ignore_fields=ignored)
-    differences = diff_trees(expected, actual, ignore_fields=ignored | {"mtime"})
-    if "mtime" not in ignored:
-        differences += [
-            f"{path}: mtime {expected[path].mtime} != {actual[path].mtime}"
-            for path in expected.paths()
-            if path in actual and abs(expected[path].mtime - actual[path].mtime) > reader.mtime_tolerance
-        ]
-    return differences
+    return diff_trees(
+        expected, actual, ignore_fields=reader.ignored_fields, mtime_tolerance=reader.mtime_tolerance
+    )
 
 
 async def _find_source(
@@ -252,7 +247,18 @@ async def _local_blob(store: ImageStore, layer: Descriptor, work: Path, verdict:
 
 
 async def _source_tree(store: ImageStore, image: SourceImage, work: Path, limits: Limits) -> FsTree:
-    tree = FsTree()
+    tree = FsTree(work)
+    try:
+        await _apply_source_layers(tree, store, image, work, limits)
+    except BaseException:
+        tree.close()
+        raise
+    return tree
+
+
+async def _apply_source_layers(
+    tree: FsTree, store: ImageStore, image: SourceImage, work: Path, limits: Limits
+) -> None:
     decompressed = 0
     for layer in image.layers:
         desc = Descriptor(mediaType=layer.media_type, digest=layer.digest, size=layer.size)
@@ -268,7 +274,6 @@ async def _source_tree(store: ImageStore, image: SourceImage, work: Path, limits
             else TarGuard(limits)
         )
         decompressed += await asyncio.to_thread(_apply_source_layer, tree, path, layer, guard)
-    return tree
 
 
 def _apply_source_layer(tree: FsTree, path: Path, layer: SourceLayer, guard: TarGuard) -> int:

@@ -90,7 +90,7 @@ class ZstdChunkedReader:
             reader = LayerReader(layer.path, layer.descriptor.annotations or {}, limits)
             reader.verify(diff_id=layer.diff_id)
             readers.append(reader)
-        return tree_from_readers(readers)
+        return tree_from_readers(readers, workdir)
 
 
 class EstargzReader:
@@ -101,7 +101,7 @@ class EstargzReader:
     def read_tree(self, layers: Sequence[LayerFile], workdir: Path, limits: Limits) -> FsTree:
         from acceld.formats.estargz.reader import EstargzLayer
 
-        tree = FsTree()
+        tree = FsTree(workdir)
         for layer in layers:
             annotations = layer.descriptor.annotations or {}
             with layer.path.open("rb") as blob, EstargzLayer(blob, limits, workdir) as esgz:

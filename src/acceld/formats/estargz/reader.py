@@ -166,7 +166,7 @@ class EstargzLayer:
 
     def apply_to(self, tree: FsTree) -> None:
         """Add this layer's files to `tree` (on top of lower layers), honouring OCI whiteouts."""
-        added: set[str] = set()
+        added = tree.layer_paths()
         hardlinks: list[tuple[str, str]] = []
         shared: dict[object, Any] = {}
         for entry in self.entries:

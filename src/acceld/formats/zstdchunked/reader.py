@@ -40,7 +40,6 @@ CHECKSUM_KEY = "io.github.containers.zstd-chunked.manifest-checksum"
 POSITION_KEY = "io.github.containers.zstd-chunked.manifest-position"
 TARSPLIT_KEY = "io.github.containers.zstd-chunked.tarsplit-position"
 LEGACY_CHECKSUM_KEY = "io.containers.zstd-chunked.manifest-checksum"
-MAX_TOC_SIZE = 150 << 20  # containers/storage maxTocSize
 _SKIPPABLE = b"\x50\x2a\x4d\x18"
 _FOOTER_FRAME = _SKIPPABLE + struct.pack("<I", 64)
 _FOOTER_MAGIC = b"GNUlInUx"
@@ -154,12 +153,10 @@ class ZstdChunkedReader:
 
     def _part_header(self, f: BinaryIO, span: Span, what: str) -> None:
         """Check the part's declared sizes and its skippable frame header (`f` is left at its start)."""
-        if span.uncompressed > self.limits.max_metadata_bytes:
-            raise exceeded(
-                self.limits, "max_metadata_bytes", f"the {what} declares {span.uncompressed:,} bytes"
-            )
-        if span.compressed > MAX_TOC_SIZE or span.uncompressed > MAX_TOC_SIZE:
-            raise invalid(f"{what} larger than 150 MiB; containers/storage would not pull it partially")
+        # the default limit is containers/storage's maxTocSize, above which it pulls the whole layer
+        size = max(span.uncompressed, span.compressed)
+        if size > self.limits.max_metadata_bytes:
+            raise exceeded(self.limits, "max_metadata_bytes", f"the {what} declares {size:,} bytes")
         if span.offset < 8 or span.offset + span.compressed > self.size:
             raise invalid(f"{what} position outside the blob")
         f.seek(span.offset - 8)
@@ -392,7 +389,7 @@ class ZstdChunkedReader:
     def apply_to(self, tree: FsTree) -> None:
         """Apply this layer's TOC to `tree` with OCI whiteout semantics."""
         with _malformed():
-            added_here: set[str] = set()
+            added_here = tree.layer_paths()
             for entry in self.entries:
                 if entry["type"] == "chunk":
                     continue
@@ -420,9 +417,10 @@ def _malformed() -> Iterator[None]:
         raise invalid(f"malformed TOC or tar-split ({type(exc).__name__}: {exc})") from None
 
 
-def tree_from_readers(layers: Iterable[ZstdChunkedReader]) -> FsTree:
-    """The filesystem of an image whose layers (in order) are these zstd:chunked blobs."""
-    tree = FsTree()
+def tree_from_readers(layers: Iterable[ZstdChunkedReader], directory: Path | None = None) -> FsTree:
+    """The filesystem of an image whose layers (in order) are these zstd:chunked blobs
+    (its database in `directory`, by default the temp dir)."""
+    tree = FsTree(directory)
     for layer in layers:
         layer.apply_to(tree)
     return tree
