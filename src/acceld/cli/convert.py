@@ -197,6 +197,8 @@ def convert(
     result = run(main())
     if result is None:
         return
+    for warning in result.warnings:
+        typer.echo(f"warning: {warning}", err=True)
     typer.echo(summary(result), err=True)
     typer.echo(f"{result.target}@{result.target_digest}" if "@" not in result.target else result.target)
 

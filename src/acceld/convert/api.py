@@ -58,6 +58,7 @@ class ConversionResult:
     layers_converted: int
     layers_cached: int
     untagged: str | None = None  # why the result was pushed without its tag (the source tag moved)
+    warnings: tuple[str, ...] = ()  # one line each, e.g. a layer's metadata over max_metadata_bytes
 
 
 @dataclass(frozen=True)

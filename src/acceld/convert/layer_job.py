@@ -15,7 +15,15 @@ from typing import BinaryIO, cast
 from acceld.convert.errors import ConvertError, CorruptSourceLayerError
 from acceld.convert.streams import MeasuringWriter, SourceTarStream, VerifiedBlob
 from acceld.errors import AcceldError
-from acceld.formats.driver import ArtifactDriver, Driver, FormatError, LayerBlob, SkipLayer, SourceLayer
+from acceld.formats.driver import (
+    ArtifactDriver,
+    Driver,
+    FormatError,
+    LayerBlob,
+    LayerOutput,
+    SkipLayer,
+    SourceLayer,
+)
 from acceld.formats.estargz.annotations import TOC_DIGEST_ANNOTATION
 from acceld.formats.estargz.strip import without_estargz_metadata
 from acceld.formats.limits import DEFAULT_LIMITS, LimitExceeded, Limits
@@ -44,6 +52,7 @@ class LayerJob:
 class ConvertedJob:
     blob: LayerBlob
     tar_size: int  # uncompressed bytes of the source layer (0 for drivers reading it compressed)
+    warnings: tuple[str, ...] = ()
 
 
 def _unknown_type(layer: SourceLayer) -> str:
@@ -131,7 +140,20 @@ def convert_layer_job(
         diff_id=output.diff_id,
         annotations=dict(output.annotations),
     )
-    return ConvertedJob(converted, source.tar_size if isinstance(source, SourceTarStream) else 0)
+    tar_size = source.tar_size if isinstance(source, SourceTarStream) else 0
+    return ConvertedJob(converted, tar_size, oversized_metadata(output, converted.digest, job))
+
+
+def oversized_metadata(output: LayerOutput, digest: str, job: LayerJob) -> tuple[str, ...]:
+    """One line per metadata part above max_metadata_bytes: readers that keep to that limit
+    (`acceld check`, containers/storage's maxTocSize for zstd:chunked) refuse the layer."""
+    limit = job.limits.max_metadata_bytes
+    return tuple(
+        f"layer {digest} (from {job.layer.digest}): its {part} is {size:,} bytes, over "
+        f"max_metadata_bytes ({limit:,}); `acceld check` and readers with that limit refuse it"
+        for part, size in output.metadata_sizes.items()
+        if size > limit
+    )
 
 
 def artifact_layer_job(

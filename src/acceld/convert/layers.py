@@ -73,6 +73,7 @@ class LayerConverter:
         self._cache = cache
         self._runner = runner
         self._progress = progress
+        self.warnings: list[str] = []  # one line each, for the user
         self._fetch_slots = asyncio.Semaphore(_PARALLEL_FETCHES)
 
     async def convert_all(self, layers: Iterable[SourceLayer]) -> dict[str, ConvertedLayer]:
@@ -161,6 +162,7 @@ class LayerConverter:
             else:
                 done = await self._runner.run(convert_layer_job, self._driver, job, on_progress=on_progress)
                 blob = done.blob
+                self.warnings += done.warnings
                 self._count_decompressed(done.tar_size)
         except BaseException:
             self._progress.finish(key, "failed")

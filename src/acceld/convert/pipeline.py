@@ -126,6 +126,7 @@ async def run_conversion(
         layers_converted=sum(1 for layer in layers.values() if layer.outcome is Outcome.CONVERTED),
         layers_cached=sum(1 for layer in layers.values() if layer.outcome is Outcome.CACHED),
         untagged=untagged,
+        warnings=tuple(converter.warnings),
     )
 
 

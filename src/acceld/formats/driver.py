@@ -57,6 +57,9 @@ class LayerOutput:
     media_type: str
     diff_id: str
     annotations: Mapping[str, str] = field(default_factory=dict)
+    # uncompressed bytes of each metadata part a reader loads (e.g. {"TOC": n}), checked against
+    # the max_metadata_bytes limit
+    metadata_sizes: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

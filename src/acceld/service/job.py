@@ -126,7 +126,7 @@ def _convert(spec: JobSpec) -> JobResult:
         seconds=result.seconds,
         layers_converted=result.layers_converted,
         layers_cached=result.layers_cached,
-        note=result.untagged,
+        note="; ".join(note for note in (result.untagged, *result.warnings) if note) or None,
     )
 
 

@@ -83,6 +83,7 @@ class EstargzDriver:
                 TOC_DIGEST_ANNOTATION: result.toc_digest,
                 UNCOMPRESSED_SIZE_ANNOTATION: str(result.uncompressed_size),
             },
+            metadata_sizes={"TOC": result.toc_size},
         )
 
     def finalize(self, layers: Sequence[LayerBlob], workdir: Path) -> ImageAdditions:

@@ -92,6 +92,7 @@ class EstargzResult:
     uncompressed_size: int
     compressed_size: int
     missed_prefetch_files: tuple[str, ...]
+    toc_size: int = 0  # bytes of the TOC JSON
 
 
 class _Output:
@@ -249,8 +250,8 @@ def _write_member(fd: int, member: Member, level: int, output: _Output) -> None:
     output.write(compressed)
 
 
-def _write_toc(entries: Iterator[TocEntry], level: int, output: _Output, workdir: Path) -> str:
-    """TOC member (tar header, JSON, tar end) and footer; returns the TOC digest.
+def _write_toc(entries: Iterator[TocEntry], level: int, output: _Output, workdir: Path) -> tuple[str, int]:
+    """TOC member (tar header, JSON, tar end) and footer; returns the TOC's digest and size.
 
     The JSON goes through a scratch file: it can be tens of MB for layers with many files.
     """
@@ -268,7 +269,7 @@ def _write_toc(entries: Iterator[TocEntry], level: int, output: _Output, workdir
         toc_offset = output.offset
         _write_member(scratch.fileno(), member, level, output)
     output.write(footer(toc_offset))
-    return "sha256:" + digest.hexdigest()
+    return "sha256:" + digest.hexdigest(), size
 
 
 def _utf8_problem(entry: TarEntry) -> FormatError | None:
@@ -316,11 +317,12 @@ def write_estargz(source: BinaryIO, out: BinaryIO, workdir: Path, options: Write
         else:
             _write_parallel(spool.fileno(), plain_members(events), options, output)
         entries_json = toc_entries(items, placements, options.chunk_size)
-        toc_digest = _write_toc(entries_json, options.compression_level, output, workdir)
+        toc_digest, toc_size = _write_toc(entries_json, options.compression_level, output, workdir)
     return EstargzResult(
         toc_digest=toc_digest,
         diff_id="sha256:" + output.diff_hash.hexdigest(),
         uncompressed_size=output.uncompressed,
         compressed_size=output.offset,
         missed_prefetch_files=tuple(missed),
+        toc_size=toc_size,
     )

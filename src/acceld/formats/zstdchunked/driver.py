@@ -64,7 +64,10 @@ class ZstdChunkedDriver:
             tar_sha256=tar_sha256,
         )
         return LayerOutput(
-            media_type=LAYER_MEDIA_TYPE, diff_id=result.diff_id, annotations=result.annotations
+            media_type=LAYER_MEDIA_TYPE,
+            diff_id=result.diff_id,
+            annotations=result.annotations,
+            metadata_sizes=result.metadata_sizes,
         )
 
     def finalize(self, layers: Sequence[LayerBlob], workdir: Path) -> ImageAdditions:

@@ -53,6 +53,7 @@ class ChunkedLayer:
 
     diff_id: str
     annotations: dict[str, str]
+    metadata_sizes: dict[str, int]  # uncompressed bytes of the TOC and the tar-split
 
 
 @dataclass
@@ -459,6 +460,7 @@ def write_zstd_chunked(
                 f"{tar_split_offset}:{tar_split.compressed_size}:{tar_split.uncompressed_size}"
             ),
         },
+        metadata_sizes={"TOC": toc.size, "tar-split": tar_split.uncompressed_size},
     )
 
 
