@@ -14,6 +14,7 @@ The caller reads an entry's payload itself, right after `next` returned it (or n
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -32,6 +33,9 @@ _MAX_SPECIAL_FILE = 1 << 20  # Go's limit for PAX and GNU long-name payloads
 _XATTR_PREFIX = "SCHILY.xattr."
 _SPARSE_PREFIX = "GNU.sparse."
 _SKIP_PIECE = 1 << 20
+# name, mode, uid, gid, size, mtime, chksum, typeflag, linkname, magic, version, uname, gname,
+# devmajor, devminor, prefix
+_FIELDS = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s")
 
 
 class TarSource(Protocol):
@@ -76,28 +80,28 @@ def parse_pax_time(value: str) -> int:
 
 def parse_header(block: bytes) -> Header:
     """The fields of one header block (no extension headers applied)."""
-    magic, version = block[257:263], block[263:265]
+    (name, mode, uid, gid, size, mtime, _, typeflag, linkname, magic, version, uname, gname, devmajor,
+     devminor, prefix) = _FIELDS.unpack_from(block)  # fmt: skip
     header = Header(
-        typeflag=chr(block[156]),
-        name=decode(cstring(block[0:100])),
-        linkname=decode(cstring(block[157:257])),
-        size=parse_number(block[124:136], "size"),
-        mode=parse_number(block[100:108], "mode"),
-        uid=parse_number(block[108:116], "uid"),
-        gid=parse_number(block[116:124], "gid"),
-        mtime_ns=parse_number(block[136:148], "mtime") * 1_000_000_000,
+        typeflag=typeflag.decode("latin-1"),
+        name=name.partition(b"\0")[0].decode("utf-8", "surrogateescape"),
+        linkname=linkname.partition(b"\0")[0].decode("utf-8", "surrogateescape"),
+        size=parse_number(size, "size"),
+        mode=parse_number(mode, "mode"),
+        uid=parse_number(uid, "uid"),
+        gid=parse_number(gid, "gid"),
+        mtime_ns=parse_number(mtime, "mtime") * 1_000_000_000,
     )
     is_ustar = magic == b"ustar\0"
     if is_ustar or (magic == b"ustar " and version == b" \0"):
-        header.uname = decode(cstring(block[265:297]))
-        header.gname = decode(cstring(block[297:329]))
-        header.devmajor = parse_number(block[329:337], "devmajor")
-        header.devminor = parse_number(block[337:345], "devminor")
-    if is_ustar:
-        prefix_end = 476 if block[508:512] == b"tar\0" else 500  # star keeps times after a shorter prefix
-        prefix = cstring(block[345:prefix_end])
-        if prefix:
-            header.name = decode(prefix) + "/" + header.name
+        header.uname = uname.partition(b"\0")[0].decode("utf-8", "surrogateescape")
+        header.gname = gname.partition(b"\0")[0].decode("utf-8", "surrogateescape")
+        header.devmajor = parse_number(devmajor, "devmajor")
+        header.devminor = parse_number(devminor, "devminor")
+    if is_ustar and prefix[0]:
+        if block[508:512] == b"tar\0":
+            prefix = prefix[:131]  # star keeps times after a shorter prefix
+        header.name = decode(cstring(prefix)) + "/" + header.name
     return header
 
 
@@ -172,10 +176,9 @@ class HeaderReader:
                 break
             if not checksum_ok(block):
                 raise FormatError(f"bad tar: header checksum mismatch at byte {block_start}")
-            header = parse_header(block)
-            typeflag = header.typeflag
+            typeflag = chr(block[156])
             if typeflag in _EXTENSIONS:
-                payload = self._extension_payload(header.size, block_start)
+                payload = self._extension_payload(parse_number(block[124:136], "size"), block_start)
                 if typeflag == _PAX_GLOBAL:
                     if start >= 0:
                         raise FormatError(
@@ -198,6 +201,7 @@ class HeaderReader:
                 continue
             if start < 0:
                 start = block_start
+            header = parse_header(block)
             if pax:
                 _apply_pax(header, pax)
             if long_name:
