@@ -39,7 +39,7 @@ from acceld.formats.nydus.tree import Chunk, Inode, chunks_of
 
 _WINDOW_BYTES = 24 << 20
 _WORKERS = 2
-_INLINE_BELOW = 64 << 10
+_BATCH_BYTES = 1 << 20  # chunks go to the workers in batches of about this much data
 _PENDING = "pending"  # blob id of a chunk whose place in the blob is not decided yet
 
 
@@ -79,17 +79,34 @@ def _digest_and_compress(
     return digest, compress(data, options.compressor, context)
 
 
+def _digest_and_compress_all(
+    batch: list[bytes], options: NydusOptions, skip_digests: Collection[bytes]
+) -> list[tuple[bytes, bytes | None]]:
+    return [_digest_and_compress(data, options, skip_digests) for data in batch]
+
+
 class _ChunkWriter:
-    """Implements `tarball.ChunkStore`: hands out placeholders, resolves them in input order."""
+    """Implements `tarball.ChunkStore`: hands out placeholders, resolves them in input order.
+
+    Chunks are digested and compressed by the worker threads in batches of about `_BATCH_BYTES`
+    (one job per small file would cost more than its work), so the thread reading the tar only
+    parses it. A file's placeholders are replaced as soon as its last chunk is resolved: at most a
+    window of them exist at any time.
+    """
 
     def __init__(self, out: _HashingWriter, options: NydusOptions, chunk_dict: ChunkDict | None) -> None:
         self.out = out
         self.options = options
         self.chunk_dict = chunk_dict
+        self.skip: Collection[bytes] = chunk_dict.chunks if chunk_dict is not None else ()
         self.pool = ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="nydus-chunk")
-        self.pending: deque[tuple[Future[tuple[bytes, bytes | None]], bytes]] = deque()
-        self.window = max(_WORKERS + 1, _WINDOW_BYTES // options.chunk_size)
-        self.resolved: list[Chunk] = []
+        self.pending: deque[tuple[Future[list[tuple[bytes, bytes | None]]], list[bytes]]] = deque()
+        self.batch: list[bytes] = []
+        self.batch_bytes = 0
+        self.window = max(_WORKERS + 1, _WINDOW_BYTES // max(options.chunk_size, _BATCH_BYTES))
+        self.added = 0  # chunks handed to `add`
+        self.unplaced: deque[tuple[int, Inode]] = deque()  # (its last chunk's number, file) with placeholders
+        self.resolved: list[Chunk] = []  # by the number of the `add` call
         self.index = DigestIndex()  # the digests of this blob's chunks, by CI index
         self.distinct: list[Chunk] = []  # by CI index
         self.dict_blob_ids: dict[str, None] = {}
@@ -100,27 +117,38 @@ class _ChunkWriter:
         self.count = 0  # distinct chunks, known after `finish`
 
     def add(self, data: bytes) -> Chunk:
-        skip: Collection[bytes] = self.chunk_dict.chunks if self.chunk_dict is not None else ()
-        if len(data) < _INLINE_BELOW and not self.pending:
-            # nothing in flight: its place in the blob is known now, and no placeholder is kept
-            # (a layer of a million small files would hold a million of them)
-            digest, packed = _digest_and_compress(data, self.options, skip)
-            return self._resolve(digest, packed, data)
-        if len(data) < _INLINE_BELOW:
-            # a worker round trip costs more than the work (and GIL hand-offs) for small files
-            done: Future[tuple[bytes, bytes | None]] = Future()
-            done.set_result(_digest_and_compress(data, self.options, skip))
-            self.pending.append((done, data))
-        else:
-            self.pending.append((self.pool.submit(_digest_and_compress, data, self.options, skip), data))
-        placeholder = Chunk(b"", _PENDING, len(self.resolved) + len(self.pending) - 1, 0, 0, 0, len(data))
+        self.batch.append(data)
+        self.batch_bytes += len(data)
+        self.added += 1
+        if self.batch_bytes >= _BATCH_BYTES:
+            self._submit()
+        return Chunk(b"", _PENDING, self.added - 1, 0, 0, 0, len(data))
+
+    def placed(self, node: Inode) -> None:
+        """`node.chunks` now holds the chunks the latest `add` calls returned for it."""
+        if node.chunks and self.added > len(self.resolved):
+            self.unplaced.append((self.added - 1, node))
+            while self.pending and self.pending[0][0].done():
+                self._resolve_one()
+
+    def _submit(self) -> None:
+        batch, self.batch, self.batch_bytes = self.batch, [], 0
+        self.pending.append(
+            (self.pool.submit(_digest_and_compress_all, batch, self.options, self.skip), batch)
+        )
         while len(self.pending) > self.window:
             self._resolve_one()
-        return placeholder
 
     def _resolve_one(self) -> None:
-        future, data = self.pending.popleft()
-        self._resolve(*future.result(), data)
+        future, batch = self.pending.popleft()
+        for (digest, packed), data in zip(future.result(), batch, strict=True):
+            self.resolved.append(self._resolve(digest, packed, data))
+        resolved = len(self.resolved)
+        while self.unplaced and self.unplaced[0][0] < resolved:
+            node = self.unplaced.popleft()[1]
+            node.chunks = chunks_of(
+                [self.resolved[c.index] if c.blob_id == _PENDING else c for c in node.chunks]
+            )
 
     def _resolve(self, digest: bytes, packed: bytes | None, data: bytes) -> Chunk:
         number = self.index.find(digest)
@@ -153,30 +181,23 @@ class _ChunkWriter:
             )
             self.index.add(digest)
             self.distinct.append(chunk)
-        self.resolved.append(chunk)
         return chunk
 
-    def finish(self, root: Inode) -> None:
+    def finish(self) -> None:
         try:
+            if self.batch:
+                self._submit()
             while self.pending:
                 self._resolve_one()
         finally:
             self.close()
+        if self.unplaced:
+            raise AssertionError("a file's chunks were never resolved")
         self.count = len(self.distinct)
         if self.count > 1 << 24:
             raise FormatError("layer needs more than 2^24 distinct chunks")
         self.index.release()
         self.distinct.clear()
-        stack = [root]
-        seen: set[int] = set()
-        while stack:
-            node = stack.pop()
-            if id(node) in seen:
-                continue
-            seen.add(id(node))
-            if any(chunk.blob_id == _PENDING for chunk in node.chunks):
-                node.chunks = chunks_of([self.resolved[c.index] for c in node.chunks])
-            stack.extend(node.children.values())
         self.resolved.clear()
 
     def close(self) -> None:
@@ -198,7 +219,7 @@ def write_layer_blob(
     except BaseException:
         chunks.close()
         raise
-    chunks.finish(root)
+    chunks.finish()
 
     toc: list[bytes] = []
     blobs: list[BlobInfo] = []

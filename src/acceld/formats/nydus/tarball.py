@@ -36,7 +36,11 @@ _MAX_SHARED_INTS = 1 << 16
 
 class ChunkStore(Protocol):
     def add(self, data: bytes) -> Chunk:
-        """Store one piece of file data (at most one chunk) and say where it lives."""
+        """Store one piece of file data (at most one chunk) and say where it lives (or will)."""
+        ...
+
+    def placed(self, node: Inode) -> None:
+        """`node.chunks` now holds the chunks the latest `add` calls returned for it."""
         ...
 
 
@@ -180,6 +184,7 @@ class _LayerTree:
             remaining -= len(data)
         node.chunks = chunks_of(chunks)
         node.size = info.size
+        self.store.placed(node)
 
     def read_sparse_content(self, reader: _TarReader, info: Header, node: Inode) -> None:
         """A GNU sparse file (old GNU or PAX map) stored with its holes as zeros, as Go's
@@ -210,6 +215,7 @@ class _LayerTree:
             chunks.append(self.store.add(bytes(pending)))
         node.chunks = chunks_of(chunks)
         node.size = info.size
+        self.store.placed(node)
 
 
 class _TarReader:
