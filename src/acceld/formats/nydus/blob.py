@@ -40,6 +40,7 @@ from acceld.formats.nydus.tree import Chunk, Inode, chunks_of
 _WINDOW_BYTES = 24 << 20
 _WORKERS = 2
 _BATCH_BYTES = 1 << 20  # chunks go to the workers in batches of about this much data
+_BATCH_CHUNKS = 64  # or of this many chunks (the placeholders of a batch live until it is resolved)
 _PENDING = "pending"  # blob id of a chunk whose place in the blob is not decided yet
 
 
@@ -88,10 +89,10 @@ def _digest_and_compress_all(
 class _ChunkWriter:
     """Implements `tarball.ChunkStore`: hands out placeholders, resolves them in input order.
 
-    Chunks are digested and compressed by the worker threads in batches of about `_BATCH_BYTES`
-    (one job per small file would cost more than its work), so the thread reading the tar only
-    parses it. A file's placeholders are replaced as soon as its last chunk is resolved: at most a
-    window of them exist at any time.
+    Chunks are digested and compressed by the worker threads in batches of up to `_BATCH_BYTES`
+    or `_BATCH_CHUNKS` (one job per small file would cost more than its work), so the thread
+    reading the tar only parses it. A file's placeholders are replaced as soon as its last chunk
+    is resolved: at most a window of batches of them exist at any time.
     """
 
     def __init__(self, out: _HashingWriter, options: NydusOptions, chunk_dict: ChunkDict | None) -> None:
@@ -120,7 +121,7 @@ class _ChunkWriter:
         self.batch.append(data)
         self.batch_bytes += len(data)
         self.added += 1
-        if self.batch_bytes >= _BATCH_BYTES:
+        if self.batch_bytes >= _BATCH_BYTES or len(self.batch) >= _BATCH_CHUNKS:
             self._submit()
         return Chunk(b"", _PENDING, self.added - 1, 0, 0, 0, len(data))
 
