@@ -271,3 +271,29 @@ def test_converting_between_layouts_never_loads_the_http_client(
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "http modules:", result.stdout
+
+
+_NUMPY_AFTER_CONVERT = """
+import sys
+from acceld.cli import main
+sys.argv = ["acceld", "convert", *sys.argv[1:]]
+try:
+    main()
+finally:
+    print("numpy loaded:", "numpy" in sys.modules)
+"""
+
+
+def test_a_zstd_chunked_conversion_loads_its_writer_only_in_the_workers(
+    test_images: ImageSet, tmp_path: Path
+) -> None:
+    """The writer (numpy, ~0.2 s of CPU) is the fork server's to import, not the CLI's at start-up."""
+    source, target = f"oci:{test_images.layout}:busybox-amd64", f"oci:{tmp_path / 'out'}:conv"
+    result = subprocess.run(
+        [sys.executable, "-c", _NUMPY_AFTER_CONVERT, source, target, "-d", "zstdchunked", "--no-cache"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "numpy loaded: False", result.stdout

@@ -17,6 +17,16 @@ DRIVER_CLASSES: dict[str, tuple[str, str]] = {
     "soci": ("acceld.formats.soci", "SociDriver"),
     "zstdchunked": ("acceld.formats.zstdchunked", "ZstdChunkedDriver"),
 }
+# Modules a driver's layer hook imports on use, beyond its own module: the fork server imports them
+# before any job, and the process that only builds the driver (the CLI) never does.
+LAYER_MODULES: dict[str, tuple[str, ...]] = {
+    "zstdchunked": ("acceld.formats.zstdchunked.writer",),
+}
+
+
+def worker_modules(name: str) -> list[str]:
+    """What the fork server of a conversion with driver `name` imports for its layer jobs."""
+    return [DRIVER_CLASSES[name][0], *LAYER_MODULES.get(name, ())]
 
 
 class UnknownDriverError(AcceldError):

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from acceld.convert.api import ConversionRequest, ConversionResult, ConvertOptions
 from acceld.convert.cache import LayerCache, default_cache_dir
 from acceld.convert.chunkdict import fetch_chunk_dict, is_image_reference
-from acceld.convert.drivers import make_driver
+from acceld.convert.drivers import make_driver, worker_modules
 from acceld.convert.errors import ConvertError, NotApplicableError
 from acceld.convert.formats import is_nydus_image
 from acceld.convert.image import converted_config, converted_index, converted_manifest, source_annotations
@@ -72,7 +72,7 @@ async def run_conversion(
     try:
         async with Stores(config, plain_http=options.plain_http, insecure=options.insecure) as stores:
             driver = make_driver(request.driver, await _local_options(request, stores, workspace))
-            runner = ProcessRunner(options.workers, preload=[type(driver).__module__])
+            runner = ProcessRunner(options.workers, preload=worker_modules(request.driver))
             target_location = resolve_target(source_location, request.target, driver.tag_suffix)
             if isinstance(driver, ArtifactDriver) or driver.reads_compressed:
                 _require_source_repository(source_location, target_location, driver.name)

@@ -17,7 +17,7 @@ from multiprocessing import forkserver
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
-from acceld.convert.drivers import DRIVER_CLASSES
+from acceld.convert.drivers import DRIVER_CLASSES, worker_modules
 from acceld.convert.errors import ConvertError
 from acceld.errors import AcceldError
 from acceld.lifeline import die_with_parent, exit_when_hung_up
@@ -30,7 +30,9 @@ _JOB_MODULE = "acceld.convert.layer_job"
 # the main script (multiprocessing runs it again in a child whose fork server has not), this module
 # (a child's entry `_child` is here, and with it asyncio) and the layer job.
 _PRELOAD = ("__main__", __name__, _JOB_MODULE)
-_CONTEXT.set_forkserver_preload([*_PRELOAD, *(module for module, _ in DRIVER_CLASSES.values())])
+_CONTEXT.set_forkserver_preload(
+    [*_PRELOAD, *(module for name in DRIVER_CLASSES for module in worker_modules(name))]
+)
 # Messages from a child: any number of progress reports, then one result or error.
 _PROGRESS, _RESULT, _ERROR = "progress", "result", "error"
 

@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from acceld.formats.driver import FormatError, ImageAdditions, LayerBlob, LayerOutput, SourceLayer
-from acceld.formats.zstdchunked.writer import (
+from acceld.formats.zstdchunked.annotations import (
     MANIFEST_CHECKSUM_KEY,
     MANIFEST_POSITION_KEY,
     TARSPLIT_POSITION_KEY,
-    write_zstd_chunked,
 )
 
 LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+zstd"
@@ -55,6 +54,8 @@ class ZstdChunkedDriver:
     def convert_layer(
         self, tar: BinaryIO, out: BinaryIO, layer: SourceLayer, workdir: Path, tar_sha256: str | None = None
     ) -> LayerOutput:
+        from acceld.formats.zstdchunked.writer import write_zstd_chunked  # numpy: not in the CLI
+
         result = write_zstd_chunked(
             tar,
             out,

@@ -22,15 +22,17 @@ import fastcrc
 import numpy as np
 
 from acceld.formats.driver import FormatError
+from acceld.formats.zstdchunked.annotations import (
+    MANIFEST_CHECKSUM_KEY,
+    MANIFEST_POSITION_KEY,
+    TARSPLIT_POSITION_KEY,
+)
 from acceld.formats.zstdchunked.chunker import WINDOW, Chunker, Piece, Zeros, is_one_chunk, split_points
 from acceld.formats.zstdchunked.frames import FrameSink, Mark
 from acceld.formats.zstdchunked.tarheaders import Readable, TarHeader, TarHeaderReader
 from acceld.formats.zstdchunked.tarsplit import TarSplitWriter
 from acceld.formats.zstdchunked.toc import CHUNK_TYPE_ZEROS, TocEntry, TocWriter
 
-MANIFEST_CHECKSUM_KEY = "io.github.containers.zstd-chunked.manifest-checksum"
-MANIFEST_POSITION_KEY = "io.github.containers.zstd-chunked.manifest-position"
-TARSPLIT_POSITION_KEY = "io.github.containers.zstd-chunked.tarsplit-position"
 MANIFEST_TYPE_CRFS = 1
 FOOTER_MAGIC = b"GNUlInUx"
 SKIPPABLE_MAGIC = struct.pack("<I", 0x184D2A50)
