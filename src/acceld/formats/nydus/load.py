@@ -146,7 +146,9 @@ class _Loader:
         pos = self.meta_addr + 32 * nid
         i_format, icount, mode = self.data.unpack("<HHH", pos)
         if i_format & INODE_EXTENDED:
-            _, _, _, _, size, i_u, _ino, uid, gid, mtime, nsec, nlink = self.data.unpack("<HHHHQIIIIQII", pos)
+            _, _, _, _, size, i_u, _ino, uid, gid, mtime, nsec, nlink = self.data.unpack(
+                "<HHHHQIIIIQII", pos
+            )
             inode_size = 64
         else:
             _, _, _, nlink, size, _, i_u, _ino, uid, gid = self.data.unpack("<HHHHIIIIHH", pos)
