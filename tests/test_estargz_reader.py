@@ -20,10 +20,10 @@ from acceld.formats.driver import FormatError, SourceLayer
 from acceld.formats.estargz.annotations import TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION
 from acceld.formats.estargz.driver import EstargzDriver
 from acceld.formats.estargz.reader import EstargzLayer, open_estargz, tree_from_estargz_layers
-from acceld.formats.estargz.records import RecordFile
 from acceld.formats.estargz.tocstream import JsonText, parse_toc
 from acceld.formats.fstree import FsTree, diff_trees, tree_from_layers
 from acceld.formats.limits import DEFAULT_LIMITS, LimitExceeded
+from acceld.formats.records import RecordFile
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "estargz"
 SMALL_CHUNK = 64 << 10

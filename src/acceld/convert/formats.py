@@ -86,11 +86,15 @@ class ZstdChunkedReader:
         from acceld.formats.zstdchunked.reader import tree_from_readers
 
         readers = []
-        for layer in layers:
-            reader = LayerReader(layer.path, layer.descriptor.annotations or {}, limits)
-            reader.verify(diff_id=layer.diff_id)
-            readers.append(reader)
-        return tree_from_readers(readers, workdir)
+        try:
+            for layer in layers:
+                reader = LayerReader(layer.path, layer.descriptor.annotations or {}, limits, workdir)
+                readers.append(reader)
+                reader.verify(diff_id=layer.diff_id)
+            return tree_from_readers(readers, workdir)
+        finally:
+            for reader in readers:
+                reader.close()
 
 
 class EstargzReader:

@@ -341,11 +341,11 @@ def _drop_database(db: sqlite3.Connection, name: str) -> None:
 
 
 def _key(path: str) -> bytes:
-    return path.encode("utf-8", "surrogateescape")
+    return path.encode("utf-8", "surrogatepass")
 
 
 def _path(key: bytes) -> str:
-    return key.decode("utf-8", "surrogateescape")
+    return key.decode("utf-8", "surrogatepass")
 
 
 def _below(key: bytes) -> tuple[bytes, bytes]:

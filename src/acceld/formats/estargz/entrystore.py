@@ -7,8 +7,8 @@ from __future__ import annotations
 from array import array
 from pathlib import Path
 
-from acceld.formats.estargz.records import RecordFile
 from acceld.formats.estargz.tarscan import TarEntry
+from acceld.formats.records import RecordFile
 
 
 class EntryStore:

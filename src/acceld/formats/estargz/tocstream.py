@@ -8,7 +8,6 @@ and the `entries` array are walked here.
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import itertools
 import json
@@ -19,14 +18,13 @@ from typing import Any, BinaryIO
 from isal import isal_zlib
 
 from acceld.formats.driver import FormatError
-from acceld.formats.estargz.records import RecordFile
+from acceld.formats.jsonstream import JsonText
 from acceld.formats.limits import Limits, exceeded
+from acceld.formats.records import RecordFile
 
 TOC_NAME = "stargz.index.json"
 _PIECE = 1 << 20
 _BLOCK = 512
-_WHITESPACE = " \t\n\r"
-_DECODER = json.JSONDecoder()
 ENTRY_TYPES = frozenset({"reg", "dir", "symlink", "char", "block", "fifo", "hardlink", "chunk"})
 
 
@@ -98,63 +96,6 @@ def _toc_json(member: Iterator[bytes], limits: Limits, digest: Any) -> Iterator[
             raise FormatError("eStargz TOC: TOC JSON is truncated or followed by data")
     if json_left:
         raise FormatError("eStargz TOC: TOC JSON is truncated or followed by data")
-
-
-class JsonText:
-    """UTF-8 JSON text arriving in pieces, consumed from the front."""
-
-    def __init__(self, pieces: Iterator[bytes]) -> None:
-        self._pieces = pieces
-        self._decoder = codecs.getincrementaldecoder("utf-8-sig")("surrogatepass")
-        self._text = ""
-        self._at = 0
-        self._ended = False
-
-    def _more(self, at_least: int = 1) -> bool:
-        """Read until `at_least` more characters are buffered; False when the text has ended."""
-        wanted = len(self._text) - self._at + at_least
-        self._text = self._text[self._at :]
-        self._at = 0
-        while len(self._text) < wanted:
-            piece = next(self._pieces, None)
-            try:
-                self._text += self._decoder.decode(piece or b"", final=piece is None)
-            except UnicodeDecodeError as exc:
-                raise FormatError(f"eStargz TOC: not valid JSON ({exc})") from None
-            if piece is None:
-                self._ended = True
-                return len(self._text) >= wanted
-        return True
-
-    def peek(self) -> str:
-        """The next character that is not white space ("" at the end)."""
-        while True:
-            while self._at < len(self._text) and self._text[self._at] in _WHITESPACE:
-                self._at += 1
-            if self._at < len(self._text):
-                return self._text[self._at]
-            if not self._more():
-                return ""
-
-    def take(self, expected: str) -> None:
-        if self.peek() != expected:
-            raise FormatError(f"eStargz TOC: not valid JSON (expected {expected!r})")
-        self._at += 1
-
-    def value(self) -> Any:
-        """The next JSON value; reads more text while the buffered text does not hold all of it."""
-        self.peek()
-        while True:
-            try:
-                value, end = _DECODER.raw_decode(self._text, self._at)
-            except ValueError as exc:
-                if self._ended:
-                    raise FormatError(f"eStargz TOC: not valid JSON ({exc})") from None
-            else:
-                if end < len(self._text) or self._ended:  # a number at the end may go on
-                    self._at = end
-                    return value
-            self._more(max(_PIECE, len(self._text) - self._at))
 
 
 def parse_toc(text: JsonText, entries: RecordFile) -> None:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import itertools
 import json
 import struct
-import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +23,13 @@ from typing import Any, BinaryIO
 import zstandard
 
 from acceld.formats.fstree import FsTree, Node, normalize
+from acceld.formats.jsonstream import JsonText
 from acceld.formats.limits import DEFAULT_LIMITS, Limits, exceeded
+from acceld.formats.records import RecordFile
 from acceld.formats.targuard import TarGuard
 from acceld.formats.zstdchunked.errors import invalid
 from acceld.formats.zstdchunked.reader_frames import BoundedReader, frames
+from acceld.formats.zstdchunked.reader_names import NameIndex
 from acceld.formats.zstdchunked.reader_tarsplit import (
     TAR_TYPES,
     TarSplitAssembler,
@@ -45,7 +48,6 @@ _FOOTER_FRAME = _SKIPPABLE + struct.pack("<I", 64)
 _FOOTER_MAGIC = b"GNUlInUx"
 _LEGACY_MAGIC = b"GnUlInUx"
 _READ = 1 << 20
-_REPEATED_VALUES = ("type", "modtime", "accesstime", "changetime", "chunkType")
 
 
 @dataclass(frozen=True)
@@ -76,33 +78,58 @@ def _parse_span(value: str, key: str, parts: int) -> tuple[int, ...]:
 
 
 class ZstdChunkedReader:
-    """A zstd:chunked blob on disk, with its TOC and tar-split loaded and authenticated."""
+    """A zstd:chunked blob on disk, with its TOC and tar-split loaded and authenticated.
+
+    The TOC's entries are kept in a temp file in `directory` (default: the system's) until `close`;
+    `toc` holds the TOC's other keys.
+    """
 
     def __init__(
-        self, blob: Path, annotations: Mapping[str, str] | None = None, limits: Limits = DEFAULT_LIMITS
+        self,
+        blob: Path,
+        annotations: Mapping[str, str] | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+        directory: Path | None = None,
     ) -> None:
-        with _malformed():
-            self.limits = limits
-            self.blob = blob
-            self.size = blob.stat().st_size
-            with blob.open("rb") as f:
-                toc_span, tar_split_span = self._footer(f)
-                if annotations is not None:
-                    toc_span, tar_split_span = self._check_annotations(annotations, toc_span, tar_split_span)
-                compressed_toc = self._part(f, toc_span, "TOC")
-                self._part_header(f, tar_split_span, "tar-split")
-                tar_split_digest = _span_digest(f, tar_split_span)
+        self.entries = RecordFile(directory, "zstdchunked-toc-")
+        self._names = NameIndex(directory)
+        try:
+            with _malformed():
+                self._load(blob, annotations, limits)
+        except BaseException:
+            self.close()
+            raise
+
+    def _load(self, blob: Path, annotations: Mapping[str, str] | None, limits: Limits) -> None:
+        self.limits = limits
+        self.blob = blob
+        self.size = blob.stat().st_size
+        with blob.open("rb") as f:
+            toc_span, tar_split_span = self._footer(f)
             if annotations is not None:
-                digest = "sha256:" + hashlib.sha256(compressed_toc).hexdigest()
-                if digest != annotations[CHECKSUM_KEY]:
-                    raise invalid(f"TOC digest {digest} does not match the manifest-checksum annotation")
-            self.toc_span, self.tar_split_span = toc_span, tar_split_span
-            self.toc: dict[str, Any] = self._load_toc(compressed_toc, toc_span)
-            if self.toc.get("tarSplitDigest") != tar_split_digest:
-                raise invalid("tarSplitDigest in the TOC does not match the tar-split")
-            self.entries: list[dict[str, Any]] = self.toc["entries"]
-            self._check_entries()
-            self._check_toc_matches_tar_split()
+                toc_span, tar_split_span = self._check_annotations(annotations, toc_span, tar_split_span)
+            self._part_header(f, toc_span, "TOC")
+            toc_digest = _span_digest(f, toc_span)
+            self._part_header(f, tar_split_span, "tar-split")
+            tar_split_digest = _span_digest(f, tar_split_span)
+        if annotations is not None and toc_digest != annotations[CHECKSUM_KEY]:
+            raise invalid(f"TOC digest {toc_digest} does not match the manifest-checksum annotation")
+        self.toc_span, self.tar_split_span = toc_span, tar_split_span
+        self.toc: dict[str, Any] = self._load_toc()
+        if self.toc.get("tarSplitDigest") != tar_split_digest:
+            raise invalid("tarSplitDigest in the TOC does not match the tar-split")
+        self._check_entries()
+        self._check_toc_matches_tar_split()
+
+    def close(self) -> None:
+        self.entries.close()
+        self._names.close()
+
+    def __enter__(self) -> ZstdChunkedReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- metadata -------------------------------------------------------------------------
 
@@ -147,10 +174,6 @@ class ZstdChunkedReader:
             raise invalid("annotations and footer disagree on the TOC or tar-split position")
         return annotated_toc, annotated_tar_split
 
-    def _part(self, f: BinaryIO, span: Span, what: str) -> bytes:
-        self._part_header(f, span, what)
-        return f.read(span.compressed)
-
     def _part_header(self, f: BinaryIO, span: Span, what: str) -> None:
         """Check the part's declared sizes and its skippable frame header (`f` is left at its start)."""
         # the default limit is containers/storage's maxTocSize, above which it pulls the whole layer
@@ -164,34 +187,68 @@ class ZstdChunkedReader:
         if header != _SKIPPABLE + struct.pack("<I", span.compressed):
             raise invalid(f"{what} is not stored in a skippable frame of its length")
 
-    @staticmethod
-    def _decompress(data: bytes, span: Span, what: str) -> bytes:
-        """Decompressed with the declared size as the cap: one byte more proves the size wrong."""
-        try:
-            with zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=True) as reader:
-                plain = reader.read(span.uncompressed + 1)
-                while len(plain) <= span.uncompressed and (
-                    more := reader.read(span.uncompressed + 1 - len(plain))
-                ):
-                    plain += more
-        except zstandard.ZstdError as exc:
-            raise invalid(f"{what} does not decompress: {exc}") from None
-        if len(plain) > span.uncompressed:
-            raise invalid(
-                f"{what} is larger uncompressed than the {span.uncompressed} bytes its position says"
-            )
-        if len(plain) != span.uncompressed:
-            raise invalid(f"{what} is {len(plain)} bytes uncompressed, the position says {span.uncompressed}")
-        return plain
+    def _toc_pieces(self) -> Iterator[bytes]:
+        """The TOC JSON, decompressed from the blob piece by piece with its declared size as the cap."""
+        span = self.toc_span
+        with self.blob.open("rb") as f:
+            f.seek(span.offset)
+            compressed = io.BufferedReader(BoundedReader(f, span.compressed), _READ)
+            reader = zstandard.ZstdDecompressor().stream_reader(compressed, read_across_frames=True)
+            size = 0
+            while piece := _read_part(reader, "TOC", span.uncompressed + 1 - size):
+                size += len(piece)
+                if size > span.uncompressed:
+                    raise invalid(
+                        f"TOC is larger uncompressed than the {span.uncompressed} bytes its position says"
+                    )
+                yield piece
+            if size != span.uncompressed:
+                raise invalid(f"TOC is {size} bytes uncompressed, the position says {span.uncompressed}")
 
-    def _load_toc(self, data: bytes, span: Span) -> dict[str, Any]:
-        try:
-            toc = json.loads(self._decompress(data, span, "TOC"), object_hook=_shared_values)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise invalid(f"TOC is not JSON: {exc}") from None
-        if not isinstance(toc, dict) or toc.get("version") != 1 or not isinstance(toc.get("entries"), list):
-            raise invalid("TOC is not a version 1 manifest with entries")
+    def _load_toc(self) -> dict[str, Any]:
+        """The TOC's keys but `entries`, whose values go to `self.entries` one by one."""
+        text = JsonText(self._toc_pieces(), "zstd:chunked: TOC")
+        not_a_manifest = invalid("TOC is not a version 1 manifest with entries")
+        if text.peek() != "{":
+            text.value()
+            raise not_a_manifest
+        text.take("{")
+        toc: dict[str, Any] = {}
+        seen_entries = False
+        while text.peek() != "}":
+            key = text.value()
+            if not isinstance(key, str):
+                raise invalid("TOC is not JSON: expected a key")
+            text.take(":")
+            if key == "entries" and text.peek() == "[":
+                if seen_entries:
+                    raise invalid("TOC has two `entries` lists")
+                seen_entries = True
+                self._load_entries(text)
+            else:
+                toc[key] = text.value()
+            if text.peek() != ",":
+                break
+            text.take(",")
+        text.take("}")
+        if text.peek():
+            raise invalid("TOC is not JSON: data after the TOC object")
+        self.entries.seal()
+        if toc.get("version") != 1 or not seen_entries or "entries" in toc:
+            raise not_a_manifest
         return toc
+
+    def _load_entries(self, text: JsonText) -> None:
+        text.take("[")
+        if text.peek() == "]":
+            text.take("]")
+            return
+        while True:
+            self.entries.append(text.value())
+            if text.peek() != ",":
+                break
+            text.take(",")
+        text.take("]")
 
     def _tar_split_lines(self) -> Iterator[dict[str, Any]]:
         """The tar-split's JSON lines, decompressed from the blob piece by piece on every call (a
@@ -202,7 +259,7 @@ class ZstdChunkedReader:
             compressed = io.BufferedReader(BoundedReader(f, span.compressed), _READ)
             reader = zstandard.ZstdDecompressor().stream_reader(compressed, read_across_frames=True)
             size, rest = 0, b""
-            while piece := _read_tar_split(reader):
+            while piece := _read_part(reader, "tar-split"):
                 size += len(piece)
                 if size > span.uncompressed:
                     declared = span.uncompressed
@@ -217,10 +274,9 @@ class ZstdChunkedReader:
                 yield _tar_split_line(rest)
 
     def _check_entries(self) -> None:
-        names: set[str] = set()
         current: dict[str, Any] | None = None
         next_chunk_offset = 0
-        for entry in self.entries:
+        for index, entry in enumerate(self.entries):
             kind, name = entry.get("type"), entry.get("name")
             if not isinstance(name, str):
                 raise invalid("TOC entry without a name")
@@ -238,9 +294,8 @@ class ZstdChunkedReader:
             current = None
             if kind not in TAR_TYPES:
                 raise invalid(f"TOC entry {name!r} has unknown type {kind!r}")
-            if name in names:
+            if not self._names.add(name, index):
                 raise invalid(f"TOC contains duplicate entries for path {name!r}")
-            names.add(name)
             if kind == "reg" and entry.get("size", 0):
                 if not entry.get("digest") or not entry.get("offset") or not entry.get("endOffset"):
                     raise invalid(f"TOC entry {name!r} lacks digest or offsets")
@@ -259,32 +314,33 @@ class ZstdChunkedReader:
     # -- TOC versus tar-split (containers/storage ensureTOCMatchesTarSplit) ---------------
 
     def _check_toc_matches_tar_split(self) -> None:
-        pending = {e["name"]: e for e in self.entries if e["type"] != "chunk"}
+        pending = self._names.unmatched()
         for info, block in tar_split_headers(self._tar_split_lines()):
             name = toc_name(info, pending)
-            entry = pending.pop(name, None)
-            if entry is None:
+            index = self._names.match(name)
+            if index is None:
                 raise invalid(f"tar-split contains an entry for {info.name!r} missing in the TOC")
+            entry = self.entries[index]
             for field, expected, actual in compare_entry(entry, info, block):
                 if expected != actual:
                     raise invalid(
                         f"TOC and tar-split disagree on {field} of {name!r}: {actual!r} != {expected!r}"
                     )
-        if pending:
-            raise invalid(f"TOC contains entries not present in the tar-split, e.g. {sorted(pending)[:5]}")
+        left = self._names.first_unmatched(5)
+        if left:
+            raise invalid(f"TOC contains entries not present in the tar-split, e.g. {left}")
 
     # -- data -----------------------------------------------------------------------------
 
-    def _ranges(self) -> list[_Range]:
+    def _ranges(self) -> Iterator[_Range]:
         """Compressed ranges the TOC promises: every file, and every chunk of multi-chunk files."""
-        ranges: list[_Range] = []
         file: dict[str, Any] | None = None
         chunks: list[dict[str, Any]] = []
 
-        def close() -> None:
+        def close() -> Iterator[_Range]:
             if file is None:
                 return
-            ranges.append(
+            yield (
                 _Range(
                     file["offset"],
                     file["endOffset"],
@@ -298,18 +354,15 @@ class ZstdChunkedReader:
                 ends = [c["offset"] for c in chunks[1:]] + [file["endOffset"]]
                 for index, (chunk, end) in enumerate(zip(chunks, ends, strict=True)):
                     what = f"{file['name']} chunk {index}"
-                    ranges.append(
-                        _Range(chunk["offset"], end, chunk["chunkSize"], chunk["chunkDigest"], what)
-                    )
+                    yield _Range(chunk["offset"], end, chunk["chunkSize"], chunk["chunkDigest"], what)
 
         for entry in self.entries:
             if entry["type"] == "chunk":
                 chunks.append(entry)
                 continue
-            close()
+            yield from close()
             file, chunks = (entry, [entry]) if entry["type"] == "reg" and entry.get("size", 0) else (None, [])
-        close()
-        return ranges
+        yield from close()
 
     def verify(self, source_tar: BinaryIO | None = None, diff_id: str | None = None) -> LayerReport:
         """Check frame boundaries, every file and chunk digest, and that the stream is the tar.
@@ -319,22 +372,18 @@ class ZstdChunkedReader:
         and the stream must equal `source_tar` / hash to `diff_id` when those are given.
         """
         with _malformed():
-            ranges = self._ranges()
-            starting: dict[int, list[_Range]] = {}
-            for r in ranges:
-                starting.setdefault(r.start, []).append(r)
+            starting = _RangeStarts(self._ranges)
             active: list[_RangeCheck] = []
-            toc_positions: dict[str, int] = {}
-            assembler = TarSplitAssembler(self._tar_split_lines())
+            assembler = TarSplitAssembler(self._tar_split_lines(), self._names.content_at)
             stream_digest = hashlib.sha256()
             tar_size = frame_count = 0
             guard = TarGuard(self.limits)
             for start, end, pieces in frames(self.blob, self.toc_span.offset - 8):
                 frame_count += 1
-                for r in starting.pop(start, ()):
+                for r in starting.pop(start):
                     active.append(_RangeCheck(r))
                     if r.is_file:
-                        toc_positions[r.what] = tar_size
+                        self._names.toc_at(r.what, tar_size)
                 for content in pieces:
                     guard.feed(content)
                     for check in active:
@@ -357,28 +406,33 @@ class ZstdChunkedReader:
                     else:
                         still.append(check)
                 active = still
-            if starting:
-                offset, (first, *_) = next(iter(sorted(starting.items())))
-                raise invalid(f"{first.what}: offset {offset} is not the start of a zstd frame")
+            unstarted = starting.first_left()
+            if unstarted is not None:
+                raise invalid(f"{unstarted.what}: offset {unstarted.start} is not the start of a zstd frame")
             if active:
                 raise invalid(f"{active[0].range.what}: range runs past the data frames")
             assembler.finish()
             if source_tar is not None and source_tar.read(1):
                 raise invalid("the source tar is longer than the decompressed stream")
-            for name, position in toc_positions.items():
-                if assembler.content_positions.get(name) != position:
-                    raise invalid(
-                        f"{name}: TOC offset points at other bytes than the tar-split places the file"
-                    )
+            misplaced = self._names.first_misplaced()
+            if misplaced is not None:
+                raise invalid(
+                    f"{misplaced}: TOC offset points at other bytes than the tar-split places the file"
+                )
             digest = "sha256:" + stream_digest.hexdigest()
             if diff_id is not None and digest != diff_id:
                 raise invalid(f"decompressed stream digest {digest} is not the diff_id {diff_id}")
-            chunked = [e for e in self.entries if "chunkDigest" in e]
+            files = chunks = zeros_chunks = 0
+            for entry in self.entries:
+                files += entry["type"] == "reg"
+                if "chunkDigest" in entry:
+                    chunks += 1
+                    zeros_chunks += entry.get("chunkType") == "zeros"
             return LayerReport(
                 entries=len(self.entries),
-                files=sum(1 for e in self.entries if e["type"] == "reg"),
-                chunks=len(chunked),
-                zeros_chunks=sum(1 for e in chunked if e.get("chunkType") == "zeros"),
+                files=files,
+                chunks=chunks,
+                zeros_chunks=zeros_chunks,
                 frames=frame_count,
                 diff_id=digest,
                 tar_size=tar_size,
@@ -436,6 +490,31 @@ class _Range:
     is_file: bool = False
 
 
+class _RangeStarts:
+    """The ranges by start offset, popped as the frames start: streamed when they come in blob order
+    (as writers list them), else sorted in memory."""
+
+    def __init__(self, ranges: Callable[[], Iterator[_Range]]) -> None:
+        in_order = all(a.start <= b.start for a, b in itertools.pairwise(ranges()))
+        self._ranges = ranges() if in_order else iter(sorted(ranges(), key=lambda r: r.start))
+        self._next = next(self._ranges, None)
+        self._missed: _Range | None = None  # the first range that starts inside a frame
+
+    def pop(self, start: int) -> list[_Range]:
+        found = []
+        while self._next is not None and self._next.start <= start:
+            if self._next.start == start:
+                found.append(self._next)
+            elif self._missed is None:
+                self._missed = self._next
+            self._next = next(self._ranges, None)
+        return found
+
+    def first_left(self) -> _Range | None:
+        """The range of the lowest offset that no frame started at."""
+        return self._missed or self._next
+
+
 class _RangeCheck:
     def __init__(self, expected: _Range) -> None:
         self.range = expected
@@ -463,11 +542,11 @@ def _span_digest(f: BinaryIO, span: Span) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def _read_tar_split(reader: zstandard.ZstdDecompressionReader) -> bytes:
+def _read_part(reader: zstandard.ZstdDecompressionReader, what: str, at_most: int = _READ) -> bytes:
     try:
-        return reader.read(_READ)
+        return reader.read(min(_READ, at_most))
     except zstandard.ZstdError as exc:
-        raise invalid(f"tar-split does not decompress: {exc}") from None
+        raise invalid(f"{what} does not decompress: {exc}") from None
 
 
 def _tar_split_line(line: bytes) -> dict[str, Any]:
@@ -476,15 +555,6 @@ def _tar_split_line(line: bytes) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise invalid(f"tar-split line is not JSON: {exc}") from None
     return parsed
-
-
-def _shared_values(entry: dict[str, Any]) -> dict[str, Any]:
-    """A TOC object with its often repeated string values interned (a TOC may list a million files)."""
-    for key in _REPEATED_VALUES:
-        value = entry.get(key)
-        if type(value) is str:
-            entry[key] = sys.intern(value)
-    return entry
 
 
 def _read_exact(stream: BinaryIO, size: int) -> bytes:

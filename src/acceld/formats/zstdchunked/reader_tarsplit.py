@@ -13,7 +13,7 @@ import calendar
 import io
 import re
 import tarfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from typing import Any
 
 import fastcrc
@@ -78,15 +78,16 @@ def tar_split_headers(lines: Iterable[Mapping[str, Any]]) -> Iterator[tuple[tarf
 class TarSplitAssembler:
     """Checks the decompressed stream against tar-split segments and file CRC-64s, in order."""
 
-    def __init__(self, lines: Iterable[dict[str, Any]]) -> None:
+    def __init__(self, lines: Iterable[dict[str, Any]], content_at: Callable[[str, int], None]) -> None:
+        """`content_at(name, position)` hears where each file's content starts in the stream."""
         self._lines = iter(lines)
+        self._content_at = content_at
         self._segment = b""  # rest of the current segment still to match
         self._file_left = 0
         self._file_crc: int | None = None
         self._expected_crc = b""
         self._file_name = ""
         self.position = 0
-        self.content_positions: dict[str, int] = {}
 
     def feed(self, data: bytes) -> None:
         view = memoryview(data)
@@ -118,7 +119,7 @@ class TarSplitAssembler:
             self._segment = base64.b64decode(line.get("payload") or "")
         elif line.get("type") == 1:
             self._file_name = _tar_split_name(line)
-            self.content_positions[self._file_name] = self.position
+            self._content_at(self._file_name, self.position)
             self._file_left = line.get("size", 0)
             self._file_crc = None
             self._expected_crc = base64.b64decode(line["payload"]) if line.get("payload") else b""
@@ -147,7 +148,7 @@ def _tar_split_name(line: dict[str, Any]) -> str:
     return name if isinstance(name, str) else ""
 
 
-def toc_name(info: tarfile.TarInfo, pending: Mapping[str, dict[str, Any]]) -> str:
+def toc_name(info: tarfile.TarInfo, pending: Container[str]) -> str:
     """tarfile drops a directory's trailing slashes; find the TOC's spelling of the name."""
     if info.name in pending or not info.isdir():
         return info.name

@@ -1,5 +1,5 @@
 """Marshalled values in an unnamed temp file, for the per-entry metadata of layers of a million
-entries: memory holds one 8-byte offset per record.
+entries (the eStargz writer and reader, the zstd:chunked reader): memory holds one 8-byte offset per record.
 
 Records are read back by index through one buffered reader (ascending indexes cost no system call
 each), or in order by any number of iterations at once, each with its own position.
