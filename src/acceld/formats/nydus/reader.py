@@ -34,7 +34,7 @@ from acceld.formats.nydus.reader_blob import (
     PLACEHOLDER_BLOB_ID,
     BlobReport,
     NydusBlob,
-    check_chunk_data,
+    chunk_data_problem,
     parse_blob_meta_file,
     select_blob_entry,
     verify_blob,
@@ -58,9 +58,10 @@ from acceld.formats.nydus.reader_common import (
     UnsupportedNydusError,
     map_file,
     map_path,
+    same_bytes,
     spool_file,
 )
-from acceld.formats.nydus.reader_inodes import Inode
+from acceld.formats.nydus.reader_inodes import ChunkAddr, Inode
 from acceld.formats.targuard import TarGuard
 
 __all__ = [
@@ -224,15 +225,17 @@ class RafsImage:
             blob = self.blob(addr.blob_index)
             info = blob.chunk(addr.ci_index)
             piece = min(chunk_size, inode.size - i * chunk_size)
-            where = f"{path} chunk {i} (blob {entry.index}, CI index {addr.ci_index})"
             if (info.uncompressed_offset, info.uncompressed_size) != (addr.blk_addr * BLOCK_SIZE, piece):
                 raise BlobError(
-                    f"{where}: CI entry says uncompressed offset/size {info.uncompressed_offset}/"
-                    f"{info.uncompressed_size}, the inode expects {addr.blk_addr * BLOCK_SIZE}/{piece}"
+                    f"{_chunk_where(path, i, addr)}: CI entry says uncompressed offset/size "
+                    f"{info.uncompressed_offset}/{info.uncompressed_size}, the inode expects "
+                    f"{addr.blk_addr * BLOCK_SIZE}/{piece}"
                 )
-            data = blob.read_chunk(addr.ci_index, entry.compressor)
+            data = blob.read_chunk_of(info, entry.compressor)
             record = self.bootstrap.chunk_table.find(addr.blob_index, addr.ci_index)
-            check_chunk_data(blob, info, data, entry.digester, record, where)
+            _, problem = chunk_data_problem(blob, info, data, entry.digester, record)
+            if problem:
+                raise BlobError(f"{_chunk_where(path, i, addr)}: {problem}")
             yield data
 
     def blob(self, index: int) -> NydusBlob:
@@ -402,7 +405,7 @@ class RafsImage:
         meta = self.blob_metas.get(entry.blob_id)
         if meta is not None:
             _, ci_raw, _ = parse_blob_meta_file(meta, f"{entry.blob_id}.blob.meta")
-            if ci_raw != blob.ci_raw:
+            if not same_bytes(ci_raw, blob.ci_raw):
                 raise BlobError(f"{entry.blob_id}.blob.meta: CI data differs from the blob's blob.meta")
 
 
@@ -546,6 +549,10 @@ def _read_bootstrap_file(path: Path) -> Mapped:
         return map_path(path)
     except OSError as exc:
         raise BootstrapError(f"cannot read bootstrap {path}: {exc.strerror}") from exc
+
+
+def _chunk_where(path: str, i: int, addr: ChunkAddr) -> str:
+    return f"{path} chunk {i} (blob {addr.blob_index}, CI index {addr.ci_index})"
 
 
 def _node(inode: Inode, digest: str) -> Node:

@@ -9,6 +9,8 @@ decoded, and every chunk can be decompressed and checked against its digest. Vio
 from __future__ import annotations
 
 import hashlib
+import os
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +70,7 @@ CI_HAS_CRC32: Final = 0x10
 PLACEHOLDER_BLOB_ID: Final = "x" * 64
 _READ_SIZE: Final = 1 << 20
 _HASH_PIECE: Final = 16 << 20
+_RELEASE_EVERY: Final = 1 << 16  # CI entries decoded between drops of a mapped CI array's pages
 
 IMAGE_BLOB, BLOB_META, BLOB_META_HEADER = "image.blob", "blob.meta", "blob.meta.header"
 BLOB_DIGEST, IMAGE_BOOT, BLOB_TOC = "blob.digest", "image.boot", "rafs.blob.toc"
@@ -110,9 +113,9 @@ class BlobMetaHeader:
     zran_count: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ChunkInfo:
-    """One chunk-info (CI) entry of the blob meta, v1 or v2, decoded."""
+    """One chunk-info (CI) entry of the blob meta, v1 or v2, decoded (not frozen: made per chunk read)."""
 
     index: int
     uncompressed_offset: int
@@ -167,6 +170,7 @@ class ChunkInfos(Sequence[ChunkInfo]):
 
     def __init__(self, raw: Buffer, v2: bool, count: int, where: str) -> None:
         self.raw, self.v2, self.entries, self.where = raw, v2, count, where
+        self.decoded = 0
 
     def __len__(self) -> int:
         return self.entries
@@ -184,11 +188,39 @@ class ChunkInfos(Sequence[ChunkInfo]):
             index += self.entries
         if not 0 <= index < self.entries:
             raise IndexError(index)
+        self.decoded += 1
+        if self.decoded % _RELEASE_EVERY == 0:
+            release_pages(self.raw)
         return (_decode_ci_v2 if self.v2 else _decode_ci_v1)(self.raw, index, self.where)
 
 
+class BlobDigests(Sequence[bytes]):
+    """The blob.digest array, read from the blob file on access (32 MB for a million chunks)."""
+
+    def __init__(self, blob: NydusBlob, offset: int, entries: int) -> None:
+        self.blob, self.offset, self.entries = blob, offset, entries
+
+    def __len__(self) -> int:
+        return self.entries
+
+    @overload
+    def __getitem__(self, index: int) -> bytes: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[bytes]: ...
+
+    def __getitem__(self, index: int | slice) -> bytes | list[bytes]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self.blob._read(self.offset + index * DIGEST_SIZE, DIGEST_SIZE)
+
+
 class Digests(Sequence[bytes]):
-    """A digest array (blob.digest, or digests computed while verifying), sliced on access."""
+    """Digests computed while verifying, sliced on access."""
 
     def __init__(self, raw: Buffer) -> None:
         self.raw = raw
@@ -302,9 +334,11 @@ class NydusBlob:
         self.path = Path(path)
         self.where = f"blob {self.path.name}"
         try:
-            self.size = self.path.stat().st_size
+            self.fd = os.open(self.path, os.O_RDONLY)
         except OSError as exc:
             raise BlobError(f"{self.where}: cannot open ({exc.strerror})") from exc
+        weakref.finalize(self, os.close, self.fd)
+        self.size = os.fstat(self.fd).st_size
         self.parts = self._walk_parts()
         self.toc = self._read_toc()
         self.header, self.ci_raw, self.chunks = self._read_blob_meta()
@@ -343,9 +377,7 @@ class NydusBlob:
             raise BlobError(
                 f"{self.where}: read of {size} bytes at {offset} is outside the {self.size}-byte blob"
             )
-        with open(self.path, "rb") as handle:
-            handle.seek(offset)
-            data = handle.read(size)
+        data = os.pread(self.fd, size, offset)
         if len(data) != size:
             raise BlobError(f"{self.where}: short read at {offset}")
         return data
@@ -463,7 +495,7 @@ class NydusBlob:
                     f"{entry.compressed_size} without compression"
                 )
 
-    def _read_blob_meta(self) -> tuple[BlobMetaHeader | None, bytes, Sequence[ChunkInfo]]:
+    def _read_blob_meta(self) -> tuple[BlobMetaHeader | None, Mapped, Sequence[ChunkInfo]]:
         part = self.parts_by_name.get(BLOB_META)
         if part is None:
             return None, b"", []
@@ -504,12 +536,16 @@ class NydusBlob:
                 f"{where}: ci_uncompressed_size {header.ci_uncompressed_size} does not fit "
                 f"{header.ci_entries} CI entries of {width} bytes"
             )
-        compressed = self._read(part.offset, ci_size)
         if header.ci_compressor == COMPRESSOR_NONE and ci_size != header.ci_uncompressed_size:
             raise BlobError(
                 f"{where}: uncompressed CI is {ci_size} bytes, header says {header.ci_uncompressed_size}"
             )
-        raw = decompress(header.ci_compressor, compressed, header.ci_uncompressed_size, f"{where} CI array")
+        # a million chunks make a CI array of 16-24 MB: it goes to a mapped temp file
+        with open(self.path, "rb") as handle:
+            handle.seek(part.offset)
+            raw = decompress_to_map(
+                header.ci_compressor, handle, ci_size, header.ci_uncompressed_size, f"{where} CI array"
+            )
         return header, raw, parse_chunk_infos(raw, header, where)
 
     def _read_digest_array(self) -> Sequence[bytes]:
@@ -521,7 +557,14 @@ class NydusBlob:
             raise BlobError(
                 f"{self.where}: blob.digest is {part.size} bytes, expected 32 x {count} CI entries"
             )
-        return Digests(self._read(part.offset, part.size))
+        return BlobDigests(self, part.offset, count)
+
+    def sha256_of(self, offset: int, size: int) -> bytes:
+        """sha256 of a range of the blob file, read a piece at a time."""
+        sha = hashlib.sha256()
+        for start in range(offset, offset + size, _READ_SIZE):
+            sha.update(self._read(start, min(_READ_SIZE, offset + size - start)))
+        return sha.digest()
 
     def inline_bootstrap(self, workdir: Path | None = None) -> Mapped | None:
         """The uncompressed per-layer bootstrap (`image.boot`) in a mapped temp file, or None."""
@@ -548,7 +591,11 @@ class NydusBlob:
 
     def read_chunk(self, ci_index: int, compressor: int, handle: BinaryIO | None = None) -> bytes:
         """Decompressed data of one chunk (checks its placement and size, not its digest)."""
-        info = self.chunk(ci_index)
+        return self.read_chunk_of(self.chunk(ci_index), compressor, handle)
+
+    def read_chunk_of(self, info: ChunkInfo, compressor: int, handle: BinaryIO | None = None) -> bytes:
+        """`read_chunk` of a CI entry already decoded."""
+        ci_index = info.index
         where = f"{self.where} chunk {ci_index}"
         if self.is_zran:
             return self._read_zran_chunk(info, where)
@@ -761,14 +808,15 @@ def _check_toc_digests(blob: NydusBlob, bootstrap_raw: Mapped | None, entry: Blo
     if pos != blob.size:
         raise BlobError(f"{blob.where}: changed while being read")
     header_raw = b""
+    digest_part = blob.parts_by_name.get(BLOB_DIGEST)
     if blob.header is not None:
         meta = blob.parts_by_name[BLOB_META]
         header_raw = blob._read(meta.offset + meta.size - BLOB_META_HEADER_SIZE, BLOB_META_HEADER_SIZE)
     actual = {
         IMAGE_BLOB: image_blob.digest(),
-        BLOB_META: hashlib.sha256(blob.ci_raw).digest(),
+        BLOB_META: _sha256(blob.ci_raw),
         BLOB_META_HEADER: hashlib.sha256(header_raw).digest(),
-        BLOB_DIGEST: _sha256(blob.digests.raw) if isinstance(blob.digests, Digests) else b"",
+        BLOB_DIGEST: blob.sha256_of(digest_part.offset, digest_part.size) if digest_part else b"",
         IMAGE_BOOT: _sha256(bootstrap_raw or b""),
     }
     for toc_entry in blob.toc:
@@ -804,28 +852,33 @@ def _check_chunks(blob: NydusBlob, entry: BlobEntry, records: Mapping[int, Chunk
     digests = bytearray()
     with open(blob.path, "rb") as handle:
         for info in blob.chunks:
-            data = blob.read_chunk(info.index, entry.compressor, handle)
+            data = blob.read_chunk_of(info, entry.compressor, handle)
             if info.uncompressed_size > entry.chunk_size:
                 raise BlobError(
                     f"{blob.where}: chunk {info.index} has "
                     f"{info.uncompressed_size} bytes, above the chunk size"
                 )
-            where = f"{blob.where}: chunk {info.index} (compressed offset {info.compressed_offset})"
-            digests += check_chunk_data(blob, info, data, entry.digester, records.get(info.index), where)
+            digest, problem = chunk_data_problem(blob, info, data, entry.digester, records.get(info.index))
+            if problem:
+                raise BlobError(
+                    f"{blob.where}: chunk {info.index} "
+                    f"(compressed offset {info.compressed_offset}): {problem}"
+                )
+            digests += digest
     return Digests(digests)
 
 
-def check_chunk_data(
-    blob: NydusBlob, info: ChunkInfo, data: bytes, digester: int, record: ChunkRecord | None, where: str
-) -> bytes:
-    """Check decompressed chunk data against every digest and CRC the blob and chunk table carry."""
+def chunk_data_problem(
+    blob: NydusBlob, info: ChunkInfo, data: bytes, digester: int, record: ChunkRecord | None
+) -> tuple[bytes, str]:
+    """The chunk's digest, and what is wrong with it ("" when nothing): `where` is only built on error."""
     digest = chunk_digest(digester, data)
     for source, wanted in (
         ("blob.digest", blob.digests[info.index] if blob.digests else None),
         ("chunk table", record.digest if record is not None else None),
     ):
         if wanted is not None and wanted != digest:
-            raise BlobError(f"{where}: digest {digest.hex()} != {source} {wanted.hex()}")
+            return digest, f"digest {digest.hex()} != {source} {wanted.hex()}"
     crcs = []
     if record is not None and record.flags & CHUNK_HAS_CRC32:
         crcs.append(("chunk table", record.crc32))
@@ -833,8 +886,8 @@ def check_chunk_data(
         crcs.append(("CI entry", info.data & 0xFFFF_FFFF))
     for source, wanted_crc in crcs:
         if crc32c(data) != wanted_crc:
-            raise BlobError(f"{where}: CRC-32C {crc32c(data):#010x} != {source} crc32 {wanted_crc:#010x}")
-    return digest
+            return digest, f"CRC-32C {crc32c(data):#010x} != {source} crc32 {wanted_crc:#010x}"
+    return digest, ""
 
 
 def expand_blob(blob: NydusBlob, entry: BlobEntry, out: BinaryIO) -> None:

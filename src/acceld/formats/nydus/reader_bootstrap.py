@@ -14,7 +14,7 @@ import struct
 from array import array
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, overload
+from typing import Final, NamedTuple, overload
 
 import numpy as np
 
@@ -132,9 +132,8 @@ class Device:
     mapped_blkaddr: int
 
 
-@dataclass(frozen=True, slots=True)
-class ChunkRecord:
-    """One 80-byte chunk-table entry (`RafsV5ChunkInfo`)."""
+class ChunkRecord(NamedTuple):
+    """One 80-byte chunk-table entry (`RafsV5ChunkInfo`), decoded (a tuple: made per look-up)."""
 
     digest: bytes
     blob_index: int
@@ -275,7 +274,7 @@ def parse_bootstrap(data: Mapped) -> RafsBootstrap:
 
 
 def _decode_record(data: Mapped, off: int) -> ChunkRecord:
-    return ChunkRecord(*_CHUNK_RECORD.unpack_from(data, off))
+    return ChunkRecord._make(_CHUNK_RECORD.unpack_from(data, off))
 
 
 class _BootstrapParser:

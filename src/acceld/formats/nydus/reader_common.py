@@ -43,6 +43,7 @@ TAR_HEADER_SIZE: Final = 512
 MAX_BOOTSTRAP_SIZE: Final = 1 << 30  # refuse to inflate a larger image.boot (untrusted input)
 _SPOOL_PIECE: Final = 1 << 20
 _ZSTD_STEP: Final = 512
+_COMPARE_PIECE: Final = 16 << 20
 
 # Bootstraps are read through a file mapping (a 1 M-file bootstrap is ~200 MB) or, for small inputs
 # and tests, from bytes: both slice to bytes and work with struct.unpack_from.
@@ -112,8 +113,22 @@ def map_path(path: Path) -> Mapped:
 
 def release_pages(data: Buffer) -> None:
     """Drop the pages of a mapping from this process (they stay in the page cache): bounded RSS."""
-    if isinstance(data, mmap.mmap) and not data.closed:
-        data.madvise(mmap.MADV_DONTNEED)
+    target = data.obj if isinstance(data, memoryview) else data
+    if isinstance(target, mmap.mmap) and not target.closed:
+        target.madvise(mmap.MADV_DONTNEED)
+
+
+def same_bytes(a: Buffer, b: Buffer) -> bool:
+    """Equal content, compared a piece at a time (mapped pages are dropped as they are read)."""
+    if len(a) != len(b):
+        return False
+    left, right = memoryview(a), memoryview(b)
+    for start in range(0, len(left), _COMPARE_PIECE):
+        if left[start : start + _COMPARE_PIECE] != right[start : start + _COMPARE_PIECE]:
+            return False
+        release_pages(a)
+        release_pages(b)
+    return True
 
 
 def spool_file(workdir: Path | None = None) -> BinaryIO:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
 
-from acceld.formats.nydus.reader_common import BlobError, u8, u16, u32, u64
+from acceld.formats.nydus.reader_common import BlobError, Mapped, u8, u16, u32, u64
 
 CONTEXT_SIZE: Final = 40
 CI_V2_SIZE: Final = 24
@@ -48,7 +48,7 @@ class ZranContext:
 
 
 def parse_zran_tables(
-    ci_raw: bytes, chunk_count: int, zran_offset: int, zran_size: int, zran_count: int, where: str
+    ci_raw: Mapped, chunk_count: int, zran_offset: int, zran_size: int, zran_count: int, where: str
 ) -> list[ZranContext]:
     """The context table and dictionaries that follow the CI v2 array in the uncompressed blob meta."""
     if zran_offset != CI_V2_SIZE * chunk_count:
