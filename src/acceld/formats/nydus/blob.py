@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from array import array
 from collections import deque
 from collections.abc import Collection
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,16 +33,16 @@ from acceld.formats.nydus.layout import (
     pack_blob_meta_header,
     pack_ci_v1,
     pack_toc_entry,
+    unpack_ci_v1,
 )
 from acceld.formats.nydus.options import NydusOptions
 from acceld.formats.nydus.tarball import tree_from_tar
-from acceld.formats.nydus.tree import Chunk, Inode, chunks_of
+from acceld.formats.nydus.tree import PENDING_BLOB_ID, BlobRefs, Chunk, Inode, chunks_of
 
 _WINDOW_BYTES = 24 << 20
 _WORKERS = 2
 _BATCH_BYTES = 1 << 20  # chunks go to the workers in batches of about this much data
 _BATCH_CHUNKS = 64  # or of this many chunks (the placeholders of a batch live until it is resolved)
-_PENDING = "pending"  # blob id of a chunk whose place in the blob is not decided yet
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class _HashingWriter:
         self.sha256 = hashlib.sha256()
         self.position = 0
 
-    def write(self, data: bytes | memoryview) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         self.out.write(data)
         self.sha256.update(data)
         self.position += len(data)
@@ -107,9 +108,11 @@ class _ChunkWriter:
         self.window = max(_WORKERS + 1, _WINDOW_BYTES // max(options.chunk_size, _BATCH_BYTES))
         self.added = 0  # chunks handed to `add`
         self.unplaced: deque[tuple[int, Inode]] = deque()  # (its last chunk's number, file) with placeholders
-        self.resolved: list[Chunk] = []  # by the number of the `add` call
+        # by the number of the `add` call: a CI index, or -1 - n for `dict_chunks[n]` (chunk objects
+        # are made from the CI and digest tables when needed: a million small files, a million chunks)
+        self.resolved = array("q")
+        self.dict_chunks: list[Chunk] = []
         self.index = DigestIndex()  # the digests of this blob's chunks, by CI index
-        self.distinct: list[Chunk] = []  # by CI index
         self.dict_blob_ids: dict[str, None] = {}
         self.ci = bytearray()
         self.digests = self.index.digests
@@ -123,7 +126,7 @@ class _ChunkWriter:
         self.added += 1
         if self.batch_bytes >= _BATCH_BYTES or len(self.batch) >= _BATCH_CHUNKS:
             self._submit()
-        return Chunk(b"", _PENDING, self.added - 1, 0, 0, 0, len(data))
+        return Chunk(b"", PENDING_BLOB_ID, self.added - 1, 0, 0, 0, len(data))
 
     def placed(self, node: Inode) -> None:
         """`node.chunks` now holds the chunks the latest `add` calls returned for it."""
@@ -148,58 +151,66 @@ class _ChunkWriter:
         while self.unplaced and self.unplaced[0][0] < resolved:
             node = self.unplaced.popleft()[1]
             node.chunks = chunks_of(
-                [self.resolved[c.index] if c.blob_id == _PENDING else c for c in node.chunks]
+                [
+                    self.chunk(self.resolved[c.index]) if c.blob_id == PENDING_BLOB_ID else c
+                    for c in node.chunks
+                ]
             )
 
-    def _resolve(self, digest: bytes, packed: bytes | None, data: bytes) -> Chunk:
+    def _resolve(self, digest: bytes, packed: bytes | None, data: bytes) -> int:
+        """Place one chunk: its CI index in this blob, or -1 - n for `dict_chunks[n]`."""
         number = self.index.find(digest)
-        chunk = self.distinct[number] if number >= 0 else None
-        if chunk is None and self.chunk_dict is not None:
-            chunk = self.chunk_dict.find(digest, len(data))
-            if chunk is not None:
-                self.dict_blob_ids[chunk.blob_id] = None
-        if chunk is None:
-            if packed is None and self.chunk_dict is not None and digest in self.chunk_dict.chunks:
+        if number >= 0:
+            return number
+        if self.chunk_dict is not None:
+            found = self.chunk_dict.find(digest, len(data))
+            if found is not None:
+                self.dict_blob_ids[found.blob_id] = None
+                self.dict_chunks.append(found)
+                return -len(self.dict_chunks)
+            if packed is None and digest in self.chunk_dict.chunks:
                 packed = compress(data, self.options.compressor)  # dict entry of another size
-            stored = data if packed is None else packed
-            chunk = Chunk(
-                digest=digest,
-                blob_id=PLACEHOLDER_BLOB_ID,
-                index=len(self.distinct),
-                compressed_offset=self.out.position,
-                compressed_size=len(stored),
-                uncompressed_offset=self.uncompressed_end,
-                uncompressed_size=len(data),
-            )
-            self.out.write(stored)
-            self.stored += len(stored)
-            self.uncompressed_end += align(len(data), BLOCK)
-            self.ci += pack_ci_v1(
-                chunk.uncompressed_offset,
-                chunk.uncompressed_size,
-                chunk.compressed_offset,
-                chunk.compressed_size,
-            )
-            self.index.add(digest)
-            self.distinct.append(chunk)
-        return chunk
+        stored = data if packed is None else packed
+        self.ci += pack_ci_v1(self.uncompressed_end, len(data), self.out.position, len(stored))
+        self.out.write(stored)
+        self.stored += len(stored)
+        self.uncompressed_end += align(len(data), BLOCK)
+        return self.index.add(digest)
+
+    def chunk(self, number: int) -> Chunk:
+        """The chunk `_resolve` numbered, made from the CI and digest tables."""
+        if number < 0:
+            return self.dict_chunks[-1 - number]
+        uncompressed_offset, uncompressed_size, offset, size = unpack_ci_v1(self.ci, 16 * number)
+        return Chunk(
+            digest=bytes(self.digests[32 * number : 32 * number + 32]),
+            blob_id=PLACEHOLDER_BLOB_ID,
+            index=number,
+            compressed_offset=offset,
+            compressed_size=size,
+            uncompressed_offset=uncompressed_offset,
+            uncompressed_size=uncompressed_size,
+        )
+
+    def flush(self) -> None:
+        if self.batch:
+            self._submit()
+        while self.pending:
+            self._resolve_one()
 
     def finish(self) -> None:
         try:
-            if self.batch:
-                self._submit()
-            while self.pending:
-                self._resolve_one()
+            self.flush()
         finally:
             self.close()
         if self.unplaced:
             raise AssertionError("a file's chunks were never resolved")
-        self.count = len(self.distinct)
+        self.count = len(self.index)
         if self.count > 1 << 24:
             raise FormatError("layer needs more than 2^24 distinct chunks")
         self.index.release()
-        self.distinct.clear()
-        self.resolved.clear()
+        self.dict_chunks.clear()
+        del self.resolved[:]
 
     def close(self) -> None:
         for future, _ in self.pending:
@@ -215,8 +226,9 @@ def write_layer_blob(
         chunk_dict.check_compatible(options)
     writer = _HashingWriter(out)
     chunks = _ChunkWriter(writer, options, chunk_dict)
+    refs = BlobRefs()
     try:
-        root = tree_from_tar(tar, chunks, options.chunk_size)
+        root = tree_from_tar(tar, chunks, refs, options.chunk_size)
     except BaseException:
         chunks.close()
         raise
@@ -232,7 +244,7 @@ def write_layer_blob(
                 "image.blob", "none", writer.sha256.copy().digest(), 0, chunks.stored, chunks.uncompressed_end
             )
         )
-        ci = bytes(chunks.ci)
+        ci = chunks.ci
         packed_ci = compress(ci, options.compressor)
         ci_compressor = options.compressor if packed_ci is not None else "none"
         ci_data = packed_ci if packed_ci is not None else ci
@@ -258,8 +270,11 @@ def write_layer_blob(
                 BLOB_META_HEADER_SIZE,
             )
         )
+        ci_stored_size, ci_size = len(ci_data), len(ci)
+        del ci, packed_ci, ci_data
+        chunks.ci = bytearray()  # written: the layout below needs the memory
         digests_offset = writer.position
-        writer.write(bytes(chunks.digests))
+        writer.write(chunks.digests)
         writer.write(gnu_tar_header("blob.digest", len(chunks.digests)))
         toc.append(
             pack_toc_entry(
@@ -271,6 +286,8 @@ def write_layer_blob(
                 len(chunks.digests),
             )
         )
+        chunks.index = DigestIndex()
+        chunks.digests = chunks.index.digests
         blobs.append(
             BlobInfo(
                 blob_id=PLACEHOLDER_BLOB_ID,
@@ -283,8 +300,8 @@ def write_layer_blob(
                 uncompressed_size=chunks.uncompressed_end,
                 ci_compressor=ci_compressor,
                 ci_offset=ci_offset,
-                ci_compressed_size=len(ci_data),
-                ci_uncompressed_size=len(ci),
+                ci_compressed_size=ci_stored_size,
+                ci_uncompressed_size=ci_size,
             )
         )
     if chunk_dict is not None:
@@ -299,6 +316,7 @@ def write_layer_blob(
             blobs=blobs,
             prefetch_patterns=options.prefetch_patterns,
         ),
+        refs,
     )
     boot_offset = writer.position
     boot_compressor, boot_stored, boot_digest = store_bootstrap(bootstrap, writer)

@@ -62,7 +62,18 @@ from acceld.formats.nydus.layout import (
     align,
     xattr_name_index,
 )
-from acceld.formats.nydus.tree import Chunk, Inode, lookup
+from acceld.formats.nydus.tree import (
+    CHUNK_KEY_SIZE,
+    RECORD_SIZE,
+    BlobRefs,
+    Inode,
+    Node,
+    chunk_key,
+    is_dir,
+    lookup_parent,
+    mode_of,
+    record_attrs,
+)
 
 _FILE_TYPES = {
     stat.S_IFREG: FT_REG,
@@ -157,7 +168,9 @@ def _head_size(shape: _Shape | None) -> int:
     return INODE_SIZE if shape is None else INODE_SIZE + len(shape.xattrs) + shape.tail
 
 
-def _record_size(inode: Inode, shape: _Shape | None) -> int:
+def _record_size(inode: Node, shape: _Shape | None) -> int:
+    if isinstance(inode, bytes):
+        return INODE_SIZE + (8 if len(inode) == RECORD_SIZE else 0)
     if inode.is_reg:
         xattrs = 0 if shape is None else len(shape.xattrs)
         return align(INODE_SIZE + xattrs, 8) + 8 * len(inode.chunks)
@@ -166,19 +179,21 @@ def _record_size(inode: Inode, shape: _Shape | None) -> int:
 
 class _Order:
     """i_ino numbering (§5.6) and the placement order, in parallel arrays: `inodes[i]` has
-    `ino[i]` and `nlink[i]`, and `inodes[i].serial == i`."""
+    `ino[i]` and `nlink[i]`, and `inodes[i].serial == i` (file records have no serial: see
+    `child_serials`)."""
 
     def __init__(self, root: Inode) -> None:
         root.serial = 0
-        self.inodes = [root]
+        self.inodes: list[Node] = [root]
         self.ino = array("Q", [1])
         self.nlink = array("I", [0])
         self.parents = {id(root): root}  # directories only
+        self.first_child: dict[int, int] = {}  # a directory's serial: the first serial placed in it
         self.counter = 1
         self._visit(root)
         for serial, inode in enumerate(self.inodes):
-            if inode.is_dir:
-                self.nlink[serial] = 2 + sum(1 for c in inode.children.values() if c.is_dir)
+            if isinstance(inode, Inode) and inode.is_dir:
+                self.nlink[serial] = 2 + sum(1 for c in inode.children.values() if is_dir(c))
 
     def placed(self, inode: Inode) -> bool:
         serial = inode.serial
@@ -193,10 +208,15 @@ class _Order:
     def _visit(self, directory: Inode) -> None:
         names = sorted(directory.children)
         dir_inos: dict[int, int] = {}
+        self.first_child[directory.serial] = len(self.inodes)
         for name in names:
             child = directory.children[name]
             self.counter += 1
-            if self.placed(child):
+            if isinstance(child, bytes):
+                self.inodes.append(child)
+                self.ino.append(self.counter)
+                self.nlink.append(1)
+            elif self.placed(child):
                 self.nlink[child.serial] += 1
             elif child.is_dir:
                 dir_inos.setdefault(id(child), self.counter)
@@ -205,10 +225,26 @@ class _Order:
                 self.nlink[child.serial] = 1
         for name in names:
             child = directory.children[name]
-            if child.is_dir and not self.placed(child):
+            if isinstance(child, Inode) and child.is_dir and not self.placed(child):
                 self.parents[id(child)] = directory
                 self._place(child, dir_inos[id(child)])
                 self._visit(child)
+
+    def child_serials(self, directory: Inode) -> dict[bytes, int]:
+        """The serial of each child of a placed directory: files placed with it got consecutive
+        serials in name order, the others carry theirs."""
+        serial = self.first_child[directory.serial]
+        serials = {}
+        for name in sorted(directory.children):
+            child = directory.children[name]
+            if isinstance(child, bytes):
+                serials[name] = serial
+                serial += 1
+                continue
+            if not child.is_dir and child.serial == serial:
+                serial += 1
+            serials[name] = child.serial
+        return serials
 
 
 class Writable(Protocol):
@@ -219,13 +255,18 @@ class Bootstrap:
     """A bootstrap laid out in memory as records only; `write` streams its bytes (never held whole:
     a bootstrap of 1 M files is about 200 MB)."""
 
-    def __init__(self, root: Inode, settings: BootstrapSettings) -> None:
+    def __init__(self, root: Inode, settings: BootstrapSettings, refs: BlobRefs) -> None:
         blobs = list(settings.blobs)
         self.blob_index = {blob.blob_id: i for i, blob in enumerate(blobs)}
+
         self.chunk_bits = settings.chunk_size.bit_length() - 1
         order = self.order = _Order(root)
         inodes = order.inodes
-        shapes = {serial: _Shape(inode) for serial, inode in enumerate(inodes) if _needs_shape(inode)}
+        shapes = {
+            serial: _Shape(inode)
+            for serial, inode in enumerate(inodes)
+            if isinstance(inode, Inode) and _needs_shape(inode)
+        }
         self.shapes = shapes
 
         blob_table_offset = align(DEVICE_TABLE_OFFSET + DEVICE_SLOT_SIZE * len(blobs), BLOCK)
@@ -251,12 +292,14 @@ class Bootstrap:
                 shape.data_block = block_cursor // BLOCK
                 block_cursor += shape.plain_blocks * BLOCK
 
-        if self.nid(root) != ROOT_NID:
+        if self.nid(0) != ROOT_NID:
             raise AssertionError("root inode must be nid 128")
 
         # the chunk table's rows are built while writing: here only which chunks, in which order
-        self.file_offsets = _file_offsets(inodes, settings.chunk_size)
-        self.chunk_table = _table_order(inodes, self.blob_index)
+        self.file_offsets = _file_offsets(inodes, settings.chunk_size, refs)
+        self.chunk_table = _table_order(inodes, refs, self.blob_index)
+        # blob table index by blob ref (every chunk has its ref by now)
+        self.ref_index = [self.blob_index.get(blob_id, -1) for blob_id in refs.ids]
         self.chunk_table_offset = align(block_cursor, BLOCK)
         chunk_table_size = CHUNK_RECORD_SIZE * len(self.chunk_table)
         self.size = align(self.chunk_table_offset + chunk_table_size, BLOCK)
@@ -264,7 +307,7 @@ class Bootstrap:
         header = self.header = bytearray(meta_addr)
         prefetch: list[int] = []
         for pattern in settings.prefetch_patterns[:prefetch_count_max]:
-            target = lookup(root, pattern)
+            target = self._serial_of(root, pattern)
             if target is not None and self.nid(target) not in prefetch:
                 prefetch.append(self.nid(target))
         if prefetch:
@@ -329,8 +372,17 @@ class Bootstrap:
         )
         self.superblock = superblock, extended
 
-    def nid(self, inode: Inode) -> int:
-        return (self.positions[inode.serial] - self.meta_addr) // 32
+    def nid(self, serial: int) -> int:
+        return (self.positions[serial] - self.meta_addr) // 32
+
+    def _serial_of(self, root: Inode, path: str) -> int | None:
+        found = lookup_parent(root, path)
+        if found is None:
+            return None
+        parent, name = found
+        if not name:
+            return parent.serial
+        return self.order.child_serials(parent).get(name)
 
     def write(self, out: Writable) -> None:
         """The whole bootstrap, in one sequential pass: `size` bytes."""
@@ -353,21 +405,26 @@ class Bootstrap:
         for serial, shape in self.shapes.items():
             if shape.plain_blocks:
                 sink.skip_to(shape.data_block * BLOCK)
-                sink.write(self._content(self.order.inodes[serial], shape)[: shape.plain_blocks * BLOCK])
+                inode = self.order.inodes[serial]
+                if not isinstance(inode, Inode):
+                    raise AssertionError("a file record has no data blocks")
+                sink.write(self._content(inode, shape)[: shape.plain_blocks * BLOCK])
         sink.skip_to(self.chunk_table_offset)
-        for chunk in self.chunk_table:
+        file_offsets = self.file_offsets
+        for key in self.chunk_table:
+            digest, index, coff, csize, usize, uoff, zran, ref = _CHUNK_KEY.unpack_from(key)
             sink.write(
                 struct.pack(
                     "<32sIIIIQQQII",
-                    chunk.digest,
-                    self.blob_index[chunk.blob_id],
-                    CHUNK_COMPRESSED if chunk.compressed else 0,
-                    chunk.compressed_size,
-                    chunk.uncompressed_size,
-                    chunk.compressed_offset,
-                    chunk.uncompressed_offset,
-                    self.file_offsets.get(chunk, 0),
-                    chunk.index,
+                    digest,
+                    self.ref_index[ref],
+                    CHUNK_COMPRESSED if zran or csize != usize else 0,
+                    csize,
+                    usize,
+                    coff,
+                    uoff,
+                    file_offsets.get(key[:CHUNK_KEY_SIZE], 0) if file_offsets else 0,
+                    index,
                     0,
                 )
             )
@@ -381,10 +438,15 @@ class Bootstrap:
 
     def _content(self, inode: Inode, shape: _Shape) -> bytes:
         if inode.is_dir:
-            return _dirent_data(inode, shape, self.order.parents, self.nid)
+            parent = self.order.parents[id(inode)]
+            serials = {b".": inode.serial, b"..": parent.serial, **self.order.child_serials(inode)}
+            modes = {b".": inode.mode, b"..": parent.mode}
+            return _dirent_data(shape, serials, modes, inode.children, self.nid)
         return inode.target
 
-    def _inode_bytes(self, serial: int, inode: Inode) -> bytes:
+    def _inode_bytes(self, serial: int, inode: Node) -> bytes:
+        if isinstance(inode, bytes):
+            return self._record_bytes(serial, inode)
         shape = self.shapes.get(serial)
         xattrs = b"" if shape is None else shape.xattrs
         if inode.is_reg:
@@ -432,58 +494,114 @@ class Bootstrap:
             body += self._content(inode, shape)[shape.plain_blocks * BLOCK :]
         return body
 
+    def _record_bytes(self, serial: int, record: bytes) -> bytes:
+        mode, uid, gid, mtime, size = record_attrs(record)
+        head = _FILE_HEAD.pack(
+            INODE_EXTENDED | LAYOUT_CHUNK_BASED << 1,
+            0,
+            mode,
+            0,
+            size,
+            CHUNK_FORMAT_INDEXES | (self.chunk_bits - 12),
+            self.order.ino[serial],
+            uid,
+            gid,
+            mtime,
+            0,
+            self.order.nlink[serial],
+        )
+        if len(record) < RECORD_SIZE:
+            return head
+        _, index, _, _, _, uoff, _, ref = _CHUNK_KEY.unpack_from(record)
+        blob = (self.ref_index[ref] + 1) & 0xFF | ((index >> 16) & 0xFF) << 8
+        return head + _CHUNK_INDEX.pack(index & 0xFFFF, blob, uoff // BLOCK)
 
-def _file_offsets(inodes: list[Inode], chunk_size: int) -> dict[Chunk, int]:
+
+_CHUNK_KEY = struct.Struct("<32sIQQIQ?H")  # Chunk.packed + blob ref: how a chunk key starts
+_FILE_HEAD = struct.Struct("<HHHHQIIIIQII16x")  # a whole 64-byte inode without xattrs
+_CHUNK_INDEX = struct.Struct("<HHI")
+
+
+def _uses(inodes: list[Node], refs: BlobRefs) -> Iterator[bytes]:
+    """Every chunk use in placement order, each as bytes that start with its chunk key: a file
+    record itself, or the key of an inode's chunk."""
+    for inode in inodes:
+        if isinstance(inode, bytes):
+            if len(inode) == RECORD_SIZE:
+                yield inode
+        else:
+            for chunk in inode.chunks:
+                yield chunk_key(chunk, refs)
+
+
+def _file_offsets(inodes: list[Node], chunk_size: int, refs: BlobRefs) -> dict[bytes, int]:
     """Where in its file each chunk is first used, of chunks first used past a file's first chunk
-    (every other's is 0): only chunks of files of several chunks need to be tracked."""
-    later = {chunk for inode in inodes if len(inode.chunks) > 1 for chunk in islice(inode.chunks, 1, None)}
-    offsets: dict[Chunk, int] = {}
+    (every other's is 0), by chunk key: only chunks of files of several chunks need to be tracked."""
+    later = {
+        chunk_key(chunk, refs)
+        for inode in inodes
+        if isinstance(inode, Inode) and len(inode.chunks) > 1
+        for chunk in islice(inode.chunks, 1, None)
+    }
+    offsets: dict[bytes, int] = {}
     if not later:
         return offsets
-    decided: set[Chunk] = set()
+    decided: set[bytes] = set()
     for inode in inodes:
-        for number, chunk in enumerate(inode.chunks):
-            if chunk in later and chunk not in decided:
-                decided.add(chunk)
+        if isinstance(inode, bytes):
+            keys = [inode[:CHUNK_KEY_SIZE]] if len(inode) == RECORD_SIZE else []
+        else:
+            keys = [chunk_key(chunk, refs) for chunk in inode.chunks]
+        for number, key in enumerate(keys):
+            if key in later and key not in decided:
+                decided.add(key)
                 if number:
-                    offsets[chunk] = number * chunk_size
+                    offsets[key] = number * chunk_size
     return offsets
 
 
-def _table_order(inodes: list[Inode], blob_index: dict[str, int]) -> list[Chunk]:
+def _table_order(inodes: list[Node], refs: BlobRefs, blob_index: dict[str, int]) -> list[bytes]:
     """Chunk table order (§5.9): by digest, then blob index; of chunks with the same digest and
-    blob the first used stays. Every use is sorted, stably, by the packed record (digest first,
-    no keys allocated): each digest's uses stay in use order, and no set of all chunks is held."""
-    ordered = sorted((chunk for inode in inodes for chunk in inode.chunks), key=lambda chunk: chunk.packed)
+    blob the first used stays. Every use (a file record or a chunk key: both start with the
+    packed chunk, digest first) is sorted as it is: no keys allocated and no set of all chunks
+    held. Returns bytes that start with each chosen chunk's key."""
+    ordered = sorted(_uses(inodes, refs))
     # the same data in several blobs (or twice in one) is rare: resolved by blob and first use
-    contested = {chunk for run in _digest_runs(ordered) if len(run) > 1 for chunk in run}
-    first_use: dict[Chunk, int] = {}
+    contested = {key for run in _digest_runs(ordered) if len(run) > 1 for key in run}
+    first_use: dict[bytes, int] = {}
     if contested:
-        uses = (chunk for inode in inodes for chunk in inode.chunks)
-        for number, chunk in enumerate(uses):
-            if chunk in contested:
-                first_use.setdefault(chunk, number)
-    table: list[Chunk] = []
+        for number, use in enumerate(_uses(inodes, refs)):
+            key = use[:CHUNK_KEY_SIZE]
+            if key in contested:
+                first_use.setdefault(key, number)
+    table: list[bytes] = []
+    ref_index = [blob_index.get(blob_id, -1) for blob_id in refs.ids]
     for run in _digest_runs(ordered):
         if len(run) == 1:
             table.append(run[0])
             continue
-        run.sort(key=lambda c: (blob_index[c.blob_id], first_use[c]))
-        for number, chunk in enumerate(run):
-            if not number or blob_index[chunk.blob_id] != blob_index[run[number - 1].blob_id]:
-                table.append(chunk)
+        blob_of = [ref_index[int.from_bytes(key[CHUNK_KEY_SIZE - 2 :], "little")] for key in run]
+        ranked = sorted(range(len(run)), key=lambda n: (blob_of[n], first_use[run[n]]))
+        for place, n in enumerate(ranked):
+            if not place or blob_of[n] != blob_of[ranked[place - 1]]:
+                table.append(run[n])
     return table
 
 
-def _digest_runs(ordered: list[Chunk]) -> Iterator[list[Chunk]]:
-    """The distinct chunks of each digest (first use of each kept), from chunks sorted by digest."""
+def _digest_runs(ordered: list[bytes]) -> Iterator[list[bytes]]:
+    """The distinct chunks of each digest, from uses sorted by digest: the use itself when it is
+    alone, else the distinct chunk keys."""
     start = 0
     while start < len(ordered):
-        digest = ordered[start].digest
+        digest = ordered[start][:32]
         end = start + 1
-        while end < len(ordered) and ordered[end].digest == digest:
+        while end < len(ordered) and ordered[end].startswith(digest):
             end += 1
-        yield [ordered[start]] if end - start == 1 else list(dict.fromkeys(ordered[start:end]))
+        if end - start == 1:
+            yield [ordered[start]]
+        else:
+            keys = list(dict.fromkeys(use[:CHUNK_KEY_SIZE] for use in ordered[start:end]))
+            yield [ordered[start]] if len(keys) == 1 else keys
         start = end
 
 
@@ -512,18 +630,22 @@ class _Sink:
 
 
 def _dirent_data(
-    directory: Inode, shape: _Shape, parents: dict[int, Inode], nid: Callable[[Inode], int]
+    shape: _Shape,
+    serials: dict[bytes, int],
+    modes: dict[bytes, int],
+    children: dict[bytes, Node],
+    nid: Callable[[int], int],
 ) -> bytes:
-    targets = {b".": directory, b"..": parents[id(directory)], **directory.children}
+    """A directory's dirent blocks; `modes` gives those of "." and ".."."""
     out = bytearray()
     for number, names in enumerate(shape.blocks):
         block = bytearray()
         name_offset = DIRENT_SIZE * len(names)
         name_bytes = b"".join(names)
         for name in names:
-            target = targets[name]
-            file_type = _FILE_TYPES[stat.S_IFMT(target.mode)]
-            block += struct.pack("<QHBB", nid(target), name_offset, file_type, 0)
+            mode = modes[name] if name in modes else mode_of(children[name])
+            file_type = _FILE_TYPES[stat.S_IFMT(mode)]
+            block += struct.pack("<QHBB", nid(serials[name]), name_offset, file_type, 0)
             name_offset += len(name)
         block += name_bytes
         if number < len(shape.blocks) - 1:

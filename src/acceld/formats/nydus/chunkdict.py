@@ -16,7 +16,7 @@ from acceld.formats.nydus.bootstrap_layer import read_bootstrap_file
 from acceld.formats.nydus.layout import BLOB_INLINED_FS_META, PLACEHOLDER_BLOB_ID, BlobInfo
 from acceld.formats.nydus.load import load_bootstrap
 from acceld.formats.nydus.options import NydusOptions
-from acceld.formats.nydus.tree import Chunk, walk
+from acceld.formats.nydus.tree import Chunk, record_chunk, walk
 
 
 @dataclass
@@ -33,8 +33,13 @@ class ChunkDict:
             raise FormatError(f"chunk dict {path} does not exist")
         loaded = load_bootstrap(io.BytesIO(read_bootstrap_file(path)))
         chunks: dict[bytes, Chunk] = {}
-        for _, inode in walk(loaded.root):
-            for chunk in inode.chunks:
+        for _, node in walk(loaded.root):
+            if isinstance(node, bytes):
+                record = record_chunk(node, loaded.refs)
+                node_chunks: tuple[Chunk, ...] = () if record is None else (record,)
+            else:
+                node_chunks = tuple(node.chunks)
+            for chunk in node_chunks:
                 chunks.setdefault(chunk.digest, chunk)
         blobs = {}
         for blob in loaded.blobs:

@@ -30,7 +30,7 @@ def make_compressor(compressor: str) -> Any:
     return None
 
 
-def compress(data: bytes, compressor: str, context: Any = None) -> bytes | None:
+def compress(data: bytes | bytearray, compressor: str, context: Any = None) -> bytes | None:
     """The compressed form of `data`, or None when compression does not make it smaller."""
     if compressor == "none":
         return None

@@ -20,6 +20,7 @@ from acceld.formats.nydus.layout import BLOB_INLINED_FS_META
 from acceld.formats.nydus.load import LoadedBootstrap, load_bootstrap
 from acceld.formats.nydus.merge import LayerBootstrap, merge_layers
 from acceld.formats.nydus.options import DEFAULT_CHUNK_SIZE, NydusOptions
+from acceld.formats.nydus.tree import BlobRefs
 from acceld.formats.nydus.zran import write_ref_blob
 from acceld.oci.mediatypes import layer_compression
 
@@ -140,9 +141,10 @@ class NydusDriver:
             raise FormatError(
                 "every layer of a Nydus image must be a Nydus blob before the bootstrap is built"
             )
+        refs = BlobRefs()
         merged = merge_layers(
             [
-                LayerBootstrap(blob_id, _load_layer_bootstrap(layer.path, blob_id, workdir))
+                LayerBootstrap(blob_id, _load_layer_bootstrap(layer.path, blob_id, workdir, refs))
                 for layer in blob_layers
                 for blob_id in [_hex(layer.digest)]
             ]
@@ -157,6 +159,7 @@ class NydusDriver:
                 prefetch_patterns=self.prefetch_patterns,
                 always_has_xattr=True,
             ),
+            merged.refs,
         )
         paths = {_hex(layer.digest): layer.path for layer in blob_layers}
         chunk_dict = self._chunk_dict()
@@ -182,6 +185,7 @@ class NydusDriver:
         name the ref blobs (nydus-zran.md §2.2, §7)."""
         refs: dict[str, LayerBlob] = {}
         per_layer = []
+        blob_refs = BlobRefs()
         for layer in layers:
             gzip_digest = layer.annotations.get(REF_ANNOTATION)
             if layer.media_type != NYDUS_BLOB_MEDIA_TYPE or gzip_digest is None:
@@ -190,7 +194,8 @@ class NydusDriver:
                 )
             gzip_hex = _hex(gzip_digest)
             refs[gzip_hex] = layer
-            per_layer.append(LayerBootstrap(gzip_hex, _load_layer_bootstrap(layer.path, gzip_hex, workdir)))
+            loaded = _load_layer_bootstrap(layer.path, gzip_hex, workdir, blob_refs)
+            per_layer.append(LayerBootstrap(gzip_hex, loaded))
         merged = merge_layers(per_layer)
         blobs = []
         for blob in merged.blobs:
@@ -218,6 +223,7 @@ class NydusDriver:
                 prefetch_patterns=self.prefetch_patterns,
                 always_has_xattr=True,
             ),
+            merged.refs,
         )
         metas = {}
         for blob in blobs:
@@ -263,11 +269,11 @@ def _hex(digest: str) -> str:
     return value
 
 
-def _load_layer_bootstrap(blob: Path, blob_id: str, workdir: Path) -> LoadedBootstrap:
+def _load_layer_bootstrap(blob: Path, blob_id: str, workdir: Path, refs: BlobRefs) -> LoadedBootstrap:
     """A layer blob's bootstrap, through a temp file: it can be larger than the memory it loads into."""
     with tempfile.TemporaryFile(dir=workdir) as boot:
         extract_blob_bootstrap(blob, boot)
-        return load_bootstrap(boot, blob_id)
+        return load_bootstrap(boot, blob_id, refs)
 
 
 def _blob_layer(path: Path, blob_id: str) -> LayerBlob:

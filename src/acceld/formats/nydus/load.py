@@ -7,8 +7,10 @@ not the strict validator: it checks only what it relies on.
 from __future__ import annotations
 
 import io
+import os
 import stat
 import struct
+from array import array
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import IO, Any
@@ -34,14 +36,16 @@ from acceld.formats.nydus.layout import (
     XATTR_PREFIX_OF_INDEX,
     BlobInfo,
 )
-from acceld.formats.nydus.tree import NO_XATTRS, Chunk, Chunks, Inode, chunks_of
+from acceld.formats.nydus.tree import NO_XATTRS, BlobRefs, Chunk, Chunks, Inode, Node, chunks_of, file_record
 
 _MAX_SHARED_INTS = 1 << 16
+_UNNAMED = 1 << 63  # a chunk table row that no inode's chunk index can name
 
 
 @dataclass
 class LoadedBootstrap:
     root: Inode
+    refs: BlobRefs  # of the tree's file records
     blobs: list[BlobInfo]
     chunk_size: int
     compressor: str
@@ -66,6 +70,17 @@ class _Pages:
         self.handle = handle
         self.size = handle.seek(0, io.SEEK_END)
         self.pages: OrderedDict[int, bytes] = OrderedDict()
+        try:
+            self.fd: int | None = handle.fileno()
+        except (OSError, io.UnsupportedOperation):
+            self.fd = None
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        """A small random read, past the page cache (the chunk table is read in no order)."""
+        if self.fd is not None:
+            return os.pread(self.fd, size, offset)
+        self.handle.seek(offset)
+        return self.handle.read(size)
 
     def page(self, number: int) -> bytes:
         page = self.pages.get(number)
@@ -96,7 +111,8 @@ class _Pages:
 
 
 class _Loader:
-    def __init__(self, handle: IO[bytes], own_blob_id: str | None) -> None:
+    def __init__(self, handle: IO[bytes], own_blob_id: str | None, refs: BlobRefs) -> None:
+        self.refs = refs
         data = self.data = _Pages(handle)
         if data.size < 2 * BLOCK or data.unpack("<I", SB_OFFSET)[0] != EROFS_MAGIC:
             raise FormatError("not a RAFS v6 bootstrap (no EROFS superblock)")
@@ -114,22 +130,50 @@ class _Loader:
             if own_blob_id is not None and blob.blob_id in (PLACEHOLDER_BLOB_ID, own_blob_id):
                 blob = replace(blob, blob_id=own_blob_id, features=blob.features & ~BLOB_INLINED_FS_META)
             self.blobs.append(blob)
-        self.chunk_records: dict[int, Chunk] = {}  # by blob index << 24 | CI index
-        for offset in range(chunk_off, chunk_off + chunk_size, CHUNK_RECORD_SIZE):
-            digest, blob_index, _flags, csize, usize, coff, uoff, _foff, index = data.unpack(
-                "<32sIIIIQQQI", offset
-            )
+        self.chunk_off = chunk_off
+        self.chunk_rows = self._chunk_rows(chunk_off, chunk_size)
+        self.inodes: dict[int, Inode] = {}
+        self.ints: dict[int, int] = {}
+
+    def _chunk_rows(self, start: int, size: int) -> list[array[int] | dict[int, int]]:
+        """Per blob, the chunk table row of each CI index (-1 or absent: none); rows are read
+        when an inode names them, so no chunk objects are held for the whole table."""
+        keys = array("Q")  # blob index << 24 | CI index, by row
+        counts, highest = [0] * len(self.blobs), [-1] * len(self.blobs)
+        for offset in range(start, start + size, CHUNK_RECORD_SIZE):
+            blob_index, index = self.data.unpack("<I36xI", offset + 32)
             if blob_index >= len(self.blobs):
                 raise FormatError(f"chunk table entry names blob {blob_index}, beyond the blob table")
             if index >= MAX_CHUNKS_PER_BLOB:
-                continue  # no inode's chunk index can name it
-            blob = self.blobs[blob_index]
-            zran = bool(blob.features & BLOB_ZRAN)
-            self.chunk_records[blob_index << 24 | index] = Chunk(
-                digest, blob.blob_id, index, coff, csize, uoff, usize, zran
-            )
-        self.inodes: dict[int, Inode] = {}
-        self.ints: dict[int, int] = {}
+                keys.append(_UNNAMED)
+                continue
+            counts[blob_index] += 1
+            highest[blob_index] = max(highest[blob_index], index)
+            keys.append(blob_index << 24 | index)
+        # an array unless a few chunks have high indexes
+        tables: list[array[int] | dict[int, int]] = [
+            array("i", [-1]) * (top + 1) if top < 4 * count + 4096 else {}
+            for top, count in zip(highest, counts, strict=True)
+        ]
+        for row, key in enumerate(keys):
+            if key != _UNNAMED:
+                tables[key >> 24][key & 0xFFFFFF] = row
+        return tables
+
+    def chunk(self, blob_index: int, index: int) -> Chunk | None:
+        """The chunk table's chunk of (blob, CI index), last row wins; None when it has none."""
+        table = self.chunk_rows[blob_index] if 0 <= blob_index < len(self.chunk_rows) else {}
+        row = table[index] if isinstance(table, array) and index < len(table) else -1
+        if isinstance(table, dict):
+            row = table.get(index, -1)
+        if row < 0:
+            return None
+        raw = self.data.read_at(self.chunk_off + CHUNK_RECORD_SIZE * row, CHUNK_RECORD_SIZE)
+        if len(raw) != CHUNK_RECORD_SIZE:
+            raise FormatError("truncated or corrupt RAFS v6 bootstrap: chunk table cut short")
+        digest, _, _flags, csize, usize, coff, uoff, _foff, _ = struct.unpack_from("<32sIIIIQQQI", raw)
+        blob = self.blobs[blob_index]
+        return Chunk(digest, blob.blob_id, index, coff, csize, uoff, usize, bool(blob.features & BLOB_ZRAN))
 
     def shared(self, value: int) -> int:
         """One int object per distinct mode, owner or mtime (while there are few)."""
@@ -137,7 +181,7 @@ class _Loader:
             return self.ints.setdefault(value, value)
         return self.ints.get(value, value)
 
-    def inode(self, nid: int, depth: int = 0) -> Inode:
+    def inode(self, nid: int, depth: int = 0) -> Node:
         known = self.inodes.get(nid)
         if known is not None:
             return known
@@ -166,6 +210,8 @@ class _Loader:
             if layout != LAYOUT_CHUNK_BASED:
                 raise FormatError(f"nid {nid}: regular file is not chunk based")
             node.chunks = self.chunks(body, size)
+            if nlink == 1 and not xattr_size and len(node.chunks) <= 1:
+                return file_record(node, self.refs)
         elif stat.S_ISDIR(mode):
             node.children = {}
             for name, child_nid in self.dirents(self.content(layout, size, i_u, body)):
@@ -207,7 +253,7 @@ class _Loader:
             lo, hi = self.data.unpack("<HH", pos)
             pos += 8
             blob_index, index = (hi & 0xFF) - 1, lo | (hi >> 8) << 16
-            chunk = self.chunk_records.get(blob_index << 24 | index)
+            chunk = self.chunk(blob_index, index)
             if chunk is None:
                 raise FormatError(f"chunk {index} of blob {blob_index} is missing from the chunk table")
             result.append(chunk)
@@ -226,16 +272,20 @@ class _Loader:
         return entries
 
 
-def load_bootstrap(handle: IO[bytes], own_blob_id: str | None = None) -> LoadedBootstrap:
+def load_bootstrap(
+    handle: IO[bytes], own_blob_id: str | None = None, refs: BlobRefs | None = None
+) -> LoadedBootstrap:
     """Parse the bootstrap file `handle`; with `own_blob_id`, a per-layer bootstrap's placeholder
-    blob becomes that blob (with INLINED_FS_META dropped, as in a merged bootstrap)."""
+    blob becomes that blob (with INLINED_FS_META dropped, as in a merged bootstrap). Its file
+    records are numbered in `refs` (bootstraps to be merged share one)."""
+    refs = BlobRefs() if refs is None else refs
     try:
-        loader = _Loader(handle, own_blob_id)
+        loader = _Loader(handle, own_blob_id, refs)
         root = loader.inode(loader.root_nid)
         compressor = _flag_name(loader.flags, FLAG_COMPRESSION, "compressor")
         digester = _flag_name(loader.flags, FLAG_HASH, "digester")
     except (struct.error, IndexError) as exc:
         raise FormatError(f"truncated or corrupt RAFS v6 bootstrap: {exc}") from exc
-    if not root.is_dir:
+    if not isinstance(root, Inode) or not root.is_dir:
         raise FormatError("bootstrap root is not a directory")
-    return LoadedBootstrap(root, loader.blobs, loader.chunk_size, compressor, digester)
+    return LoadedBootstrap(root, refs, loader.blobs, loader.chunk_size, compressor, digester)

@@ -13,7 +13,7 @@ from acceld.formats.driver import FormatError
 from acceld.formats.nydus.layout import PLACEHOLDER_BLOB_ID, BlobInfo
 from acceld.formats.nydus.load import LoadedBootstrap
 from acceld.formats.nydus.tarball import OPAQUE_MARKER
-from acceld.formats.nydus.tree import NO_XATTRS, Inode, new_dir, walk
+from acceld.formats.nydus.tree import NO_XATTRS, BlobRefs, Inode, directories, new_dir
 
 WHITEOUT_PREFIX = b".wh."
 
@@ -27,6 +27,7 @@ class LayerBootstrap:
 @dataclass
 class MergedImage:
     root: Inode
+    refs: BlobRefs
     blobs: list[BlobInfo]
     chunk_size: int
     compressor: str
@@ -50,8 +51,8 @@ def _apply_dir(lower: Inode, upper: Inode) -> None:
         if name.startswith(WHITEOUT_PREFIX):
             continue
         existing = lower.children.get(name)
-        if child.is_dir:
-            if existing is not None and existing.is_dir:
+        if isinstance(child, Inode) and child.is_dir:
+            if isinstance(existing, Inode) and existing.is_dir:
                 _apply_dir(existing, child)
                 continue
             created = new_dir(implicit=True)
@@ -60,13 +61,17 @@ def _apply_dir(lower: Inode, upper: Inode) -> None:
             lower.children[name] = created
         else:
             lower.children[name] = child
+    upper.children.clear()  # applied: a layer's tree is used up as it is merged
 
 
 def merge_layers(layers: Sequence[LayerBootstrap]) -> MergedImage:
-    """Lowest layer first."""
+    """Lowest layer first; their bootstraps were loaded with one `BlobRefs`. The layers' trees are
+    used up (emptied) on the way."""
     if not layers:
         raise FormatError("no Nydus layers to merge")
     first = layers[0].bootstrap
+    if any(layer.bootstrap.refs is not first.refs for layer in layers):
+        raise AssertionError("layer bootstraps to merge must share their BlobRefs")
     own: list[BlobInfo] = []
     referenced: dict[str, BlobInfo] = {}
     root = new_dir(implicit=True)
@@ -83,8 +88,8 @@ def merge_layers(layers: Sequence[LayerBootstrap]) -> MergedImage:
             else:
                 referenced.setdefault(blob.blob_id, blob)
         _apply_dir(root, loaded.root)
-    for _, inode in walk(root):
-        inode.implicit = False
+    for directory in directories(root):
+        directory.implicit = False
     own_ids = {blob.blob_id for blob in own}
     blobs = own + [blob for blob_id, blob in referenced.items() if blob_id not in own_ids]
-    return MergedImage(root, blobs, first.chunk_size, first.compressor, first.digester)
+    return MergedImage(root, first.refs, blobs, first.chunk_size, first.compressor, first.digester)

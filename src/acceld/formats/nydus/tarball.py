@@ -6,11 +6,25 @@ Whiteout entries are kept as ordinary empty files here; only the merge applies t
 from __future__ import annotations
 
 import stat
+from collections import deque
 from typing import IO, Protocol
 
 from acceld.formats.driver import FormatError
 from acceld.formats.nydus.layout import MAX_CHUNKS_PER_BLOB, xattr_name_index
-from acceld.formats.nydus.tree import NO_XATTRS, Chunk, Inode, chunks_of, encode_rdev, new_dir
+from acceld.formats.nydus.tree import (
+    NO_XATTRS,
+    BlobRefs,
+    Chunk,
+    Inode,
+    Node,
+    chunks_of,
+    encode_rdev,
+    file_record,
+    is_plain,
+    is_resolved,
+    new_dir,
+    record_inode,
+)
 from acceld.formats.tarreader import (
     TYPE_BLOCK,
     TYPE_CHAR,
@@ -37,6 +51,10 @@ _MAX_SHARED_INTS = 1 << 16
 class ChunkStore(Protocol):
     def add(self, data: bytes) -> Chunk:
         """Store one piece of file data (at most one chunk) and say where it lives (or will)."""
+        ...
+
+    def flush(self) -> None:
+        """The stream has ended: resolve every chunk handed out."""
         ...
 
     def placed(self, node: Inode) -> None:
@@ -75,12 +93,16 @@ def _xattrs(info: Header) -> dict[bytes, bytes]:
 
 
 class _LayerTree:
-    def __init__(self, store: ChunkStore, chunk_size: int, sparse_files: bool) -> None:
+    def __init__(self, store: ChunkStore, refs: BlobRefs, chunk_size: int, sparse_files: bool) -> None:
         self.root = new_dir(implicit=True)
         self.store = store
+        self.refs = refs
         self.chunk_size = chunk_size
         self.sparse_files = sparse_files
         self.ints: dict[int, int] = {}
+        # plain files not yet records (their chunk is in flight), in tar order: (directory, name, inode)
+        self.unsettled: deque[tuple[dict[bytes, Node], bytes, Inode]] = deque()
+        self.unsettled_ids: dict[int, bool] = {}  # id of each of them: whether a hardlink names it
 
     def parent_of(self, parts: list[bytes], name: str) -> Inode:
         node = self.root
@@ -88,16 +110,37 @@ class _LayerTree:
             child = node.children.get(part)
             if child is None:
                 child = node.children[part] = new_dir(implicit=True)
-            elif not child.is_dir:
+            elif not isinstance(child, Inode) or not child.is_dir:
                 raise FormatError(f"{name}: parent {part!r} is not a directory")
             node = child
         return node
 
-    def lookup(self, name: str) -> Inode | None:
-        node: Inode | None = self.root
-        for part in _split(name):
-            node = node.children.get(part) if node is not None else None
-        return node
+    def link_target(self, name: str) -> Inode | None:
+        """The inode a hardlink names; a plain file's record becomes an inode (it gets a second name)."""
+        parts = _split(name)
+        node: Inode = self.root
+        for part in parts[:-1]:
+            child = node.children.get(part)
+            if not isinstance(child, Inode):
+                return None
+            node = child
+        if not parts:
+            return node
+        target = node.children.get(parts[-1])
+        if isinstance(target, bytes):
+            target = node.children[parts[-1]] = record_inode(target, self.refs)
+        elif target is not None and id(target) in self.unsettled_ids:
+            self.unsettled_ids[id(target)] = True
+        return target
+
+    def settle(self, everything: bool = False) -> None:
+        """Plain files whose chunk is resolved (`everything`: all of them) become records, unless
+        a hardlink names them or a later entry replaced them."""
+        while self.unsettled and (everything or is_resolved(self.unsettled[0][2])):
+            directory, name, inode = self.unsettled.popleft()
+            linked = self.unsettled_ids.pop(id(inode))
+            if not linked and directory.get(name) is inode:
+                directory[name] = file_record(inode, self.refs)
 
     def add(self, reader: _TarReader, info: Header) -> None:
         parts = _split(info.name)
@@ -106,7 +149,7 @@ class _LayerTree:
         if info.typeflag == _TYPE_CONTIGUOUS:
             raise FormatError(f"{info.name}: contiguous tar entries are not supported")
         if info.typeflag == TYPE_LINK:
-            target = self.lookup(info.linkname)
+            target = self.link_target(info.linkname)
             if target is None or target.is_dir:
                 raise FormatError(
                     f"{info.name}: hardlink target {info.linkname!r} is not a non-directory in this layer"
@@ -121,12 +164,16 @@ class _LayerTree:
         parent = self.parent_of(parts[:-1], info.name)
         existing = parent.children.get(parts[-1])
         if node.is_dir and existing is not None:
-            if existing.is_dir:
+            if isinstance(existing, Inode) and existing.is_dir:
                 node.children = existing.children
             else:
                 # the file it replaces had already hidden any lower directory of this name
                 node.children[OPAQUE_MARKER] = Inode(mode=stat.S_IFREG)
         parent.children[parts[-1]] = node
+        if is_plain(node):
+            self.unsettled.append((parent.children, parts[-1], node))
+            self.unsettled_ids[id(node)] = False
+        self.settle()
 
     def inode(self, reader: _TarReader, info: Header) -> Inode:
         perm = info.mode & 0o7777
@@ -232,16 +279,19 @@ class _TarReader:
 
 
 def tree_from_tar(
-    stream: IO[bytes], store: ChunkStore, chunk_size: int, *, sparse_files: bool = True
+    stream: IO[bytes], store: ChunkStore, refs: BlobRefs, chunk_size: int, *, sparse_files: bool = True
 ) -> Inode:
-    """Read the whole tar stream sequentially and return the root of its tree.
+    """Read the whole tar stream sequentially and return the root of its tree (its file records
+    numbered in `refs`).
 
     Every chunk is handed to `store.add` right after the one `stream.read` that returned it, unless
     it holds sparse-file holes; `sparse_files=False` refuses sparse files instead.
     """
-    tree = _LayerTree(store, chunk_size, sparse_files)
+    tree = _LayerTree(store, refs, chunk_size, sparse_files)
     reader = _TarReader(stream)
     headers = HeaderReader(reader, sparse=True, strict_globals=False)
     while (info := headers.next()) is not None:
         tree.add(reader, info)
+    store.flush()
+    tree.settle(everything=True)
     return tree.root

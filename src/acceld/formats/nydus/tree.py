@@ -1,8 +1,11 @@
 """The in-memory RAFS tree: inodes with their chunks, shared between hardlink names.
 
-A directory's `children` map raw name bytes to inodes; hardlinks are the same `Inode` object
-under several names. Chunks refer to their blob by blob id, so trees from different
-bootstraps can be merged before blob indexes are assigned.
+A directory's `children` map raw name bytes to nodes; hardlinks are the same `Inode` object
+under several names. Most files of a layer are plain: regular, one name, no xattrs, at most one
+chunk. Such a file is not an `Inode` but its packed record (`bytes`, see `file_record`): a
+layer of a million small files would otherwise hold a million inode and chunk objects.
+Chunks refer to their blob by blob id (records by a number in the trees' `BlobRefs`), so
+trees from different bootstraps can be merged before blob indexes are assigned.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+from acceld.formats.driver import FormatError
 
 
 class Chunk:
@@ -24,6 +29,12 @@ class Chunk:
 
     __slots__ = ("_record", "blob_id")
     _RECORD = struct.Struct("<32sIQQIQ?")
+
+    @classmethod
+    def from_packed(cls, packed: bytes, blob_id: str) -> Chunk:
+        chunk = cls.__new__(cls)
+        chunk._record, chunk.blob_id = packed, blob_id
+        return chunk
 
     def __init__(
         self,
@@ -98,6 +109,8 @@ class Chunk:
         )
 
 
+PENDING_BLOB_ID = "pending"  # a placeholder's: its place in a blob is not decided yet
+
 Chunks = tuple[Chunk, ...] | Chunk  # a file's chunks in order; a lone chunk stands for itself
 
 
@@ -112,7 +125,7 @@ class _Sealed(dict[Any, Any]):
         raise TypeError("the shared empty mapping of an inode is read-only")
 
 
-NO_CHILDREN: dict[bytes, Inode] = _Sealed()
+NO_CHILDREN: dict[bytes, Node] = _Sealed()
 NO_XATTRS: dict[bytes, bytes] = _Sealed()
 
 
@@ -131,7 +144,7 @@ class Inode:
     # the shared empty containers unless set: most inodes have no xattrs, files no children
     xattrs: dict[bytes, bytes] = field(default_factory=lambda: NO_XATTRS)
     chunks: Chunks = ()
-    children: dict[bytes, Inode] = field(default_factory=lambda: NO_CHILDREN)
+    children: dict[bytes, Node] = field(default_factory=lambda: NO_CHILDREN)
     serial: int = -1  # scratch: this inode's place in the bootstrap being laid out
 
     @property
@@ -147,6 +160,86 @@ class Inode:
         return stat.S_ISLNK(self.mode)
 
 
+Node = Inode | bytes  # an inode, or a plain file's record
+
+
+class BlobRefs:
+    """The blob ids that file records of one family of trees (a layer's, or the layers merged
+    into an image) refer to, numbered."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self._numbers: dict[str, int] = {}
+
+    def number(self, blob_id: str) -> int:
+        number = self._numbers.get(blob_id)
+        if number is None:
+            if len(self.ids) > 0xFFFF:
+                raise FormatError("more than 65 536 blobs in one image")
+            number = self._numbers[blob_id] = len(self.ids)
+            self.ids.append(blob_id)
+        return number
+
+
+# A plain file's record: [packed chunk (Chunk.packed, 65 bytes) + blob ref (u16)] + attributes.
+# The chunk comes first, so records sort by chunk digest; an empty file has attributes only.
+_ATTRS = struct.Struct("<IIIQQ")  # mode, uid, gid, mtime, size
+CHUNK_KEY_SIZE = Chunk._RECORD.size + 2  # a chunk of a record or `chunk_key`: packed + blob ref
+RECORD_SIZE = CHUNK_KEY_SIZE + _ATTRS.size
+
+
+def is_plain(inode: Inode) -> bool:
+    """Whether a regular file inode can be kept as a record (hardlinks aside), once its chunk
+    is resolved."""
+    return inode.is_reg and not inode.xattrs and len(inode.chunks) <= 1
+
+
+def is_resolved(inode: Inode) -> bool:
+    return all(chunk.blob_id != PENDING_BLOB_ID for chunk in inode.chunks)
+
+
+def file_record(inode: Inode, refs: BlobRefs) -> bytes:
+    attrs = _ATTRS.pack(inode.mode, inode.uid, inode.gid, inode.mtime, inode.size)
+    for chunk in inode.chunks:
+        return chunk_key(chunk, refs) + attrs
+    return attrs
+
+
+def chunk_key(chunk: Chunk, refs: BlobRefs) -> bytes:
+    """A chunk as the first bytes of a record: packed fields and blob ref (equal iff chunks are)."""
+    return chunk.packed + refs.number(chunk.blob_id).to_bytes(2, "little")
+
+
+def record_attrs(record: bytes) -> tuple[int, int, int, int, int]:
+    """(mode, uid, gid, mtime, size) of a file record."""
+    return _ATTRS.unpack_from(record, len(record) - _ATTRS.size)
+
+
+def record_ref(record: bytes) -> int:
+    """The blob ref of a record's chunk (or of a chunk key)."""
+    return int.from_bytes(record[CHUNK_KEY_SIZE - 2 : CHUNK_KEY_SIZE], "little")
+
+
+def record_chunk(record: bytes, refs: BlobRefs) -> Chunk | None:
+    if len(record) < RECORD_SIZE:
+        return None
+    return Chunk.from_packed(record[: CHUNK_KEY_SIZE - 2], refs.ids[record_ref(record)])
+
+
+def record_inode(record: bytes, refs: BlobRefs) -> Inode:
+    mode, uid, gid, mtime, size = record_attrs(record)
+    chunk = record_chunk(record, refs)
+    return Inode(mode=mode, uid=uid, gid=gid, mtime=mtime, size=size, chunks=() if chunk is None else chunk)
+
+
+def is_dir(node: Node) -> bool:
+    return isinstance(node, Inode) and stat.S_ISDIR(node.mode)
+
+
+def mode_of(node: Node) -> int:
+    return node.mode if isinstance(node, Inode) else record_attrs(node)[0]
+
+
 def new_dir(*, implicit: bool = False) -> Inode:
     return Inode(mode=stat.S_IFDIR | 0o755, implicit=implicit, children={})
 
@@ -157,25 +250,35 @@ def encode_rdev(major: int, minor: int) -> int:
     return value & 0xFFFFFFFF
 
 
-def walk(root: Inode, prefix: bytes = b"") -> Iterator[tuple[bytes, Inode]]:
-    """Every (path, inode) below `root` in sorted name order, depth first; root is b"/"."""
+def walk(root: Inode, prefix: bytes = b"") -> Iterator[tuple[bytes, Node]]:
+    """Every (path, node) below `root` in sorted name order, depth first; root is b"/"."""
     if not prefix:
         yield b"/", root
     for name in sorted(root.children):
         child = root.children[name]
         path = prefix + b"/" + name
         yield path, child
-        if child.is_dir:
+        if isinstance(child, Inode) and child.is_dir:
             yield from walk(child, path)
 
 
-def lookup(root: Inode, path: str) -> Inode | None:
+def directories(root: Inode) -> Iterator[Inode]:
+    """`root` and every directory below it (each once)."""
+    stack = [root]
+    while stack:
+        directory = stack.pop()
+        yield directory
+        stack.extend(child for child in directory.children.values() if is_dir(child))  # type: ignore[misc]
+
+
+def lookup_parent(root: Inode, path: str) -> tuple[Inode, bytes] | None:
+    """The directory holding `path` and its last name, when every directory on the way exists;
+    (root, b"") for the root itself."""
+    parts = [part for part in path.encode("utf-8", "surrogateescape").split(b"/") if part not in (b"", b".")]
     node = root
-    for part in path.encode("utf-8", "surrogateescape").split(b"/"):
-        if part in (b"", b"."):
-            continue
+    for part in parts[:-1]:
         child = node.children.get(part)
-        if child is None:
+        if not isinstance(child, Inode):
             return None
         node = child
-    return node
+    return node, parts[-1] if parts else b""

@@ -39,7 +39,7 @@ from acceld.formats.nydus.layout import (
     pack_zran_context,
 )
 from acceld.formats.nydus.tarball import tree_from_tar
-from acceld.formats.nydus.tree import Chunk, Inode
+from acceld.formats.nydus.tree import BlobRefs, Chunk, Inode
 
 WINDOW = 32768
 CONTEXT_SIZE = 40
@@ -158,6 +158,9 @@ class _ZranChunks:
 
     def placed(self, node: Inode) -> None:
         """Nothing to do: `add` returns every chunk where it lives."""
+
+    def flush(self) -> None:
+        """Nothing in flight."""
 
     def add(self, data: bytes) -> Chunk:
         in_start, out_start, boundary = self.source.read_start
@@ -286,7 +289,8 @@ def write_ref_blob(
             try:
                 source = _TarSource(reader, tracker)
                 chunks = _ZranChunks(source, blob_id, chunk_size, dictionaries)
-                root = tree_from_tar(source, chunks, chunk_size, sparse_files=False)  # type: ignore[arg-type]
+                refs = BlobRefs()
+                root = tree_from_tar(source, chunks, refs, chunk_size, sparse_files=False)  # type: ignore[arg-type]
                 reader.finish()
             finally:
                 reader.close()
@@ -294,7 +298,7 @@ def write_ref_blob(
             raise FormatError(
                 f"gzip layer has digest sha256:{layer_hash.hexdigest()}, expected {layer_digest}"
             )
-        return _write_blob(out, chunks, root, reader.compressed_offset, prefetch_patterns)
+        return _write_blob(out, chunks, root, refs, reader.compressed_offset, prefetch_patterns)
 
 
 def _write_meta(writer: _HashingWriter, chunks: _ZranChunks) -> tuple[str, int, int, bytes]:
@@ -320,7 +324,12 @@ def _write_meta(writer: _HashingWriter, chunks: _ZranChunks) -> tuple[str, int, 
 
 
 def _write_blob(
-    out: IO[bytes], chunks: _ZranChunks, root: Inode, gzip_size: int, prefetch_patterns: tuple[str, ...]
+    out: IO[bytes],
+    chunks: _ZranChunks,
+    root: Inode,
+    refs: BlobRefs,
+    gzip_size: int,
+    prefetch_patterns: tuple[str, ...],
 ) -> ZranBlobResult:
     """blob.meta, blob.digest, image.boot and the TOC, each followed by its tar header (§4)."""
     blob_id, chunk_size = chunks.blob_id, chunks.chunk_size
@@ -392,6 +401,7 @@ def _write_blob(
             blobs=blobs,
             prefetch_patterns=prefetch_patterns,
         ),
+        refs,
     )
     boot_offset = writer.position
     boot_compressor, boot_stored, boot_digest = store_bootstrap(bootstrap, writer)
