@@ -10,7 +10,14 @@ import random
 
 import pytest
 
-from acceld.formats.zstdchunked.chunker import Chunker, Data, Zeros, is_one_chunk, split_points
+from acceld.formats.zstdchunked.chunker import (
+    Chunker,
+    Data,
+    Zeros,
+    is_one_chunk,
+    split_points,
+    split_points_each,
+)
 
 
 def _go_model(content: bytes) -> list[tuple[str, int]]:
@@ -155,3 +162,13 @@ def test_one_chunk_shortcut_agrees_with_the_go_model() -> None:
         assert one == (len(expected) == 1 and expected[0][0] == "data"), len(content)
         seen.add(one)
     assert seen == {True, False}
+
+
+def test_split_points_of_many_files_in_one_pass_equal_each_files_own() -> None:
+    rng = random.Random(5)
+    contents = [b"", *(_content(rng)[: rng.randint(1, 80_000)] for _ in range(60)), bytes(3000), b"x"]
+    together = split_points_each(contents)
+    assert len(together) == len(contents)
+    for content, points in zip(contents, together, strict=True):
+        assert points.tolist() == split_points(bytes(64), content).tolist()
+    assert sum(len(points) for points in together) > 0

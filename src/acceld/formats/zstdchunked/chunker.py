@@ -58,6 +58,19 @@ def split_points(history: bytes, data: bytes | memoryview) -> np.ndarray:
     return np.concatenate(found) if found else np.empty(0, np.int64)
 
 
+def split_points_each(contents: list[bytes]) -> list[np.ndarray]:
+    """`split_points` of each whole file content, found in one pass over them all: joined with
+    WINDOW zero bytes between them, each is preceded by the zero window a file starts with."""
+    if not contents:
+        return []
+    points = split_points(bytes(WINDOW), bytes(WINDOW).join(contents))
+    sizes = np.fromiter((len(content) for content in contents), np.int64, len(contents))
+    starts = np.cumsum(sizes + WINDOW) - sizes - WINDOW
+    first = np.searchsorted(points, starts).tolist()
+    last = np.searchsorted(points, starts + sizes).tolist()
+    return [points[lo:hi] - start for lo, hi, start in zip(first, last, starts.tolist(), strict=True)]
+
+
 def _weighted_windows(x: np.ndarray) -> np.ndarray:
     """sum((m + 1) * x[t - m] for m in 0..63) modulo 2**16 for every t >= 63 (result index t - 63).
 

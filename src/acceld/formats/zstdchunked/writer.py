@@ -27,7 +27,15 @@ from acceld.formats.zstdchunked.annotations import (
     MANIFEST_POSITION_KEY,
     TARSPLIT_POSITION_KEY,
 )
-from acceld.formats.zstdchunked.chunker import WINDOW, Chunker, Piece, Zeros, is_one_chunk, split_points
+from acceld.formats.zstdchunked.chunker import (
+    WINDOW,
+    Chunker,
+    Piece,
+    Zeros,
+    is_one_chunk,
+    split_points,
+    split_points_each,
+)
 from acceld.formats.zstdchunked.frames import FrameSink, Mark
 from acceld.formats.zstdchunked.tarheaders import Readable, TarHeader, TarHeaderReader
 from acceld.formats.zstdchunked.tarsplit import TarSplitWriter
@@ -179,10 +187,6 @@ class _Deferred:
     index: int
 
 
-def _group_split_points(contents: list[bytes]) -> list[np.ndarray]:
-    return [split_points(bytes(WINDOW), content) for content in contents]
-
-
 def _skippable_frame(size: int) -> bytes:
     return SKIPPABLE_MAGIC + struct.pack("<I", size)
 
@@ -270,7 +274,7 @@ class _LayerWriter:
 
     def _submit_group(self) -> None:
         if self._group.contents:
-            self._group.future = self._pool.submit(_group_split_points, self._group.contents)
+            self._group.future = self._pool.submit(split_points_each, self._group.contents)
             self._group = _SplitGroup()
 
     def _drain(self) -> None:
