@@ -70,11 +70,11 @@ class NydusReader:
                 )
                 for layer in layers
             ]
-            return check_image_layers(manifest_layers, referenced).to_fstree()
+            return check_image_layers(manifest_layers, referenced).to_fstree(workdir=workdir)
         files = {digest_hex(blob.descriptor.digest): blob.path for blob in blobs}
         image = RafsImage.from_bootstrap_layer(bootstrap.path, files, limits, workdir)
         image.verify()
-        return image.to_fstree()
+        return image.to_fstree(workdir=workdir)
 
 
 class ZstdChunkedReader:

@@ -266,9 +266,10 @@ class RafsImage:
             )
         return ref, path
 
-    def to_fstree(self, *, content: bool = True) -> FsTree:
-        """The image's tree; `content=False` skips reading blobs (regular files get no digest)."""
-        tree = FsTree()
+    def to_fstree(self, *, content: bool = True, workdir: Path | None = None) -> FsTree:
+        """The image's tree, fed entry by entry (kept by the FsTree in `workdir`); `content=False` skips
+        reading blobs (regular files get no digest)."""
+        tree = FsTree(workdir)
         # the bootstrap check made i_nlink count a file's names: only files with several are remembered
         first_path: dict[int, str] = {}
         for path, inode in self.list_tree():
