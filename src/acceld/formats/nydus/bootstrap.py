@@ -64,11 +64,11 @@ from acceld.formats.nydus.layout import (
 )
 from acceld.formats.nydus.tree import (
     CHUNK_KEY_SIZE,
-    RECORD_SIZE,
     BlobRefs,
     Inode,
     Node,
     chunk_key,
+    has_chunk,
     is_dir,
     lookup_parent,
     mode_of,
@@ -170,7 +170,7 @@ def _head_size(shape: _Shape | None) -> int:
 
 def _record_size(inode: Node, shape: _Shape | None) -> int:
     if isinstance(inode, bytes):
-        return INODE_SIZE + (8 if len(inode) == RECORD_SIZE else 0)
+        return INODE_SIZE + (8 if has_chunk(inode) else 0)
     if inode.is_reg:
         xattrs = 0 if shape is None else len(shape.xattrs)
         return align(INODE_SIZE + xattrs, 8) + 8 * len(inode.chunks)
@@ -185,7 +185,7 @@ class _Order:
     def __init__(self, root: Inode) -> None:
         root.serial = 0
         self.inodes: list[Node] = [root]
-        self.ino = array("Q", [1])
+        self.ino = array("I", [1])  # (an image has far fewer than 2^32 names)
         self.nlink = array("I", [0])
         self.parents = {id(root): root}  # directories only
         self.first_child: dict[int, int] = {}  # a directory's serial: the first serial placed in it
@@ -276,7 +276,7 @@ class Bootstrap:
         # the prefetch table needs nids, which need meta_addr: reserve room for every pattern
         self.meta_addr = meta_addr = align(prefetch_offset + 4 * prefetch_count_max, BLOCK) if blobs else 0
 
-        self.positions = positions = array("Q")
+        self.nids = nids = array("I")  # where each inode is: meta_addr + 32 * nid
         cursor = meta_addr + BLOCK
         for serial, inode in enumerate(inodes):
             shape = shapes.get(serial)
@@ -284,7 +284,7 @@ class Bootstrap:
             cursor = align(cursor, 32)
             if head_size <= BLOCK and cursor % BLOCK + head_size > BLOCK:
                 cursor = align(cursor, BLOCK)
-            positions.append(cursor)
+            nids.append((cursor - meta_addr) // 32)
             cursor += _record_size(inode, shape)
         block_cursor = align(cursor, BLOCK)
         for shape in shapes.values():  # in serial order: dicts keep insertion order
@@ -373,7 +373,7 @@ class Bootstrap:
         self.superblock = superblock, extended
 
     def nid(self, serial: int) -> int:
-        return (self.positions[serial] - self.meta_addr) // 32
+        return self.nids[serial]
 
     def _serial_of(self, root: Inode, path: str) -> int | None:
         found = lookup_parent(root, path)
@@ -400,7 +400,7 @@ class Bootstrap:
             sink.skip_to(EXT_SB_OFFSET)
             sink.write(extended)
         for serial, inode in enumerate(self.order.inodes):
-            sink.skip_to(self.positions[serial])
+            sink.skip_to(self.meta_addr + 32 * self.nids[serial])
             sink.write(self._inode_bytes(serial, inode))
         for serial, shape in self.shapes.items():
             if shape.plain_blocks:
@@ -510,14 +510,14 @@ class Bootstrap:
             0,
             self.order.nlink[serial],
         )
-        if len(record) < RECORD_SIZE:
+        if not has_chunk(record):
             return head
         _, index, _, _, _, uoff, _, ref = _CHUNK_KEY.unpack_from(record)
         blob = (self.ref_index[ref] + 1) & 0xFF | ((index >> 16) & 0xFF) << 8
         return head + _CHUNK_INDEX.pack(index & 0xFFFF, blob, uoff // BLOCK)
 
 
-_CHUNK_KEY = struct.Struct("<32sIQQIQ?H")  # Chunk.packed + blob ref: how a chunk key starts
+_CHUNK_KEY = struct.Struct("<32sIQIIQ?H")  # Chunk.packed + blob ref: how a chunk key starts
 _FILE_HEAD = struct.Struct("<HHHHQIIIIQII16x")  # a whole 64-byte inode without xattrs
 _CHUNK_INDEX = struct.Struct("<HHI")
 
@@ -527,7 +527,7 @@ def _uses(inodes: list[Node], refs: BlobRefs) -> Iterator[bytes]:
     record itself, or the key of an inode's chunk."""
     for inode in inodes:
         if isinstance(inode, bytes):
-            if len(inode) == RECORD_SIZE:
+            if has_chunk(inode):
                 yield inode
         else:
             for chunk in inode.chunks:
@@ -549,7 +549,7 @@ def _file_offsets(inodes: list[Node], chunk_size: int, refs: BlobRefs) -> dict[b
     decided: set[bytes] = set()
     for inode in inodes:
         if isinstance(inode, bytes):
-            keys = [inode[:CHUNK_KEY_SIZE]] if len(inode) == RECORD_SIZE else []
+            keys = [inode[:CHUNK_KEY_SIZE]] if has_chunk(inode) else []
         else:
             keys = [chunk_key(chunk, refs) for chunk in inode.chunks]
         for number, key in enumerate(keys):

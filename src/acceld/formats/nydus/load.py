@@ -36,7 +36,17 @@ from acceld.formats.nydus.layout import (
     XATTR_PREFIX_OF_INDEX,
     BlobInfo,
 )
-from acceld.formats.nydus.tree import NO_XATTRS, BlobRefs, Chunk, Chunks, Inode, Node, chunks_of, file_record
+from acceld.formats.nydus.tree import (
+    NO_XATTRS,
+    BlobRefs,
+    Chunk,
+    Chunks,
+    Inode,
+    Node,
+    chunks_of,
+    file_record,
+    is_plain,
+)
 
 _MAX_SHARED_INTS = 1 << 16
 _UNNAMED = 1 << 63  # a chunk table row that no inode's chunk index can name
@@ -210,7 +220,7 @@ class _Loader:
             if layout != LAYOUT_CHUNK_BASED:
                 raise FormatError(f"nid {nid}: regular file is not chunk based")
             node.chunks = self.chunks(body, size)
-            if nlink == 1 and not xattr_size and len(node.chunks) <= 1:
+            if nlink == 1 and is_plain(node):
                 return file_record(node, self.refs)
         elif stat.S_ISDIR(mode):
             node.children = {}

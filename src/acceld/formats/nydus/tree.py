@@ -28,7 +28,7 @@ class Chunk:
     """
 
     __slots__ = ("_record", "blob_id")
-    _RECORD = struct.Struct("<32sIQQIQ?")
+    _RECORD = struct.Struct("<32sIQIIQ?")
 
     @classmethod
     def from_packed(cls, packed: bytes, blob_id: str) -> Chunk:
@@ -71,19 +71,19 @@ class Chunk:
 
     @property
     def compressed_size(self) -> int:
-        return int.from_bytes(self._record[44:52], "little")
+        return int.from_bytes(self._record[44:48], "little")
 
     @property
     def uncompressed_size(self) -> int:
-        return int.from_bytes(self._record[52:56], "little")
+        return int.from_bytes(self._record[48:52], "little")
 
     @property
     def uncompressed_offset(self) -> int:
-        return int.from_bytes(self._record[56:64], "little")
+        return int.from_bytes(self._record[52:60], "little")
 
     @property
     def zran(self) -> bool:
-        return self._record[64] != 0
+        return self._record[60] != 0
 
     @property
     def compressed(self) -> bool:
@@ -181,17 +181,27 @@ class BlobRefs:
         return number
 
 
-# A plain file's record: [packed chunk (Chunk.packed, 65 bytes) + blob ref (u16)] + attributes.
-# The chunk comes first, so records sort by chunk digest; an empty file has attributes only.
-_ATTRS = struct.Struct("<IIIQQ")  # mode, uid, gid, mtime, size
+# A plain file's record: [packed chunk (Chunk.packed, 61 bytes) + blob ref (u16)] + mode (u16),
+# uid, gid (u32) + mtime (u32, or u64 when it does not fit). Its size is its chunk's (or 0). The
+# chunk comes first, so records sort by chunk digest; an empty file has attributes only. Most
+# records fit the 112-byte allocation class of bytes objects.
+_OWNER = struct.Struct("<HII")
 CHUNK_KEY_SIZE = Chunk._RECORD.size + 2  # a chunk of a record or `chunk_key`: packed + blob ref
-RECORD_SIZE = CHUNK_KEY_SIZE + _ATTRS.size
 
 
 def is_plain(inode: Inode) -> bool:
     """Whether a regular file inode can be kept as a record (hardlinks aside), once its chunk
     is resolved."""
-    return inode.is_reg and not inode.xattrs and len(inode.chunks) <= 1
+    return (
+        inode.is_reg
+        and not inode.xattrs
+        and len(inode.chunks) <= 1
+        and inode.size == sum(chunk.uncompressed_size for chunk in inode.chunks)
+    )
+
+
+def has_chunk(record: bytes) -> bool:
+    return len(record) > _OWNER.size + 8
 
 
 def is_resolved(inode: Inode) -> bool:
@@ -199,7 +209,8 @@ def is_resolved(inode: Inode) -> bool:
 
 
 def file_record(inode: Inode, refs: BlobRefs) -> bytes:
-    attrs = _ATTRS.pack(inode.mode, inode.uid, inode.gid, inode.mtime, inode.size)
+    mtime = inode.mtime.to_bytes(4 if inode.mtime < 1 << 32 else 8, "little")
+    attrs = _OWNER.pack(inode.mode, inode.uid, inode.gid) + mtime
     for chunk in inode.chunks:
         return chunk_key(chunk, refs) + attrs
     return attrs
@@ -212,7 +223,10 @@ def chunk_key(chunk: Chunk, refs: BlobRefs) -> bytes:
 
 def record_attrs(record: bytes) -> tuple[int, int, int, int, int]:
     """(mode, uid, gid, mtime, size) of a file record."""
-    return _ATTRS.unpack_from(record, len(record) - _ATTRS.size)
+    start = CHUNK_KEY_SIZE if has_chunk(record) else 0
+    mode, uid, gid = _OWNER.unpack_from(record, start)
+    mtime = int.from_bytes(record[start + _OWNER.size :], "little")
+    return mode, uid, gid, mtime, int.from_bytes(record[48:52], "little") if start else 0
 
 
 def record_ref(record: bytes) -> int:
@@ -221,7 +235,7 @@ def record_ref(record: bytes) -> int:
 
 
 def record_chunk(record: bytes, refs: BlobRefs) -> Chunk | None:
-    if len(record) < RECORD_SIZE:
+    if not has_chunk(record):
         return None
     return Chunk.from_packed(record[: CHUNK_KEY_SIZE - 2], refs.ids[record_ref(record)])
 
