@@ -586,20 +586,22 @@ _OP = st.tuples(
 def _layer_tar(path: Path, ops: list[tuple[str, str]], number: int) -> Path:
     """Whiteouts and opaque markers first (as image builders write them), then the other entries.
 
-    No layer both whites out a directory and holds a marker inside it: which attributes that
-    directory has then (the lower one's, or those of the directory the marker implies) depends on
-    the order of the two markers in runtimes too.
+    No layer both hides a lower directory (whiting it out, or marking a directory above it opaque)
+    and holds a marker inside it: which attributes that directory has then (the lower one's, or
+    those of the directory the marker implies) depends on the order of the markers in runtimes too.
     """
     marker_dirs = {
         name if kind == "opaque" else name.rpartition("/")[0]
         for kind, name in ops
         if kind in ("whiteout", "opaque")
     }
-    ops = [
-        (kind, name)
-        for kind, name in ops
-        if kind != "whiteout" or not any(d == name or d.startswith(name + "/") for d in marker_dirs)
-    ]
+
+    def hides_a_marked_dir(kind: str, name: str) -> bool:
+        if kind == "whiteout":
+            return any(d == name or d.startswith(name + "/") for d in marker_dirs)
+        return kind == "opaque" and any(d.startswith(name + "/") for d in marker_dirs)
+
+    ops = [(kind, name) for kind, name in ops if not hides_a_marked_dir(kind, name)]
     ordered = [op for op in ops if op[0] in ("whiteout", "opaque")] + [
         op for op in ops if op[0] not in ("whiteout", "opaque")
     ]
