@@ -225,6 +225,30 @@ async def test_layers_already_converted_pass_through(layout: Path, options: Conv
         )
 
 
+async def test_a_layout_target_links_the_blobs_a_conversion_wrote_and_copies_what_it_did_not(
+    layout: Path, tmp_path: Path, options: ConvertOptions
+) -> None:
+    """Blobs written (and hashed) by the conversion are linked into a layout on the same filesystem
+    instead of copied and hashed again; a cached blob is hashed again as it is copied, so a cache
+    file damaged on disk is refused instead of published."""
+    request = ConversionRequest(source=f"oci:{layout}:busybox-amd64", target=f"oci:{tmp_path / 'out'}:a")
+    await convert_image(request, AcceldConfig(), options=options)
+    _, manifest = layout_manifest(tmp_path / "out", "a")
+    layer = blob_path(tmp_path / "out", manifest["layers"][0]["digest"])
+    assert options.cache_dir is not None
+    cached = options.cache_dir / "blobs" / "sha256" / layer.name
+    assert layer.stat().st_nlink == 2 and layer.stat().st_ino == cached.stat().st_ino
+
+    cached.unlink()  # replace the cache's copy (and not the published one) by damaged bytes
+    damaged = bytearray(layer.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    cached.write_bytes(damaged)
+    again = ConversionRequest(source=request.source, target=f"oci:{tmp_path / 'again'}:a")
+    with pytest.raises(AcceldError, match="digest"):
+        await convert_image(again, AcceldConfig(), options=options)
+    assert not blob_path(tmp_path / "again", manifest["layers"][0]["digest"]).exists()
+
+
 async def test_platform_filter_selects_children(layout: Path, options: ConvertOptions) -> None:
     request = ConversionRequest(
         source=f"oci:{layout}:busybox", target=f"oci:{layout}:arm", driver="nydus", platforms=["linux/arm64"]

@@ -181,6 +181,7 @@ async def _converted_plan(
         configs=[image.config for image in images],
         children=children,
         root=root,
+        unverified=_not_written_here(layers),
     )
 
 
@@ -216,7 +217,17 @@ async def _artifact_plan(
         raise ConvertError(f"{driver.name} driver built nothing to push")
     root = built.root or built.manifests[-1]
     children = list(built.manifests if built.root else built.manifests[:-1])
-    return PushPlan(blobs=list(built.blobs), configs=[], children=children, root=root), built.root is not None
+    push_plan = PushPlan(list(built.blobs), [], children, root, _not_written_here(layers))
+    return push_plan, built.root is not None
+
+
+def _not_written_here(layers: Mapping[str, ConvertedLayer]) -> frozenset[str]:
+    """The layer blobs this conversion did not write itself (passed through or from the cache)."""
+    return frozenset(
+        layer.blob.digest
+        for layer in layers.values()
+        if layer.blob is not None and layer.outcome is not Outcome.CONVERTED
+    )
 
 
 async def _existing_artifacts(

@@ -21,7 +21,7 @@ from acceld.formats.driver import LayerBlob
 from acceld.oci.models import Descriptor, RawManifest
 from acceld.progress import ProgressReporter
 from acceld.registry.layout import OCILayout
-from acceld.registry.store import ImageStore
+from acceld.registry.store import ImageStore, VerifiedFile
 
 if TYPE_CHECKING:  # not imported at run time: converting between layouts never loads httpx
     from acceld.registry.repository import RegistryRepository
@@ -38,6 +38,9 @@ class PushPlan:
     configs: Sequence[tuple[Descriptor, bytes]]
     children: Sequence[RawManifest]  # pushed by digest (index children)
     root: RawManifest  # pushed with the tag, or by digest when the target has no tag
+    # blobs this conversion did not write itself (passed through, or from the layer cache): hashed
+    # again when copied; the others' digests were taken while writing them
+    unverified: frozenset[str] = frozenset()
 
 
 class Pusher:
@@ -62,7 +65,7 @@ class Pusher:
         try:
             async with asyncio.TaskGroup() as group:
                 for blob in plan.blobs:
-                    group.create_task(self._push_layer(blob))
+                    group.create_task(self._push_layer(blob, blob.digest not in plan.unverified))
             async with asyncio.TaskGroup() as group:
                 for desc, data in configs.values():
                     group.create_task(self._push_bytes(desc, data))
@@ -87,14 +90,15 @@ class Pusher:
         async with self._slots:
             await self._target.put_blob(desc, data)
 
-    async def _push_layer(self, blob: LayerBlob) -> None:
+    async def _push_layer(self, blob: LayerBlob, written_here: bool) -> None:
         desc = Descriptor(mediaType=blob.media_type, digest=blob.digest, size=blob.size)
         key = f"push {blob.digest}"
         async with self._slots:
             self._progress.start(key, f"push {short(blob.digest)}", blob.size)
             try:
                 mount_from = self._mount_source(blob.digest)
-                result = await self._target.put_blob(desc, blob.path, mount_from=mount_from)
+                source = VerifiedFile(blob.path, blob.digest) if written_here else blob.path
+                result = await self._target.put_blob(desc, source, mount_from=mount_from)
             except BaseException:
                 self._progress.finish(key, "failed")
                 raise

@@ -14,17 +14,25 @@ import contextlib
 import json
 import os
 import tempfile
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from functools import partial
 from pathlib import Path
 
 from acceld.errors import AcceldError
 from acceld.oci import mediatypes as mt
-from acceld.oci.digest import Digester, InvalidDigest, is_digest, validate_digest, verify_bytes
+from acceld.oci.digest import (
+    Digester,
+    DigestMismatch,
+    InvalidDigest,
+    is_digest,
+    validate_digest,
+    verify_bytes,
+)
 from acceld.oci.models import Descriptor, Index, InvalidManifest, RawManifest
 from acceld.registry.background import BackgroundWorker, read_ahead
 from acceld.registry.errors import NotFound
-from acceld.registry.store import BlobSource, PutResult, VerifiedStream, iter_source
+from acceld.registry.store import BlobSource, PutResult, VerifiedFile, VerifiedStream, iter_source
 
 REF_NAME = "org.opencontainers.image.ref.name"
 _LAYOUT_FILE = {"imageLayoutVersion": "1.0.0"}
@@ -232,7 +240,8 @@ class OCILayout:
         if target.is_file():
             return "exists"
         with _io_errors(self.location, f"write blob {desc.digest}"):
-            await self._write_blob(target, desc, source)
+            if not await asyncio.to_thread(_link_verified, target, desc, source):
+                await self._write_blob(target, desc, source)
         return "uploaded"
 
     async def _write_blob(self, target: Path, desc: Descriptor, source: BlobSource) -> None:
@@ -259,3 +268,23 @@ class OCILayout:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def _link_verified(target: Path, desc: Descriptor, source: BlobSource) -> bool:
+    """Link a verified file of the same filesystem into place; False when it must be copied."""
+    if not isinstance(source, VerifiedFile) or source.digest != desc.digest:
+        return False
+    if source.path.stat().st_size != desc.size:
+        raise DigestMismatch(f"{source.path} holds {source.path.stat().st_size} bytes, {desc.size} expected")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".tmp-link-{uuid.uuid4().hex}"
+    try:
+        os.link(source.path, tmp)
+    except OSError:  # another filesystem, or links not allowed: copy
+        return False
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return True

@@ -23,7 +23,15 @@ from acceld.registry.client import BlobBody, RegistryClient
 from acceld.registry.errors import NotFound, RegistryError
 from acceld.registry.limits import TransferStalled, paced
 from acceld.registry.origin import describe, origin_of
-from acceld.registry.store import BlobSource, PutResult, exact_size, iter_source, rechunk, source_size
+from acceld.registry.store import (
+    BlobSource,
+    PutResult,
+    VerifiedFile,
+    exact_size,
+    iter_source,
+    rechunk,
+    source_size,
+)
 
 MAX_MANIFEST_SIZE = 4 << 20
 MONOLITHIC_LIMIT = 8 << 20  # blobs up to this size go in the PUT that completes the upload
@@ -321,7 +329,7 @@ class RegistryRepository:
             if response.status_code == 201:
                 return "mounted"
             location = self._location(response)  # the registry opened an ordinary upload instead
-        replayable = isinstance(source, bytes | Path)
+        replayable = isinstance(source, bytes | Path | VerifiedFile)
         attempt = 0
         while True:
             try:

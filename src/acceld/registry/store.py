@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -42,7 +43,16 @@ class VerifiedStream:
         return self._chunks
 
 
-BlobSource = bytes | Path | AsyncIterable[bytes]
+@dataclass(frozen=True)
+class VerifiedFile:
+    """A local file whose digest its producer took while writing it (a conversion's output): a
+    layout links it instead of copying and hashing it again."""
+
+    path: Path
+    digest: str
+
+
+BlobSource = bytes | Path | VerifiedFile | AsyncIterable[bytes]
 PutResult = Literal["exists", "mounted", "uploaded"]
 
 
@@ -76,6 +86,8 @@ def source_size(source: BlobSource) -> int | None:
     """The size of a bytes or file source; None for a stream."""
     if isinstance(source, bytes):
         return len(source)
+    if isinstance(source, VerifiedFile):
+        source = source.path
     if isinstance(source, Path):
         return source.stat().st_size
     return None
@@ -87,6 +99,8 @@ async def iter_source(source: BlobSource, read_size: int) -> AsyncIterator[bytes
         for start in range(0, len(source), read_size):
             yield source[start : start + read_size]
         return
+    if isinstance(source, VerifiedFile):
+        source = source.path
     if isinstance(source, Path):
         async with contextlib.aclosing(read_ahead(source.open("rb"), read_size)) as chunks:
             async for chunk in chunks:
