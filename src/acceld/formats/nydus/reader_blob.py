@@ -70,7 +70,7 @@ CI_HAS_CRC32: Final = 0x10
 PLACEHOLDER_BLOB_ID: Final = "x" * 64
 _READ_SIZE: Final = 1 << 20
 _HASH_PIECE: Final = 16 << 20
-_RELEASE_EVERY: Final = 1 << 16  # CI entries decoded between drops of a mapped CI array's pages
+_RELEASE_EVERY: Final = 1 << 12  # CI entries decoded between drops of a mapped CI array's pages
 
 IMAGE_BLOB, BLOB_META, BLOB_META_HEADER = "image.blob", "blob.meta", "blob.meta.header"
 BLOB_DIGEST, IMAGE_BOOT, BLOB_TOC = "blob.digest", "image.boot", "rafs.blob.toc"

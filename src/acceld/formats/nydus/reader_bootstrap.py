@@ -45,6 +45,8 @@ from acceld.formats.nydus.reader_common import (
     UnsupportedNydusError,
     align,
     cstring,
+    read_at,
+    release_pages,
     u16,
     u32,
     u64,
@@ -97,6 +99,7 @@ CHUNK_BATCH: Final = 0x8
 CHUNK_HAS_CRC32: Final = 0x10
 _CHUNK_RECORD: Final = struct.Struct("<32sIIIIQQQII")
 _POSITION_BITS: Final = 24  # a chunk table of a bootstrap <= 1 GiB has < 2^24 entries of 80 bytes
+_RELEASE_EVERY: Final = 1 << 12  # chunk records checked between drops of the bootstrap mapping's pages
 
 
 @dataclass(frozen=True)
@@ -170,7 +173,9 @@ class ChunkTable(Sequence[ChunkRecord]):
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(index)
-        return _decode_record(self.data, self.offset + index * CHUNK_RECORD_SIZE)
+        # look-ups go all over a table sorted by digest: read, not mapped in
+        raw = read_at(self.data, self.offset + index * CHUNK_RECORD_SIZE, CHUNK_RECORD_SIZE)
+        return ChunkRecord._make(_CHUNK_RECORD.unpack(raw))
 
     def find(self, blob_index: int, ci_index: int) -> ChunkRecord | None:
         prefix = (blob_index << 24 | ci_index) << _POSITION_BITS
@@ -584,6 +589,8 @@ class _BootstrapParser:
             off = offset + i * CHUNK_RECORD_SIZE
             rec = _decode_record(data, off)
             _check_chunk_record(rec, i, off, blobs, self.chunk_size)
+            if i % _RELEASE_EVERY == _RELEASE_EVERY - 1:
+                release_pages(data)
             keys.append((rec.blob_index << 24 | rec.ci_index) << _POSITION_BITS | i)
         view = np.frombuffer(keys, dtype=np.uint64)
         view.sort()

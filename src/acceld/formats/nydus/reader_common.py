@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import mmap
+import os
 import struct
 import tempfile
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Final, TypeAlias
@@ -98,12 +100,29 @@ def u64(buf: Buffer, off: int) -> int:
     return value
 
 
+class MappedFile(mmap.mmap):
+    """A read-only file mapping that keeps a descriptor for `read_at`: a random small read through a
+    mapping faults in ~16 pages around it (kernel fault-around) that stay until released."""
+
+    fd: int
+
+
 def map_file(handle: BinaryIO) -> Mapped:
     """A read-only mapping of an open file (bytes when empty: an empty file cannot be mapped)."""
     handle.seek(0, 2)
     if handle.tell() == 0:
         return b""
-    return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    mapped = MappedFile(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    mapped.fd = os.dup(handle.fileno())
+    weakref.finalize(mapped, os.close, mapped.fd)
+    return mapped
+
+
+def read_at(data: Mapped, offset: int, size: int) -> bytes:
+    """`size` bytes at `offset`, read with pread from a mapped file (no page of it is mapped in)."""
+    if isinstance(data, MappedFile):
+        return os.pread(data.fd, size, offset)
+    return data[offset : offset + size]
 
 
 def map_path(path: Path) -> Mapped:

@@ -119,7 +119,7 @@ class Inode:
 
 
 ChunkCheck = Callable[["Inode", int, ChunkAddr], None]
-_RELEASE_EVERY: Final = 8192  # inodes parsed between drops of the bootstrap mapping's pages
+_RELEASE_EVERY: Final = 1024  # inodes parsed between drops of the bootstrap mapping's pages
 
 
 class InodeTree:
