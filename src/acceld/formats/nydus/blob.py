@@ -43,6 +43,7 @@ _WINDOW_BYTES = 24 << 20
 _WORKERS = 2
 _BATCH_BYTES = 1 << 20  # chunks go to the workers in batches of about this much data
 _BATCH_CHUNKS = 64  # or of this many chunks (the placeholders of a batch live until it is resolved)
+_KEEP_RESOLVED = 4096  # resolved placeholder numbers no file needs are dropped in runs of this many
 
 
 @dataclass(frozen=True)
@@ -108,9 +109,13 @@ class _ChunkWriter:
         self.window = max(_WORKERS + 1, _WINDOW_BYTES // max(options.chunk_size, _BATCH_BYTES))
         self.added = 0  # chunks handed to `add`
         self.unplaced: deque[tuple[int, Inode]] = deque()  # (its last chunk's number, file) with placeholders
-        # by the number of the `add` call: a CI index, or -1 - n for `dict_chunks[n]` (chunk objects
-        # are made from the CI and digest tables when needed: a million small files, a million chunks)
+        # by the number of the `add` call less `resolved_base`: a CI index, or -1 - n for
+        # `dict_chunks[n]` (chunk objects are made from the CI and digest tables when needed: a
+        # million small files, a million chunks); only numbers a file with placeholders may still
+        # need are kept
         self.resolved = array("q")
+        self.resolved_base = 0
+        self.file_start = 0  # the number of the first chunk of the file being read
         self.dict_chunks: list[Chunk] = []
         self.index = DigestIndex()  # the digests of this blob's chunks, by CI index
         self.dict_blob_ids: dict[str, None] = {}
@@ -130,10 +135,11 @@ class _ChunkWriter:
 
     def placed(self, node: Inode) -> None:
         """`node.chunks` now holds the chunks the latest `add` calls returned for it."""
-        if node.chunks and self.added > len(self.resolved):
+        if node.chunks and self.added > self.resolved_base + len(self.resolved):
             self.unplaced.append((self.added - 1, node))
             while self.pending and self.pending[0][0].done():
                 self._resolve_one()
+        self.file_start = self.added
 
     def _submit(self) -> None:
         batch, self.batch, self.batch_bytes = self.batch, [], 0
@@ -147,15 +153,24 @@ class _ChunkWriter:
         future, batch = self.pending.popleft()
         for (digest, packed), data in zip(future.result(), batch, strict=True):
             self.resolved.append(self._resolve(digest, packed, data))
-        resolved = len(self.resolved)
+        base = self.resolved_base
+        resolved = base + len(self.resolved)
         while self.unplaced and self.unplaced[0][0] < resolved:
             node = self.unplaced.popleft()[1]
             node.chunks = chunks_of(
                 [
-                    self.chunk(self.resolved[c.index]) if c.blob_id == PENDING_BLOB_ID else c
+                    self.chunk(self.resolved[c.index - base]) if c.blob_id == PENDING_BLOB_ID else c
                     for c in node.chunks
                 ]
             )
+        # a file's placeholders are consecutive numbers ending at its last: older ones are done
+        needed = min(resolved, self.file_start)
+        if self.unplaced:
+            last, node = self.unplaced[0]
+            needed = min(needed, last + 1 - len(node.chunks))
+        if needed - base >= _KEEP_RESOLVED:
+            del self.resolved[: needed - base]
+            self.resolved_base = needed
 
     def _resolve(self, digest: bytes, packed: bytes | None, data: bytes) -> int:
         """Place one chunk: its CI index in this blob, or -1 - n for `dict_chunks[n]`."""
@@ -211,6 +226,7 @@ class _ChunkWriter:
         self.index.release()
         self.dict_chunks.clear()
         del self.resolved[:]
+        self.resolved_base = self.added
 
     def close(self) -> None:
         for future, _ in self.pending:

@@ -574,18 +574,24 @@ def _table_order(inodes: list[Node], refs: BlobRefs, blob_index: dict[str, int])
             key = use[:CHUNK_KEY_SIZE]
             if key in contested:
                 first_use.setdefault(key, number)
-    table: list[bytes] = []
     ref_index = [blob_index.get(blob_id, -1) for blob_id in refs.ids]
+    # the table takes the place of the uses it comes from (never more than the uses read so far):
+    # a second list as long would be the layout's peak
+    size = 0
     for run in _digest_runs(ordered):
-        if len(run) == 1:
-            table.append(run[0])
-            continue
-        blob_of = [ref_index[int.from_bytes(key[CHUNK_KEY_SIZE - 2 :], "little")] for key in run]
-        ranked = sorted(range(len(run)), key=lambda n: (blob_of[n], first_use[run[n]]))
-        for place, n in enumerate(ranked):
-            if not place or blob_of[n] != blob_of[ranked[place - 1]]:
-                table.append(run[n])
-    return table
+        chosen = run
+        if len(run) > 1:
+            blob_of = [ref_index[int.from_bytes(key[CHUNK_KEY_SIZE - 2 :], "little")] for key in run]
+            ranked = sorted(range(len(run)), key=lambda n: (blob_of[n], first_use[run[n]]))
+            chosen = [
+                run[n]
+                for place, n in enumerate(ranked)
+                if not place or blob_of[n] != blob_of[ranked[place - 1]]
+            ]
+        ordered[size : size + len(chosen)] = chosen
+        size += len(chosen)
+    del ordered[size:]
+    return ordered
 
 
 def _digest_runs(ordered: list[bytes]) -> Iterator[list[bytes]]:
