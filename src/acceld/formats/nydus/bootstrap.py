@@ -130,11 +130,10 @@ class _Shape:
     """Layout facts of an inode that is not a plain regular file or device: a directory, a
     symlink, or any inode with xattrs. Plain files (most of a layer) need none of them."""
 
-    __slots__ = ("blocks", "data_block", "layout", "plain_blocks", "size", "tail", "xattrs")
+    __slots__ = ("data_block", "layout", "plain_blocks", "size", "tail", "xattrs")
 
     def __init__(self, inode: Inode) -> None:
         self.xattrs = pack_xattrs(inode.xattrs)
-        self.blocks: Sequence[list[bytes]] = ()  # a directory's dirent names, block by block
         self.size = inode.size
         self.layout = LAYOUT_FLAT_PLAIN
         self.plain_blocks = 0
@@ -144,9 +143,11 @@ class _Shape:
             self.layout = LAYOUT_CHUNK_BASED
             return
         if inode.is_dir:
-            self.blocks = dirent_blocks(sorted([b".", b"..", *inode.children]))
-            last = self.blocks[-1]
-            self.size = BLOCK * (len(self.blocks) - 1) + DIRENT_SIZE * len(last) + sum(map(len, last))
+            # the names are split into blocks again when written: kept, they would be a list
+            # slot per entry of the image for the whole layout
+            blocks = _dirent_blocks_of(inode.children)
+            last = blocks[-1]
+            self.size = BLOCK * (len(blocks) - 1) + DIRENT_SIZE * len(last) + sum(map(len, last))
         elif inode.is_symlink:
             self.size = len(inode.target)
         else:
@@ -157,6 +158,10 @@ class _Shape:
             self.layout, self.tail, self.plain_blocks = LAYOUT_FLAT_INLINE, tail, self.size // BLOCK
         else:
             self.plain_blocks = -(-self.size // BLOCK)
+
+
+def _dirent_blocks_of(children: dict[bytes, Node]) -> list[list[bytes]]:
+    return dirent_blocks(sorted([b".", b"..", *children]))
 
 
 def _needs_shape(inode: Inode) -> bool:
@@ -441,7 +446,7 @@ class Bootstrap:
             parent = self.order.parents[id(inode)]
             serials = {b".": inode.serial, b"..": parent.serial, **self.order.child_serials(inode)}
             modes = {b".": inode.mode, b"..": parent.mode}
-            return _dirent_data(shape, serials, modes, inode.children, self.nid)
+            return _dirent_data(serials, modes, inode.children, self.nid)
         return inode.target
 
     def _inode_bytes(self, serial: int, inode: Node) -> bytes:
@@ -636,7 +641,6 @@ class _Sink:
 
 
 def _dirent_data(
-    shape: _Shape,
     serials: dict[bytes, int],
     modes: dict[bytes, int],
     children: dict[bytes, Node],
@@ -644,7 +648,8 @@ def _dirent_data(
 ) -> bytes:
     """A directory's dirent blocks; `modes` gives those of "." and ".."."""
     out = bytearray()
-    for number, names in enumerate(shape.blocks):
+    blocks = _dirent_blocks_of(children)
+    for number, names in enumerate(blocks):
         block = bytearray()
         name_offset = DIRENT_SIZE * len(names)
         name_bytes = b"".join(names)
@@ -654,7 +659,7 @@ def _dirent_data(
             block += struct.pack("<QHBB", nid(serials[name]), name_offset, file_type, 0)
             name_offset += len(name)
         block += name_bytes
-        if number < len(shape.blocks) - 1:
+        if number < len(blocks) - 1:
             block += b"\0" * (BLOCK - len(block))
         out += block
     return bytes(out)
