@@ -14,7 +14,7 @@ import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Final, overload
+from typing import BinaryIO, Final
 
 from acceld.formats.nydus.reader_bootstrap import (
     CHUNK_HAS_CRC32,
@@ -41,6 +41,7 @@ from acceld.formats.nydus.reader_common import (
     TAR_HEADER_SIZE,
     BlobError,
     Buffer,
+    LazySequence,
     Mapped,
     UnsupportedNydusError,
     align,
@@ -165,7 +166,7 @@ def parse_blob_meta_header(raw: bytes, where: str) -> BlobMetaHeader:
     )
 
 
-class ChunkInfos(Sequence[ChunkInfo]):
+class ChunkInfos(LazySequence[ChunkInfo]):
     """The CI array, decoded entry by entry on access: a blob may have a million chunks."""
 
     def __init__(self, raw: Buffer, v2: bool, count: int, where: str) -> None:
@@ -175,26 +176,14 @@ class ChunkInfos(Sequence[ChunkInfo]):
     def __len__(self) -> int:
         return self.entries
 
-    @overload
-    def __getitem__(self, index: int) -> ChunkInfo: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[ChunkInfo]: ...
-
-    def __getitem__(self, index: int | slice) -> ChunkInfo | list[ChunkInfo]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(self.entries))]
-        if index < 0:
-            index += self.entries
-        if not 0 <= index < self.entries:
-            raise IndexError(index)
+    def _item(self, index: int) -> ChunkInfo:
         self.decoded += 1
         if self.decoded % _RELEASE_EVERY == 0:
             release_pages(self.raw)
         return (_decode_ci_v2 if self.v2 else _decode_ci_v1)(self.raw, index, self.where)
 
 
-class BlobDigests(Sequence[bytes]):
+class BlobDigests(LazySequence[bytes]):
     """The blob.digest array, read from the blob file on access (32 MB for a million chunks)."""
 
     def __init__(self, blob: NydusBlob, offset: int, entries: int) -> None:
@@ -203,23 +192,11 @@ class BlobDigests(Sequence[bytes]):
     def __len__(self) -> int:
         return self.entries
 
-    @overload
-    def __getitem__(self, index: int) -> bytes: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[bytes]: ...
-
-    def __getitem__(self, index: int | slice) -> bytes | list[bytes]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(index)
+    def _item(self, index: int) -> bytes:
         return self.blob._read(self.offset + index * DIGEST_SIZE, DIGEST_SIZE)
 
 
-class Digests(Sequence[bytes]):
+class Digests(LazySequence[bytes]):
     """Digests computed while verifying, sliced on access."""
 
     def __init__(self, raw: Buffer) -> None:
@@ -228,19 +205,7 @@ class Digests(Sequence[bytes]):
     def __len__(self) -> int:
         return len(self.raw) // DIGEST_SIZE
 
-    @overload
-    def __getitem__(self, index: int) -> bytes: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[bytes]: ...
-
-    def __getitem__(self, index: int | slice) -> bytes | list[bytes]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(index)
+    def _item(self, index: int) -> bytes:
         return bytes(self.raw[index * DIGEST_SIZE : (index + 1) * DIGEST_SIZE])
 
 

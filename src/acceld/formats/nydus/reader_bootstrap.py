@@ -12,9 +12,9 @@ from __future__ import annotations
 import bisect
 import struct
 from array import array
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Final, NamedTuple, overload
+from typing import Final, NamedTuple
 
 import numpy as np
 
@@ -41,6 +41,7 @@ from acceld.formats.nydus.reader_common import (
     KNOWN_BLOB_FEATURES,
     MAX_BOOTSTRAP_SIZE,
     BootstrapError,
+    LazySequence,
     Mapped,
     UnsupportedNydusError,
     align,
@@ -150,7 +151,7 @@ class ChunkRecord(NamedTuple):
     crc32: int
 
 
-class ChunkTable(Sequence[ChunkRecord]):
+class ChunkTable(LazySequence[ChunkRecord]):
     """The chunk table, read from the bootstrap by position; found by (blob, CI index) through one
     sorted array of (blob << 24 | CI index) << 24 | position."""
 
@@ -160,19 +161,7 @@ class ChunkTable(Sequence[ChunkRecord]):
     def __len__(self) -> int:
         return len(self.keys)
 
-    @overload
-    def __getitem__(self, index: int) -> ChunkRecord: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[ChunkRecord]: ...
-
-    def __getitem__(self, index: int | slice) -> ChunkRecord | list[ChunkRecord]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(index)
+    def _item(self, index: int) -> ChunkRecord:
         # look-ups go all over a table sorted by digest: read, not mapped in
         raw = read_at(self.data, self.offset + index * CHUNK_RECORD_SIZE, CHUNK_RECORD_SIZE)
         return ChunkRecord._make(_CHUNK_RECORD.unpack(raw))
