@@ -8,12 +8,11 @@ trees' bounded page caches cancel out. Trees held as Python objects cost ~900 by
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
+from harness.peaks import interpreter_peak
 from harness.tars import write_small_files
 
 SMALL, LARGE = 20_000, 100_000
@@ -36,8 +35,6 @@ assert len(trees[0]) == int(sys.argv[3]) + int(sys.argv[3]) // 1000 + 1, len(tre
 for tree in trees:
     tree.close()
 assert not list(Path(work).iterdir()), "a tree left its database behind"
-# VmHWM, not ru_maxrss: that one keeps the peak of the forking (pytest) process across exec
-print(next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:")))
 """
 
 
@@ -54,15 +51,7 @@ def layers(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
 
 def _peak(tar: Path, work: Path, count: int) -> int:
     work.mkdir()
-    result = subprocess.run(
-        [sys.executable, "-c", _STEP, str(tar), str(work), str(count)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return int(result.stdout.split()[-1])
+    return interpreter_peak(_STEP, str(tar), str(work), str(count))
 
 
 def test_compared_trees_cost_little_memory_per_path(layers: dict[int, Path], tmp_path: Path) -> None:

@@ -8,12 +8,11 @@ object per entry (a TarEntry, a TOC dict, a TarInfo) costs several hundred bytes
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
+from harness.peaks import interpreter_peak
 from harness.tars import write_small_files
 
 SMALL, LARGE = 10_000, 80_000
@@ -34,21 +33,11 @@ else:
     with open(blob, "rb") as source, EstargzLayer(source, directory=Path(blob).parent) as layer:
         report = layer.verify()
         assert report.entries == int(sys.argv[4]) + 1, report
-# VmHWM, not ru_maxrss: that one keeps the peak of the forking (pytest) process across exec
-print(next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:")))
 """
 
 
 def _peak(step: str, tar: Path, blob: Path, count: int) -> int:
-    result = subprocess.run(
-        [sys.executable, "-c", _STEP, step, str(tar), str(blob), str(count)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return int(result.stdout.split()[-1])
+    return interpreter_peak(_STEP, step, str(tar), str(blob), str(count))
 
 
 @pytest.mark.parametrize("step", ["convert", "verify"])

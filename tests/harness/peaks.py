@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -114,3 +115,22 @@ def run_with_peaks(
         stdout.seek(0)
         stderr.seek(0)
         return Peaks(process.returncode, stdout.read(), stderr.read(), rss, disk)
+
+
+_PRINT_PEAK = """
+# VmHWM, not ru_maxrss: that one keeps the peak of the forking (pytest) process across exec
+print(next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:")))
+"""
+
+
+def interpreter_peak(script: str, *args: str) -> int:
+    """Run Python `script` with `args` in a fresh interpreter; its peak resident memory in bytes."""
+    result = subprocess.run(
+        [sys.executable, "-c", script + _PRINT_PEAK, *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout.split()[-1])
