@@ -15,6 +15,7 @@ from harness.registry import RunningRegistry
 from harness.testimages import ImageSet
 
 import acceld
+import acceld.cli as cli
 from acceld.cli import app
 from acceld.convert.describe import image_kind, layer_format
 from acceld.oci.models import Descriptor, Manifest
@@ -297,3 +298,50 @@ def test_a_zstd_chunked_conversion_loads_its_writer_only_in_the_workers(
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "numpy loaded: False", result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "driver"),
+    [
+        (["oci:a:b"], "estargz"),
+        (["oci:a:b", "-d", "nydus"], "nydus"),
+        (["oci:a:b", "-dzstdchunked"], "zstdchunked"),
+        (["--driver=soci", "oci:a:b"], "soci"),
+        (["-d", "nydus", "oci:a:b", "--driver", "zstdchunked"], "zstdchunked"),
+        (["oci:a:b", "--", "-d", "nydus"], "estargz"),
+    ],
+)
+def test_the_driver_is_read_from_convert_arguments_as_click_reads_it(args: list[str], driver: str) -> None:
+    assert cli._driver_argument(args) == driver
+
+
+_FORK_SERVER_BEFORE_APP = """
+import sys
+from multiprocessing import forkserver
+import acceld.cli as cli
+sys.argv = ["acceld", "convert", *sys.argv[1:]]
+load_app = cli._load_app
+
+def load_and_tell():
+    running = forkserver._forkserver._forkserver_pid is not None
+    print("fork server running before the app:", running, "pydantic loaded:", "pydantic" in sys.modules)
+    return load_app()
+
+cli._load_app = load_and_tell
+cli.main()
+"""
+
+
+def test_convert_starts_its_fork_server_before_importing_the_app(
+    test_images: ImageSet, tmp_path: Path
+) -> None:
+    """The fork server's start-up (an interpreter and the driver's imports) overlaps the CLI's own."""
+    source, target = f"oci:{test_images.layout}:busybox-amd64", f"oci:{tmp_path / 'out'}:conv"
+    result = subprocess.run(
+        [sys.executable, "-c", _FORK_SERVER_BEFORE_APP, source, target, "-d", "nydus", "--no-cache"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "fork server running before the app: True pydantic loaded: False" in result.stdout, result.stdout

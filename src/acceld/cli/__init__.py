@@ -8,6 +8,8 @@ layer worker (multiprocessing runs the parent's main script again in each child 
 from __future__ import annotations
 
 import importlib
+import sys
+from collections.abc import Sequence
 from typing import Any
 
 __all__ = ["app", "convert", "images", "main", "service"]
@@ -31,5 +33,32 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _driver_argument(args: Sequence[str]) -> str:
+    """The value of `-d`/`--driver` in `acceld convert`'s arguments as click reads it (the last one
+    given wins), or the default."""
+    driver = "estargz"
+    for n, arg in enumerate(args):
+        if arg == "--":
+            break
+        if arg in ("-d", "--driver") and n + 1 < len(args):
+            driver = args[n + 1]
+        elif arg.startswith("--driver="):
+            driver = arg.removeprefix("--driver=")
+        elif arg.startswith("-d") and not arg.startswith("--") and len(arg) > 2:
+            driver = arg[2:]
+    return driver
+
+
+def _start_workers_early(args: Sequence[str]) -> None:
+    """`acceld convert` starts the fork server of its layer workers before importing the rest of the
+    CLI, so that the two start-ups overlap. A wrong guess costs nothing but that start: the
+    conversion imports what its driver needs and reports bad arguments as usual."""
+    if args[:1] == ["convert"] and "--help" not in args:
+        from acceld.convert.forkserver import start_for_driver
+
+        start_for_driver(_driver_argument(args[1:]))
+
+
 def main() -> None:
+    _start_workers_early(sys.argv[1:])
     _load_app()()

@@ -10,29 +10,18 @@ single-threaded, so forking it is safe whatever threads the caller runs.
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import os
 from collections.abc import Callable, Sequence
-from multiprocessing import forkserver
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
-from acceld.convert.drivers import DRIVER_CLASSES, worker_modules
 from acceld.convert.errors import ConvertError
+from acceld.convert.forkserver import CONTEXT, start_fork_server
 from acceld.errors import AcceldError
 from acceld.lifeline import die_with_parent, exit_when_hung_up
 
 T = TypeVar("T")
 
-_CONTEXT = multiprocessing.get_context("forkserver")
-_JOB_MODULE = "acceld.convert.layer_job"
-# What every child needs before its job, imported once by the fork server instead of by each child:
-# the main script (multiprocessing runs it again in a child whose fork server has not), this module
-# (a child's entry `_child` is here, and with it asyncio) and the layer job.
-_PRELOAD = ("__main__", __name__, _JOB_MODULE)
-_CONTEXT.set_forkserver_preload(
-    [*_PRELOAD, *(module for name in DRIVER_CLASSES for module in worker_modules(name))]
-)
 # Messages from a child: any number of progress reports, then one result or error.
 _PROGRESS, _RESULT, _ERROR = "progress", "result", "error"
 
@@ -64,7 +53,7 @@ def default_workers() -> int:
 class ProcessRunner:
     """Runs calls in child processes, at most `limit` at once.
 
-    With `preload`, a fork server not yet running imports only those modules (and `_PRELOAD`)
+    With `preload`, a fork server not yet running imports only those modules (beyond the basics)
     instead of every driver's, and starts now: its interpreter start-up and imports then overlap
     the caller's reading of the source instead of delaying the first layer.
     """
@@ -72,8 +61,7 @@ class ProcessRunner:
     def __init__(self, limit: int | None = None, preload: Sequence[str] | None = None) -> None:
         self._slots = asyncio.Semaphore(limit or default_workers())
         if preload is not None:
-            _CONTEXT.set_forkserver_preload([*_PRELOAD, *preload])
-            forkserver.ensure_running()
+            start_fork_server(preload)
 
     async def run(
         self, fn: Callable[..., T], *args: Any, on_progress: Callable[[int], None] | None = None
@@ -81,9 +69,9 @@ class ProcessRunner:
         """`fn(*args)` in a child process; with `on_progress`, `fn(*args, report)` where each
         `report(n)` in the child calls `on_progress(n)` here."""
         async with self._slots:
-            receiver, sender = _CONTEXT.Pipe(duplex=False)
+            receiver, sender = CONTEXT.Pipe(duplex=False)
             reports = on_progress is not None
-            process = _CONTEXT.Process(target=_child, args=(sender, fn, args, reports), daemon=True)
+            process = CONTEXT.Process(target=_child, args=(sender, fn, args, reports), daemon=True)
             process.start()
             sender.close()
             try:

@@ -48,7 +48,10 @@ class ZStream(ctypes.Structure):
 
 
 def _load() -> Any:
-    lib = ctypes.CDLL(ctypes.util.find_library("z") or "libz.so.1")
+    try:
+        lib = ctypes.CDLL("libz.so.1")
+    except OSError:  # not the usual soname: ask the system (find_library runs ldconfig, ~20 ms)
+        lib = ctypes.CDLL(ctypes.util.find_library("z") or "libz.so")
     stream = ctypes.POINTER(ZStream)
     lib.zlibVersion.restype = ctypes.c_char_p
     lib.inflateInit2_.argtypes = [stream, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
