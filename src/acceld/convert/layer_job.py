@@ -110,13 +110,18 @@ def convert_layer_job(
         tar_sha256 = None
         if not driver.reads_compressed and job.layer.diff_id.startswith("sha256:"):
             tar_sha256 = job.layer.diff_id
+        # a driver reading the headers of `files` hands them to the guard, if `files` is the tar itself
+        files_guard: TarGuard | None = guard
         if not driver.reads_compressed and TOC_DIGEST_ANNOTATION in job.layer.annotations:
             # an eStargz source: its TOC and landmark are not the image's files
             files = without_estargz_metadata(tar)
             tar_sha256 = None
+            files_guard = None
         out = MeasuringWriter(cast(BinaryIO, out_file))
         try:
-            output = driver.convert_layer(files, cast(BinaryIO, out), job.layer, job.workdir, tar_sha256)
+            output = driver.convert_layer(
+                files, cast(BinaryIO, out), job.layer, job.workdir, tar_sha256, files_guard
+            )
             source.finish()
         except CorruptSourceLayerError:
             raise

@@ -172,6 +172,8 @@ class SourceTarStream(io.RawIOBase):
         self._stop_thread()
         self._compressed.drain()
         self._check_blob_digest()
+        if self._guard is not None:
+            self._guard.check_complete()
         diff_id = self._tar_digester.digest
         if diff_id != self._layer.diff_id:
             raise CorruptSourceLayerError(

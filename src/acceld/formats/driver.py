@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, runtime_checkable
 from acceld.errors import AcceldError
 
 if TYPE_CHECKING:
+    from acceld.formats.targuard import TarGuard
     from acceld.oci.models import Descriptor, RawManifest
 
 
@@ -102,13 +103,22 @@ class Driver(Protocol):
         ...
 
     def convert_layer(
-        self, tar: BinaryIO, out: BinaryIO, layer: SourceLayer, workdir: Path, tar_sha256: str | None = None
+        self,
+        tar: BinaryIO,
+        out: BinaryIO,
+        layer: SourceLayer,
+        workdir: Path,
+        tar_sha256: str | None = None,
+        guard: TarGuard | None = None,
     ) -> LayerOutput:
         """Read the decompressed tar from `tar`, write the converted blob to `out` sequentially.
 
         `workdir` is a private scratch directory (spool files there, never in memory).
         `tar_sha256`, when given, is the sha256 digest of `tar`'s bytes, which the caller verifies
         as they are read: a driver whose diff_id is that digest need not hash the tar again.
+        `guard`, when given, is the TarGuard that watches `tar`'s bytes: a driver that reads every
+        header of `tar` with a `tarreader.HeaderReader` hands it to that reader, so the headers are
+        parsed once; a driver may ignore it (the guard then parses them itself).
         Raise `FormatError` for malformed input.
         """
         ...

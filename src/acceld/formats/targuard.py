@@ -12,7 +12,9 @@ so a link to a lower layer's file (or to nothing) cannot be made.
 
 Headers are parsed as Go's `archive/tar` reads them (the reference readers are Go programs).
 A header the guard cannot make sense of ends its watch: the driver's own parser then reports
-the damage in its own words.
+the damage in its own words. A reader that parses every header of the stream anyway
+(`tarreader.HeaderReader`) can hand them to the guard instead (`take_headers`): each header is
+then parsed once, and checked by the same code at the same point of the stream.
 """
 
 from __future__ import annotations
@@ -81,12 +83,16 @@ class TarGuard:
         self._long_link: bytes | None = None
         self._symlinks: set[bytes] = set()
         self._non_directories = _NameSet()
+        self._headers_taken = False
+        self._ended = False
 
     def feed(self, data: memoryview | bytes) -> None:
         size = len(data)
         self.total += size
         if self.total > self._max_bytes:
             raise exceeded(self._limits, self._bytes_key, f"decompressing {self.total:,} bytes")
+        if self._headers_taken:
+            return
         offset = 0
         while self._watching and offset < size:
             if self._skip:
@@ -101,6 +107,43 @@ class TarGuard:
                 piece = bytes(self._buffer)
                 self._buffer.clear()
                 self._handler(piece)
+
+    def take_headers(self) -> bool:
+        """The caller will parse every header of the stream and hand each to the guard as it reads
+        it, before interpreting it: `extension_header`, `entry_header`, then `end_of_archive`;
+        `feed` then only counts bytes. Possible before any byte was fed (False otherwise: the guard
+        parses the bytes itself); True again once taken, so a caller may take the headers first and
+        hand the guard to the reader it creates later."""
+        if not self._headers_taken and self.total:
+            return False
+        self._headers_taken = True
+        return True
+
+    def extension_header(self, typeflag: int, size: int) -> None:
+        """A PAX (`x`, `g`) or GNU long name/link (`L`, `K`) header, before its payload is read."""
+        if self._watching:
+            self._check_extension(typeflag, size)
+
+    def entry_header(
+        self, block: bytes, pax: dict[str, bytes], long_name: bytes | None, long_link: bytes | None
+    ) -> None:
+        """An entry's header block (checksum verified), with what its extension headers set: the
+        local PAX records (`path`, `linkpath`, `size` and the `GNU.sparse.` sizes at least, the
+        last of each key) and the NUL-terminated GNU long name and link."""
+        if self._watching:
+            self._pax, self._long_name, self._long_link = pax, long_name, long_link
+            if self._check_entry(block, 0) is None:
+                self._watching = False
+
+    def end_of_archive(self) -> None:
+        """The reader has read the stream to its end (a zero block, or the end at a block boundary)."""
+        self._watching = False
+        self._ended = True
+
+    def check_complete(self) -> None:
+        """After a conversion: a reader that took the headers must have read them all."""
+        if self._headers_taken and self._watching and not self._ended:
+            raise RuntimeError("the tar reader that took the guard's headers stopped before the end")
 
     def _expect(self, size: int, handler: Callable[[bytes], None], skip: int = 0) -> None:
         self._skip, self._want, self._handler = skip, size, handler
@@ -121,11 +164,8 @@ class TarGuard:
             return
         typeflag = block[156]
         if typeflag in _EXTENSIONS:
-            if size > self._limits.max_header_bytes:
-                kind = "PAX header" if typeflag in b"xg" else "GNU long name/link header"
-                raise exceeded(self._limits, "max_header_bytes", f"a {kind} of {size:,} bytes")
-            if size < 0:
-                self._watching = False
+            self._check_extension(typeflag, size)
+            if not self._watching:
                 return
             if size == 0:
                 self._extension(typeflag, b"")
@@ -133,6 +173,13 @@ class TarGuard:
                 self._expect(size, lambda payload: self._extension(typeflag, payload))
             return
         self._entry(block, size)
+
+    def _check_extension(self, typeflag: int, size: int) -> None:
+        if size > self._limits.max_header_bytes:
+            kind = "PAX header" if typeflag in b"xg" else "GNU long name/link header"
+            raise exceeded(self._limits, "max_header_bytes", f"a {kind} of {size:,} bytes")
+        if size < 0:
+            self._watching = False
 
     def _extension(self, typeflag: int, payload: bytes) -> None:
         if typeflag == ord("x"):
@@ -148,6 +195,22 @@ class TarGuard:
         self._next_header(-len(payload) % _BLOCK)
 
     def _entry(self, block: bytes, size: int) -> None:
+        checked = self._check_entry(block, size)
+        if checked is None:
+            self._watching = False
+            return
+        typeflag = block[156]
+        payload = 0 if typeflag in _HEADER_ONLY else checked
+        if payload < 0:
+            self._watching = False
+        elif typeflag == _GNU_SPARSE and block[482]:
+            self._expect(_BLOCK, lambda ext: self._sparse_extension(ext, payload))
+        else:
+            self._next_header(payload + -payload % _BLOCK)
+
+    def _check_entry(self, block: bytes, size: int) -> int | None:
+        """Check one entry against the limits and path rules; its size (None: a PAX size that is
+        not a number, which the driver reports)."""
         self.entries += 1
         if self.entries > self._limits.max_layer_entries:
             raise exceeded(self._limits, "max_layer_entries", f"the layer has {self.entries:,}+ entries")
@@ -158,8 +221,7 @@ class TarGuard:
             try:
                 size = int(pax_size)
             except ValueError:
-                self._watching = False
-                return
+                return None
         self._check_sparse(block, typeflag, name)
         parts = check_entry_path(name)
         if typeflag == _HARDLINK:
@@ -174,13 +236,7 @@ class TarGuard:
             self._non_directories.add(b"/".join(parts))
         self._track_symlinks(parts, typeflag)
         self._pax, self._long_name, self._long_link = {}, None, None
-        payload = 0 if typeflag in _HEADER_ONLY else size
-        if payload < 0:
-            self._watching = False
-        elif typeflag == _GNU_SPARSE and block[482]:
-            self._expect(_BLOCK, lambda ext: self._sparse_extension(ext, payload))
-        else:
-            self._next_header(payload + -payload % _BLOCK)
+        return size
 
     def _sparse_extension(self, block: bytes, payload: int) -> None:
         if block[504]:

@@ -20,6 +20,7 @@ from typing import Protocol
 
 from acceld.formats.driver import FormatError
 from acceld.formats.tarfields import checksum_ok, cstring, decode, parse_number, pax_record_list
+from acceld.formats.targuard import TarGuard
 
 BLOCK = 512
 ZERO_BLOCK = bytes(BLOCK)
@@ -144,12 +145,19 @@ class HeaderReader:
     reporting their maps. `strict_globals` refuses a PAX global header that sets file attributes
     (one that only carries a comment, as `git archive` writes, is always skipped; otherwise global
     headers are skipped as runtimes skip them).
+
+    `guard`: the TarGuard watching the bytes of `source`, given before anything was read from it;
+    it is handed every header as it is read (see `TarGuard.take_headers`) instead of parsing
+    them a second time, so the caller must read the headers up to the end of the archive.
     """
 
-    def __init__(self, source: TarSource, *, sparse: bool, strict_globals: bool) -> None:
+    def __init__(
+        self, source: TarSource, *, sparse: bool, strict_globals: bool, guard: TarGuard | None = None
+    ) -> None:
         self.source = source
         self.sparse = sparse
         self.strict_globals = strict_globals
+        self._guard = guard if guard is not None and guard.take_headers() else None
         self._next_at = 0  # where the next header starts
         self._done = False
 
@@ -157,11 +165,12 @@ class HeaderReader:
         if self._done:
             return None
         self._skip_to(self._next_at)
+        guard = self._guard
         start = -1
         pax: dict[str, bytes] = {}
         sparse_map: list[bytes] = []
-        long_name: str | None = None
-        long_link: str | None = None
+        long_name: bytes | None = None
+        long_link: bytes | None = None
         while True:
             block_start = self.source.position
             block = self.source.read(BLOCK)
@@ -178,7 +187,10 @@ class HeaderReader:
                 raise FormatError(f"bad tar: header checksum mismatch at byte {block_start}")
             typeflag = chr(block[156])
             if typeflag in _EXTENSIONS:
-                payload = self._extension_payload(parse_number(block[124:136], "size"), block_start)
+                size = parse_number(block[124:136], "size")
+                if guard is not None:
+                    guard.extension_header(block[156], size)
+                payload = self._extension_payload(size, block_start)
                 if typeflag == _PAX_GLOBAL:
                     if start >= 0:
                         raise FormatError(
@@ -195,19 +207,21 @@ class HeaderReader:
                         else:
                             pax[key] = value
                 elif typeflag == _GNU_LONGNAME:
-                    long_name = decode(cstring(payload))
+                    long_name = cstring(payload)
                 else:
-                    long_link = decode(cstring(payload))
+                    long_link = cstring(payload)
                 continue
             if start < 0:
                 start = block_start
+            if guard is not None:
+                guard.entry_header(block, pax, long_name, long_link)
             header = parse_header(block)
             if pax:
                 _apply_pax(header, pax)
             if long_name:
-                header.name = long_name
+                header.name = decode(long_name)
             if long_link:
-                header.linkname = long_link
+                header.linkname = decode(long_link)
             if typeflag == _TYPE_REG_OLD:
                 header.typeflag = TYPE_DIR if header.name.endswith("/") else TYPE_REG
             header.start = start
@@ -215,6 +229,8 @@ class HeaderReader:
         if start >= 0:
             raise FormatError("truncated tar: extension header without a following entry")
         self._done = True
+        if guard is not None:
+            guard.end_of_archive()
         return None
 
     def _finish(self, header: Header, block: bytes, pax: dict[str, bytes], sparse_map: list[bytes]) -> Header:

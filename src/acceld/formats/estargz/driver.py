@@ -17,6 +17,7 @@ from acceld.formats.estargz.writer import (
     WriterOptions,
     write_estargz,
 )
+from acceld.formats.targuard import TarGuard
 
 LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
 
@@ -73,7 +74,13 @@ class EstargzDriver:
         return TOC_DIGEST_ANNOTATION in layer.annotations
 
     def convert_layer(
-        self, tar: BinaryIO, out: BinaryIO, layer: SourceLayer, workdir: Path, tar_sha256: str | None = None
+        self,
+        tar: BinaryIO,
+        out: BinaryIO,
+        layer: SourceLayer,
+        workdir: Path,
+        tar_sha256: str | None = None,
+        guard: TarGuard | None = None,
     ) -> LayerOutput:
         result = write_estargz(tar, out, workdir, self.writer_options())
         return LayerOutput(

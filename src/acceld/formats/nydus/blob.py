@@ -38,6 +38,7 @@ from acceld.formats.nydus.layout import (
 from acceld.formats.nydus.options import NydusOptions
 from acceld.formats.nydus.tarball import tree_from_tar
 from acceld.formats.nydus.tree import PENDING_BLOB_ID, BlobRefs, Chunk, Inode, chunks_of
+from acceld.formats.targuard import TarGuard
 
 _WINDOW_BYTES = 24 << 20
 _WORKERS = 2
@@ -235,16 +236,21 @@ class _ChunkWriter:
 
 
 def write_layer_blob(
-    tar: IO[bytes], out: IO[bytes], options: NydusOptions, chunk_dict: ChunkDict | None = None
+    tar: IO[bytes],
+    out: IO[bytes],
+    options: NydusOptions,
+    chunk_dict: ChunkDict | None = None,
+    guard: TarGuard | None = None,
 ) -> LayerBlobResult:
-    """Convert one decompressed layer tar into a Nydus blob stream written sequentially to `out`."""
+    """Convert one decompressed layer tar into a Nydus blob stream written sequentially to `out`
+    (`guard`, the TarGuard watching `tar`, is handed its headers)."""
     if chunk_dict is not None:
         chunk_dict.check_compatible(options)
     writer = _HashingWriter(out)
     chunks = _ChunkWriter(writer, options, chunk_dict)
     refs = BlobRefs()
     try:
-        root = tree_from_tar(tar, chunks, refs, options.chunk_size)
+        root = tree_from_tar(tar, chunks, refs, options.chunk_size, guard=guard)
     except BaseException:
         chunks.close()
         raise

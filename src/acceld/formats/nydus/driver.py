@@ -22,6 +22,7 @@ from acceld.formats.nydus.merge import LayerBootstrap, merge_layers
 from acceld.formats.nydus.options import DEFAULT_CHUNK_SIZE, NydusOptions
 from acceld.formats.nydus.tree import BlobRefs
 from acceld.formats.nydus.zran import write_ref_blob
+from acceld.formats.targuard import TarGuard
 from acceld.oci.mediatypes import layer_compression
 
 NYDUS_BLOB_MEDIA_TYPE = "application/vnd.oci.image.layer.nydus.blob.v1"
@@ -112,11 +113,17 @@ class NydusDriver:
             )
 
     def convert_layer(
-        self, tar: BinaryIO, out: BinaryIO, layer: SourceLayer, workdir: Path, tar_sha256: str | None = None
+        self,
+        tar: BinaryIO,
+        out: BinaryIO,
+        layer: SourceLayer,
+        workdir: Path,
+        tar_sha256: str | None = None,
+        guard: TarGuard | None = None,
     ) -> LayerOutput:
         if self.oci_ref:
             return self.convert_gzip_layer(tar, out, layer)
-        result = write_layer_blob(tar, out, self.options, self._chunk_dict())
+        result = write_layer_blob(tar, out, self.options, self._chunk_dict(), guard)
         return LayerOutput(
             media_type=NYDUS_BLOB_MEDIA_TYPE,
             diff_id=result.digest,

@@ -25,6 +25,7 @@ from acceld.formats.nydus.tree import (
     new_dir,
     record_inode,
 )
+from acceld.formats.targuard import TarGuard
 from acceld.formats.tarreader import (
     TYPE_BLOCK,
     TYPE_CHAR,
@@ -279,17 +280,24 @@ class _TarReader:
 
 
 def tree_from_tar(
-    stream: IO[bytes], store: ChunkStore, refs: BlobRefs, chunk_size: int, *, sparse_files: bool = True
+    stream: IO[bytes],
+    store: ChunkStore,
+    refs: BlobRefs,
+    chunk_size: int,
+    *,
+    sparse_files: bool = True,
+    guard: TarGuard | None = None,
 ) -> Inode:
     """Read the whole tar stream sequentially and return the root of its tree (its file records
     numbered in `refs`).
 
     Every chunk is handed to `store.add` right after the one `stream.read` that returned it, unless
-    it holds sparse-file holes; `sparse_files=False` refuses sparse files instead.
+    it holds sparse-file holes; `sparse_files=False` refuses sparse files instead. `guard`, the
+    TarGuard watching `stream`, is handed every header.
     """
     tree = _LayerTree(store, refs, chunk_size, sparse_files)
     reader = _TarReader(stream)
-    headers = HeaderReader(reader, sparse=True, strict_globals=False)
+    headers = HeaderReader(reader, sparse=True, strict_globals=False, guard=guard)
     while (info := headers.next()) is not None:
         tree.add(reader, info)
     store.flush()

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from acceld.formats.driver import FormatError, ImageAdditions, LayerBlob, LayerOutput, SourceLayer
+from acceld.formats.targuard import TarGuard
 from acceld.formats.zstdchunked.annotations import (
     MANIFEST_CHECKSUM_KEY,
     MANIFEST_POSITION_KEY,
@@ -52,7 +53,13 @@ class ZstdChunkedDriver:
         return all(key in layer.annotations for key in _ANNOTATIONS)
 
     def convert_layer(
-        self, tar: BinaryIO, out: BinaryIO, layer: SourceLayer, workdir: Path, tar_sha256: str | None = None
+        self,
+        tar: BinaryIO,
+        out: BinaryIO,
+        layer: SourceLayer,
+        workdir: Path,
+        tar_sha256: str | None = None,
+        guard: TarGuard | None = None,
     ) -> LayerOutput:
         from acceld.formats.zstdchunked.writer import write_zstd_chunked  # numpy: not in the CLI
 
