@@ -495,6 +495,57 @@ def test_sync_finds_untagged_soci_v1_results_through_referrers(
     assert "up to date: 2  queued: 0  requeued: 0" in again, again
 
 
+def test_sync_converts_an_index_whose_soci_v1_results_cover_only_some_platforms(
+    registry_plain: RunningRegistry, test_images: ImageSet, tmp_path: Path
+) -> None:
+    """Each platform's SOCI v1 index refers to its own manifest: one platform's result (a conversion
+    that stopped halfway, or one of a single platform) does not make the index up to date."""
+    options = {"soci_version": "v1", "min_layer_size": 0, "span_size": "64K"}
+    soci = {"name": "soci", "options": options}
+    rules = [{"name": "soci", "repositories": ["sociv1part/**"], "drivers": [soci]}]
+    config_file = write_config(
+        tmp_path / "acceld.yml",
+        service_config(tmp_path / "data", {registry_plain.host: {"plain_http": True}}, rules=rules),
+    )
+    push(test_images.busybox_index, registry_plain, "sociv1part/app:v1")
+    amd64_only = subprocess.run(
+        acceld_command(
+            "convert", f"{registry_plain.host}/sociv1part/app:v1", "-d", "soci", "--soci-version", "v1",
+            "--min-layer-size", "0", "--span-size", "64K", "--platform", "linux/amd64", "--plain-http",
+            "--cache-dir", str(tmp_path / "cache"),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert amd64_only.returncode == 0, amd64_only.stderr
+    index = get_manifest(registry_plain, "sociv1part/app", "v1").json()
+    children = {entry["platform"]["architecture"]: entry["digest"] for entry in index["manifests"]}
+
+    def referrers(digest: str) -> list[dict[str, Any]]:
+        listing = get_manifest(registry_plain, "sociv1part/app", "sha256-" + digest[7:])
+        return listing.json()["manifests"] if listing.status_code == 200 else []
+
+    assert len(referrers(children["amd64"])) == 1 and referrers(children["arm64"]) == []
+
+    def sync(*args: str) -> str:
+        result = subprocess.run(
+            acceld_command("sync", *args, "--config", str(config_file)),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    drained = sync("--drain")
+    assert "queued: 1" in drained and "succeeded: 1" in drained, drained
+    assert "already converted" not in drained
+    assert all(len(referrers(digest)) == 1 for digest in children.values()), children
+    again = sync()
+    assert "up to date: 1  queued: 0  requeued: 0" in again, again
+
+
 def test_cancelling_a_running_task_stops_its_process(
     registry_plain: RunningRegistry, test_images: ImageSet, tmp_path: Path
 ) -> None:

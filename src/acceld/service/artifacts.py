@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from acceld.convert.image import HARBOR_SOURCE_DIGEST_ANNOTATION
+from acceld.convert.source import load_source
+from acceld.errors import AcceldError
 from acceld.formats.driver import AnyDriver, ArtifactDriver, SourceLayer
 from acceld.oci import mediatypes as mt
 from acceld.oci.models import Manifest, RawManifest
@@ -46,11 +48,6 @@ def made_by(manifest: Manifest, driver: AnyDriver) -> bool:
     if manifest.config.media_type in SOCI_INDEX_CONFIG_TYPES:
         return False
     return format_marker(manifest, [driver]) is not None
-
-
-def referrer_result_types(driver: AnyDriver) -> tuple[str, ...]:
-    """artifactTypes of `driver`'s results that have no tag and are found as referrers (SOCI v1)."""
-    return driver.referrer_result_types if isinstance(driver, ArtifactDriver) else ()
 
 
 def source_digest_annotation(raw: RawManifest) -> str | None:
@@ -194,18 +191,38 @@ async def converted_counterpart(repo: RegistryRepository, source: RawManifest, t
     return None
 
 
-async def referrer_result(repo: RegistryRepository, source: RawManifest, types: Sequence[str]) -> str | None:
-    """The digest of an untagged result of one of `types` (SOCI v1 index) that refers to `source`,
-    or for an index to one of its manifests (each platform's result refers to its own manifest);
-    None when there is none (or `types` is empty: the driver's results are tagged)."""
-    if not types:
+async def referrer_result(
+    repo: RegistryRepository,
+    source_repo: RegistryRepository,
+    source: RawManifest,
+    driver: AnyDriver,
+    platforms: Sequence[str] | None = None,
+) -> str | None:
+    """The digest of an untagged result of `driver` (a SOCI v1 index, one per platform manifest and
+    referring to it) in `repo` for `source` (read from `source_repo`). For an index, only once every
+    selected platform with a layer the driver would index has its own: a conversion that stopped
+    halfway is not taken for a finished one. None when that is not so, or when the driver's results
+    are tagged."""
+    if not isinstance(driver, ArtifactDriver) or not driver.referrer_result_types:
         return None
-    if source.is_index:
-        subjects = [d.digest for d in source.index().manifests if mt.is_manifest(d.media_type)]
-    else:
-        subjects = [source.digest]
-    for subject in subjects:
-        for artifact_type in types:
-            for referrer in await repo.referrers(subject, artifact_type):
-                return referrer.digest
+    types = driver.referrer_result_types
+    if not source.is_index:
+        return await _referrer(repo, source.digest, types)
+    try:
+        plan = await load_source(source_repo, source.digest, platforms)
+    except AcceldError:
+        return None  # the conversion reports what is wrong with the source
+    found = None
+    for image in plan.images:
+        digest = await _referrer(repo, image.entry.digest, types)
+        if digest is None and any(driver.skip_reason(layer) is None for layer in image.layers):
+            return None
+        found = found or digest
+    return found
+
+
+async def _referrer(repo: RegistryRepository, subject: str, types: Sequence[str]) -> str | None:
+    for artifact_type in types:
+        for referrer in await repo.referrers(subject, artifact_type):
+            return referrer.digest
     return None

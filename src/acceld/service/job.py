@@ -165,8 +165,9 @@ async def _check_source(spec: JobSpec, driver: AnyDriver) -> JobResult:
                 return _already_converted(
                     digest, existing, f"{spec.target_repository}:{spec.tag}{tag_suffix}"
                 )
-        types = artifacts.referrer_result_types(driver)
-        existing = await artifacts.referrer_result(target_repo, source.raw, types)
+        existing = await artifacts.referrer_result(
+            target_repo, repo, source.raw, driver, spec.platforms or None
+        )
         if existing is not None:
             return _already_converted(digest, existing, f"{spec.target_repository}@{existing}")
         return JobResult(status="succeeded", source_digest=digest)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from acceld.convert.api import make_driver
 from acceld.formats.driver import AnyDriver
-from acceld.service.artifacts import referrer_result_types
 from acceld.service.config import RuleConfig
 from acceld.service.harbor import Artifact
 
@@ -52,7 +51,7 @@ class Conversion:
     platforms: tuple[str, ...]
     tag_suffix: str
     options_key: str  # everything that changes the output besides the source: part of the dedup key
-    referrer_types: tuple[str, ...] = ()  # artifactTypes of untagged results found as referrers (SOCI v1)
+    driver_instance: AnyDriver = field(compare=False)  # built from `driver` and `options`
 
 
 class Rule:
@@ -85,7 +84,7 @@ class Rule:
                     platforms,
                     driver.tag_suffix,
                     key,
-                    referrer_result_types(driver),
+                    driver,
                 )
             )
         self.conversions: tuple[Conversion, ...] = tuple(conversions)

@@ -100,7 +100,9 @@ async def _sync_repository(
             for conversion in rule.conversions:
                 if await converted_counterpart(
                     target_repo, source, tag + conversion.tag_suffix
-                ) or await referrer_result(target_repo, source, conversion.referrer_types):
+                ) or await referrer_result(
+                    target_repo, repo, source, conversion.driver_instance, conversion.platforms or None
+                ):
                     report.up_to_date += 1
                     continue
                 new_tasks.append(
