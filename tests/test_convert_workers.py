@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from acceld.convert.errors import ConvertError
+from acceld.convert.slots import LargestFirst
 from acceld.convert.workers import ProcessRunner
 from acceld.formats.driver import FormatError
 
@@ -74,3 +75,41 @@ async def test_cancelling_terminates_the_worker(tmp_path: Path) -> None:
     pid = int(pid_file.read_text())
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # terminated and reaped
+
+
+def record(path: Path, label: str) -> None:
+    with path.open("a") as log:
+        log.write(label + "\n")
+
+
+async def test_the_largest_waiting_job_starts_first(tmp_path: Path) -> None:
+    """A large layer started behind small ones would end the conversion late with workers idle."""
+    log = tmp_path / "started"
+    runner = ProcessRunner(limit=1)
+    sizes = {"small": 1, "large": 100, "middle": 10, "also-small": 1}
+    await asyncio.gather(*(runner.run(record, log, label, size=size) for label, size in sizes.items()))
+    assert log.read_text().split() == ["large", "middle", "small", "also-small"]
+
+
+async def test_a_cancelled_waiter_gives_up_its_place_and_no_slot() -> None:
+    slots = LargestFirst(1)
+    entered: list[str] = []
+    release = asyncio.Event()
+
+    async def job(label: str, size: int) -> None:
+        async with slots.hold(size):
+            entered.append(label)
+            await release.wait()
+
+    first = asyncio.create_task(job("first", 1))
+    await asyncio.sleep(0.01)
+    cancelled = asyncio.create_task(job("cancelled", 50))
+    last = asyncio.create_task(job("last", 5))
+    await asyncio.sleep(0.01)
+    cancelled.cancel()
+    await asyncio.sleep(0.01)
+    release.set()
+    await asyncio.gather(first, last)
+    assert entered == ["first", "last"] and cancelled.cancelled()
+    async with slots.hold(0):  # every slot came back
+        pass

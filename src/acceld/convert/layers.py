@@ -158,9 +158,13 @@ class LayerConverter:
         try:
             blob: LayerBlob | str
             if isinstance(self._driver, ArtifactDriver):
-                blob = await self._runner.run(artifact_layer_job, self._driver, job, on_progress=on_progress)
+                blob = await self._runner.run(
+                    artifact_layer_job, self._driver, job, on_progress=on_progress, size=layer.size
+                )
             else:
-                done = await self._runner.run(convert_layer_job, self._driver, job, on_progress=on_progress)
+                done = await self._runner.run(
+                    convert_layer_job, self._driver, job, on_progress=on_progress, size=layer.size
+                )
                 blob = done.blob
                 self.warnings += done.warnings
                 self._count_decompressed(done.tar_size)

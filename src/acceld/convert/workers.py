@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from acceld.convert.errors import ConvertError
 from acceld.convert.forkserver import CONTEXT, start_fork_server
+from acceld.convert.slots import LargestFirst
 from acceld.errors import AcceldError
 from acceld.lifeline import die_with_parent, exit_when_hung_up
 
@@ -59,16 +60,21 @@ class ProcessRunner:
     """
 
     def __init__(self, limit: int | None = None, preload: Sequence[str] | None = None) -> None:
-        self._slots = asyncio.Semaphore(limit or default_workers())
+        self._slots = LargestFirst(limit or default_workers())
         if preload is not None:
             start_fork_server(preload)
 
     async def run(
-        self, fn: Callable[..., T], *args: Any, on_progress: Callable[[int], None] | None = None
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        on_progress: Callable[[int], None] | None = None,
+        size: int = 0,
     ) -> T:
         """`fn(*args)` in a child process; with `on_progress`, `fn(*args, report)` where each
-        `report(n)` in the child calls `on_progress(n)` here."""
-        async with self._slots:
+        `report(n)` in the child calls `on_progress(n)` here. Of the calls waiting for a process,
+        the largest `size` starts first."""
+        async with self._slots.hold(size):
             receiver, sender = CONTEXT.Pipe(duplex=False)
             reports = on_progress is not None
             process = CONTEXT.Process(target=_child, args=(sender, fn, args, reports), daemon=True)
