@@ -39,6 +39,10 @@ def killed() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def exits(status: int) -> None:
+    os._exit(status)
+
+
 def sleep_forever(pid_file: Path) -> None:
     pid_file.write_text(str(os.getpid()))
     time.sleep(600)
@@ -59,9 +63,13 @@ async def test_errors_cross_the_process_boundary() -> None:
     with pytest.raises(ConvertError, match="worker failed: KeyError") as failure:
         await runner.run(bug)
     assert not failure.value.transient
-    with pytest.raises(ConvertError, match="worker process died") as died:
+    oom = r"worker process was killed by signal SIGKILL \(out of memory\?\)"
+    with pytest.raises(ConvertError, match=oom) as died:
         await runner.run(killed)
     assert died.value.transient
+    with pytest.raises(ConvertError, match="worker process exited with status 3 without a result") as ended:
+        await runner.run(exits, 3)
+    assert not ended.value.transient
 
 
 async def test_cancelling_terminates_the_worker(tmp_path: Path) -> None:

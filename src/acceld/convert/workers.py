@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar
@@ -23,8 +24,9 @@ from acceld.lifeline import die_with_parent, exit_when_hung_up
 
 T = TypeVar("T")
 
-# Messages from a child: any number of progress reports, then one result or error.
-_PROGRESS, _RESULT, _ERROR = "progress", "result", "error"
+# Messages from a child: any number of progress reports, then one result or error; none at all
+# when it died first.
+_PROGRESS, _RESULT, _ERROR, _DIED = "progress", "result", "error", "died"
 
 
 def _child(conn: Connection, fn: Callable[..., Any], args: tuple[Any, ...], reports: bool) -> None:
@@ -93,9 +95,20 @@ class ProcessRunner:
             finally:
                 await asyncio.to_thread(process.join)
                 receiver.close()
+        if kind == _DIED:
+            raise _death(process.exitcode)
         if kind == _ERROR:
             raise value
         return value  # type: ignore[no-any-return]
+
+
+def _death(exitcode: int | None) -> ConvertError:
+    """Why a worker ended without sending a result, from its exit status."""
+    if exitcode is not None and exitcode < 0:
+        cause = " (out of memory?)" if -exitcode == signal.SIGKILL else ""
+        name = signal.Signals(-exitcode).name if -exitcode in signal.valid_signals() else -exitcode
+        return ConvertError(f"worker process was killed by signal {name}{cause}", transient=True)
+    return ConvertError(f"worker process exited with status {exitcode} without a result (see its output)")
 
 
 async def _receive(conn: Connection) -> tuple[str, Any]:
@@ -115,6 +128,5 @@ async def _receive(conn: Connection) -> tuple[str, Any]:
     try:
         message: tuple[str, Any] = conn.recv()
     except EOFError:
-        died = "worker process died (killed by the system, out of memory?)"
-        return _ERROR, ConvertError(died, transient=True)
+        return _DIED, None
     return message
