@@ -82,7 +82,9 @@ class EstargzDriver:
         tar_sha256: str | None = None,
         guard: TarGuard | None = None,
     ) -> LayerOutput:
-        result = write_estargz(tar, out, workdir, self.writer_options())
+        # taken before the writer reads the magic bytes: its tar scan hands the guard every header
+        headers_guard = guard if guard is not None and guard.take_headers() else None
+        result = write_estargz(tar, out, workdir, self.writer_options(), headers_guard)
         return LayerOutput(
             media_type=LAYER_MEDIA_TYPE,
             diff_id=result.diff_id,

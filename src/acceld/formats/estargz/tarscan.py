@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from acceld.formats.driver import FormatError
+from acceld.formats.targuard import TarGuard
 from acceld.formats.tarreader import BLOCK, TYPE_LINK, TYPE_REG, Header, HeaderReader
 
 SUPPORTED_TYPES = frozenset("0123456")  # regular, hardlink, symlink, char, block, directory, FIFO
@@ -74,10 +75,13 @@ class _Spooler:
         return data
 
 
-def scan_tar(source: BinaryIO, spool: BinaryIO, chunk_size: int) -> Iterator[TarEntry]:
-    """Copy `source` (an uncompressed tar) to `spool` and yield its entries in tar order."""
+def scan_tar(
+    source: BinaryIO, spool: BinaryIO, chunk_size: int, guard: TarGuard | None = None
+) -> Iterator[TarEntry]:
+    """Copy `source` (an uncompressed tar) to `spool` and yield its entries in tar order (`guard`,
+    the TarGuard watching `source`, is handed every header)."""
     reader = _Spooler(source, spool)
-    headers = HeaderReader(reader, sparse=False, strict_globals=True)
+    headers = HeaderReader(reader, sparse=False, strict_globals=True, guard=guard)
     links: set[str] = set()  # the names whose latest entry so far is a hardlink
     while (header := headers.next()) is not None:
         entry = _entry(reader, header, chunk_size)

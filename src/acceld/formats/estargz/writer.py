@@ -49,6 +49,7 @@ from acceld.formats.estargz.order import TOC_TAR_NAME, Items, arrange, name_key
 from acceld.formats.estargz.source import open_layer_tar
 from acceld.formats.estargz.tarscan import TarEntry, scan_tar
 from acceld.formats.estargz.toc import TocEntry, toc_entries, toc_json_pieces
+from acceld.formats.targuard import TarGuard
 from acceld.formats.tarreader import BLOCK
 
 DEFAULT_CHUNK_SIZE = 4 << 20
@@ -284,11 +285,13 @@ def _utf8_problem(entry: TarEntry) -> FormatError | None:
     return None
 
 
-def _index_layer(tar: BinaryIO, spool: BinaryIO, store: EntryStore, options: WriterOptions) -> None:
+def _index_layer(
+    tar: BinaryIO, spool: BinaryIO, store: EntryStore, options: WriterOptions, guard: TarGuard | None
+) -> None:
     """Spool the tar and file its entries in `store`; a name that is not UTF-8 is reported only
     once the whole tar has been read (damage of the tar itself is reported first)."""
     problem: FormatError | None = None
-    for entry in scan_tar(tar, spool, options.chunk_size):
+    for entry in scan_tar(tar, spool, options.chunk_size, guard):
         if options.utf8_names and problem is None:
             problem = _utf8_problem(entry)
         store.append(entry, name_key(entry.name))
@@ -297,15 +300,18 @@ def _index_layer(tar: BinaryIO, spool: BinaryIO, store: EntryStore, options: Wri
     store.seal()
 
 
-def write_estargz(source: BinaryIO, out: BinaryIO, workdir: Path, options: WriterOptions) -> EstargzResult:
-    """Convert the layer tar in `source` (plain, gzip or zstd) into an eStargz blob written to `out`."""
+def write_estargz(
+    source: BinaryIO, out: BinaryIO, workdir: Path, options: WriterOptions, guard: TarGuard | None = None
+) -> EstargzResult:
+    """Convert the layer tar in `source` (plain, gzip or zstd) into an eStargz blob written to `out`;
+    `guard` (a TarGuard watching the tar whose headers were taken) is handed every header."""
     tar = open_layer_tar(source)
     with (
         EntryStore(workdir) as store,
         tempfile.TemporaryFile(dir=workdir, prefix="estargz-spool-") as spool,
     ):
         with open(spool.fileno(), "wb", buffering=_READ_PIECE, closefd=False) as spool_writer:
-            _index_layer(tar, spool_writer, store, options)
+            _index_layer(tar, spool_writer, store, options, guard)
         while tar.read(_READ_PIECE):
             pass  # read past the tar's end so that gzip checksums and trailing garbage are checked
         items, missed = arrange(store, options.prefetch_files)
