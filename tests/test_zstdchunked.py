@@ -206,6 +206,39 @@ def test_output_does_not_depend_on_the_worker_count(tmp_path: Path) -> None:
     assert one.read_bytes() == two.read_bytes()
 
 
+def _text(size: int, seed: bytes) -> bytes:
+    """Compressible, varied bytes (words from a hash stream), so that zstd levels differ on them."""
+    words = [b"alpha", b"beta", b"gamma", b"delta", b"epsilon", b"zeta", b"eta", b"theta", b"\n"]
+    out = bytearray()
+    block = seed
+    while len(out) < size:
+        block = hashlib.sha256(block).digest()
+        out += b" ".join(words[byte % len(words)] + str(byte).encode() for byte in block) + b" "
+    return bytes(out[:size])
+
+
+@pytest.mark.parametrize("level", [None, 3])
+def test_frame_levels_by_size(tmp_path: Path, level: int | None) -> None:
+    """The default compresses frames of at most 16 KiB at level 5, of at most 64 KiB at 6, larger
+    ones at 7; a given level applies to every frame. Each file here is one chunk, one frame."""
+    files = {"small": _text(12 << 10, b"s"), "medium": _text(40 << 10, b"m"), "large": _text(100 << 10, b"l")}
+    expected = {"small": 5, "medium": 6, "large": 7} if level is None else dict.fromkeys(files, level)
+    tar = tmp_path / "levels.tar"
+    with tarfile.open(tar, "w", format=tarfile.PAX_FORMAT) as archive:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            archive.addfile(info, io.BytesIO(content))
+    blob, output = convert(tar, tmp_path, ZstdChunkedDriver(compression_level=level))
+    data = blob.read_bytes()
+    toc, _ = _metadata(data, dict(output.annotations))
+    for entry in toc["entries"]:
+        content = files[entry["name"]]
+        frames = {n: zstandard.ZstdCompressor(level=n).compress(content) for n in (3, 5, 6, 7)}
+        assert len(set(frames.values())) == 4, "the levels must give different frames here"
+        assert data[entry["offset"] : entry["endOffset"]] == frames[expected[entry["name"]]], entry["name"]
+
+
 def test_gnu_format_and_zeros_after_the_end_marker(tmp_path: Path) -> None:
     tar = tmp_path / "gnu.tar"
     with tarfile.open(tar, "w", format=tarfile.GNU_FORMAT) as archive:
@@ -381,8 +414,9 @@ def _replace_toc(
 
 def test_driver_contract() -> None:
     driver = ZstdChunkedDriver()
-    assert (driver.name, driver.tag_suffix, driver.compression_level) == ("zstdchunked", "-zstdchunked", 7)
+    assert (driver.name, driver.tag_suffix, driver.compression_level) == ("zstdchunked", "-zstdchunked", None)
     assert driver.options_key() == ZstdChunkedDriver(workers=1).options_key()
+    assert driver.options_key() != ZstdChunkedDriver(compression_level=7).options_key()
     assert driver.options_key() != ZstdChunkedDriver(compression_level=10).options_key()
     converted = SourceLayer(
         "sha256:x",

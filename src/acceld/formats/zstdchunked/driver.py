@@ -18,9 +18,6 @@ from acceld.formats.zstdchunked.annotations import (
 )
 
 LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+zstd"
-# Level 7: on real root filesystems (many frames of a few KiB) the output is no larger than
-# containers/storage's own (level 10 of its Go zstd encoder); level 3 was ~4 % larger.
-DEFAULT_COMPRESSION_LEVEL = 7
 _ANNOTATIONS = (MANIFEST_CHECKSUM_KEY, MANIFEST_POSITION_KEY, TARSPLIT_POSITION_KEY)
 
 
@@ -28,11 +25,13 @@ _ANNOTATIONS = (MANIFEST_CHECKSUM_KEY, MANIFEST_POSITION_KEY, TARSPLIT_POSITION_
 class ZstdChunkedDriver:
     """Converts layers to zstd:chunked.
 
+    `compression_level`: the zstd level of every frame; None (the default) grades it by frame
+    size (`FrameLevels.graded`: 7, and 6 / 5 for frames of at most 64 / 16 KiB).
     `workers` is the number of threads compressing frames of one layer (None: the CPU count);
     it does not change the output, so `options_key` leaves it out.
     """
 
-    compression_level: int = DEFAULT_COMPRESSION_LEVEL
+    compression_level: int | None = None
     workers: int | None = None
 
     name = "zstdchunked"
@@ -40,7 +39,7 @@ class ZstdChunkedDriver:
     reads_compressed = False
 
     def __post_init__(self) -> None:
-        if not 1 <= self.compression_level <= 22:
+        if self.compression_level is not None and not 1 <= self.compression_level <= 22:
             raise FormatError(f"zstd compression level must be 1..22, not {self.compression_level}")
         if self.workers is not None and self.workers < 1:
             raise FormatError(f"workers must be at least 1, not {self.workers}")
@@ -61,13 +60,15 @@ class ZstdChunkedDriver:
         tar_sha256: str | None = None,
         guard: TarGuard | None = None,
     ) -> LayerOutput:
+        from acceld.formats.zstdchunked.frames import FrameLevels
         from acceld.formats.zstdchunked.writer import write_zstd_chunked  # numpy: not in the CLI
 
+        level = self.compression_level
         result = write_zstd_chunked(
             tar,
             out,
             workdir,
-            level=self.compression_level,
+            levels=FrameLevels.uniform(level) if level is not None else FrameLevels.graded(),
             workers=self.workers or os.cpu_count() or 1,
             tar_sha256=tar_sha256,
         )

@@ -36,7 +36,7 @@ from acceld.formats.zstdchunked.chunker import (
     split_points,
     split_points_each,
 )
-from acceld.formats.zstdchunked.frames import FrameSink, Mark
+from acceld.formats.zstdchunked.frames import FrameLevels, FrameSink, Mark
 from acceld.formats.zstdchunked.tarheaders import Readable, TarHeader, TarHeaderReader
 from acceld.formats.zstdchunked.tarsplit import TarSplitWriter
 from acceld.formats.zstdchunked.toc import CHUNK_TYPE_ZEROS, TocEntry, TocWriter
@@ -410,33 +410,36 @@ def write_zstd_chunked(
     out: BinaryIO,
     workdir: Path,
     *,
-    level: int = 7,
+    levels: FrameLevels | None = None,
     workers: int = 2,
     tar_sha256: str | None = None,
 ) -> ChunkedLayer:
     """Convert the tar stream `tar` into a zstd:chunked blob written sequentially to `out`.
 
+    `levels`: the zstd levels of the frames (default `FrameLevels.graded()`); the TOC and the
+    tar-split are compressed at its large-frame level.
     `tar_sha256`: the digest of `tar`'s bytes when the caller verifies it, reported as the diff_id
     instead of hashing the tar again.
 
     The TOC and tar-split are spooled to files in `workdir` as they are produced (and removed).
     """
+    levels = levels or FrameLevels.graded()
     with (
         ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="zstdchunked") as pool,
         ThreadPoolExecutor(
             max_workers=max(1, workers), thread_name_prefix="zstdchunked-rollsum"
         ) as rollsum_pool,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="zstdchunked-sha256") as hash_thread,
-        TarSplitWriter(workdir / "tar-split.json.zst", level) as tar_split,
+        TarSplitWriter(workdir / "tar-split.json.zst", levels.large) as tar_split,
         TocWriter(workdir / "toc.json") as toc,
     ):
-        sink = FrameSink(out, pool, level, max_pending=max(1, workers) + 1)
+        sink = FrameSink(out, pool, levels, max_pending=max(1, workers) + 1)
         layer = _LayerWriter(
             tar, sink, tar_split, toc, rollsum_pool, hash_thread, max(1, workers) + 1, tar_sha256
         )
         layer.run()
         toc.finish(tar_split.finish())
-        manifest = toc.compress(level)
+        manifest = toc.compress(levels.large)
 
         position = sink.position
         manifest_offset = position + _SKIPPABLE_HEADER
