@@ -71,6 +71,7 @@ class ZstdChunkedDriver:
             levels=FrameLevels.uniform(level) if level is not None else FrameLevels.graded(),
             workers=self.workers or os.cpu_count() or 1,
             tar_sha256=tar_sha256,
+            guard=guard,
         )
         return LayerOutput(
             media_type=LAYER_MEDIA_TYPE,

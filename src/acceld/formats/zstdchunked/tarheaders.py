@@ -17,6 +17,7 @@ from typing import Protocol
 
 from acceld.formats.driver import FormatError
 from acceld.formats.tarfields import checksum_ok, cstring, decode, parse_number, parse_pax_records
+from acceld.formats.targuard import TarGuard
 
 BLOCK = 512
 _MAX_SPECIAL_FILE = 1 << 20  # Go's maxSpecialFileSize for PAX and GNU long name records
@@ -86,8 +87,7 @@ def _pax_time(text: str) -> GoTime:
     return GoTime(total // 1_000_000_000, total % 1_000_000_000)
 
 
-def _parse_pax(data: bytes) -> dict[str, str]:
-    records = parse_pax_records(data)
+def _decode_pax(records: dict[str, bytes]) -> dict[str, str]:
     if any(key.startswith("GNU.sparse.") for key in records):
         raise FormatError("sparse tar entries are not supported")
     return {key: decode(value) for key, value in records.items()}
@@ -98,10 +98,16 @@ class Readable(Protocol):
 
 
 class TarHeaderReader:
-    """Reads a tar stream header by header; the caller reads each payload in between."""
+    """Reads a tar stream header by header; the caller reads each payload in between.
 
-    def __init__(self, stream: Readable) -> None:
+    `guard`: the TarGuard watching the bytes of `stream`, given before anything was read from it;
+    it is handed every header as it is read (`TarGuard.take_headers`) instead of parsing them a
+    second time, so the caller must read the headers up to the end of the archive.
+    """
+
+    def __init__(self, stream: Readable, guard: TarGuard | None = None) -> None:
         self._stream = stream
+        self._guard = guard if guard is not None and guard.take_headers() else None
         self._pending_padding = 0
         self._remaining_payload = 0
         self.position = 0  # bytes consumed from the stream
@@ -138,45 +144,51 @@ class TarHeaderReader:
             raise FormatError("tar payload not fully consumed")
         raw += self._read_exact(self._pending_padding, "padding")
         self._pending_padding = 0
-        pax: dict[str, str] = {}
-        long_name = long_link = ""
+        guard = self._guard
+        pax_records: dict[str, bytes] = {}
+        long_name: bytes | None = None
+        long_link: bytes | None = None
         while True:
             block = self._read(BLOCK)
             raw += block
             if not block:
-                return None
+                return self._end_of_archive()
             if len(block) != BLOCK:
                 raise FormatError("tar stream truncated in a header")
             if block == _ZERO_BLOCK:
                 second = self._read(BLOCK)
                 raw += second
                 if not second or second == _ZERO_BLOCK:
-                    return None
+                    return self._end_of_archive()
                 raise FormatError("invalid tar header after a zero block")
             if not checksum_ok(block):
                 raise FormatError("invalid tar header checksum (not a tar stream?)")
             typeflag = chr(block[156])
             if typeflag in "xgLK":
                 size = parse_number(block[124:136], "size")
+                if guard is not None:
+                    guard.extension_header(block[156], size)
                 if size > _MAX_SPECIAL_FILE or size < 0:
                     raise FormatError("tar extension header too large")
                 data = self._read_exact(size, "extension header")
                 raw += data
                 raw += self._read_exact(-size % BLOCK, "padding")
                 if typeflag == "x":
-                    pax = _parse_pax(data)
+                    pax_records = parse_pax_records(data)
                 elif typeflag == "g":
                     raise FormatError("PAX global headers are not supported by zstd:chunked")
                 elif typeflag == "L":
-                    long_name = _cstring(data)
+                    long_name = cstring(data)
                 else:
-                    long_link = _cstring(data)
+                    long_link = cstring(data)
                 continue
-            header = self._parse(block, pax)
+            if guard is not None:
+                guard.entry_header(block, pax_records, long_name, long_link)  # its verdict comes first
+            header = self._parse(block, _decode_pax(pax_records))
             if long_name:
-                header.name = long_name
+                header.name = decode(long_name)
             if long_link:
-                header.linkname = long_link
+                header.linkname = decode(long_link)
             if header.typeflag == "\0":
                 header.typeflag = "5" if header.name.endswith("/") else "0"
             if header.typeflag == "S":
@@ -186,6 +198,12 @@ class TarHeaderReader:
             self._remaining_payload = header.payload_size
             self._pending_padding = -header.payload_size % BLOCK
             return header
+
+    def _end_of_archive(self) -> TarHeader | None:
+        """What `next` returns at the end (None), once the guard is told."""
+        if self._guard is not None:
+            self._guard.end_of_archive()
+        return None
 
     @staticmethod
     def _parse(block: bytes, pax: dict[str, str]) -> TarHeader:

@@ -22,6 +22,7 @@ import fastcrc
 import numpy as np
 
 from acceld.formats.driver import FormatError
+from acceld.formats.targuard import TarGuard
 from acceld.formats.zstdchunked.annotations import (
     MANIFEST_CHECKSUM_KEY,
     MANIFEST_POSITION_KEY,
@@ -202,6 +203,7 @@ class _LayerWriter:
         hash_thread: Executor,
         lookahead: int,
         tar_sha256: str | None,
+        guard: TarGuard | None,
     ) -> None:
         self._pool = rollsum_pool
         self._lookahead = lookahead
@@ -209,7 +211,7 @@ class _LayerWriter:
         self._tar_sha256 = tar_sha256
         self._hashed_source = None if tar_sha256 else _HashingReader(tar, self._hashing)
         self._source: Readable = self._hashed_source or tar
-        self._reader = TarHeaderReader(self._source)
+        self._reader = TarHeaderReader(self._source, guard)
         self._sink = sink
         self._tar_split = tar_split
         self._toc = toc
@@ -413,6 +415,7 @@ def write_zstd_chunked(
     levels: FrameLevels | None = None,
     workers: int = 2,
     tar_sha256: str | None = None,
+    guard: TarGuard | None = None,
 ) -> ChunkedLayer:
     """Convert the tar stream `tar` into a zstd:chunked blob written sequentially to `out`.
 
@@ -420,6 +423,7 @@ def write_zstd_chunked(
     tar-split are compressed at its large-frame level.
     `tar_sha256`: the digest of `tar`'s bytes when the caller verifies it, reported as the diff_id
     instead of hashing the tar again.
+    `guard`: the TarGuard watching `tar`, handed every header as it is read (`TarHeaderReader`).
 
     The TOC and tar-split are spooled to files in `workdir` as they are produced (and removed).
     """
@@ -435,7 +439,7 @@ def write_zstd_chunked(
     ):
         sink = FrameSink(out, pool, levels, max_pending=max(1, workers) + 1)
         layer = _LayerWriter(
-            tar, sink, tar_split, toc, rollsum_pool, hash_thread, max(1, workers) + 1, tar_sha256
+            tar, sink, tar_split, toc, rollsum_pool, hash_thread, max(1, workers) + 1, tar_sha256, guard
         )
         layer.run()
         toc.finish(tar_split.finish())
