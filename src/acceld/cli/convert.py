@@ -93,7 +93,14 @@ ChunkSizeOption = Annotated[
     str | None, typer.Option("--chunk-size", help="Chunk size (bytes, 0x…, or K/M suffix).")
 ]
 LevelOption = Annotated[
-    int | None, typer.Option("--compression-level", help="Compression level (estargz, zstdchunked).")
+    int | None,
+    typer.Option(
+        "--compression-level",
+        help=(
+            "Compression level (estargz; zstdchunked: of every frame, "
+            "default by frame size: 7, 6 up to 64 KiB, 5 up to 16 KiB)."
+        ),
+    ),
 ]
 PrefetchFileOption = Annotated[
     Path | None, typer.Option("--prefetch-file", help="File listing paths to prioritise (estargz).")
