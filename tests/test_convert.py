@@ -566,6 +566,28 @@ def test_cli_logs_each_layer_and_a_summary(layout: Path, tmp_path: Path) -> None
     assert again.stdout == result.stdout
 
 
+def test_the_printed_result_of_a_layout_conversion_is_a_reference_the_cli_takes(
+    layout: Path, tmp_path: Path
+) -> None:
+    """A SOCI v1 index has no tag: `oci:PATH@DIGEST`, as printed, is how to name it afterwards."""
+    cache = tmp_path / "cache"
+    options = ["--soci-version", "v1", "--min-layer-size", "0", "--span-size", "64K"]
+    result = acceld("convert", f"oci:{layout}:busybox-amd64", "-d", "soci", *options, cache=cache)
+    assert result.returncode == 0, result.stderr[-2000:]
+    printed = result.stdout.strip()
+    assert printed.startswith(f"oci:{layout}@sha256:"), printed
+    inspected = acceld("inspect", printed, cache=cache)
+    assert inspected.returncode == 0, inspected.stderr
+    assert "application/vnd.amazon.soci.index.v1+json" in inspected.stdout, inspected.stdout
+    tagged = acceld("convert", f"oci:{layout}:busybox-amd64", "-d", "nydus", cache=cache)
+    assert tagged.returncode == 0, tagged.stderr[-2000:]
+    checked = acceld("check", tagged.stdout.strip(), cache=cache)  # oci:PATH:TAG@DIGEST
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "OK, structure valid" in checked.stdout
+    into_digest = acceld("convert", f"oci:{layout}:busybox-amd64", printed, cache=cache)
+    assert into_digest.returncode == 1 and "must not contain a digest" in into_digest.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

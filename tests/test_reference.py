@@ -97,6 +97,11 @@ def test_layout_locations() -> None:
     assert parse_location("oci:/tmp/x:v1") == LayoutRef(Path("/tmp/x"), "v1")
     assert parse_location("oci:rel/dir") == LayoutRef(Path("rel/dir"), None)
     assert str(parse_layout("oci:/a/b:t")) == "oci:/a/b:t"
+    digest = "sha256:" + "ab" * 32
+    assert parse_location(f"oci:/tmp/x:v1@{digest}") == LayoutRef(Path("/tmp/x"), "v1", digest)
+    assert parse_location(f"oci:/tmp/x@{digest}") == LayoutRef(Path("/tmp/x"), None, digest)
+    assert str(parse_layout(f"oci:/a/b:t@{digest}")) == f"oci:/a/b:t@{digest}"
+    assert parse_location("oci:/tmp/mail@host:v1") == LayoutRef(Path("/tmp/mail@host"), "v1")
     assert isinstance(parse_location("localhost:5000/x"), Reference)
     for bad in ("oci:", "oci::tag", "oci:/x:", "/x:y"):
         with pytest.raises(InvalidReference):

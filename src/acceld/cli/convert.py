@@ -81,7 +81,8 @@ def summary(result: ConversionResult) -> str:
 
 
 SourceArgument = Annotated[
-    str, typer.Argument(help="Source image: registry/repo:tag, registry/repo@digest or oci:PATH:TAG.")
+    str,
+    typer.Argument(help="Source image: registry/repo:tag, registry/repo@digest or oci:PATH[:TAG][@DIGEST]."),
 ]
 TargetArgument = Annotated[
     str | None, typer.Argument(help="Target (default: the source repository, tag + the driver's suffix).")
@@ -232,7 +233,10 @@ def report_lines(check: PlatformCheck) -> list[str]:
 
 @app.command()
 def check(
-    image: Annotated[str, typer.Argument(help="Converted image: registry/repo:tag or oci:PATH:TAG.")],
+    image: Annotated[
+        str,
+        typer.Argument(help="Converted image: registry/repo[:tag][@digest] or oci:PATH[:TAG][@DIGEST]."),
+    ],
     source: Annotated[
         str | None, typer.Option("--source", help="Source image (default: each manifest's subject).")
     ] = None,

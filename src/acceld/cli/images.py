@@ -97,7 +97,9 @@ async def _inspect(ref: str, raw_output: bool, config: Path | None, plain_http: 
 
 @app.command()
 def inspect(
-    ref: Annotated[str, typer.Argument(help="Image: [registry/]repo[:tag][@digest] or oci:PATH[:TAG].")],
+    ref: Annotated[
+        str, typer.Argument(help="Image: [registry/]repo[:tag][@digest] or oci:PATH[:TAG][@DIGEST].")
+    ],
     raw: Annotated[bool, typer.Option("--raw", help="Print the manifest or index bytes exactly.")] = False,
     config: ConfigOption = None,
     plain_http: PlainHttpOption = False,
@@ -141,7 +143,8 @@ async def _copy(
 @app.command()
 def copy(
     src: Annotated[
-        str, typer.Argument(help="Source image: [registry/]repo[:tag][@digest] or oci:PATH[:TAG].")
+        str,
+        typer.Argument(help="Source image: [registry/]repo[:tag][@digest] or oci:PATH[:TAG][@DIGEST]."),
     ],
     dst: Annotated[str, typer.Argument(help="Destination: [registry/]repo[:tag] or oci:PATH[:TAG].")],
     platform: Annotated[

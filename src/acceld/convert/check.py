@@ -87,8 +87,9 @@ async def check_image(
             if source is not None:
                 source_location = parse_location(source)
                 source_store = stores.open(source_location)
-                # a layout named without a tag is where the `subject` is looked up
-                if not (isinstance(source_location, LayoutRef) and source_location.tag is None):
+                # a layout named without a tag or digest is where the `subject` is looked up
+                named = source_location.tag or source_location.digest
+                if not (isinstance(source_location, LayoutRef) and named is None):
                     source_ref = store_ref(source_store, source_location)
                     source_images = (await load_source(source_store, source_ref, None)).images
             root_subject = plan.root.subject()

@@ -32,7 +32,8 @@ def _default_tag(source: Location, tag_suffix: str) -> str | None:
 
 def _same_place(source: Location, target: Location) -> bool:
     if isinstance(source, LayoutRef) and isinstance(target, LayoutRef):
-        return source.path.resolve() == target.path.resolve() and source.tag == target.tag
+        same_image = (source.tag, source.digest) == (target.tag, target.digest)
+        return source.path.resolve() == target.path.resolve() and same_image
     if isinstance(source, Reference) and isinstance(target, Reference):
         return source.name == target.name and source.tag == target.tag
     return False
@@ -46,7 +47,7 @@ def resolve_target(source: Location, target: str | None, tag_suffix: str) -> Loc
     """
     if target is not None:
         location = parse_location(target)
-        if isinstance(location, Reference) and location.digest:
+        if location.digest:
             raise ConvertError(f"target {target!r} must not contain a digest: the converted digest is new")
         if isinstance(location, LayoutRef) and location.tag is None:
             location = LayoutRef(location.path, _default_tag(source, tag_suffix))
@@ -68,7 +69,7 @@ def store_ref(store: ImageStore, location: Location) -> str:
     """The tag or digest to read at `location` (`oci:PATH` without a tag: the layout's only image)."""
     if isinstance(location, LayoutRef):
         assert isinstance(store, OCILayout)
-        return location.tag or store.default_ref()
+        return location.digest or location.tag or store.default_ref()
     return location.ref
 
 

@@ -80,13 +80,16 @@ class Reference:
 
 @dataclass(frozen=True)
 class LayoutRef:
-    """An OCI image layout directory and optionally one tag (`org.opencontainers.image.ref.name`)."""
+    """An OCI image layout directory, optionally one tag (`org.opencontainers.image.ref.name`)
+    and a manifest digest (which wins over the tag, as in registry references)."""
 
     path: Path
     tag: str | None = None
+    digest: str | None = None
 
     def __str__(self) -> str:
-        return f"{LAYOUT_PREFIX}{self.path}" + (f":{self.tag}" if self.tag else "")
+        text = f"{LAYOUT_PREFIX}{self.path}" + (f":{self.tag}" if self.tag else "")
+        return text + (f"@{self.digest}" if self.digest else "")
 
 
 def _check_tag(tag: str) -> str:
@@ -147,15 +150,21 @@ def parse_reference(text: str) -> Reference:
 
 
 def parse_layout(text: str) -> LayoutRef:
-    """Parse `oci:PATH[:TAG]` (the first `:` after the prefix separates the tag, as in skopeo)."""
+    """Parse `oci:PATH[:TAG][@DIGEST]`: the first `:` after the prefix separates the tag, as in
+    skopeo; a trailing `@algorithm:hex` names a manifest by digest, as `acceld convert` prints results."""
     if not text.startswith(LAYOUT_PREFIX):
-        raise InvalidReference(f"invalid layout reference {text!r}: expected oci:PATH[:TAG]")
-    path, sep, tag = text[len(LAYOUT_PREFIX) :].partition(":")
+        raise InvalidReference(f"invalid layout reference {text!r}: expected oci:PATH[:TAG][@DIGEST]")
+    rest, _, digest = text[len(LAYOUT_PREFIX) :].rpartition("@")
+    try:
+        validate_digest(digest)
+    except InvalidDigest:
+        rest, digest = text[len(LAYOUT_PREFIX) :], ""
+    path, sep, tag = rest.partition(":")
     if not path:
         raise InvalidReference(f"invalid layout reference {text!r}: empty path")
     if sep and (not tag or any(c.isspace() for c in tag)):
         raise InvalidReference(f"invalid layout reference {text!r}: bad tag {tag!r}")
-    return LayoutRef(Path(path), tag or None)
+    return LayoutRef(Path(path), tag or None, digest or None)
 
 
 def parse_location(text: str) -> Reference | LayoutRef:
