@@ -259,19 +259,23 @@ finally:
 """
 
 
+def convert_in_script(script: str, test_images: ImageSet, tmp_path: Path, *options: str) -> str:
+    """What `script` (which runs `acceld convert` with its arguments) prints, converting the busybox
+    image between layouts."""
+    source, target = f"oci:{test_images.layout}:busybox-amd64", f"oci:{tmp_path / 'out'}:conv"
+    result = subprocess.run(
+        [sys.executable, "-c", script, source, target, *options], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 def test_converting_between_layouts_never_loads_the_http_client(
     test_images: ImageSet, tmp_path: Path
 ) -> None:
     """httpx (with the CLI it brings along) costs ~0.12 s of CPU per process: only a registry needs it."""
-    source, target = f"oci:{test_images.layout}:busybox-amd64", f"oci:{tmp_path / 'out'}:conv"
-    result = subprocess.run(
-        [sys.executable, "-c", _IMPORTED_AFTER_CONVERT, source, target, "-d", "estargz"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[-1] == "http modules:", result.stdout
+    printed = convert_in_script(_IMPORTED_AFTER_CONVERT, test_images, tmp_path, "-d", "estargz")
+    assert printed.splitlines()[-1] == "http modules:", printed
 
 
 _NUMPY_AFTER_CONVERT = """
@@ -289,15 +293,9 @@ def test_a_zstd_chunked_conversion_loads_its_writer_only_in_the_workers(
     test_images: ImageSet, tmp_path: Path
 ) -> None:
     """The writer (numpy, ~0.2 s of CPU) is the fork server's to import, not the CLI's at start-up."""
-    source, target = f"oci:{test_images.layout}:busybox-amd64", f"oci:{tmp_path / 'out'}:conv"
-    result = subprocess.run(
-        [sys.executable, "-c", _NUMPY_AFTER_CONVERT, source, target, "-d", "zstdchunked", "--no-cache"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[-1] == "numpy loaded: False", result.stdout
+    options = ("-d", "zstdchunked", "--no-cache")
+    printed = convert_in_script(_NUMPY_AFTER_CONVERT, test_images, tmp_path, *options)
+    assert printed.splitlines()[-1] == "numpy loaded: False", printed
 
 
 @pytest.mark.parametrize(
@@ -336,12 +334,5 @@ def test_convert_starts_its_fork_server_before_importing_the_app(
     test_images: ImageSet, tmp_path: Path
 ) -> None:
     """The fork server's start-up (an interpreter and the driver's imports) overlaps the CLI's own."""
-    source, target = f"oci:{test_images.layout}:busybox-amd64", f"oci:{tmp_path / 'out'}:conv"
-    result = subprocess.run(
-        [sys.executable, "-c", _FORK_SERVER_BEFORE_APP, source, target, "-d", "nydus", "--no-cache"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "fork server running before the app: True pydantic loaded: False" in result.stdout, result.stdout
+    printed = convert_in_script(_FORK_SERVER_BEFORE_APP, test_images, tmp_path, "-d", "nydus", "--no-cache")
+    assert "fork server running before the app: True pydantic loaded: False" in printed, printed

@@ -341,6 +341,14 @@ def test_kill_9_loses_no_acknowledged_event(registry_plain: RunningRegistry, tmp
     assert stored == acknowledged
 
 
+def run_sync(config_file: Path, *args: str) -> str:
+    """What `acceld sync ARGS` prints (it must succeed)."""
+    command = acceld_command("sync", *args, "--config", str(config_file))
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 def test_sync_converts_images_pushed_while_stopped(
     registry_plain: RunningRegistry, test_images: ImageSet, tmp_path: Path
 ) -> None:
@@ -352,15 +360,8 @@ def test_sync_converts_images_pushed_while_stopped(
     push(test_images.busybox_amd64, registry_plain, "sync/one:v1")
     push(test_images.busybox_index, registry_plain, "sync/two:v2")
 
-    def sync() -> str:
-        result = subprocess.run(
-            acceld_command("sync", "--config", str(config_file)), capture_output=True, text=True, timeout=300
-        )
-        assert result.returncode == 0, result.stderr
-        return result.stdout
-
-    assert "queued: 2" in sync()
-    assert "queued: 0" in sync()  # the same tasks, not new ones
+    assert "queued: 2" in run_sync(config_file)
+    assert "queued: 0" in run_sync(config_file)  # the same tasks, not new ones
     with run_service(config_file, tmp_path / "serve.log") as service, service.api() as api:
         tasks = tasks_of(api)
         assert len(tasks) == 2
@@ -370,7 +371,7 @@ def test_sync_converts_images_pushed_while_stopped(
         get_manifest(registry_plain, "sync/one", f"v1{SUFFIX}").json(), test_images.busybox_amd64.descriptor()
     )
     assert get_manifest(registry_plain, "sync/two", f"v2{SUFFIX}").status_code == 200
-    assert "up to date: 2" in sync()
+    assert "up to date: 2" in run_sync(config_file)
 
 
 @pytest.mark.parametrize(("grace", "after_stop"), [(120, ("succeeded", 1)), (0, ("queued", 0))])
@@ -472,17 +473,7 @@ def test_sync_finds_untagged_soci_v1_results_through_referrers(
     push(test_images.busybox_amd64, registry_plain, "sociv1/one:v1")
     push(test_images.busybox_index, registry_plain, "sociv1/two:v2")
 
-    def sync(*args: str) -> str:
-        result = subprocess.run(
-            acceld_command("sync", *args, "--config", str(config_file)),
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert result.returncode == 0, result.stderr
-        return result.stdout
-
-    drained = sync("--drain")
+    drained = run_sync(config_file, "--drain")
     assert "queued: 2" in drained and "succeeded: 2" in drained, drained
     referrers = get_manifest(registry_plain, "sociv1/one", "sha256-" + test_images.busybox_amd64.digest[7:])
     (entry,) = referrers.json()["manifests"]
@@ -491,7 +482,7 @@ def test_sync_finds_untagged_soci_v1_results_through_referrers(
         test_images.busybox_amd64.descriptor()
     )
     assert get_manifest(registry_plain, "sociv1/one", "v1-soci").status_code == 404  # v1: no tag
-    again = sync()
+    again = run_sync(config_file)
     assert "up to date: 2  queued: 0  requeued: 0" in again, again
 
 
@@ -528,21 +519,11 @@ def test_sync_converts_an_index_whose_soci_v1_results_cover_only_some_platforms(
 
     assert len(referrers(children["amd64"])) == 1 and referrers(children["arm64"]) == []
 
-    def sync(*args: str) -> str:
-        result = subprocess.run(
-            acceld_command("sync", *args, "--config", str(config_file)),
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert result.returncode == 0, result.stderr
-        return result.stdout
-
-    drained = sync("--drain")
+    drained = run_sync(config_file, "--drain")
     assert "queued: 1" in drained and "succeeded: 1" in drained, drained
     assert "already converted" not in drained
     assert all(len(referrers(digest)) == 1 for digest in children.values()), children
-    again = sync()
+    again = run_sync(config_file)
     assert "up to date: 1  queued: 0  requeued: 0" in again, again
 
 
