@@ -7,7 +7,7 @@ or the historic signed byte sum, PAX records `"<len> <key>=<value>\\n"`.
 
 from __future__ import annotations
 
-import functools
+import zlib
 
 from acceld.formats.driver import FormatError
 
@@ -26,12 +26,23 @@ def cstring(raw: bytes) -> bytes:
     return raw if end < 0 else raw[:end]
 
 
+# headers repeat their modes, owners, times and zero fields: the values of recent ones, by field
+NUMBERS: dict[bytes, int] = {}
+_MAX_NUMBERS = 4096
+
+
 def parse_number(raw: bytes, what: str) -> int:
     """A numeric header field: octal text, or base-256 (two's complement) when the top bit is set."""
-    return _parse_number(bytes(raw), what)  # bytes() of bytes is the same object, no copy
+    raw = bytes(raw)  # bytes() of bytes is the same object, no copy
+    value = NUMBERS.get(raw)
+    if value is None:
+        value = _parse_number(raw, what)
+        if len(NUMBERS) >= _MAX_NUMBERS:
+            NUMBERS.clear()
+        NUMBERS[raw] = value
+    return value
 
 
-@functools.lru_cache(maxsize=4096)  # headers repeat their modes, owners, times and zero fields
 def _parse_number(raw: bytes, what: str) -> int:
     if raw and raw[0] & 0x80:
         negative = bool(raw[0] & 0x40)
@@ -61,12 +72,18 @@ def checksum_ok(block: bytes) -> bool:
     """
     field = block[148:156]
     stored = parse_number(field, "chksum")
-    if stored == sum(block) - sum(field) + _SPACES_SUM:
+    if stored == _byte_sum(block) - sum(field) + _SPACES_SUM:
         return True
     patched = block[:148] + b" " * 8 + block[156:]
     unsigned = sum(patched)
     high_bytes = len(patched) - len(patched.translate(None, _HIGH_BYTES))
     return stored == unsigned - 256 * high_bytes
+
+
+def _byte_sum(block: bytes) -> int:
+    """The sum of a header block's bytes. Adler-32's low half is 1 + the byte sum modulo 65521,
+    exact for 256 bytes (at most 65 280): two C calls instead of a Python loop over 512 ints."""
+    return (zlib.adler32(block[:256]) & 0xFFFF) + (zlib.adler32(block[256:]) & 0xFFFF) - 2
 
 
 def parse_pax_records(payload: bytes) -> dict[str, bytes]:

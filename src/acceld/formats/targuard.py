@@ -35,6 +35,8 @@ _GNU_SPARSE = ord("S")
 _WHITEOUT = b".wh."
 _DIRECTORY = ord("5")
 _HASH_MASK = (1 << 64) - 1
+_SPARSE_SIZE_KEYS = ("GNU.sparse.realsize", "GNU.sparse.size")
+_SPARSE_SIZES = frozenset(_SPARSE_SIZE_KEYS)
 
 
 class PathError(FormatError):
@@ -214,27 +216,37 @@ class TarGuard:
         self.entries += 1
         if self.entries > self._limits.max_layer_entries:
             raise exceeded(self._limits, "max_layer_entries", f"the layer has {self.entries:,}+ entries")
+        pax = self._pax
         typeflag = block[156]
-        name, link = self._names(block)
-        pax_size = self._pax.get("size")
+        pax_path, pax_link = pax.get("path"), pax.get("linkpath")
+        for field, value in (("path", pax_path), ("linkpath", pax_link)):
+            if value and b"\0" in value:
+                raise PathError(f"PAX {field} {_show(value)} contains a NUL byte")
+        name = self._long_name or pax_path or _header_name(block)
+        pax_size = pax.get("size")
         if pax_size:
             try:
                 size = int(pax_size)
             except ValueError:
                 return None
-        self._check_sparse(block, typeflag, name)
+        if typeflag == _GNU_SPARSE or not _SPARSE_SIZES.isdisjoint(pax):
+            self._check_sparse(block, typeflag, name)
         parts = check_entry_path(name)
+        key = b"/".join(parts)
         if typeflag == _HARDLINK:
+            link = self._long_link or pax_link or cstring(block[157:257])
             target = check_entry_path(link, f"hardlink {_show(name)} to")
             if b"/".join(target) not in self._non_directories:
                 raise PathError(
                     f"hardlink {_show(name)} points to {_show(link)}, which is not a file earlier in "
                     "the same layer (runtimes unpack every layer on its own)"
                 )
-        self._check_parents(name, parts)
+        if self._symlinks:
+            self._check_parents(name, key)
         if typeflag != _DIRECTORY:
-            self._non_directories.add(b"/".join(parts))
-        self._track_symlinks(parts, typeflag)
+            self._non_directories.add(key)
+        if parts:
+            self._track_symlinks(parts, key, typeflag)
         self._pax, self._long_name, self._long_link = {}, None, None
         return size
 
@@ -244,27 +256,12 @@ class TarGuard:
         else:
             self._next_header(payload + -payload % _BLOCK)
 
-    def _names(self, block: bytes) -> tuple[bytes, bytes]:
-        name = cstring(block[0:100])
-        link = cstring(block[157:257])
-        if block[257:263] == b"ustar\0":
-            prefix_end = 476 if block[508:512] == b"tar\0" else 500
-            prefix = cstring(block[345:prefix_end])
-            if prefix:
-                name = prefix + b"/" + name
-        for key, value in (("path", self._pax.get("path")), ("linkpath", self._pax.get("linkpath"))):
-            if value and b"\0" in value:
-                raise PathError(f"PAX {key} {_show(value)} contains a NUL byte")
-        name = self._long_name or self._pax.get("path") or name
-        link = self._long_link or self._pax.get("linkpath") or link
-        return name, link
-
     def _check_sparse(self, block: bytes, typeflag: int, name: bytes) -> None:
         declared = 0
         try:
             if typeflag == _GNU_SPARSE:
                 declared = parse_number(block[483:495], "realsize")
-            for key in ("GNU.sparse.realsize", "GNU.sparse.size"):
+            for key in _SPARSE_SIZE_KEYS:
                 if key in self._pax:
                     declared = max(declared, int(self._pax[key]))
         except (FormatError, ValueError):
@@ -274,20 +271,18 @@ class TarGuard:
                 self._limits, "max_sparse_bytes", f"sparse file {_show(name)} declares {declared:,} bytes"
             )
 
-    def _check_parents(self, name: bytes, parts: list[bytes]) -> None:
-        if not self._symlinks:
-            return
-        for depth in range(1, len(parts)):
-            parent = b"/".join(parts[:depth])
+    def _check_parents(self, name: bytes, key: bytes) -> None:
+        """No parent of the cleaned name `key` may be a symlink of this layer."""
+        slash = key.find(b"/")
+        while slash >= 0:
+            parent = key[:slash]
             if parent in self._symlinks:
                 raise PathError(
                     f"tar entry {_show(name)} lies below the symlink {_show(parent)} of the same layer"
                 )
+            slash = key.find(b"/", slash + 1)
 
-    def _track_symlinks(self, parts: list[bytes], typeflag: int) -> None:
-        if not parts:
-            return
-        key = b"/".join(parts)
+    def _track_symlinks(self, parts: list[bytes], key: bytes, typeflag: int) -> None:
         if typeflag == _SYMLINK:
             self._symlinks.add(key)
             return
@@ -295,6 +290,17 @@ class TarGuard:
             self._symlinks.discard(key)
             if parts[-1].startswith(_WHITEOUT):
                 self._symlinks.discard(b"/".join([*parts[:-1], parts[-1][len(_WHITEOUT) :]]))
+
+
+def _header_name(block: bytes) -> bytes:
+    """The name fields of a header block (a USTAR prefix joined)."""
+    name = cstring(block[0:100])
+    if block[257:263] == b"ustar\0":
+        prefix_end = 476 if block[508:512] == b"tar\0" else 500
+        prefix = cstring(block[345:prefix_end])
+        if prefix:
+            name = prefix + b"/" + name
+    return name
 
 
 class _NameSet:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from acceld.formats.driver import FormatError
-from acceld.formats.tarfields import checksum_ok, cstring, decode, parse_number, pax_record_list
+from acceld.formats.tarfields import NUMBERS, checksum_ok, cstring, decode, parse_number, pax_record_list
 from acceld.formats.targuard import TarGuard
 
 BLOCK = 512
@@ -83,15 +83,21 @@ def parse_header(block: bytes) -> Header:
     """The fields of one header block (no extension headers applied)."""
     (name, mode, uid, gid, size, mtime, _, typeflag, linkname, magic, version, uname, gname, devmajor,
      devminor, prefix) = _FIELDS.unpack_from(block)  # fmt: skip
+    known = NUMBERS.get  # parse_number's values, looked up without its call (most fields repeat)
+    size_n, mode_n, uid_n, gid_n, mtime_n = known(size), known(mode), known(uid), known(gid), known(mtime)
+    if size_n is None or mode_n is None or uid_n is None or gid_n is None or mtime_n is None:
+        size_n, mode_n = parse_number(size, "size"), parse_number(mode, "mode")
+        uid_n, gid_n = parse_number(uid, "uid"), parse_number(gid, "gid")
+        mtime_n = parse_number(mtime, "mtime")
     header = Header(
         typeflag=typeflag.decode("latin-1"),
         name=name.partition(b"\0")[0].decode("utf-8", "surrogateescape"),
         linkname=linkname.partition(b"\0")[0].decode("utf-8", "surrogateescape"),
-        size=parse_number(size, "size"),
-        mode=parse_number(mode, "mode"),
-        uid=parse_number(uid, "uid"),
-        gid=parse_number(gid, "gid"),
-        mtime_ns=parse_number(mtime, "mtime") * 1_000_000_000,
+        size=size_n,
+        mode=mode_n,
+        uid=uid_n,
+        gid=gid_n,
+        mtime_ns=mtime_n * 1_000_000_000,
     )
     is_ustar = magic == b"ustar\0"
     if is_ustar or (magic == b"ustar " and version == b" \0"):
@@ -169,6 +175,7 @@ class HeaderReader:
         start = -1
         pax: dict[str, bytes] = {}
         sparse_map: list[bytes] = []
+        sparse_records = False
         long_name: bytes | None = None
         long_link: bytes | None = None
         while True:
@@ -202,10 +209,12 @@ class HeaderReader:
                     start = block_start
                 if typeflag == _PAX_LOCAL:
                     for key, value in pax_record_list(payload):
-                        if key in ("GNU.sparse.offset", "GNU.sparse.numbytes"):
-                            sparse_map.append(value)
-                        else:
-                            pax[key] = value
+                        if key.startswith(_SPARSE_PREFIX):
+                            sparse_records = True
+                            if key in ("GNU.sparse.offset", "GNU.sparse.numbytes"):
+                                sparse_map.append(value)
+                                continue
+                        pax[key] = value
                 elif typeflag == _GNU_LONGNAME:
                     long_name = cstring(payload)
                 else:
@@ -225,7 +234,7 @@ class HeaderReader:
             if typeflag == _TYPE_REG_OLD:
                 header.typeflag = TYPE_DIR if header.name.endswith("/") else TYPE_REG
             header.start = start
-            return self._finish(header, block, pax, sparse_map)
+            return self._finish(header, block, pax, sparse_map if sparse_records else None)
         if start >= 0:
             raise FormatError("truncated tar: extension header without a following entry")
         self._done = True
@@ -233,7 +242,10 @@ class HeaderReader:
             guard.end_of_archive()
         return None
 
-    def _finish(self, header: Header, block: bytes, pax: dict[str, bytes], sparse_map: list[bytes]) -> Header:
+    def _finish(
+        self, header: Header, block: bytes, pax: dict[str, bytes], sparse_map: list[bytes] | None
+    ) -> Header:
+        """`sparse_map`: the `GNU.sparse.offset`/`numbytes` values, None without `GNU.sparse.` records."""
         payload = 0 if header.typeflag in _HEADER_ONLY else header.size
         if payload < 0:
             raise FormatError(f"bad tar: negative size for {header.name!r}")
@@ -243,7 +255,7 @@ class HeaderReader:
             if not self.sparse:
                 raise FormatError(f"unsupported tar: sparse file {header.name!r} (GNU 'S' entry)")
             self._old_gnu_sparse(header, block)
-        elif sparse_map or any(key.startswith(_SPARSE_PREFIX) for key in pax):
+        elif sparse_map is not None:
             if not self.sparse:
                 raise FormatError("unsupported tar: sparse files (GNU.sparse PAX records)")
             if sparse_map:
