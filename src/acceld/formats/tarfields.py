@@ -26,24 +26,26 @@ def cstring(raw: bytes) -> bytes:
     return raw if end < 0 else raw[:end]
 
 
-# headers repeat their modes, owners, times and zero fields: the values of recent ones, by field
+# the values of the fields headers repeat (modes, owners, device numbers), by their bytes
 NUMBERS: dict[bytes, int] = {}
 _MAX_NUMBERS = 4096
+
+
+def parse_repeated_number(raw: bytes, what: str) -> int:
+    """`parse_number` of a field most headers share a few values of (not sizes, times, checksums),
+    its value kept in NUMBERS, where callers may look it up first."""
+    value = NUMBERS.get(raw)
+    if value is None:
+        value = parse_number(raw, what)
+        if len(NUMBERS) >= _MAX_NUMBERS:
+            NUMBERS.clear()
+        NUMBERS[bytes(raw)] = value
+    return value
 
 
 def parse_number(raw: bytes, what: str) -> int:
     """A numeric header field: octal text, or base-256 (two's complement) when the top bit is set."""
     raw = bytes(raw)  # bytes() of bytes is the same object, no copy
-    value = NUMBERS.get(raw)
-    if value is None:
-        value = _parse_number(raw, what)
-        if len(NUMBERS) >= _MAX_NUMBERS:
-            NUMBERS.clear()
-        NUMBERS[raw] = value
-    return value
-
-
-def _parse_number(raw: bytes, what: str) -> int:
     if raw and raw[0] & 0x80:
         negative = bool(raw[0] & 0x40)
         value = 0
@@ -56,7 +58,9 @@ def _parse_number(raw: bytes, what: str) -> int:
         if value >> 63:
             raise FormatError(f"bad tar header: {what} field overflows")
         return ~value if negative else value
-    text = cstring(raw.strip(b" \0")).strip(b" ")
+    text = raw.strip(b" \0")
+    if b"\0" in text:
+        text = cstring(text).strip(b" ")
     if not text:
         return 0
     try:

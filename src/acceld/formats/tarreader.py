@@ -19,7 +19,15 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from acceld.formats.driver import FormatError
-from acceld.formats.tarfields import NUMBERS, checksum_ok, cstring, decode, parse_number, pax_record_list
+from acceld.formats.tarfields import (
+    NUMBERS,
+    checksum_ok,
+    cstring,
+    decode,
+    parse_number,
+    parse_repeated_number,
+    pax_record_list,
+)
 from acceld.formats.targuard import TarGuard
 
 BLOCK = 512
@@ -83,12 +91,13 @@ def parse_header(block: bytes) -> Header:
     """The fields of one header block (no extension headers applied)."""
     (name, mode, uid, gid, size, mtime, _, typeflag, linkname, magic, version, uname, gname, devmajor,
      devminor, prefix) = _FIELDS.unpack_from(block)  # fmt: skip
-    known = NUMBERS.get  # parse_number's values, looked up without its call (most fields repeat)
-    size_n, mode_n, uid_n, gid_n, mtime_n = known(size), known(mode), known(uid), known(gid), known(mtime)
-    if size_n is None or mode_n is None or uid_n is None or gid_n is None or mtime_n is None:
-        size_n, mode_n = parse_number(size, "size"), parse_number(mode, "mode")
-        uid_n, gid_n = parse_number(uid, "uid"), parse_number(gid, "gid")
-        mtime_n = parse_number(mtime, "mtime")
+    size_n = parse_number(size, "size")
+    known = NUMBERS.get  # values of repeated fields, looked up without a call
+    mode_n, uid_n, gid_n = known(mode), known(uid), known(gid)
+    if mode_n is None or uid_n is None or gid_n is None:
+        mode_n = parse_repeated_number(mode, "mode")
+        uid_n, gid_n = parse_repeated_number(uid, "uid"), parse_repeated_number(gid, "gid")
+    mtime_n = parse_number(mtime, "mtime")
     header = Header(
         typeflag=typeflag.decode("latin-1"),
         name=name.partition(b"\0")[0].decode("utf-8", "surrogateescape"),
@@ -103,8 +112,8 @@ def parse_header(block: bytes) -> Header:
     if is_ustar or (magic == b"ustar " and version == b" \0"):
         header.uname = uname.partition(b"\0")[0].decode("utf-8", "surrogateescape")
         header.gname = gname.partition(b"\0")[0].decode("utf-8", "surrogateescape")
-        header.devmajor = parse_number(devmajor, "devmajor")
-        header.devminor = parse_number(devminor, "devminor")
+        header.devmajor = parse_repeated_number(devmajor, "devmajor")
+        header.devminor = parse_repeated_number(devminor, "devminor")
     if is_ustar and prefix[0]:
         if block[508:512] == b"tar\0":
             prefix = prefix[:131]  # star keeps times after a shorter prefix
