@@ -308,6 +308,9 @@ class MeasuringWriter(io.RawIOBase):
     def tell(self) -> int:
         return self.size
 
+    def sha256_digest(self) -> bytes:
+        return self._hash.copy().digest()
+
     def flush(self) -> None:
         self._inner.flush()
 

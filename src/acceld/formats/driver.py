@@ -63,6 +63,20 @@ class LayerOutput:
     metadata_sizes: Mapping[str, int] = field(default_factory=dict)
 
 
+@runtime_checkable
+class HashingSink(Protocol):
+    """An `out` that hashes everything written to it with sha256 anyway (the pipeline's): a driver
+    that needs the digest of its own output asks it instead of hashing the bytes a second time."""
+
+    def tell(self) -> int:
+        """The bytes written so far."""
+        ...
+
+    def sha256_digest(self) -> bytes:
+        """The sha256 of the bytes written so far."""
+        ...
+
+
 @dataclass(frozen=True)
 class LayerBlob:
     """A finished blob on local disk with its descriptor fields."""

@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Any
 
-from acceld.formats.driver import FormatError
+from acceld.formats.driver import FormatError, HashingSink
 from acceld.formats.nydus.bootstrap import Bootstrap, BootstrapSettings, store_bootstrap
 from acceld.formats.nydus.chunkdict import ChunkDict
 from acceld.formats.nydus.codec import chunk_digest, compress, make_compressor
@@ -57,15 +57,24 @@ class LayerBlobResult:
 
 
 class _HashingWriter:
+    """Writes to `out`, counting and hashing (sha256) what it writes — or leaving the hash to
+    `out` when it hashes what it is written anyway (a `HashingSink` nothing was written to yet)."""
+
     def __init__(self, out: IO[bytes]) -> None:
         self.out = out
+        self.sink = out if isinstance(out, HashingSink) and out.tell() == 0 else None
         self.sha256 = hashlib.sha256()
         self.position = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.out.write(data)
-        self.sha256.update(data)
+        if self.sink is None:
+            self.sha256.update(data)
         self.position += len(data)
+
+    def digest(self) -> bytes:
+        """The sha256 of what was written so far."""
+        return self.sha256.copy().digest() if self.sink is None else self.sink.sha256_digest()
 
 
 _local = threading.local()
@@ -262,9 +271,7 @@ def write_layer_blob(
     if count:
         writer.write(gnu_tar_header("image.blob", chunks.stored))
         toc.append(
-            pack_toc_entry(
-                "image.blob", "none", writer.sha256.copy().digest(), 0, chunks.stored, chunks.uncompressed_end
-            )
+            pack_toc_entry("image.blob", "none", writer.digest(), 0, chunks.stored, chunks.uncompressed_end)
         )
         ci = chunks.ci
         packed_ci = compress(ci, options.compressor)
@@ -349,7 +356,7 @@ def write_layer_blob(
     writer.write(b"".join(toc))
     writer.write(gnu_tar_header("rafs.blob.toc", TOC_ENTRY_SIZE * len(toc)))
     return LayerBlobResult(
-        digest="sha256:" + writer.sha256.hexdigest(),
+        digest="sha256:" + writer.digest().hex(),
         size=writer.position,
         chunk_count=count,
         stored_bytes=chunks.stored,
