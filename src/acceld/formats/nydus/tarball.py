@@ -68,10 +68,11 @@ def _encode(text: str) -> bytes:
 
 
 def _split(name: str) -> list[bytes]:
-    parts = [p for p in _encode(name).split(b"/") if p not in (b"", b".")]
+    encoded = _encode(name)
+    parts = [p for p in encoded.split(b"/") if p not in (b"", b".")]
     if b".." in parts:
         raise FormatError(f"tar entry escapes the root: {name!r}")
-    if any(len(part) > MAX_NAME for part in parts):
+    if len(encoded) > MAX_NAME and any(len(part) > MAX_NAME for part in parts):
         raise FormatError(f"tar entry has a name component longer than {MAX_NAME} bytes: {name[:80]!r}…")
     return parts
 
@@ -104,8 +105,14 @@ class _LayerTree:
         # plain files not yet records (their chunk is in flight), in tar order: (directory, name, inode)
         self.unsettled: deque[tuple[dict[bytes, Node], bytes, Inode]] = deque()
         self.unsettled_ids: dict[int, bool] = {}  # id of each of them: whether a hardlink names it
+        # the directory `parent_of` found last and its path (tars list a directory's entries
+        # together), forgotten whenever an entry replaces a node
+        self.last_parts: list[bytes] | None = None
+        self.last_parent = self.root
 
     def parent_of(self, parts: list[bytes], name: str) -> Inode:
+        if parts == self.last_parts:
+            return self.last_parent
         node = self.root
         for part in parts:
             child = node.children.get(part)
@@ -114,6 +121,7 @@ class _LayerTree:
             elif not isinstance(child, Inode) or not child.is_dir:
                 raise FormatError(f"{name}: parent {part!r} is not a directory")
             node = child
+        self.last_parts, self.last_parent = parts, node
         return node
 
     def link_target(self, name: str) -> Inode | None:
@@ -156,14 +164,18 @@ class _LayerTree:
                     f"{info.name}: hardlink target {info.linkname!r} is not a non-directory in this layer"
                 )
             self.parent_of(parts[:-1], info.name).children[parts[-1]] = target
+            self.last_parts = None
             return
         node = self.inode(reader, info)
         if not parts:
             node.children = self.root.children
             self.root = node
+            self.last_parts = None
             return
         parent = self.parent_of(parts[:-1], info.name)
         existing = parent.children.get(parts[-1])
+        if existing is not None:
+            self.last_parts = None
         if node.is_dir and existing is not None:
             if isinstance(existing, Inode) and existing.is_dir:
                 node.children = existing.children
