@@ -161,8 +161,11 @@ class _ChunkWriter:
 
     def _resolve_one(self) -> None:
         future, batch = self.pending.popleft()
+        pieces: list[bytes] = []  # the batch's stored chunks, written (and hashed) at once
         for (digest, packed), data in zip(future.result(), batch, strict=True):
-            self.resolved.append(self._resolve(digest, packed, data))
+            self.resolved.append(self._resolve(digest, packed, data, pieces))
+        if pieces:
+            self.out.write(b"".join(pieces))
         base = self.resolved_base
         resolved = base + len(self.resolved)
         while self.unplaced and self.unplaced[0][0] < resolved:
@@ -182,8 +185,9 @@ class _ChunkWriter:
             del self.resolved[: needed - base]
             self.resolved_base = needed
 
-    def _resolve(self, digest: bytes, packed: bytes | None, data: bytes) -> int:
-        """Place one chunk: its CI index in this blob, or -1 - n for `dict_chunks[n]`."""
+    def _resolve(self, digest: bytes, packed: bytes | None, data: bytes, pieces: list[bytes]) -> int:
+        """Place one chunk: its CI index in this blob, or -1 - n for `dict_chunks[n]`; a new chunk's
+        stored bytes are appended to `pieces`, which the caller writes after the chunks before."""
         number = self.index.find(digest)
         if number >= 0:
             return number
@@ -196,8 +200,9 @@ class _ChunkWriter:
             if packed is None and digest in self.chunk_dict.chunks:
                 packed = compress(data, self.options.compressor)  # dict entry of another size
         stored = data if packed is None else packed
-        self.ci += pack_ci_v1(self.uncompressed_end, len(data), self.out.position, len(stored))
-        self.out.write(stored)
+        # the chunks begin the blob: a chunk's offset is what was stored before it
+        self.ci += pack_ci_v1(self.uncompressed_end, len(data), self.stored, len(stored))
+        pieces.append(stored)
         self.stored += len(stored)
         self.uncompressed_end += align(len(data), BLOCK)
         return self.index.add(digest)
