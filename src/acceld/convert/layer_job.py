@@ -111,7 +111,7 @@ def convert_layer_job(
         if not driver.reads_compressed and job.layer.diff_id.startswith("sha256:"):
             tar_sha256 = job.layer.diff_id
         # a driver reading the headers of `files` hands them to the guard, if `files` is the tar itself
-        files_guard: TarGuard | None = guard
+        files_guard = None if driver.reads_compressed else guard
         if not driver.reads_compressed and TOC_DIGEST_ANNOTATION in job.layer.annotations:
             # an eStargz source: its TOC and landmark are not the image's files
             files = without_estargz_metadata(tar)
