@@ -3,8 +3,8 @@ scaled down).
 
 Python memory traced while converting a layer and merging its bootstrap, per tar entry. The
 writer used to peak at ~1.9 KB per entry here (a tree of Python objects plus whole bootstraps in
-memory); a layer of a million files needed 2.2 GB. Plain files are packed records now (~110 B
-each beside their name; ~100 B of the figure is the writer's constant buffers). The reader
+memory); a layer of a million files needed 2.2 GB. Plain files are packed records in one table per
+directory now (~90 B each with its name; ~100 B of the figure is the writer's constant buffers). The reader
 `acceld check` uses held the whole bootstrap, every inode, path and claimed byte range: ~2.8 KB
 per entry. No timing is asserted.
 """
@@ -24,7 +24,7 @@ from acceld.formats.nydus import NydusDriver
 from acceld.formats.nydus.reader import RafsImage
 
 ENTRIES = 20_000
-PER_ENTRY_LIMIT = 370  # bytes of traced Python memory per entry, peak of each phase (now ~325-346)
+PER_ENTRY_LIMIT = 300  # bytes of traced Python memory per entry, peak of each phase (now ~260-280)
 READER_LIMIT = 300  # the reader's open + verify + walk (now ~150 here; a fixed part is spread on 20 k)
 SOURCE = SourceLayer("sha256:" + "0" * 64, "application/vnd.oci.image.layer.v1.tar", 0, "sha256:" + "0" * 64)
 

@@ -64,14 +64,15 @@ from acceld.formats.nydus.layout import (
 )
 from acceld.formats.nydus.tree import (
     CHUNK_KEY_SIZE,
+    RECORD_ATTRS_MAX,
     BlobRefs,
+    Children,
+    Chunk,
     Inode,
-    Node,
     chunk_key,
     has_chunk,
     is_dir,
     lookup_parent,
-    mode_of,
     record_attrs,
 )
 
@@ -160,8 +161,8 @@ class _Shape:
             self.plain_blocks = -(-self.size // BLOCK)
 
 
-def _dirent_blocks_of(children: dict[bytes, Node]) -> list[list[bytes]]:
-    return dirent_blocks(sorted([b".", b"..", *children]))
+def _dirent_blocks_of(children: Children) -> list[list[bytes]]:
+    return dirent_blocks(sorted([b".", b"..", *(name for name, _, _ in children.sorted_entries())]))
 
 
 def _needs_shape(inode: Inode) -> bool:
@@ -173,9 +174,7 @@ def _head_size(shape: _Shape | None) -> int:
     return INODE_SIZE if shape is None else INODE_SIZE + len(shape.xattrs) + shape.tail
 
 
-def _record_size(inode: Node, shape: _Shape | None) -> int:
-    if isinstance(inode, bytes):
-        return INODE_SIZE + (8 if has_chunk(inode) else 0)
+def _record_size(inode: Inode, shape: _Shape | None) -> int:
     if inode.is_reg:
         xattrs = 0 if shape is None else len(shape.xattrs)
         return align(INODE_SIZE + xattrs, 8) + 8 * len(inode.chunks)
@@ -184,12 +183,14 @@ def _record_size(inode: Node, shape: _Shape | None) -> int:
 
 class _Order:
     """i_ino numbering (§5.6) and the placement order, in parallel arrays: `inodes[i]` has
-    `ino[i]` and `nlink[i]`, and `inodes[i].serial == i` (file records have no serial: see
+    `ino[i]` and `nlink[i]`, and `inodes[i].serial == i`. A file record's entry is its
+    directory's `Children`, with its row there in `rows[i]` (records have no serial: see
     `child_serials`)."""
 
     def __init__(self, root: Inode) -> None:
         root.serial = 0
-        self.inodes: list[Node] = [root]
+        self.inodes: list[Inode | Children] = [root]
+        self.rows = array("I", [0])
         self.ino = array("I", [1])  # (an image has far fewer than 2^32 names)
         self.nlink = array("I", [0])
         self.parents = {id(root): root}  # directories only
@@ -198,58 +199,66 @@ class _Order:
         self._visit(root)
         for serial, inode in enumerate(self.inodes):
             if isinstance(inode, Inode) and inode.is_dir:
-                self.nlink[serial] = 2 + sum(1 for c in inode.children.values() if is_dir(c))
+                self.nlink[serial] = 2 + sum(1 for c in inode.children.inodes() if is_dir(c))
 
     def placed(self, inode: Inode) -> bool:
         serial = inode.serial
         return 0 <= serial < len(self.inodes) and self.inodes[serial] is inode
 
+    def record(self, serial: int) -> bytes | None:
+        """The file record placed at `serial`, if it is one."""
+        entry = self.inodes[serial]
+        return entry.record(self.rows[serial]) if isinstance(entry, Children) else None
+
     def _place(self, inode: Inode, ino: int) -> None:
         inode.serial = len(self.inodes)
         self.inodes.append(inode)
+        self.rows.append(0)
         self.ino.append(ino)
         self.nlink.append(0)
 
     def _visit(self, directory: Inode) -> None:
-        names = sorted(directory.children)
+        children = directory.children
+        dirs: list[Inode] = []
         dir_inos: dict[int, int] = {}
         self.first_child[directory.serial] = len(self.inodes)
-        for name in names:
-            child = directory.children[name]
+        for _, child, row in children.sorted_entries():
             self.counter += 1
-            if isinstance(child, bytes):
-                self.inodes.append(child)
+            if child is None:
+                self.inodes.append(children)
+                self.rows.append(row)
                 self.ino.append(self.counter)
                 self.nlink.append(1)
             elif self.placed(child):
                 self.nlink[child.serial] += 1
             elif child.is_dir:
                 dir_inos.setdefault(id(child), self.counter)
+                dirs.append(child)
             else:
                 self._place(child, self.counter)
                 self.nlink[child.serial] = 1
-        for name in names:
-            child = directory.children[name]
-            if isinstance(child, Inode) and child.is_dir and not self.placed(child):
+        for child in dirs:
+            if not self.placed(child):
                 self.parents[id(child)] = directory
                 self._place(child, dir_inos[id(child)])
                 self._visit(child)
 
     def child_serials(self, directory: Inode) -> dict[bytes, int]:
-        """The serial of each child of a placed directory: files placed with it got consecutive
-        serials in name order, the others carry theirs."""
+        return {name: serial for name, serial, _ in self.child_entries(directory)}
+
+    def child_entries(self, directory: Inode) -> Iterator[tuple[bytes, int, int]]:
+        """(name, serial, mode) of each child of a placed directory in name order: files placed
+        with it got consecutive serials in name order, the others carry theirs."""
         serial = self.first_child[directory.serial]
-        serials = {}
-        for name in sorted(directory.children):
-            child = directory.children[name]
-            if isinstance(child, bytes):
-                serials[name] = serial
+        children = directory.children
+        for name, child, row in children.sorted_entries():
+            if child is None:
+                yield name, serial, children.record_mode(row)
                 serial += 1
                 continue
             if not child.is_dir and child.serial == serial:
                 serial += 1
-            serials[name] = child.serial
-        return serials
+            yield name, child.serial, child.mode
 
 
 class Writable(Protocol):
@@ -283,6 +292,7 @@ class Bootstrap:
 
         self.nids = nids = array("I")  # where each inode is: meta_addr + 32 * nid
         cursor = meta_addr + BLOCK
+        rows = order.rows
         for serial, inode in enumerate(inodes):
             shape = shapes.get(serial)
             head_size = _head_size(shape)
@@ -290,7 +300,10 @@ class Bootstrap:
             if head_size <= BLOCK and cursor % BLOCK + head_size > BLOCK:
                 cursor = align(cursor, BLOCK)
             nids.append((cursor - meta_addr) // 32)
-            cursor += _record_size(inode, shape)
+            if isinstance(inode, Children):
+                cursor += INODE_SIZE + (8 if _has_chunk(inode, rows[serial]) else 0)
+            else:
+                cursor += _record_size(inode, shape)
         block_cursor = align(cursor, BLOCK)
         for shape in shapes.values():  # in serial order: dicts keep insertion order
             if shape.plain_blocks:
@@ -301,8 +314,9 @@ class Bootstrap:
             raise AssertionError("root inode must be nid 128")
 
         # the chunk table's rows are built while writing: here only which chunks, in which order
-        self.file_offsets = _file_offsets(inodes, settings.chunk_size, refs)
-        self.chunk_table = _table_order(inodes, refs, self.blob_index)
+        self.refs = refs
+        self.file_offsets = _file_offsets(order, settings.chunk_size, refs)
+        self.chunk_table = _table_order(order, refs, self.blob_index)
         # blob table index by blob ref (every chunk has its ref by now)
         self.ref_index = [self.blob_index.get(blob_id, -1) for blob_id in refs.ids]
         self.chunk_table_offset = align(block_cursor, BLOCK)
@@ -404,9 +418,13 @@ class Bootstrap:
             sink.write(superblock)
             sink.skip_to(EXT_SB_OFFSET)
             sink.write(extended)
-        for serial, inode in enumerate(self.order.inodes):
+        order = self.order
+        for serial, inode in enumerate(order.inodes):
             sink.skip_to(self.meta_addr + 32 * self.nids[serial])
-            sink.write(self._inode_bytes(serial, inode))
+            if isinstance(inode, Children):
+                sink.write(self._record_bytes(serial, inode.record(order.rows[serial])))
+            else:
+                sink.write(self._inode_bytes(serial, inode))
         for serial, shape in self.shapes.items():
             if shape.plain_blocks:
                 sink.skip_to(shape.data_block * BLOCK)
@@ -416,7 +434,8 @@ class Bootstrap:
                 sink.write(self._content(inode, shape)[: shape.plain_blocks * BLOCK])
         sink.skip_to(self.chunk_table_offset)
         file_offsets = self.file_offsets
-        for key in self.chunk_table:
+        for use in self.chunk_table:
+            key = _use_key(order, self.refs, use)
             digest, index, coff, csize, usize, uoff, zran, ref = _CHUNK_KEY.unpack_from(key)
             sink.write(
                 struct.pack(
@@ -444,14 +463,14 @@ class Bootstrap:
     def _content(self, inode: Inode, shape: _Shape) -> bytes:
         if inode.is_dir:
             parent = self.order.parents[id(inode)]
-            serials = {b".": inode.serial, b"..": parent.serial, **self.order.child_serials(inode)}
+            serials = {b".": inode.serial, b"..": parent.serial}
             modes = {b".": inode.mode, b"..": parent.mode}
-            return _dirent_data(serials, modes, inode.children, self.nid)
+            for name, serial, mode in self.order.child_entries(inode):
+                serials[name], modes[name] = serial, mode
+            return _dirent_data(serials, modes, self.nid)
         return inode.target
 
-    def _inode_bytes(self, serial: int, inode: Node) -> bytes:
-        if isinstance(inode, bytes):
-            return self._record_bytes(serial, inode)
+    def _inode_bytes(self, serial: int, inode: Inode) -> bytes:
         shape = self.shapes.get(serial)
         xattrs = b"" if shape is None else shape.xattrs
         if inode.is_reg:
@@ -527,24 +546,43 @@ _FILE_HEAD = struct.Struct("<HHHHQIIIIQII16x")  # a whole 64-byte inode without 
 _CHUNK_INDEX = struct.Struct("<HHI")
 
 
-def _uses(inodes: list[Node], refs: BlobRefs) -> Iterator[bytes]:
-    """Every chunk use in placement order, each as bytes that start with its chunk key: a file
-    record itself, or the key of an inode's chunk."""
-    for inode in inodes:
-        if isinstance(inode, bytes):
-            if has_chunk(inode):
-                yield inode
+_USE_CHUNK_BITS = 24  # a chunk use is serial << 24 | the chunk's number in its file (< 2^24)
+_BUCKET_BITS = 12  # chunk uses are sorted in buckets by their digest's first 12 bits
+
+
+def _has_chunk(children: Children, row: int) -> bool:
+    return children.record_size(row) > RECORD_ATTRS_MAX
+
+
+def _uses(order: _Order) -> Iterator[tuple[int, int]]:
+    """Every chunk use in placement order, each as (use number, chunk count so far: its number in
+    its file): use numbers are serial << 24 | that number, so they sort in placement order."""
+    rows = order.rows
+    for serial, inode in enumerate(order.inodes):
+        if isinstance(inode, Children):
+            if _has_chunk(inode, rows[serial]):
+                yield serial << _USE_CHUNK_BITS, 0
         else:
-            for chunk in inode.chunks:
-                yield chunk_key(chunk, refs)
+            for number in range(len(inode.chunks)):
+                yield serial << _USE_CHUNK_BITS | number, number
 
 
-def _file_offsets(inodes: list[Node], chunk_size: int, refs: BlobRefs) -> dict[bytes, int]:
+def _use_key(order: _Order, refs: BlobRefs, use: int) -> bytes:
+    """The chunk key (`CHUNK_KEY_SIZE` bytes) of a chunk use."""
+    serial, number = use >> _USE_CHUNK_BITS, use & ((1 << _USE_CHUNK_BITS) - 1)
+    entry = order.inodes[serial]
+    if isinstance(entry, Children):
+        return entry.record(order.rows[serial])[:CHUNK_KEY_SIZE]
+    chunks = entry.chunks
+    return chunk_key(chunks if isinstance(chunks, Chunk) else chunks[number], refs)
+
+
+def _file_offsets(order: _Order, chunk_size: int, refs: BlobRefs) -> dict[bytes, int]:
     """Where in its file each chunk is first used, of chunks first used past a file's first chunk
     (every other's is 0), by chunk key: only chunks of files of several chunks need to be tracked."""
     later = {
         chunk_key(chunk, refs)
-        for inode in inodes
+        for inode in order.inodes
         if isinstance(inode, Inode) and len(inode.chunks) > 1
         for chunk in islice(inode.chunks, 1, None)
     }
@@ -552,68 +590,62 @@ def _file_offsets(inodes: list[Node], chunk_size: int, refs: BlobRefs) -> dict[b
     if not later:
         return offsets
     decided: set[bytes] = set()
-    for inode in inodes:
-        if isinstance(inode, bytes):
-            keys = [inode[:CHUNK_KEY_SIZE]] if has_chunk(inode) else []
-        else:
-            keys = [chunk_key(chunk, refs) for chunk in inode.chunks]
-        for number, key in enumerate(keys):
-            if key in later and key not in decided:
-                decided.add(key)
-                if number:
-                    offsets[key] = number * chunk_size
+    for use, number in _uses(order):
+        key = _use_key(order, refs, use)
+        if key in later and key not in decided:
+            decided.add(key)
+            if number:
+                offsets[key] = number * chunk_size
     return offsets
 
 
-def _table_order(inodes: list[Node], refs: BlobRefs, blob_index: dict[str, int]) -> list[bytes]:
+def _table_order(order: _Order, refs: BlobRefs, blob_index: dict[str, int]) -> array[int]:
     """Chunk table order (§5.9): by digest, then blob index; of chunks with the same digest and
-    blob the first used stays. Every use (a file record or a chunk key: both start with the
-    packed chunk, digest first) is sorted as it is: no keys allocated and no set of all chunks
-    held. Returns bytes that start with each chosen chunk's key."""
-    ordered = sorted(_uses(inodes, refs))
-    # the same data in several blobs (or twice in one) is rare: resolved by blob and first use
-    contested = {key for run in _digest_runs(ordered) if len(run) > 1 for key in run}
-    first_use: dict[bytes, int] = {}
-    if contested:
-        for number, use in enumerate(_uses(inodes, refs)):
-            key = use[:CHUNK_KEY_SIZE]
-            if key in contested:
-                first_use.setdefault(key, number)
-    ref_index = [blob_index.get(blob_id, -1) for blob_id in refs.ids]
-    # the table takes the place of the uses it comes from (never more than the uses read so far):
-    # a second list as long would be the layout's peak
-    size = 0
-    for run in _digest_runs(ordered):
-        chosen = run
-        if len(run) > 1:
-            blob_of = [ref_index[int.from_bytes(key[CHUNK_KEY_SIZE - 2 :], "little")] for key in run]
-            ranked = sorted(range(len(run)), key=lambda n: (blob_of[n], first_use[run[n]]))
-            chosen = [
-                run[n]
-                for place, n in enumerate(ranked)
-                if not place or blob_of[n] != blob_of[ranked[place - 1]]
-            ]
-        ordered[size : size + len(chosen)] = chosen
-        size += len(chosen)
-    del ordered[size:]
-    return ordered
+    blob the first used stays. Returns a chunk use of each chosen chunk (see `_uses`).
 
-
-def _digest_runs(ordered: list[bytes]) -> Iterator[list[bytes]]:
-    """The distinct chunks of each digest, from uses sorted by digest: the use itself when it is
-    alone, else the distinct chunk keys."""
-    start = 0
-    while start < len(ordered):
-        digest = ordered[start][:32]
-        end = start + 1
-        while end < len(ordered) and ordered[end].startswith(digest):
-            end += 1
-        if end - start == 1:
-            yield [ordered[start]]
+    The uses are spread over buckets by their digest's first bits (an array of use numbers each),
+    then each bucket's distinct chunk keys are sorted: chunk keys exist for one bucket at a time
+    only, not for every chunk of the image."""
+    buckets = [array("Q") for _ in range(1 << _BUCKET_BITS)]
+    shift = 8 * 2 - _BUCKET_BITS
+    rows = order.rows
+    for use, _ in _uses(order):
+        serial = use >> _USE_CHUNK_BITS
+        entry = order.inodes[serial]
+        if isinstance(entry, Children):
+            row = rows[serial]
+            head = entry.record_byte(row, 0) << 8 | entry.record_byte(row, 1)
         else:
-            keys = list(dict.fromkeys(use[:CHUNK_KEY_SIZE] for use in ordered[start:end]))
-            yield [ordered[start]] if len(keys) == 1 else keys
-        start = end
+            head = int.from_bytes(_use_key(order, refs, use)[:2], "big")
+        buckets[head >> shift].append(use)
+    ref_index = [blob_index.get(blob_id, -1) for blob_id in refs.ids]
+    table = array("Q")
+    for number, bucket in enumerate(buckets):
+        first_use: dict[bytes, int] = {}
+        for use in bucket:  # in placement order: the first use of a key is its smallest
+            first_use.setdefault(_use_key(order, refs, use), use)
+        buckets[number] = array("Q")
+        keys = sorted(first_use)
+        start = 0
+        while start < len(keys):
+            digest = keys[start][:32]
+            end = start + 1
+            while end < len(keys) and keys[end].startswith(digest):
+                end += 1
+            if end - start == 1:
+                table.append(first_use[keys[start]])
+            else:
+                # the same data in several blobs (or twice in one) is rare: resolved by blob and first use
+                run = keys[start:end]
+                blob_of = [ref_index[int.from_bytes(key[CHUNK_KEY_SIZE - 2 :], "little")] for key in run]
+                ranked = sorted(range(len(run)), key=lambda n: (blob_of[n], first_use[run[n]]))
+                table.extend(
+                    first_use[run[n]]
+                    for place, n in enumerate(ranked)
+                    if not place or blob_of[n] != blob_of[ranked[place - 1]]
+                )
+            start = end
+    return table
 
 
 class _Sink:
@@ -640,22 +672,16 @@ class _Sink:
         self.buffer = bytearray()
 
 
-def _dirent_data(
-    serials: dict[bytes, int],
-    modes: dict[bytes, int],
-    children: dict[bytes, Node],
-    nid: Callable[[int], int],
-) -> bytes:
-    """A directory's dirent blocks; `modes` gives those of "." and ".."."""
+def _dirent_data(serials: dict[bytes, int], modes: dict[bytes, int], nid: Callable[[int], int]) -> bytes:
+    """A directory's dirent blocks from the serial and mode of each name (with "." and "..")."""
     out = bytearray()
-    blocks = _dirent_blocks_of(children)
+    blocks = dirent_blocks(sorted(serials))
     for number, names in enumerate(blocks):
         block = bytearray()
         name_offset = DIRENT_SIZE * len(names)
         name_bytes = b"".join(names)
         for name in names:
-            mode = modes[name] if name in modes else mode_of(children[name])
-            file_type = _FILE_TYPES[stat.S_IFMT(mode)]
+            file_type = _FILE_TYPES[stat.S_IFMT(modes[name])]
             block += struct.pack("<QHBB", nid(serials[name]), name_offset, file_type, 0)
             name_offset += len(name)
         block += name_bytes

@@ -39,6 +39,7 @@ from acceld.formats.nydus.layout import (
 from acceld.formats.nydus.tree import (
     NO_XATTRS,
     BlobRefs,
+    Children,
     Chunk,
     Chunks,
     Inode,
@@ -223,10 +224,16 @@ class _Loader:
             if nlink == 1 and is_plain(node):
                 return file_record(node, self.refs)
         elif stat.S_ISDIR(mode):
-            node.children = {}
+            children = node.children = Children()
+            previous = b""
             for name, child_nid in self.dirents(self.content(layout, size, i_u, body)):
                 if name not in (b".", b".."):
-                    node.children[name] = self.inode(child_nid, depth + 1)
+                    child = self.inode(child_nid, depth + 1)
+                    if name > previous:  # dirents are sorted: a new name
+                        children.insert(name, child)
+                        previous = name
+                    else:
+                        children[name] = child
         elif stat.S_ISLNK(mode):
             node.target = self.content(layout, size, i_u, body)
         else:

@@ -40,6 +40,7 @@ def _adopt_attributes(target: Inode, source: Inode) -> None:
 
 
 def _apply_dir(lower: Inode, upper: Inode) -> None:
+    fresh = not lower.children  # every name of `upper` is new to it
     if not upper.implicit:
         _adopt_attributes(lower, upper)
     if OPAQUE_MARKER in upper.children:
@@ -59,6 +60,8 @@ def _apply_dir(lower: Inode, upper: Inode) -> None:
             _apply_dir(created, child)
             # even a directory implied only by whiteouts below it exists: runtimes create it to hold them
             lower.children[name] = created
+        elif fresh:
+            lower.children.insert(name, child)
         else:
             lower.children[name] = child
     upper.children.clear()  # applied: a layer's tree is used up as it is merged

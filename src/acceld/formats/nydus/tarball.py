@@ -14,9 +14,9 @@ from acceld.formats.nydus.layout import MAX_CHUNKS_PER_BLOB, xattr_name_index
 from acceld.formats.nydus.tree import (
     NO_XATTRS,
     BlobRefs,
+    Children,
     Chunk,
     Inode,
-    Node,
     chunks_of,
     encode_rdev,
     file_record,
@@ -103,7 +103,7 @@ class _LayerTree:
         self.sparse_files = sparse_files
         self.ints: dict[int, int] = {}
         # plain files not yet records (their chunk is in flight), in tar order: (directory, name, inode)
-        self.unsettled: deque[tuple[dict[bytes, Node], bytes, Inode]] = deque()
+        self.unsettled: deque[tuple[Children, bytes, Inode]] = deque()
         self.unsettled_ids: dict[int, bool] = {}  # id of each of them: whether a hardlink names it
         # the directory `parent_of` found last and its path (tars list a directory's entries
         # together), forgotten whenever an entry replaces a node
@@ -117,7 +117,8 @@ class _LayerTree:
         for part in parts:
             child = node.children.get(part)
             if child is None:
-                child = node.children[part] = new_dir(implicit=True)
+                child = new_dir(implicit=True)
+                node.children.insert(part, child)
             elif not isinstance(child, Inode) or not child.is_dir:
                 raise FormatError(f"{name}: parent {part!r} is not a directory")
             node = child
@@ -182,7 +183,10 @@ class _LayerTree:
             else:
                 # the file it replaces had already hidden any lower directory of this name
                 node.children[OPAQUE_MARKER] = Inode(mode=stat.S_IFREG)
-        parent.children[parts[-1]] = node
+        if existing is None:
+            parent.children.insert(parts[-1], node)
+        else:
+            parent.children[parts[-1]] = node
         if is_plain(node):
             self.unsettled.append((parent.children, parts[-1], node))
             self.unsettled_ids[id(node)] = False
@@ -197,7 +201,7 @@ class _LayerTree:
         typeflag = info.typeflag
         if typeflag == TYPE_DIR:
             node.mode |= stat.S_IFDIR
-            node.children = {}
+            node.children = Children()
         elif typeflag in (TYPE_REG, TYPE_GNU_SPARSE):
             node.mode |= stat.S_IFREG
             self.read_content(reader, info, node)

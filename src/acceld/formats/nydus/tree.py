@@ -1,9 +1,11 @@
 """The in-memory RAFS tree: inodes with their chunks, shared between hardlink names.
 
-A directory's `children` map raw name bytes to nodes; hardlinks are the same `Inode` object
-under several names. Most files of a layer are plain: regular, one name, no xattrs, at most one
-chunk. Such a file is not an `Inode` but its packed record (`bytes`, see `file_record`): a
-layer of a million small files would otherwise hold a million inode and chunk objects.
+A directory's `children` (a `Children`) map raw name bytes to nodes; hardlinks are the same
+`Inode` object under several names. Most files of a layer are plain: regular, one name, no
+xattrs, at most one chunk. Such a file is not an `Inode` but its packed record (`bytes`, see
+`file_record`), and a directory keeps its plain files' names and records packed in one table:
+a layer of a million small files would otherwise hold a million inode, chunk, name and record
+objects.
 Chunks refer to their blob by blob id (records by a number in the trees' `BlobRefs`), so
 trees from different bootstraps can be merged before blob indexes are assigned.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import stat
 import struct
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -125,8 +128,238 @@ class _Sealed(dict[Any, Any]):
         raise TypeError("the shared empty mapping of an inode is read-only")
 
 
-NO_CHILDREN: dict[bytes, Node] = _Sealed()
 NO_XATTRS: dict[bytes, bytes] = _Sealed()
+
+_FREE, _GONE = -1, -2  # index slots: never used, and a removed row's
+_REMOVED = 0x8000  # set in a removed row's name length
+
+
+class Children:
+    """A directory's entries by name: inodes in a dict, plain files' records packed in one table.
+
+    A table row is its name length (u16, `_REMOVED` once removed), record length (u8), name and
+    record, all rows in one bytearray; rows are found by an open-addressing index of row numbers
+    keyed by the salted `hash` of the name. A file costs its name and record bytes plus ~12
+    bytes instead of a name object, a record object and a dict slot (~190 bytes).
+    """
+
+    __slots__ = ("_data", "_live", "_nodes", "_slots", "_sorted", "_starts", "sealed")
+
+    def __init__(self, sealed: bool = False) -> None:
+        self._nodes: dict[bytes, Node] = {}
+        self._data = bytearray()
+        self._starts = array("I")  # where each row starts in `_data`
+        self._slots = array("i")  # empty until the first record
+        self._live = 0  # rows not removed
+        self._sorted: array[int] | None = None  # the rows in name order, once asked for
+        self.sealed = sealed  # the shared empty children of every non-directory
+
+    def __len__(self) -> int:
+        return len(self._nodes) + self._live
+
+    def __bool__(self) -> bool:
+        return bool(self._nodes) or self._live > 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from list(self._nodes)
+        for row in self.rows():
+            yield self.name(row)
+
+    def __contains__(self, name: bytes) -> bool:
+        return name in self._nodes or self.row(name) >= 0
+
+    def __getitem__(self, name: bytes) -> Node:
+        node = self.get(name)
+        if node is None:
+            raise KeyError(name)
+        return node
+
+    def get(self, name: bytes, default: Node | None = None) -> Node | None:
+        node = self._nodes.get(name)
+        if node is not None:
+            return node
+        row = self.row(name) if self._live else -1
+        return default if row < 0 else self.record(row)
+
+    def __setitem__(self, name: bytes, node: Node) -> None:
+        if self.sealed:
+            raise TypeError("the shared empty children of a non-directory are read-only")
+        if isinstance(node, bytes):
+            # a name is an inode's or a record's, never both
+            if self._nodes.pop(name, None) is None and self._live:
+                self._remove_row(name)
+            self._add_row(name, node)
+        else:
+            if name not in self._nodes and self._live:
+                self._remove_row(name)
+            self._nodes[name] = node
+
+    def insert(self, name: bytes, node: Node) -> None:
+        """Add `name`, which is not among the children (the caller has just looked)."""
+        if isinstance(node, bytes):
+            self._add_row(name, node)
+        else:
+            self._nodes[name] = node
+
+    def pop(self, name: bytes, default: Node | None = None) -> Node | None:
+        node = self._nodes.pop(name, None)
+        if node is not None:
+            return node
+        record = self._remove_row(name) if self._live else None
+        return default if record is None else record
+
+    def clear(self) -> None:
+        self._nodes = {}
+        self._data = bytearray()
+        self._starts = array("I")
+        self._slots = array("i")
+        self._live = 0
+        self._sorted = None
+
+    def items(self) -> Iterator[tuple[bytes, Node]]:
+        yield from list(self._nodes.items())
+        for row in self.rows():
+            yield self.name(row), self.record(row)
+
+    def values(self) -> Iterator[Node]:
+        for _, node in self.items():
+            yield node
+
+    def inodes(self) -> Iterator[Node]:
+        """The children that are inodes, not file records."""
+        return iter(list(self._nodes.values()))
+
+    def inode(self, name: bytes) -> Inode | None:
+        """The child `name` if it is an inode (not a file record)."""
+        node = self._nodes.get(name)
+        return node if isinstance(node, Inode) else None
+
+    def sorted_entries(self) -> Iterator[tuple[bytes, Inode | None, int]]:
+        """(name, inode or None, row of a record or -1) of every child in name order."""
+        if self._sorted is None or len(self._sorted) != self._live:
+            self._sorted = array("I", sorted(self.rows(), key=self.name))
+        nodes = self._nodes
+        names = sorted(nodes)
+        taken = 0
+        for row in self._sorted:
+            name = self.name(row)
+            while taken < len(names) and names[taken] < name:
+                yield names[taken], nodes[names[taken]], -1  # type: ignore[misc]
+                taken += 1
+            yield name, None, row
+        for name in names[taken:]:
+            yield name, nodes[name], -1  # type: ignore[misc]
+
+    # the table of file records, by row number
+
+    def rows(self) -> Iterator[int]:
+        """The rows of file records not removed, in the order they were added."""
+        data, starts = self._data, self._starts
+        for row in range(len(starts) if self._live else 0):
+            if not data[starts[row] + 1] & (_REMOVED >> 8):
+                yield row
+
+    def name(self, row: int) -> bytes:
+        start = self._starts[row]
+        return bytes(self._data[start + 3 : start + 3 + self._name_size(start)])
+
+    def record(self, row: int) -> bytes:
+        start = self._starts[row]
+        begin = start + 3 + self._name_size(start)
+        return bytes(self._data[begin : begin + self._data[start + 2]])
+
+    def record_byte(self, row: int, offset: int) -> int:
+        """Byte `offset` of a row's record, without copying it."""
+        start = self._starts[row]
+        return self._data[start + 3 + self._name_size(start) + offset]
+
+    def record_size(self, row: int) -> int:
+        return self._data[self._starts[row] + 2]
+
+    def record_mode(self, row: int) -> int:
+        """The mode of a row's record (`record_attrs(record)[0]` without a copy)."""
+        start = self._starts[row]
+        data = self._data
+        begin = start + 3 + self._name_size(start)
+        if data[start + 2] > RECORD_ATTRS_MAX:
+            begin += CHUNK_KEY_SIZE
+        return data[begin] | data[begin + 1] << 8
+
+    def row(self, name: bytes) -> int:
+        """The row of the file record `name`, or -1."""
+        slots = self._slots
+        if not slots:
+            return -1
+        mask = len(slots) - 1
+        slot = hash(name) & mask
+        data, starts, size = self._data, self._starts, len(name)
+        while (row := slots[slot]) != _FREE:
+            if row >= 0:
+                start = starts[row]
+                if data[start] | data[start + 1] << 8 == size and data[start + 3 : start + 3 + size] == name:
+                    return row
+            slot = (slot + 1) & mask
+        return -1
+
+    def _name_size(self, start: int) -> int:
+        return self._data[start] | (self._data[start + 1] & 0x7F) << 8
+
+    def _add_row(self, name: bytes, record: bytes) -> None:
+        if len(record) > 0xFF or len(name) >= _REMOVED:
+            raise ValueError("file record or name too long for a directory's table")
+        if 3 * (len(self._starts) + 1) > 2 * len(self._slots):
+            self._rebuild()
+        row = len(self._starts)
+        self._starts.append(len(self._data))
+        self._data += len(name).to_bytes(2, "little") + bytes((len(record),)) + name + record
+        self._place(name, row)
+        self._live += 1
+        self._sorted = None
+
+    def _place(self, name: bytes, row: int) -> None:
+        slots = self._slots
+        mask = len(slots) - 1
+        slot = hash(name) & mask
+        while slots[slot] >= 0:
+            slot = (slot + 1) & mask
+        slots[slot] = row
+
+    def _remove_row(self, name: bytes) -> bytes | None:
+        row = self.row(name)
+        if row < 0:
+            return None
+        record = self.record(row)
+        slots = self._slots
+        mask = len(slots) - 1
+        slot = hash(name) & mask
+        while slots[slot] != row:
+            slot = (slot + 1) & mask
+        slots[slot] = _GONE
+        self._data[self._starts[row] + 1] |= _REMOVED >> 8
+        self._live -= 1
+        self._sorted = None
+        return record
+
+    def _rebuild(self) -> None:
+        """A larger index; removed rows' bytes are dropped first, if there are any."""
+        if self._live < len(self._starts):
+            data, starts = self._data, self._starts
+            self._data, self._starts = bytearray(), array("I")
+            for row in range(len(starts)):
+                start = starts[row]
+                if not data[start + 1] & (_REMOVED >> 8):
+                    end = start + 3 + (data[start] | data[start + 1] << 8) + data[start + 2]
+                    self._starts.append(len(self._data))
+                    self._data += data[start:end]
+        size = max(16, len(self._slots))
+        while 3 * (len(self._starts) + 1) > size:
+            size *= 2
+        self._slots = array("i", [_FREE]) * size
+        for row in range(len(self._starts)):
+            self._place(self.name(row), row)
+
+
+NO_CHILDREN = Children(sealed=True)
 
 
 @dataclass(eq=False, slots=True)
@@ -144,7 +377,7 @@ class Inode:
     # the shared empty containers unless set: most inodes have no xattrs, files no children
     xattrs: dict[bytes, bytes] = field(default_factory=lambda: NO_XATTRS)
     chunks: Chunks = ()
-    children: dict[bytes, Node] = field(default_factory=lambda: NO_CHILDREN)
+    children: Children = field(default_factory=lambda: NO_CHILDREN)
     serial: int = -1  # scratch: this inode's place in the bootstrap being laid out
 
     @property
@@ -201,7 +434,10 @@ def is_plain(inode: Inode) -> bool:
 
 
 def has_chunk(record: bytes) -> bool:
-    return len(record) > _OWNER.size + 8
+    return len(record) > RECORD_ATTRS_MAX
+
+
+RECORD_ATTRS_MAX = _OWNER.size + 8  # the largest record without a chunk
 
 
 def is_resolved(inode: Inode) -> bool:
@@ -255,7 +491,7 @@ def mode_of(node: Node) -> int:
 
 
 def new_dir(*, implicit: bool = False) -> Inode:
-    return Inode(mode=stat.S_IFDIR | 0o755, implicit=implicit, children={})
+    return Inode(mode=stat.S_IFDIR | 0o755, implicit=implicit, children=Children())
 
 
 def encode_rdev(major: int, minor: int) -> int:
@@ -282,7 +518,7 @@ def directories(root: Inode) -> Iterator[Inode]:
     while stack:
         directory = stack.pop()
         yield directory
-        stack.extend(child for child in directory.children.values() if is_dir(child))  # type: ignore[misc]
+        stack.extend(child for child in directory.children.inodes() if is_dir(child))  # type: ignore[misc]
 
 
 def lookup_parent(root: Inode, path: str) -> tuple[Inode, bytes] | None:
@@ -291,8 +527,8 @@ def lookup_parent(root: Inode, path: str) -> tuple[Inode, bytes] | None:
     parts = [part for part in path.encode("utf-8", "surrogateescape").split(b"/") if part not in (b"", b".")]
     node = root
     for part in parts[:-1]:
-        child = node.children.get(part)
-        if not isinstance(child, Inode):
+        child = node.children.inode(part)
+        if child is None:
             return None
         node = child
     return node, parts[-1] if parts else b""
