@@ -222,7 +222,7 @@ class _Order:
         dirs: list[Inode] = []
         dir_inos: dict[int, int] = {}
         self.first_child[directory.serial] = len(self.inodes)
-        for _, child, row in children.sorted_entries():
+        for _, child, row in children.sorted_entries(names_of_records=False):
             self.counter += 1
             if child is None:
                 self.inodes.append(children)

@@ -132,6 +132,7 @@ NO_XATTRS: dict[bytes, bytes] = _Sealed()
 
 _FREE, _GONE = -1, -2  # index slots: never used, and a removed row's
 _REMOVED = 0x8000  # set in a removed row's name length
+_ROW_HEAD = struct.Struct("<HB")  # a table row's name and record lengths
 
 
 class Children:
@@ -234,11 +235,16 @@ class Children:
         node = self._nodes.get(name)
         return node if isinstance(node, Inode) else None
 
-    def sorted_entries(self) -> Iterator[tuple[bytes, Inode | None, int]]:
-        """(name, inode or None, row of a record or -1) of every child in name order."""
+    def sorted_entries(self, names_of_records: bool = True) -> Iterator[tuple[bytes, Inode | None, int]]:
+        """(name, inode or None, row of a record or -1) of every child in name order; without
+        `names_of_records`, a record's name is b"" when it is not needed for the order."""
         if self._sorted is None or len(self._sorted) != self._live:
             self._sorted = array("I", sorted(self.rows(), key=self.name))
         nodes = self._nodes
+        if not nodes and not names_of_records:
+            for row in self._sorted:
+                yield b"", None, row
+            return
         names = sorted(nodes)
         taken = 0
         for row in self._sorted:
@@ -259,19 +265,24 @@ class Children:
             if not data[starts[row] + 1] & (_REMOVED >> 8):
                 yield row
 
+    # (rows read here are never removed ones: their name length is whole)
+
     def name(self, row: int) -> bytes:
         start = self._starts[row]
-        return bytes(self._data[start + 3 : start + 3 + self._name_size(start)])
+        data = self._data
+        return bytes(data[start + 3 : start + 3 + (data[start] | data[start + 1] << 8)])
 
     def record(self, row: int) -> bytes:
         start = self._starts[row]
-        begin = start + 3 + self._name_size(start)
-        return bytes(self._data[begin : begin + self._data[start + 2]])
+        data = self._data
+        begin = start + 3 + (data[start] | data[start + 1] << 8)
+        return bytes(data[begin : begin + data[start + 2]])
 
     def record_byte(self, row: int, offset: int) -> int:
         """Byte `offset` of a row's record, without copying it."""
         start = self._starts[row]
-        return self._data[start + 3 + self._name_size(start) + offset]
+        data = self._data
+        return data[start + 3 + (data[start] | data[start + 1] << 8) + offset]
 
     def record_size(self, row: int) -> int:
         return self._data[self._starts[row] + 2]
@@ -280,7 +291,7 @@ class Children:
         """The mode of a row's record (`record_attrs(record)[0]` without a copy)."""
         start = self._starts[row]
         data = self._data
-        begin = start + 3 + self._name_size(start)
+        begin = start + 3 + (data[start] | data[start + 1] << 8)
         if data[start + 2] > RECORD_ATTRS_MAX:
             begin += CHUNK_KEY_SIZE
         return data[begin] | data[begin + 1] << 8
@@ -301,17 +312,17 @@ class Children:
             slot = (slot + 1) & mask
         return -1
 
-    def _name_size(self, start: int) -> int:
-        return self._data[start] | (self._data[start + 1] & 0x7F) << 8
-
     def _add_row(self, name: bytes, record: bytes) -> None:
         if len(record) > 0xFF or len(name) >= _REMOVED:
             raise ValueError("file record or name too long for a directory's table")
         if 3 * (len(self._starts) + 1) > 2 * len(self._slots):
             self._rebuild()
         row = len(self._starts)
-        self._starts.append(len(self._data))
-        self._data += len(name).to_bytes(2, "little") + bytes((len(record),)) + name + record
+        data = self._data
+        self._starts.append(len(data))
+        data += _ROW_HEAD.pack(len(name), len(record))
+        data += name
+        data += record
         self._place(name, row)
         self._live += 1
         self._sorted = None
