@@ -609,15 +609,16 @@ def _table_order(order: _Order, refs: BlobRefs, blob_index: dict[str, int]) -> a
     buckets = [array("Q") for _ in range(1 << _BUCKET_BITS)]
     shift = 8 * 2 - _BUCKET_BITS
     rows = order.rows
-    for use, _ in _uses(order):
-        serial = use >> _USE_CHUNK_BITS
-        entry = order.inodes[serial]
+    for serial, entry in enumerate(order.inodes):
         if isinstance(entry, Children):
             row = rows[serial]
-            head = entry.record_byte(row, 0) << 8 | entry.record_byte(row, 1)
-        else:
-            head = int.from_bytes(_use_key(order, refs, use)[:2], "big")
-        buckets[head >> shift].append(use)
+            if entry.record_size(row) > RECORD_ATTRS_MAX:
+                buckets[entry.record_head(row) >> shift].append(serial << _USE_CHUNK_BITS)
+        elif entry.chunks:
+            for number, chunk in enumerate(entry.chunks):
+                buckets[int.from_bytes(chunk.digest[:2], "big") >> shift].append(
+                    serial << _USE_CHUNK_BITS | number
+                )
     ref_index = [blob_index.get(blob_id, -1) for blob_id in refs.ids]
     table = array("Q")
     for number, bucket in enumerate(buckets):

@@ -43,6 +43,8 @@ def _apply_dir(lower: Inode, upper: Inode) -> None:
     fresh = not lower.children  # every name of `upper` is new to it
     if not upper.implicit:
         _adopt_attributes(lower, upper)
+    if fresh and not upper.children.records_may_contain(WHITEOUT_PREFIX):
+        lower.children.take_records(upper.children)  # the files of a directory new to the image
     if OPAQUE_MARKER in upper.children:
         lower.children.clear()
     for name in upper.children:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import stat
 import struct
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,7 +144,7 @@ class Children:
     bytes instead of a name object, a record object and a dict slot (~190 bytes).
     """
 
-    __slots__ = ("_data", "_live", "_nodes", "_slots", "_sorted", "_starts", "sealed")
+    __slots__ = ("_data", "_in_order", "_last", "_live", "_nodes", "_slots", "_sorted", "_starts", "sealed")
 
     def __init__(self, sealed: bool = False) -> None:
         self._nodes: dict[bytes, Node] = {}
@@ -153,6 +153,8 @@ class Children:
         self._slots = array("i")  # empty until the first record
         self._live = 0  # rows not removed
         self._sorted: array[int] | None = None  # the rows in name order, once asked for
+        self._in_order = True  # rows were added in name order (a tar's or a bootstrap's usual order)
+        self._last = b""  # the name added last, while they were
         self.sealed = sealed  # the shared empty children of every non-directory
 
     def __len__(self) -> int:
@@ -216,6 +218,21 @@ class Children:
         self._slots = array("i")
         self._live = 0
         self._sorted = None
+        self._in_order, self._last = True, b""
+
+    def take_records(self, other: Children) -> None:
+        """Move every file record of `other` here (this has none yet): no row is copied."""
+        if self._starts:
+            raise AssertionError("records are taken only into a table without any")
+        self._data, self._starts, self._slots = other._data, other._starts, other._slots
+        self._live, self._sorted = other._live, other._sorted
+        self._in_order, self._last = other._in_order, other._last
+        other._data, other._starts, other._slots, other._live = bytearray(), array("I"), array("i"), 0
+        other._sorted, other._in_order, other._last = None, True, b""
+
+    def records_may_contain(self, piece: bytes) -> bool:
+        """False when no record's name contains `piece` (True may be a false alarm)."""
+        return self._live > 0 and self._data.find(piece) >= 0
 
     def items(self) -> Iterator[tuple[bytes, Node]]:
         yield from list(self._nodes.items())
@@ -238,16 +255,21 @@ class Children:
     def sorted_entries(self, names_of_records: bool = True) -> Iterator[tuple[bytes, Inode | None, int]]:
         """(name, inode or None, row of a record or -1) of every child in name order; without
         `names_of_records`, a record's name is b"" when it is not needed for the order."""
-        if self._sorted is None or len(self._sorted) != self._live:
-            self._sorted = array("I", sorted(self.rows(), key=self.name))
+        order: Iterable[int]
+        if self._in_order:
+            order = self.rows()
+        else:
+            if self._sorted is None or len(self._sorted) != self._live:
+                self._sorted = array("I", sorted(self.rows(), key=self.name))
+            order = self._sorted
         nodes = self._nodes
         if not nodes and not names_of_records:
-            for row in self._sorted:
+            for row in order:
                 yield b"", None, row
             return
         names = sorted(nodes)
         taken = 0
-        for row in self._sorted:
+        for row in order:
             name = self.name(row)
             while taken < len(names) and names[taken] < name:
                 yield names[taken], nodes[names[taken]], -1  # type: ignore[misc]
@@ -260,10 +282,10 @@ class Children:
 
     def rows(self) -> Iterator[int]:
         """The rows of file records not removed, in the order they were added."""
+        if self._live == len(self._starts):
+            return iter(range(self._live))
         data, starts = self._data, self._starts
-        for row in range(len(starts) if self._live else 0):
-            if not data[starts[row] + 1] & (_REMOVED >> 8):
-                yield row
+        return (row for row in range(len(starts)) if not data[starts[row] + 1] & (_REMOVED >> 8))
 
     # (rows read here are never removed ones: their name length is whole)
 
@@ -278,11 +300,12 @@ class Children:
         begin = start + 3 + (data[start] | data[start + 1] << 8)
         return bytes(data[begin : begin + data[start + 2]])
 
-    def record_byte(self, row: int, offset: int) -> int:
-        """Byte `offset` of a row's record, without copying it."""
+    def record_head(self, row: int) -> int:
+        """The first two bytes of a row's record, big-endian, without copying it."""
         start = self._starts[row]
         data = self._data
-        return data[start + 3 + (data[start] | data[start + 1] << 8) + offset]
+        begin = start + 3 + (data[start] | data[start + 1] << 8)
+        return data[begin] << 8 | data[begin + 1]
 
     def record_size(self, row: int) -> int:
         return self._data[self._starts[row] + 2]
@@ -326,6 +349,11 @@ class Children:
         self._place(name, row)
         self._live += 1
         self._sorted = None
+        if self._in_order:
+            if name > self._last:
+                self._last = name
+            else:
+                self._in_order, self._last = False, b""
 
     def _place(self, name: bytes, row: int) -> None:
         slots = self._slots
