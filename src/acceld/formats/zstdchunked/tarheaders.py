@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from acceld.formats.driver import FormatError
-from acceld.formats.tarfields import checksum_ok, cstring, decode, parse_number, parse_pax_records
+from acceld.formats.tarfields import (
+    checksum_ok,
+    cstring,
+    decode,
+    parse_number,
+    parse_pax_records,
+    parse_repeated_number,
+)
 from acceld.formats.targuard import TarGuard
 
 BLOCK = 512
@@ -216,8 +223,8 @@ class TarHeaderReader:
         ctime: GoTime | None = None
         devmajor = devminor = 0
         if is_ustar or is_gnu:
-            devmajor = parse_number(block[329:337], "devmajor")
-            devminor = parse_number(block[337:345], "devminor")
+            devmajor = parse_repeated_number(block[329:337], "devmajor")
+            devminor = parse_repeated_number(block[337:345], "devminor")
         prefix = ""
         if is_star:
             prefix = _cstring(block[345:476])
@@ -236,9 +243,9 @@ class TarHeaderReader:
             typeflag=chr(block[156]),
             name=name,
             linkname=_cstring(block[157:257]),
-            mode=parse_number(block[100:108], "mode"),
-            uid=parse_number(block[108:116], "uid"),
-            gid=parse_number(block[116:124], "gid"),
+            mode=parse_repeated_number(block[100:108], "mode"),
+            uid=parse_repeated_number(block[108:116], "uid"),
+            gid=parse_repeated_number(block[116:124], "gid"),
             size=parse_number(block[124:136], "size"),
             mtime=GoTime(parse_number(block[136:148], "mtime")),
             atime=atime,
