@@ -19,7 +19,6 @@ from acceld.formats.nydus.tree import (
     Inode,
     chunks_of,
     encode_rdev,
-    file_record,
     is_plain,
     is_resolved,
     new_dir,
@@ -148,9 +147,8 @@ class _LayerTree:
         a hardlink names them or a later entry replaced them."""
         while self.unsettled and (everything or is_resolved(self.unsettled[0][2])):
             directory, name, inode = self.unsettled.popleft()
-            linked = self.unsettled_ids.pop(id(inode))
-            if not linked and directory.get(name) is inode:
-                directory[name] = file_record(inode, self.refs)
+            if not self.unsettled_ids.pop(id(inode)):  # no hardlink names it
+                directory.settle(name, inode, self.refs)
 
     def add(self, reader: _TarReader, info: Header) -> None:
         parts = _split(info.name)

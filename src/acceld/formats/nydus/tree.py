@@ -197,6 +197,12 @@ class Children:
                 self._remove_row(name)
             self._nodes[name] = node
 
+    def settle(self, name: bytes, inode: Inode, refs: BlobRefs) -> None:
+        """The child `name` becomes the file record of `inode` if it is still that plain file."""
+        if self._nodes.get(name) is inode:
+            del self._nodes[name]
+            self._add_row(name, file_record(inode, refs))
+
     def insert(self, name: bytes, node: Node) -> None:
         """Add `name`, which is not among the children (the caller has just looked)."""
         if isinstance(node, bytes):
@@ -322,7 +328,7 @@ class Children:
     def row(self, name: bytes) -> int:
         """The row of the file record `name`, or -1."""
         slots = self._slots
-        if not slots:
+        if not slots or (self._in_order and name > self._last):  # past every name of the table
             return -1
         mask = len(slots) - 1
         slot = hash(name) & mask
@@ -346,7 +352,12 @@ class Children:
         data += _ROW_HEAD.pack(len(name), len(record))
         data += name
         data += record
-        self._place(name, row)
+        slots = self._slots
+        mask = len(slots) - 1
+        slot = hash(name) & mask
+        while slots[slot] >= 0:
+            slot = (slot + 1) & mask
+        slots[slot] = row
         self._live += 1
         self._sorted = None
         if self._in_order:
@@ -391,7 +402,7 @@ class Children:
                     self._starts.append(len(self._data))
                     self._data += data[start:end]
         size = max(16, len(self._slots))
-        while 3 * (len(self._starts) + 1) > size:
+        while 2 * (len(self._starts) + 1) > size:  # at most half full after, 2/3 before the next
             size *= 2
         self._slots = array("i", [_FREE]) * size
         for row in range(len(self._starts)):
