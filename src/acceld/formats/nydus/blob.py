@@ -8,6 +8,7 @@ Only metadata (tree, chunk-info array, digests) is kept in memory.
 from __future__ import annotations
 
 import hashlib
+import tempfile
 import threading
 from array import array
 from collections import deque
@@ -278,50 +279,52 @@ def write_layer_blob(
         toc.append(
             pack_toc_entry("image.blob", "none", writer.digest(), 0, chunks.stored, chunks.uncompressed_end)
         )
-        ci = chunks.ci
-        packed_ci = compress(ci, options.compressor)
-        ci_compressor = options.compressor if packed_ci is not None else "none"
-        ci_data = packed_ci if packed_ci is not None else ci
-        ci_offset = writer.position
-        header = pack_blob_meta_header(
-            LAYER_BLOB_FEATURES, ci_compressor, count, ci_offset, len(ci_data), len(ci)
-        )
-        writer.write(ci_data)
-        writer.write(header)
-        writer.write(gnu_tar_header("blob.meta", len(ci_data) + BLOB_META_HEADER_SIZE))
-        toc.append(
-            pack_toc_entry(
-                "blob.meta", ci_compressor, hashlib.sha256(ci).digest(), ci_offset, len(ci_data), len(ci)
+        # the digest table waits in a temp file while the CI array is compressed: at a million
+        # chunks its 32 MB would otherwise sit beside the CI array and the compressor's output
+        with tempfile.TemporaryFile() as digests_spool:
+            digests_spool.write(chunks.digests)
+            digests_size, digests_sha256 = len(chunks.digests), hashlib.sha256(chunks.digests).digest()
+            chunks.index = DigestIndex()
+            chunks.digests = chunks.index.digests
+            ci = chunks.ci
+            packed_ci = compress(ci, options.compressor)
+            ci_compressor = options.compressor if packed_ci is not None else "none"
+            ci_data = packed_ci if packed_ci is not None else ci
+            ci_offset = writer.position
+            header = pack_blob_meta_header(
+                LAYER_BLOB_FEATURES, ci_compressor, count, ci_offset, len(ci_data), len(ci)
             )
-        )
-        toc.append(
-            pack_toc_entry(
-                "blob.meta.header",
-                "none",
-                hashlib.sha256(header).digest(),
-                ci_offset + len(ci_data),
-                BLOB_META_HEADER_SIZE,
-                BLOB_META_HEADER_SIZE,
+            writer.write(ci_data)
+            writer.write(header)
+            writer.write(gnu_tar_header("blob.meta", len(ci_data) + BLOB_META_HEADER_SIZE))
+            toc.append(
+                pack_toc_entry(
+                    "blob.meta", ci_compressor, hashlib.sha256(ci).digest(), ci_offset, len(ci_data), len(ci)
+                )
             )
-        )
-        ci_stored_size, ci_size = len(ci_data), len(ci)
-        del ci, packed_ci, ci_data
-        chunks.ci = bytearray()  # written: the layout below needs the memory
-        digests_offset = writer.position
-        writer.write(chunks.digests)
-        writer.write(gnu_tar_header("blob.digest", len(chunks.digests)))
-        toc.append(
-            pack_toc_entry(
-                "blob.digest",
-                "none",
-                hashlib.sha256(chunks.digests).digest(),
-                digests_offset,
-                len(chunks.digests),
-                len(chunks.digests),
+            toc.append(
+                pack_toc_entry(
+                    "blob.meta.header",
+                    "none",
+                    hashlib.sha256(header).digest(),
+                    ci_offset + len(ci_data),
+                    BLOB_META_HEADER_SIZE,
+                    BLOB_META_HEADER_SIZE,
+                )
             )
-        )
-        chunks.index = DigestIndex()
-        chunks.digests = chunks.index.digests
+            ci_stored_size, ci_size = len(ci_data), len(ci)
+            del ci, packed_ci, ci_data
+            chunks.ci = bytearray()  # written: the layout below needs the memory
+            digests_offset = writer.position
+            digests_spool.seek(0)
+            while piece := digests_spool.read(1 << 20):
+                writer.write(piece)
+            writer.write(gnu_tar_header("blob.digest", digests_size))
+            toc.append(
+                pack_toc_entry(
+                    "blob.digest", "none", digests_sha256, digests_offset, digests_size, digests_size
+                )
+            )
         blobs.append(
             BlobInfo(
                 blob_id=PLACEHOLDER_BLOB_ID,
