@@ -352,12 +352,7 @@ class Children:
         data += _ROW_HEAD.pack(len(name), len(record))
         data += name
         data += record
-        slots = self._slots
-        mask = len(slots) - 1
-        slot = hash(name) & mask
-        while slots[slot] >= 0:
-            slot = (slot + 1) & mask
-        slots[slot] = row
+        self._place(name, row)
         self._live += 1
         self._sorted = None
         if self._in_order:
