@@ -64,7 +64,6 @@ from acceld.formats.nydus.layout import (
 )
 from acceld.formats.nydus.tree import (
     CHUNK_KEY_SIZE,
-    RECORD_ATTRS_MAX,
     BlobRefs,
     Children,
     Chunk,
@@ -301,7 +300,7 @@ class Bootstrap:
                 cursor = align(cursor, BLOCK)
             nids.append((cursor - meta_addr) // 32)
             if isinstance(inode, Children):
-                cursor += INODE_SIZE + (8 if _has_chunk(inode, rows[serial]) else 0)
+                cursor += INODE_SIZE + (8 if inode.record_has_chunk(rows[serial]) else 0)
             else:
                 cursor += _record_size(inode, shape)
         block_cursor = align(cursor, BLOCK)
@@ -550,17 +549,13 @@ _USE_CHUNK_BITS = 24  # a chunk use is serial << 24 | the chunk's number in its 
 _BUCKET_BITS = 12  # chunk uses are sorted in buckets by their digest's first 12 bits
 
 
-def _has_chunk(children: Children, row: int) -> bool:
-    return children.record_size(row) > RECORD_ATTRS_MAX
-
-
 def _uses(order: _Order) -> Iterator[tuple[int, int]]:
     """Every chunk use in placement order, each as (use number, chunk count so far: its number in
     its file): use numbers are serial << 24 | that number, so they sort in placement order."""
     rows = order.rows
     for serial, inode in enumerate(order.inodes):
         if isinstance(inode, Children):
-            if _has_chunk(inode, rows[serial]):
+            if inode.record_has_chunk(rows[serial]):
                 yield serial << _USE_CHUNK_BITS, 0
         else:
             for number in range(len(inode.chunks)):
@@ -612,7 +607,7 @@ def _table_order(order: _Order, refs: BlobRefs, blob_index: dict[str, int]) -> a
     for serial, entry in enumerate(order.inodes):
         if isinstance(entry, Children):
             row = rows[serial]
-            if entry.record_size(row) > RECORD_ATTRS_MAX:
+            if entry.record_has_chunk(row):
                 buckets[entry.record_head(row) >> shift].append(serial << _USE_CHUNK_BITS)
         elif entry.chunks:
             for number, chunk in enumerate(entry.chunks):

@@ -313,15 +313,16 @@ class Children:
         begin = start + 3 + (data[start] | data[start + 1] << 8)
         return data[begin] << 8 | data[begin + 1]
 
-    def record_size(self, row: int) -> int:
-        return self._data[self._starts[row] + 2]
+    def record_has_chunk(self, row: int) -> bool:
+        """`has_chunk` of a row's record, without a copy."""
+        return self._data[self._starts[row] + 2] > RECORD_ATTRS_MAX
 
     def record_mode(self, row: int) -> int:
         """The mode of a row's record (`record_attrs(record)[0]` without a copy)."""
         start = self._starts[row]
         data = self._data
         begin = start + 3 + (data[start] | data[start + 1] << 8)
-        if data[start + 2] > RECORD_ATTRS_MAX:
+        if self.record_has_chunk(row):
             begin += CHUNK_KEY_SIZE
         return data[begin] | data[begin + 1] << 8
 
