@@ -292,6 +292,12 @@ class TarGuard:
                 self._symlinks.discard(b"/".join([*parts[:-1], parts[-1][len(_WHITEOUT) :]]))
 
 
+def taking_headers(guard: TarGuard | None) -> TarGuard | None:
+    """`guard` once its headers are taken (`TarGuard.take_headers`); None without a guard or when
+    it parses the bytes itself."""
+    return guard if guard is not None and guard.take_headers() else None
+
+
 def _header_name(block: bytes) -> bytes:
     """The name fields of a header block (a USTAR prefix joined)."""
     name = cstring(block[0:100])

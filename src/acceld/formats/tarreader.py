@@ -28,7 +28,7 @@ from acceld.formats.tarfields import (
     parse_repeated_number,
     pax_record_list,
 )
-from acceld.formats.targuard import TarGuard
+from acceld.formats.targuard import TarGuard, taking_headers
 
 BLOCK = 512
 ZERO_BLOCK = bytes(BLOCK)
@@ -172,7 +172,7 @@ class HeaderReader:
         self.source = source
         self.sparse = sparse
         self.strict_globals = strict_globals
-        self._guard = guard if guard is not None and guard.take_headers() else None
+        self._guard = taking_headers(guard)
         self._next_at = 0  # where the next header starts
         self._done = False
 

@@ -17,7 +17,7 @@ from acceld.formats.estargz.writer import (
     WriterOptions,
     write_estargz,
 )
-from acceld.formats.targuard import TarGuard
+from acceld.formats.targuard import TarGuard, taking_headers
 
 LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
 
@@ -83,8 +83,7 @@ class EstargzDriver:
         guard: TarGuard | None = None,
     ) -> LayerOutput:
         # taken before the writer reads the magic bytes: its tar scan hands the guard every header
-        headers_guard = guard if guard is not None and guard.take_headers() else None
-        result = write_estargz(tar, out, workdir, self.writer_options(), headers_guard)
+        result = write_estargz(tar, out, workdir, self.writer_options(), taking_headers(guard))
         return LayerOutput(
             media_type=LAYER_MEDIA_TYPE,
             diff_id=result.diff_id,

@@ -24,7 +24,7 @@ from acceld.formats.tarfields import (
     parse_pax_records,
     parse_repeated_number,
 )
-from acceld.formats.targuard import TarGuard
+from acceld.formats.targuard import TarGuard, taking_headers
 
 BLOCK = 512
 _MAX_SPECIAL_FILE = 1 << 20  # Go's maxSpecialFileSize for PAX and GNU long name records
@@ -114,7 +114,7 @@ class TarHeaderReader:
 
     def __init__(self, stream: Readable, guard: TarGuard | None = None) -> None:
         self._stream = stream
-        self._guard = guard if guard is not None and guard.take_headers() else None
+        self._guard = taking_headers(guard)
         self._pending_padding = 0
         self._remaining_payload = 0
         self.position = 0  # bytes consumed from the stream
