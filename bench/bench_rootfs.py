@@ -25,6 +25,7 @@ sampled every 50 ms from /proc. Output size is the sum of the converted layer bl
 from __future__ import annotations
 
 import argparse
+import compileall
 import ctypes
 import hashlib
 import io
@@ -396,6 +397,9 @@ def main() -> None:
     parser.add_argument("--many-layers", type=int, help="only: an image of this many tiny layers")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
+    # as an installed package has them (PYTHONDONTWRITEBYTECODE in the environment would otherwise
+    # leave every acceld process compiling its changed modules again)
+    compileall.compile_dir(ROOT / "src" / "acceld", quiet=1)
     if args.many_layers:
         only = args.only.split(",") if args.only != parser.get_default("only") else list(MANY_LAYER_DRIVERS)
         many_layers(args.many_layers, only, args.runs)
