@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from acceld.errors import AcceldError
 from acceld.formats.limits import DEFAULT_LIMITS, Limits
+
+if TYPE_CHECKING:  # yaml is imported only to read a config file: a command without one starts faster
+    import yaml
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -102,6 +104,8 @@ class AcceldConfig(BaseModel):
 
 def _mark_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> yaml.Mark | None:
     """Where the value at `loc` (a validation error's path) starts in the composed YAML document."""
+    import yaml
+
     mark = node.start_mark if node is not None else None
     for part in loc:
         if isinstance(node, yaml.MappingNode):
@@ -131,6 +135,8 @@ def load_yaml_model(path: Path | None, model: type[M]) -> M:
     data: Any = {}
     document: yaml.Node | None = None
     if path is not None:
+        import yaml
+
         try:
             text = path.read_text()
             document = yaml.compose(text, Loader=yaml.SafeLoader)
