@@ -70,11 +70,15 @@ def _flag_name(flags: int, table: dict[str, int], what: str) -> str:
     return names[0]
 
 
+_PAGE_BITS = 16
+_STRUCTS: dict[str, struct.Struct] = {}
+
+
 class _Pages:
     """Random reads of a bootstrap file through a few cached 64 KiB pages: the loader walks it
     roughly in file order and never needs it whole."""
 
-    PAGE = 1 << 16
+    PAGE = 1 << _PAGE_BITS
     KEPT = 16
 
     def __init__(self, handle: IO[bytes]) -> None:
@@ -114,11 +118,14 @@ class _Pages:
         return joined[start - first * self.PAGE : stop - first * self.PAGE]
 
     def unpack(self, fmt: str, offset: int) -> tuple[Any, ...]:
-        size = struct.calcsize(fmt)
-        raw = self[offset : offset + size]
-        if len(raw) != size:
+        layout = _STRUCTS.get(fmt) or _STRUCTS.setdefault(fmt, struct.Struct(fmt))
+        end = offset + layout.size
+        if end > self.size or offset < 0:
             raise FormatError(f"truncated or corrupt RAFS v6 bootstrap: nothing at offset {offset}")
-        return struct.unpack(fmt, raw)
+        number = offset >> _PAGE_BITS
+        if (end - 1) >> _PAGE_BITS == number:  # within one page: unpacked in place
+            return layout.unpack_from(self.page(number), offset - (number << _PAGE_BITS))
+        return layout.unpack(self[offset:end])
 
 
 class _Loader:
