@@ -8,15 +8,17 @@ sha512), always: a layer whose digests cannot be checked is refused.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import queue
+import threading
 import zlib
 from collections.abc import Callable
 from gzip import BadGzipFile
 from typing import Any, BinaryIO, NoReturn, cast
 
 import isal.igzip
-import isal.igzip_threaded
 import zstandard
 from isal import isal_zlib
 from isal.igzip_lib import IsalError
@@ -30,6 +32,7 @@ from acceld.oci.mediatypes import layer_compression
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _READ_SIZE = 1 << 20
+_DECODED_AHEAD = 2  # blocks the decoding thread may have ready
 # What the decompressors raise on malformed input.
 _DECODE_ERRORS: tuple[type[BaseException], ...] = (
     BadGzipFile,
@@ -94,6 +97,69 @@ def _compression_of(layer: SourceLayer, head: bytes) -> str:
     return declared
 
 
+class _DecodingThread(io.RawIOBase):
+    """The output of `decoder`, decoded and hashed into `digester` on a thread of its own, ahead
+    of the reader by at most a few blocks; a decoding error is raised where its block would be.
+    `stop()` ends the thread (the caller may then read the compressed stream itself)."""
+
+    def __init__(self, decoder: BinaryIO, digester: Digester) -> None:
+        self._decoder = decoder
+        self._digester = digester
+        self._blocks: queue.Queue[bytes | Exception] = queue.Queue(_DECODED_AHEAD)
+        self._block = memoryview(b"")
+        self._failure: Exception | None = None
+        self._ended = False
+        self._running = True
+        self._thread = threading.Thread(target=self._decode, name="layer-decode", daemon=True)
+        self._thread.start()
+
+    def _decode(self) -> None:
+        item: bytes | Exception = b""
+        while self._running:
+            try:
+                item = self._decoder.read(_READ_SIZE)
+                self._digester.update(item)
+            except Exception as exc:
+                item = exc
+            while self._running:
+                try:
+                    self._blocks.put(item, timeout=0.05)
+                    break
+                except queue.Full:
+                    pass
+            if not item or isinstance(item, Exception):
+                return
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        if not self._block:
+            if self._failure is not None:
+                raise self._failure
+            if self._ended:
+                return 0
+            item = self._blocks.get()
+            if isinstance(item, Exception):
+                self._failure = item
+                raise item
+            if not item:
+                self._ended = True
+                return 0
+            self._block = memoryview(item)
+        n = min(len(buffer), len(self._block))
+        buffer[:n] = self._block[:n]
+        self._block = self._block[n:]
+        return n
+
+    def stop(self) -> None:
+        self._running = False
+        while self._thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                self._blocks.get_nowait()  # a thread waiting to put sees `_running` sooner
+            self._thread.join(0.01)
+
+
 class SourceTarStream(io.RawIOBase):
     """The decompressed tar of a source layer blob, verified as it is read.
 
@@ -102,9 +168,9 @@ class SourceTarStream(io.RawIOBase):
     `on_read` hears how many compressed bytes were consumed (progress). `guard` sees every
     uncompressed byte and stops the stream at the first limit or path rule it violates.
 
-    With `threaded`, a gzip blob is read, hashed and inflated by a background thread (one core
-    of a layer worker parses and hashes the tar while the other inflates); `on_read` is then called
-    from that thread, and `close()` must be called, as it stops it.
+    With `threaded`, a gzip or zstd blob is read, hashed, decompressed and its tar hashed by a
+    background thread (one core of a layer worker parses the tar while the other decodes it);
+    `on_read` is then called from that thread, and `close()` must be called, as it stops it.
     """
 
     def __init__(
@@ -127,9 +193,7 @@ class SourceTarStream(io.RawIOBase):
         buffered = io.BufferedReader(self._compressed, _READ_SIZE)
         self.compression = _compression_of(layer, buffered.peek(4)[:4])
         self._decoded: BinaryIO
-        if self.compression == "gzip" and threaded:
-            self._decoded = cast(BinaryIO, isal.igzip_threaded.open(buffered, "rb", threads=1))  # type: ignore[no-untyped-call]
-        elif self.compression == "gzip":
+        if self.compression == "gzip":
             self._decoded = cast(BinaryIO, isal.igzip.IGzipFile(fileobj=buffered, mode="rb"))  # type: ignore[no-untyped-call]
         elif self.compression == "zstd":
             reader = zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True)
@@ -137,7 +201,10 @@ class SourceTarStream(io.RawIOBase):
         else:
             self._decoded = cast(BinaryIO, buffered)
         self._buffered_compressed = buffered
-        self._threaded = threaded and self.compression == "gzip"
+        self._thread: _DecodingThread | None = None
+        if threaded and self.compression in ("gzip", "zstd"):
+            self._thread = _DecodingThread(self._decoded, self._tar_digester)
+            self._decoded = cast(BinaryIO, self._thread)
 
     def readable(self) -> bool:
         return True
@@ -151,7 +218,8 @@ class SourceTarStream(io.RawIOBase):
             view = memoryview(buffer)[:n]
             if self._guard is not None:
                 self._guard.feed(view)
-            self._tar_digester.update(view)
+            if self._thread is None:  # the decoding thread hashes what it decodes
+                self._tar_digester.update(view)
             self.tar_size += n
         return n
 
@@ -160,9 +228,9 @@ class SourceTarStream(io.RawIOBase):
         super().close()
 
     def _stop_thread(self) -> None:
-        """Stop the background inflating thread: no other thread may read the blob after this."""
-        if self._threaded:
-            self._decoded.close()
+        """Stop the background decoding thread: no other thread may read the blob after this."""
+        if self._thread is not None:
+            self._thread.stop()
 
     def finish(self) -> None:
         """Consume the rest of the blob and verify digest, size and diff_id."""
