@@ -49,6 +49,13 @@ CRAFTED: dict[str, bytes] = {
     + header(b".wh.lib")
     + header(b"lib/x")
     + END,
+    # a symlink replaces a directory whose files were checked just before: the next one is below it
+    "below_symlink_after_siblings": header(b"other", b"2", linkname=b"/tmp")
+    + header(b"lib/sub/a")
+    + header(b"lib/sub/b")
+    + header(b"lib", b"2", linkname=b"/tmp")
+    + header(b"lib/sub/c")
+    + END,
     "hardlink_dotdot": header(b"f") + header(b"l", b"1", linkname=b"../../f") + END,
     "hardlink_missing": header(b"l", b"1", linkname=b"nothing") + END,
     "hardlink_to_directory": header(b"d/", b"5") + header(b"l", b"1", linkname=b"d") + END,
@@ -145,6 +152,7 @@ EXPECTED = {
     "nul_in_pax_path": "PathError: PAX path 'a\\x00b' contains a NUL byte",
     "below_symlink": "PathError: tar entry 'lib/x' lies below the symlink 'lib'",
     "below_symlink_whiteout": "ok",
+    "below_symlink_after_siblings": "PathError: tar entry 'lib/sub/c' lies below the symlink 'lib'",
     "hardlink_missing": "PathError: hardlink 'l' points to 'nothing', which is not a file",
     "hardlink_to_old_dir": "ok",
     "too_many_entries": "LimitExceeded: ",

@@ -84,6 +84,9 @@ class TarGuard:
         self._long_name: bytes | None = None
         self._long_link: bytes | None = None
         self._symlinks: set[bytes] = set()
+        # the parent directory `_check_parents` found last to be below no symlink: while no
+        # symlink is added, its next entries (a tar lists a directory's together) need no check
+        self._checked_parent: bytes | None = None
         self._non_directories = _NameSet()
         self._headers_taken = False
         self._ended = False
@@ -273,18 +276,26 @@ class TarGuard:
 
     def _check_parents(self, name: bytes, key: bytes) -> None:
         """No parent of the cleaned name `key` may be a symlink of this layer."""
+        parent_end = key.rfind(b"/")
+        if parent_end < 0:
+            return
+        parent = key[:parent_end]
+        if parent == self._checked_parent:
+            return
         slash = key.find(b"/")
         while slash >= 0:
-            parent = key[:slash]
-            if parent in self._symlinks:
+            ancestor = key[:slash]
+            if ancestor in self._symlinks:
                 raise PathError(
-                    f"tar entry {_show(name)} lies below the symlink {_show(parent)} of the same layer"
+                    f"tar entry {_show(name)} lies below the symlink {_show(ancestor)} of the same layer"
                 )
             slash = key.find(b"/", slash + 1)
+        self._checked_parent = parent
 
     def _track_symlinks(self, parts: list[bytes], key: bytes, typeflag: int) -> None:
         if typeflag == _SYMLINK:
             self._symlinks.add(key)
+            self._checked_parent = None
             return
         if self._symlinks:
             self._symlinks.discard(key)
