@@ -53,8 +53,7 @@ _OFFLOAD_SPLITS = 256 << 10  # smaller blocks are not worth a trip through the p
 _HASH_BACKLOG = 8
 _GROUP_BYTES = 1 << 20  # small files per split-point task ...
 _GROUP_FILES = 1024  # ... (tiny files: by count)
-_DEFER_BYTES = 16 << 20  # small files queued before they are written ...
-_DEFER_FILES = 4096  # ... (tiny files: by count, as each holds its header and TOC entry)
+_GROUPS_AHEAD = 2  # groups whose split points are computed while an earlier group is written
 _GATHER_READS = 1 << 20
 
 
@@ -172,20 +171,13 @@ class _HashingReader:
 
 @dataclass
 class _SplitGroup:
-    """Contents of small files whose split points one pool task computes together."""
+    """Small files (raw bytes before each, header, content) whose split points one pool task
+    computes together."""
 
+    files: list[tuple[bytes, TarHeader, bytes]] = field(default_factory=list)
     contents: list[bytes] = field(default_factory=list)
     size: int = 0
     future: Future[list[np.ndarray]] | None = None
-
-
-@dataclass(frozen=True)
-class _Deferred:
-    raw: bytes
-    header: TarHeader
-    content: bytes
-    group: _SplitGroup
-    index: int
 
 
 def _skippable_frame(size: int) -> bytes:
@@ -216,8 +208,7 @@ class _LayerWriter:
         self._tar_split = tar_split
         self._toc = toc
         self._unresolved: deque[_PendingFile | TocEntry] = deque()
-        self._deferred: deque[_Deferred] = deque()
-        self._deferred_size = 0
+        self._groups: deque[_SplitGroup] = deque()  # submitted, not yet written
         self._group = _SplitGroup()
 
     def run(self) -> None:
@@ -264,30 +255,35 @@ class _LayerWriter:
         self._write_resolved()
 
     def _defer(self, raw: bytes, header: TarHeader, content: bytes) -> None:
-        """Queue a file that fits one block; its split points are computed with others' in the pool."""
-        self._deferred.append(_Deferred(raw, header, content, self._group, len(self._group.contents)))
-        self._group.contents.append(content)
-        self._group.size += len(content)
-        self._deferred_size += len(content)
-        if self._group.size >= _GROUP_BYTES or len(self._group.contents) >= _GROUP_FILES:
+        """Queue a file that fits one block; its split points are computed with others' in the pool.
+
+        A group is written as soon as `_GROUPS_AHEAD` later ones are submitted, so the frames of
+        small files reach the compressing threads while the next files are read."""
+        group = self._group
+        group.files.append((raw, header, content))
+        group.contents.append(content)
+        group.size += len(content)
+        if group.size >= _GROUP_BYTES or len(group.contents) >= _GROUP_FILES:
             self._submit_group()
-        if self._deferred_size >= _DEFER_BYTES or len(self._deferred) >= _DEFER_FILES:
-            self._drain()
+            if len(self._groups) > _GROUPS_AHEAD:
+                self._write_group(self._groups.popleft())
 
     def _submit_group(self) -> None:
         if self._group.contents:
             self._group.future = self._pool.submit(split_points_each, self._group.contents)
+            self._groups.append(self._group)
             self._group = _SplitGroup()
 
     def _drain(self) -> None:
         """Write the queued files, in order."""
         self._submit_group()
-        while self._deferred:
-            item = self._deferred.popleft()
-            assert item.group.future is not None
-            splits = item.group.future.result()[item.index]
-            self._entry(item.raw, item.header, None, whole=(item.content, splits))
-        self._deferred_size = 0
+        while self._groups:
+            self._write_group(self._groups.popleft())
+
+    def _write_group(self, group: _SplitGroup) -> None:
+        assert group.future is not None
+        for (raw, header, content), splits in zip(group.files, group.future.result(), strict=True):
+            self._entry(raw, header, None, whole=(content, splits))
 
     def _write_resolved(self) -> None:
         """Write the TOC entries, in order, whose files' frames are written."""
