@@ -45,7 +45,10 @@ class PathError(FormatError):
 
 def clean_parts(name: bytes) -> list[bytes]:
     """The components of a tar name without empty and `.` parts."""
-    return [part for part in name.split(b"/") if part not in (b"", b".")]
+    parts = name.split(b"/")
+    if b"" in parts or b"." in parts:
+        return [part for part in parts if part not in (b"", b".")]
+    return parts
 
 
 def check_entry_path(name: bytes, what: str = "tar entry") -> list[bytes]:
@@ -222,9 +225,10 @@ class TarGuard:
         pax = self._pax
         typeflag = block[156]
         pax_path, pax_link = pax.get("path"), pax.get("linkpath")
-        for field, value in (("path", pax_path), ("linkpath", pax_link)):
-            if value and b"\0" in value:
-                raise PathError(f"PAX {field} {_show(value)} contains a NUL byte")
+        if pax_path or pax_link:
+            for field, value in (("path", pax_path), ("linkpath", pax_link)):
+                if value and b"\0" in value:
+                    raise PathError(f"PAX {field} {_show(value)} contains a NUL byte")
         name = self._long_name or pax_path or _header_name(block)
         pax_size = pax.get("size")
         if pax_size:
@@ -248,7 +252,7 @@ class TarGuard:
             self._check_parents(name, key)
         if typeflag != _DIRECTORY:
             self._non_directories.add(key)
-        if parts:
+        if parts and (typeflag == _SYMLINK or self._symlinks):
             self._track_symlinks(parts, key, typeflag)
         self._pax, self._long_name, self._long_link = {}, None, None
         return size

@@ -131,7 +131,9 @@ def _apply_pax(header: Header, pax: dict[str, bytes]) -> None:
             continue  # an empty PAX value keeps the header's value
         value = decode(raw)
         try:
-            if key == "path":
+            if key == "mtime":  # the record most PAX headers carry (sub-second times)
+                header.mtime_ns = parse_pax_time(value)
+            elif key == "path":
                 header.name = value
             elif key == "linkpath":
                 header.linkname = value
@@ -145,8 +147,6 @@ def _apply_pax(header: Header, pax: dict[str, bytes]) -> None:
                 header.gid = int(value)
             elif key == "size":
                 header.size = int(value)
-            elif key == "mtime":
-                header.mtime_ns = parse_pax_time(value)
         except ValueError:
             raise FormatError(f"bad tar: PAX record {key}={value!r}") from None
     if xattrs:

@@ -13,6 +13,7 @@ from acceld.formats.driver import FormatError
 from acceld.formats.nydus.layout import MAX_CHUNKS_PER_BLOB, xattr_name_index
 from acceld.formats.nydus.tree import (
     NO_XATTRS,
+    PENDING_BLOB_ID,
     BlobRefs,
     Children,
     Chunk,
@@ -68,7 +69,9 @@ def _encode(text: str) -> bytes:
 
 def _split(name: str) -> list[bytes]:
     encoded = _encode(name)
-    parts = [p for p in encoded.split(b"/") if p not in (b"", b".")]
+    parts = encoded.split(b"/")
+    if b"" in parts or b"." in parts:
+        parts = [p for p in parts if p not in (b"", b".")]
     if b".." in parts:
         raise FormatError(f"tar entry escapes the root: {name!r}")
     if len(encoded) > MAX_NAME and any(len(part) > MAX_NAME for part in parts):
@@ -145,8 +148,17 @@ class _LayerTree:
     def settle(self, everything: bool = False) -> None:
         """Plain files whose chunk is resolved (`everything`: all of them) become records, unless
         a hardlink names them or a later entry replaced them."""
-        while self.unsettled and (everything or is_resolved(self.unsettled[0][2])):
-            directory, name, inode = self.unsettled.popleft()
+        unsettled = self.unsettled
+        while unsettled:
+            directory, name, inode = unsettled[0]
+            if not everything:
+                chunks = inode.chunks
+                if isinstance(chunks, Chunk):
+                    if chunks.blob_id == PENDING_BLOB_ID:
+                        break
+                elif not is_resolved(inode):
+                    break
+            unsettled.popleft()
             if not self.unsettled_ids.pop(id(inode)):  # no hardlink names it
                 directory.settle(name, inode, self.refs)
 
@@ -195,7 +207,13 @@ class _LayerTree:
         mtime = info.mtime_ns // 1_000_000_000
         if not (0 <= info.uid < 1 << 32 and 0 <= info.gid < 1 << 32 and 0 <= mtime < 1 << 63):
             raise FormatError(f"{info.name}: uid, gid or mtime out of the range RAFS can store")
-        node = Inode(mode=perm, uid=info.uid, gid=info.gid, mtime=self.shared(mtime), xattrs=_xattrs(info))
+        node = Inode(
+            mode=perm,
+            uid=info.uid,
+            gid=info.gid,
+            mtime=self.shared(mtime),
+            xattrs=_xattrs(info) if info.xattrs else NO_XATTRS,
+        )
         typeflag = info.typeflag
         if typeflag == TYPE_DIR:
             node.mode |= stat.S_IFDIR
