@@ -2,13 +2,13 @@
 
 Chunks are digested and compressed by worker threads (zstd, lz4 and the hashes release the
 GIL) and written strictly in input order, so the stream is produced in one sequential pass.
-Only metadata (tree, chunk-info array, digests) is kept in memory.
+Only metadata is kept in memory: the tree (whose file records name this blob's chunks by CI index),
+the chunk-info array and the digests' first bytes (the digests wait in a temp file).
 """
 
 from __future__ import annotations
 
 import hashlib
-import tempfile
 import threading
 from array import array
 from collections import deque
@@ -100,7 +100,8 @@ def _digest_and_compress_all(
 
 
 class _ChunkWriter:
-    """Implements `tarball.ChunkStore`: hands out placeholders, resolves them in input order.
+    """Implements `tarball.ChunkStore`: hands out placeholders, resolves them in input order; and
+    `tree.ChunkTable` of the blob it writes, from its CI array and digest index.
 
     Chunks are digested and compressed by the worker threads in batches of up to `_BATCH_BYTES`
     or `_BATCH_CHUNKS` (one job per small file would cost more than its work), so the thread
@@ -131,7 +132,6 @@ class _ChunkWriter:
         self.index = DigestIndex()  # the digests of this blob's chunks, by CI index
         self.dict_blob_ids: dict[str, None] = {}
         self.ci = bytearray()
-        self.digests = self.index.digests
         self.uncompressed_end = 0
         self.stored = 0
         self.count = 0  # distinct chunks, known after `finish`
@@ -214,7 +214,7 @@ class _ChunkWriter:
             return self.dict_chunks[-1 - number]
         uncompressed_offset, uncompressed_size, offset, size = unpack_ci_v1(self.ci, 16 * number)
         return Chunk(
-            digest=bytes(self.digests[32 * number : 32 * number + 32]),
+            digest=self.index.digest(number),
             blob_id=PLACEHOLDER_BLOB_ID,
             index=number,
             compressed_offset=offset,
@@ -222,6 +222,18 @@ class _ChunkWriter:
             uncompressed_offset=uncompressed_offset,
             uncompressed_size=uncompressed_size,
         )
+
+    def packed(self, index: int) -> bytes:
+        uncompressed_offset, uncompressed_size, offset, size = unpack_ci_v1(self.ci, 16 * index)
+        return Chunk.pack(
+            self.index.digest(index), index, offset, size, uncompressed_offset, uncompressed_size
+        )
+
+    def head(self, index: int) -> int:
+        return self.index.head(index)
+
+    def placement(self, index: int) -> tuple[int, int]:
+        return unpack_ci_v1(self.ci, 16 * index)[:2]
 
     def flush(self) -> None:
         if self.batch:
@@ -261,9 +273,21 @@ def write_layer_blob(
     (`guard`, the TarGuard watching `tar`, is handed its headers)."""
     if chunk_dict is not None:
         chunk_dict.check_compatible(options)
-    writer = _HashingWriter(out)
-    chunks = _ChunkWriter(writer, options, chunk_dict)
+    chunks = _ChunkWriter(_HashingWriter(out), options, chunk_dict)
+    with chunks.index:
+        return _write_layer_blob(tar, chunks, options, chunk_dict, guard)
+
+
+def _write_layer_blob(
+    tar: IO[bytes],
+    chunks: _ChunkWriter,
+    options: NydusOptions,
+    chunk_dict: ChunkDict | None,
+    guard: TarGuard | None,
+) -> LayerBlobResult:
+    writer = chunks.out
     refs = BlobRefs()
+    refs.hold(PLACEHOLDER_BLOB_ID, chunks)  # the file records of this blob's chunks name them by index
     try:
         root = tree_from_tar(tar, chunks, refs, options.chunk_size, guard=guard)
     except BaseException:
@@ -279,52 +303,46 @@ def write_layer_blob(
         toc.append(
             pack_toc_entry("image.blob", "none", writer.digest(), 0, chunks.stored, chunks.uncompressed_end)
         )
-        # the digest table waits in a temp file while the CI array is compressed: at a million
-        # chunks its 32 MB would otherwise sit beside the CI array and the compressor's output
-        with tempfile.TemporaryFile() as digests_spool:
-            digests_spool.write(chunks.digests)
-            digests_size, digests_sha256 = len(chunks.digests), hashlib.sha256(chunks.digests).digest()
-            chunks.index = DigestIndex()
-            chunks.digests = chunks.index.digests
-            ci = chunks.ci
-            packed_ci = compress(ci, options.compressor)
-            ci_compressor = options.compressor if packed_ci is not None else "none"
-            ci_data = packed_ci if packed_ci is not None else ci
-            ci_offset = writer.position
-            header = pack_blob_meta_header(
-                LAYER_BLOB_FEATURES, ci_compressor, count, ci_offset, len(ci_data), len(ci)
+        ci = chunks.ci  # stays: the layout below reads the records' chunks from it
+        packed_ci = compress(ci, options.compressor)
+        ci_compressor = options.compressor if packed_ci is not None else "none"
+        ci_data = packed_ci if packed_ci is not None else ci
+        ci_offset = writer.position
+        header = pack_blob_meta_header(
+            LAYER_BLOB_FEATURES, ci_compressor, count, ci_offset, len(ci_data), len(ci)
+        )
+        writer.write(ci_data)
+        writer.write(header)
+        writer.write(gnu_tar_header("blob.meta", len(ci_data) + BLOB_META_HEADER_SIZE))
+        toc.append(
+            pack_toc_entry(
+                "blob.meta", ci_compressor, hashlib.sha256(ci).digest(), ci_offset, len(ci_data), len(ci)
             )
-            writer.write(ci_data)
-            writer.write(header)
-            writer.write(gnu_tar_header("blob.meta", len(ci_data) + BLOB_META_HEADER_SIZE))
-            toc.append(
-                pack_toc_entry(
-                    "blob.meta", ci_compressor, hashlib.sha256(ci).digest(), ci_offset, len(ci_data), len(ci)
-                )
+        )
+        toc.append(
+            pack_toc_entry(
+                "blob.meta.header",
+                "none",
+                hashlib.sha256(header).digest(),
+                ci_offset + len(ci_data),
+                BLOB_META_HEADER_SIZE,
+                BLOB_META_HEADER_SIZE,
             )
-            toc.append(
-                pack_toc_entry(
-                    "blob.meta.header",
-                    "none",
-                    hashlib.sha256(header).digest(),
-                    ci_offset + len(ci_data),
-                    BLOB_META_HEADER_SIZE,
-                    BLOB_META_HEADER_SIZE,
-                )
+        )
+        ci_stored_size, ci_size = len(ci_data), len(ci)
+        del packed_ci, ci_data
+        digests_offset = writer.position
+        digests_sha256 = hashlib.sha256()
+        for piece in chunks.index.pieces():
+            writer.write(piece)
+            digests_sha256.update(piece)
+        digests_size = writer.position - digests_offset
+        writer.write(gnu_tar_header("blob.digest", digests_size))
+        toc.append(
+            pack_toc_entry(
+                "blob.digest", "none", digests_sha256.digest(), digests_offset, digests_size, digests_size
             )
-            ci_stored_size, ci_size = len(ci_data), len(ci)
-            del ci, packed_ci, ci_data
-            chunks.ci = bytearray()  # written: the layout below needs the memory
-            digests_offset = writer.position
-            digests_spool.seek(0)
-            while piece := digests_spool.read(1 << 20):
-                writer.write(piece)
-            writer.write(gnu_tar_header("blob.digest", digests_size))
-            toc.append(
-                pack_toc_entry(
-                    "blob.digest", "none", digests_sha256, digests_offset, digests_size, digests_size
-                )
-            )
+        )
         blobs.append(
             BlobInfo(
                 blob_id=PLACEHOLDER_BLOB_ID,

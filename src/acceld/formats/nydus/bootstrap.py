@@ -63,6 +63,7 @@ from acceld.formats.nydus.layout import (
     xattr_name_index,
 )
 from acceld.formats.nydus.tree import (
+    CHUNK_KEY,
     CHUNK_KEY_SIZE,
     BlobRefs,
     Children,
@@ -73,6 +74,8 @@ from acceld.formats.nydus.tree import (
     is_dir,
     lookup_parent,
     record_attrs,
+    record_key,
+    record_place,
 )
 
 _FILE_TYPES = {
@@ -435,7 +438,7 @@ class Bootstrap:
         file_offsets = self.file_offsets
         for use in self.chunk_table:
             key = _use_key(order, self.refs, use)
-            digest, index, coff, csize, usize, uoff, zran, ref = _CHUNK_KEY.unpack_from(key)
+            digest, index, coff, csize, usize, uoff, zran, ref = CHUNK_KEY.unpack_from(key)
             sink.write(
                 struct.pack(
                     "<32sIIIIQQQII",
@@ -518,7 +521,7 @@ class Bootstrap:
         return body
 
     def _record_bytes(self, serial: int, record: bytes) -> bytes:
-        mode, uid, gid, mtime, size = record_attrs(record)
+        mode, uid, gid, mtime, size = record_attrs(record, self.refs)
         head = _FILE_HEAD.pack(
             INODE_EXTENDED | LAYOUT_CHUNK_BASED << 1,
             0,
@@ -535,12 +538,11 @@ class Bootstrap:
         )
         if not has_chunk(record):
             return head
-        _, index, _, _, _, uoff, _, ref = _CHUNK_KEY.unpack_from(record)
+        index, ref, uoff, _ = record_place(record, self.refs)
         blob = (self.ref_index[ref] + 1) & 0xFF | ((index >> 16) & 0xFF) << 8
         return head + _CHUNK_INDEX.pack(index & 0xFFFF, blob, uoff // BLOCK)
 
 
-_CHUNK_KEY = struct.Struct("<32sIQIIQ?H")  # Chunk.packed + blob ref: how a chunk key starts
 _FILE_HEAD = struct.Struct("<HHHHQIIIIQII16x")  # a whole 64-byte inode without xattrs
 _CHUNK_INDEX = struct.Struct("<HHI")
 
@@ -567,7 +569,7 @@ def _use_key(order: _Order, refs: BlobRefs, use: int) -> bytes:
     serial, number = use >> _USE_CHUNK_BITS, use & ((1 << _USE_CHUNK_BITS) - 1)
     entry = order.inodes[serial]
     if isinstance(entry, Children):
-        return entry.record(order.rows[serial])[:CHUNK_KEY_SIZE]
+        return record_key(entry.record(order.rows[serial]), refs)
     chunks = entry.chunks
     return chunk_key(chunks if isinstance(chunks, Chunk) else chunks[number], refs)
 
@@ -608,7 +610,7 @@ def _table_order(order: _Order, refs: BlobRefs, blob_index: dict[str, int]) -> a
         if isinstance(entry, Children):
             row = rows[serial]
             if entry.record_has_chunk(row):
-                buckets[entry.record_head(row) >> shift].append(serial << _USE_CHUNK_BITS)
+                buckets[entry.record_head(row, refs) >> shift].append(serial << _USE_CHUNK_BITS)
         elif entry.chunks:
             for number, chunk in enumerate(entry.chunks):
                 buckets[int.from_bytes(chunk.digest[:2], "big") >> shift].append(

@@ -1,50 +1,115 @@
-"""Chunk digests numbered in the order they were added, kept as one bytes array plus an
-open-addressing table of numbers.
+"""Chunk digests numbered in the order they were added: the digests themselves wait in a temp
+file, memory holds each one's first 8 bytes plus an open-addressing table of numbers.
 
 A dict keyed by digest objects costs ~110 bytes a chunk (a layer of a million small files has a
-million chunks); this costs the digest itself plus 8-16 bytes. Slots come from the interpreter's
-salted `hash`, so crafted digests cannot pile up in one run of slots.
+million chunks), the digests in one bytes array 32 and their table 8-16; this costs the 8-byte
+prefix plus the table. A prefix that matches is confirmed by reading the whole digest back. Slots
+come from the interpreter's salted `hash` of the whole digest, so crafted digests cannot pile up
+in one run of slots.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
 from array import array
+from collections.abc import Iterator
+from types import TracebackType
 
 _EMPTY = -1
+WIDTH = 32  # bytes of a digest
+_TAIL_BYTES = 64 << 10  # digests not yet in the file are written in pieces of this size
+_READ_BYTES = 1 << 20
 
 
 class DigestIndex:
-    def __init__(self, width: int = 32) -> None:
-        self.width = width
-        self.digests = bytearray()  # digest of number n at [n * width, (n + 1) * width)
+    def __init__(self) -> None:
+        self._spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed by `close`; 0600, already unlinked
+        self._fd = self._spool.fileno()
+        self._spooled = 0  # digests in the file; the rest are in `_tail`
+        self._tail = bytearray()
+        self.prefixes = array("Q")  # the first 8 bytes of digest n, big-endian
         self._slots = array("i", [_EMPTY]) * 16
         self._count = 0
 
     def __len__(self) -> int:
-        return self._count
+        return len(self.prefixes)
+
+    def __enter__(self) -> DigestIndex:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._spool.close()
 
     def find(self, digest: bytes) -> int:
-        """The number of `digest`, or -1 when it was never added."""
-        mask = len(self._slots) - 1
+        """The number of `digest`, or -1 when it was never added (or the index was released)."""
+        slots, prefixes = self._slots, self.prefixes
+        mask = len(slots) - 1
         slot = hash(digest) & mask
-        width = self.width
-        while (number := self._slots[slot]) != _EMPTY:
-            if self.digests[number * width : (number + 1) * width] == digest:
+        prefix = int.from_bytes(digest[:8], "big")
+        while (number := slots[slot]) != _EMPTY:
+            if prefixes[number] == prefix and self.digest(number) == digest:
                 return number
             slot = (slot + 1) & mask
         return _EMPTY
 
     def add(self, digest: bytes) -> int:
         """Number `digest`, which is not in the index yet, as the next one."""
-        if len(digest) != self.width:
-            raise ValueError(f"digest of {len(digest)} bytes in an index of {self.width}-byte digests")
+        if len(digest) != WIDTH:
+            raise ValueError(f"digest of {len(digest)} bytes in an index of {WIDTH}-byte digests")
         if 2 * (self._count + 1) > len(self._slots):
             self._grow()
-        number = self._count
-        self.digests += digest
+        number = len(self.prefixes)
+        self.prefixes.append(int.from_bytes(digest[:8], "big"))
+        self._tail += digest
+        if len(self._tail) >= _TAIL_BYTES:
+            self._spool_tail()
         self._place(digest, number)
         self._count += 1
         return number
+
+    def digest(self, number: int) -> bytes:
+        """The digest numbered `number`."""
+        if number >= self._spooled:
+            start = WIDTH * (number - self._spooled)
+            return bytes(self._tail[start : start + WIDTH])
+        return os.pread(self._fd, WIDTH, WIDTH * number)
+
+    def head(self, number: int) -> int:
+        """The first two bytes of digest `number`, big-endian."""
+        return self.prefixes[number] >> 48
+
+    def pieces(self) -> Iterator[bytes]:
+        """Every digest in number order, concatenated, in pieces of about a megabyte."""
+        self._spool_tail()
+        position, end = 0, WIDTH * self._spooled
+        while position < end:
+            piece = os.pread(self._fd, min(_READ_BYTES, end - position), position)
+            if not piece:
+                raise OSError("the digest spool file is shorter than what was written to it")
+            position += len(piece)
+            yield piece
+
+    def sha256(self) -> bytes:
+        """The sha256 of every digest in number order, concatenated."""
+        hasher = hashlib.sha256()
+        for piece in self.pieces():
+            hasher.update(piece)
+        return hasher.digest()
+
+    def _spool_tail(self) -> None:
+        view, position = memoryview(self._tail), WIDTH * self._spooled
+        while view:
+            written = os.pwrite(self._fd, view, position)
+            view, position = view[written:], position + written
+        self._spooled = len(self.prefixes)
+        self._tail = bytearray()
 
     def _place(self, digest: bytes, number: int) -> None:
         mask = len(self._slots) - 1
@@ -55,11 +120,13 @@ class DigestIndex:
 
     def _grow(self) -> None:
         self._slots = array("i", [_EMPTY]) * (2 * len(self._slots))
-        width = self.width
-        for number in range(self._count):
-            self._place(bytes(self.digests[number * width : (number + 1) * width]), number)
+        number = 0
+        for piece in self.pieces():
+            for start in range(0, len(piece), WIDTH):
+                self._place(piece[start : start + WIDTH], number)
+                number += 1
 
     def release(self) -> None:
-        """Drop the lookup table; `digests` stays."""
+        """Drop the lookup table (`find` finds nothing after); the digests stay."""
         self._slots = array("i", [_EMPTY]) * 16
         self._count = 0

@@ -17,7 +17,7 @@ import struct
 from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from acceld.formats.driver import FormatError
 
@@ -51,7 +51,23 @@ class Chunk:
         zran: bool = False,  # lives in a gzip layer, read through a zran context (always "compressed")
     ) -> None:
         self.blob_id = blob_id
-        self._record = self._RECORD.pack(
+        self._record = self.pack(
+            digest, index, compressed_offset, compressed_size, uncompressed_offset, uncompressed_size, zran
+        )
+
+    @classmethod
+    def pack(
+        cls,
+        digest: bytes,
+        index: int,
+        compressed_offset: int,
+        compressed_size: int,
+        uncompressed_offset: int,
+        uncompressed_size: int,
+        zran: bool = False,
+    ) -> bytes:
+        """`packed` of a chunk of these fields, without making one."""
+        return cls._RECORD.pack(
             digest, index, compressed_offset, compressed_size, uncompressed_size, uncompressed_offset, zran
         )
 
@@ -306,11 +322,15 @@ class Children:
         begin = start + 3 + (data[start] | data[start + 1] << 8)
         return bytes(data[begin : begin + data[start + 2]])
 
-    def record_head(self, row: int) -> int:
-        """The first two bytes of a row's record, big-endian, without copying it."""
+    def record_head(self, row: int, refs: BlobRefs) -> int:
+        """The first two digest bytes of the chunk of a row's record (which has one), big-endian,
+        without copying the record."""
         start = self._starts[row]
         data = self._data
         begin = start + 3 + (data[start] | data[start + 1] << 8)
+        if _key_size(data[start + 2]) == INDEX_KEY_SIZE:
+            index = int.from_bytes(data[begin : begin + 4], "little")
+            return refs.tables[data[begin + 4] | data[begin + 5] << 8].head(index)
         return data[begin] << 8 | data[begin + 1]
 
     def record_has_chunk(self, row: int) -> bool:
@@ -321,9 +341,7 @@ class Children:
         """The mode of a row's record (`record_attrs(record)[0]` without a copy)."""
         start = self._starts[row]
         data = self._data
-        begin = start + 3 + (data[start] | data[start + 1] << 8)
-        if self.record_has_chunk(row):
-            begin += CHUNK_KEY_SIZE
+        begin = start + 3 + (data[start] | data[start + 1] << 8) + _key_size(data[start + 2])
         return data[begin] | data[begin + 1] << 8
 
     def row(self, name: bytes) -> int:
@@ -442,13 +460,35 @@ class Inode:
 Node = Inode | bytes  # an inode, or a plain file's record
 
 
+class ChunkTable(Protocol):
+    """The chunks of one blob by CI index, held outside the records (the chunks of the layer's own
+    blob, which its writer holds anyway): a record names such a chunk by its index only."""
+
+    def packed(self, index: int) -> bytes:
+        """`Chunk.packed` of chunk `index`."""
+        ...
+
+    def head(self, index: int) -> int:
+        """The first two bytes of its digest, big-endian."""
+        ...
+
+    def placement(self, index: int) -> tuple[int, int]:
+        """Its (uncompressed offset, uncompressed size)."""
+        ...
+
+
 class BlobRefs:
     """The blob ids that file records of one family of trees (a layer's, or the layers merged
-    into an image) refer to, numbered."""
+    into an image) refer to, numbered, and the chunk tables of those blobs that hold their chunks."""
 
     def __init__(self) -> None:
         self.ids: list[str] = []
         self._numbers: dict[str, int] = {}
+        self.tables: dict[int, ChunkTable] = {}  # by blob ref
+
+    def hold(self, blob_id: str, table: ChunkTable) -> None:
+        """Records of chunks of `blob_id` made from now on name them in `table` by index."""
+        self.tables[self.number(blob_id)] = table
 
     def number(self, blob_id: str) -> int:
         number = self._numbers.get(blob_id)
@@ -460,12 +500,15 @@ class BlobRefs:
         return number
 
 
-# A plain file's record: [packed chunk (Chunk.packed, 61 bytes) + blob ref (u16)] + mode (u16),
-# uid, gid (u32) + mtime (u32, or u64 when it does not fit). Its size is its chunk's (or 0). The
-# chunk comes first, so records sort by chunk digest; an empty file has attributes only. Most
-# records fit the 112-byte allocation class of bytes objects.
+# A plain file's record: [its chunk's key] + mode (u16), uid, gid (u32) + mtime (u32, or u64 when
+# it does not fit). Its size is its chunk's (or 0); an empty file has attributes only. The key is
+# the chunk's CI index (u32) + blob ref (u16) when `BlobRefs` holds a chunk table of that blob,
+# else the whole `chunk_key`. The kinds differ in size, so a record's size tells them apart.
 _OWNER = struct.Struct("<HII")
-CHUNK_KEY_SIZE = Chunk._RECORD.size + 2  # a chunk of a record or `chunk_key`: packed + blob ref
+CHUNK_KEY = struct.Struct("<32sIQIIQ?H")  # `chunk_key`: Chunk.packed + blob ref
+CHUNK_KEY_SIZE = CHUNK_KEY.size
+_INDEX_KEY = struct.Struct("<IH")  # CI index + blob ref
+INDEX_KEY_SIZE = _INDEX_KEY.size
 
 
 def is_plain(inode: Inode) -> bool:
@@ -486,6 +529,13 @@ def has_chunk(record: bytes) -> bool:
 RECORD_ATTRS_MAX = _OWNER.size + 8  # the largest record without a chunk
 
 
+def _key_size(record_size: int) -> int:
+    """The size of the chunk key a record of `record_size` bytes starts with."""
+    if record_size <= RECORD_ATTRS_MAX:
+        return 0
+    return INDEX_KEY_SIZE if record_size <= RECORD_ATTRS_MAX + INDEX_KEY_SIZE else CHUNK_KEY_SIZE
+
+
 def is_resolved(inode: Inode) -> bool:
     return all(chunk.blob_id != PENDING_BLOB_ID for chunk in inode.chunks)
 
@@ -494,36 +544,52 @@ def file_record(inode: Inode, refs: BlobRefs) -> bytes:
     mtime = inode.mtime.to_bytes(4 if inode.mtime < 1 << 32 else 8, "little")
     attrs = _OWNER.pack(inode.mode, inode.uid, inode.gid) + mtime
     for chunk in inode.chunks:
-        return chunk_key(chunk, refs) + attrs
+        ref = refs.number(chunk.blob_id)
+        if ref in refs.tables:
+            return _INDEX_KEY.pack(chunk.index, ref) + attrs
+        return chunk.packed + ref.to_bytes(2, "little") + attrs
     return attrs
 
 
 def chunk_key(chunk: Chunk, refs: BlobRefs) -> bytes:
-    """A chunk as the first bytes of a record: packed fields and blob ref (equal iff chunks are)."""
+    """A chunk as packed fields and blob ref (equal iff chunks are)."""
     return chunk.packed + refs.number(chunk.blob_id).to_bytes(2, "little")
 
 
-def record_attrs(record: bytes) -> tuple[int, int, int, int, int]:
+def record_key(record: bytes, refs: BlobRefs) -> bytes:
+    """The `chunk_key` of the chunk of a record that has one."""
+    if _key_size(len(record)) == CHUNK_KEY_SIZE:
+        return record[:CHUNK_KEY_SIZE]
+    index, ref = _INDEX_KEY.unpack_from(record)
+    return refs.tables[ref].packed(index) + record[4:INDEX_KEY_SIZE]
+
+
+def record_place(record: bytes, refs: BlobRefs) -> tuple[int, int, int, int]:
+    """(CI index, blob ref, uncompressed offset, uncompressed size) of a record's chunk."""
+    if _key_size(len(record)) == CHUNK_KEY_SIZE:
+        _, index, _, _, size, offset, _, ref = CHUNK_KEY.unpack_from(record)
+        return index, ref, offset, size
+    index, ref = _INDEX_KEY.unpack_from(record)
+    return (index, ref, *refs.tables[ref].placement(index))
+
+
+def record_attrs(record: bytes, refs: BlobRefs) -> tuple[int, int, int, int, int]:
     """(mode, uid, gid, mtime, size) of a file record."""
-    start = CHUNK_KEY_SIZE if has_chunk(record) else 0
+    start = _key_size(len(record))
     mode, uid, gid = _OWNER.unpack_from(record, start)
     mtime = int.from_bytes(record[start + _OWNER.size :], "little")
-    return mode, uid, gid, mtime, int.from_bytes(record[48:52], "little") if start else 0
-
-
-def record_ref(record: bytes) -> int:
-    """The blob ref of a record's chunk (or of a chunk key)."""
-    return int.from_bytes(record[CHUNK_KEY_SIZE - 2 : CHUNK_KEY_SIZE], "little")
+    return mode, uid, gid, mtime, record_place(record, refs)[3] if start else 0
 
 
 def record_chunk(record: bytes, refs: BlobRefs) -> Chunk | None:
     if not has_chunk(record):
         return None
-    return Chunk.from_packed(record[: CHUNK_KEY_SIZE - 2], refs.ids[record_ref(record)])
+    key = record_key(record, refs)
+    return Chunk.from_packed(key[: CHUNK_KEY_SIZE - 2], refs.ids[int.from_bytes(key[-2:], "little")])
 
 
 def record_inode(record: bytes, refs: BlobRefs) -> Inode:
-    mode, uid, gid, mtime, size = record_attrs(record)
+    mode, uid, gid, mtime, size = record_attrs(record, refs)
     chunk = record_chunk(record, refs)
     return Inode(mode=mode, uid=uid, gid=gid, mtime=mtime, size=size, chunks=() if chunk is None else chunk)
 
@@ -533,7 +599,7 @@ def is_dir(node: Node) -> bool:
 
 
 def mode_of(node: Node) -> int:
-    return node.mode if isinstance(node, Inode) else record_attrs(node)[0]
+    return node.mode if isinstance(node, Inode) else _OWNER.unpack_from(node, _key_size(len(node)))[0]
 
 
 def new_dir(*, implicit: bool = False) -> Inode:

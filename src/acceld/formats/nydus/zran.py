@@ -140,7 +140,9 @@ class _TarSource:
 class _ZranChunks:
     """Implements `tarball.ChunkStore`: one CI v2 entry per distinct chunk, contexts cut per §6.3."""
 
-    def __init__(self, source: _TarSource, blob_id: str, chunk_size: int, dictionaries: IO[bytes]) -> None:
+    def __init__(
+        self, source: _TarSource, blob_id: str, chunk_size: int, dictionaries: IO[bytes], index: DigestIndex
+    ) -> None:
         self.source = source
         self.dictionaries = dictionaries  # the dictionary table, spooled (32 KiB per context)
         self.dictionaries_size = 0
@@ -150,10 +152,9 @@ class _ZranChunks:
         self.max_comp = chunk_size
         self.max_uncomp = 2 * chunk_size
         self.contexts: list[_Context] = []
-        self.index = DigestIndex()  # the digests of this blob's chunks, by CI index
+        self.index = index  # the digests of this blob's chunks, by CI index
         self.distinct: list[Chunk] = []  # by CI index
         self.ci = bytearray()
-        self.digests = self.index.digests
         self.uncompressed_end = 0
 
     def placed(self, node: Inode) -> None:
@@ -283,12 +284,12 @@ def write_ref_blob(
     blob_id = layer_digest.removeprefix("sha256:")
     layer_hash = hashlib.sha256()
     tracker = _BoundaryTracker()
-    with tempfile.TemporaryFile() as dictionaries:
+    with tempfile.TemporaryFile() as dictionaries, DigestIndex() as index:
         with WindowStore() as windows:
             reader = CheckpointingReader(gzip_layer, tracker, windows, on_input=layer_hash.update)  # type: ignore[arg-type]
             try:
                 source = _TarSource(reader, tracker)
-                chunks = _ZranChunks(source, blob_id, chunk_size, dictionaries)
+                chunks = _ZranChunks(source, blob_id, chunk_size, dictionaries, index)
                 refs = BlobRefs()
                 root = tree_from_tar(source, chunks, refs, chunk_size, sparse_files=False)  # type: ignore[arg-type]
                 reader.finish()
@@ -362,7 +363,7 @@ def _write_blob(
                 BLOB_META_HEADER_SIZE,
             )
         )
-        digests = bytes(chunks.digests)
+        digests = b"".join(chunks.index.pieces())
         digests_offset = writer.position
         writer.write(digests)
         writer.write(gnu_tar_header("blob.digest", len(digests)))
