@@ -31,7 +31,7 @@ MEDIUM_FRAME = 64 << 10  # ... (and 128 KiB, 256 KiB)
 Piece = bytes | bytearray | memoryview
 
 
-@dataclass
+@dataclass(slots=True)
 class Mark:
     """A position in the compressed stream, known once everything before it is written.
 
@@ -69,7 +69,7 @@ class FrameLevels:
         return self.medium if size <= MEDIUM_FRAME else self.large
 
 
-@dataclass
+@dataclass(slots=True)
 class _Frame:
     pieces: list[Piece] = field(default_factory=list)
     size: int = 0

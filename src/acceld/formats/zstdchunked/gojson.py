@@ -6,7 +6,7 @@ with U+FFFD when marshalling, so do we.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import datetime
 import json
 import re
@@ -28,17 +28,34 @@ def string(value: str) -> str:
 
 
 def b64(value: bytes) -> str:
-    return '"' + base64.b64encode(value).decode("ascii") + '"'
+    return '"' + binascii.b2a_base64(value, newline=False).decode("ascii") + '"'
 
 
 def time(value: GoTime) -> str:
     """A UTC time.Time as Go marshals it (RFC 3339 with trailing-zero-trimmed nanoseconds)."""
+    seconds = _SECONDS.get(value.sec)
+    if seconds is None:
+        seconds = _seconds(value.sec)
+    if not value.nsec:
+        return f'"{seconds}Z"'
+    return f'"{seconds}' + f".{value.nsec:09d}".rstrip("0") + 'Z"'
+
+
+# the date and time of the seconds a layer's timestamps share (few values: files come in packages)
+_SECONDS: dict[int, str] = {}
+_MAX_SECONDS = 4096
+
+
+def _seconds(sec: int) -> str:
     try:
-        stamp = datetime.datetime.fromtimestamp(value.sec, datetime.UTC)
+        stamp = datetime.datetime.fromtimestamp(sec, datetime.UTC)
     except (OverflowError, OSError, ValueError):
-        raise FormatError(f"timestamp {value.sec} cannot be represented in a zstd:chunked TOC") from None
-    fraction = f".{value.nsec:09d}".rstrip("0") if value.nsec else ""
-    return (
-        f'"{stamp.year:04d}-{stamp.month:02d}-{stamp.day:02d}'
-        f'T{stamp.hour:02d}:{stamp.minute:02d}:{stamp.second:02d}{fraction}Z"'
+        raise FormatError(f"timestamp {sec} cannot be represented in a zstd:chunked TOC") from None
+    text = (
+        f"{stamp.year:04d}-{stamp.month:02d}-{stamp.day:02d}"
+        f"T{stamp.hour:02d}:{stamp.minute:02d}:{stamp.second:02d}"
     )
+    if len(_SECONDS) >= _MAX_SECONDS:
+        _SECONDS.clear()
+    _SECONDS[sec] = text
+    return text

@@ -6,7 +6,6 @@ hashes are sorted, and pairs of equal hashes are confirmed against the spooled n
 
 from __future__ import annotations
 
-import hashlib
 from array import array
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from acceld.formats.zstdchunked.spool import create_spool
+
+_HASH_MASK = (1 << 64) - 1
 
 
 class NameLog:
@@ -30,8 +31,7 @@ class NameLog:
         self._file.close()
 
     def add(self, name: str) -> None:
-        raw_key = self._key(name).encode("utf-8", "surrogateescape")
-        self._hashes.append(int.from_bytes(hashlib.blake2b(raw_key, digest_size=8).digest(), "little"))
+        self._hashes.append(hash(self._key(name)) & _HASH_MASK)
         raw = name.encode("utf-8", "surrogateescape")
         self._file.write(len(raw).to_bytes(4, "little") + raw)
 

@@ -13,7 +13,7 @@ the source tar byte for byte.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from acceld.formats.driver import FormatError
 from acceld.formats.tarfields import (
@@ -32,15 +32,14 @@ _HEADER_ONLY_TYPES = frozenset(b"12345")  # hardlink, symlink, char, block, dir:
 _ZERO_BLOCK = bytes(BLOCK)
 
 
-@dataclass(frozen=True, slots=True)
-class GoTime:
+class GoTime(NamedTuple):
     """A Go time.Time as a Unix timestamp (seconds and nanoseconds, 0 <= nsec < 1e9)."""
 
     sec: int
     nsec: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class TarHeader:
     """One tar entry as Go's tar.Reader reports it."""
 
@@ -74,7 +73,7 @@ class TarHeader:
 
 
 def _cstring(raw: bytes) -> str:
-    return decode(cstring(raw))
+    return raw.partition(b"\0")[0].decode("utf-8", "surrogateescape")
 
 
 def _pax_time(text: str) -> GoTime:
@@ -95,9 +94,12 @@ def _pax_time(text: str) -> GoTime:
 
 
 def _decode_pax(records: dict[str, bytes]) -> dict[str, str]:
-    if any(key.startswith("GNU.sparse.") for key in records):
-        raise FormatError("sparse tar entries are not supported")
-    return {key: decode(value) for key, value in records.items()}
+    decoded = {}
+    for key, value in records.items():
+        if key.startswith("GNU.sparse."):
+            raise FormatError("sparse tar entries are not supported")
+        decoded[key] = decode(value)
+    return decoded
 
 
 class Readable(Protocol):
@@ -121,11 +123,9 @@ class TarHeaderReader:
 
     def _read(self, size: int) -> bytes:
         data = self._stream.read(size)
-        while len(data) < size:
-            more = self._stream.read(size - len(data))
-            if not more:
-                break
-            data += more
+        if len(data) < size:
+            while len(data) < size and (more := self._stream.read(size - len(data))):
+                data += more
         self.position += len(data)
         return data
 
@@ -149,15 +149,20 @@ class TarHeaderReader:
         """
         if self._remaining_payload:
             raise FormatError("tar payload not fully consumed")
-        raw += self._read_exact(self._pending_padding, "padding")
+        padding = self._pending_padding
         self._pending_padding = 0
         guard = self._guard
         pax_records: dict[str, bytes] = {}
         long_name: bytes | None = None
         long_link: bytes | None = None
         while True:
-            block = self._read(BLOCK)
+            block = self._read(padding + BLOCK)  # the previous payload's padding, then a header
             raw += block
+            if padding:
+                if len(block) < padding:
+                    raise FormatError("tar stream truncated in padding")
+                block = block[padding:]
+                padding = 0
             if not block:
                 return self._end_of_archive()
             if len(block) != BLOCK:
@@ -177,9 +182,13 @@ class TarHeaderReader:
                     guard.extension_header(block[156], size)
                 if size > _MAX_SPECIAL_FILE or size < 0:
                     raise FormatError("tar extension header too large")
-                data = self._read_exact(size, "extension header")
+                data = self._read(size + -size % BLOCK)
                 raw += data
-                raw += self._read_exact(-size % BLOCK, "padding")
+                if len(data) < size:
+                    raise FormatError("tar stream truncated in extension header")
+                if len(data) != size + -size % BLOCK:
+                    raise FormatError("tar stream truncated in padding")
+                data = data[:size]
                 if typeflag == "x":
                     pax_records = parse_pax_records(data)
                 elif typeflag == "g":
@@ -191,7 +200,7 @@ class TarHeaderReader:
                 continue
             if guard is not None:
                 guard.entry_header(block, pax_records, long_name, long_link)  # its verdict comes first
-            header = self._parse(block, _decode_pax(pax_records))
+            header = self._parse(block, _decode_pax(pax_records) if pax_records else {})
             if long_name:
                 header.name = decode(long_name)
             if long_link:
@@ -202,8 +211,9 @@ class TarHeaderReader:
                 raise FormatError("sparse tar entries are not supported")
             if header.size < 0:
                 raise FormatError(f"negative size in tar header for {header.name!r}")
-            self._remaining_payload = header.payload_size
-            self._pending_padding = -header.payload_size % BLOCK
+            payload = header.payload_size
+            self._remaining_payload = payload
+            self._pending_padding = -payload % BLOCK
             return header
 
     def _end_of_archive(self) -> TarHeader | None:
@@ -252,8 +262,10 @@ class TarHeaderReader:
             ctime=ctime,
             devmajor=devmajor,
             devminor=devminor,
+            pax_records=pax,
         )
-        _merge_pax(header, pax)
+        if pax:
+            _merge_pax(header, pax)
         return header
 
 
@@ -280,4 +292,3 @@ def _merge_pax(header: TarHeader, pax: dict[str, str]) -> None:
                 header.ctime = _pax_time(value)
         except ValueError:
             raise FormatError(f"invalid PAX record {key}={value!r}") from None
-    header.pax_records = pax

@@ -27,6 +27,8 @@ _BATCH_CHARS = 1 << 16  # lines are compressed in batches of about this many cha
 
 
 def _go_clean(name: str) -> str:
+    if name and "//" not in name and "/." not in name and name[0] != "." and name[-1] != "/":
+        return name  # no empty, "." or ".." component: already clean (most names)
     cleaned = posixpath.normpath(name)
     return "/" + cleaned.lstrip("/") if cleaned.startswith("//") else cleaned
 
@@ -65,12 +67,15 @@ class TarSplitWriter:
 
     def file(self, name: str, size: int, crc64: int | None) -> None:
         self._names.add(name)
-        raw_name = name.encode("utf-8", "surrogateescape")
-        try:
-            raw_name.decode("utf-8")
+        if name.isascii():
             name_field = f'"name":{gojson.string(name)},' if name else ""
-        except UnicodeDecodeError:
-            name_field = f'"name_raw":{gojson.b64(raw_name)},'
+        else:
+            raw_name = name.encode("utf-8", "surrogateescape")
+            try:
+                raw_name.decode("utf-8")
+                name_field = f'"name":{gojson.string(name)},'
+            except UnicodeDecodeError:
+                name_field = f'"name_raw":{gojson.b64(raw_name)},'
         size_field = f'"size":{size},' if size else ""
         payload = gojson.b64(crc64.to_bytes(8, "big")) if crc64 is not None else "null"
         self._line(

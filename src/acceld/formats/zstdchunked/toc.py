@@ -28,6 +28,7 @@ _TYPES = {
     "5": "dir",
     "6": "fifo",
 }
+_QUOTED_TYPES = {kind: f'"type":"{kind}"' for kind in (*_TYPES.values(), "chunk")}
 
 
 @dataclass(slots=True)
@@ -62,14 +63,15 @@ class TocEntry:
             raise FormatError(
                 f"tar entry {header.name!r} has type {header.typeflag!r}, which zstd:chunked cannot represent"
             )
-        for what, text in (("name", header.name), ("link target", header.linkname)):
-            if not _is_utf8(text):
-                # JSON turns the bytes into U+FFFD, and containers/storage then refuses the layer
-                # because its TOC no longer matches the tar-split
-                raise FormatError(
-                    f"tar entry {header.name!r}: the {what} is not valid UTF-8, "
-                    "which a zstd:chunked TOC cannot hold"
-                )
+        if not header.name.isascii() or not header.linkname.isascii():
+            for what, text in (("name", header.name), ("link target", header.linkname)):
+                if not _is_utf8(text):
+                    # JSON turns the bytes into U+FFFD, and containers/storage then refuses the layer
+                    # because its TOC no longer matches the tar-split
+                    raise FormatError(
+                        f"tar entry {header.name!r}: the {what} is not valid UTF-8, "
+                        "which a zstd:chunked TOC cannot hold"
+                    )
         return cls(
             type=kind,
             name=header.name,
@@ -87,46 +89,48 @@ class TocEntry:
         )
 
     def to_json(self) -> str:
-        parts = [f'"type":{gojson.string(self.type)}', f'"name":{gojson.string(self.name)}']
-
-        def add(key: str, value: str) -> None:
-            parts.append(f'"{key}":{value}')
-
+        # straight-line: this runs once per entry and chunk of a layer
+        parts = [_QUOTED_TYPES.get(self.type) or f'"type":{gojson.string(self.type)}']
+        parts.append(f'"name":{gojson.string(self.name)}')
         if self.linkname:
-            add("linkName", gojson.string(self.linkname))
-        for key, number in (("mode", self.mode), ("size", self.size), ("uid", self.uid), ("gid", self.gid)):
-            if number:
-                add(key, str(number))
-        for key, stamp in (
-            ("modtime", self.modtime),
-            ("accesstime", self.accesstime),
-            ("changetime", self.changetime),
-        ):
-            if stamp is not None:
-                add(key, gojson.time(stamp))
+            parts.append(f'"linkName":{gojson.string(self.linkname)}')
+        if self.mode:
+            parts.append(f'"mode":{self.mode}')
+        if self.size:
+            parts.append(f'"size":{self.size}')
+        if self.uid:
+            parts.append(f'"uid":{self.uid}')
+        if self.gid:
+            parts.append(f'"gid":{self.gid}')
+        if self.modtime is not None:
+            parts.append(f'"modtime":{gojson.time(self.modtime)}')
+        if self.accesstime is not None:
+            parts.append(f'"accesstime":{gojson.time(self.accesstime)}')
+        if self.changetime is not None:
+            parts.append(f'"changetime":{gojson.time(self.changetime)}')
         if self.devmajor:
-            add("devMajor", str(self.devmajor))
+            parts.append(f'"devMajor":{self.devmajor}')
         if self.devminor:
-            add("devMinor", str(self.devminor))
+            parts.append(f'"devMinor":{self.devminor}')
         if self.xattrs:
             items = ",".join(
                 f"{gojson.string(name)}:{gojson.b64(value)}" for name, value in sorted(self.xattrs.items())
             )
-            add("xattrs", "{" + items + "}")
+            parts.append(f'"xattrs":{{{items}}}')
         if self.digest:
-            add("digest", gojson.string(self.digest))
-        for key, number in (
-            ("offset", self.offset),
-            ("endOffset", self.end_offset),
-            ("chunkSize", self.chunk_size),
-            ("chunkOffset", self.chunk_offset),
-        ):
-            if number:
-                add(key, str(number))
+            parts.append(f'"digest":{gojson.string(self.digest)}')
+        if self.offset:
+            parts.append(f'"offset":{self.offset}')
+        if self.end_offset:
+            parts.append(f'"endOffset":{self.end_offset}')
+        if self.chunk_size:
+            parts.append(f'"chunkSize":{self.chunk_size}')
+        if self.chunk_offset:
+            parts.append(f'"chunkOffset":{self.chunk_offset}')
         if self.chunk_digest:
-            add("chunkDigest", gojson.string(self.chunk_digest))
+            parts.append(f'"chunkDigest":{gojson.string(self.chunk_digest)}')
         if self.chunk_type:
-            add("chunkType", gojson.string(self.chunk_type))
+            parts.append(f'"chunkType":{gojson.string(self.chunk_type)}')
         return "{" + ",".join(parts) + "}"
 
 

@@ -66,7 +66,7 @@ class ChunkedLayer:
     metadata_sizes: dict[str, int]  # uncompressed bytes of the TOC and the tar-split
 
 
-@dataclass
+@dataclass(slots=True)
 class _Chunk:
     start: Mark
     offset_in_file: int
@@ -74,11 +74,11 @@ class _Chunk:
     zeros: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class _PendingFile:
     """A file whose TOC offsets are known only after its frames are written, and whose digest
     only after its last hash update (`hashed`) ran — or, without `digest`, from its only chunk's
-    frame (the same bytes)."""
+    frame (the same bytes; without `chunks`, the file is that one frame at `start`)."""
 
     entry: TocEntry
     start: Mark
@@ -94,10 +94,10 @@ class _PendingFile:
         """The file's TOC entry, followed by one per further chunk when it has several."""
         if self.hashed is not None:
             self.hashed.result()
-        if self.digest is None:
-            self.entry.digest = self.chunks[0].start.digest
-        else:
+        if self.digest is not None:
             self.entry.digest = "sha256:" + self.digest.hexdigest()
+        else:
+            self.entry.digest = (self.chunks[0].start if self.chunks else self.start).digest
         self.entry.offset = self.start.offset
         self.entry.end_offset = self.end.offset
         if len(self.chunks) < 2:
@@ -215,12 +215,12 @@ class _LayerWriter:
         raw = bytearray()
         while (header := self._reader.next(raw)) is not None:
             entry_raw, raw = bytes(raw), bytearray()
-            if 0 < header.payload_size <= _READ_BLOCK:
-                self._defer(entry_raw, header, self._reader.read_payload(header.payload_size))
+            payload = header.payload_size
+            if 0 < payload <= _READ_BLOCK:
+                self._defer(entry_raw, header, self._reader.read_payload(payload))
                 continue
             self._drain()
-            blocks = self._blocks(header.payload_size) if header.payload_size else None
-            self._entry(entry_raw, header, blocks)
+            self._entry(entry_raw, header, self._blocks(payload) if payload else None)
         self._drain()
         self._raw(raw)
         while rest := self._source.read(_TRAILER_SEGMENT):
@@ -310,13 +310,12 @@ class _LayerWriter:
         """Write the frames of a file whose content is in hand; most are one chunk, one frame."""
         if not is_one_chunk(content, splits):
             return self._payload(entry, [(content, splits)], content)
-        self._sink.end_frame()
-        pending = _PendingFile(entry=entry, start=self._sink.mark(), end=Mark())
-        self._unresolved.append(pending)
-        pending.chunks.append(_Chunk(start=pending.start, offset_in_file=0, size=len(content)))
-        self._sink.write(content)
-        self._sink.end_frame(digest_into=pending.start)
-        pending.end = self._sink.mark()
+        sink = self._sink
+        sink.end_frame()
+        start = sink.mark()
+        sink.write(content)
+        sink.end_frame(digest_into=start)
+        self._unresolved.append(_PendingFile(entry=entry, start=start, end=sink.mark()))
         return int(fastcrc.crc64.go_iso(content))
 
     def _payload(
