@@ -35,6 +35,7 @@ _GNU_SPARSE = ord("S")
 _WHITEOUT = b".wh."
 _DIRECTORY = ord("5")
 _HASH_MASK = (1 << 64) - 1
+_BUCKET_SHIFT = 64 - 12  # a name set's buckets: by the top 12 bits of a name's hash
 _SPARSE_SIZE_KEYS = ("GNU.sparse.realsize", "GNU.sparse.size")
 _SPARSE_SIZES = frozenset(_SPARSE_SIZE_KEYS)
 
@@ -327,21 +328,23 @@ def _header_name(block: bytes) -> bytes:
 class _NameSet:
     """A set of names kept as 8-byte hashes (about 10 bytes a name, not the ~100 of a set of bytes)
     so that a layer of a million entries stays small. A hash collision can only make a missing
-    hardlink target look present; the driver's or the reader's own check then reports it."""
+    hardlink target look present; the driver's or the reader's own check then reports it.
+    Buckets by the hash's top 12 bits: each bytearray costs ~100 bytes of its own, so at most 4 096
+    of them (with 65 536 there were ~20 bytes of buckets a name even at a million names)."""
 
     def __init__(self) -> None:
         self._buckets: dict[int, bytearray] = {}
 
     def add(self, name: bytes) -> None:
         key = hash(name) & _HASH_MASK
-        bucket = self._buckets.get(key >> 48)
+        bucket = self._buckets.get(key >> _BUCKET_SHIFT)
         if bucket is None:
-            bucket = self._buckets[key >> 48] = bytearray()
+            bucket = self._buckets[key >> _BUCKET_SHIFT] = bytearray()
         bucket += key.to_bytes(8, "little")
 
     def __contains__(self, name: bytes) -> bool:
         key = hash(name) & _HASH_MASK
-        bucket = self._buckets.get(key >> 48)
+        bucket = self._buckets.get(key >> _BUCKET_SHIFT)
         if bucket is None:
             return False
         needle = key.to_bytes(8, "little")
