@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
+from collections import deque
+from concurrent.futures import Executor, Future, wait
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -24,6 +26,7 @@ from acceld.formats.zstdchunked.spool import create_spool
 FILE_TYPE = 1
 SEGMENT_TYPE = 2
 _BATCH_CHARS = 1 << 16  # lines are compressed in batches of about this many characters
+_BACKLOG = 8  # batches waiting for the compressing thread
 
 
 def _go_clean(name: str) -> str:
@@ -34,10 +37,16 @@ def _go_clean(name: str) -> str:
 
 
 class TarSplitWriter:
-    """Streams tar-split lines through one zstd frame into `path` (removed on exit)."""
+    """Streams tar-split lines through one zstd frame into `path` (removed on exit).
 
-    def __init__(self, path: Path, level: int) -> None:
+    With `executor` (a single thread), batches of lines are compressed and written there, in
+    order, while the caller goes on reading the tar.
+    """
+
+    def __init__(self, path: Path, level: int, executor: Executor | None = None) -> None:
         self.path = path
+        self._executor = executor
+        self._compressing: deque[Future[None]] = deque()
         self._file = create_spool(path)
         self._compressor = zstandard.ZstdCompressor(level=level).compressobj()
         self._digest = hashlib.sha256()
@@ -54,6 +63,7 @@ class TarSplitWriter:
     def __exit__(
         self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
     ) -> None:
+        wait(self._compressing)  # nothing may write to the spool once it is closed
         self._file.close()
         self.path.unlink(missing_ok=True)
         self._names.close()
@@ -96,7 +106,15 @@ class TarSplitWriter:
             self._lines.clear()
             self._batched = 0
             self.uncompressed_size += len(data)
-            self._emit(self._compressor.compress(data))
+            if self._executor is None:
+                self._compress(data)
+                return
+            self._compressing.append(self._executor.submit(self._compress, data))
+            while len(self._compressing) > _BACKLOG:
+                self._compressing.popleft().result()
+
+    def _compress(self, data: bytes) -> None:
+        self._emit(self._compressor.compress(data))
 
     def _emit(self, data: bytes) -> None:
         if data:
@@ -110,6 +128,8 @@ class TarSplitWriter:
         if duplicate is not None:
             raise FormatError(f"layer tar has two entries for {duplicate!r}; tar-split cannot represent that")
         self._compress_lines()
+        while self._compressing:
+            self._compressing.popleft().result()
         self._emit(self._compressor.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH))
         self._file.close()
         return "sha256:" + self._digest.hexdigest()

@@ -428,8 +428,9 @@ def write_zstd_chunked(
         ThreadPoolExecutor(
             max_workers=max(1, workers), thread_name_prefix="zstdchunked-rollsum"
         ) as rollsum_pool,
+        # one thread for the sha256 of multi-chunk files and the tar-split's compression
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="zstdchunked-sha256") as hash_thread,
-        TarSplitWriter(workdir / "tar-split.json.zst", levels.large) as tar_split,
+        TarSplitWriter(workdir / "tar-split.json.zst", levels.large, hash_thread) as tar_split,
         TocWriter(workdir / "toc.json") as toc,
     ):
         sink = FrameSink(out, pool, levels, max_pending=max(1, workers) + 1)
