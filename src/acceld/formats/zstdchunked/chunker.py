@@ -28,6 +28,8 @@ _HOLE_NEEDLE = bytes(HOLE_THRESHOLD)
 _NON_ZERO = re.compile(rb"[^\x00]")
 _SPLIT_TARGET = (_SPLIT_MASK - _S2_INIT) & _SPLIT_MASK  # s2 = _S2_INIT + weighted window sum
 _SPLIT_BLOCK = 1 << 17  # elements per vectorised pass, small enough to stay in the CPU cache
+_NO_POINTS = np.empty(0, np.int64)
+_NO_POINTS.flags.writeable = False
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,11 @@ def split_points_each(contents: list[bytes]) -> list[np.ndarray]:
     starts = np.cumsum(sizes + WINDOW) - sizes - WINDOW
     first = np.searchsorted(points, starts).tolist()
     last = np.searchsorted(points, starts + sizes).tolist()
-    return [points[lo:hi] - start for lo, hi, start in zip(first, last, starts.tolist(), strict=True)]
+    # most small files have no split point: they share one empty array (a new one each holds the GIL)
+    return [
+        points[lo:hi] - start if lo < hi else _NO_POINTS
+        for lo, hi, start in zip(first, last, starts.tolist(), strict=True)
+    ]
 
 
 def _weighted_windows(x: np.ndarray) -> np.ndarray:

@@ -146,6 +146,19 @@ class FrameSink:
         if self._open.size > STREAM_THRESHOLD:
             self._start_streaming()
 
+    def frame(self, data: Piece) -> tuple[Mark, Mark]:
+        """Close the open frame, write `data` (1 to STREAM_THRESHOLD bytes) as one frame of its
+        own with its digest recorded, and return the marks before and after it."""
+        self.end_frame()
+        start = Mark()
+        end = Mark()
+        frame = _Frame([data], len(data), start)
+        self._batch += (start, frame, end)
+        self._batch_size += frame.size
+        if self._batch_size >= BATCH_BYTES or len(self._batch) >= BATCH_ITEMS:
+            self._submit()
+        return start, end
+
     def write_zeros(self, size: int) -> None:
         view = memoryview(_ZEROS)
         while size:

@@ -310,12 +310,8 @@ class _LayerWriter:
         """Write the frames of a file whose content is in hand; most are one chunk, one frame."""
         if not is_one_chunk(content, splits):
             return self._payload(entry, [(content, splits)], content)
-        sink = self._sink
-        sink.end_frame()
-        start = sink.mark()
-        sink.write(content)
-        sink.end_frame(digest_into=start)
-        self._unresolved.append(_PendingFile(entry=entry, start=start, end=sink.mark()))
+        start, end = self._sink.frame(content)
+        self._unresolved.append(_PendingFile(entry=entry, start=start, end=end))
         return int(fastcrc.crc64.go_iso(content))
 
     def _payload(
