@@ -336,6 +336,7 @@ def _write_layer_blob(
         for piece in chunks.index.pieces():
             writer.write(piece)
             digests_sha256.update(piece)
+        del piece
         digests_size = writer.position - digests_offset
         writer.write(gnu_tar_header("blob.digest", digests_size))
         toc.append(

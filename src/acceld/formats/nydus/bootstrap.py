@@ -264,7 +264,7 @@ class _Order:
 
 
 class Writable(Protocol):
-    def write(self, data: bytes, /) -> object: ...
+    def write(self, data: bytes | bytearray, /) -> object: ...
 
 
 class Bootstrap:
@@ -646,8 +646,12 @@ def _table_order(order: _Order, refs: BlobRefs, blob_index: dict[str, int]) -> a
     return table
 
 
+_SINK_PIECE = 256 << 10
+
+
 class _Sink:
-    """Sequential writes with zero-filled gaps, in 1 MiB pieces."""
+    """Sequential writes with zero-filled gaps, in pieces of about `_SINK_PIECE` (each handed on
+    as the buffer itself, not a copy: the buffer is a new one after)."""
 
     def __init__(self, out: Writable) -> None:
         self.out = out
@@ -657,7 +661,7 @@ class _Sink:
     def write(self, data: bytes | bytearray) -> None:
         self.buffer += data
         self.position += len(data)
-        if len(self.buffer) >= 1 << 20:
+        if len(self.buffer) >= _SINK_PIECE:
             self.flush()
 
     def skip_to(self, position: int) -> None:
@@ -666,7 +670,7 @@ class _Sink:
         self.write(bytes(position - self.position))
 
     def flush(self) -> None:
-        self.out.write(bytes(self.buffer))
+        self.out.write(self.buffer)
         self.buffer = bytearray()
 
 
@@ -694,7 +698,7 @@ class _Digesting:
         self.target = target
         self.sha256 = hashlib.sha256()
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray) -> None:
         self.sha256.update(data)
         self.target.write(data)
 
@@ -711,7 +715,7 @@ def store_bootstrap(bootstrap: Bootstrap, out: Writable) -> tuple[str, int, byte
         stored = packed.tell()
         if stored < bootstrap.size:
             packed.seek(0)
-            while piece := packed.read(1 << 20):
+            while piece := packed.read(_SINK_PIECE):
                 out.write(piece)
             return "zstd", stored, digesting.sha256.digest()
     bootstrap.write(out)

@@ -20,7 +20,7 @@ from types import TracebackType
 _EMPTY = -1
 WIDTH = 32  # bytes of a digest
 _TAIL_BYTES = 64 << 10  # digests not yet in the file are written in pieces of this size
-_READ_BYTES = 1 << 20
+_READ_BYTES = 256 << 10
 
 
 class DigestIndex:

@@ -267,7 +267,7 @@ class _HashingWriter:
         self.sha256 = hashlib.sha256()
         self.position = 0
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray) -> None:
         self.out.write(data)
         self.sha256.update(data)
         self.position += len(data)
