@@ -104,3 +104,16 @@ def test_close_stops_the_decoding_thread_of_a_stream_read_only_in_part() -> None
     assert stream.read(10) == TAR[:10]
     stream.close()
     assert _decoding_threads() == 0
+
+
+def test_reading_after_the_thread_was_stopped_fails_instead_of_waiting() -> None:
+    blob, media_type = _compressed("zstd")
+    stream = SourceTarStream(io.BytesIO(blob), _layer(blob, media_type), threaded=True)
+    try:
+        stream.raise_if_blob_corrupt()  # stops the thread, reads and checks the rest of the blob
+        with pytest.raises(ValueError, match="stopped decoding thread"):
+            while stream.readinto(bytearray(1 << 20)):
+                pass
+    finally:
+        stream.close()
+    assert _decoding_threads() == 0

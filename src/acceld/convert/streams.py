@@ -105,21 +105,21 @@ class _DecodingThread(io.RawIOBase):
     def __init__(self, decoder: BinaryIO, digester: Digester) -> None:
         self._decoder = decoder
         self._digester = digester
-        self._blocks: queue.Queue[bytes | Exception] = queue.Queue(_DECODED_AHEAD)
+        self._blocks: queue.Queue[bytes | BaseException] = queue.Queue(_DECODED_AHEAD)
         self._block = memoryview(b"")
-        self._failure: Exception | None = None
+        self._failure: BaseException | None = None
         self._ended = False
         self._running = True
         self._thread = threading.Thread(target=self._decode, name="layer-decode", daemon=True)
         self._thread.start()
 
     def _decode(self) -> None:
-        item: bytes | Exception = b""
+        item: bytes | BaseException = b""
         while self._running:
             try:
                 item = self._decoder.read(_READ_SIZE)
                 self._digester.update(item)
-            except Exception as exc:
+            except BaseException as exc:  # whatever ends the thread reaches the reader
                 item = exc
             while self._running:
                 try:
@@ -127,7 +127,7 @@ class _DecodingThread(io.RawIOBase):
                     break
                 except queue.Full:
                     pass
-            if not item or isinstance(item, Exception):
+            if not item or isinstance(item, BaseException):
                 return
 
     def readable(self) -> bool:
@@ -139,8 +139,10 @@ class _DecodingThread(io.RawIOBase):
                 raise self._failure
             if self._ended:
                 return 0
+            if not self._running:
+                raise ValueError("read from a stopped decoding thread")
             item = self._blocks.get()
-            if isinstance(item, Exception):
+            if isinstance(item, BaseException):
                 self._failure = item
                 raise item
             if not item:
