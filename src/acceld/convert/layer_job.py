@@ -7,7 +7,6 @@ import contextlib
 import io
 import logging
 import shutil
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,11 +33,6 @@ from acceld.oci.mediatypes import layer_compression
 log = logging.getLogger(__name__)
 
 _TAR_BUFFER = 1 << 20
-# A job's decoding and compressing threads need the GIL only for a moment between C calls, but at
-# the default 5 ms switch interval each such moment may wait out a whole slice of the thread
-# parsing the tar: on the rootfs image's big layer the parser then waited ~0.45 s for tar data
-# from the decoding thread, ~0.15 s at 0.5 ms.
-_SWITCH_INTERVAL = 0.0005
 
 
 @dataclass(frozen=True)
@@ -64,16 +58,6 @@ class ConvertedJob:
 def _unknown_type(layer: SourceLayer) -> str:
     """A note for a layer whose media type is no known layer type (its compression was guessed)."""
     return "" if layer_compression(layer.media_type) else f" (unknown layer media type {layer.media_type})"
-
-
-@contextlib.contextmanager
-def _short_gil_slices() -> Iterator[None]:
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(_SWITCH_INTERVAL)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(previous)
 
 
 @contextlib.contextmanager
@@ -107,7 +91,6 @@ def convert_layer_job(
     traceback logged at debug level.
     """
     with (
-        _short_gil_slices(),
         _worker_errors(driver.name, job),
         job.source_path.open("rb") as blob,
         job.output_path.open("wb") as out_file,
