@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import BinaryIO
 
 import zstandard
@@ -77,7 +78,15 @@ class _Frame:
 
 
 _Item = Mark | _Frame
-_Output = list[tuple[Mark | None, Piece]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Output:
+    """Compressed bytes ready to be written, and the marks among them with their offsets in `data`."""
+
+    data: bytes
+    marks: list[tuple[Mark, int]] = field(default_factory=list)
+
 
 _local = threading.local()
 
@@ -92,23 +101,29 @@ def _compressor(level: int) -> zstandard.ZstdCompressor:
 
 
 def _compress_batch(levels: FrameLevels, items: Sequence[_Item]) -> _Output:
-    output: _Output = []
-    by_level: dict[int, list[int]] = {}  # level -> indexes into `output`
+    """The batch's frames compressed and joined, with the offsets of its marks (worked out here,
+    not on the thread that reads the tar and writes the output)."""
+    contents: list[Piece] = []
+    marks: list[tuple[Mark, int]] = []  # mark, index of the frame after it
+    by_level: dict[int, list[int]] = {}  # level -> indexes into `contents`
     for item in items:
         if isinstance(item, Mark):
-            output.append((item, b""))
+            marks.append((item, len(contents)))
             continue
         data = item.pieces[0] if len(item.pieces) == 1 else b"".join(item.pieces)
         if item.digest_into is not None:
             item.digest_into.digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        by_level.setdefault(levels.of(item.size), []).append(len(output))
-        output.append((None, data))
+        by_level.setdefault(levels.of(item.size), []).append(len(contents))
+        contents.append(data)
+    frames = [b""] * len(contents)
     for level, indexes in by_level.items():
-        contents = [output[index][1] for index in indexes]
-        frames = _compressor(level).multi_compress_to_buffer(contents, threads=1)  # the GIL released once
+        compressed = _compressor(level).multi_compress_to_buffer(  # the GIL released once
+            [contents[index] for index in indexes], threads=1
+        )
         for position, index in enumerate(indexes):
-            output[index] = (None, frames[position].tobytes())
-    return output
+            frames[index] = compressed[position].tobytes()
+    starts = list(accumulate(map(len, frames), initial=0))
+    return _Output(b"".join(frames), [(mark, starts[index]) for mark, index in marks])
 
 
 class FrameSink:
@@ -139,7 +154,7 @@ class FrameSink:
             return
         if self._stream is not None:
             self._stream_hash.update(data)
-            self._enqueue([(None, self._stream.compress(data))])
+            self._enqueue(_Output(self._stream.compress(data)))
             return
         self._open.pieces.append(data)
         self._open.size += len(data)
@@ -171,7 +186,7 @@ class FrameSink:
         if self._stream is not None:
             if digest_into is not None:
                 digest_into.digest = "sha256:" + self._stream_hash.hexdigest()
-            self._enqueue([(None, self._stream.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH))])
+            self._enqueue(_Output(self._stream.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH)))
             self._stream = None
             return
         if not self._open.size:
@@ -202,12 +217,12 @@ class FrameSink:
             return
         batch, self._batch, self._batch_size = self._batch, [], 0
         if all(isinstance(item, Mark) for item in batch):
-            self._enqueue([(item, b"") for item in batch if isinstance(item, Mark)])
+            self._enqueue(_Output(b"", [(item, 0) for item in batch if isinstance(item, Mark)]))
         else:
             self._enqueue(self._pool.submit(_compress_batch, self._levels, batch))
 
     def _enqueue(self, output: Future[_Output] | _Output) -> None:
-        if isinstance(output, list) and self._batch:
+        if isinstance(output, _Output) and self._batch:
             self._submit()  # keep marks queued before this output in front of it
         self._queue.append(output)
         while len(self._queue) > self._max_pending:
@@ -217,10 +232,8 @@ class FrameSink:
         front = self._queue.popleft()
         output = front.result() if isinstance(front, Future) else front
         position = self.position
-        for mark, data in output:
-            if mark is not None:
-                mark.offset = position
-            position += len(data)
-        # one write per batch: a batch holds up to BATCH_ITEMS frames
-        self._out.write(output[0][1] if len(output) == 1 else b"".join(data for _, data in output))
-        self.position = position
+        for mark, offset in output.marks:
+            mark.offset = position + offset
+        if output.data:
+            self._out.write(output.data)  # one write per batch: a batch holds up to BATCH_ITEMS frames
+        self.position = position + len(output.data)
