@@ -73,8 +73,8 @@ from acceld.formats.nydus.tree import (
     has_chunk,
     is_dir,
     lookup_parent,
-    record_attrs,
     record_key,
+    record_owner,
     record_place,
 )
 
@@ -521,7 +521,8 @@ class Bootstrap:
         return body
 
     def _record_bytes(self, serial: int, record: bytes) -> bytes:
-        mode, uid, gid, mtime, size = record_attrs(record, self.refs)
+        mode, uid, gid, mtime = record_owner(record)
+        index, ref, uoff, size = record_place(record, self.refs) if has_chunk(record) else (0, 0, 0, 0)
         head = _FILE_HEAD.pack(
             INODE_EXTENDED | LAYOUT_CHUNK_BASED << 1,
             0,
@@ -538,7 +539,6 @@ class Bootstrap:
         )
         if not has_chunk(record):
             return head
-        index, ref, uoff, _ = record_place(record, self.refs)
         blob = (self.ref_index[ref] + 1) & 0xFF | ((index >> 16) & 0xFF) << 8
         return head + _CHUNK_INDEX.pack(index & 0xFFFF, blob, uoff // BLOCK)
 

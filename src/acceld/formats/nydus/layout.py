@@ -225,10 +225,13 @@ def pack_ci_v1(
     return struct.pack("<QQ", uncomp, comp)
 
 
+_CI_V1 = struct.Struct("<QQ")
+
+
 def unpack_ci_v1(raw: bytes | bytearray, offset: int = 0) -> tuple[int, int, int, int]:
     """(uncompressed offset, uncompressed size, compressed offset, compressed size) of a chunk-info
     v1 entry: `pack_ci_v1` read back."""
-    uncomp, comp = struct.unpack_from("<QQ", raw, offset)
+    uncomp, comp = _CI_V1.unpack_from(raw, offset)
     usize = ((uncomp >> 44) & 0xFFFFF | ((uncomp >> 8) & 0xF) << 20) + 1
     csize = ((comp >> 44) & 0xFFFFF | ((comp >> 40) & 0xF) << 20) + 1
     return uncomp & ((1 << 44) - 1) & ~0xFFF, usize, comp & ((1 << 40) - 1), csize

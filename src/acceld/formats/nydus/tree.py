@@ -338,7 +338,7 @@ class Children:
         return self._data[self._starts[row] + 2] > RECORD_ATTRS_MAX
 
     def record_mode(self, row: int) -> int:
-        """The mode of a row's record (`record_attrs(record)[0]` without a copy)."""
+        """The mode of a row's record (`record_owner(record)[0]` without a copy)."""
         start = self._starts[row]
         data = self._data
         begin = start + 3 + (data[start] | data[start + 1] << 8) + _key_size(data[start + 2])
@@ -573,12 +573,16 @@ def record_place(record: bytes, refs: BlobRefs) -> tuple[int, int, int, int]:
     return (index, ref, *refs.tables[ref].placement(index))
 
 
-def record_attrs(record: bytes, refs: BlobRefs) -> tuple[int, int, int, int, int]:
-    """(mode, uid, gid, mtime, size) of a file record."""
+def record_owner(record: bytes) -> tuple[int, int, int, int]:
+    """(mode, uid, gid, mtime) of a file record."""
     start = _key_size(len(record))
     mode, uid, gid = _OWNER.unpack_from(record, start)
-    mtime = int.from_bytes(record[start + _OWNER.size :], "little")
-    return mode, uid, gid, mtime, record_place(record, refs)[3] if start else 0
+    return mode, uid, gid, int.from_bytes(record[start + _OWNER.size :], "little")
+
+
+def record_attrs(record: bytes, refs: BlobRefs) -> tuple[int, int, int, int, int]:
+    """(mode, uid, gid, mtime, size) of a file record."""
+    return *record_owner(record), record_place(record, refs)[3] if has_chunk(record) else 0
 
 
 def record_chunk(record: bytes, refs: BlobRefs) -> Chunk | None:
