@@ -121,3 +121,16 @@ async def test_a_cancelled_waiter_gives_up_its_place_and_no_slot() -> None:
     assert entered == ["first", "last"] and cancelled.cancelled()
     async with slots.hold(0):  # every slot came back
         pass
+
+
+def niceness() -> int:
+    return os.getpriority(os.PRIO_PROCESS, 0)
+
+
+async def test_a_job_started_beside_a_larger_one_runs_at_a_lower_priority() -> None:
+    """The largest layer decides when a conversion ends: smaller ones beside it leave it the CPU."""
+    runner = ProcessRunner(limit=2)
+    base = niceness()
+    large, small = await asyncio.gather(runner.run(niceness, size=100), runner.run(niceness, size=1))
+    assert large == base and small == min(19, base + 10)
+    assert await runner.run(niceness, size=1) == base  # alone

@@ -27,14 +27,21 @@ T = TypeVar("T")
 # Messages from a child: any number of progress reports, then one result or error; none at all
 # when it died first.
 _PROGRESS, _RESULT, _ERROR, _DIED = "progress", "result", "error", "died"
+# How much lower a job's CPU priority is than that of a larger job running beside it: the largest
+# job decides when a conversion ends, and smaller ones can use what its threads leave idle.
+_OUTRANKED_NICENESS = 10
 
 
-def _child(conn: Connection, fn: Callable[..., Any], args: tuple[Any, ...], reports: bool) -> None:
+def _child(
+    conn: Connection, fn: Callable[..., Any], args: tuple[Any, ...], reports: bool, niceness: int
+) -> None:
     # Gone as soon as the conversion's end of the pipe closes, however the conversion died (the fork
     # server outlives it while a worker lives: workers hold its liveness pipe); killed with the fork
     # server should that die first.
     die_with_parent()
     exit_when_hung_up(conn.fileno())
+    if niceness:
+        os.nice(niceness)
 
     def report(amount: int) -> None:
         conn.send((_PROGRESS, amount))
@@ -75,11 +82,12 @@ class ProcessRunner:
     ) -> T:
         """`fn(*args)` in a child process; with `on_progress`, `fn(*args, report)` where each
         `report(n)` in the child calls `on_progress(n)` here. Of the calls waiting for a process,
-        the largest `size` starts first."""
-        async with self._slots.hold(size):
+        the largest `size` starts first; one started beside a larger one runs at a lower priority."""
+        async with self._slots.hold(size) as outranked:
             receiver, sender = CONTEXT.Pipe(duplex=False)
             reports = on_progress is not None
-            process = CONTEXT.Process(target=_child, args=(sender, fn, args, reports), daemon=True)
+            niceness = _OUTRANKED_NICENESS if outranked else 0
+            process = CONTEXT.Process(target=_child, args=(sender, fn, args, reports, niceness), daemon=True)
             process.start()
             sender.close()
             try:
