@@ -13,6 +13,7 @@ import shutil
 import struct
 import subprocess
 import tarfile
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -209,6 +210,19 @@ def edge_tars(tmp_path: Path) -> list[Path]:
 def test_edge_image_passes_fsck_and_equals_source(edge_tars: list[Path], tmp_path: Path) -> None:
     layers, _, boot = convert(NydusDriver(), edge_tars, tmp_path)
     check_with_fsck(boot, blob_files(layers), edge_tars, tmp_path)
+
+
+def test_temp_files_go_only_to_the_work_directory(
+    edge_tars: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The system's temp directory may be a small tmpfs (memory): a layer's spools (digests, the
+    compressed bootstrap) belong with its other work files, whose disk use the limits bound."""
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    with monkeypatch.context() as patched:
+        patched.setattr(tempfile, "tempdir", str(tmp_path / "no-system-temp-directory"))
+        layers, _, boot = convert(NydusDriver(), edge_tars, workdir)
+    check_with_fsck(boot, blob_files(layers), edge_tars, workdir)
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ import shutil
 import struct
 import subprocess
 import tarfile
+import tempfile
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -255,6 +256,18 @@ def edge_tars(tmp_path: Path) -> list[Path]:
 def test_edge_image_round_trips(edge_tars: list[Path], tmp_path: Path, level: int, members: int) -> None:
     layers = [gzip_layer(t, t.with_suffix(".tar.gz"), level=level, members=members) for t in edge_tars]
     check_image(NydusDriver(oci_ref=True), edge_tars, layers, tmp_path)
+
+
+def test_temp_files_go_only_to_the_work_directory(
+    edge_tars: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layers = [gzip_layer(t, t.with_suffix(".tar.gz")) for t in edge_tars]
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    with monkeypatch.context() as patched:
+        patched.setattr(tempfile, "tempdir", str(tmp_path / "no-system-temp-directory"))
+        blobs, _, boot = convert(NydusDriver(oci_ref=True), layers, workdir)
+    check_with_fsck(boot, write_devices(boot, blobs, layers, workdir), edge_tars, workdir)
 
 
 def test_image_level_rules_and_per_layer_entries(edge_tars: list[Path], tmp_path: Path) -> None:

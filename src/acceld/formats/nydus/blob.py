@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Collection
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any
 
 from acceld.formats.driver import FormatError, HashingSink
@@ -109,8 +110,11 @@ class _ChunkWriter:
     is resolved: at most a window of batches of them exist at any time.
     """
 
-    def __init__(self, out: _HashingWriter, options: NydusOptions, chunk_dict: ChunkDict | None) -> None:
+    def __init__(
+        self, out: _HashingWriter, options: NydusOptions, chunk_dict: ChunkDict | None, workdir: Path
+    ) -> None:
         self.out = out
+        self.workdir = workdir  # where the temp files of the blob's writing go
         self.options = options
         self.chunk_dict = chunk_dict
         self.skip: Collection[bytes] = chunk_dict.chunks if chunk_dict is not None else ()
@@ -129,7 +133,7 @@ class _ChunkWriter:
         self.resolved_base = 0
         self.file_start = 0  # the number of the first chunk of the file being read
         self.dict_chunks: list[Chunk] = []
-        self.index = DigestIndex()  # the digests of this blob's chunks, by CI index
+        self.index = DigestIndex(workdir)  # the digests of this blob's chunks, by CI index
         self.dict_blob_ids: dict[str, None] = {}
         self.ci = bytearray()
         self.uncompressed_end = 0
@@ -266,14 +270,15 @@ def write_layer_blob(
     tar: IO[bytes],
     out: IO[bytes],
     options: NydusOptions,
+    workdir: Path,
     chunk_dict: ChunkDict | None = None,
     guard: TarGuard | None = None,
 ) -> LayerBlobResult:
     """Convert one decompressed layer tar into a Nydus blob stream written sequentially to `out`
-    (`guard`, the TarGuard watching `tar`, is handed its headers)."""
+    (temp files go in `workdir`; `guard`, the TarGuard watching `tar`, is handed its headers)."""
     if chunk_dict is not None:
         chunk_dict.check_compatible(options)
-    chunks = _ChunkWriter(_HashingWriter(out), options, chunk_dict)
+    chunks = _ChunkWriter(_HashingWriter(out), options, chunk_dict, workdir)
     with chunks.index:
         return _write_layer_blob(tar, chunks, options, chunk_dict, guard)
 
@@ -375,7 +380,7 @@ def _write_layer_blob(
         refs,
     )
     boot_offset = writer.position
-    boot_compressor, boot_stored, boot_digest = store_bootstrap(bootstrap, writer)
+    boot_compressor, boot_stored, boot_digest = store_bootstrap(bootstrap, writer, chunks.workdir)
     writer.write(gnu_tar_header("image.boot", boot_stored))
     toc.append(
         pack_toc_entry("image.boot", boot_compressor, boot_digest, boot_offset, boot_stored, bootstrap.size)

@@ -16,6 +16,7 @@ from array import array
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
+from pathlib import Path
 from typing import Protocol
 
 import zstandard
@@ -703,10 +704,10 @@ class _Digesting:
         self.target.write(data)
 
 
-def store_bootstrap(bootstrap: Bootstrap, out: Writable) -> tuple[str, int, bytes]:
+def store_bootstrap(bootstrap: Bootstrap, out: Writable, workdir: Path) -> tuple[str, int, bytes]:
     """Write the bootstrap zstd-compressed (or raw when that is not smaller) to `out`, spooling the
-    compressed form to a temp file: (compressor, stored size, sha256 of the bootstrap)."""
-    with tempfile.TemporaryFile() as packed:
+    compressed form to a temp file in `workdir`: (compressor, stored size, sha256 of the bootstrap)."""
+    with tempfile.TemporaryFile(dir=workdir) as packed:
         with zstandard.ZstdCompressor(level=ZSTD_LEVEL).stream_writer(
             packed, size=bootstrap.size, closefd=False
         ) as stream:

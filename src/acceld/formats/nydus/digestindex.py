@@ -15,6 +15,7 @@ import os
 import tempfile
 from array import array
 from collections.abc import Iterator
+from pathlib import Path
 from types import TracebackType
 
 _EMPTY = -1
@@ -24,8 +25,9 @@ _READ_BYTES = 256 << 10
 
 
 class DigestIndex:
-    def __init__(self) -> None:
-        self._spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed by `close`; 0600, already unlinked
+    def __init__(self, workdir: Path | None = None) -> None:
+        # in `workdir` (default: the system's temp directory); 0600, already unlinked
+        self._spool = tempfile.TemporaryFile(dir=workdir)  # noqa: SIM115 - closed by `close`
         self._fd = self._spool.fileno()
         self._spooled = 0  # digests in the file; the rest are in `_tail`
         self._tail = bytearray()

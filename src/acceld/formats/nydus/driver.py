@@ -122,18 +122,22 @@ class NydusDriver:
         guard: TarGuard | None = None,
     ) -> LayerOutput:
         if self.oci_ref:
-            return self.convert_gzip_layer(tar, out, layer)
-        result = write_layer_blob(tar, out, self.options, self._chunk_dict(), guard)
+            return self.convert_gzip_layer(tar, out, layer, workdir)
+        result = write_layer_blob(tar, out, self.options, workdir, self._chunk_dict(), guard)
         return LayerOutput(
             media_type=NYDUS_BLOB_MEDIA_TYPE,
             diff_id=result.digest,
             annotations={BLOB_ANNOTATION: "true"},
         )
 
-    def convert_gzip_layer(self, gzip_layer: BinaryIO, out: BinaryIO, layer: SourceLayer) -> LayerOutput:
-        """oci_ref: read the still-compressed layer and write its ref blob."""
+    def convert_gzip_layer(
+        self, gzip_layer: BinaryIO, out: BinaryIO, layer: SourceLayer, workdir: Path
+    ) -> LayerOutput:
+        """oci_ref: read the still-compressed layer and write its ref blob (temp files in `workdir`)."""
         self.check_source_layer(layer)
-        result = write_ref_blob(gzip_layer, out, layer.digest, self.chunk_size, self.prefetch_patterns)
+        result = write_ref_blob(
+            gzip_layer, out, layer.digest, self.chunk_size, workdir, self.prefetch_patterns
+        )
         return LayerOutput(
             media_type=NYDUS_BLOB_MEDIA_TYPE,
             diff_id=result.digest,

@@ -14,6 +14,7 @@ import hashlib
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO
 
 import zstandard
@@ -141,9 +142,16 @@ class _ZranChunks:
     """Implements `tarball.ChunkStore`: one CI v2 entry per distinct chunk, contexts cut per §6.3."""
 
     def __init__(
-        self, source: _TarSource, blob_id: str, chunk_size: int, dictionaries: IO[bytes], index: DigestIndex
+        self,
+        source: _TarSource,
+        blob_id: str,
+        chunk_size: int,
+        dictionaries: IO[bytes],
+        index: DigestIndex,
+        workdir: Path,
     ) -> None:
         self.source = source
+        self.workdir = workdir  # where the temp files of the blob's writing go
         self.dictionaries = dictionaries  # the dictionary table, spooled (32 KiB per context)
         self.dictionaries_size = 0
         self.blob_id = blob_id
@@ -278,18 +286,20 @@ def write_ref_blob(
     out: IO[bytes],
     layer_digest: str,
     chunk_size: int,
+    workdir: Path,
     prefetch_patterns: tuple[str, ...] = ("/",),
 ) -> ZranBlobResult:
-    """Index the gzip layer `gzip_layer` (whose digest is `layer_digest`) and write its ref blob to `out`."""
+    """Index the gzip layer `gzip_layer` (whose digest is `layer_digest`) and write its ref blob to `out`
+    (temp files in `workdir`)."""
     blob_id = layer_digest.removeprefix("sha256:")
     layer_hash = hashlib.sha256()
     tracker = _BoundaryTracker()
-    with tempfile.TemporaryFile() as dictionaries, DigestIndex() as index:
-        with WindowStore() as windows:
+    with tempfile.TemporaryFile(dir=workdir) as dictionaries, DigestIndex(workdir) as index:
+        with WindowStore(workdir) as windows:
             reader = CheckpointingReader(gzip_layer, tracker, windows, on_input=layer_hash.update)  # type: ignore[arg-type]
             try:
                 source = _TarSource(reader, tracker)
-                chunks = _ZranChunks(source, blob_id, chunk_size, dictionaries, index)
+                chunks = _ZranChunks(source, blob_id, chunk_size, dictionaries, index, workdir)
                 refs = BlobRefs()
                 root = tree_from_tar(source, chunks, refs, chunk_size, sparse_files=False)  # type: ignore[arg-type]
                 reader.finish()
@@ -307,7 +317,7 @@ def _write_meta(writer: _HashingWriter, chunks: _ZranChunks) -> tuple[str, int, 
     whole in memory); returns (compressor, stored size, uncompressed size, sha256 of the latter)."""
     raw_size = len(chunks.ci) + chunks.zran_size
     digest = hashlib.sha256()
-    with tempfile.TemporaryFile() as packed:
+    with tempfile.TemporaryFile(dir=chunks.workdir) as packed:
         compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
         with compressor.stream_writer(packed, size=raw_size, closefd=False) as stream:
             for piece in chunks.meta_pieces():
@@ -405,7 +415,7 @@ def _write_blob(
         refs,
     )
     boot_offset = writer.position
-    boot_compressor, boot_stored, boot_digest = store_bootstrap(bootstrap, writer)
+    boot_compressor, boot_stored, boot_digest = store_bootstrap(bootstrap, writer, chunks.workdir)
     writer.write(gnu_tar_header("image.boot", boot_stored))
     toc.append(
         pack_toc_entry("image.boot", boot_compressor, boot_digest, boot_offset, boot_stored, bootstrap.size)
