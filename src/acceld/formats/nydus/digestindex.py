@@ -10,7 +10,6 @@ in one run of slots.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from array import array
@@ -97,13 +96,6 @@ class DigestIndex:
                 raise OSError("the digest spool file is shorter than what was written to it")
             position += len(piece)
             yield piece
-
-    def sha256(self) -> bytes:
-        """The sha256 of every digest in number order, concatenated."""
-        hasher = hashlib.sha256()
-        for piece in self.pieces():
-            hasher.update(piece)
-        return hasher.digest()
 
     def _spool_tail(self) -> None:
         view, position = memoryview(self._tail), WIDTH * self._spooled

@@ -13,7 +13,6 @@ from acceld.formats.driver import FormatError
 from acceld.formats.nydus.layout import MAX_CHUNKS_PER_BLOB, xattr_name_index
 from acceld.formats.nydus.tree import (
     NO_XATTRS,
-    PENDING_BLOB_ID,
     BlobRefs,
     Children,
     Chunk,
@@ -151,13 +150,8 @@ class _LayerTree:
         unsettled = self.unsettled
         while unsettled:
             directory, name, inode = unsettled[0]
-            if not everything:
-                chunks = inode.chunks
-                if isinstance(chunks, Chunk):
-                    if chunks.blob_id == PENDING_BLOB_ID:
-                        break
-                elif not is_resolved(inode):
-                    break
+            if not everything and not is_resolved(inode):
+                break
             unsettled.popleft()
             if not self.unsettled_ids.pop(id(inode)):  # no hardlink names it
                 directory.settle(name, inode, self.refs)

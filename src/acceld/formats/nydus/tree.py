@@ -505,7 +505,7 @@ class BlobRefs:
 # the chunk's CI index (u32) + blob ref (u16) when `BlobRefs` holds a chunk table of that blob,
 # else the whole `chunk_key`. The kinds differ in size, so a record's size tells them apart.
 _OWNER = struct.Struct("<HII")
-CHUNK_KEY = struct.Struct("<32sIQIIQ?H")  # `chunk_key`: Chunk.packed + blob ref
+CHUNK_KEY = struct.Struct(Chunk._RECORD.format + "H")  # `chunk_key`: Chunk.packed + blob ref
 CHUNK_KEY_SIZE = CHUNK_KEY.size
 _INDEX_KEY = struct.Struct("<IH")  # CI index + blob ref
 INDEX_KEY_SIZE = _INDEX_KEY.size
@@ -537,7 +537,10 @@ def _key_size(record_size: int) -> int:
 
 
 def is_resolved(inode: Inode) -> bool:
-    return all(chunk.blob_id != PENDING_BLOB_ID for chunk in inode.chunks)
+    chunks = inode.chunks
+    if isinstance(chunks, Chunk):  # a one-chunk file (most): no generator
+        return chunks.blob_id != PENDING_BLOB_ID
+    return all(chunk.blob_id != PENDING_BLOB_ID for chunk in chunks)
 
 
 def file_record(inode: Inode, refs: BlobRefs) -> bytes:
@@ -547,7 +550,7 @@ def file_record(inode: Inode, refs: BlobRefs) -> bytes:
         ref = refs.number(chunk.blob_id)
         if ref in refs.tables:
             return _INDEX_KEY.pack(chunk.index, ref) + attrs
-        return chunk.packed + ref.to_bytes(2, "little") + attrs
+        return chunk_key(chunk, refs) + attrs
     return attrs
 
 
