@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import binascii
 import datetime
+import functools
 import json
 import re
 
@@ -33,29 +34,21 @@ def b64(value: bytes) -> str:
 
 def time(value: GoTime) -> str:
     """A UTC time.Time as Go marshals it (RFC 3339 with trailing-zero-trimmed nanoseconds)."""
-    seconds = _SECONDS.get(value.sec)
-    if seconds is None:
-        seconds = _seconds(value.sec)
+    seconds = _seconds(value.sec)
     if not value.nsec:
         return f'"{seconds}Z"'
     return f'"{seconds}' + f".{value.nsec:09d}".rstrip("0") + 'Z"'
 
 
-# the date and time of the seconds a layer's timestamps share (few values: files come in packages)
-_SECONDS: dict[int, str] = {}
-_MAX_SECONDS = 4096
-
-
+# cached: a layer's timestamps share few seconds (files come in packages)
+@functools.lru_cache(maxsize=4096)
 def _seconds(sec: int) -> str:
+    """The date and time of a Unix second, as RFC 3339 without the zone."""
     try:
         stamp = datetime.datetime.fromtimestamp(sec, datetime.UTC)
     except (OverflowError, OSError, ValueError):
         raise FormatError(f"timestamp {sec} cannot be represented in a zstd:chunked TOC") from None
-    text = (
+    return (
         f"{stamp.year:04d}-{stamp.month:02d}-{stamp.day:02d}"
         f"T{stamp.hour:02d}:{stamp.minute:02d}:{stamp.second:02d}"
     )
-    if len(_SECONDS) >= _MAX_SECONDS:
-        _SECONDS.clear()
-    _SECONDS[sec] = text
-    return text

@@ -175,8 +175,7 @@ class _SplitGroup:
     computes together."""
 
     files: list[tuple[bytes, TarHeader, bytes]] = field(default_factory=list)
-    contents: list[bytes] = field(default_factory=list)
-    size: int = 0
+    size: int = 0  # of the contents
     future: Future[list[np.ndarray]] | None = None
 
 
@@ -261,16 +260,16 @@ class _LayerWriter:
         small files reach the compressing threads while the next files are read."""
         group = self._group
         group.files.append((raw, header, content))
-        group.contents.append(content)
         group.size += len(content)
-        if group.size >= _GROUP_BYTES or len(group.contents) >= _GROUP_FILES:
+        if group.size >= _GROUP_BYTES or len(group.files) >= _GROUP_FILES:
             self._submit_group()
             if len(self._groups) > _GROUPS_AHEAD:
                 self._write_group(self._groups.popleft())
 
     def _submit_group(self) -> None:
-        if self._group.contents:
-            self._group.future = self._pool.submit(split_points_each, self._group.contents)
+        if self._group.files:
+            contents = [content for _, _, content in self._group.files]
+            self._group.future = self._pool.submit(split_points_each, contents)
             self._groups.append(self._group)
             self._group = _SplitGroup()
 
