@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -134,3 +136,19 @@ async def test_a_job_started_beside_a_larger_one_runs_at_a_lower_priority() -> N
     large, small = await asyncio.gather(runner.run(niceness, size=100), runner.run(niceness, size=1))
     assert large == base and small == min(19, base + 10)
     assert await runner.run(niceness, size=1) == base  # alone
+
+
+def test_the_fork_server_imports_no_asyncio() -> None:
+    """A worker process needs only its entry and the layer job: asyncio (~20 ms of the fork server's
+    start-up, which the first layer waits for) stays the conversion's."""
+    script = (
+        "import importlib, sys\n"
+        "from acceld.convert import forkserver\n"
+        "from acceld.convert.drivers import DRIVER_CLASSES, worker_modules\n"
+        "for name in DRIVER_CLASSES:\n"
+        "    for module in [*forkserver._PRELOAD[1:], *worker_modules(name)]:\n"
+        "        importlib.import_module(module)\n"
+        "print('asyncio' in sys.modules)\n"
+    )
+    printed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert printed.stdout.strip() == "False", printed

@@ -14,10 +14,24 @@ from typing import Any
 
 __all__ = ["app", "convert", "images", "main", "service"]
 _COMMAND_MODULES = ("convert", "images", "service")
+# the module that registers each top-level command
+_MODULE_OF_COMMAND = {
+    "convert": "convert",
+    "check": "convert",
+    "inspect": "images",
+    "copy": "images",
+    "serve": "service",
+    "sync": "service",
+    "prune": "service",
+    "tasks": "service",
+}
 
 
-def _load_app() -> Any:
-    for name in _COMMAND_MODULES:  # each registers its commands on `app`
+def _load_app(command: str | None = None) -> Any:
+    """The typer app with `command`'s module loaded, or every command's when `command` is not one
+    (help, a mistyped command): `acceld convert` need not import the service's configuration."""
+    module = _MODULE_OF_COMMAND.get(command or "")
+    for name in (module,) if module else _COMMAND_MODULES:  # each registers its commands on `app`
         importlib.import_module(f"acceld.cli.{name}")
     typer_app = importlib.import_module("acceld.cli.app").app
     # importing the submodule `acceld.cli.app` bound its name here to the module: rebind the app
@@ -61,4 +75,4 @@ def _start_workers_early(args: Sequence[str]) -> None:
 
 def main() -> None:
     _start_workers_early(sys.argv[1:])
-    _load_app()()
+    _load_app(sys.argv[1] if len(sys.argv) > 1 else None)()

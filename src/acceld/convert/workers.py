@@ -19,41 +19,14 @@ from typing import Any, TypeVar
 from acceld.convert.errors import ConvertError
 from acceld.convert.forkserver import CONTEXT, start_fork_server
 from acceld.convert.slots import LargestFirst
-from acceld.errors import AcceldError
-from acceld.lifeline import die_with_parent, exit_when_hung_up
+from acceld.convert.worker_child import ERROR, PROGRESS, run_child
 
 T = TypeVar("T")
 
-# Messages from a child: any number of progress reports, then one result or error; none at all
-# when it died first.
-_PROGRESS, _RESULT, _ERROR, _DIED = "progress", "result", "error", "died"
+_DIED = "died"  # the child ended without sending its outcome
 # How much lower a job's CPU priority is than that of a larger job running beside it: the largest
 # job decides when a conversion ends, and smaller ones can use what its threads leave idle.
 _OUTRANKED_NICENESS = 10
-
-
-def _child(
-    conn: Connection, fn: Callable[..., Any], args: tuple[Any, ...], reports: bool, niceness: int
-) -> None:
-    # Gone as soon as the conversion's end of the pipe closes, however the conversion died (the fork
-    # server outlives it while a worker lives: workers hold its liveness pipe); killed with the fork
-    # server should that die first.
-    die_with_parent()
-    exit_when_hung_up(conn.fileno())
-    if niceness:
-        os.nice(niceness)
-
-    def report(amount: int) -> None:
-        conn.send((_PROGRESS, amount))
-
-    try:
-        result: tuple[str, Any] = (_RESULT, fn(*args, report) if reports else fn(*args))
-    except AcceldError as exc:
-        result = (_ERROR, exc)
-    except BaseException as exc:
-        result = (_ERROR, ConvertError(f"worker failed: {type(exc).__name__}: {exc}"))
-    conn.send(result)
-    conn.close()
 
 
 def default_workers() -> int:
@@ -87,13 +60,14 @@ class ProcessRunner:
             receiver, sender = CONTEXT.Pipe(duplex=False)
             reports = on_progress is not None
             niceness = _OUTRANKED_NICENESS if outranked else 0
-            process = CONTEXT.Process(target=_child, args=(sender, fn, args, reports, niceness), daemon=True)
+            child_args = (sender, fn, args, reports, niceness)
+            process = CONTEXT.Process(target=run_child, args=child_args, daemon=True)
             process.start()
             sender.close()
             try:
                 while True:
                     kind, value = await _receive(receiver)
-                    if kind != _PROGRESS:
+                    if kind != PROGRESS:
                         break
                     if on_progress is not None:
                         on_progress(value)
@@ -105,7 +79,7 @@ class ProcessRunner:
                 receiver.close()
         if kind == _DIED:
             raise _death(process.exitcode)
-        if kind == _ERROR:
+        if kind == ERROR:
             raise value
         return value  # type: ignore[no-any-return]
 
