@@ -28,6 +28,7 @@ from acceld.formats.nydus.layout import (
     FLAG_COMPRESSION,
     FLAG_HASH,
     INODE_EXTENDED,
+    INODE_SIZE,
     LAYOUT_CHUNK_BASED,
     LAYOUT_FLAT_INLINE,
     MAX_CHUNKS_PER_BLOB,
@@ -35,8 +36,10 @@ from acceld.formats.nydus.layout import (
     SB_OFFSET,
     XATTR_PREFIX_OF_INDEX,
     BlobInfo,
+    align,
 )
 from acceld.formats.nydus.tree import (
+    CHUNK_KEY,
     NO_XATTRS,
     BlobRefs,
     Children,
@@ -47,6 +50,7 @@ from acceld.formats.nydus.tree import (
     chunks_of,
     file_record,
     is_plain,
+    pack_record,
 )
 
 _MAX_SHARED_INTS = 1 << 16
@@ -71,7 +75,16 @@ def _flag_name(flags: int, table: dict[str, int], what: str) -> str:
 
 
 _PAGE_BITS = 16
-_STRUCTS: dict[str, struct.Struct] = {}
+_MAGIC = struct.Struct("<I")
+_ROOT_NID = struct.Struct("<H")
+_EXT_SB = struct.Struct("<QQIIQQ")  # flags, blob table offset, size, chunk size, chunk table offset, size
+_EXTENDED = struct.Struct("<HHHHQIIIIQII")  # an extended inode (its used 48 bytes)
+_COMPACT = struct.Struct("<HHHHIIIIHH")
+_XATTR_ENTRY = struct.Struct("<BBH")
+_CHUNK_INDEX = struct.Struct("<HH")  # the parts of a chunk index naming a chunk: blob and CI index
+_CHUNK_ROW = struct.Struct("<32sIIIIQQQI")
+_CHUNK_ROW_NAME = struct.Struct("<32xI36xI4x")  # a chunk table row's blob and CI index
+_CHUNK_ROWS_READ = CHUNK_RECORD_SIZE * 1024  # the chunk table is scanned in pieces of this size
 
 
 class _Pages:
@@ -117,27 +130,31 @@ class _Pages:
         joined = b"".join(self.page(number) for number in range(first, last + 1))
         return joined[start - first * self.PAGE : stop - first * self.PAGE]
 
-    def unpack(self, fmt: str, offset: int) -> tuple[Any, ...]:
-        layout = _STRUCTS.get(fmt) or _STRUCTS.setdefault(fmt, struct.Struct(fmt))
-        end = offset + layout.size
+    def window(self, offset: int, size: int) -> tuple[bytes, int]:
+        """(buffer, start): the `size` bytes at `offset` are `buffer[start : start + size]` (a
+        cached page when they lie within one: read in place)."""
+        end = offset + size
         if end > self.size or offset < 0:
             raise FormatError(f"truncated or corrupt RAFS v6 bootstrap: nothing at offset {offset}")
         number = offset >> _PAGE_BITS
-        if (end - 1) >> _PAGE_BITS == number:  # within one page: unpacked in place
-            return layout.unpack_from(self.page(number), offset - (number << _PAGE_BITS))
-        return layout.unpack(self[offset:end])
+        if (end - 1) >> _PAGE_BITS == number:
+            return self.page(number), offset - (number << _PAGE_BITS)
+        return self[offset:end], 0
+
+    def unpack(self, layout: struct.Struct, offset: int) -> tuple[Any, ...]:
+        return layout.unpack_from(*self.window(offset, layout.size))
 
 
 class _Loader:
     def __init__(self, handle: IO[bytes], own_blob_id: str | None, refs: BlobRefs) -> None:
         self.refs = refs
         data = self.data = _Pages(handle)
-        if data.size < 2 * BLOCK or data.unpack("<I", SB_OFFSET)[0] != EROFS_MAGIC:
+        if data.size < 2 * BLOCK or data.unpack(_MAGIC, SB_OFFSET)[0] != EROFS_MAGIC:
             raise FormatError("not a RAFS v6 bootstrap (no EROFS superblock)")
-        self.root_nid = data.unpack("<H", SB_OFFSET + 14)[0]
-        self.meta_addr = data.unpack("<I", SB_OFFSET + 40)[0] * BLOCK
+        self.root_nid = data.unpack(_ROOT_NID, SB_OFFSET + 14)[0]
+        self.meta_addr = data.unpack(_MAGIC, SB_OFFSET + 40)[0] * BLOCK
         (self.flags, blob_off, blob_size, self.chunk_size, chunk_off, chunk_size) = data.unpack(
-            "<QQIIQQ", EXT_SB_OFFSET
+            _EXT_SB, EXT_SB_OFFSET
         )
         self.blobs: list[BlobInfo] = []
         for offset in range(blob_off, blob_off + blob_size, BLOB_ENTRY_SIZE):
@@ -148,6 +165,9 @@ class _Loader:
             if own_blob_id is not None and blob.blob_id in (PLACEHOLDER_BLOB_ID, own_blob_id):
                 blob = replace(blob, blob_id=own_blob_id, features=blob.features & ~BLOB_INLINED_FS_META)
             self.blobs.append(blob)
+        # what a file record's chunk key says of each blob: its ref and whether it is zran
+        self.blob_refs = [refs.number(blob.blob_id) for blob in self.blobs]
+        self.blob_zran = [bool(blob.features & BLOB_ZRAN) for blob in self.blobs]
         self.chunk_off = chunk_off
         self.chunk_rows = self._chunk_rows(chunk_off, chunk_size)
         self.inodes: dict[int, Inode] = {}
@@ -158,16 +178,20 @@ class _Loader:
         when an inode names them, so no chunk objects are held for the whole table."""
         keys = array("Q")  # blob index << 24 | CI index, by row
         counts, highest = [0] * len(self.blobs), [-1] * len(self.blobs)
-        for offset in range(start, start + size, CHUNK_RECORD_SIZE):
-            blob_index, index = self.data.unpack("<I36xI", offset + 32)
-            if blob_index >= len(self.blobs):
-                raise FormatError(f"chunk table entry names blob {blob_index}, beyond the blob table")
-            if index >= MAX_CHUNKS_PER_BLOB:
-                keys.append(_UNNAMED)
-                continue
-            counts[blob_index] += 1
-            highest[blob_index] = max(highest[blob_index], index)
-            keys.append(blob_index << 24 | index)
+        for piece in range(start, start + size, _CHUNK_ROWS_READ):
+            raw = self.data.read_at(piece, min(_CHUNK_ROWS_READ, start + size - piece))
+            if len(raw) % CHUNK_RECORD_SIZE:
+                raise FormatError("truncated or corrupt RAFS v6 bootstrap: chunk table cut short")
+            for blob_index, index in _CHUNK_ROW_NAME.iter_unpack(raw):
+                if blob_index >= len(self.blobs):
+                    raise FormatError(f"chunk table entry names blob {blob_index}, beyond the blob table")
+                if index >= MAX_CHUNKS_PER_BLOB:
+                    keys.append(_UNNAMED)
+                    continue
+                counts[blob_index] += 1
+                if index > highest[blob_index]:
+                    highest[blob_index] = index
+                keys.append(blob_index << 24 | index)
         # an array unless a few chunks have high indexes
         tables: list[array[int] | dict[int, int]] = [
             array("i", [-1]) * (top + 1) if top < 4 * count + 4096 else {}
@@ -178,20 +202,43 @@ class _Loader:
                 tables[key >> 24][key & 0xFFFFFF] = row
         return tables
 
-    def chunk(self, blob_index: int, index: int) -> Chunk | None:
-        """The chunk table's chunk of (blob, CI index), last row wins; None when it has none."""
+    def chunk_row(self, blob_index: int, index: int) -> tuple[Any, ...]:
+        """The chunk table row of (blob, CI index), last row wins, unpacked."""
         table = self.chunk_rows[blob_index] if 0 <= blob_index < len(self.chunk_rows) else {}
         row = table[index] if isinstance(table, array) and index < len(table) else -1
         if isinstance(table, dict):
             row = table.get(index, -1)
         if row < 0:
-            return None
+            raise FormatError(f"chunk {index} of blob {blob_index} is missing from the chunk table")
         raw = self.data.read_at(self.chunk_off + CHUNK_RECORD_SIZE * row, CHUNK_RECORD_SIZE)
         if len(raw) != CHUNK_RECORD_SIZE:
             raise FormatError("truncated or corrupt RAFS v6 bootstrap: chunk table cut short")
-        digest, _, _flags, csize, usize, coff, uoff, _foff, _ = struct.unpack_from("<32sIIIIQQQI", raw)
-        blob = self.blobs[blob_index]
-        return Chunk(digest, blob.blob_id, index, coff, csize, uoff, usize, bool(blob.features & BLOB_ZRAN))
+        return _CHUNK_ROW.unpack_from(raw)
+
+    def chunk(self, blob_index: int, index: int) -> Chunk:
+        digest, _, _flags, csize, usize, coff, uoff, _foff, _ = self.chunk_row(blob_index, index)
+        blob_id = self.blobs[blob_index].blob_id
+        return Chunk(digest, blob_id, index, coff, csize, uoff, usize, self.blob_zran[blob_index])
+
+    def chunk_address(self, body: int) -> tuple[int, int]:
+        """(blob index, CI index) of the chunk index at `body` (§5.6)."""
+        lo, hi = self.data.unpack(_CHUNK_INDEX, body)
+        return (hi & 0xFF) - 1, lo | (hi >> 8) << 16
+
+    def plain_record(self, body: int, size: int, mode: int, uid: int, gid: int, mtime: int) -> bytes | None:
+        """The file record of a regular file of one name and no xattrs, when it is plain (of at
+        most one chunk, whose key is whole): made without an inode or chunk object."""
+        if not size:
+            return pack_record(b"", mode, uid, gid, mtime)
+        if size > self.chunk_size:
+            return None
+        blob_index, index = self.chunk_address(align(body, 8))
+        digest, _, _flags, csize, usize, coff, uoff, _foff, _ = self.chunk_row(blob_index, index)
+        ref = self.blob_refs[blob_index]
+        if usize != size or ref in self.refs.tables:
+            return None
+        key = CHUNK_KEY.pack(digest, index, coff, csize, usize, uoff, self.blob_zran[blob_index], ref)
+        return pack_record(key, mode, uid, gid, mtime)
 
     def shared(self, value: int) -> int:
         """One int object per distinct mode, owner or mtime (while there are few)."""
@@ -206,15 +253,20 @@ class _Loader:
         if depth > 4096:
             raise FormatError("bootstrap directory tree is too deep or cyclic")
         pos = self.meta_addr + 32 * nid
-        i_format, icount, mode = self.data.unpack("<HHH", pos)
-        if i_format & INODE_EXTENDED:
-            _, _, _, _, size, i_u, _ino, uid, gid, mtime, nsec, nlink = self.data.unpack(
-                "<HHHHQIIIIQII", pos
+        buffer, at = self.data.window(pos, INODE_SIZE if pos + INODE_SIZE <= self.data.size else 32)
+        if buffer[at] & INODE_EXTENDED:
+            i_format, icount, mode, _, size, i_u, _ino, uid, gid, mtime, nsec, nlink = _EXTENDED.unpack_from(
+                buffer, at
             )
-            inode_size = 64
+            inode_size = INODE_SIZE
         else:
-            _, _, _, nlink, size, _, i_u, _ino, uid, gid = self.data.unpack("<HHHHIIIIHH", pos)
+            i_format, icount, mode, nlink, size, _, i_u, _ino, uid, gid = _COMPACT.unpack_from(buffer, at)
             mtime, nsec, inode_size = 0, 0, 32
+        layout = (i_format >> 1) & 0x7
+        if nlink == 1 and not icount and stat.S_ISREG(mode) and layout == LAYOUT_CHUNK_BASED:
+            record = self.plain_record(pos + inode_size, size, mode, uid, gid, mtime)
+            if record is not None:
+                return record
         xattr_size = 12 + 4 * (icount - 1) if icount else 0
         shared = self.shared
         node = Inode(mode=shared(mode), uid=shared(uid), gid=shared(gid), mtime=shared(mtime), size=size)
@@ -223,7 +275,6 @@ class _Loader:
             self.inodes[nid] = node  # hardlinks share one inode; a file of one name needs no lookup
         node.xattrs = self.xattrs(pos + inode_size, xattr_size)
         body = pos + inode_size + xattr_size
-        layout = (i_format >> 1) & 0x7
         if stat.S_ISREG(mode):
             if layout != LAYOUT_CHUNK_BASED:
                 raise FormatError(f"nid {nid}: regular file is not chunk based")
@@ -255,7 +306,7 @@ class _Loader:
         result: dict[bytes, bytes] = {}
         pos, end = start + 12, start + size
         while pos < end:
-            name_len, index, value_size = self.data.unpack("<BBH", pos)
+            name_len, index, value_size = self.data.unpack(_XATTR_ENTRY, pos)
             prefix = XATTR_PREFIX_OF_INDEX.get(index)
             if prefix is None:
                 raise FormatError(f"unknown xattr prefix index {index}")
@@ -271,16 +322,11 @@ class _Loader:
         return self.data[i_u * BLOCK : i_u * BLOCK + size]
 
     def chunks(self, body: int, size: int) -> Chunks:
-        pos = (body - self.meta_addr + 7) // 8 * 8 + self.meta_addr
+        pos = align(body, 8)
         result = []
         for _ in range(-(-size // self.chunk_size)):
-            lo, hi = self.data.unpack("<HH", pos)
+            result.append(self.chunk(*self.chunk_address(pos)))
             pos += 8
-            blob_index, index = (hi & 0xFF) - 1, lo | (hi >> 8) << 16
-            chunk = self.chunk(blob_index, index)
-            if chunk is None:
-                raise FormatError(f"chunk {index} of blob {blob_index} is missing from the chunk table")
-            result.append(chunk)
         return chunks_of(result)
 
     @staticmethod

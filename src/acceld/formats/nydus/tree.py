@@ -544,14 +544,16 @@ def is_resolved(inode: Inode) -> bool:
 
 
 def file_record(inode: Inode, refs: BlobRefs) -> bytes:
-    mtime = inode.mtime.to_bytes(4 if inode.mtime < 1 << 32 else 8, "little")
-    attrs = _OWNER.pack(inode.mode, inode.uid, inode.gid) + mtime
+    key = b""
     for chunk in inode.chunks:
         ref = refs.number(chunk.blob_id)
-        if ref in refs.tables:
-            return _INDEX_KEY.pack(chunk.index, ref) + attrs
-        return chunk_key(chunk, refs) + attrs
-    return attrs
+        key = _INDEX_KEY.pack(chunk.index, ref) if ref in refs.tables else chunk_key(chunk, refs)
+    return pack_record(key, inode.mode, inode.uid, inode.gid, inode.mtime)
+
+
+def pack_record(key: bytes, mode: int, uid: int, gid: int, mtime: int) -> bytes:
+    """A file record of these attributes after `key`: its chunk's key (b"" for none)."""
+    return key + _OWNER.pack(mode, uid, gid) + mtime.to_bytes(4 if mtime < 1 << 32 else 8, "little")
 
 
 def chunk_key(chunk: Chunk, refs: BlobRefs) -> bytes:
