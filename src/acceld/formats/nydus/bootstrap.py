@@ -13,9 +13,8 @@ import stat
 import struct
 import tempfile
 from array import array
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 from typing import Protocol
 
@@ -74,12 +73,11 @@ from acceld.formats.nydus.tree import (
     has_chunk,
     is_dir,
     lookup_parent,
+    record_fields,
     record_key,
-    record_owner,
-    record_place,
 )
 
-_FILE_TYPES = {
+_FILE_TYPES = {  # by stat.S_IFMT
     stat.S_IFREG: FT_REG,
     stat.S_IFDIR: FT_DIR,
     stat.S_IFCHR: FT_CHR,
@@ -318,7 +316,7 @@ class Bootstrap:
 
         # the chunk table's rows are built while writing: here only which chunks, in which order
         self.refs = refs
-        self.file_offsets = _file_offsets(order, settings.chunk_size, refs)
+        self.chunk_size = settings.chunk_size
         self.chunk_table = _table_order(order, refs, self.blob_index)
         # blob table index by blob ref (every chunk has its ref by now)
         self.ref_index = [self.blob_index.get(blob_id, -1) for blob_id in refs.ids]
@@ -421,13 +419,7 @@ class Bootstrap:
             sink.write(superblock)
             sink.skip_to(EXT_SB_OFFSET)
             sink.write(extended)
-        order = self.order
-        for serial, inode in enumerate(order.inodes):
-            sink.skip_to(self.meta_addr + 32 * self.nids[serial])
-            if isinstance(inode, Children):
-                sink.write(self._record_bytes(serial, inode.record(order.rows[serial])))
-            else:
-                sink.write(self._inode_bytes(serial, inode))
+        self._write_inodes(sink)
         for serial, shape in self.shapes.items():
             if shape.plain_blocks:
                 sink.skip_to(shape.data_block * BLOCK)
@@ -435,28 +427,69 @@ class Bootstrap:
                 if not isinstance(inode, Inode):
                     raise AssertionError("a file record has no data blocks")
                 sink.write(self._content(inode, shape)[: shape.plain_blocks * BLOCK])
-        sink.skip_to(self.chunk_table_offset)
-        file_offsets = self.file_offsets
-        for use in self.chunk_table:
-            key = _use_key(order, self.refs, use)
-            digest, index, coff, csize, usize, uoff, zran, ref = CHUNK_KEY.unpack_from(key)
-            sink.write(
-                struct.pack(
-                    "<32sIIIIQQQII",
-                    digest,
-                    self.ref_index[ref],
-                    CHUNK_COMPRESSED if zran or csize != usize else 0,
-                    csize,
-                    usize,
-                    coff,
-                    uoff,
-                    file_offsets.get(key[:CHUNK_KEY_SIZE], 0) if file_offsets else 0,
-                    index,
-                    0,
-                )
-            )
+        self._write_chunk_table(sink)
         sink.skip_to(self.size)
         sink.flush()
+
+    def _write_inodes(self, sink: _Sink) -> None:
+        """Every inode at its nid; file records packed in place (most of them)."""
+        order, refs, ref_index = self.order, self.refs, self.ref_index
+        rows, ino, nlink, nids, meta_addr = order.rows, order.ino, order.nlink, self.nids, self.meta_addr
+        chunk_format = CHUNK_FORMAT_INDEXES | (self.chunk_bits - 12)
+        for serial, entry in enumerate(order.inodes):
+            position = meta_addr + 32 * nids[serial]
+            if isinstance(entry, Inode):
+                sink.skip_to(position)
+                sink.write(self._inode_bytes(serial, entry))
+                continue
+            record = entry.record(rows[serial])
+            mode, uid, gid, mtime, index, ref, offset, size = record_fields(record, refs)
+            head = (
+                _FILE_FORMAT,
+                0,
+                mode,
+                0,
+                size,
+                chunk_format,
+                ino[serial],
+                uid,
+                gid,
+                mtime,
+                0,
+                nlink[serial],
+            )
+            if has_chunk(record):
+                blob = (ref_index[ref] + 1) & 0xFF | ((index >> 16) & 0xFF) << 8
+                buffer, at = sink.reserve(position, _FILE_WITH_CHUNK.size)
+                _FILE_WITH_CHUNK.pack_into(buffer, at, *head, index & 0xFFFF, blob, offset // BLOCK)
+            else:
+                buffer, at = sink.reserve(position, INODE_SIZE)
+                _FILE_HEAD.pack_into(buffer, at, *head)
+
+    def _write_chunk_table(self, sink: _Sink) -> None:
+        """The chunk table (§5.9). A chunk's file offset is where its first use is in its file:
+        its table entry is that use."""
+        order, refs, ref_index, chunk_size = self.order, self.refs, self.ref_index, self.chunk_size
+        position = self.chunk_table_offset
+        for use in self.chunk_table:
+            digest, index, coff, csize, usize, uoff, zran, ref = CHUNK_KEY.unpack_from(
+                _use_key(order, refs, use)
+            )
+            buffer, at = sink.reserve(position, CHUNK_RECORD_SIZE)
+            _CHUNK_ROW.pack_into(
+                buffer,
+                at,
+                digest,
+                ref_index[ref],
+                CHUNK_COMPRESSED if zran or csize != usize else 0,
+                csize,
+                usize,
+                coff,
+                uoff,
+                (use & _USE_NUMBER) * chunk_size,
+                index,
+            )
+            position += CHUNK_RECORD_SIZE
 
     def getvalue(self) -> bytes:
         buffer = io.BytesIO()
@@ -466,11 +499,10 @@ class Bootstrap:
     def _content(self, inode: Inode, shape: _Shape) -> bytes:
         if inode.is_dir:
             parent = self.order.parents[id(inode)]
-            serials = {b".": inode.serial, b"..": parent.serial}
-            modes = {b".": inode.mode, b"..": parent.mode}
-            for name, serial, mode in self.order.child_entries(inode):
-                serials[name], modes[name] = serial, mode
-            return _dirent_data(serials, modes, self.nid)
+            entries = [(b".", inode.serial, inode.mode), (b"..", parent.serial, parent.mode)]
+            entries += self.order.child_entries(inode)
+            entries.sort()  # (names are distinct: only they are compared)
+            return _dirent_data(entries, self.nids)
         return inode.target
 
     def _inode_bytes(self, serial: int, inode: Inode) -> bytes:
@@ -521,53 +553,22 @@ class Bootstrap:
             body += self._content(inode, shape)[shape.plain_blocks * BLOCK :]
         return body
 
-    def _record_bytes(self, serial: int, record: bytes) -> bytes:
-        mode, uid, gid, mtime = record_owner(record)
-        index, ref, uoff, size = record_place(record, self.refs) if has_chunk(record) else (0, 0, 0, 0)
-        head = _FILE_HEAD.pack(
-            INODE_EXTENDED | LAYOUT_CHUNK_BASED << 1,
-            0,
-            mode,
-            0,
-            size,
-            CHUNK_FORMAT_INDEXES | (self.chunk_bits - 12),
-            self.order.ino[serial],
-            uid,
-            gid,
-            mtime,
-            0,
-            self.order.nlink[serial],
-        )
-        if not has_chunk(record):
-            return head
-        blob = (self.ref_index[ref] + 1) & 0xFF | ((index >> 16) & 0xFF) << 8
-        return head + _CHUNK_INDEX.pack(index & 0xFFFF, blob, uoff // BLOCK)
 
-
+_FILE_FORMAT = INODE_EXTENDED | LAYOUT_CHUNK_BASED << 1
 _FILE_HEAD = struct.Struct("<HHHHQIIIIQII16x")  # a whole 64-byte inode without xattrs
-_CHUNK_INDEX = struct.Struct("<HHI")
+_FILE_WITH_CHUNK = struct.Struct(_FILE_HEAD.format + "HHI")  # and its one chunk index
+_CHUNK_ROW = struct.Struct("<32sIIIIQQQI4x")
+_DIRENT = struct.Struct("<QHBB")
 
 
 _USE_CHUNK_BITS = 24  # a chunk use is serial << 24 | the chunk's number in its file (< 2^24)
+_USE_NUMBER = (1 << _USE_CHUNK_BITS) - 1
 _BUCKET_BITS = 12  # chunk uses are sorted in buckets by their digest's first 12 bits
-
-
-def _uses(order: _Order) -> Iterator[tuple[int, int]]:
-    """Every chunk use in placement order, each as (use number, chunk count so far: its number in
-    its file): use numbers are serial << 24 | that number, so they sort in placement order."""
-    rows = order.rows
-    for serial, inode in enumerate(order.inodes):
-        if isinstance(inode, Children):
-            if inode.record_has_chunk(rows[serial]):
-                yield serial << _USE_CHUNK_BITS, 0
-        else:
-            for number in range(len(inode.chunks)):
-                yield serial << _USE_CHUNK_BITS | number, number
 
 
 def _use_key(order: _Order, refs: BlobRefs, use: int) -> bytes:
     """The chunk key (`CHUNK_KEY_SIZE` bytes) of a chunk use."""
-    serial, number = use >> _USE_CHUNK_BITS, use & ((1 << _USE_CHUNK_BITS) - 1)
+    serial, number = use >> _USE_CHUNK_BITS, use & _USE_NUMBER
     entry = order.inodes[serial]
     if isinstance(entry, Children):
         return record_key(entry.record(order.rows[serial]), refs)
@@ -575,31 +576,10 @@ def _use_key(order: _Order, refs: BlobRefs, use: int) -> bytes:
     return chunk_key(chunks if isinstance(chunks, Chunk) else chunks[number], refs)
 
 
-def _file_offsets(order: _Order, chunk_size: int, refs: BlobRefs) -> dict[bytes, int]:
-    """Where in its file each chunk is first used, of chunks first used past a file's first chunk
-    (every other's is 0), by chunk key: only chunks of files of several chunks need to be tracked."""
-    later = {
-        chunk_key(chunk, refs)
-        for inode in order.inodes
-        if isinstance(inode, Inode) and len(inode.chunks) > 1
-        for chunk in islice(inode.chunks, 1, None)
-    }
-    offsets: dict[bytes, int] = {}
-    if not later:
-        return offsets
-    decided: set[bytes] = set()
-    for use, number in _uses(order):
-        key = _use_key(order, refs, use)
-        if key in later and key not in decided:
-            decided.add(key)
-            if number:
-                offsets[key] = number * chunk_size
-    return offsets
-
-
 def _table_order(order: _Order, refs: BlobRefs, blob_index: dict[str, int]) -> array[int]:
     """Chunk table order (§5.9): by digest, then blob index; of chunks with the same digest and
-    blob the first used stays. Returns a chunk use of each chosen chunk (see `_uses`).
+    blob the first used stays. Returns the first use of each chosen chunk (use numbers are serial
+    << 24 | the chunk's number in its file: they sort in placement order).
 
     The uses are spread over buckets by their digest's first bits (an array of use numbers each),
     then each bucket's distinct chunk keys are sorted: chunk keys exist for one bucket at a time
@@ -660,37 +640,51 @@ class _Sink:
         self.buffer = bytearray()
 
     def write(self, data: bytes | bytearray) -> None:
-        self.buffer += data
-        self.position += len(data)
         if len(self.buffer) >= _SINK_PIECE:
             self.flush()
+        self.buffer += data
+        self.position += len(data)
+
+    def reserve(self, position: int, size: int) -> tuple[bytearray, int]:
+        """Zeroed room for `size` bytes at `position` (at or past the end so far): the buffer and
+        their offset in it, where the caller packs them before the next call."""
+        gap = position - self.position
+        if gap < 0:
+            raise AssertionError(f"bootstrap layout overlaps at {position}")
+        if len(self.buffer) >= _SINK_PIECE:
+            self.flush()
+        at = len(self.buffer) + gap
+        self.buffer += bytes(gap + size)
+        self.position = position + size
+        return self.buffer, at
 
     def skip_to(self, position: int) -> None:
-        if position < self.position:
-            raise AssertionError(f"bootstrap layout overlaps at {position}")
-        self.write(bytes(position - self.position))
+        self.reserve(position, 0)
 
     def flush(self) -> None:
         self.out.write(self.buffer)
         self.buffer = bytearray()
 
 
-def _dirent_data(serials: dict[bytes, int], modes: dict[bytes, int], nid: Callable[[int], int]) -> bytes:
-    """A directory's dirent blocks from the serial and mode of each name (with "." and "..")."""
+def _dirent_data(entries: Sequence[tuple[bytes, int, int]], nids: array[int]) -> bytes:
+    """A directory's dirent blocks from the (name, serial, mode) of each entry, "." and ".." too,
+    in name order."""
     out = bytearray()
-    blocks = dirent_blocks(sorted(serials))
+    blocks = dirent_blocks([name for name, _, _ in entries])
+    start = 0
     for number, names in enumerate(blocks):
-        block = bytearray()
-        name_offset = DIRENT_SIZE * len(names)
-        name_bytes = b"".join(names)
-        for name in names:
-            file_type = _FILE_TYPES[stat.S_IFMT(modes[name])]
-            block += struct.pack("<QHBB", nid(serials[name]), name_offset, file_type, 0)
+        table = bytearray(DIRENT_SIZE * len(names))
+        name_offset = len(table)
+        for at, (name, serial, mode) in enumerate(entries[start : start + len(names)]):
+            _DIRENT.pack_into(
+                table, DIRENT_SIZE * at, nids[serial], name_offset, _FILE_TYPES[mode & 0o170000], 0
+            )
             name_offset += len(name)
-        block += name_bytes
+        out += table
+        out += b"".join(names)
         if number < len(blocks) - 1:
-            block += b"\0" * (BLOCK - len(block))
-        out += block
+            out += bytes(BLOCK - name_offset)
+        start += len(names)
     return bytes(out)
 
 

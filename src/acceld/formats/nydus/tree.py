@@ -509,6 +509,7 @@ CHUNK_KEY = struct.Struct(Chunk._RECORD.format + "H")  # `chunk_key`: Chunk.pack
 CHUNK_KEY_SIZE = CHUNK_KEY.size
 _INDEX_KEY = struct.Struct("<IH")  # CI index + blob ref
 INDEX_KEY_SIZE = _INDEX_KEY.size
+_KEY_PLACE = struct.Struct("<32xI12xIQxH")  # a chunk key's CI index, uncompressed size and offset, blob ref
 
 
 def is_plain(inode: Inode) -> bool:
@@ -569,25 +570,26 @@ def record_key(record: bytes, refs: BlobRefs) -> bytes:
     return refs.tables[ref].packed(index) + record[4:INDEX_KEY_SIZE]
 
 
-def record_place(record: bytes, refs: BlobRefs) -> tuple[int, int, int, int]:
-    """(CI index, blob ref, uncompressed offset, uncompressed size) of a record's chunk."""
-    if _key_size(len(record)) == CHUNK_KEY_SIZE:
-        _, index, _, _, size, offset, _, ref = CHUNK_KEY.unpack_from(record)
-        return index, ref, offset, size
-    index, ref = _INDEX_KEY.unpack_from(record)
-    return (index, ref, *refs.tables[ref].placement(index))
-
-
-def record_owner(record: bytes) -> tuple[int, int, int, int]:
-    """(mode, uid, gid, mtime) of a file record."""
+def record_fields(record: bytes, refs: BlobRefs) -> tuple[int, int, int, int, int, int, int, int]:
+    """(mode, uid, gid, mtime, then of its chunk: CI index, blob ref, uncompressed offset and
+    size) of a file record; the chunk's are 0 when it has none."""
     start = _key_size(len(record))
     mode, uid, gid = _OWNER.unpack_from(record, start)
-    return mode, uid, gid, int.from_bytes(record[start + _OWNER.size :], "little")
+    mtime = int.from_bytes(record[start + _OWNER.size :], "little")
+    if start == CHUNK_KEY_SIZE:
+        index, size, offset, ref = _KEY_PLACE.unpack_from(record)
+    elif start:
+        index, ref = _INDEX_KEY.unpack_from(record)
+        offset, size = refs.tables[ref].placement(index)
+    else:
+        return mode, uid, gid, mtime, 0, 0, 0, 0
+    return mode, uid, gid, mtime, index, ref, offset, size
 
 
 def record_attrs(record: bytes, refs: BlobRefs) -> tuple[int, int, int, int, int]:
     """(mode, uid, gid, mtime, size) of a file record."""
-    return *record_owner(record), record_place(record, refs)[3] if has_chunk(record) else 0
+    mode, uid, gid, mtime, _, _, _, size = record_fields(record, refs)
+    return mode, uid, gid, mtime, size
 
 
 def record_chunk(record: bytes, refs: BlobRefs) -> Chunk | None:
