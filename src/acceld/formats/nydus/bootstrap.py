@@ -248,18 +248,18 @@ class _Order:
         return {name: serial for name, serial, _ in self.child_entries(directory)}
 
     def child_entries(self, directory: Inode) -> Iterator[tuple[bytes, int, int]]:
-        """(name, serial, mode) of each child of a placed directory in name order: files placed
-        with it got consecutive serials in name order, the others carry theirs."""
+        """(name, serial, EROFS file type) of each child of a placed directory in name order: files
+        placed with it got consecutive serials in name order, the others carry theirs. (File
+        records are regular files.)"""
         serial = self.first_child[directory.serial]
-        children = directory.children
-        for name, child, row in children.sorted_entries():
+        for name, child, _ in directory.children.sorted_entries():
             if child is None:
-                yield name, serial, children.record_mode(row)
+                yield name, serial, FT_REG
                 serial += 1
                 continue
             if not child.is_dir and child.serial == serial:
                 serial += 1
-            yield name, child.serial, child.mode
+            yield name, child.serial, _FILE_TYPES[stat.S_IFMT(child.mode)]
 
 
 class Writable(Protocol):
@@ -499,7 +499,7 @@ class Bootstrap:
     def _content(self, inode: Inode, shape: _Shape) -> bytes:
         if inode.is_dir:
             parent = self.order.parents[id(inode)]
-            entries = [(b".", inode.serial, inode.mode), (b"..", parent.serial, parent.mode)]
+            entries = [(b".", inode.serial, FT_DIR), (b"..", parent.serial, FT_DIR)]
             entries += self.order.child_entries(inode)
             entries.sort()  # (names are distinct: only they are compared)
             return _dirent_data(entries, self.nids)
@@ -564,6 +564,7 @@ _DIRENT = struct.Struct("<QHBB")
 _USE_CHUNK_BITS = 24  # a chunk use is serial << 24 | the chunk's number in its file (< 2^24)
 _USE_NUMBER = (1 << _USE_CHUNK_BITS) - 1
 _BUCKET_BITS = 12  # chunk uses are sorted in buckets by their digest's first 12 bits
+_SORTED_TOGETHER = 512  # the keys of consecutive buckets sorted at once: at least this many
 
 
 def _use_key(order: _Order, refs: BlobRefs, use: int) -> bytes:
@@ -582,8 +583,8 @@ def _table_order(order: _Order, refs: BlobRefs, blob_index: dict[str, int]) -> a
     << 24 | the chunk's number in its file: they sort in placement order).
 
     The uses are spread over buckets by their digest's first bits (an array of use numbers each),
-    then each bucket's distinct chunk keys are sorted: chunk keys exist for one bucket at a time
-    only, not for every chunk of the image."""
+    then the distinct chunk keys of a few consecutive buckets are sorted at once: chunk keys exist
+    for those buckets only, not for every chunk of the image."""
     buckets = [array("Q") for _ in range(1 << _BUCKET_BITS)]
     shift = 8 * 2 - _BUCKET_BITS
     rows = order.rows
@@ -599,32 +600,42 @@ def _table_order(order: _Order, refs: BlobRefs, blob_index: dict[str, int]) -> a
                 )
     ref_index = [blob_index.get(blob_id, -1) for blob_id in refs.ids]
     table = array("Q")
+    first_use: dict[bytes, int] = {}
     for number, bucket in enumerate(buckets):
-        first_use: dict[bytes, int] = {}
         for use in bucket:  # in placement order: the first use of a key is its smallest
             first_use.setdefault(_use_key(order, refs, use), use)
         buckets[number] = array("Q")
-        keys = sorted(first_use)
-        start = 0
-        while start < len(keys):
-            digest = keys[start][:32]
-            end = start + 1
-            while end < len(keys) and keys[end].startswith(digest):
-                end += 1
-            if end - start == 1:
-                table.append(first_use[keys[start]])
-            else:
-                # the same data in several blobs (or twice in one) is rare: resolved by blob and first use
-                run = keys[start:end]
-                blob_of = [ref_index[int.from_bytes(key[CHUNK_KEY_SIZE - 2 :], "little")] for key in run]
-                ranked = sorted(range(len(run)), key=lambda n: (blob_of[n], first_use[run[n]]))
-                table.extend(
-                    first_use[run[n]]
-                    for place, n in enumerate(ranked)
-                    if not place or blob_of[n] != blob_of[ranked[place - 1]]
-                )
-            start = end
+        if len(first_use) >= _SORTED_TOGETHER or number == len(buckets) - 1:
+            _extend_table(table, first_use, ref_index)
+            first_use = {}
     return table
+
+
+def _extend_table(table: array[int], first_use: dict[bytes, int], ref_index: list[int]) -> None:
+    """Append the chosen chunks of a range of digests to `table`: their first uses by chunk key."""
+    keys = sorted(first_use)
+    if len({key[:32] for key in keys}) == len(keys):  # each digest in one chunk only: the usual case
+        table.extend(map(first_use.__getitem__, keys))
+        return
+    start = 0
+    while start < len(keys):
+        digest = keys[start][:32]
+        end = start + 1
+        while end < len(keys) and keys[end].startswith(digest):
+            end += 1
+        if end - start == 1:
+            table.append(first_use[keys[start]])
+        else:
+            # the same data in several blobs (or twice in one) is rare: resolved by blob and first use
+            run = keys[start:end]
+            blob_of = [ref_index[int.from_bytes(key[CHUNK_KEY_SIZE - 2 :], "little")] for key in run]
+            ranked = sorted(range(len(run)), key=lambda n: (blob_of[n], first_use[run[n]]))
+            table.extend(
+                first_use[run[n]]
+                for place, n in enumerate(ranked)
+                if not place or blob_of[n] != blob_of[ranked[place - 1]]
+            )
+        start = end
 
 
 _SINK_PIECE = 256 << 10
@@ -667,18 +678,16 @@ class _Sink:
 
 
 def _dirent_data(entries: Sequence[tuple[bytes, int, int]], nids: array[int]) -> bytes:
-    """A directory's dirent blocks from the (name, serial, mode) of each entry, "." and ".." too,
-    in name order."""
+    """A directory's dirent blocks from the (name, serial, file type) of each entry, "." and ".."
+    too, in name order."""
     out = bytearray()
     blocks = dirent_blocks([name for name, _, _ in entries])
     start = 0
     for number, names in enumerate(blocks):
         table = bytearray(DIRENT_SIZE * len(names))
         name_offset = len(table)
-        for at, (name, serial, mode) in enumerate(entries[start : start + len(names)]):
-            _DIRENT.pack_into(
-                table, DIRENT_SIZE * at, nids[serial], name_offset, _FILE_TYPES[mode & 0o170000], 0
-            )
+        for at, (name, serial, file_type) in enumerate(entries[start : start + len(names)]):
+            _DIRENT.pack_into(table, DIRENT_SIZE * at, nids[serial], name_offset, file_type, 0)
             name_offset += len(name)
         out += table
         out += b"".join(names)
