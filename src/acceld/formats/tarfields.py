@@ -46,6 +46,12 @@ def parse_repeated_number(raw: bytes, what: str) -> int:
 def parse_number(raw: bytes, what: str) -> int:
     """A numeric header field: octal text, or base-256 (two's complement) when the top bit is set."""
     raw = bytes(raw)  # bytes() of bytes is the same object, no copy
+    text = raw.strip(b" \0")
+    if text.isdigit():  # the usual field: digits between spaces and NULs (8 or 9 fail below)
+        try:
+            return int(text, 8)
+        except ValueError:
+            pass
     if raw and raw[0] & 0x80:
         negative = bool(raw[0] & 0x40)
         value = 0
@@ -58,7 +64,6 @@ def parse_number(raw: bytes, what: str) -> int:
         if value >> 63:
             raise FormatError(f"bad tar header: {what} field overflows")
         return ~value if negative else value
-    text = raw.strip(b" \0")
     if b"\0" in text:
         text = cstring(text).strip(b" ")
     if not text:
@@ -76,6 +81,10 @@ def checksum_ok(block: bytes) -> bool:
     """
     field = block[148:156]
     stored = parse_number(field, "chksum")
+    if block.isascii():
+        # at most 127 * 512 < 65521: Adler-32's low half is 1 + the byte sum, exactly; no byte
+        # counts differently in the signed sum
+        return stored == (zlib.adler32(block) & 0xFFFF) - 1 - sum(field) + _SPACES_SUM
     # the sum of the block's bytes: Adler-32's low half is 1 + the byte sum modulo 65521, exact
     # for 256 bytes (at most 65 280): two C calls instead of a Python loop over 512 ints
     byte_sum = (zlib.adler32(block[:256]) & 0xFFFF) + (zlib.adler32(block[256:]) & 0xFFFF) - 2

@@ -225,22 +225,31 @@ class TarGuard:
             raise exceeded(self._limits, "max_layer_entries", f"the layer has {self.entries:,}+ entries")
         pax = self._pax
         typeflag = block[156]
-        pax_path, pax_link = pax.get("path"), pax.get("linkpath")
-        if pax_path or pax_link:
-            for field, value in (("path", pax_path), ("linkpath", pax_link)):
-                if value and b"\0" in value:
-                    raise PathError(f"PAX {field} {_show(value)} contains a NUL byte")
+        pax_path: bytes | None = None
+        pax_link: bytes | None = None
+        if pax:
+            pax_path, pax_link = pax.get("path"), pax.get("linkpath")
+            if pax_path or pax_link:
+                for field, value in (("path", pax_path), ("linkpath", pax_link)):
+                    if value and b"\0" in value:
+                        raise PathError(f"PAX {field} {_show(value)} contains a NUL byte")
+            pax_size = pax.get("size")
+            if pax_size:
+                try:
+                    size = int(pax_size)
+                except ValueError:
+                    return None
         name = self._long_name or pax_path or _header_name(block)
-        pax_size = pax.get("size")
-        if pax_size:
-            try:
-                size = int(pax_size)
-            except ValueError:
-                return None
-        if typeflag == _GNU_SPARSE or not _SPARSE_SIZES.isdisjoint(pax):
+        if typeflag == _GNU_SPARSE or (pax and not _SPARSE_SIZES.isdisjoint(pax)):
             self._check_sparse(block, typeflag, name)
-        parts = check_entry_path(name)
-        key = b"/".join(parts)
+        parts = name.split(b"/")
+        if b"" in parts or b"." in parts:
+            parts = clean_parts(name)
+            key = b"/".join(parts)
+        else:
+            key = name  # already clean
+        if b".." in parts:
+            check_entry_path(name)  # raises
         if typeflag == _HARDLINK:
             link = self._long_link or pax_link or cstring(block[157:257])
             target = check_entry_path(link, f"hardlink {_show(name)} to")
@@ -316,8 +325,9 @@ def taking_headers(guard: TarGuard | None) -> TarGuard | None:
 
 def _header_name(block: bytes) -> bytes:
     """The name fields of a header block (a USTAR prefix joined)."""
-    name = cstring(block[0:100])
-    if block[257:263] == b"ustar\0":
+    end = block.find(0, 0, 100)
+    name = block[: end if end >= 0 else 100]
+    if block[257:263] == b"ustar\0" and block[345]:
         prefix_end = 476 if block[508:512] == b"tar\0" else 500
         prefix = cstring(block[345:prefix_end])
         if prefix:

@@ -98,27 +98,48 @@ def parse_header(block: bytes) -> Header:
         mode_n = parse_repeated_number(mode, "mode")
         uid_n, gid_n = parse_repeated_number(uid, "uid"), parse_repeated_number(gid, "gid")
     mtime_n = parse_number(mtime, "mtime")
+    owners_key = block[257:345]  # magic, version, uname, gname, devmajor, devminor
+    owners = _OWNERS.get(owners_key)
+    if owners is None:
+        owners = _owners(magic, version, uname, gname, devmajor, devminor)
+        if len(_OWNERS) >= _MAX_OWNERS:
+            _OWNERS.clear()
+        _OWNERS[owners_key] = owners
     header = Header(
-        typeflag=typeflag.decode("latin-1"),
-        name=name.partition(b"\0")[0].decode("utf-8", "surrogateescape"),
-        linkname=linkname.partition(b"\0")[0].decode("utf-8", "surrogateescape"),
-        size=size_n,
-        mode=mode_n,
-        uid=uid_n,
-        gid=gid_n,
-        mtime_ns=mtime_n * 1_000_000_000,
+        typeflag.decode("latin-1"),
+        name.partition(b"\0")[0].decode("utf-8", "surrogateescape"),
+        linkname.partition(b"\0")[0].decode("utf-8", "surrogateescape") if linkname[0] else "",
+        size_n,
+        mode_n,
+        uid_n,
+        gid_n,
+        mtime_n * 1_000_000_000,
+        *owners,
     )
-    is_ustar = magic == b"ustar\0"
-    if is_ustar or (magic == b"ustar " and version == b" \0"):
-        header.uname = uname.partition(b"\0")[0].decode("utf-8", "surrogateescape")
-        header.gname = gname.partition(b"\0")[0].decode("utf-8", "surrogateescape")
-        header.devmajor = parse_repeated_number(devmajor, "devmajor")
-        header.devminor = parse_repeated_number(devminor, "devminor")
-    if is_ustar and prefix[0]:
+    if prefix[0] and magic == b"ustar\0":
         if block[508:512] == b"tar\0":
             prefix = prefix[:131]  # star keeps times after a shorter prefix
         header.name = decode(cstring(prefix)) + "/" + header.name
     return header
+
+
+# (uname, gname, devmajor, devminor) by the header bytes they come from: headers repeat a few
+_OWNERS: dict[bytes, tuple[str, str, int, int]] = {}
+_MAX_OWNERS = 4096
+
+
+def _owners(
+    magic: bytes, version: bytes, uname: bytes, gname: bytes, devmajor: bytes, devminor: bytes
+) -> tuple[str, str, int, int]:
+    """Only USTAR and GNU headers have these fields."""
+    if magic != b"ustar\0" and (magic != b"ustar " or version != b" \0"):
+        return "", "", 0, 0
+    return (
+        uname.partition(b"\0")[0].decode("utf-8", "surrogateescape"),
+        gname.partition(b"\0")[0].decode("utf-8", "surrogateescape"),
+        parse_repeated_number(devmajor, "devmajor"),
+        parse_repeated_number(devminor, "devminor"),
+    )
 
 
 def _apply_pax(header: Header, pax: dict[str, bytes]) -> None:
@@ -179,7 +200,9 @@ class HeaderReader:
     def next(self) -> Header | None:
         if self._done:
             return None
-        self._skip_to(self._next_at)
+        source = self.source
+        if source.position < self._next_at:
+            self._skip_to(self._next_at)
         guard = self._guard
         start = -1
         pax: dict[str, bytes] = {}
@@ -188,14 +211,14 @@ class HeaderReader:
         long_name: bytes | None = None
         long_link: bytes | None = None
         while True:
-            block_start = self.source.position
-            block = self.source.read(BLOCK)
+            block_start = source.position
+            block = source.read(BLOCK)
             if not block:
                 break  # Go accepts a tar that ends at a block boundary without the EOF marker
             if len(block) != BLOCK:
                 raise FormatError(f"truncated tar: partial header block at byte {block_start}")
             if block == ZERO_BLOCK:
-                following = self.source.read(BLOCK)
+                following = source.read(BLOCK)
                 if following and following != ZERO_BLOCK:
                     raise FormatError(f"bad tar: zero block followed by data at byte {block_start}")
                 break

@@ -146,11 +146,11 @@ class _ChunkWriter:
         self.added += 1
         if self.batch_bytes >= _BATCH_BYTES or len(self.batch) >= _BATCH_CHUNKS:
             self._submit()
-        return Chunk(b"", PENDING_BLOB_ID, self.added - 1, 0, 0, 0, len(data))
+        return Chunk.from_packed(Chunk.pack(b"", self.added - 1, 0, 0, 0, len(data)), PENDING_BLOB_ID)
 
     def placed(self, node: Inode) -> None:
-        """`node.chunks` now holds the chunks the latest `add` calls returned for it."""
-        if node.chunks and self.added > self.resolved_base + len(self.resolved):
+        """`node.chunks` now holds the chunks the latest `add` calls returned for it (at least one)."""
+        if self.added > self.resolved_base + len(self.resolved):
             self.unplaced.append((self.added - 1, node))
             while self.pending and self.pending[0][0].done():
                 self._resolve_one()
@@ -172,14 +172,17 @@ class _ChunkWriter:
         if pieces:
             self.out.write(b"".join(pieces))
         base = self.resolved_base
-        resolved = base + len(self.resolved)
-        while self.unplaced and self.unplaced[0][0] < resolved:
-            node = self.unplaced.popleft()[1]
+        numbers = self.resolved
+        resolved = base + len(numbers)
+        unplaced = self.unplaced
+        while unplaced and unplaced[0][0] < resolved:
+            node = unplaced.popleft()[1]
+            chunks = node.chunks
+            if isinstance(chunks, Chunk):  # a one-chunk file (most): `add` made it a placeholder
+                node.chunks = self.chunk(numbers[chunks.index - base])
+                continue
             node.chunks = chunks_of(
-                [
-                    self.chunk(self.resolved[c.index - base]) if c.blob_id == PENDING_BLOB_ID else c
-                    for c in node.chunks
-                ]
+                [self.chunk(numbers[c.index - base]) if c.blob_id == PENDING_BLOB_ID else c for c in chunks]
             )
         # a file's placeholders are consecutive numbers ending at its last: older ones are done
         needed = min(resolved, self.file_start)
@@ -216,16 +219,7 @@ class _ChunkWriter:
         """The chunk `_resolve` numbered, made from the CI and digest tables."""
         if number < 0:
             return self.dict_chunks[-1 - number]
-        uncompressed_offset, uncompressed_size, offset, size = unpack_ci_v1(self.ci, 16 * number)
-        return Chunk(
-            digest=self.index.digest(number),
-            blob_id=PLACEHOLDER_BLOB_ID,
-            index=number,
-            compressed_offset=offset,
-            compressed_size=size,
-            uncompressed_offset=uncompressed_offset,
-            uncompressed_size=uncompressed_size,
-        )
+        return Chunk.from_packed(self.packed(number), PLACEHOLDER_BLOB_ID)
 
     def packed(self, index: int) -> bytes:
         uncompressed_offset, uncompressed_size, offset, size = unpack_ci_v1(self.ci, 16 * index)

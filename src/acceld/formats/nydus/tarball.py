@@ -19,7 +19,6 @@ from acceld.formats.nydus.tree import (
     Inode,
     chunks_of,
     encode_rdev,
-    is_plain,
     is_resolved,
     new_dir,
     record_inode,
@@ -41,6 +40,7 @@ from acceld.formats.tarreader import (
 OPAQUE_MARKER = b".wh..wh..opq"
 _SKIPPED_TOP_LEVEL = {b"stargz.index.json", b".prefetch.landmark", b".no.prefetch.landmark"}
 _TYPE_CONTIGUOUS = "7"
+_REGULAR = (TYPE_REG, TYPE_GNU_SPARSE)
 MAX_SYMLINK_TARGET = 0xFFFF
 MAX_NAME = 255  # EROFS_NAME_LEN
 MAX_XATTR_NAME = 255
@@ -58,7 +58,7 @@ class ChunkStore(Protocol):
         ...
 
     def placed(self, node: Inode) -> None:
-        """`node.chunks` now holds the chunks the latest `add` calls returned for it."""
+        """`node.chunks` now holds the chunks the latest `add` calls returned for it (at least one)."""
         ...
 
 
@@ -177,24 +177,27 @@ class _LayerTree:
             self.root = node
             self.last_parts = None
             return
-        parent = self.parent_of(parts[:-1], info.name)
-        existing = parent.children.get(parts[-1])
-        if existing is not None:
-            self.last_parts = None
-        if node.is_dir and existing is not None:
-            if isinstance(existing, Inode) and existing.is_dir:
-                node.children = existing.children
-            else:
-                # the file it replaces had already hidden any lower directory of this name
-                node.children[OPAQUE_MARKER] = Inode(mode=stat.S_IFREG)
+        children = self.parent_of(parts[:-1], info.name).children
+        name = parts[-1]
+        existing = children.get(name)
         if existing is None:
-            parent.children.insert(parts[-1], node)
+            children.insert(name, node)
         else:
-            parent.children[parts[-1]] = node
-        if is_plain(node):
-            self.unsettled.append((parent.children, parts[-1], node))
+            self.last_parts = None
+            if node.is_dir:
+                if isinstance(existing, Inode) and existing.is_dir:
+                    node.children = existing.children
+                else:
+                    # the file it replaces had already hidden any lower directory of this name
+                    node.children[OPAQUE_MARKER] = Inode(mode=stat.S_IFREG)
+            children[name] = node
+        chunks = node.chunks
+        if info.typeflag in _REGULAR and not node.xattrs and (not isinstance(chunks, tuple) or not chunks):
+            # a plain file (`tree.is_plain`: its chunks' sizes add up to its own by construction)
+            self.unsettled.append((children, name, node))
             self.unsettled_ids[id(node)] = False
-        self.settle()
+        if self.unsettled:
+            self.settle()
 
     def inode(self, reader: _TarReader, info: Header) -> Inode:
         perm = info.mode & 0o7777
@@ -212,7 +215,7 @@ class _LayerTree:
         if typeflag == TYPE_DIR:
             node.mode |= stat.S_IFDIR
             node.children = Children()
-        elif typeflag in (TYPE_REG, TYPE_GNU_SPARSE):
+        elif typeflag in _REGULAR:
             node.mode |= stat.S_IFREG
             self.read_content(reader, info, node)
         elif typeflag == TYPE_SYMLINK:
@@ -248,7 +251,18 @@ class _LayerTree:
                 )
             self.read_sparse_content(reader, info, node)
             return
-        remaining = info.size
+        size = info.size
+        if size <= self.chunk_size:  # most files: one chunk at most
+            if size:
+                data = reader.stream.read(size)
+                reader.position += len(data)
+                if len(data) != size:
+                    raise FormatError(f"{info.name}: tar stream ends inside the file")
+                node.chunks = self.store.add(data)
+                node.size = size
+                self.store.placed(node)
+            return
+        remaining = size
         chunks = []
         while remaining:
             data = reader.read(min(self.chunk_size, remaining))
@@ -258,7 +272,8 @@ class _LayerTree:
             remaining -= len(data)
         node.chunks = chunks_of(chunks)
         node.size = info.size
-        self.store.placed(node)
+        if chunks:
+            self.store.placed(node)
 
     def read_sparse_content(self, reader: _TarReader, info: Header, node: Inode) -> None:
         """A GNU sparse file (old GNU or PAX map) stored with its holes as zeros, as Go's
@@ -289,7 +304,8 @@ class _LayerTree:
             chunks.append(self.store.add(bytes(pending)))
         node.chunks = chunks_of(chunks)
         node.size = info.size
-        self.store.placed(node)
+        if chunks:
+            self.store.placed(node)
 
 
 class _TarReader:

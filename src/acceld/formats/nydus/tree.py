@@ -546,7 +546,8 @@ def is_resolved(inode: Inode) -> bool:
 
 def file_record(inode: Inode, refs: BlobRefs) -> bytes:
     key = b""
-    for chunk in inode.chunks:
+    chunks = inode.chunks
+    for chunk in (chunks,) if isinstance(chunks, Chunk) else chunks:  # (no generator for one chunk)
         ref = refs.number(chunk.blob_id)
         key = _INDEX_KEY.pack(chunk.index, ref) if ref in refs.tables else chunk_key(chunk, refs)
     return pack_record(key, inode.mode, inode.uid, inode.gid, inode.mtime)
