@@ -156,8 +156,10 @@ class Children:
 
     A table row is its name length (u16, `_REMOVED` once removed), record length (u8), name and
     record, all rows in one bytearray; rows are found by an open-addressing index of row numbers
-    keyed by the salted `hash` of the name. A file costs its name and record bytes plus ~12
-    bytes instead of a name object, a record object and a dict slot (~190 bytes).
+    keyed by the salted `hash` of the name, built on the first lookup it is needed for (names
+    added in order and looked up past the last need none: a tar's or a bootstrap's usual case). A
+    file costs its name and record bytes plus ~12 bytes instead of a name object, a record object
+    and a dict slot (~190 bytes).
     """
 
     __slots__ = ("_data", "_in_order", "_last", "_live", "_nodes", "_slots", "_sorted", "_starts", "sealed")
@@ -166,7 +168,7 @@ class Children:
         self._nodes: dict[bytes, Node] = {}
         self._data = bytearray()
         self._starts = array("I")  # where each row starts in `_data`
-        self._slots = array("i")  # empty until the first record
+        self._slots = array("i")  # the index: empty until a lookup needs it
         self._live = 0  # rows not removed
         self._sorted: array[int] | None = None  # the rows in name order, once asked for
         self._in_order = True  # rows were added in name order (a tar's or a bootstrap's usual order)
@@ -346,9 +348,11 @@ class Children:
 
     def row(self, name: bytes) -> int:
         """The row of the file record `name`, or -1."""
-        slots = self._slots
-        if not slots or (self._in_order and name > self._last):  # past every name of the table
+        if not self._starts or (self._in_order and name > self._last):  # past every name of the table
             return -1
+        if not self._slots:
+            self._rebuild()
+        slots = self._slots
         mask = len(slots) - 1
         slot = hash(name) & mask
         data, starts, size = self._data, self._starts, len(name)
@@ -363,7 +367,8 @@ class Children:
     def _add_row(self, name: bytes, record: bytes) -> None:
         if len(record) > 0xFF or len(name) >= _REMOVED:
             raise ValueError("file record or name too long for a directory's table")
-        if 3 * (len(self._starts) + 1) > 2 * len(self._slots):
+        indexed = bool(self._slots)
+        if indexed and 3 * (len(self._starts) + 1) > 2 * len(self._slots):
             self._rebuild()
         row = len(self._starts)
         data = self._data
@@ -371,7 +376,8 @@ class Children:
         data += _ROW_HEAD.pack(len(name), len(record))
         data += name
         data += record
-        self._place(name, row)
+        if indexed:
+            self._place(name, row)
         self._live += 1
         self._sorted = None
         if self._in_order:
@@ -405,7 +411,7 @@ class Children:
         return record
 
     def _rebuild(self) -> None:
-        """A larger index; removed rows' bytes are dropped first, if there are any."""
+        """A (larger) index; removed rows' bytes are dropped first, if there are any."""
         if self._live < len(self._starts):
             data, starts = self._data, self._starts
             self._data, self._starts = bytearray(), array("I")
