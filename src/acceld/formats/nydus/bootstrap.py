@@ -198,9 +198,10 @@ class _Order:
         self.first_child: dict[int, int] = {}  # a directory's serial: the first serial placed in it
         self.counter = 1
         self._visit(root)
-        for serial, inode in enumerate(self.inodes):
-            if isinstance(inode, Inode) and inode.is_dir:
-                self.nlink[serial] = 2 + sum(1 for c in inode.children.inodes() if is_dir(c))
+        for serial in self.first_child:  # every directory
+            directory = self.inodes[serial]
+            if isinstance(directory, Inode):
+                self.nlink[serial] = 2 + sum(1 for c in directory.children.inodes() if is_dir(c))
 
     def placed(self, inode: Inode) -> bool:
         serial = inode.serial
@@ -222,22 +223,25 @@ class _Order:
         children = directory.children
         dirs: list[Inode] = []
         dir_inos: dict[int, int] = {}
-        self.first_child[directory.serial] = len(self.inodes)
+        inodes, rows, ino, nlink = self.inodes, self.rows, self.ino, self.nlink
+        self.first_child[directory.serial] = len(inodes)
+        counter = self.counter
         for _, child, row in children.sorted_entries(names_of_records=False):
-            self.counter += 1
+            counter += 1
             if child is None:
-                self.inodes.append(children)
-                self.rows.append(row)
-                self.ino.append(self.counter)
-                self.nlink.append(1)
+                inodes.append(children)
+                rows.append(row)
+                ino.append(counter)
+                nlink.append(1)
             elif self.placed(child):
-                self.nlink[child.serial] += 1
+                nlink[child.serial] += 1
             elif child.is_dir:
-                dir_inos.setdefault(id(child), self.counter)
+                dir_inos.setdefault(id(child), counter)
                 dirs.append(child)
             else:
-                self._place(child, self.counter)
-                self.nlink[child.serial] = 1
+                self._place(child, counter)
+                nlink[child.serial] = 1
+        self.counter = counter
         for child in dirs:
             if not self.placed(child):
                 self.parents[id(child)] = directory
@@ -277,11 +281,7 @@ class Bootstrap:
         self.chunk_bits = settings.chunk_size.bit_length() - 1
         order = self.order = _Order(root)
         inodes = order.inodes
-        shapes = {
-            serial: _Shape(inode)
-            for serial, inode in enumerate(inodes)
-            if isinstance(inode, Inode) and _needs_shape(inode)
-        }
+        shapes: dict[int, _Shape] = {}  # in serial order
         self.shapes = shapes
 
         blob_table_offset = align(DEVICE_TABLE_OFFSET + DEVICE_SLOT_SIZE * len(blobs), BLOCK)
@@ -295,16 +295,21 @@ class Bootstrap:
         cursor = meta_addr + BLOCK
         rows = order.rows
         for serial, inode in enumerate(inodes):
-            shape = shapes.get(serial)
-            head_size = _head_size(shape)
             cursor = align(cursor, 32)
+            if isinstance(inode, Children):  # a file record: an inode and at most one chunk index
+                if cursor % BLOCK + INODE_SIZE > BLOCK:
+                    cursor = align(cursor, BLOCK)
+                nids.append((cursor - meta_addr) // 32)
+                cursor += INODE_SIZE + (8 if inode.record_has_chunk(rows[serial]) else 0)
+                continue
+            shape = None
+            if _needs_shape(inode):
+                shape = shapes[serial] = _Shape(inode)
+            head_size = _head_size(shape)
             if head_size <= BLOCK and cursor % BLOCK + head_size > BLOCK:
                 cursor = align(cursor, BLOCK)
             nids.append((cursor - meta_addr) // 32)
-            if isinstance(inode, Children):
-                cursor += INODE_SIZE + (8 if inode.record_has_chunk(rows[serial]) else 0)
-            else:
-                cursor += _record_size(inode, shape)
+            cursor += _record_size(inode, shape)
         block_cursor = align(cursor, BLOCK)
         for shape in shapes.values():  # in serial order: dicts keep insertion order
             if shape.plain_blocks:

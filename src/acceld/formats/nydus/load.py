@@ -76,11 +76,12 @@ def _flag_name(flags: int, table: dict[str, int], what: str) -> str:
 
 _PAGE_BITS = 16
 _MAGIC = struct.Struct("<I")
-_ROOT_NID = struct.Struct("<H")
+_U16 = struct.Struct("<H")
 _EXT_SB = struct.Struct("<QQIIQQ")  # flags, blob table offset, size, chunk size, chunk table offset, size
 _EXTENDED = struct.Struct("<HHHHQIIIIQII")  # an extended inode (its used 48 bytes)
 _COMPACT = struct.Struct("<HHHHIIIIHH")
 _XATTR_ENTRY = struct.Struct("<BBH")
+_DIRENT = struct.Struct("<QH2x")  # a dirent's nid and name offset
 _CHUNK_INDEX = struct.Struct("<HH")  # the parts of a chunk index naming a chunk: blob and CI index
 _CHUNK_ROW = struct.Struct("<32sIIIIQQQI")
 _CHUNK_ROW_NAME = struct.Struct("<32xI36xI4x")  # a chunk table row's blob and CI index
@@ -138,7 +139,7 @@ class _Pages:
             raise FormatError(f"truncated or corrupt RAFS v6 bootstrap: nothing at offset {offset}")
         number = offset >> _PAGE_BITS
         if (end - 1) >> _PAGE_BITS == number:
-            return self.page(number), offset - (number << _PAGE_BITS)
+            return self.pages.get(number) or self.page(number), offset - (number << _PAGE_BITS)
         return self[offset:end], 0
 
     def unpack(self, layout: struct.Struct, offset: int) -> tuple[Any, ...]:
@@ -151,7 +152,7 @@ class _Loader:
         data = self.data = _Pages(handle)
         if data.size < 2 * BLOCK or data.unpack(_MAGIC, SB_OFFSET)[0] != EROFS_MAGIC:
             raise FormatError("not a RAFS v6 bootstrap (no EROFS superblock)")
-        self.root_nid = data.unpack(_ROOT_NID, SB_OFFSET + 14)[0]
+        self.root_nid = data.unpack(_U16, SB_OFFSET + 14)[0]
         self.meta_addr = data.unpack(_MAGIC, SB_OFFSET + 40)[0] * BLOCK
         (self.flags, blob_off, blob_size, self.chunk_size, chunk_off, chunk_size) = data.unpack(
             _EXT_SB, EXT_SB_OFFSET
@@ -331,14 +332,17 @@ class _Loader:
 
     @staticmethod
     def dirents(data: bytes) -> list[tuple[bytes, int]]:
-        entries = []
+        entries: list[tuple[bytes, int]] = []
         for start in range(0, len(data), BLOCK):
             block = data[start : start + BLOCK]
-            count = struct.unpack_from("<H", block, 8)[0] // DIRENT_SIZE
-            fields = [struct.unpack_from("<QH", block, DIRENT_SIZE * i) for i in range(count)]
-            for i, (nid, name_off) in enumerate(fields):
-                name_end = fields[i + 1][1] if i + 1 < count else len(block)
-                entries.append((block[name_off:name_end].rstrip(b"\0"), nid))
+            count = _U16.unpack_from(block, 8)[0] // DIRENT_SIZE  # the first name's offset
+            fields = list(_DIRENT.iter_unpack(block[: DIRENT_SIZE * count]))
+            ends = [name_off for _, name_off in fields[1:]]
+            ends.append(len(block))
+            entries += [
+                (block[name_off:name_end].rstrip(b"\0"), nid)
+                for (nid, name_off), name_end in zip(fields, ends, strict=False)  # (ends: one more)
+            ]
         return entries
 
 
