@@ -475,26 +475,31 @@ class Bootstrap:
         """The chunk table (§5.9). A chunk's file offset is where its first use is in its file:
         its table entry is that use."""
         order, refs, ref_index, chunk_size = self.order, self.refs, self.ref_index, self.chunk_size
-        position = self.chunk_table_offset
-        for use in self.chunk_table:
-            digest, index, coff, csize, usize, uoff, zran, ref = CHUNK_KEY.unpack_from(
-                _use_key(order, refs, use)
+        table = self.chunk_table
+        piece = _SINK_PIECE // CHUNK_RECORD_SIZE  # rows packed in one reserved stretch
+        for first in range(0, len(table), piece):
+            uses = table[first : first + piece]
+            buffer, at = sink.reserve(
+                self.chunk_table_offset + CHUNK_RECORD_SIZE * first, CHUNK_RECORD_SIZE * len(uses)
             )
-            buffer, at = sink.reserve(position, CHUNK_RECORD_SIZE)
-            _CHUNK_ROW.pack_into(
-                buffer,
-                at,
-                digest,
-                ref_index[ref],
-                CHUNK_COMPRESSED if zran or csize != usize else 0,
-                csize,
-                usize,
-                coff,
-                uoff,
-                (use & _USE_NUMBER) * chunk_size,
-                index,
-            )
-            position += CHUNK_RECORD_SIZE
+            for use in uses:
+                digest, index, coff, csize, usize, uoff, zran, ref = CHUNK_KEY.unpack_from(
+                    _use_key(order, refs, use)
+                )
+                _CHUNK_ROW.pack_into(
+                    buffer,
+                    at,
+                    digest,
+                    ref_index[ref],
+                    CHUNK_COMPRESSED if zran or csize != usize else 0,
+                    csize,
+                    usize,
+                    coff,
+                    uoff,
+                    (use & _USE_NUMBER) * chunk_size,
+                    index,
+                )
+                at += CHUNK_RECORD_SIZE
 
     def getvalue(self) -> bytes:
         buffer = io.BytesIO()
