@@ -476,7 +476,7 @@ class Bootstrap:
         its table entry is that use."""
         order, refs, ref_index, chunk_size = self.order, self.refs, self.ref_index, self.chunk_size
         table = self.chunk_table
-        piece = _SINK_PIECE // CHUNK_RECORD_SIZE  # rows packed in one reserved stretch
+        piece = 256  # rows packed in one reserved stretch (small: the buffer grows by it past a piece)
         for first in range(0, len(table), piece):
             uses = table[first : first + piece]
             buffer, at = sink.reserve(
