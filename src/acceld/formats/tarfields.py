@@ -119,6 +119,6 @@ def pax_record_list(payload: bytes) -> list[tuple[str, bytes]]:
         key, equals, value = payload[space + 1 : end - 1].partition(b"=")
         if not equals or not key or b"\0" in key:
             raise FormatError("bad tar header: malformed PAX record")
-        records.append((decode(key), value))
+        records.append((key.decode("utf-8", "surrogateescape"), value))
         position = end
     return records

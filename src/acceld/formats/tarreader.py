@@ -79,6 +79,9 @@ class Header:
 
 def parse_pax_time(value: str) -> int:
     """PAX `sec[.frac]` as nanoseconds (fraction truncated to 9 digits, as Go does)."""
+    seconds, _, fraction = value.partition(".")
+    if seconds.isdigit() and (not fraction or fraction.isdigit()):  # the usual: no sign
+        return int(seconds) * 1_000_000_000 + int(fraction[:9].ljust(9, "0"))
     sign = -1 if value.startswith("-") else 1
     seconds, _, fraction = value.lstrip("+-").partition(".")
     if not seconds.isdigit() or (fraction and not fraction.isdigit()):
@@ -150,7 +153,7 @@ def _apply_pax(header: Header, pax: dict[str, bytes]) -> None:
             continue
         if not raw:
             continue  # an empty PAX value keeps the header's value
-        value = decode(raw)
+        value = raw.decode("utf-8", "surrogateescape")
         try:
             if key == "mtime":  # the record most PAX headers carry (sub-second times)
                 header.mtime_ns = parse_pax_time(value)

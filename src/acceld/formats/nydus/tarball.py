@@ -12,6 +12,7 @@ from typing import IO, Protocol
 from acceld.formats.driver import FormatError
 from acceld.formats.nydus.layout import MAX_CHUNKS_PER_BLOB, xattr_name_index
 from acceld.formats.nydus.tree import (
+    NO_CHILDREN,
     NO_XATTRS,
     BlobRefs,
     Children,
@@ -41,6 +42,15 @@ OPAQUE_MARKER = b".wh..wh..opq"
 _SKIPPED_TOP_LEVEL = {b"stargz.index.json", b".prefetch.landmark", b".no.prefetch.landmark"}
 _TYPE_CONTIGUOUS = "7"
 _REGULAR = (TYPE_REG, TYPE_GNU_SPARSE)
+_FILE_TYPES = {  # the file type of each tar entry type RAFS stores
+    TYPE_DIR: stat.S_IFDIR,
+    TYPE_REG: stat.S_IFREG,
+    TYPE_GNU_SPARSE: stat.S_IFREG,
+    TYPE_SYMLINK: stat.S_IFLNK,
+    TYPE_CHAR: stat.S_IFCHR,
+    TYPE_BLOCK: stat.S_IFBLK,
+    TYPE_FIFO: stat.S_IFIFO,
+}
 MAX_SYMLINK_TARGET = 0xFFFF
 MAX_NAME = 255  # EROFS_NAME_LEN
 MAX_XATTR_NAME = 255
@@ -200,38 +210,33 @@ class _LayerTree:
             self.settle()
 
     def inode(self, reader: _TarReader, info: Header) -> Inode:
-        perm = info.mode & 0o7777
         mtime = info.mtime_ns // 1_000_000_000
-        if not (0 <= info.uid < 1 << 32 and 0 <= info.gid < 1 << 32 and 0 <= mtime < 1 << 63):
+        uid, gid = info.uid, info.gid
+        if not (0 <= uid < 1 << 32 and 0 <= gid < 1 << 32 and 0 <= mtime < 1 << 63):
             raise FormatError(f"{info.name}: uid, gid or mtime out of the range RAFS can store")
-        node = Inode(
-            mode=perm,
-            uid=info.uid,
-            gid=info.gid,
-            mtime=self.shared(mtime),
-            xattrs=_xattrs(info) if info.xattrs else NO_XATTRS,
-        )
+        xattrs = _xattrs(info) if info.xattrs else NO_XATTRS
         typeflag = info.typeflag
-        if typeflag == TYPE_DIR:
-            node.mode |= stat.S_IFDIR
-            node.children = Children()
-        elif typeflag in _REGULAR:
-            node.mode |= stat.S_IFREG
+        kind = _FILE_TYPES.get(typeflag)
+        if kind is None:
+            raise FormatError(f"{info.name}: unsupported tar entry type {typeflag.encode('latin-1')!r}")
+        shared = self.shared
+        node = Inode(
+            shared(info.mode & 0o7777 | kind),
+            uid,
+            gid,
+            shared(mtime),
+            xattrs=xattrs,
+            children=Children() if kind == stat.S_IFDIR else NO_CHILDREN,
+        )
+        if kind == stat.S_IFREG:
             self.read_content(reader, info, node)
-        elif typeflag == TYPE_SYMLINK:
-            node.mode |= stat.S_IFLNK
+        elif kind == stat.S_IFLNK:
             node.target = _encode(info.linkname)
             if len(node.target) > MAX_SYMLINK_TARGET:
                 raise FormatError(f"{info.name}: symlink target longer than {MAX_SYMLINK_TARGET} bytes")
             node.size = len(node.target)
-        elif typeflag in (TYPE_CHAR, TYPE_BLOCK):
-            node.mode |= stat.S_IFCHR if typeflag == TYPE_CHAR else stat.S_IFBLK
+        elif kind in (stat.S_IFCHR, stat.S_IFBLK):
             node.rdev = encode_rdev(info.devmajor, info.devminor)
-        elif typeflag == TYPE_FIFO:
-            node.mode |= stat.S_IFIFO
-        else:
-            raise FormatError(f"{info.name}: unsupported tar entry type {typeflag.encode('latin-1')!r}")
-        node.mode = self.shared(node.mode)
         return node
 
     def shared(self, value: int) -> int:
