@@ -167,8 +167,11 @@ class _ChunkWriter:
     def _resolve_one(self) -> None:
         future, batch = self.pending.popleft()
         pieces: list[bytes] = []  # the batch's stored chunks, written (and hashed) at once
-        for (digest, packed), data in zip(future.result(), batch, strict=True):
-            self.resolved.append(self._resolve(digest, packed, data, pieces))
+        if self.chunk_dict is None:
+            self._place_batch(future.result(), batch, pieces)
+        else:
+            for (digest, packed), data in zip(future.result(), batch, strict=True):
+                self.resolved.append(self._resolve(digest, packed, data, pieces))
         if pieces:
             self.out.write(b"".join(pieces))
         base = self.resolved_base
@@ -192,6 +195,24 @@ class _ChunkWriter:
         if needed - base >= _KEEP_RESOLVED:
             del self.resolved[: needed - base]
             self.resolved_base = needed
+
+    def _place_batch(
+        self, results: list[tuple[bytes, bytes | None]], batch: list[bytes], pieces: list[bytes]
+    ) -> None:
+        """`_resolve` of each chunk of a batch, without a chunk dictionary (the usual case)."""
+        number_of, ci, numbers = self.index.find_or_add, self.ci, self.resolved
+        stored_end, uncompressed_end = self.stored, self.uncompressed_end
+        for (digest, packed), data in zip(results, batch, strict=True):
+            number = number_of(digest)
+            if number < 0:  # a new chunk
+                number = ~number
+                stored = data if packed is None else packed
+                ci += pack_ci_v1(uncompressed_end, len(data), stored_end, len(stored))
+                pieces.append(stored)
+                stored_end += len(stored)
+                uncompressed_end += align(len(data), BLOCK)
+            numbers.append(number)
+        self.stored, self.uncompressed_end = stored_end, uncompressed_end
 
     def _resolve(self, digest: bytes, packed: bytes | None, data: bytes, pieces: list[bytes]) -> int:
         """Place one chunk: its CI index in this blob, or -1 - n for `dict_chunks[n]`; a new chunk's

@@ -62,18 +62,33 @@ class DigestIndex:
 
     def add(self, digest: bytes) -> int:
         """Number `digest`, which is not in the index yet, as the next one."""
+        number = self.find_or_add(digest)
+        if number >= 0:
+            raise AssertionError("a digest added to the index twice")
+        return ~number
+
+    def find_or_add(self, digest: bytes) -> int:
+        """`find(digest)` if it is in the index, else ~n (negative): it was numbered n, the next."""
         if len(digest) != WIDTH:
             raise ValueError(f"digest of {len(digest)} bytes in an index of {WIDTH}-byte digests")
         if 2 * (self._count + 1) > len(self._slots):
             self._grow()
-        number = len(self.prefixes)
-        self.prefixes.append(int.from_bytes(digest[:8], "big"))
+        slots, prefixes = self._slots, self.prefixes
+        mask = len(slots) - 1
+        slot = hash(digest) & mask
+        prefix = int.from_bytes(digest[:8], "big")
+        while (number := slots[slot]) != _EMPTY:
+            if prefixes[number] == prefix and self.digest(number) == digest:
+                return number
+            slot = (slot + 1) & mask
+        number = len(prefixes)
+        prefixes.append(prefix)
         self._tail += digest
         if len(self._tail) >= _TAIL_BYTES:
             self._spool_tail()
-        self._place(digest, number)
+        slots[slot] = number
         self._count += 1
-        return number
+        return ~number
 
     def digest(self, number: int) -> bytes:
         """The digest numbered `number`."""
