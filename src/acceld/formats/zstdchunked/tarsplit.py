@@ -8,6 +8,7 @@ re-create the original tar stream.
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import posixpath
 from collections import deque
@@ -25,7 +26,7 @@ from acceld.formats.zstdchunked.spool import create_spool
 
 FILE_TYPE = 1
 SEGMENT_TYPE = 2
-_BATCH_CHARS = 1 << 16  # lines are compressed in batches of about this many characters
+_BATCH_BYTES = 1 << 16  # lines are compressed in batches of about this many bytes
 _BACKLOG = 8  # batches waiting for the compressing thread
 
 
@@ -52,7 +53,7 @@ class TarSplitWriter:
         self._digest = hashlib.sha256()
         self._position = 0
         self._names = NameLog(path.with_name(path.name + ".names"), _go_clean)
-        self._lines: list[str] = []
+        self._lines: list[bytes] = []  # built as bytes: segment lines are mostly base64
         self._batched = 0
         self.uncompressed_size = 0
         self.compressed_size = 0
@@ -71,9 +72,8 @@ class TarSplitWriter:
 
     def segment(self, raw: bytes | bytearray) -> None:
         if raw:
-            self._line(
-                f'{{"type":{SEGMENT_TYPE},"payload":{gojson.b64(bytes(raw))},"position":{self._position}}}'
-            )
+            payload = binascii.b2a_base64(raw, newline=False)
+            self._line(b'{"type":%d,"payload":"%b","position":%d}' % (SEGMENT_TYPE, payload, self._position))
 
     def file(self, name: str, size: int, crc64: int | None) -> None:
         self._names.add(name)
@@ -89,20 +89,20 @@ class TarSplitWriter:
         size_field = f'"size":{size},' if size else ""
         payload = gojson.b64(crc64.to_bytes(8, "big")) if crc64 is not None else "null"
         self._line(
-            f'{{"type":{FILE_TYPE},{name_field}{size_field}"payload":{payload},"position":{self._position}}}'
+            f'{{"type":{FILE_TYPE},{name_field}{size_field}"payload":{payload},"position":{self._position}}}'.encode()
         )
 
-    def _line(self, text: str) -> None:
-        self._lines.append(text)
-        self._batched += len(text)
+    def _line(self, line: bytes) -> None:
+        self._lines.append(line)
+        self._batched += len(line)
         self._position += 1
-        if self._batched >= _BATCH_CHARS:
+        if self._batched >= _BATCH_BYTES:
             self._compress_lines()
 
     def _compress_lines(self) -> None:
         if self._lines:
-            self._lines.append("")
-            data = "\n".join(self._lines).encode()
+            self._lines.append(b"")
+            data = b"\n".join(self._lines)
             self._lines.clear()
             self._batched = 0
             self.uncompressed_size += len(data)
