@@ -207,11 +207,6 @@ class _Order:
         serial = inode.serial
         return 0 <= serial < len(self.inodes) and self.inodes[serial] is inode
 
-    def record(self, serial: int) -> bytes | None:
-        """The file record placed at `serial`, if it is one."""
-        entry = self.inodes[serial]
-        return entry.record(self.rows[serial]) if isinstance(entry, Children) else None
-
     def _place(self, inode: Inode, ino: int) -> None:
         inode.serial = len(self.inodes)
         self.inodes.append(inode)

@@ -339,13 +339,6 @@ class Children:
         """`has_chunk` of a row's record, without a copy."""
         return self._data[self._starts[row] + 2] > RECORD_ATTRS_MAX
 
-    def record_mode(self, row: int) -> int:
-        """The mode of a row's record (`record_owner(record)[0]` without a copy)."""
-        start = self._starts[row]
-        data = self._data
-        begin = start + 3 + (data[start] | data[start + 1] << 8) + _key_size(data[start + 2])
-        return data[begin] | data[begin + 1] << 8
-
     def row(self, name: bytes) -> int:
         """The row of the file record `name`, or -1."""
         if not self._starts or (self._in_order and name > self._last):  # past every name of the table
