@@ -86,6 +86,7 @@ _CHUNK_INDEX = struct.Struct("<HH")  # the parts of a chunk index naming a chunk
 _CHUNK_ROW = struct.Struct("<32sIIIIQQQI")
 _CHUNK_ROW_NAME = struct.Struct("<32xI36xI4x")  # a chunk table row's blob and CI index
 _CHUNK_ROWS_READ = CHUNK_RECORD_SIZE * 1024  # the chunk table is scanned in pieces of this size
+_CHUNK_TABLE_HELD = 1 << 20  # the largest chunk table held in memory while loading
 
 
 class _Pages:
@@ -170,6 +171,13 @@ class _Loader:
         self.blob_refs = [refs.number(blob.blob_id) for blob in self.blobs]
         self.blob_zran = [bool(blob.features & BLOB_ZRAN) for blob in self.blobs]
         self.chunk_off = chunk_off
+        # a small chunk table is held while loading: its rows are read in no order, each with a
+        # system call otherwise
+        self.held_rows: bytes | None = None
+        if chunk_size <= _CHUNK_TABLE_HELD:
+            self.held_rows = data.read_at(chunk_off, chunk_size)
+            if len(self.held_rows) != chunk_size:
+                raise FormatError("truncated or corrupt RAFS v6 bootstrap: chunk table cut short")
         self.chunk_rows = self._chunk_rows(chunk_off, chunk_size)
         self.inodes: dict[int, Inode] = {}
         self.ints: dict[int, int] = {}
@@ -179,8 +187,11 @@ class _Loader:
         when an inode names them, so no chunk objects are held for the whole table."""
         keys = array("Q")  # blob index << 24 | CI index, by row
         counts, highest = [0] * len(self.blobs), [-1] * len(self.blobs)
-        for piece in range(start, start + size, _CHUNK_ROWS_READ):
-            raw = self.data.read_at(piece, min(_CHUNK_ROWS_READ, start + size - piece))
+        pieces = (
+            self.data.read_at(piece, min(_CHUNK_ROWS_READ, start + size - piece))
+            for piece in range(start, start + size, _CHUNK_ROWS_READ)
+        )
+        for raw in pieces if self.held_rows is None else (self.held_rows,):
             if len(raw) % CHUNK_RECORD_SIZE:
                 raise FormatError("truncated or corrupt RAFS v6 bootstrap: chunk table cut short")
             for blob_index, index in _CHUNK_ROW_NAME.iter_unpack(raw):
@@ -211,6 +222,8 @@ class _Loader:
             row = table.get(index, -1)
         if row < 0:
             raise FormatError(f"chunk {index} of blob {blob_index} is missing from the chunk table")
+        if self.held_rows is not None:
+            return _CHUNK_ROW.unpack_from(self.held_rows, CHUNK_RECORD_SIZE * row)
         raw = self.data.read_at(self.chunk_off + CHUNK_RECORD_SIZE * row, CHUNK_RECORD_SIZE)
         if len(raw) != CHUNK_RECORD_SIZE:
             raise FormatError("truncated or corrupt RAFS v6 bootstrap: chunk table cut short")
