@@ -338,3 +338,39 @@ def test_convert_starts_its_fork_server_before_importing_the_app(
     """The fork server's start-up (an interpreter and the driver's imports) overlaps the CLI's own."""
     printed = convert_in_script(_FORK_SERVER_BEFORE_APP, test_images, tmp_path, "-d", "nydus", "--no-cache")
     assert "fork server running before the app: True pydantic loaded: False" in printed, printed
+
+
+_CONSOLE_SCRIPT = """
+import atexit, sys
+
+class TornDown:
+    def __del__(self):
+        print("torn down")
+
+kept = TornDown()
+atexit.register(print, "atexit handlers ran")
+sys.argv = ["acceld", *sys.argv[1:]]
+from acceld.cli import run
+run()
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "stdout", "stderr"),
+    [
+        (["--version"], 0, f"acceld {acceld.__version__}\n", ""),
+        (["convert", "oci:/nonexistent:x", "-d", "nosuch"], 1, "", "error: unknown driver 'nosuch'"),
+        (["convert"], 2, "", "Missing argument"),
+    ],
+)
+def test_the_console_script_exits_without_the_interpreter_teardown(
+    args: list[str], code: int, stdout: str, stderr: str
+) -> None:
+    """Its output is flushed, its exit code kept and atexit handlers run; objects are left to the
+    process's end instead of being freed one by one."""
+    result = subprocess.run(
+        [sys.executable, "-c", _CONSOLE_SCRIPT, *args], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == code, result.stderr
+    assert result.stdout == stdout + "atexit handlers ran\n"
+    assert stderr in result.stderr

@@ -7,12 +7,15 @@ layer worker (multiprocessing runs the parent's main script again in each child 
 
 from __future__ import annotations
 
+import atexit
 import importlib
+import os
 import sys
+import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
-__all__ = ["app", "convert", "images", "main", "service"]
+__all__ = ["app", "convert", "images", "main", "run", "service"]
 _COMMAND_MODULES = ("convert", "images", "service")
 # the module that registers each top-level command
 _MODULE_OF_COMMAND = {
@@ -76,3 +79,27 @@ def _start_workers_early(args: Sequence[str]) -> None:
 def main() -> None:
     _start_workers_early(sys.argv[1:])
     _load_app(sys.argv[1] if len(sys.argv) > 1 else None)()
+
+
+def run() -> NoReturn:
+    """The console script: `main()`, then an exit without the interpreter's teardown — freeing every
+    module and object one by one (~50 ms after a conversion) that the process's end frees at once.
+    Output is flushed and atexit handlers run, as in a normal exit; with threads still running, or
+    an exit message to print, the exit is a normal one."""
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code
+    else:
+        code = 0
+    if not (code is None or isinstance(code, int)) or threading.active_count() > 1:
+        raise SystemExit(code)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:  # e.g. a closed pipe: reported the usual way
+        raise SystemExit(code) from None
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
