@@ -50,15 +50,19 @@ class DigestIndex:
 
     def find(self, digest: bytes) -> int:
         """The number of `digest`, or -1 when it was never added (or the index was released)."""
+        return self._probe(digest)[0]
+
+    def _probe(self, digest: bytes) -> tuple[int, int, int]:
+        """(the number of `digest` or -1, the slot it is in or would go to, its prefix)."""
         slots, prefixes = self._slots, self.prefixes
         mask = len(slots) - 1
         slot = hash(digest) & mask
         prefix = int.from_bytes(digest[:8], "big")
         while (number := slots[slot]) != _EMPTY:
             if prefixes[number] == prefix and self.digest(number) == digest:
-                return number
+                return number, slot, prefix
             slot = (slot + 1) & mask
-        return _EMPTY
+        return _EMPTY, slot, prefix
 
     def add(self, digest: bytes) -> int:
         """Number `digest`, which is not in the index yet, as the next one."""
@@ -73,20 +77,15 @@ class DigestIndex:
             raise ValueError(f"digest of {len(digest)} bytes in an index of {WIDTH}-byte digests")
         if 2 * (self._count + 1) > len(self._slots):
             self._grow()
-        slots, prefixes = self._slots, self.prefixes
-        mask = len(slots) - 1
-        slot = hash(digest) & mask
-        prefix = int.from_bytes(digest[:8], "big")
-        while (number := slots[slot]) != _EMPTY:
-            if prefixes[number] == prefix and self.digest(number) == digest:
-                return number
-            slot = (slot + 1) & mask
-        number = len(prefixes)
-        prefixes.append(prefix)
+        number, slot, prefix = self._probe(digest)
+        if number != _EMPTY:
+            return number
+        number = len(self.prefixes)
+        self.prefixes.append(prefix)
         self._tail += digest
         if len(self._tail) >= _TAIL_BYTES:
             self._spool_tail()
-        slots[slot] = number
+        self._slots[slot] = number
         self._count += 1
         return ~number
 
