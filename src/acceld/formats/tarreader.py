@@ -14,6 +14,7 @@ The caller reads an entry's payload itself, right after `next` returned it (or n
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass
 from typing import Protocol
@@ -42,9 +43,9 @@ _MAX_SPECIAL_FILE = 1 << 20  # Go's limit for PAX and GNU long-name payloads
 _XATTR_PREFIX = "SCHILY.xattr."
 _SPARSE_PREFIX = "GNU.sparse."
 _SKIP_PIECE = 1 << 20
-# name, mode, uid, gid, size, mtime, chksum, typeflag, linkname, magic, version, uname, gname,
-# devmajor, devminor, prefix
-_FIELDS = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s")
+# name, mode, uid, gid, size, mtime, chksum, typeflag, linkname, magic, prefix (the owner fields
+# between magic and prefix: `_owners`)
+_FIELDS = struct.Struct("100s8s8s8s12s12s8sc100s6s82x155s")
 
 
 class TarSource(Protocol):
@@ -92,8 +93,7 @@ def parse_pax_time(value: str) -> int:
 
 def parse_header(block: bytes) -> Header:
     """The fields of one header block (no extension headers applied)."""
-    (name, mode, uid, gid, size, mtime, _, typeflag, linkname, magic, version, uname, gname, devmajor,
-     devminor, prefix) = _FIELDS.unpack_from(block)  # fmt: skip
+    name, mode, uid, gid, size, mtime, _, typeflag, linkname, magic, prefix = _FIELDS.unpack_from(block)
     size_n = parse_number(size, "size")
     known = NUMBERS.get  # values of repeated fields, looked up without a call
     mode_n, uid_n, gid_n = known(mode), known(uid), known(gid)
@@ -101,13 +101,6 @@ def parse_header(block: bytes) -> Header:
         mode_n = parse_repeated_number(mode, "mode")
         uid_n, gid_n = parse_repeated_number(uid, "uid"), parse_repeated_number(gid, "gid")
     mtime_n = parse_number(mtime, "mtime")
-    owners_key = block[257:345]  # magic, version, uname, gname, devmajor, devminor
-    owners = _OWNERS.get(owners_key)
-    if owners is None:
-        owners = _owners(magic, version, uname, gname, devmajor, devminor)
-        if len(_OWNERS) >= _MAX_OWNERS:
-            _OWNERS.clear()
-        _OWNERS[owners_key] = owners
     header = Header(
         typeflag.decode("latin-1"),
         name.partition(b"\0")[0].decode("utf-8", "surrogateescape"),
@@ -117,7 +110,7 @@ def parse_header(block: bytes) -> Header:
         uid_n,
         gid_n,
         mtime_n * 1_000_000_000,
-        *owners,
+        *_owners(block[257:345]),
     )
     if prefix[0] and magic == b"ustar\0":
         if block[508:512] == b"tar\0":
@@ -126,15 +119,15 @@ def parse_header(block: bytes) -> Header:
     return header
 
 
-# (uname, gname, devmajor, devminor) by the header bytes they come from: headers repeat a few
-_OWNERS: dict[bytes, tuple[str, str, int, int]] = {}
-_MAX_OWNERS = 4096
+_OWNER_FIELDS = struct.Struct("6s2s32s32s8s8s")  # magic, version, uname, gname, devmajor, devminor
 
 
-def _owners(
-    magic: bytes, version: bytes, uname: bytes, gname: bytes, devmajor: bytes, devminor: bytes
-) -> tuple[str, str, int, int]:
-    """Only USTAR and GNU headers have these fields."""
+# cached: a layer's headers repeat a few owners
+@functools.lru_cache(maxsize=4096)
+def _owners(fields: bytes) -> tuple[str, str, int, int]:
+    """(uname, gname, devmajor, devminor) from a header's bytes 257-345; only USTAR and GNU headers
+    have them."""
+    magic, version, uname, gname, devmajor, devminor = _OWNER_FIELDS.unpack(fields)
     if magic != b"ustar\0" and (magic != b"ustar " or version != b" \0"):
         return "", "", 0, 0
     return (

@@ -215,6 +215,9 @@ def pack_blob_meta_header(
     return head.ljust(BLOB_META_HEADER_SIZE - 4, b"\0") + struct.pack("<I", BLOB_META_MAGIC)
 
 
+_CI_V1 = struct.Struct("<QQ")
+
+
 def pack_ci_v1(
     uncompressed_offset: int, uncompressed_size: int, compressed_offset: int, compressed_size: int
 ) -> bytes:
@@ -222,10 +225,7 @@ def pack_ci_v1(
     usize, csize = uncompressed_size - 1, compressed_size - 1
     uncomp = uncompressed_offset | ((usize >> 20) & 0xF) << 8 | (usize & 0xFFFFF) << 44
     comp = compressed_offset | ((csize >> 20) & 0xF) << 40 | (csize & 0xFFFFF) << 44
-    return struct.pack("<QQ", uncomp, comp)
-
-
-_CI_V1 = struct.Struct("<QQ")
+    return _CI_V1.pack(uncomp, comp)
 
 
 def unpack_ci_v1(raw: bytes | bytearray, offset: int = 0) -> tuple[int, int, int, int]:
