@@ -200,19 +200,13 @@ class _ChunkWriter:
         self, results: list[tuple[bytes, bytes | None]], batch: list[bytes], pieces: list[bytes]
     ) -> None:
         """`_resolve` of each chunk of a batch, without a chunk dictionary (the usual case)."""
-        number_of, ci, numbers = self.index.find_or_add, self.ci, self.resolved
-        stored_end, uncompressed_end = self.stored, self.uncompressed_end
+        number_of, store, numbers = self.index.find_or_add, self._store, self.resolved
         for (digest, packed), data in zip(results, batch, strict=True):
             number = number_of(digest)
             if number < 0:  # a new chunk
                 number = ~number
-                stored = data if packed is None else packed
-                ci += pack_ci_v1(uncompressed_end, len(data), stored_end, len(stored))
-                pieces.append(stored)
-                stored_end += len(stored)
-                uncompressed_end += align(len(data), BLOCK)
+                store(data, packed, pieces)
             numbers.append(number)
-        self.stored, self.uncompressed_end = stored_end, uncompressed_end
 
     def _resolve(self, digest: bytes, packed: bytes | None, data: bytes, pieces: list[bytes]) -> int:
         """Place one chunk: its CI index in this blob, or -1 - n for `dict_chunks[n]`; a new chunk's
@@ -228,13 +222,17 @@ class _ChunkWriter:
                 return -len(self.dict_chunks)
             if packed is None and digest in self.chunk_dict.chunks:
                 packed = compress(data, self.options.compressor)  # dict entry of another size
+        self._store(data, packed, pieces)
+        return self.index.add(digest)
+
+    def _store(self, data: bytes, packed: bytes | None, pieces: list[bytes]) -> None:
+        """A new chunk's CI entry; its stored bytes appended to `pieces`."""
         stored = data if packed is None else packed
         # the chunks begin the blob: a chunk's offset is what was stored before it
         self.ci += pack_ci_v1(self.uncompressed_end, len(data), self.stored, len(stored))
         pieces.append(stored)
         self.stored += len(stored)
         self.uncompressed_end += align(len(data), BLOCK)
-        return self.index.add(digest)
 
     def chunk(self, number: int) -> Chunk:
         """The chunk `_resolve` numbered, made from the CI and digest tables."""
