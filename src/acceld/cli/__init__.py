@@ -77,6 +77,8 @@ def _start_workers_early(args: Sequence[str]) -> None:
 
 
 def main() -> None:
+    # acceld has no pydantic plugins: skip looking for them (a scan of every installed package)
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     _start_workers_early(sys.argv[1:])
     _load_app(sys.argv[1] if len(sys.argv) > 1 else None)()
 

@@ -20,6 +20,7 @@ DRIVER_CLASSES: dict[str, tuple[str, str]] = {
 # Modules a driver's layer hook imports on use, beyond its own module: the fork server imports them
 # before any job, and the process that only builds the driver (the CLI) never does.
 LAYER_MODULES: dict[str, tuple[str, ...]] = {
+    "nydus": ("acceld.formats.nydus.blob", "acceld.formats.nydus.zran"),
     "zstdchunked": ("acceld.formats.zstdchunked.writer",),
 }
 

@@ -7,11 +7,10 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from acceld import __version__
 from acceld.formats.driver import FormatError, ImageAdditions, LayerBlob, LayerOutput, SourceLayer
-from acceld.formats.nydus.blob import write_layer_blob
 from acceld.formats.nydus.blobfile import extract_blob_bootstrap, read_toc_digest, write_blob_meta_file
 from acceld.formats.nydus.bootstrap import Bootstrap, BootstrapSettings
 from acceld.formats.nydus.bootstrap_layer import write_bootstrap_layer
@@ -21,9 +20,10 @@ from acceld.formats.nydus.load import LoadedBootstrap, load_bootstrap
 from acceld.formats.nydus.merge import LayerBootstrap, merge_layers
 from acceld.formats.nydus.options import DEFAULT_CHUNK_SIZE, NydusOptions
 from acceld.formats.nydus.tree import BlobRefs
-from acceld.formats.nydus.zran import write_ref_blob
-from acceld.formats.targuard import TarGuard
 from acceld.oci.mediatypes import layer_compression
+
+if TYPE_CHECKING:  # the layer writers run in worker processes, whose fork server imports them
+    from acceld.formats.targuard import TarGuard
 
 NYDUS_BLOB_MEDIA_TYPE = "application/vnd.oci.image.layer.nydus.blob.v1"
 BOOTSTRAP_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -123,6 +123,7 @@ class NydusDriver:
     ) -> LayerOutput:
         if self.oci_ref:
             return self.convert_gzip_layer(tar, out, layer, workdir)
+        from acceld.formats.nydus.blob import write_layer_blob  # a worker's: not in the CLI
         result = write_layer_blob(tar, out, self.options, workdir, self._chunk_dict(), guard)
         return LayerOutput(
             media_type=NYDUS_BLOB_MEDIA_TYPE,
@@ -135,6 +136,7 @@ class NydusDriver:
     ) -> LayerOutput:
         """oci_ref: read the still-compressed layer and write its ref blob (temp files in `workdir`)."""
         self.check_source_layer(layer)
+        from acceld.formats.nydus.zran import write_ref_blob  # a worker's: not in the CLI
         result = write_ref_blob(
             gzip_layer, out, layer.digest, self.chunk_size, workdir, self.prefetch_patterns
         )

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from acceld.formats.driver import FormatError
 from acceld.formats.nydus.layout import PLACEHOLDER_BLOB_ID, BlobInfo
 from acceld.formats.nydus.load import LoadedBootstrap
-from acceld.formats.nydus.tarball import OPAQUE_MARKER
-from acceld.formats.nydus.tree import NO_XATTRS, BlobRefs, Inode, directories, new_dir
+from acceld.formats.nydus.tree import NO_XATTRS, OPAQUE_MARKER, BlobRefs, Inode, directories, new_dir
 
 WHITEOUT_PREFIX = b".wh."
 

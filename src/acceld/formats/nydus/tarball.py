@@ -14,6 +14,7 @@ from acceld.formats.nydus.layout import MAX_CHUNKS_PER_BLOB, xattr_name_index
 from acceld.formats.nydus.tree import (
     NO_CHILDREN,
     NO_XATTRS,
+    OPAQUE_MARKER,
     BlobRefs,
     Children,
     Chunk,
@@ -38,7 +39,6 @@ from acceld.formats.tarreader import (
     HeaderReader,
 )
 
-OPAQUE_MARKER = b".wh..wh..opq"
 _SKIPPED_TOP_LEVEL = {b"stargz.index.json", b".prefetch.landmark", b".no.prefetch.landmark"}
 _TYPE_CONTIGUOUS = "7"
 _REGULAR = (TYPE_REG, TYPE_GNU_SPARSE)

@@ -145,6 +145,7 @@ class _Sealed(dict[Any, Any]):
 
 
 NO_XATTRS: dict[bytes, bytes] = _Sealed()
+OPAQUE_MARKER = b".wh..wh..opq"  # the OCI whiteout entry that makes its directory opaque
 
 _FREE, _GONE = -1, -2  # index slots: never used, and a removed row's
 _REMOVED = 0x8000  # set in a removed row's name length
