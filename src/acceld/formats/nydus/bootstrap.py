@@ -70,10 +70,8 @@ from acceld.formats.nydus.tree import (
     Chunk,
     Inode,
     chunk_key,
-    has_chunk,
     is_dir,
     lookup_parent,
-    record_fields,
     record_key,
 )
 
@@ -442,29 +440,21 @@ class Bootstrap:
                 sink.skip_to(position)
                 sink.write(self._inode_bytes(serial, entry))
                 continue
-            record = entry.record(rows[serial])
-            mode, uid, gid, mtime, index, ref, offset, size = record_fields(record, refs)
-            head = (
-                _FILE_FORMAT,
-                0,
-                mode,
-                0,
-                size,
-                chunk_format,
-                ino[serial],
-                uid,
-                gid,
-                mtime,
-                0,
-                nlink[serial],
-            )
-            if has_chunk(record):
-                blob = (ref_index[ref] + 1) & 0xFF | ((index >> 16) & 0xFF) << 8
+            mode, uid, gid, mtime, index, ref, offset, size = entry.record_fields(rows[serial], refs)
+            # (packed from locals, not from a tuple of the head's fields: this runs once a file)
+            if ref >= 0:  # its chunk's index follows
                 buffer, at = sink.reserve(position, _FILE_WITH_CHUNK.size)
-                _FILE_WITH_CHUNK.pack_into(buffer, at, *head, index & 0xFFFF, blob, offset // BLOCK)
+                _FILE_WITH_CHUNK.pack_into(
+                    buffer, at, _FILE_FORMAT, 0, mode, 0, size, chunk_format, ino[serial], uid, gid, mtime, 0,
+                    nlink[serial], index & 0xFFFF, (ref_index[ref] + 1) & 0xFF | ((index >> 16) & 0xFF) << 8,
+                    offset // BLOCK,
+                )  # fmt: skip
             else:
                 buffer, at = sink.reserve(position, INODE_SIZE)
-                _FILE_HEAD.pack_into(buffer, at, *head)
+                _FILE_HEAD.pack_into(
+                    buffer, at, _FILE_FORMAT, 0, mode, 0, size, chunk_format, ino[serial], uid, gid, mtime, 0,
+                    nlink[serial],
+                )  # fmt: skip
 
     def _write_chunk_table(self, sink: _Sink) -> None:
         """The chunk table (§5.9). A chunk's file offset is where its first use is in its file:

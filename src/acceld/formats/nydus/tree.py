@@ -336,6 +336,12 @@ class Children:
             return refs.tables[data[begin + 4] | data[begin + 5] << 8].head(index)
         return data[begin] << 8 | data[begin + 1]
 
+    def record_fields(self, row: int, refs: BlobRefs) -> RecordFields:
+        """`record_fields` of a row's record, without a copy."""
+        start = self._starts[row]
+        data = self._data
+        return unpack_record(data, start + 3 + (data[start] | data[start + 1] << 8), data[start + 2], refs)
+
     def record_has_chunk(self, row: int) -> bool:
         """`has_chunk` of a row's record, without a copy."""
         return self._data[self._starts[row] + 2] > RECORD_ATTRS_MAX
@@ -571,20 +577,38 @@ def record_key(record: bytes, refs: BlobRefs) -> bytes:
     return refs.tables[ref].packed(index) + record[4:INDEX_KEY_SIZE]
 
 
-def record_fields(record: bytes, refs: BlobRefs) -> tuple[int, int, int, int, int, int, int, int]:
+RecordFields = tuple[int, int, int, int, int, int, int, int]
+
+# a record's fields by its size (the kinds of key, each with a u32 or u64 mtime): attributes
+# only; CI index and blob ref; a chunk key's CI index, uncompressed size and offset, blob ref
+_RECORD_LAYOUTS = {
+    _OWNER.size + 4: struct.Struct("<HIII"),
+    _OWNER.size + 8: struct.Struct("<HIIQ"),
+    INDEX_KEY_SIZE + _OWNER.size + 4: struct.Struct("<IHHIII"),
+    INDEX_KEY_SIZE + _OWNER.size + 8: struct.Struct("<IHHIIQ"),
+    CHUNK_KEY_SIZE + _OWNER.size + 4: struct.Struct(_KEY_PLACE.format + "HIII"),
+    CHUNK_KEY_SIZE + _OWNER.size + 8: struct.Struct(_KEY_PLACE.format + "HIIQ"),
+}
+
+
+def record_fields(record: bytes, refs: BlobRefs) -> RecordFields:
     """(mode, uid, gid, mtime, then of its chunk: CI index, blob ref, uncompressed offset and
-    size) of a file record; the chunk's are 0 when it has none."""
-    start = _key_size(len(record))
-    mode, uid, gid = _OWNER.unpack_from(record, start)
-    mtime = int.from_bytes(record[start + _OWNER.size :], "little")
-    if start == CHUNK_KEY_SIZE:
-        index, size, offset, ref = _KEY_PLACE.unpack_from(record)
-    elif start:
-        index, ref = _INDEX_KEY.unpack_from(record)
-        offset, size = refs.tables[ref].placement(index)
-    else:
-        return mode, uid, gid, mtime, 0, 0, 0, 0
-    return mode, uid, gid, mtime, index, ref, offset, size
+    size) of a file record; the chunk's are 0, its blob ref -1, when it has none."""
+    return unpack_record(record, 0, len(record), refs)
+
+
+def unpack_record(buffer: bytes | bytearray, at: int, size: int, refs: BlobRefs) -> RecordFields:
+    """`record_fields` of the record of `size` bytes at `at` in `buffer`, read in place."""
+    fields = _RECORD_LAYOUTS[size].unpack_from(buffer, at)
+    if size <= RECORD_ATTRS_MAX:
+        mode, uid, gid, mtime = fields
+        return mode, uid, gid, mtime, 0, -1, 0, 0
+    if size > RECORD_ATTRS_MAX + INDEX_KEY_SIZE:
+        index, usize, offset, ref, mode, uid, gid, mtime = fields
+        return mode, uid, gid, mtime, index, ref, offset, usize
+    index, ref, mode, uid, gid, mtime = fields
+    offset, usize = refs.tables[ref].placement(index)
+    return mode, uid, gid, mtime, index, ref, offset, usize
 
 
 def record_attrs(record: bytes, refs: BlobRefs) -> tuple[int, int, int, int, int]:
