@@ -20,6 +20,10 @@ Every command runs under a child subreaper that waits for its whole tree: CPU is
 system time (workers and fork server included); peak RSS is the largest sum of the tree's
 proportional set sizes (PSS: pages shared by the fork server and its forked workers counted once),
 sampled every 50 ms from /proc. Output size is the sum of the converted layer blobs.
+The sampling costs CPU on the machine it measures, and more the larger the tree is (3-4 ms a sample
+for acceld's fork server and workers, under 2 ms for `gzip | zstd`: ~0.1 s of CPU per Nydus run,
+~0.4 s per zstd:chunked run), so the timed runs are not sampled: after them, one more run of each
+command measures its peak RSS.
 """
 
 from __future__ import annotations
@@ -184,8 +188,9 @@ def _tree_pss(root: int) -> int:
     return total
 
 
-def measure(command: list[str] | str, env: dict[str, str] | None = None) -> Measure:
-    """Run `command` in a subreaper child that waits for its whole tree; wall, tree CPU, peak tree RSS."""
+def measure(command: list[str] | str, env: dict[str, str] | None = None, memory: bool = True) -> Measure:
+    """Run `command` in a subreaper child that waits for its whole tree; wall, tree CPU, and peak
+    tree RSS when `memory` (otherwise 0: the sampling would take CPU from the command)."""
     read_end, write_end = os.pipe()
     started = time.perf_counter()
     pid = os.fork()
@@ -215,11 +220,13 @@ def measure(command: list[str] | str, env: dict[str, str] | None = None) -> Meas
             peak = max(peak, _tree_pss(pid))
 
     sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    if memory:
+        sampler.start()
     os.waitpid(pid, 0)
     wall = time.perf_counter() - started
     stop.set()
-    sampler.join()
+    if memory:
+        sampler.join()
     with os.fdopen(read_end) as result:
         code, cpu = json.loads(result.read())
     if code != 0:
@@ -233,40 +240,39 @@ def blob_sizes(layout: Path) -> int:
     return sum(path.stat().st_size for path in layers_of(layout))
 
 
-def acceld_convert(src: Path, driver: str, keep: bool = False) -> tuple[Measure, int]:
+def acceld_convert(src: Path, driver: str, keep: bool = False, memory: bool = True) -> tuple[Measure, int]:
     out = WORK / f"out-{driver}"
     shutil.rmtree(out, ignore_errors=True)
     env = {**os.environ, "ACCELD_CACHE_DIR": str(WORK / "unused-cache")}
-    result = measure(
-        [str(ACCELD), "convert", f"oci:{src}:rootfs", f"oci:{out}:conv", "-d", driver, "--no-cache"], env
-    )
+    command = [str(ACCELD), "convert", f"oci:{src}:rootfs", f"oci:{out}:conv", "-d", driver, "--no-cache"]
+    result = measure(command, env, memory)
     size = blob_sizes(out)
     if not keep:
         shutil.rmtree(out)
     return result, size
 
 
-def go_estargz(layers: list[Path]) -> tuple[Measure, int]:
+def go_estargz(layers: list[Path], memory: bool = True) -> tuple[Measure, int]:
     out = WORK / "out-go"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     script = " && ".join(f"{ESGZ} build {layer} {out}/{n} 0 gzip" for n, layer in enumerate(layers))
-    result = measure(["sh", "-c", script], {**os.environ, "GOMAXPROCS": "2"})
+    result = measure(["sh", "-c", script], {**os.environ, "GOMAXPROCS": "2"}, memory)
     size = sum(path.stat().st_size for path in out.iterdir())
     shutil.rmtree(out)
     return result, size
 
 
-def gzip_zstd(layers: list[Path]) -> Measure:
+def gzip_zstd(layers: list[Path], memory: bool = True) -> Measure:
     script = "; ".join(f"gzip -dc {layer} | zstd -3 -T1 > /dev/null" for layer in layers)
-    return measure(["sh", "-c", script])
+    return measure(["sh", "-c", script], memory=memory)
 
 
 def skopeo_available() -> bool:
     return (CHROOT / "usr" / "bin" / "skopeo").exists()
 
 
-def skopeo_zstd_chunked(src: Path) -> tuple[Measure, int]:
+def skopeo_zstd_chunked(src: Path, memory: bool = True) -> tuple[Measure, int]:
     inside = CHROOT / "tmp" / "acceld-bench"
     shutil.rmtree(inside, ignore_errors=True)
     inside.mkdir(parents=True)
@@ -285,6 +291,7 @@ def skopeo_zstd_chunked(src: Path) -> tuple[Measure, int]:
             "oci:/tmp/acceld-bench/out:conv",
         ],
         env,
+        memory,
     )
     size = blob_sizes(inside / "out")
     shutil.rmtree(inside)
@@ -427,24 +434,30 @@ def main() -> None:
     elif "zstdchunked" in drivers:
         print(f"anchor: {skopeo_version()}")
     results: dict[str, list[tuple[Measure, int]]] = {}
-    for run in range(args.runs):
+    peaks: dict[str, int] = {}
+    # the timed runs, then one run of each command that samples its memory (see the docstring)
+    for run in [*range(args.runs), None]:
+        memory = run is None
         for driver in drivers:
-            mine = acceld_convert(src, driver)
+            mine = acceld_convert(src, driver, memory=memory)
             if driver == "estargz":
-                theirs: tuple[Measure, int] | None = go_estargz(layers)
+                theirs: tuple[Measure, int] | None = go_estargz(layers, memory)
             elif driver == "nydus":
-                theirs = (gzip_zstd(layers), 0)
+                theirs = (gzip_zstd(layers, memory), 0)
             else:
-                theirs = skopeo_zstd_chunked(src) if skopeo_available() else None
+                theirs = skopeo_zstd_chunked(src, memory) if skopeo_available() else None
             for name, value in ((driver, mine), (anchors[driver], theirs)):
                 if value is None:
                     continue
-                results.setdefault(name, []).append(value)
                 measured, size = value
+                if memory:
+                    peaks[name] = measured.peak_rss
+                    print(f"memory run {name:24s} peak PSS {measured.peak_rss / 1e6:5.0f} MB", flush=True)
+                    continue
+                results.setdefault(name, []).append(value)
                 print(
                     f"run {run + 1} {name:24s} {measured.wall:6.2f}s wall {measured.cpu:6.2f}s CPU "
-                    f"peak PSS {measured.peak_rss / 1e6:5.0f} MB output {size / 1e6:6.2f} MB "
-                    f"(load {os.getloadavg()[0]:.1f})",
+                    f"output {size / 1e6:6.2f} MB (load {os.getloadavg()[0]:.1f})",
                     flush=True,
                 )
     print("medians:")
@@ -452,14 +465,14 @@ def main() -> None:
         mine_runs = results[driver]
         wall = statistics.median(m.wall for m, _ in mine_runs)
         cpu = statistics.median(m.cpu for m, _ in mine_runs)
-        peak = max(m.peak_rss for m, _ in mine_runs)
-        line = f"{driver:12s} {wall:6.2f}s wall {cpu:6.2f}s CPU peak PSS {peak / 1e6:.0f} MB"
+        line = f"{driver:12s} {wall:6.2f}s wall {cpu:6.2f}s CPU peak PSS {peaks[driver] / 1e6:.0f} MB"
         anchor_runs = results.get(anchors[driver])
         if anchor_runs:
             a_wall = statistics.median(m.wall for m, _ in anchor_runs)
             a_cpu = statistics.median(m.cpu for m, _ in anchor_runs)
             line += (
-                f" | {anchors[driver]} {a_wall:.2f}s wall {a_cpu:.2f}s CPU: "
+                f" | {anchors[driver]} {a_wall:.2f}s wall {a_cpu:.2f}s CPU "
+                f"peak PSS {peaks[anchors[driver]] / 1e6:.0f} MB: "
                 f"acceld/anchor wall {wall / a_wall:.2f}x, CPU {cpu / a_cpu:.2f}x"
             )
             if anchor_runs[0][1]:
