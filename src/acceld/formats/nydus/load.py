@@ -40,6 +40,7 @@ from acceld.formats.nydus.layout import (
 )
 from acceld.formats.nydus.tree import (
     CHUNK_KEY,
+    CHUNK_RECORD,
     NO_XATTRS,
     BlobRefs,
     Children,
@@ -239,19 +240,31 @@ class _Loader:
         lo, hi = self.data.unpack(_CHUNK_INDEX, body)
         return (hi & 0xFF) - 1, lo | (hi >> 8) << 16
 
-    def plain_record(self, body: int, size: int, mode: int, uid: int, gid: int, mtime: int) -> bytes | None:
+    def plain_record(
+        self, buffer: bytes, at: int, body: int, size: int, mode: int, uid: int, gid: int, mtime: int
+    ) -> bytes | None:
         """The file record of a regular file of one name and no xattrs, when it is plain (of at
-        most one chunk, whose key is whole): made without an inode or chunk object."""
+        most one chunk, whose key is whole): made without an inode or chunk object. Its chunk
+        index is at `body`, `buffer[at:]` when the window read for the inode holds it."""
         if not size:
             return pack_record(b"", mode, uid, gid, mtime)
         if size > self.chunk_size:
             return None
-        blob_index, index = self.chunk_address(align(body, 8))
+        if at + 4 <= len(buffer):
+            lo, hi = _CHUNK_INDEX.unpack_from(buffer, at)
+            blob_index, index = (hi & 0xFF) - 1, lo | (hi >> 8) << 16
+        else:
+            blob_index, index = self.chunk_address(body)
         digest, _, _flags, csize, usize, coff, uoff, _foff, _ = self.chunk_row(blob_index, index)
         ref = self.blob_refs[blob_index]
         if usize != size or ref in self.refs.tables:
             return None
-        key = CHUNK_KEY.pack(digest, index, coff, csize, usize, uoff, self.blob_zran[blob_index], ref)
+        zran = self.blob_zran[blob_index]
+        if mtime <= 0xFFFFFFFF:  # (almost always: packed at once)
+            return CHUNK_RECORD.pack(
+                digest, index, coff, csize, usize, uoff, zran, ref, mode, uid, gid, mtime
+            )
+        key = CHUNK_KEY.pack(digest, index, coff, csize, usize, uoff, zran, ref)
         return pack_record(key, mode, uid, gid, mtime)
 
     def shared(self, value: int) -> int:
@@ -277,8 +290,9 @@ class _Loader:
             i_format, icount, mode, nlink, size, _, i_u, _ino, uid, gid = _COMPACT.unpack_from(buffer, at)
             mtime, nsec, inode_size = 0, 0, 32
         layout = (i_format >> 1) & 0x7
-        if nlink == 1 and not icount and stat.S_ISREG(mode) and layout == LAYOUT_CHUNK_BASED:
-            record = self.plain_record(pos + inode_size, size, mode, uid, gid, mtime)
+        if nlink == 1 and not icount and layout == LAYOUT_CHUNK_BASED and mode & 0o170000 == stat.S_IFREG:
+            # (a chunk based inode without xattrs: its chunk indexes follow it, 8-byte aligned)
+            record = self.plain_record(buffer, at + inode_size, pos + inode_size, size, mode, uid, gid, mtime)
             if record is not None:
                 return record
         xattr_size = 12 + 4 * (icount - 1) if icount else 0
@@ -298,14 +312,21 @@ class _Loader:
         elif stat.S_ISDIR(mode):
             children = node.children = Children()
             previous = b""
+            records: list[tuple[bytes, bytes]] = []  # added to the table together
             for name, child_nid in self.dirents(self.content(layout, size, i_u, body)):
-                if name not in (b".", b".."):
+                if name != b"." and name != b"..":
                     child = self.inode(child_nid, depth + 1)
                     if name > previous:  # dirents are sorted: a new name
-                        children.insert(name, child)
+                        if isinstance(child, bytes):
+                            records.append((name, child))
+                        else:
+                            children.insert(name, child)
                         previous = name
                     else:
+                        children.add_records(records)
+                        records = []
                         children[name] = child
+            children.add_records(records)
         elif stat.S_ISLNK(mode):
             node.target = self.content(layout, size, i_u, body)
         else:

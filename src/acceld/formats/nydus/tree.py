@@ -15,7 +15,7 @@ from __future__ import annotations
 import stat
 import struct
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -228,6 +228,29 @@ class Children:
             self._add_row(name, node)
         else:
             self._nodes[name] = node
+
+    def add_records(self, records: Sequence[tuple[bytes, bytes]]) -> None:
+        """Add the file records of names none of the children has, by (name, record)."""
+        if self._slots:  # placed in the index one by one
+            for name, record in records:
+                self._add_row(name, record)
+            return
+        data, starts, in_order, last = self._data, self._starts, self._in_order, self._last
+        for name, record in records:
+            if len(record) > 0xFF or len(name) >= _REMOVED:
+                raise ValueError("file record or name too long for a directory's table")
+            starts.append(len(data))
+            data += _ROW_HEAD.pack(len(name), len(record))
+            data += name
+            data += record
+            if in_order:
+                if name > last:
+                    last = name
+                else:
+                    in_order, last = False, b""
+        self._in_order, self._last = in_order, last
+        self._live += len(records)
+        self._sorted = None
 
     def pop(self, name: bytes, default: Node | None = None) -> Node | None:
         node = self._nodes.pop(name, None)
@@ -513,6 +536,7 @@ class BlobRefs:
 _OWNER = struct.Struct("<HII")
 CHUNK_KEY = struct.Struct(Chunk._RECORD.format + "H")  # `chunk_key`: Chunk.packed + blob ref
 CHUNK_KEY_SIZE = CHUNK_KEY.size
+CHUNK_RECORD = struct.Struct(CHUNK_KEY.format + "HIII")  # a record of a whole key and a u32 mtime
 _INDEX_KEY = struct.Struct("<IH")  # CI index + blob ref
 INDEX_KEY_SIZE = _INDEX_KEY.size
 _KEY_PLACE = struct.Struct("<32xI12xIQxH")  # a chunk key's CI index, uncompressed size and offset, blob ref
