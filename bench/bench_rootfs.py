@@ -306,7 +306,7 @@ def skopeo_version() -> str:
 def startup(src: Path, runs: int) -> None:
     """CLI start-up: `acceld inspect` of the layout (interpreter, imports, one manifest read)."""
     for command in (["inspect", f"oci:{src}:rootfs"], ["--help"]):
-        results = [measure([str(ACCELD), *command]) for _ in range(runs)]
+        results = [measure([str(ACCELD), *command], memory=False) for _ in range(runs)]
         wall = statistics.median(m.wall for m in results)
         cpu = statistics.median(m.cpu for m in results)
         print(f"acceld {command[0]}: median {wall:.3f}s wall, {cpu:.3f}s CPU (load {os.getloadavg()[0]:.1f})")
