@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import tempfile
 from pathlib import Path
 from typing import IO
 
@@ -63,13 +64,24 @@ def read_entry(handle: IO[bytes], entry: TocEntry) -> bytes:
     return decompress(data, entry.compressor, entry.uncompressed_size)
 
 
-def extract_blob_bootstrap(path: Path, target: IO[bytes]) -> None:
-    """Write the per-layer bootstrap (`image.boot`) stored inside a Nydus blob to `target`."""
+def open_blob_bootstrap(path: Path, workdir: Path, in_memory: int) -> IO[bytes]:
+    """The per-layer bootstrap (`image.boot`) stored inside a Nydus blob, as a file the caller
+    closes: in memory when it is at most `in_memory` bytes, else a temp file in `workdir` (a
+    bootstrap can be larger than the memory it loads into)."""
     with path.open("rb") as handle:
         toc = read_toc(handle, path.stat().st_size)
         if "image.boot" not in toc:
             raise FormatError(f"{path.name}: nydus blob has no image.boot")
-        _extract(handle, toc["image.boot"], target, path.name)
+        entry = toc["image.boot"]
+        if entry.uncompressed_size <= in_memory:
+            return io.BytesIO(read_entry(handle, entry))
+        boot = tempfile.TemporaryFile(dir=workdir)  # noqa: SIM115 - the caller closes it
+        try:
+            _extract(handle, entry, boot, path.name)
+        except BaseException:
+            boot.close()
+            raise
+        return boot
 
 
 def _extract(handle: IO[bytes], entry: TocEntry, out: IO[bytes], name: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from acceld import __version__
 from acceld.formats.driver import FormatError, ImageAdditions, LayerBlob, LayerOutput, SourceLayer
-from acceld.formats.nydus.blobfile import extract_blob_bootstrap, read_toc_digest, write_blob_meta_file
+from acceld.formats.nydus.blobfile import open_blob_bootstrap, read_toc_digest, write_blob_meta_file
 from acceld.formats.nydus.bootstrap import Bootstrap, BootstrapSettings
 from acceld.formats.nydus.bootstrap_layer import write_bootstrap_layer
 from acceld.formats.nydus.chunkdict import ChunkDict
@@ -36,6 +35,7 @@ SOURCE_DIGEST_ANNOTATION = ANNOTATION_PREFIX + "nydus-source-digest"
 SOURCE_REFERENCE_ANNOTATION = ANNOTATION_PREFIX + "nydus-source-reference"
 REF_ANNOTATION = ANNOTATION_PREFIX + "nydus-ref"  # a zran ref blob names its gzip layer
 BOOTSTRAP_HISTORY = {"created_by": "Nydus Converter", "comment": "Nydus Bootstrap Layer"}
+_BOOTSTRAP_IN_MEMORY = 32 << 20  # a layer bootstrap up to this size is loaded from memory (~170 k files)
 
 
 @dataclass(frozen=True)
@@ -283,9 +283,7 @@ def _hex(digest: str) -> str:
 
 
 def _load_layer_bootstrap(blob: Path, blob_id: str, workdir: Path, refs: BlobRefs) -> LoadedBootstrap:
-    """A layer blob's bootstrap, through a temp file: it can be larger than the memory it loads into."""
-    with tempfile.TemporaryFile(dir=workdir) as boot:
-        extract_blob_bootstrap(blob, boot)
+    with open_blob_bootstrap(blob, workdir, _BOOTSTRAP_IN_MEMORY) as boot:
         return load_bootstrap(boot, blob_id, refs)
 
 

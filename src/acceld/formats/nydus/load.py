@@ -148,10 +148,29 @@ class _Pages:
         return layout.unpack_from(*self.window(offset, layout.size))
 
 
+class _Whole(_Pages):
+    """A bootstrap held in memory (an `io.BytesIO`): read in place, without pages."""
+
+    def __init__(self, handle: io.BytesIO) -> None:
+        super().__init__(handle)
+        self.whole = handle.getvalue()
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        return self.whole[offset : offset + size]
+
+    def __getitem__(self, where: slice) -> bytes:
+        return self.whole[where.start : where.stop]
+
+    def window(self, offset: int, size: int) -> tuple[bytes, int]:
+        if offset + size > self.size or offset < 0:
+            raise FormatError(f"truncated or corrupt RAFS v6 bootstrap: nothing at offset {offset}")
+        return self.whole, offset
+
+
 class _Loader:
     def __init__(self, handle: IO[bytes], own_blob_id: str | None, refs: BlobRefs) -> None:
         self.refs = refs
-        data = self.data = _Pages(handle)
+        data = self.data = _Whole(handle) if isinstance(handle, io.BytesIO) else _Pages(handle)
         if data.size < 2 * BLOCK or data.unpack(_MAGIC, SB_OFFSET)[0] != EROFS_MAGIC:
             raise FormatError("not a RAFS v6 bootstrap (no EROFS superblock)")
         self.root_nid = data.unpack(_U16, SB_OFFSET + 14)[0]
