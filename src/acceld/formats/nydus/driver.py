@@ -35,7 +35,7 @@ SOURCE_DIGEST_ANNOTATION = ANNOTATION_PREFIX + "nydus-source-digest"
 SOURCE_REFERENCE_ANNOTATION = ANNOTATION_PREFIX + "nydus-source-reference"
 REF_ANNOTATION = ANNOTATION_PREFIX + "nydus-ref"  # a zran ref blob names its gzip layer
 BOOTSTRAP_HISTORY = {"created_by": "Nydus Converter", "comment": "Nydus Bootstrap Layer"}
-_BOOTSTRAP_IN_MEMORY = 32 << 20  # a layer bootstrap up to this size is loaded from memory (~170 k files)
+_BOOTSTRAP_IN_MEMORY = 2 << 20  # a layer bootstrap up to this size (~10 k files) is loaded from memory
 
 
 @dataclass(frozen=True)
