@@ -7,13 +7,14 @@ indexes, then whole data blocks of large directories and symlinks, then the chun
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import io
 import stat
 import struct
 import tempfile
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -112,18 +113,29 @@ def pack_xattrs(xattrs: dict[bytes, bytes]) -> bytes:
     return bytes(body)
 
 
-def dirent_blocks(names: Sequence[bytes]) -> list[list[bytes]]:
-    """Split sorted names into 4 KiB dirent blocks; an entry never straddles blocks (§5.7)."""
-    blocks: list[list[bytes]] = [[]]
+def dirent_blocks(names: Sequence[bytes]) -> list[int]:
+    """Where sorted names are split into 4 KiB dirent blocks, an entry never straddling blocks
+    (§5.7): the index of each block's first name, and `len(names)` last."""
+    starts = [0]
     used = 0
-    for name in names:
+    for number, name in enumerate(names):
         need = DIRENT_SIZE + len(name)
         if used + need > BLOCK:
-            blocks.append([])
+            starts.append(number)
             used = 0
-        blocks[-1].append(name)
         used += need
-    return blocks
+    starts.append(len(names))
+    return starts
+
+
+def dirent_size(names: Sequence[bytes]) -> int:
+    """The size of the dirent data of sorted names: whole blocks but the last."""
+    size = DIRENT_SIZE * len(names) + sum(map(len, names))
+    if size <= BLOCK:  # one block (most directories)
+        return size
+    starts = dirent_blocks(names)
+    last = names[starts[-2] :]
+    return BLOCK * (len(starts) - 2) + DIRENT_SIZE * len(last) + sum(map(len, last))
 
 
 class _Shape:
@@ -143,11 +155,9 @@ class _Shape:
             self.layout = LAYOUT_CHUNK_BASED
             return
         if inode.is_dir:
-            # the names are split into blocks again when written: kept, they would be a list
-            # slot per entry of the image for the whole layout
-            blocks = _dirent_blocks_of(inode.children)
-            last = blocks[-1]
-            self.size = BLOCK * (len(blocks) - 1) + DIRENT_SIZE * len(last) + sum(map(len, last))
+            # the names are listed again when written: kept, they would be a list slot per
+            # entry of the image for the whole layout
+            self.size = dirent_size(_dirent_names(inode.children))
         elif inode.is_symlink:
             self.size = len(inode.target)
         else:
@@ -160,8 +170,12 @@ class _Shape:
             self.plain_blocks = -(-self.size // BLOCK)
 
 
-def _dirent_blocks_of(children: Children) -> list[list[bytes]]:
-    return dirent_blocks(sorted([b".", b"..", *(name for name, _, _ in children.sorted_entries())]))
+def _dirent_names(children: Children) -> list[bytes]:
+    """A directory's dirent names in order: its children's, "." and ".."."""
+    names = children.sorted_names()
+    bisect.insort(names, b".")
+    bisect.insort(names, b"..")
+    return names
 
 
 def _needs_shape(inode: Inode) -> bool:
@@ -244,19 +258,24 @@ class _Order:
     def child_serials(self, directory: Inode) -> dict[bytes, int]:
         return {name: serial for name, serial, _ in self.child_entries(directory)}
 
-    def child_entries(self, directory: Inode) -> Iterator[tuple[bytes, int, int]]:
+    def child_entries(self, directory: Inode) -> list[tuple[bytes, int, int]]:
         """(name, serial, EROFS file type) of each child of a placed directory in name order: files
         placed with it got consecutive serials in name order, the others carry theirs. (File
         records are regular files.)"""
         serial = self.first_child[directory.serial]
-        for name, child, _ in directory.children.sorted_entries():
+        children = directory.children
+        inodes = children.inode_map()
+        entries = []
+        for name in children.sorted_names():
+            child = inodes.get(name)
             if child is None:
-                yield name, serial, FT_REG
+                entries.append((name, serial, FT_REG))
                 serial += 1
                 continue
             if not child.is_dir and child.serial == serial:
                 serial += 1
-            yield name, child.serial, _FILE_TYPES[stat.S_IFMT(child.mode)]
+            entries.append((name, child.serial, _FILE_TYPES[stat.S_IFMT(child.mode)]))
+        return entries
 
 
 class Writable(Protocol):
@@ -424,7 +443,7 @@ class Bootstrap:
                 inode = self.order.inodes[serial]
                 if not isinstance(inode, Inode):
                     raise AssertionError("a file record has no data blocks")
-                sink.write(self._content(inode, shape)[: shape.plain_blocks * BLOCK])
+                sink.write(self._content(inode, shape, 0, shape.plain_blocks))
         self._write_chunk_table(sink)
         sink.skip_to(self.size)
         sink.flush()
@@ -491,14 +510,17 @@ class Bootstrap:
         self.write(buffer)
         return buffer.getvalue()
 
-    def _content(self, inode: Inode, shape: _Shape) -> bytes:
+    def _content(self, inode: Inode, shape: _Shape, first: int, stop: int) -> bytes:
+        """Blocks `first` to `stop` (not included) of a directory's or symlink's data (the last
+        one as long as it is, not padded)."""
         if inode.is_dir:
-            parent = self.order.parents[id(inode)]
-            entries = [(b".", inode.serial, FT_DIR), (b"..", parent.serial, FT_DIR)]
-            entries += self.order.child_entries(inode)
-            entries.sort()  # (names are distinct: only they are compared)
-            return _dirent_data(entries, self.nids)
-        return inode.target
+            entries = self.order.child_entries(inode)
+            bisect.insort(
+                entries, (b".", inode.serial, FT_DIR)
+            )  # (names are distinct: only they are compared)
+            bisect.insort(entries, (b"..", self.order.parents[id(inode)].serial, FT_DIR))
+            return _dirent_data(entries, self.nids, first, stop)
+        return inode.target[first * BLOCK : stop * BLOCK]
 
     def _inode_bytes(self, serial: int, inode: Inode) -> bytes:
         shape = self.shapes.get(serial)
@@ -545,7 +567,7 @@ class Bootstrap:
                 for chunk in inode.chunks
             )
         if shape is not None and shape.layout == LAYOUT_FLAT_INLINE:
-            body += self._content(inode, shape)[shape.plain_blocks * BLOCK :]
+            body += self._content(inode, shape, shape.plain_blocks, shape.plain_blocks + 1)
         return body
 
 
@@ -672,23 +694,26 @@ class _Sink:
         self.buffer = bytearray()
 
 
-def _dirent_data(entries: Sequence[tuple[bytes, int, int]], nids: array[int]) -> bytes:
-    """A directory's dirent blocks from the (name, serial, file type) of each entry, "." and ".."
-    too, in name order."""
+def _dirent_data(entries: Sequence[tuple[bytes, int, int]], nids: array[int], first: int, stop: int) -> bytes:
+    """Dirent blocks `first` to `stop` (not included) of a directory from the (name, serial, file
+    type) of each entry, "." and ".." too, in name order; the directory's last block unpadded."""
+    names = [name for name, _, _ in entries]
+    starts = dirent_blocks(names)
     out = bytearray()
-    blocks = dirent_blocks([name for name, _, _ in entries])
-    start = 0
-    for number, names in enumerate(blocks):
-        table = bytearray(DIRENT_SIZE * len(names))
+    pack_into = _DIRENT.pack_into
+    for number in range(first, min(stop, len(starts) - 1)):
+        start, end = starts[number], starts[number + 1]
+        table = bytearray(DIRENT_SIZE * (end - start))
         name_offset = len(table)
-        for at, (name, serial, file_type) in enumerate(entries[start : start + len(names)]):
-            _DIRENT.pack_into(table, DIRENT_SIZE * at, nids[serial], name_offset, file_type, 0)
+        at = 0
+        for name, serial, file_type in entries[start:end]:
+            pack_into(table, at, nids[serial], name_offset, file_type, 0)
             name_offset += len(name)
+            at += DIRENT_SIZE
         out += table
-        out += b"".join(names)
-        if number < len(blocks) - 1:
+        out += b"".join(names[start:end])
+        if number < len(starts) - 2:
             out += bytes(BLOCK - name_offset)
-        start += len(names)
     return bytes(out)
 
 

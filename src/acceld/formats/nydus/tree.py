@@ -150,6 +150,7 @@ OPAQUE_MARKER = b".wh..wh..opq"  # the OCI whiteout entry that makes its directo
 _FREE, _GONE = -1, -2  # index slots: never used, and a removed row's
 _REMOVED = 0x8000  # set in a removed row's name length
 _ROW_HEAD = struct.Struct("<HB")  # a table row's name and record lengths
+_NAMES_COPIED = 64 << 10  # a table up to this size is copied whole to list its names
 
 
 class Children:
@@ -299,6 +300,25 @@ class Children:
         """The child `name` if it is an inode (not a file record)."""
         node = self._nodes.get(name)
         return node if isinstance(node, Inode) else None
+
+    def inode_map(self) -> dict[bytes, Inode]:
+        """The children that are inodes by name (not to be changed)."""
+        return self._nodes  # type: ignore[return-value]  # (records are kept in the table)
+
+    def sorted_names(self) -> list[bytes]:
+        """Every child's name, in name order."""
+        data, starts = self._data, self._starts
+        if self._live == len(starts) and len(data) <= _NAMES_COPIED:
+            raw = bytes(data)  # one copy of the table, its slices the names
+            names = [raw[start + 3 : start + 3 + (raw[start] | raw[start + 1] << 8)] for start in starts]
+        else:
+            names = [self.name(row) for row in self.rows()]
+        if self._nodes:
+            names += self._nodes
+        elif self._in_order:
+            return names
+        names.sort()
+        return names
 
     def sorted_entries(self, names_of_records: bool = True) -> Iterator[tuple[bytes, Inode | None, int]]:
         """(name, inode or None, row of a record or -1) of every child in name order; without
