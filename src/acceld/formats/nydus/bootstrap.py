@@ -17,7 +17,7 @@ from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import zstandard
 
@@ -73,7 +73,6 @@ from acceld.formats.nydus.tree import (
     chunk_key,
     is_dir,
     lookup_parent,
-    record_key,
 )
 
 _FILE_TYPES = {  # by stat.S_IFMT
@@ -487,9 +486,7 @@ class Bootstrap:
                 self.chunk_table_offset + CHUNK_RECORD_SIZE * first, CHUNK_RECORD_SIZE * len(uses)
             )
             for use in uses:
-                digest, index, coff, csize, usize, uoff, zran, ref = CHUNK_KEY.unpack_from(
-                    _use_key(order, refs, use)
-                )
+                digest, index, coff, csize, usize, uoff, zran, ref = _use_fields(order, refs, use)
                 _CHUNK_ROW.pack_into(
                     buffer,
                     at,
@@ -586,12 +583,21 @@ _SORTED_TOGETHER = 512  # the keys of consecutive buckets sorted at once: at lea
 
 def _use_key(order: _Order, refs: BlobRefs, use: int) -> bytes:
     """The chunk key (`CHUNK_KEY_SIZE` bytes) of a chunk use."""
-    serial, number = use >> _USE_CHUNK_BITS, use & _USE_NUMBER
+    serial = use >> _USE_CHUNK_BITS
     entry = order.inodes[serial]
     if isinstance(entry, Children):
-        return record_key(entry.record(order.rows[serial]), refs)
+        return entry.record_key(order.rows[serial], refs)
     chunks = entry.chunks
-    return chunk_key(chunks if isinstance(chunks, Chunk) else chunks[number], refs)
+    return chunk_key(chunks if isinstance(chunks, Chunk) else chunks[use & _USE_NUMBER], refs)
+
+
+def _use_fields(order: _Order, refs: BlobRefs, use: int) -> tuple[Any, ...]:
+    """The chunk key of a chunk use, unpacked (`CHUNK_KEY`)."""
+    serial = use >> _USE_CHUNK_BITS
+    entry = order.inodes[serial]
+    if isinstance(entry, Children):
+        return entry.record_chunk_fields(order.rows[serial], refs)
+    return CHUNK_KEY.unpack(_use_key(order, refs, use))
 
 
 def _table_order(order: _Order, refs: BlobRefs, blob_index: dict[str, int]) -> array[int]:
@@ -607,9 +613,9 @@ def _table_order(order: _Order, refs: BlobRefs, blob_index: dict[str, int]) -> a
     rows = order.rows
     for serial, entry in enumerate(order.inodes):
         if isinstance(entry, Children):
-            row = rows[serial]
-            if entry.record_has_chunk(row):
-                buckets[entry.record_head(row, refs) >> shift].append(serial << _USE_CHUNK_BITS)
+            head = entry.record_head(rows[serial], refs)
+            if head >= 0:
+                buckets[head >> shift].append(serial << _USE_CHUNK_BITS)
         elif entry.chunks:
             for number, chunk in enumerate(entry.chunks):
                 buckets[int.from_bytes(chunk.digest[:2], "big") >> shift].append(

@@ -369,15 +369,37 @@ class Children:
         return bytes(data[begin : begin + data[start + 2]])
 
     def record_head(self, row: int, refs: BlobRefs) -> int:
-        """The first two digest bytes of the chunk of a row's record (which has one), big-endian,
-        without copying the record."""
+        """The first two digest bytes of the chunk of a row's record, big-endian, without copying
+        the record; -1 when it has no chunk."""
         start = self._starts[row]
         data = self._data
+        size = data[start + 2]
+        if size <= RECORD_ATTRS_MAX:
+            return -1
         begin = start + 3 + (data[start] | data[start + 1] << 8)
-        if _key_size(data[start + 2]) == INDEX_KEY_SIZE:
+        if _key_size(size) == INDEX_KEY_SIZE:
             index = int.from_bytes(data[begin : begin + 4], "little")
             return refs.tables[data[begin + 4] | data[begin + 5] << 8].head(index)
         return data[begin] << 8 | data[begin + 1]
+
+    def record_key(self, row: int, refs: BlobRefs) -> bytes:
+        """`record_key` of a row's record (which has a chunk), without copying the record."""
+        start = self._starts[row]
+        data = self._data
+        begin = start + 3 + (data[start] | data[start + 1] << 8)
+        if _key_size(data[start + 2]) == CHUNK_KEY_SIZE:
+            return bytes(data[begin : begin + CHUNK_KEY_SIZE])
+        index, ref = _INDEX_KEY.unpack_from(data, begin)
+        return refs.tables[ref].packed(index) + bytes(data[begin + 4 : begin + INDEX_KEY_SIZE])
+
+    def record_chunk_fields(self, row: int, refs: BlobRefs) -> tuple[Any, ...]:
+        """`CHUNK_KEY` unpacked of a row's record (which has a chunk), read in place."""
+        start = self._starts[row]
+        data = self._data
+        begin = start + 3 + (data[start] | data[start + 1] << 8)
+        if _key_size(data[start + 2]) == CHUNK_KEY_SIZE:
+            return CHUNK_KEY.unpack_from(data, begin)
+        return CHUNK_KEY.unpack(self.record_key(row, refs))
 
     def record_fields(self, row: int, refs: BlobRefs) -> RecordFields:
         """`record_fields` of a row's record, without a copy."""
