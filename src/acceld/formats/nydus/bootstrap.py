@@ -156,7 +156,10 @@ class _Shape:
         if inode.is_dir:
             # the names are listed again when written: kept, they would be a list slot per
             # entry of the image for the whole layout
-            self.size = dirent_size(_dirent_names(inode.children))
+            children = inode.children
+            self.size = DIRENT_SIZE * (len(children) + 2) + children.name_bytes() + len(b"." + b"..")
+            if self.size > BLOCK:  # more than one block (unlike most directories): names listed
+                self.size = dirent_size(_dirent_names(children))
         elif inode.is_symlink:
             self.size = len(inode.target)
         else:
@@ -306,7 +309,7 @@ class Bootstrap:
         cursor = meta_addr + BLOCK
         rows = order.rows
         for serial, inode in enumerate(inodes):
-            cursor = align(cursor, 32)
+            cursor = (cursor + 31) & ~31  # (`align` to a nid without a call: this runs once a file)
             if isinstance(inode, Children):  # a file record: an inode and at most one chunk index
                 if cursor % BLOCK + INODE_SIZE > BLOCK:
                     cursor = align(cursor, BLOCK)

@@ -305,6 +305,15 @@ class Children:
         """The children that are inodes by name (not to be changed)."""
         return self._nodes  # type: ignore[return-value]  # (records are kept in the table)
 
+    def name_bytes(self) -> int:
+        """The children's names' total length."""
+        if self._live < len(self._starts):
+            records = sum(len(self.name(row)) for row in self.rows())
+        else:
+            data = self._data
+            records = sum(data[start] | data[start + 1] << 8 for start in self._starts)
+        return records + sum(map(len, self._nodes))
+
     def sorted_names(self) -> list[bytes]:
         """Every child's name, in name order."""
         data, starts = self._data, self._starts
@@ -489,9 +498,13 @@ class Children:
         size = max(16, len(self._slots))
         while 2 * (len(self._starts) + 1) > size:  # at most half full after, 2/3 before the next
             size *= 2
-        self._slots = array("i", [_FREE]) * size
-        for row in range(len(self._starts)):
-            self._place(self.name(row), row)
+        slots = self._slots = array("i", [_FREE]) * size
+        mask, data = size - 1, self._data
+        for row, start in enumerate(self._starts):  # (`_place` of each row's name, in one loop)
+            slot = hash(bytes(data[start + 3 : start + 3 + (data[start] | data[start + 1] << 8)])) & mask
+            while slots[slot] >= 0:
+                slot = (slot + 1) & mask
+            slots[slot] = row
 
 
 NO_CHILDREN = Children(sealed=True)
