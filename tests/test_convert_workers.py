@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from acceld.convert import forkserver
 from acceld.convert.errors import ConvertError
 from acceld.convert.slots import LargestFirst
 from acceld.convert.workers import ProcessRunner
@@ -152,3 +153,44 @@ def test_the_fork_server_imports_no_asyncio() -> None:
     )
     printed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert printed.stdout.strip() == "False", printed
+
+
+_FORK_SERVER_SCRIPT = """
+import atexit
+import multiprocessing
+import sys
+
+if __name__ == "__main__":
+    atexit.register(print, "the script's exit ran its atexit handlers")
+    import acceld.convert.forkserver_exit  # outside a fork server: no effect
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(sys.argv[1:])
+    worker = context.Process(target=print, args=("worker ran",))
+    worker.start()
+    worker.join()
+"""
+
+
+@pytest.mark.parametrize("fast_exit", [True, False])
+def test_the_fork_server_ends_without_the_interpreter_teardown(tmp_path: Path, fast_exit: bool) -> None:
+    """The conversion's process tree ends with its CLI, not 10-30 ms later when the fork server has
+    freed its modules one by one: the fork server preloads a module whose exit hook skips that (and
+    the fork server's other atexit handlers), and that does nothing in any other process."""
+    assert "acceld.convert.forkserver_exit" in forkserver._PRELOAD
+    (tmp_path / "probe.py").write_text(
+        'import atexit\natexit.register(print, "the fork server\'s exit ran its atexit handlers")\n'
+    )
+    preload = ["probe", *(["acceld.convert.forkserver_exit"] if fast_exit else [])]
+    # the output pipe ends when every process holding it has: the script, its fork server, its worker
+    result = subprocess.run(
+        [sys.executable, "-c", _FORK_SERVER_SCRIPT, *preload],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = ["worker ran", "the script's exit ran its atexit handlers"]
+    if not fast_exit:
+        lines.append("the fork server's exit ran its atexit handlers")
+    assert sorted(result.stdout.splitlines()) == sorted(lines)

@@ -15,8 +15,13 @@ from acceld.convert.drivers import DRIVER_CLASSES, worker_modules
 CONTEXT = multiprocessing.get_context("forkserver")
 # What every child needs before its job, imported once by the fork server instead of by each child:
 # the main script (multiprocessing runs it again in a child whose fork server has not), the module
-# of a child's entry and the layer job.
-_PRELOAD = ("__main__", "acceld.convert.worker_child", "acceld.convert.layer_job")
+# of a child's entry and the layer job; and the fork server's own quick exit.
+_PRELOAD = (
+    "__main__",
+    "acceld.convert.worker_child",
+    "acceld.convert.layer_job",
+    "acceld.convert.forkserver_exit",
+)
 CONTEXT.set_forkserver_preload(
     [*_PRELOAD, *(module for name in DRIVER_CLASSES for module in worker_modules(name))]
 )

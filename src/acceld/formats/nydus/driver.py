@@ -124,6 +124,7 @@ class NydusDriver:
         if self.oci_ref:
             return self.convert_gzip_layer(tar, out, layer, workdir)
         from acceld.formats.nydus.blob import write_layer_blob  # a worker's: not in the CLI
+
         result = write_layer_blob(tar, out, self.options, workdir, self._chunk_dict(), guard)
         return LayerOutput(
             media_type=NYDUS_BLOB_MEDIA_TYPE,
@@ -137,6 +138,7 @@ class NydusDriver:
         """oci_ref: read the still-compressed layer and write its ref blob (temp files in `workdir`)."""
         self.check_source_layer(layer)
         from acceld.formats.nydus.zran import write_ref_blob  # a worker's: not in the CLI
+
         result = write_ref_blob(
             gzip_layer, out, layer.digest, self.chunk_size, workdir, self.prefetch_patterns
         )
