@@ -455,27 +455,39 @@ class Bootstrap:
         order, refs, ref_index = self.order, self.refs, self.ref_index
         rows, ino, nlink, nids, meta_addr = order.rows, order.ino, order.nlink, self.nids, self.meta_addr
         chunk_format = CHUNK_FORMAT_INDEXES | (self.chunk_bits - 12)
-        for serial, entry in enumerate(order.inodes):
-            position = meta_addr + 32 * nids[serial]
+        inodes = order.inodes
+        serial = 0
+        while serial < len(inodes):
+            entry = inodes[serial]
             if isinstance(entry, Inode):
-                sink.skip_to(position)
+                sink.skip_to(meta_addr + 32 * nids[serial])
                 sink.write(self._inode_bytes(serial, entry))
+                serial += 1
                 continue
-            mode, uid, gid, mtime, index, ref, offset, size = entry.record_fields(rows[serial], refs)
-            # (packed from locals, not from a tuple of the head's fields: this runs once a file)
-            if ref >= 0:  # its chunk's index follows
-                buffer, at = sink.reserve(position, _FILE_WITH_CHUNK.size)
-                _FILE_WITH_CHUNK.pack_into(
-                    buffer, at, _FILE_FORMAT, 0, mode, 0, size, chunk_format, ino[serial], uid, gid, mtime, 0,
-                    nlink[serial], index & 0xFFFF, (ref_index[ref] + 1) & 0xFF | ((index >> 16) & 0xFF) << 8,
-                    offset // BLOCK,
-                )  # fmt: skip
-            else:
-                buffer, at = sink.reserve(position, INODE_SIZE)
-                _FILE_HEAD.pack_into(
-                    buffer, at, _FILE_FORMAT, 0, mode, 0, size, chunk_format, ino[serial], uid, gid, mtime, 0,
-                    nlink[serial],
-                )  # fmt: skip
+            # a run of file records of one directory (placed in name order), packed into one
+            # stretch of the buffer (at most _RECORDS_PACKED: the buffer grows by it past a piece)
+            end = serial + 1
+            while end < len(inodes) and inodes[end] is entry and end - serial < _RECORDS_PACKED:
+                end += 1
+            first = meta_addr + 32 * nids[serial]
+            last_size = _FILE_WITH_CHUNK.size if entry.record_has_chunk(rows[end - 1]) else INODE_SIZE
+            buffer, base = sink.reserve(first, meta_addr + 32 * nids[end - 1] + last_size - first)
+            base += meta_addr - first
+            records = entry.records_fields(rows[serial:end], refs)
+            for record, (mode, uid, gid, mtime, index, ref, offset, size) in enumerate(records, serial):
+                # (packed from locals, not from a tuple of the head's fields: this runs once a file)
+                if ref >= 0:  # its chunk's index follows
+                    _FILE_WITH_CHUNK.pack_into(
+                        buffer, base + 32 * nids[record], _FILE_FORMAT, 0, mode, 0, size, chunk_format,
+                        ino[record], uid, gid, mtime, 0, nlink[record], index & 0xFFFF,
+                        (ref_index[ref] + 1) & 0xFF | ((index >> 16) & 0xFF) << 8, offset // BLOCK,
+                    )  # fmt: skip
+                else:
+                    _FILE_HEAD.pack_into(
+                        buffer, base + 32 * nids[record], _FILE_FORMAT, 0, mode, 0, size, chunk_format,
+                        ino[record], uid, gid, mtime, 0, nlink[record],
+                    )  # fmt: skip
+            serial = end
 
     def _write_chunk_table(self, sink: _Sink) -> None:
         """The chunk table (§5.9). A chunk's file offset is where its first use is in its file:
@@ -572,6 +584,7 @@ class Bootstrap:
 
 
 _FILE_FORMAT = INODE_EXTENDED | LAYOUT_CHUNK_BASED << 1
+_RECORDS_PACKED = 256  # file records packed into one reserved stretch, at most
 _FILE_HEAD = struct.Struct("<HHHHQIIIIQII16x")  # a whole 64-byte inode without xattrs
 _FILE_WITH_CHUNK = struct.Struct(_FILE_HEAD.format + "HHI")  # and its one chunk index
 _CHUNK_ROW = struct.Struct("<32sIIIIQQQI4x")

@@ -416,6 +416,19 @@ class Children:
         data = self._data
         return unpack_record(data, start + 3 + (data[start] | data[start + 1] << 8), data[start + 2], refs)
 
+    def records_fields(self, rows: Iterable[int], refs: BlobRefs) -> Iterator[RecordFields]:
+        """`record_fields` of the records of `rows`, read in place."""
+        data, starts = self._data, self._starts
+        for row in rows:
+            start = starts[row]
+            size = data[start + 2]
+            begin = start + 3 + (data[start] | data[start + 1] << 8)
+            if size == _WHOLE_RECORD_SIZE:  # (most records of a merged image: unpacked here)
+                index, usize, offset, ref, mode, uid, gid, mtime = _WHOLE_RECORD.unpack_from(data, begin)
+                yield mode, uid, gid, mtime, index, ref, offset, usize
+            else:
+                yield unpack_record(data, begin, size, refs)
+
     def record_has_chunk(self, row: int) -> bool:
         """`has_chunk` of a row's record, without a copy."""
         return self._data[self._starts[row] + 2] > RECORD_ATTRS_MAX
@@ -668,6 +681,9 @@ _RECORD_LAYOUTS = {
     CHUNK_KEY_SIZE + _OWNER.size + 4: struct.Struct(_KEY_PLACE.format + "HIII"),
     CHUNK_KEY_SIZE + _OWNER.size + 8: struct.Struct(_KEY_PLACE.format + "HIIQ"),
 }
+
+_WHOLE_RECORD_SIZE = CHUNK_KEY_SIZE + _OWNER.size + 4  # a record of a whole key and a u32 mtime
+_WHOLE_RECORD = _RECORD_LAYOUTS[_WHOLE_RECORD_SIZE]
 
 
 def record_fields(record: bytes, refs: BlobRefs) -> RecordFields:
