@@ -10,6 +10,7 @@ import io
 import os
 import stat
 import struct
+import sys
 from array import array
 from collections import OrderedDict
 from dataclasses import dataclass, replace
@@ -86,6 +87,7 @@ _DIRENT = struct.Struct("<QH2x")  # a dirent's nid and name offset
 _CHUNK_INDEX = struct.Struct("<HH")  # the parts of a chunk index naming a chunk: blob and CI index
 _CHUNK_ROW = struct.Struct("<32sIIIIQQQI")
 _CHUNK_ROW_NAME = struct.Struct("<32xI36xI4x")  # a chunk table row's blob and CI index
+_ROW_BLOB_WORD, _ROW_INDEX_WORD = 32 // 4, 72 // 4  # where they are, in u32 words
 _CHUNK_ROWS_READ = CHUNK_RECORD_SIZE * 1024  # the chunk table is scanned in pieces of this size
 _CHUNK_TABLE_HELD = 1 << 20  # the largest chunk table held in memory while loading
 
@@ -205,6 +207,10 @@ class _Loader:
     def _chunk_rows(self, start: int, size: int) -> list[array[int] | dict[int, int]]:
         """Per blob, the chunk table row of each CI index (-1 or absent: none); rows are read
         when an inode names them, so no chunk objects are held for the whole table."""
+        if self.held_rows is not None:
+            one_blob = self._one_blob_rows(self.held_rows)
+            if one_blob is not None:
+                return one_blob
         keys = array("Q")  # blob index << 24 | CI index, by row
         counts, highest = [0] * len(self.blobs), [-1] * len(self.blobs)
         pieces = (
@@ -232,6 +238,27 @@ class _Loader:
         for row, key in enumerate(keys):
             if key != _UNNAMED:
                 tables[key >> 24][key & 0xFFFFFF] = row
+        return tables
+
+    def _one_blob_rows(self, raw: bytes) -> list[array[int] | dict[int, int]] | None:
+        """`_chunk_rows` of a held table whose rows all name one blob (a layer's own, usually):
+        its rows by CI index in one dict, made without a loop in Python; None for other tables."""
+        words = array("I")
+        if words.itemsize != 4 or not raw or len(raw) % CHUNK_RECORD_SIZE:
+            return None
+        words.frombytes(raw)
+        if sys.byteorder != "little":
+            words.byteswap()
+        per_row = CHUNK_RECORD_SIZE // 4
+        blob_indexes = set(words[_ROW_BLOB_WORD::per_row])
+        indexes = words[_ROW_INDEX_WORD::per_row]
+        if len(blob_indexes) != 1 or max(indexes) >= MAX_CHUNKS_PER_BLOB:
+            return None
+        (blob_index,) = blob_indexes
+        if blob_index >= len(self.blobs):
+            return None
+        tables: list[array[int] | dict[int, int]] = [{} for _ in self.blobs]
+        tables[blob_index] = dict(zip(indexes, range(len(indexes)), strict=True))  # (the last row wins)
         return tables
 
     def chunk_row(self, blob_index: int, index: int) -> tuple[Any, ...]:
