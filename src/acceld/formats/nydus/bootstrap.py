@@ -720,7 +720,10 @@ def _dirent_data(entries: Sequence[tuple[bytes, int, int]], nids: array[int], fi
     """Dirent blocks `first` to `stop` (not included) of a directory from the (name, serial, file
     type) of each entry, "." and ".." too, in name order; the directory's last block unpadded."""
     names = [name for name, _, _ in entries]
-    starts = dirent_blocks(names)
+    if DIRENT_SIZE * len(names) + sum(map(len, names)) <= BLOCK:
+        starts = [0, len(names)]  # one block (most directories)
+    else:
+        starts = dirent_blocks(names)
     out = bytearray()
     pack_into = _DIRENT.pack_into
     for number in range(first, min(stop, len(starts) - 1)):

@@ -173,6 +173,7 @@ class _Loader:
     def __init__(self, handle: IO[bytes], own_blob_id: str | None, refs: BlobRefs) -> None:
         self.refs = refs
         data = self.data = _Whole(handle) if isinstance(handle, io.BytesIO) else _Pages(handle)
+        self.whole = data.whole if isinstance(data, _Whole) else None
         if data.size < 2 * BLOCK or data.unpack(_MAGIC, SB_OFFSET)[0] != EROFS_MAGIC:
             raise FormatError("not a RAFS v6 bootstrap (no EROFS superblock)")
         self.root_nid = data.unpack(_U16, SB_OFFSET + 14)[0]
@@ -264,9 +265,9 @@ class _Loader:
     def chunk_row(self, blob_index: int, index: int) -> tuple[Any, ...]:
         """The chunk table row of (blob, CI index), last row wins, unpacked."""
         table = self.chunk_rows[blob_index] if 0 <= blob_index < len(self.chunk_rows) else {}
-        row = table[index] if isinstance(table, array) and index < len(table) else -1
-        if isinstance(table, dict):
-            row = table.get(index, -1)
+        row = (
+            table.get(index, -1) if isinstance(table, dict) else (table[index] if index < len(table) else -1)
+        )
         if row < 0:
             raise FormatError(f"chunk {index} of blob {blob_index} is missing from the chunk table")
         if self.held_rows is not None:
@@ -326,7 +327,11 @@ class _Loader:
         if depth > 4096:
             raise FormatError("bootstrap directory tree is too deep or cyclic")
         pos = self.meta_addr + 32 * nid
-        buffer, at = self.data.window(pos, INODE_SIZE if pos + INODE_SIZE <= self.data.size else 32)
+        whole = self.whole
+        if whole is not None and pos + INODE_SIZE <= len(whole):  # (`window` without a call)
+            buffer, at = whole, pos
+        else:
+            buffer, at = self.data.window(pos, INODE_SIZE if pos + INODE_SIZE <= self.data.size else 32)
         if buffer[at] & INODE_EXTENDED:
             i_format, icount, mode, _, size, i_u, _ino, uid, gid, mtime, nsec, nlink = _EXTENDED.unpack_from(
                 buffer, at
