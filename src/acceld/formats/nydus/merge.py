@@ -52,8 +52,8 @@ def _apply_dir(lower: Inode, upper: Inode) -> None:
     for name, child in upper.children.items():
         if name.startswith(WHITEOUT_PREFIX):
             continue
-        existing = lower.children.get(name)
         if isinstance(child, Inode) and child.is_dir:
+            existing = lower.children.get(name)  # (only a directory's matters: a file replaces it)
             if isinstance(existing, Inode) and existing.is_dir:
                 _apply_dir(existing, child)
                 continue
