@@ -144,23 +144,24 @@ class _Shape:
     __slots__ = ("data_block", "layout", "plain_blocks", "size", "tail", "xattrs")
 
     def __init__(self, inode: Inode) -> None:
-        self.xattrs = pack_xattrs(inode.xattrs)
+        self.xattrs = pack_xattrs(inode.xattrs) if inode.xattrs else b""
         self.size = inode.size
         self.layout = LAYOUT_FLAT_PLAIN
         self.plain_blocks = 0
         self.tail = 0
         self.data_block = 0
-        if inode.is_reg:
+        kind = stat.S_IFMT(inode.mode)
+        if kind == stat.S_IFREG:
             self.layout = LAYOUT_CHUNK_BASED
             return
-        if inode.is_dir:
+        if kind == stat.S_IFDIR:
             # the names are listed again when written: kept, they would be a list slot per
             # entry of the image for the whole layout
             children = inode.children
             self.size = DIRENT_SIZE * (len(children) + 2) + children.name_bytes() + len(b"." + b"..")
             if self.size > BLOCK:  # more than one block (unlike most directories): names listed
                 self.size = dirent_size(_dirent_names(children))
-        elif inode.is_symlink:
+        elif kind == stat.S_IFLNK:
             self.size = len(inode.target)
         else:
             self.size = 0
@@ -181,7 +182,7 @@ def _dirent_names(children: Children) -> list[bytes]:
 
 
 def _needs_shape(inode: Inode) -> bool:
-    return bool(inode.xattrs) or inode.is_dir or inode.is_symlink
+    return bool(inode.xattrs) or stat.S_IFMT(inode.mode) in (stat.S_IFDIR, stat.S_IFLNK)
 
 
 def _head_size(shape: _Shape | None) -> int:
@@ -536,10 +537,11 @@ class Bootstrap:
 
     def _inode_bytes(self, serial: int, inode: Inode) -> bytes:
         shape = self.shapes.get(serial)
+        kind = stat.S_IFMT(inode.mode)
         xattrs = b"" if shape is None else shape.xattrs
-        if inode.is_reg:
+        if kind == stat.S_IFREG:
             i_u = CHUNK_FORMAT_INDEXES | (self.chunk_bits - 12)
-        elif shape is not None and (inode.is_dir or inode.is_symlink):
+        elif shape is not None and (kind == stat.S_IFDIR or kind == stat.S_IFLNK):
             i_u = shape.data_block
         else:
             i_u = inode.rdev
@@ -547,9 +549,10 @@ class Bootstrap:
         if shape is not None:
             layout, size = shape.layout, shape.size
         else:
-            layout, size = (LAYOUT_CHUNK_BASED, inode.size) if inode.is_reg else (LAYOUT_FLAT_PLAIN, 0)
-        head = struct.pack(
-            "<HHHHQIIIIQII",
+            layout, size = (
+                (LAYOUT_CHUNK_BASED, inode.size) if kind == stat.S_IFREG else (LAYOUT_FLAT_PLAIN, 0)
+            )
+        body = _FILE_HEAD.pack(
             INODE_EXTENDED | layout << 1,
             icount,
             inode.mode,
@@ -563,8 +566,9 @@ class Bootstrap:
             1 if inode.implicit else 0,
             self.order.nlink[serial],
         )
-        body = head + bytes(INODE_SIZE - len(head)) + xattrs
-        if inode.is_reg:
+        if xattrs:
+            body += xattrs
+        if kind == stat.S_IFREG:
             if not inode.chunks:
                 return body
             body += bytes(align(len(body), 8) - len(body))
