@@ -242,14 +242,9 @@ class TarGuard:
         name = self._long_name or pax_path or _header_name(block)
         if typeflag == _GNU_SPARSE or (pax and not _SPARSE_SIZES.isdisjoint(pax)):
             self._check_sparse(block, typeflag, name)
-        parts = name.split(b"/")
-        if b"" in parts or b"." in parts:
-            parts = clean_parts(name)
-            key = b"/".join(parts)
-        else:
-            key = name  # already clean
-        if b".." in parts:
-            check_entry_path(name)  # raises
+        parts = check_entry_path(name)
+        # no component was dropped: the name is its own key (most names; no join)
+        key = name if len(parts) == name.count(b"/") + 1 else b"/".join(parts)
         if typeflag == _HARDLINK:
             link = self._long_link or pax_link or cstring(block[157:257])
             target = check_entry_path(link, f"hardlink {_show(name)} to")

@@ -259,8 +259,7 @@ class _LayerTree:
         size = info.size
         if size <= self.chunk_size:  # most files: one chunk at most
             if size:
-                data = reader.stream.read(size)
-                reader.position += len(data)
+                data = reader.read(size)
                 if len(data) != size:
                     raise FormatError(f"{info.name}: tar stream ends inside the file")
                 node.chunks = self.store.add(data)
