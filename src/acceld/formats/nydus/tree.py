@@ -235,23 +235,8 @@ class Children:
         if self._slots:  # placed in the index one by one
             for name, record in records:
                 self._add_row(name, record)
-            return
-        data, starts, in_order, last = self._data, self._starts, self._in_order, self._last
-        for name, record in records:
-            if len(record) > 0xFF or len(name) >= _REMOVED:
-                raise ValueError("file record or name too long for a directory's table")
-            starts.append(len(data))
-            data += _ROW_HEAD.pack(len(name), len(record))
-            data += name
-            data += record
-            if in_order:
-                if name > last:
-                    last = name
-                else:
-                    in_order, last = False, b""
-        self._in_order, self._last = in_order, last
-        self._live += len(records)
-        self._sorted = None
+        else:
+            self._append_rows(records)
 
     def pop(self, name: bytes, default: Node | None = None) -> Node | None:
         node = self._nodes.pop(name, None)
@@ -452,26 +437,33 @@ class Children:
         return -1
 
     def _add_row(self, name: bytes, record: bytes) -> None:
-        if len(record) > 0xFF or len(name) >= _REMOVED:
-            raise ValueError("file record or name too long for a directory's table")
         indexed = bool(self._slots)
         if indexed and 3 * (len(self._starts) + 1) > 2 * len(self._slots):
             self._rebuild()
-        row = len(self._starts)
-        data = self._data
-        self._starts.append(len(data))
-        data += _ROW_HEAD.pack(len(name), len(record))
-        data += name
-        data += record
+        self._append_rows(((name, record),))
         if indexed:
-            self._place(name, row)
-        self._live += 1
+            self._place(name, len(self._starts) - 1)
+
+    def _append_rows(self, records: Iterable[tuple[bytes, bytes]]) -> None:
+        """Append rows to the table (the caller places them in the index, if there is one)."""
+        data, starts, in_order, last = self._data, self._starts, self._in_order, self._last
+        added = 0
+        for name, record in records:
+            if len(record) > 0xFF or len(name) >= _REMOVED:
+                raise ValueError("file record or name too long for a directory's table")
+            starts.append(len(data))
+            data += _ROW_HEAD.pack(len(name), len(record))
+            data += name
+            data += record
+            added += 1
+            if in_order:
+                if name > last:
+                    last = name
+                else:
+                    in_order, last = False, b""
+        self._in_order, self._last = in_order, last
+        self._live += added
         self._sorted = None
-        if self._in_order:
-            if name > self._last:
-                self._last = name
-            else:
-                self._in_order, self._last = False, b""
 
     def _place(self, name: bytes, row: int) -> None:
         slots = self._slots
